@@ -1,0 +1,61 @@
+"""Connecting to NATS the way a box on a bad link must: forever, with back-off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+log = logging.getLogger(__name__)
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    forever: bool = True,
+    on_state: Callable[[str], Awaitable[None]] | None = None,
+    **options: Any,
+) -> Client:
+    """Connect, retrying the first connection too (a site may boot before its network), then let nats-py
+    reconnect forever. Back-off is jittered so a thousand sites do not return at the same instant."""
+
+    async def disconnected() -> None:
+        log.warning("%s: disconnected from NATS", name)
+        if on_state:
+            await on_state("disconnected")
+
+    async def reconnected() -> None:
+        log.info("%s: reconnected to NATS", name)
+        if on_state:
+            await on_state("reconnected")
+
+    async def error(e: Exception) -> None:
+        log.debug("%s: NATS error: %r", name, e)
+
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1 if forever else 3,
+                reconnect_time_wait=1.0,
+                allow_reconnect=True,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                connect_timeout=5,
+                **options,
+            )
+        except Exception as e:  # nats raises several unrelated types for "not there yet"
+            if not forever:
+                raise
+            log.warning("%s: cannot reach NATS at %s (%s); retrying in %.1f s", name, url, e, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 30.0)

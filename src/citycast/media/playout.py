@@ -1,0 +1,348 @@
+"""Playout: the sample that should be at the DAC now is the one stamped `now - D` on the broadcast clock.
+
+`PlayoutEngine` is sans-IO. Packets are pushed in as they arrive (any order, any time); a sink pulls audio with
+`render(n, dac_local_ns)` naming the local-clock instant at which the block's first sample reaches its DAC. The
+engine maps that instant to the broadcast clock (`ClockMap`, fed by the clock estimator), subtracts the playout
+delay D and reads the stream there. Where the DAC really runs fast or slow, the read position drifts from the
+target; a PI controller then reads the stream a few hundred ppm faster or slower (cubic interpolation), never
+jumping, so every site plays the same sample at the same instant for hours. Only a gross error (a clock step, a
+stalled host) makes it jump, and that is counted as a resync.
+
+Positions are in samples since the engine's epoch (its first target), kept as float64: four hours is ~7e8
+samples, far inside float64's exact range for sub-sample work.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+
+from citycast.media.audio import SAMPLE_RATE
+from citycast.media.jitter import JitterBuffer, Put
+from citycast.media.render import Samples
+from citycast.media.resampler import read_at
+
+
+class Decoder(Protocol):
+    def decode(self, packet: bytes) -> Samples: ...
+
+    def conceal(self, samples: int = ...) -> Samples: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ClockMap:
+    """Local clock → broadcast clock, as a straight line around a reference point."""
+
+    ref_local_ns: int
+    ref_bt_ns: int
+    rate: float = 1.0
+
+    def to_broadcast(self, local_ns: int) -> int:
+        return self.ref_bt_ns + round((local_ns - self.ref_local_ns) * self.rate)
+
+
+class PlayoutState(Enum):
+    SYNCING = "syncing"  # no broadcast clock yet: nothing can be placed in time
+    IDLE = "idle"  # in sync, no stream
+    PLAYING = "playing"
+    FALLBACK = "fallback"  # the stream stopped; playing the channel's fallback audio (or silence)
+
+
+@dataclass
+class PlayoutStats:
+    packets: int = 0
+    late: int = 0
+    duplicates: int = 0
+    too_far: int = 0
+    inconsistent: int = 0
+    stale_stream: int = 0
+    decoded: int = 0
+    concealed: int = 0
+    underruns: int = 0
+    resyncs: int = 0
+
+
+@dataclass
+class _Stream:
+    id: int
+    seq0: int
+    ts0_ns: int
+    packet_ns: int
+    base: float  # position of seq0's first sample
+    spp: int  # samples per packet
+    decoder: Decoder
+    jb: JitterBuffer = field(default_factory=JitterBuffer)
+    started: bool = False
+    next_seq: int = 0
+    buf: Samples = field(default_factory=lambda: np.zeros(0, np.float32))
+    buf_start: float = 0.0
+    last_real_seq: int | None = None
+    conceal_run: int = 0
+    pending_conceal: int = 0
+    starved: bool = False
+    dead: bool = False
+    newest_ts_ns: int = 0
+
+    def position_of(self, seq: int) -> float:
+        return self.base + (seq - self.seq0) * self.spp
+
+
+class PlayoutEngine:
+    def __init__(
+        self,
+        *,
+        delay_ns: int,
+        decoder_factory: Callable[[], Decoder],
+        fallback: Samples | None = None,
+        fallback_after_ns: int = 2_000_000_000,
+        max_slew_ppm: float = 1000.0,
+        resync_ns: int = 10_000_000,
+        kp: float = 0.5,
+        ki: float = 0.08,
+        max_conceal_packets: int = 5,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        self.delay_ns = delay_ns
+        self._decoder_factory = decoder_factory
+        self._fallback = fallback if fallback is not None and len(fallback) else None
+        self._fallback_after = fallback_after_ns * sample_rate / 1e9
+        self._max_slew = max_slew_ppm * 1e-6
+        self._resync = resync_ns * sample_rate / 1e9
+        self._kp = kp
+        self._ki = ki
+        self._max_conceal = max_conceal_packets
+        self.sr = sample_rate
+        self._lock = threading.Lock()
+        self._clock: ClockMap | None = None
+        self._epoch_ns: int | None = None
+        self._pos: float | None = None
+        self._rate_i = 1.0  # the integrator: what the DAC's rate error needs
+        self.ratio = 1.0
+        self._stream: _Stream | None = None
+        self.state = PlayoutState.SYNCING
+        self.stats = PlayoutStats()
+        self.tracking_error_ns = 0.0  # smoothed read-position error, signed
+        self._sumsq = 0.0
+        self._peak = 0.0
+        self._nlevel = 0
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def set_clock(self, clock: ClockMap | None) -> None:
+        with self._lock:
+            self._clock = clock
+
+    def push(self, stream: int, seq: int, ts_ns: int, packet_ns: int, packet: bytes) -> Put | None:
+        """Offer one verified packet. Returns how the jitter buffer took it (None: rejected before it)."""
+        with self._lock:
+            self.stats.packets += 1
+            if self._epoch_ns is None:
+                self._epoch_ns = ts_ns
+            st = self._stream
+            if st is None or st.id != stream:
+                if st is not None and not st.dead and ts_ns < st.newest_ts_ns:
+                    # A straggler of a stream that was already replaced by a newer one.
+                    self.stats.stale_stream += 1
+                    return None
+                spp = round(packet_ns * self.sr / 1e9)
+                if spp <= 0 or spp > self.sr:
+                    self.stats.inconsistent += 1
+                    return None
+                st = _Stream(
+                    id=stream,
+                    seq0=seq,
+                    ts0_ns=ts_ns,
+                    packet_ns=packet_ns,
+                    base=(ts_ns - self._epoch_ns) * self.sr / 1e9,
+                    spp=spp,
+                    decoder=self._decoder_factory(),
+                )
+                self._stream = st
+            elif packet_ns != st.packet_ns or abs(ts_ns - st.ts0_ns - (seq - st.seq0) * st.packet_ns) > 1_000_000:
+                # Timestamp and sequence disagree: the frame is signed, so the sender is confused; don't guess.
+                self.stats.inconsistent += 1
+                return None
+            if st.started and seq < st.next_seq:
+                self.stats.late += 1
+                return Put.LATE
+            result = st.jb.put(seq, packet)
+            if result is Put.OK:
+                st.newest_ts_ns = max(st.newest_ts_ns, ts_ns)
+            elif result is Put.DUPLICATE:
+                self.stats.duplicates += 1
+            elif result is Put.TOO_FAR:
+                self.stats.too_far += 1
+            elif result is Put.LATE:
+                self.stats.late += 1
+            return result
+
+    # -- output -------------------------------------------------------------------------------------------
+    def render(self, n: int, dac_local_ns: int) -> Samples:
+        with self._lock:
+            out = self._render(n, dac_local_ns)
+            if n:
+                self._sumsq += float(np.dot(out, out))
+                self._peak = max(self._peak, float(np.max(np.abs(out))))
+                self._nlevel += n
+            return out
+
+    def _render(self, n: int, dac_local_ns: int) -> Samples:
+        if self._clock is None:
+            self.state = PlayoutState.SYNCING
+            return np.zeros(n, np.float32)
+        bt = self._clock.to_broadcast(dac_local_ns)
+        if self._epoch_ns is None:
+            self._epoch_ns = bt - self.delay_ns
+        target = (bt - self.delay_ns - self._epoch_ns) * self.sr / 1e9
+        if self._pos is None:
+            self._pos = target
+        err = self._pos - target
+        if abs(err) > self._resync:
+            self._pos = target
+            err = 0.0
+            self.stats.resyncs += 1
+            if self._stream is not None:
+                self._stream.started = False
+        e_s = err / self.sr
+        dt = n / self.sr
+        self._rate_i = _clamp(self._rate_i - self._ki * e_s * dt, 1 - self._max_slew, 1 + self._max_slew)
+        self.ratio = _clamp(self._rate_i - self._kp * e_s, 1 - self._max_slew, 1 + self._max_slew)
+        self.tracking_error_ns += (e_s * 1e9 - self.tracking_error_ns) * min(1.0, dt / 1.0)
+        out = self._produce(n, self.ratio)
+        self._pos += n * self.ratio
+        return out
+
+    def _produce(self, n: int, ratio: float) -> Samples:
+        assert self._pos is not None
+        st = self._stream
+        p_first = self._pos
+        p_last = p_first + (n - 1) * ratio
+        if st is None:
+            self.state = PlayoutState.IDLE
+            return np.zeros(n, np.float32)
+        if not st.started and not self._start(st, p_first, p_last):
+            return self._fallback_block(n, st)
+        need_end = p_last + 3.0
+        while st.buf_start + len(st.buf) <= need_end:
+            pcm = self._next_packet_pcm(st)
+            if st.dead:
+                return self._fallback_block(n, st)
+            st.buf = np.concatenate((st.buf, pcm))
+        self.state = PlayoutState.PLAYING
+        rel = (p_first - st.buf_start) + np.arange(n, dtype=np.float64) * ratio
+        out = read_at(st.buf, rel)
+        # Keep only what the next block can still reach back to (cubic reads one sample behind).
+        keep_from = int(math.floor(p_first + n * ratio - st.buf_start)) - 2
+        if keep_from > 0:
+            st.buf = st.buf[keep_from:]
+            st.buf_start += keep_from
+        return out
+
+    def _start(self, st: _Stream, p_first: float, p_last: float) -> bool:
+        """Place a (re)starting stream at the current read position: later packets are in sync at once."""
+        lowest = st.jb.lowest_seq()
+        if lowest is None:
+            return False
+        k_pos = math.floor((p_first - st.base) / st.spp)
+        seq = max(st.seq0 + k_pos, lowest)
+        if st.position_of(seq) > p_last + self.sr:  # more than a second ahead: not yet
+            return False
+        if not st.jb.has_from(seq):
+            st.jb.reset(seq)  # everything buffered is already too late to play
+            return False
+        dropped = st.jb.discard_before(seq)
+        self.stats.late += dropped
+        st.decoder.reset()
+        st.next_seq = seq
+        st.buf_start = st.position_of(seq)
+        pad = max(0, math.ceil(st.buf_start - p_first) + 2)
+        st.buf = np.zeros(pad, np.float32)
+        st.buf_start -= pad
+        st.started = True
+        st.dead = False
+        st.last_real_seq = None
+        st.conceal_run = 0
+        st.pending_conceal = 0
+        st.starved = False
+        return True
+
+    def _next_packet_pcm(self, st: _Stream) -> Samples:
+        seq = st.next_seq
+        st.next_seq += 1
+        packet = st.jb.take(seq)
+        if packet is not None:
+            pcm = st.decoder.decode(packet)
+            self.stats.decoded += 1
+            if st.pending_conceal:
+                # The stream went on after a gap: that gap was loss or starvation, not the end of a speech.
+                self.stats.concealed += st.pending_conceal
+                if st.starved:
+                    self.stats.underruns += 1
+            st.pending_conceal = 0
+            st.starved = False
+            st.conceal_run = 0
+            st.last_real_seq = seq
+        else:
+            if not st.jb.has_from(seq + 1):
+                st.starved = True
+            pcm = st.decoder.conceal(st.spp) if st.conceal_run < self._max_conceal else _silence(st.spp)
+            st.conceal_run += 1
+            st.pending_conceal += 1
+            last = st.last_real_seq if st.last_real_seq is not None else seq
+            if (seq - last) * st.spp > self._fallback_after:
+                st.dead = True
+                st.started = False
+                st.pending_conceal = 0
+                st.starved = False
+        if len(pcm) != st.spp:
+            pcm = np.resize(pcm, st.spp) if len(pcm) else _silence(st.spp)
+        return pcm.astype(np.float32, copy=False)
+
+    def _fallback_block(self, n: int, st: _Stream | None) -> Samples:
+        if st is not None and st.dead:
+            self.state = PlayoutState.FALLBACK
+        elif self.state is not PlayoutState.FALLBACK:
+            self.state = PlayoutState.IDLE
+        if self._fallback is None or self.state is not PlayoutState.FALLBACK:
+            return np.zeros(n, np.float32)
+        assert self._pos is not None and self._epoch_ns is not None
+        # Indexed by the broadcast clock, so every site's fallback plays in step too.
+        start = self._epoch_ns * self.sr // 1_000_000_000 + math.floor(self._pos)
+        idx = (start + np.arange(n)) % len(self._fallback)
+        return self._fallback[idx]
+
+    # -- reporting ----------------------------------------------------------------------------------------
+    def buffer_ms(self) -> float:
+        with self._lock:
+            st = self._stream
+            if st is None or st.jb.newest_seq is None or self._pos is None:
+                return 0.0
+            ahead = st.position_of(st.jb.newest_seq + 1) - self._pos
+            return max(0.0, ahead * 1000 / self.sr)
+
+    def take_levels(self) -> tuple[float, float]:
+        """RMS and peak (dBFS) of what was played since the last call."""
+        with self._lock:
+            rms = math.sqrt(self._sumsq / self._nlevel) if self._nlevel else 0.0
+            peak = self._peak
+            self._sumsq, self._peak, self._nlevel = 0.0, 0.0, 0
+        return _dbfs(rms), _dbfs(peak)
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
+def _silence(n: int) -> Samples:
+    return np.zeros(n, np.float32)
+
+
+def _dbfs(x: float) -> float:
+    return 20 * math.log10(x) if x > 1e-9 else -180.0
