@@ -1,0 +1,179 @@
+"""Opus for the data path: one 20 ms float frame in, one packet out, and back (libopus through PyAV).
+
+Delay. libopus looks ahead: the first sample fed to the encoder comes out of the decoder `lookahead_samples`
+later (312 at 48 kHz with the "audio" application, read from the OpusHead pre-skip, never assumed). The
+encoder is otherwise strictly 1:1 (one packet per 20 ms frame, no buffering), so a sample encoded into the
+packet stamped T is heard at T + lookahead. Whoever stamps frames decides whether to compensate; the codec
+only reports it.
+
+Loss. `OpusDecoder.conceal()` runs Opus packet-loss concealment. libopus treats a packet of length ≤ 1 as
+lost and conceals for the frame duration coded in its TOC byte, so a 1-byte packet is how PLC is reached
+through FFmpeg (an *empty* packet would be taken as end-of-stream and kill the decoder). A packet that fails
+to decode never raises: it is concealed and counted in `decode_errors`.
+"""
+
+from __future__ import annotations
+
+import struct
+from fractions import Fraction
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+
+from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from citycast.media.render import Samples
+
+APPLICATIONS = ("audio", "voip", "lowdelay")
+
+# Frame sizes (48 kHz samples) reachable with a one-frame TOC, and the CELT fullband config for each.
+_CELT_FB_CONFIG = {120: 28, 240: 29, 480: 30, 960: 31}
+_SILK_WB_CONFIG = {1920: 10, 2880: 11}
+_PLC_SIZES = (2880, 1920, 960, 480, 240, 120)
+
+
+def toc_frame_samples(toc: int) -> int:
+    """Samples (at 48 kHz) in one frame of a packet whose TOC byte is `toc` (RFC 6716 §3.1)."""
+    config = toc >> 3
+    if config < 12:  # SILK-only: 10, 20, 40, 60 ms
+        return (480, 960, 1920, 2880)[config & 3]
+    if config < 16:  # hybrid: 10, 20 ms
+        return (480, 960)[config & 1]
+    return (120, 240, 480, 960)[config & 3]  # CELT-only: 2.5, 5, 10, 20 ms
+
+
+def parse_opus_head(extradata: bytes) -> tuple[int, int, int]:
+    """(channels, pre_skip, input_sample_rate) from an OpusHead (RFC 7845 §5.1)."""
+    if len(extradata) < 19 or extradata[:8] != b"OpusHead":
+        raise ValueError("not an OpusHead")
+    channels = extradata[9]
+    pre_skip, rate = struct.unpack_from("<HI", extradata, 10)
+    return channels, pre_skip, rate
+
+
+class OpusEncoder:
+    """48 kHz mono Opus, 20 ms per packet; `encode` turns exactly one frame into exactly one packet.
+
+    `packet_loss_pct` > 0 turns on in-band FEC tuned for that expected loss (costs bitrate).
+    """
+
+    def __init__(
+        self, bitrate: int = 64_000, *, application: str = "audio", packet_loss_pct: int = 0
+    ) -> None:
+        if application not in APPLICATIONS:
+            raise ValueError(f"application must be one of {APPLICATIONS}, not {application!r}")
+        ctx: Any = av.CodecContext.create("libopus", "w")
+        ctx.sample_rate = SAMPLE_RATE
+        ctx.layout = "mono"
+        ctx.format = "flt"
+        ctx.bit_rate = bitrate
+        ctx.time_base = Fraction(1, SAMPLE_RATE)
+        options = {"application": application, "frame_duration": "20"}
+        if packet_loss_pct > 0:
+            options |= {"fec": "1", "packet_loss": str(packet_loss_pct)}
+        ctx.options = options
+        ctx.open()
+        self._ctx = ctx
+        self._pts = 0
+        self.bitrate = bitrate
+        self.application = application
+        self.extradata: bytes = bytes(ctx.extradata or b"")
+        """The OpusHead, for writing these packets into Ogg (or a recording) without re-encoding."""
+        _, self.lookahead_samples = parse_opus_head(self.extradata)[:2]
+        """Encoder lookahead (OpusHead pre-skip): an encode→decode round trip delays audio by this much."""
+
+    def encode(self, pcm: Samples) -> bytes:
+        """Encode exactly FRAME_SAMPLES float32 samples into one Opus packet."""
+        data = np.ascontiguousarray(pcm, dtype=np.float32)
+        if data.shape != (FRAME_SAMPLES,):
+            raise ValueError(f"expected {FRAME_SAMPLES} mono samples, got shape {data.shape}")
+        frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._pts
+        self._pts += FRAME_SAMPLES
+        packets = self._ctx.encode(frame)
+        if len(packets) != 1:  # libopus is 1:1 in FFmpeg; anything else would break frame stamping
+            raise RuntimeError(f"libopus returned {len(packets)} packets for one frame")
+        return bytes(packets[0])
+
+
+class OpusDecoder:
+    """Opus packets to 48 kHz mono float32, with packet-loss concealment; never raises on bad input."""
+
+    def __init__(self) -> None:
+        self._ctx: Any = self._open()
+        self._last_toc: int | None = None
+        self.decode_errors = 0
+        self.concealed_samples = 0
+
+    @staticmethod
+    def _open() -> Any:
+        ctx: Any = av.CodecContext.create("libopus", "r")
+        ctx.sample_rate = SAMPLE_RATE
+        ctx.layout = "mono"
+        ctx.options = {"request_sample_fmt": "flt"}
+        ctx.open()
+        return ctx
+
+    def _run(self, payload: bytes) -> Samples:
+        frames = self._ctx.decode(av.Packet(payload))
+        parts = [np.asarray(f.to_ndarray(), dtype=np.float32).reshape(-1) for f in frames]
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        if len(parts) == 1:
+            return parts[0].copy()
+        return np.concatenate(parts)
+
+    def decode(self, packet: bytes) -> Samples:
+        """Decode one packet into its samples (FRAME_SAMPLES for our 20 ms packets).
+
+        An empty or undecodable packet is concealed for one frame and counted in `decode_errors`.
+        """
+        if len(packet) < 2:
+            if len(packet) == 0:
+                self.decode_errors += 1
+            return self.conceal()
+        try:
+            out = self._run(packet)
+        except (av.error.FFmpegError, ValueError):
+            self.decode_errors += 1
+            return self.conceal()
+        if out.size == 0:
+            self.decode_errors += 1
+            return self.conceal()
+        self._last_toc = packet[0]
+        return out
+
+    def conceal(self, samples: int = FRAME_SAMPLES) -> Samples:
+        """`samples` of Opus packet-loss concealment continuing the last decoded audio.
+
+        `samples` must be a positive multiple of 120 (2.5 ms). Before any packet was decoded this is silence.
+        """
+        if samples <= 0 or samples % 120:
+            raise ValueError(f"conceal() needs a positive multiple of 120 samples, not {samples}")
+        self.concealed_samples += samples
+        if self._last_toc is None:
+            return np.zeros(samples, dtype=np.float32)
+        parts: list[Samples] = []
+        remaining = samples
+        while remaining > 0:
+            size = next(s for s in _PLC_SIZES if s <= remaining)
+            if toc_frame_samples(self._last_toc) == size:
+                toc = self._last_toc & 0xFC  # code 0: one frame, same config as the last real packet
+            else:  # libopus conceals in the previous mode; the TOC only sets the duration
+                toc = (_CELT_FB_CONFIG.get(size) or _SILK_WB_CONFIG[size]) << 3
+            try:
+                out = self._run(bytes([toc]))
+            except av.error.FFmpegError:
+                out = np.zeros(0, dtype=np.float32)
+            if out.size != size:  # never expected; keep the length contract whatever libopus did
+                out = np.resize(out, size) if out.size else np.zeros(size, dtype=np.float32)
+            parts.append(out)
+            remaining -= size
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def reset(self) -> None:
+        """Forget all decoder state (e.g. on a stream change): the next packet decodes from scratch."""
+        self._ctx = self._open()
+        self._last_toc = None
