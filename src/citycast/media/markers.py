@@ -214,9 +214,24 @@ def correlate_lag(
     weights[0] = 1.0
     if nfft % 2 == 0:
         weights[-1] = 1.0
-    cross *= weights / nfft
+    # r(k + δ) = Re Σ a·e^{jωδ}: the band-limited correlation around the integer peak k
+    a = cross * (weights / nfft) * np.exp(1j * omega * (k - lo))
 
-    def score(taus: _F64) -> _F64:
-        return np.array([float(np.real(np.dot(cross, np.exp(1j * omega * (t - lo))))) for t in taus])
+    delta = 0.0
+    for _ in range(8):  # Newton on r'(δ) = 0; the peak of a correlation is smooth and concave near k
+        turn = a * np.exp(1j * omega * delta)
+        slope = float(np.real(np.dot(turn, 1j * omega)))
+        curvature = float(np.real(np.dot(turn, -(omega * omega))))
+        if curvature >= 0:
+            break
+        step = -slope / curvature
+        delta += step
+        if abs(delta) > 1.0 or abs(step) < 1e-6:
+            break
+    if abs(delta) <= 1.0 and curvature < 0:
+        return k + delta, peak
+
+    def score(taus: _F64) -> _F64:  # fallback: grid search (slower, no assumption on curvature)
+        return np.array([float(np.real(np.dot(a, np.exp(1j * omega * (t - k))))) for t in taus])
 
     return _refine_max(score, float(k)), peak

@@ -230,8 +230,8 @@ class LineInSource:
         try:
             info: Any = sd.query_devices(device, kind="input")
         except (ValueError, sd.PortAudioError) as exc:
-            which = "the default input device" if device is None else f"input device {device!r}"
-            raise SourceError(f"line-in unavailable: no {which} ({exc})") from exc
+            which = "no default input device" if device is None else f"no input device {device!r}"
+            raise SourceError(f"line-in unavailable: {which} (PortAudio: {exc})") from exc
         if int(info["max_input_channels"]) < 1:
             raise SourceError(f"line-in unavailable: device {info['name']!r} has no input channels")
         self._sd = sd
