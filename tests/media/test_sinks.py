@@ -13,7 +13,7 @@ import pytest
 
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.media.render import Samples
-from citycast.media.sinks import SinkError, TimedSink, WavSink, open_sink
+from citycast.media.sinks import SinkError, SoundDeviceSink, TimedSink, WavSink, open_sink
 
 
 class RecordingRenderer:
@@ -171,3 +171,8 @@ def test_true_time_needs_a_start() -> None:
     with pytest.raises(SinkError):
         TimedSink().true_time_of_sample(0)
     assert TimedSink(start_true_ns=10, dac_ppm=0).true_time_of_sample(48_000) == 10 + 1e9
+
+
+def test_missing_output_device_is_a_clear_error() -> None:
+    with pytest.raises(SinkError, match="no audio output device"):
+        SoundDeviceSink(device="citycast-no-such-device")

@@ -57,8 +57,39 @@ class SweepRenderer:
         self.pos += n
         return chunk
 
+class Silence:
+    def render(self, n, dac_local_ns):
+        return np.zeros(n, dtype=np.float32)
+
+async def main():
+    # the bounded run, with a ticker showing the event loop never stalls (start() blocks in its thread)
+    gaps = []
+
+    async def ticker():
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    await sink.run(SweepRenderer())
+    tick.cancel()
+    # an unbounded run, cancelled
+    endless = SoundDeviceSink(device="pulse", blocksize=block)
+    task = asyncio.create_task(endless.run(Silence()))
+    await asyncio.sleep(2.0)
+    t0 = time.monotonic()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    return max(gaps), time.monotonic() - t0, endless.blocks
+
 sink = SoundDeviceSink(device="pulse", blocksize=block, duration_s=len(source) / 48000 + 0.3)
-asyncio.run(sink.run(SweepRenderer()))
+max_loop_gap_s, cancel_s, endless_blocks = asyncio.run(main())
 json.dump(
     {
         "calls": calls,
@@ -68,6 +99,9 @@ json.dump(
         "last_output_delay_s": sink.last_output_delay_s,
         "device_name": sink.device_name,
         "channels": sink.channels,
+        "max_loop_gap_s": max_loop_gap_s,
+        "cancel_s": cancel_s,
+        "endless_blocks": endless_blocks,
     },
     open(out_path, "w"),
 )
@@ -247,3 +281,8 @@ def test_sounddevice_sink_plays_into_pulseaudio_null_sink(pulse_env: dict[str, s
     assert np.median(step) == pytest.approx(BLOCK / RATE * 1e3, abs=0.5)
     assert np.percentile(np.abs(step - 20.0), 95) < 3.0, f"DAC instants jitter: {step}"
     assert report["dac_time_fallbacks"] == 0  # the ALSA pulse plugin does report stream times
+
+    # The event loop kept running while PortAudio started; cancelling an endless run is prompt.
+    assert report["max_loop_gap_s"] < 0.1
+    assert report["endless_blocks"] > 0
+    assert report["cancel_s"] < 0.5

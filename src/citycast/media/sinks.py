@@ -288,6 +288,11 @@ class SoundDeviceSink:
     calls `renderer.render(frames, dac_local_ns)` from PortAudio's thread (renderers are thread-safe) and
     duplicates the mono samples to every output channel. `status.output_underflow` counts as an xrun.
 
+    Seen through the ALSA 'pulse' plugin (PulseAudio null sink): PortAudio primes the buffer with three
+    callbacks whose audio never plays, then 0.4–2 s pass before the callbacks (and DAC instants) run steadily
+    (about stream latency + one block ahead, spaced to within ~0.1 ms). A timestamp-driven renderer copes:
+    it renders what is due at the instant it is asked for.
+
     `device`: index or (sub)name as sounddevice accepts it, None for the default output. `channels`: None
     picks min(2, device's maximum). `latency`: "low", "high" or seconds. Building the sink raises
     `SinkError("no audio output device: …")` when there is no such output device.
@@ -386,12 +391,18 @@ class SoundDeviceSink:
             )
         except sd.PortAudioError as exc:
             raise SinkError(f"cannot open {self.device_name!r}: {exc}") from exc
+        self.stream_latency_s = float(stream.latency)
+        latency_box.append(self.stream_latency_s)
+        # Pa_StartStream can block for most of a second (seen with the ALSA pulse plugin): keep it off the
+        # event loop. Shielded, so that a cancellation never closes the stream while start() still runs.
+        starting = asyncio.ensure_future(asyncio.to_thread(stream.start))
         try:
-            self.stream_latency_s = float(stream.latency)
-            latency_box.append(self.stream_latency_s)
-            stream.start()
+            await asyncio.shield(starting)
             await finished.wait()
         finally:
+            if not starting.done():
+                with contextlib.suppress(BaseException):
+                    await starting
             # abort() drops what is queued instead of draining it: cancellation must be prompt.
             with contextlib.suppress(sd.PortAudioError):
                 stream.abort()
