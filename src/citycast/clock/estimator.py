@@ -3,42 +3,76 @@
 `ClockEstimator` is fed timestamp quadruples and never reads a clock or sleeps, so hours of simulated time
 replay in milliseconds and the same object runs under the asyncio shell in `citycast.clock.service`.
 
-Model. ``offset(t) = broadcast - local`` at local time ``t``. Each exchange gives one noisy reading of it at the
-local midpoint of the exchange; its error is half the difference between the two path delays, so it is small
-only when the round trip is short. The estimator therefore:
+Model. ``offset(t) = broadcast - local`` at local time ``t``, linear over the window: ``a + b·(t - ref)``.
+One exchange gives two one-way readings, each the offset plus a delay that can only be positive:
 
-1. keeps, per 1 s bucket of local time, the lowest-delay sample, over a sliding window (16 min by default);
-2. takes the ``K`` points of lowest delay in the window and weights them with a biweight of their excess delay
-   over the window's minimum (samples with long round trips get zero weight, spikes are ignored);
-3. fits ``offset(t) = a + b·(t - ref)`` by weighted least squares, with a weak prior pulling ``b`` to 0 so a
-   short span gives an offset-only estimate and the drift appears as the span grows;
-4. serves a continuous estimate: after the first lock, changes of the fit are slewed in linearly over at
-   least ``slew_time_ns`` and at most ``max_slew_ppm`` (consumers resample to follow it), never stepped,
-   unless the change exceeds ``step_threshold_ns`` (a broken estimate is better stepped than slewed for
-   minutes);
-5. checks each new sample against the current estimate: three inconsistent samples in a row (the local clock
-   or the server was stepped) reset the estimator, which re-acquires quickly. A long silence (a rejoin)
-   switches back to fast exchanges for a few seconds.
+    f = t2 - t1 =  offset(t1) + up        g = t4 - t3 = -offset(t4) + down
+
+Instead of averaging the round trips of a few low-delay exchanges (whose error is half the difference of two
+jittery delays, and shrinks only as 1/√n), the estimator fits the *lower envelope* of each direction
+separately: the line under all ``(t1, f)`` points touching the lower convex hull where it spans the points'
+mean time (the linear-programming estimator of Moon, Skelly and Towsley), and likewise for ``(t4, g)``. Each
+envelope converges to the path's minimum one-way delay as fast as its samples crowd that floor (≈ 1/n), drift
+comes out of the envelopes' slopes, and queueing spikes never touch them. The offset is the midpoint:
+``(Lf(t) - Lg(t)) / 2``; its only unknowable error is half the difference of the two minimum one-way delays
+(path asymmetry), bounded by half the minimum round trip.
+
+Housekeeping:
+
+1. samples are kept per bucket of local time (8 s by default; the lowest ``f`` and the lowest ``g`` of each),
+   over a sliding window (16 min by default), so a refit costs a few hundred integer operations;
+2. after the first lock the served estimate is continuous: each change of the fit is slewed in linearly over
+   at least ``slew_time_ns`` and at no more than ``max_slew_ppm`` (consumers resample to follow it), unless it
+   exceeds ``step_threshold_ns`` (a broken estimate is better stepped than slewed for minutes);
+3. each new sample must respect causality against the current estimate (no delay below zero, within the
+   estimate's uncertainty): three violations in a row mean the local or the server clock was stepped, and
+   the estimator starts over; a long silence (a rejoin) switches back to fast exchanges for a few seconds.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
-from dataclasses import dataclass
 
 _MS = 1_000_000
 _S = 1_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class ClockSample:
-    """One exchange reduced to what the fit needs."""
+class _Bucket:
+    """The lowest one-way readings seen in one bucket of local time."""
 
-    mid_ns: int  # local midpoint (t1 + t4) / 2
-    offset_ns: float  # broadcast - local at mid_ns, as measured
-    delay_ns: int  # round trip minus server hold time
+    __slots__ = ("delay", "f", "g", "start", "tf", "tg")
+
+    def __init__(self, start: int, tf: int, f: int, tg: int, g: int, delay: int) -> None:
+        self.start = start
+        self.tf, self.f = tf, f
+        self.tg, self.g = tg, g
+        self.delay = delay
+
+
+def _envelope(points: list[tuple[int, int]]) -> tuple[int, float, float]:
+    """Line under all `points` (sorted by x), touching their lower convex hull where it spans their mean x.
+
+    Returns (x0, y0, slope): the line passes through (x0, y0). Exact integer geometry for the hull.
+    """
+    hull: list[tuple[int, int]] = []
+    for p in points:
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            # drop hull[-1] if it lies on or above the segment hull[-2] -> p
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    if len(hull) == 1:
+        return hull[0][0], float(hull[0][1]), 0.0
+    x_mean = sum(x for x, _ in points) / len(points)
+    for i in range(len(hull) - 1):
+        if hull[i + 1][0] >= x_mean:
+            break
+    (x1, y1), (x2, y2) = hull[i], hull[i + 1]
+    return x1, float(y1), (y2 - y1) / (x2 - x1)
 
 
 class ClockEstimator:
@@ -48,23 +82,21 @@ class ClockEstimator:
         self,
         *,
         window_ns: int = 16 * 60 * _S,
-        bucket_ns: int = _S,
-        best_k: int = 24,
+        bucket_ns: int = 8 * _S,
         min_samples: int = 8,
         fast_interval_ns: int = 100 * _MS,
         slow_interval_ns: int = _S,
         fast_period_ns: int = 5 * _S,
         rejoin_gap_ns: int = 60 * _S,
-        slew_time_ns: int = 20 * _S,
+        slew_time_ns: int = 10 * _S,
         max_slew_ppm: float = 500.0,
         step_threshold_ns: int = 50 * _MS,
         max_drift_ppm: float = 1000.0,
-        drift_prior_ppm: float = 200.0,
         wander_ppm: float = 1.0,
+        drift_prior_ppm: float = 150.0,
     ) -> None:
         self.window_ns = window_ns
         self.bucket_ns = bucket_ns
-        self.best_k = best_k
         self.min_samples = min_samples
         self.fast_interval_ns = fast_interval_ns
         self.slow_interval_ns = slow_interval_ns
@@ -74,27 +106,29 @@ class ClockEstimator:
         self.max_slew = max_slew_ppm * 1e-6
         self.step_threshold_ns = step_threshold_ns
         self.max_drift = max_drift_ppm * 1e-6
-        self.drift_prior = drift_prior_ppm * 1e-6
         self.wander = wander_ppm * 1e-6
-        self.rejected = 0  # samples refused as malformed or inconsistent
+        self.drift_prior = drift_prior_ppm * 1e-6
+        self.rejected = 0  # samples refused as malformed or violating causality
         self.resets = 0  # times the estimator started over (local or server clock stepped)
         self.steps = 0  # times the served estimate was stepped instead of slewed after the first lock
         self._reset()
 
     def _reset(self) -> None:
-        self._points: deque[ClockSample] = deque()
+        self._buckets: deque[_Bucket] = deque()
         self._count = 0
         self._locked = False
-        self._inconsistent = 0
+        self._violations = 0
         self._fast_until: int | None = None
         self._last_mid: int | None = None
-        # the fit: offset(t) = a + b (t - ref), with its quality
+        self._first_mid: int | None = None
+        # the fit: offset(t) = a + b (t - ref); `width` = the envelopes' gap (minimum round trip) at ref
         self._ref = 0
         self._a = 0.0
         self._b = 0.0
-        self._se_a = 0.0
-        self._se_b = 0.0
-        self._resid = 0.0
+        self._width = 0.0
+        self._sigma_b = self.max_drift
+        self._lever = 0
+        self._span = 0
         self._min_delay = 0
         # slew: served(t) = fit(t) + g0 * max(0, 1 - (t - g_t0) / g_dur) (g0 held before g_t0)
         self._g0 = 0.0
@@ -111,86 +145,86 @@ class ClockEstimator:
             self.rejected += 1
             return
         delay = max(rtt - hold, 0)
-        offset = ((t2 - t1) + (t3 - t4)) / 2
         mid = (t1 + t4) // 2
+        f = t2 - t1
+        g = t4 - t3
         last = self._last_mid
         if last is not None and mid < last - self.bucket_ns:
             # the local clock went backwards: nothing we hold is comparable any more
             self._restart()
             last = None
-        if self._locked and not self._consistent(mid, offset, delay):
-            self._inconsistent += 1
-            if self._inconsistent < 3:
+        if self._locked and not self._causal(t1, f, t4, g):
+            self._violations += 1
+            if self._violations < 3:
                 self.rejected += 1
                 return
             self._restart()
             last = None
-        self._inconsistent = 0
+        self._violations = 0
         if last is None or mid - last > self.rejoin_gap_ns:
             self._fast_until = mid + self.fast_period_ns
         self._last_mid = mid if last is None else max(last, mid)
         self._count += 1
-        self._insert(ClockSample(mid, offset, delay))
+        self._insert(mid, t1, f, t4, g, delay)
         self._refit(t4)
 
     def _restart(self) -> None:
         self.resets += 1
         self._reset()
 
-    def _consistent(self, mid: int, offset: float, delay: int) -> bool:
-        """True if the sample's interval [offset ± delay/2] can hold the offset we predict (NTP intersection)."""
-        predicted = self._served(mid)
-        slack = self.error_bound_at(mid) + delay / 2 + 0.5 * _MS
-        return abs(offset - predicted) <= slack
+    def _causal(self, t1: int, f: int, t4: int, g: int) -> bool:
+        """True unless a one-way delay comes out clearly negative against the current estimate."""
+        slack = self._uncertainty(t4) + 0.5 * _MS
+        return f - self._served(t1) >= -slack and g + self._served(t4) >= -slack
 
-    def _insert(self, s: ClockSample) -> None:
-        pts = self._points
-        if pts and pts[-1].mid_ns // self.bucket_ns == s.mid_ns // self.bucket_ns:
-            if s.delay_ns < pts[-1].delay_ns:
-                pts[-1] = s
+    def _insert(self, mid: int, t1: int, f: int, t4: int, g: int, delay: int) -> None:
+        buckets = self._buckets
+        if self._first_mid is None:
+            self._first_mid = mid
+        # buckets grow with the time since (re)start, so a young estimate still sees its drift: 1/32 of the
+        # span, between 1/64 and 1 of `bucket_ns`
+        size = min(max((mid - self._first_mid) // 32, self.bucket_ns // 64), self.bucket_ns)
+        if buckets and mid - buckets[-1].start < size:
+            b = buckets[-1]
+            if f < b.f:
+                b.tf, b.f = t1, f
+            if g < b.g:
+                b.tg, b.g = t4, g
+            b.delay = min(b.delay, delay)
         else:
-            pts.append(s)
-        horizon = s.mid_ns - self.window_ns
-        while pts and pts[0].mid_ns < horizon:
-            pts.popleft()
+            buckets.append(_Bucket(mid, t1, f, t4, g, delay))
+        horizon = mid - self.window_ns
+        while buckets[0].start < horizon:
+            buckets.popleft()
 
     # ---------------------------------------------------------------- the fit
 
     def _refit(self, now: int) -> None:
-        pts = self._points
-        d0 = min(p.delay_ns for p in pts)
-        k = min(self.best_k, len(pts))
-        best = heapq.nsmallest(k, pts, key=lambda p: p.delay_ns)
-        # excess-delay scale: the K-th lowest excess (at least a few µs, so equal delays still count)
-        scale = max(best[-1].delay_ns - d0, 2_000)
-        cutoff = 1.5 * scale
-        ws: list[float] = []
-        for p in best:
-            u = (p.delay_ns - d0) / cutoff
-            ws.append((1.0 - u * u) ** 2 if u < 1.0 else 0.0)
-        sw = sum(ws)
-        ref = best[0].mid_ns + round(sum(w * (p.mid_ns - best[0].mid_ns) for w, p in zip(ws, best, strict=True)) / sw)
-        xs = [float(p.mid_ns - ref) for p in best]
-        ybar = sum(w * p.offset_ns for w, p in zip(ws, best, strict=True)) / sw
-        sxx = sum(w * x * x for w, x in zip(ws, xs, strict=True))
-        sxy = sum(w * x * (p.offset_ns - ybar) for w, x, p in zip(ws, xs, best, strict=True))
-        # noise of one point is of the order of half its excess delay; the prior keeps a short span flat
-        sigma = max(scale / 2, 1_000.0)
-        prior = (sigma / self.drift_prior) ** 2
-        b = sxy / (sxx + prior)
+        buckets = self._buckets
+        _, _, bf = _envelope([(b.tf, b.f) for b in buckets])
+        _, _, bg = _envelope([(b.tg, b.g) for b in buckets])
+        # the two envelopes' slopes should be b and -b: their disagreement measures how well the drift is known
+        # (young estimates, few points); a doubtful drift is shrunk toward zero rather than extrapolated
+        b_hat = (bf - bg) / 2
+        sigma_b = abs(bf + bg) / 2 + 0.1e-6
+        prior = self.drift_prior
+        b = b_hat * prior * prior / (prior * prior + sigma_b * sigma_b)
         b = min(max(b, -self.max_drift), self.max_drift)
-        a = ybar
-        rss = sum(w * (p.offset_ns - a - b * x) ** 2 for w, x, p in zip(ws, xs, best, strict=True))
-        n_eff = sw * sw / sum(w * w for w in ws if w > 0)
-        resid = math.sqrt(rss / sw) if n_eff > 2 else sigma
-        noise = max(resid, sigma / 2)
-        se_a = noise / math.sqrt(n_eff)
-        se_b = noise / math.sqrt(sxx + prior)
-
+        # both envelopes re-drawn with the shared slope, touching their lowest point along that slope
+        xf, yf = min(((b_.tf, b_.f) for b_ in buckets), key=lambda p: p[1] - b * (p[0] - now))
+        xg, yg = min(((b_.tg, b_.g) for b_ in buckets), key=lambda p: p[1] + b * (p[0] - now))
+        lf = yf + b * (now - xf)
+        lg = yg - b * (now - xg)
+        lever = max(abs(now - xf), abs(now - xg))
         old_served = self._served(now) if self._locked else None
-        self._ref, self._a, self._b = ref, a, b
-        self._se_a, self._se_b, self._resid = se_a, se_b, resid
-        self._min_delay = d0
+        self._ref = now
+        self._a = (lf - lg) / 2
+        self._b = b
+        self._sigma_b = min(sigma_b, self.max_drift)
+        self._lever = lever
+        self._width = max(lf + lg, 0.0)
+        self._span = now - min(buckets[0].tf, buckets[0].tg)
+        self._min_delay = min(b.delay for b in buckets)
         if old_served is None:
             if self._count >= self.min_samples:
                 self._locked = True
@@ -214,6 +248,13 @@ class ClockEstimator:
             if dt > 0:
                 g *= max(0.0, 1.0 - dt / self._g_dur)
         return self._fit(t) + g
+
+    def _uncertainty(self, t: int) -> float:
+        """Everything but the path asymmetry: slew still to come, and the drift's uncertainty times how far
+        the estimate is carried from the envelopes' contact points (plus oscillator wander since the fit)."""
+        g = abs(self._served(t) - self._fit(t))
+        away = abs(t - self._ref)
+        return g + self._sigma_b * (self._lever + away) + self.wander * away
 
     # ---------------------------------------------------------------- output
 
@@ -246,17 +287,13 @@ class ClockEstimator:
     def error_bound_at(self, local_ns: int) -> int:
         """Honest bound on |to_broadcast(local_ns) - truth|.
 
-        Half the minimum round trip (the path asymmetry nobody can observe), the fit's own uncertainty, the part
-        of a correction not yet slewed in, and the drift uncertainty (plus some oscillator wander) since the
-        fit's reference point.
+        Causality puts the offset between the two envelopes, so half their gap (the minimum round trip) bounds
+        the path asymmetry nobody can observe; add the part of a correction not yet slewed in, and some
+        oscillator wander (`wander_ppm`) away from the fit's reference (the last sample).
         """
         if self._last_mid is None:
             return 2**62
-        fit_dt = abs(local_ns - self._ref)
-        since = max(0, local_ns - self._last_mid)
-        g = abs(self._served(local_ns) - self._fit(local_ns))
-        bound = self._min_delay / 2 + 2 * self._resid + 3 * self._se_a + 3 * self._se_b * fit_dt + g
-        return math.ceil(bound + self.wander * since)
+        return math.ceil(self._width / 2 + self._uncertainty(local_ns))
 
     @property
     def error_bound_ns(self) -> int:
@@ -265,7 +302,7 @@ class ClockEstimator:
 
     @property
     def min_delay_ns(self) -> int:
-        """Lowest round trip (server hold time excluded) among the samples in the window."""
+        """Lowest round trip (server hold time excluded) in the window."""
         return self._min_delay
 
     @property
@@ -275,8 +312,8 @@ class ClockEstimator:
 
     @property
     def kept_count(self) -> int:
-        """Points (lowest-delay sample per bucket) currently held in the window."""
-        return len(self._points)
+        """Buckets currently held in the window."""
+        return len(self._buckets)
 
     def next_interval_ns(self) -> int:
         """How long to wait before the next exchange: short while acquiring or re-acquiring, then slow."""
