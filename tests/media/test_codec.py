@@ -117,3 +117,19 @@ def test_cost_per_frame() -> None:
     t2 = time.perf_counter()
     assert (t1 - t0) / len(frames) < 0.005
     assert (t2 - t1) / len(frames) < 0.002
+
+
+def test_bitrate_is_kept() -> None:
+    """Constrained VBR by default: the average rate stays near the target (unconstrained spent ≈ 1.5×)."""
+    rng = np.random.default_rng(3)
+    speechlike = (_tone(2.0, 220.0) * (0.5 + 0.5 * np.sin(np.arange(96_000) / 3000))).astype(np.float32)
+    speechlike += (0.01 * rng.standard_normal(speechlike.size)).astype(np.float32)
+    for vbr in ("constrained", "off"):
+        enc = OpusEncoder(64_000, vbr=vbr)
+        sizes = [
+            len(enc.encode(speechlike[i : i + FRAME_SAMPLES]))
+            for i in range(0, speechlike.size, FRAME_SAMPLES)
+        ]
+        assert abs(np.mean(sizes) * 8 * 50 - 64_000) < 6_400
+    with pytest.raises(ValueError):
+        OpusEncoder(vbr="sometimes")

@@ -26,6 +26,7 @@ from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.render import Samples
 
 APPLICATIONS = ("audio", "voip", "lowdelay")
+VBR_MODES = ("constrained", "on", "off")
 
 # Frame sizes (48 kHz samples) reachable with a one-frame TOC, and the CELT fullband config for each.
 _CELT_FB_CONFIG = {120: 28, 240: 29, 480: 30, 960: 31}
@@ -55,21 +56,30 @@ def parse_opus_head(extradata: bytes) -> tuple[int, int, int]:
 class OpusEncoder:
     """48 kHz mono Opus, 20 ms per packet; `encode` turns exactly one frame into exactly one packet.
 
-    `packet_loss_pct` > 0 turns on in-band FEC tuned for that expected loss (costs bitrate).
+    `vbr` is "constrained" by default: unconstrained VBR ("on") was measured here spending ≈ 96 kbps on
+    synthetic speech for a 64 kbps target, which a fleet on cellular links should not be surprised by; "off"
+    gives constant-size packets. `packet_loss_pct` > 0 turns on in-band FEC tuned for that expected loss.
     """
 
     def __init__(
-        self, bitrate: int = 64_000, *, application: str = "audio", packet_loss_pct: int = 0
+        self,
+        bitrate: int = 64_000,
+        *,
+        application: str = "audio",
+        vbr: str = "constrained",
+        packet_loss_pct: int = 0,
     ) -> None:
         if application not in APPLICATIONS:
             raise ValueError(f"application must be one of {APPLICATIONS}, not {application!r}")
+        if vbr not in VBR_MODES:
+            raise ValueError(f"vbr must be one of {VBR_MODES}, not {vbr!r}")
         ctx: Any = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = SAMPLE_RATE
         ctx.layout = "mono"
         ctx.format = "flt"
         ctx.bit_rate = bitrate
         ctx.time_base = Fraction(1, SAMPLE_RATE)
-        options = {"application": application, "frame_duration": "20"}
+        options = {"application": application, "frame_duration": "20", "vbr": vbr}
         if packet_loss_pct > 0:
             options |= {"fec": "1", "packet_loss": str(packet_loss_pct)}
         ctx.options = options
