@@ -50,10 +50,11 @@ class _Bucket:
         self.delay = delay
 
 
-def _envelope(points: list[tuple[int, int]]) -> tuple[int, float, float]:
-    """Line under all `points` (sorted by x), touching their lower convex hull where it spans their mean x.
+def _envelope_slope(points: list[tuple[int, int]]) -> float:
+    """Slope of the line under all `points` (sorted by x) touching their lower convex hull at their mean x.
 
-    Returns (x0, y0, slope): the line passes through (x0, y0). Exact integer geometry for the hull.
+    That line minimises the summed distance to the points (the linear program of Moon et al.). Exact integer
+    geometry for the hull; 0 for a single point.
     """
     hull: list[tuple[int, int]] = []
     for p in points:
@@ -66,13 +67,13 @@ def _envelope(points: list[tuple[int, int]]) -> tuple[int, float, float]:
                 break
         hull.append(p)
     if len(hull) == 1:
-        return hull[0][0], float(hull[0][1]), 0.0
+        return 0.0
     x_mean = sum(x for x, _ in points) / len(points)
     for i in range(len(hull) - 1):
         if hull[i + 1][0] >= x_mean:
             break
     (x1, y1), (x2, y2) = hull[i], hull[i + 1]
-    return x1, float(y1), (y2 - y1) / (x2 - x1)
+    return (y2 - y1) / (x2 - x1)
 
 
 class ClockEstimator:
@@ -201,10 +202,10 @@ class ClockEstimator:
 
     def _refit(self, now: int) -> None:
         buckets = self._buckets
-        _, _, bf = _envelope([(b.tf, b.f) for b in buckets])
-        _, _, bg = _envelope([(b.tg, b.g) for b in buckets])
-        # the two envelopes' slopes should be b and -b: their disagreement measures how well the drift is known
-        # (young estimates, few points); a doubtful drift is shrunk toward zero rather than extrapolated
+        bf = _envelope_slope([(b.tf, b.f) for b in buckets])
+        bg = _envelope_slope([(b.tg, b.g) for b in buckets])
+        # the two envelopes' slopes should be b and -b: their disagreement measures how well the drift is
+        # known (young estimates, few points); a doubtful drift is shrunk toward zero, not extrapolated
         b_hat = (bf - bg) / 2
         sigma_b = abs(bf + bg) / 2 + 0.1e-6
         prior = self.drift_prior
