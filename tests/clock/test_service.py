@@ -1,0 +1,179 @@
+"""The time service over a real nats-server on loopback, in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import nats
+import pytest
+
+from citycast.clock.estimator import ClockEstimator
+from citycast.clock.local import SkewedClock, SystemClock
+from citycast.clock.service import ClockSync, TimeResponder
+
+MS = 1_000_000
+
+
+def _nats_server_binary() -> str:
+    candidate = os.path.join(sysconfig.get_path("scripts"), "nats-server")
+    if os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        pytest.skip("no nats-server binary")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def nats_url() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [_nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("nats-server did not start") from None
+                time.sleep(0.02)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[nats.aio.client.Client]:
+    conn = await nats.connect(nats_url)
+    yield conn
+    await conn.drain()
+
+
+def sync_error_ns(est: ClockEstimator, clock: SkewedClock) -> int:
+    true = time.time_ns()
+    return est.to_broadcast(clock.at(true)) - true
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.05)
+    return cond()
+
+
+async def test_clock_sync_converges_against_system_clock(nc: nats.aio.client.Client) -> None:
+    hub = TimeResponder(nc, "citycast.time", SystemClock().now_ns)
+    await hub.start()
+    site_clock = SkewedClock(offset_ns=1_300_000_000, ppm=80.0)
+    sync = ClockSync(nc, "citycast.time", site_clock)
+    await sync.start()
+    try:
+        est = sync.estimator
+        assert await wait_until(lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 1 * MS, 10)
+        await asyncio.sleep(2)  # stays there
+        errors = []
+        for _ in range(20):
+            errors.append(sync_error_ns(est, site_clock))
+            await asyncio.sleep(0.05)
+        assert max(abs(e) for e in errors) < 1 * MS
+        assert sync.exchanges >= 10
+        assert sync.last_rtt_ns is not None and 0 < sync.last_rtt_ns < 100 * MS
+        assert est.error_bound_ns < 5 * MS
+        assert hub.answered >= sync.exchanges
+    finally:
+        await sync.stop()
+        await hub.stop()
+
+
+async def test_malformed_requests_do_not_kill_the_responder(nc: nats.aio.client.Client) -> None:
+    hub = TimeResponder(nc, "citycast.time", SystemClock().now_ns)
+    await hub.start()
+    try:
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request("citycast.time", b"x" * 65, timeout=0.3)
+        await nc.publish("citycast.time", b"no reply subject")
+        await nc.publish("citycast.time", b"\xff" * 64, reply="nobody.listens")
+        reply = await nc.request("citycast.time", b"", timeout=1)
+        assert len(reply.data) == 16
+        t2, t3 = int.from_bytes(reply.data[:8], "big"), int.from_bytes(reply.data[8:], "big")
+        assert 0 <= t3 - t2 < 100 * MS
+        assert abs(t2 - time.time_ns()) < 1_000 * MS
+        assert hub.ignored >= 2
+    finally:
+        await hub.stop()
+
+
+async def test_failures_are_counted_and_retried(nc: nats.aio.client.Client) -> None:
+    sync = ClockSync(nc, "citycast.time.nobody", SystemClock(), timeout_s=0.1, retry_interval_s=0.1)
+    await sync.start()
+    try:
+        assert await wait_until(lambda: sync.failures >= 2, 5)
+        hub = TimeResponder(nc, "citycast.time.nobody", SystemClock().now_ns)
+        await hub.start()
+        assert await wait_until(lambda: sync.estimator.synced, 10)
+        await hub.stop()
+    finally:
+        await sync.stop()
+
+
+async def test_site_syncs_to_city_responder_that_syncs_to_hub(nc: nats.aio.client.Client) -> None:
+    hub = TimeResponder(nc, "citycast.time.hub", SystemClock().now_ns)
+    await hub.start()
+    city_clock = SkewedClock(offset_ns=-700_000_000, ppm=-50.0)
+    city_sync = ClockSync(nc, "citycast.time.hub", city_clock)
+    city_est = city_sync.estimator
+    city = TimeResponder(
+        nc,
+        "citycast.time.city",
+        lambda: city_est.to_broadcast(city_clock.now_ns()),
+        ready=lambda: city_est.synced,
+    )
+    site_clock = SkewedClock(offset_ns=1_300_000_000, ppm=80.0)
+    site_sync = ClockSync(nc, "citycast.time.city", site_clock, timeout_s=0.5, retry_interval_s=0.2)
+    await city_sync.start()
+    await city.start()
+    await site_sync.start()
+    try:
+        site_est = site_sync.estimator
+        assert await wait_until(
+            lambda: site_est.synced and abs(sync_error_ns(site_est, site_clock)) < 1 * MS, 20
+        )
+        await asyncio.sleep(2)
+        errors = []
+        for _ in range(20):
+            errors.append(sync_error_ns(site_est, site_clock))
+            await asyncio.sleep(0.05)
+        assert max(abs(e) for e in errors) < 1 * MS
+        assert abs(sync_error_ns(city_est, city_clock)) < 1 * MS
+        assert site_sync.exchanges >= 10
+    finally:
+        await site_sync.stop()
+        await city.stop()
+        await city_sync.stop()
+        await hub.stop()
