@@ -12,9 +12,7 @@ from citycast.bench.relay import DelayLine, LatencyRecorder
 MS = 1_000_000
 
 
-def _line(
-    delay_ms: float = 70, jitter_ms: float = 10, loss: float = 0.01, seed: int = 7, **kw: int
-) -> DelayLine:
+def _line(delay_ms: float = 70, jitter_ms: float = 10, loss: float = 0.01, seed: int = 7, **kw: int) -> DelayLine:
     return DelayLine(round(delay_ms * MS), round(jitter_ms * MS), loss, rng=random.Random(seed), **kw)
 
 

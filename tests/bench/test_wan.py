@@ -222,9 +222,7 @@ def test_bulk_tcp_survives_loss_and_reordering() -> None:
     size = 2 * 1024 * 1024
     with WanLink(PROFILES["london-karachi"], seed=12) as link:
         with server_in(link.east_ns, HASH_SERVER, str(PORT)):
-            result = json.loads(
-                run_in(link.west_ns, BULK_CLIENT, link.east_ip, str(PORT), str(size), timeout=40)
-            )
+            result = json.loads(run_in(link.west_ns, BULK_CLIENT, link.east_ip, str(PORT), str(size), timeout=40))
         st = link.stats()
     print(f"bulk: {result}; stats {st}")
     assert result["n"] == size and result["ok"]

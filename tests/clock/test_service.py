@@ -161,9 +161,7 @@ async def test_site_syncs_to_city_responder_that_syncs_to_hub(nc: nats.aio.clien
     await site_sync.start()
     try:
         site_est = site_sync.estimator
-        assert await wait_until(
-            lambda: site_est.synced and abs(sync_error_ns(site_est, site_clock)) < 1 * MS, 20
-        )
+        assert await wait_until(lambda: site_est.synced and abs(sync_error_ns(site_est, site_clock)) < 1 * MS, 20)
         await asyncio.sleep(2)
         errors = []
         for _ in range(20):

@@ -14,9 +14,7 @@ def _tone(seconds: float, freq: float = 440.0) -> np.ndarray:
 
 
 def _round_trip(pcm: np.ndarray, encoder: OpusEncoder, decoder: OpusDecoder) -> np.ndarray:
-    out = [
-        decoder.decode(encoder.encode(pcm[i : i + FRAME_SAMPLES])) for i in range(0, pcm.size, FRAME_SAMPLES)
-    ]
+    out = [decoder.decode(encoder.encode(pcm[i : i + FRAME_SAMPLES])) for i in range(0, pcm.size, FRAME_SAMPLES)]
     return np.concatenate(out)
 
 
@@ -126,10 +124,7 @@ def test_bitrate_is_kept() -> None:
     speechlike += (0.01 * rng.standard_normal(speechlike.size)).astype(np.float32)
     for vbr in ("constrained", "off"):
         enc = OpusEncoder(64_000, vbr=vbr)
-        sizes = [
-            len(enc.encode(speechlike[i : i + FRAME_SAMPLES]))
-            for i in range(0, speechlike.size, FRAME_SAMPLES)
-        ]
+        sizes = [len(enc.encode(speechlike[i : i + FRAME_SAMPLES])) for i in range(0, speechlike.size, FRAME_SAMPLES)]
         assert abs(np.mean(sizes) * 8 * 50 - 64_000) < 6_400
     with pytest.raises(ValueError):
         OpusEncoder(vbr="sometimes")

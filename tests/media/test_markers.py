@@ -66,9 +66,7 @@ def test_accuracy_after_opus_at_64kbps() -> None:
     starts = [k * 48_000 + 3000 + rng.uniform(0, 1) for k in range(15)]
     x = _place(16 * 48_000, starts)
     enc, dec = OpusEncoder(64_000), OpusDecoder()
-    y = np.concatenate(
-        [dec.decode(enc.encode(x[i : i + FRAME_SAMPLES])) for i in range(0, x.size, FRAME_SAMPLES)]
-    )
+    y = np.concatenate([dec.decode(enc.encode(x[i : i + FRAME_SAMPLES])) for i in range(0, x.size, FRAME_SAMPLES)])
     found = np.array(detect_markers(y)) - enc.lookahead_samples
     assert len(found) == len(starts)
     errors = found - np.array(starts)

@@ -308,9 +308,7 @@ class WanLink:
             "max_queued": self.max_queued,
             "realtime": self.realtime,
         }
-        code = (
-            "import sys, json; from citycast.bench.wan import run_relay; run_relay(**json.loads(sys.argv[1]))"
-        )
+        code = "import sys, json; from citycast.bench.wan import run_relay; run_relay(**json.loads(sys.argv[1]))"
         try:
             self._relay = subprocess.Popen(
                 [sys.executable, "-c", code, json.dumps(args)],
@@ -497,12 +495,8 @@ def run_relay(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     master = random.Random(seed)
     lines = {
-        west_fd: DelayLine(
-            delay_ns, jitter_ns, loss, rng=random.Random(master.getrandbits(64)), max_queued=max_queued
-        ),
-        east_fd: DelayLine(
-            delay_ns, jitter_ns, loss, rng=random.Random(master.getrandbits(64)), max_queued=max_queued
-        ),
+        west_fd: DelayLine(delay_ns, jitter_ns, loss, rng=random.Random(master.getrandbits(64)), max_queued=max_queued),
+        east_fd: DelayLine(delay_ns, jitter_ns, loss, rng=random.Random(master.getrandbits(64)), max_queued=max_queued),
     }
     out_of = {west_fd: east_fd, east_fd: west_fd}
     lateness = LatencyRecorder()

@@ -209,9 +209,7 @@ def parse_frame(data: bytes) -> tuple[Frame, bytes]:
         if not 1 <= length <= MAX_PACKET_BYTES:
             raise MalformedFrame(f"packet {i} length {length} outside 1..{MAX_PACKET_BYTES}")
         if off + length > body_end:
-            raise MalformedFrame(
-                f"packet {i} length {length} overruns the frame ({body_end - off} bytes left)"
-            )
+            raise MalformedFrame(f"packet {i} length {length} overruns the frame ({body_end - off} bytes left)")
         packets.append(data[off : off + length])
         off += length
     if off != body_end:

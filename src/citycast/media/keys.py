@@ -67,9 +67,7 @@ def key_id(pub: Ed25519PublicKey) -> bytes:
     return hashlib.sha256(_raw_public(pub)).digest()[:KEY_ID_SIZE]
 
 
-def save_private_key(
-    key: Ed25519PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
-) -> None:
+def save_private_key(key: Ed25519PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
     """Write ``key`` as unencrypted PKCS8 PEM, readable by its owner only (0600) from the first byte on.
 
     The key is written to a fresh 0600 file beside ``path`` and renamed into place, so a crash never leaves a
@@ -79,9 +77,7 @@ def save_private_key(
     target = Path(path)
     if target.exists() and not overwrite:
         raise KeyFileError(target, "already exists; refusing to overwrite a private key")
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     try:
         # O_EXCL: never open a file someone else created; 0o600 from creation (the umask can only narrow it).
@@ -137,9 +133,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     except OSError:
         mode = 0
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning(
-            "%s: private key is accessible by group or others (mode %o); use chmod 600", p, mode & 0o777
-        )
+        log.warning("%s: private key is accessible by group or others (mode %o); use chmod 600", p, mode & 0o777)
     return key
 
 

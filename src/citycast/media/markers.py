@@ -187,9 +187,7 @@ def detect_markers_in_wav(path: str | Path, **kwargs: float | int | None) -> lis
     return detect_markers(read_audio(path), **kwargs)  # type: ignore[arg-type]
 
 
-def correlate_lag(
-    reference: npt.ArrayLike, signal: npt.ArrayLike, *, min_level: float = 1e-3
-) -> tuple[float, float]:
+def correlate_lag(reference: npt.ArrayLike, signal: npt.ArrayLike, *, min_level: float = 1e-3) -> tuple[float, float]:
     """(lag, peak): where `reference` best appears in `signal`, in fractional samples, and how well.
 
     `lag` is the index in `signal` of the reference's first sample (only full overlaps are searched, so

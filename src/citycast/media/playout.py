@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -108,6 +109,7 @@ class PlayoutEngine:
         kp: float = 0.5,
         ki: float = 0.08,
         max_conceal_packets: int = 5,
+        rate_window_points: int = 20,
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
         self.delay_ns = delay_ns
@@ -124,7 +126,12 @@ class PlayoutEngine:
         self._clock: ClockMap | None = None
         self._epoch_ns: int | None = None
         self._pos: float | None = None
-        self._rate_i = 1.0  # the integrator: what the DAC's rate error needs
+        self._rate_i = 0.0  # the integrator: what the feed-forward rate estimate leaves over
+        # Where the DAC really is: (samples handed out, broadcast time of the block) checkpoints; their slope is
+        # the DAC's true rate, used as the resampling ratio's feed-forward so the PI loop only trims phase.
+        self._dac_points: deque[tuple[int, int]] = deque(maxlen=rate_window_points)
+        self._dac_samples = 0
+        self._ff = 1.0
         self.ratio = 1.0
         self._stream: _Stream | None = None
         self.state = PlayoutState.SYNCING
@@ -210,14 +217,28 @@ class PlayoutEngine:
             self.stats.resyncs += 1
             if self._stream is not None:
                 self._stream.started = False
+        self._track_dac_rate(n, bt)
         e_s = err / self.sr
         dt = n / self.sr
-        self._rate_i = _clamp(self._rate_i - self._ki * e_s * dt, 1 - self._max_slew, 1 + self._max_slew)
-        self.ratio = _clamp(self._rate_i - self._kp * e_s, 1 - self._max_slew, 1 + self._max_slew)
+        self._rate_i = _clamp(self._rate_i - self._ki * e_s * dt, -self._max_slew, self._max_slew)
+        correction = _clamp(self._rate_i - self._kp * e_s, -self._max_slew, self._max_slew)
+        self.ratio = self._ff * (1 + correction)
         self.tracking_error_ns += (e_s * 1e9 - self.tracking_error_ns) * min(1.0, dt / 1.0)
         out = self._produce(n, self.ratio)
         self._pos += n * self.ratio
         return out
+
+    def _track_dac_rate(self, n: int, bt: int) -> None:
+        pts = self._dac_points
+        if not pts or self._dac_samples - pts[-1][0] >= self.sr // 2:
+            pts.append((self._dac_samples, bt))
+            if len(pts) >= 3:
+                (s0, b0), (s1, b1) = pts[0], pts[-1]
+                ff = (b1 - b0) * self.sr / 1e9 / (s1 - s0)
+                # A wild value means the clock map jumped, not that the DAC changed speed: keep the last one.
+                if abs(ff - 1) <= self._max_slew:
+                    self._ff = ff
+        self._dac_samples += n
 
     def _produce(self, n: int, ratio: float) -> Samples:
         assert self._pos is not None
@@ -239,7 +260,7 @@ class PlayoutEngine:
         rel = (p_first - st.buf_start) + np.arange(n, dtype=np.float64) * ratio
         out = read_at(st.buf, rel)
         # Keep only what the next block can still reach back to (cubic reads one sample behind).
-        keep_from = int(math.floor(p_first + n * ratio - st.buf_start)) - 2
+        keep_from = math.floor(p_first + n * ratio - st.buf_start) - 2
         if keep_from > 0:
             st.buf = st.buf[keep_from:]
             st.buf_start += keep_from

@@ -438,7 +438,5 @@ def open_sink(
         device: int | str | None = None
         if arg:
             device = int(arg) if arg.isdigit() else arg
-        return SoundDeviceSink(
-            clock, device=device, blocksize=block, on_block=on_block, duration_s=duration_s
-        )
+        return SoundDeviceSink(clock, device=device, blocksize=block, on_block=on_block, duration_s=duration_s)
     raise SinkError(f"unknown sink spec {spec!r}: expected timed[:PPM], wav:PATH or device[:NAME]")

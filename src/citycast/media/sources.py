@@ -159,9 +159,7 @@ class MarkerSource:
         self.period_samples = round(period_s * SAMPLE_RATE)
         self.marker = chirp() * np.float32(amplitude / 0.5)
         if self.period_samples < self.marker.size:
-            raise SourceError(
-                f"marker period {period_s} s is shorter than the marker ({self.marker.size} samples)"
-            )
+            raise SourceError(f"marker period {period_s} s is shorter than the marker ({self.marker.size} samples)")
         if count is not None and count < 0:
             raise SourceError("marker count must be ≥ 0")
         self.count = count
@@ -192,13 +190,9 @@ class MarkerSource:
 class ToneSource:
     """A sine at `frequency` Hz (phase-continuous across blocks); endless unless `duration_s` is given."""
 
-    def __init__(
-        self, frequency: float = 440.0, *, amplitude: float = 0.5, duration_s: float | None = None
-    ) -> None:
+    def __init__(self, frequency: float = 440.0, *, amplitude: float = 0.5, duration_s: float | None = None) -> None:
         if not 0 < frequency < SAMPLE_RATE / 2:
-            raise SourceError(
-                f"tone frequency must be between 0 and {SAMPLE_RATE // 2} Hz, not {frequency:g}"
-            )
+            raise SourceError(f"tone frequency must be between 0 and {SAMPLE_RATE // 2} Hz, not {frequency:g}")
         self.frequency = frequency
         self.amplitude = amplitude
         self.duration_s = duration_s

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up, then run every check CI runs: ruff, mypy, the test suite.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh || exit 1
+mkdir -p test-artifacts
+.venv/bin/ruff check . || exit 1
+.venv/bin/ruff format --check . || exit 1
+.venv/bin/mypy || exit 1
+.venv/bin/python -m pytest -q -rs --durations=15 "$@"
+rc=$?
+if [ "$rc" = 5 ]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+  exit 1
+fi
+exit "$rc"

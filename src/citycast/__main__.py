@@ -1,0 +1,3 @@
+from citycast.cli import main
+
+main()

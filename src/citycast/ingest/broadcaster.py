@@ -1,0 +1,129 @@
+"""Ingest: a PCM source becomes signed Opus frames on the bus, stamped with the broadcast clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+
+from citycast.bus.subjects import Subjects
+from citycast.ingest.pacing import FramePacer
+from citycast.media.codec import OpusEncoder
+from citycast.media.frame import FrameSigner
+from citycast.media.render import Samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    channel: int
+    stream: int
+    ts0_ns: int
+    messages: int = 0
+    packets: int = 0
+    late_publishes: int = 0  # messages that left more than 5 ms after they were due
+    max_publish_lag_ns: int = 0
+    encode_ns: int = 0
+    sign_ns: int = 0
+    lookahead_samples: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "channel": self.channel,
+            "stream": self.stream,
+            "ts0_ns": self.ts0_ns,
+            "messages": self.messages,
+            "packets": self.packets,
+            "late_publishes": self.late_publishes,
+            "max_publish_lag_ms": self.max_publish_lag_ns / 1e6,
+            "encode_us_per_packet": self.encode_ns / max(1, self.packets) / 1e3,
+            "sign_us_per_message": self.sign_ns / max(1, self.messages) / 1e3,
+            "lookahead_samples": self.lookahead_samples,
+            **self.extra,
+        }
+
+
+class Broadcaster:
+    """Publishes one source on one channel, paced in real time by the broadcast clock."""
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        channel: int,
+        signer: FrameSigner,
+        clock: Callable[[], int],
+        subjects: Subjects | None = None,
+        packets_per_message: int = 1,
+        bitrate: int = 64_000,
+    ) -> None:
+        if not 1 <= packets_per_message <= 4:
+            raise ValueError("packets per message must be 1..4")
+        self.nc = nc
+        self.channel = channel
+        self.signer = signer
+        self.clock = clock
+        self.subject = (subjects or Subjects()).audio(channel)
+        self.packets_per_message = packets_per_message
+        self.encoder = OpusEncoder(bitrate=bitrate)
+
+    async def run(
+        self,
+        blocks: Iterator[Samples],
+        *,
+        ts0_ns: int | None = None,
+        max_packets: int | None = None,
+        on_start: Callable[[IngestReport], None] | None = None,
+    ) -> IngestReport:
+        ts0 = ts0_ns if ts0_ns is not None else FramePacer.aligned_start(self.clock(), margin_ns=50_000_000)
+        pacer = FramePacer(ts0, self.packets_per_message)
+        report = IngestReport(
+            channel=self.channel,
+            stream=random.getrandbits(32),
+            ts0_ns=ts0,
+            lookahead_samples=self.encoder.lookahead_samples,
+        )
+        if on_start:
+            on_start(report)
+        seq = 0
+        pending: list[bytes] = []
+        for pcm in blocks:
+            t = time.perf_counter_ns()
+            pending.append(self.encoder.encode(pcm))
+            report.encode_ns += time.perf_counter_ns() - t
+            if len(pending) < self.packets_per_message:
+                continue
+            await self._publish(report, pacer, seq, pending)
+            seq += len(pending)
+            pending = []
+            if max_packets is not None and seq >= max_packets:
+                break
+        if pending:
+            await self._publish(report, pacer, seq, pending)
+        await self.nc.flush()
+        return report
+
+    async def _publish(self, report: IngestReport, pacer: FramePacer, seq: int, packets: list[bytes]) -> None:
+        due = pacer.due_ns(seq, len(packets))
+        wait = (due - self.clock()) / 1e9
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = time.perf_counter_ns()
+        data = self.signer.sign(
+            channel=self.channel, stream=report.stream, seq=seq, ts_ns=pacer.ts_of(seq), packets=packets
+        )
+        report.sign_ns += time.perf_counter_ns() - t
+        await self.nc.publish(self.subject, data)
+        lag = self.clock() - due
+        report.max_publish_lag_ns = max(report.max_publish_lag_ns, lag)
+        if lag > 5_000_000:
+            report.late_publishes += 1
+        report.messages += 1
+        report.packets += len(packets)

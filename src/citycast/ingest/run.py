@@ -1,0 +1,57 @@
+"""`citycast ingest`: connect, stamp, sign and publish one source until it ends."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from citycast.bus.connection import connect
+from citycast.bus.subjects import Subjects
+from citycast.clock.local import SystemClock
+from citycast.ingest.broadcaster import Broadcaster, IngestReport
+from citycast.media.frame import FrameSigner
+from citycast.media.sources import Source
+
+
+@dataclass
+class IngestOptions:
+    nats_url: str
+    channel: int = 1
+    prefix: str = "citycast"
+    packets_per_message: int = 1
+    bitrate: int = 64_000
+    seconds: float | None = None
+    report_path: Path | None = None
+
+
+async def run_ingest(source: Source, key: Ed25519PrivateKey, opts: IngestOptions) -> IngestReport:
+    nc = await connect(opts.nats_url, name=f"ingest:{opts.channel}", forever=False)
+    clock = SystemClock()  # ingest runs beside the hub, whose clock *is* the broadcast clock
+    caster = Broadcaster(
+        nc,
+        channel=opts.channel,
+        signer=FrameSigner(key),
+        clock=clock.now_ns,
+        subjects=Subjects(opts.prefix),
+        packets_per_message=opts.packets_per_message,
+        bitrate=opts.bitrate,
+    )
+    blocks = source.blocks()
+    if opts.seconds is not None:
+        blocks = itertools.islice(blocks, round(opts.seconds * 50))
+
+    def write(report: IngestReport, done: bool) -> None:
+        if opts.report_path is not None:
+            data = {**report.as_dict(), "source": source.description, "done": done}
+            opts.report_path.write_text(json.dumps(data, indent=1))
+
+    try:
+        report = await caster.run(blocks, on_start=lambda r: write(r, False))
+        write(report, True)
+        return report
+    finally:
+        await nc.drain()

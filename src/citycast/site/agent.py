@@ -1,0 +1,264 @@
+"""The site agent: on the loudspeaker box, for months. Bus in, verified frames, clock sync, playout, telemetry.
+
+The same class runs once per box in production and hundreds of times per process in simulations and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from citycast.bus.connection import connect
+from citycast.bus.subjects import Subjects
+from citycast.clock.estimator import ClockEstimator
+from citycast.clock.local import Clock, SystemClock
+from citycast.clock.service import ClockSync
+from citycast.media.codec import OpusDecoder
+from citycast.media.frame import FrameError, FrameVerifier, ReplayWindow, is_fresh
+from citycast.media.playout import ClockMap, PlayoutEngine
+from citycast.media.render import Samples
+from citycast.media.sinks import Sink
+from citycast.site.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8192  # far above the largest legal frame; anything bigger is dropped before parsing
+
+
+@dataclass
+class SiteConfig:
+    name: str
+    nats_url: str
+    trusted_keys: list[Ed25519PublicKey]
+    channel: int = 1
+    delay_ns: int = 80_000_000
+    clock_mode: str = "sync"  # "sync": estimate the broadcast clock over the bus; "system": trust chrony/PTP
+    time_subject: str | None = None  # a city responder near the site; default: the hub's
+    subjects: Subjects = field(default_factory=Subjects)
+    fallback: Samples | None = None
+    fallback_after_ns: int = 2_000_000_000
+    telemetry_interval_s: float = 1.0
+    max_future_ns: int = 5_000_000_000
+
+
+class StageTimer:
+    """Seconds of CPU-ish time spent per stage, to tell where a site's cost goes."""
+
+    def __init__(self) -> None:
+        self.ns: Counter[str] = Counter()
+
+    def add(self, stage: str, t0: int) -> None:
+        self.ns[stage] += time.perf_counter_ns() - t0
+
+    def seconds(self) -> dict[str, float]:
+        return {k: v / 1e9 for k, v in self.ns.items()}
+
+
+class TimedRenderer:
+    """Wraps the engine so the render stage (decode + resample) is timed like the others."""
+
+    def __init__(self, engine: PlayoutEngine, timer: StageTimer) -> None:
+        self.engine = engine
+        self.timer = timer
+
+    def render(self, n: int, dac_local_ns: int) -> Samples:
+        t0 = time.perf_counter_ns()
+        out = self.engine.render(n, dac_local_ns)
+        self.timer.add("render", t0)
+        return out
+
+
+class SiteAgent:
+    def __init__(self, config: SiteConfig, sink: Sink, clock: Clock | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.clock = clock or SystemClock()
+        self.verifier = FrameVerifier(config.trusted_keys)
+        self.replay = ReplayWindow()
+        self.engine = PlayoutEngine(
+            delay_ns=config.delay_ns,
+            decoder_factory=OpusDecoder,
+            fallback=config.fallback,
+            fallback_after_ns=config.fallback_after_ns,
+        )
+        self.estimator = ClockEstimator()
+        self.timer = StageTimer()
+        self.rejected: Counter[str] = Counter()
+        self.frames = 0
+        self.nc: Client | None = None
+        self.clock_sync: ClockSync | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.sink_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    # -- clock ---------------------------------------------------------------------------------------------
+    def broadcast_now(self) -> int | None:
+        if self.config.clock_mode == "system":
+            return self.clock.now_ns()
+        if not self.estimator.synced:
+            return None
+        return self.estimator.to_broadcast(self.clock.now_ns())
+
+    def _clock_map(self) -> ClockMap | None:
+        if self.config.clock_mode == "system":
+            return ClockMap(0, 0, 1.0)
+        if not self.estimator.synced:
+            return None
+        ref = self.clock.now_ns()
+        bt = self.estimator.to_broadcast(ref)
+        bt_later = self.estimator.to_broadcast(ref + 1_000_000_000)
+        return ClockMap(ref, bt, (bt_later - bt) / 1e9)
+
+    async def _follow_clock(self) -> None:
+        # The estimator moves once per exchange; the engine slews to each new line, so polling is enough.
+        while True:
+            self.engine.set_clock(self._clock_map())
+            await asyncio.sleep(0.25)
+
+    # -- frames --------------------------------------------------------------------------------------------
+    async def _on_audio(self, msg: Msg) -> None:
+        self.on_frame_bytes(msg.data)
+
+    def on_frame_bytes(self, data: bytes) -> None:
+        """Verify and queue one message from the bus. Never raises: bad input is counted, not played."""
+        t0 = time.perf_counter_ns()
+        try:
+            if len(data) > MAX_MESSAGE_BYTES:
+                self.rejected["oversized"] += 1
+                return
+            try:
+                frame = self.verifier.verify(data)
+            except FrameError as e:
+                self.rejected[type(e).__name__.lower()] += 1
+                return
+            if frame.channel != self.config.channel:
+                self.rejected["wrong_channel"] += 1
+                return
+            now = self.broadcast_now()
+            if now is None:
+                self.rejected["unsynced"] += 1
+                return
+            if not is_fresh(
+                frame,
+                now,
+                max_age_ns=self.config.delay_ns + 1_000_000_000,
+                max_future_ns=self.config.max_future_ns,
+            ):
+                self.rejected["stale"] += 1
+                return
+            if not self.replay.check_and_mark(frame.stream, frame.seq):
+                self.rejected["replayed"] += 1
+                return
+        finally:
+            self.timer.add("verify", t0)
+        t1 = time.perf_counter_ns()
+        self.frames += 1
+        for i, packet in enumerate(frame.packets):
+            self.engine.push(frame.stream, frame.packet_seq(i), frame.packet_ts(i), frame.packet_ns, packet)
+        self.timer.add("queue", t1)
+
+    # -- telemetry -----------------------------------------------------------------------------------------
+    def telemetry(self) -> Telemetry:
+        st = self.engine.stats
+        rms, peak = self.engine.take_levels()
+        est = self.estimator
+        synced = self.config.clock_mode == "system" or est.synced
+        clock_err_ms = 0.0 if self.config.clock_mode == "system" else est.error_bound_ns / 1e6
+        tracking_ms = self.engine.tracking_error_ns / 1e6
+        now = self.broadcast_now()
+        return Telemetry(
+            site=self.config.name,
+            ts_ns=now or 0,
+            state=self.engine.state.value,
+            channel=self.config.channel,
+            buffer_ms=round(self.engine.buffer_ms(), 2),
+            clock_offset_ms=est.offset_ns / 1e6 if synced else 0.0,
+            clock_drift_ppm=est.drift_ppm if synced else 0.0,
+            clock_error_ms=clock_err_ms,
+            sync_error_ms=clock_err_ms + abs(tracking_ms),
+            tracking_error_ms=tracking_ms,
+            resample_ppm=(self.engine.ratio - 1.0) * 1e6,
+            underruns=st.underruns,
+            concealed=st.concealed,
+            late=st.late,
+            rejected=dict(self.rejected),
+            level_rms_dbfs=round(rms, 1),
+            level_peak_dbfs=round(peak, 1),
+            link_rtt_ms=(self.clock_sync.last_rtt_ns / 1e6) if self.clock_sync and self.clock_sync.last_rtt_ns else 0.0,
+            sink_xruns=self.sink.xruns,
+            resyncs=st.resyncs,
+            frames=self.frames,
+            cpu=self.timer.seconds(),
+        )
+
+    async def _report(self) -> None:
+        subject = self.config.subjects.telemetry(self.config.name)
+        while True:
+            await asyncio.sleep(self.config.telemetry_interval_s)
+            if self.nc is not None and self.nc.is_connected:
+                t0 = time.perf_counter_ns()
+                with contextlib.suppress(Exception):  # a dropped heartbeat is fine; the next one follows
+                    await self.nc.publish(subject, self.telemetry().to_json())
+                self.timer.add("telemetry", t0)
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.nc = await connect(cfg.nats_url, name=f"site:{cfg.name}")
+        if cfg.clock_mode == "sync":
+            self.clock_sync = ClockSync(
+                self.nc, cfg.time_subject or cfg.subjects.time(), self.clock, estimator=self.estimator
+            )
+            await self.clock_sync.start()
+        await self.nc.subscribe(cfg.subjects.audio(cfg.channel), cb=self._on_audio, pending_msgs_limit=4096)
+        self.sink_task = asyncio.create_task(self.sink.run(TimedRenderer(self.engine, self.timer)))
+        self._tasks = [
+            asyncio.create_task(self._follow_clock()),
+            asyncio.create_task(self._report()),
+            self.sink_task,
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.clock_sync is not None:
+            await self.clock_sync.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        self._stopped.set()
+
+    async def run_until(self, done: asyncio.Event | None = None, duration_s: float | None = None) -> None:
+        await self.start()
+        try:
+            if duration_s is not None:
+                await asyncio.sleep(duration_s)
+            elif done is not None:
+                await done.wait()
+            else:
+                await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+def load_fallback(path: Path | None) -> Samples | None:
+    if path is None:
+        return None
+    import numpy as np
+
+    from citycast.media.sources import FileSource
+
+    blocks = list(FileSource(str(path)).blocks())
+    return np.concatenate(blocks).astype(np.float32) if blocks else None

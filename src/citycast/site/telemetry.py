@@ -1,0 +1,45 @@
+"""What a site tells the hub every second. JSON on the bus: small, readable in `nats sub`, versioned."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+TELEMETRY_VERSION = 1
+
+
+@dataclass
+class Telemetry:
+    site: str
+    ts_ns: int  # broadcast clock when sent (0 while not synced)
+    state: str
+    channel: int
+    buffer_ms: float
+    clock_offset_ms: float
+    clock_drift_ppm: float
+    clock_error_ms: float  # the estimator's own uncertainty
+    sync_error_ms: float  # estimated distance from the true broadcast instant: clock error + tracking error
+    tracking_error_ms: float
+    resample_ppm: float
+    underruns: int
+    concealed: int
+    late: int
+    rejected: dict[str, int]
+    level_rms_dbfs: float
+    level_peak_dbfs: float
+    link_rtt_ms: float
+    sink_xruns: int
+    resyncs: int
+    frames: int
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds spent per stage since start
+    v: int = TELEMETRY_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Telemetry:
+        obj = json.loads(data)
+        if not isinstance(obj, dict) or obj.get("v") != TELEMETRY_VERSION:
+            raise ValueError("not citycast telemetry v1")
+        return cls(**{k: obj[k] for k in cls.__dataclass_fields__ if k in obj})

@@ -1,0 +1,108 @@
+"""Forged, replayed, stale, malformed and oversized frames never reach the loudspeaker."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from citycast.media.codec import OpusEncoder
+from citycast.media.frame import FrameSigner
+from citycast.media.keys import generate_private_key
+from citycast.media.sinks import TimedSink
+from citycast.site.agent import SiteAgent, SiteConfig
+
+TRUSTED = generate_private_key()
+STRANGER = generate_private_key()
+
+
+def make_agent() -> SiteAgent:
+    cfg = SiteConfig(
+        name="test-site",
+        nats_url="nats://127.0.0.1:1",  # never connected: frames are fed straight in
+        trusted_keys=[TRUSTED.public_key()],
+        clock_mode="system",
+        delay_ns=100_000_000,
+    )
+    return SiteAgent(cfg, TimedSink())
+
+
+def packet() -> bytes:
+    enc = OpusEncoder()
+    return enc.encode(np.zeros(960, np.float32))
+
+
+PACKET = packet()
+
+
+def frame(key: object = TRUSTED, seq: int = 0, ts: int | None = None, channel: int = 1, stream: int = 9) -> bytes:
+    signer = FrameSigner(key)  # type: ignore[arg-type]
+    return signer.sign(
+        channel=channel,
+        stream=stream,
+        seq=seq,
+        ts_ns=ts if ts is not None else time.time_ns(),
+        packets=[PACKET],
+    )
+
+
+def test_a_good_frame_is_queued() -> None:
+    agent = make_agent()
+    agent.on_frame_bytes(frame())
+    assert agent.frames == 1
+    assert agent.engine.stats.packets == 1
+    assert not agent.rejected
+
+
+def test_forged_frame_is_rejected() -> None:
+    agent = make_agent()
+    agent.on_frame_bytes(frame(key=STRANGER))
+    assert agent.engine.stats.packets == 0
+    assert agent.rejected["untrustedkey"] == 1
+
+
+def test_tampered_payload_is_rejected() -> None:
+    agent = make_agent()
+    data = bytearray(frame())
+    data[45] ^= 0x01  # inside the Opus packet
+    agent.on_frame_bytes(bytes(data))
+    assert agent.engine.stats.packets == 0
+    assert agent.rejected["badsignature"] == 1
+
+
+def test_replayed_frame_is_rejected() -> None:
+    agent = make_agent()
+    data = frame(seq=5)
+    agent.on_frame_bytes(data)
+    agent.on_frame_bytes(data)
+    assert agent.engine.stats.packets == 1
+    assert agent.rejected["replayed"] == 1
+
+
+def test_recorded_frame_sent_later_is_stale() -> None:
+    agent = make_agent()
+    agent.on_frame_bytes(frame(ts=time.time_ns() - 10_000_000_000))
+    agent.on_frame_bytes(frame(ts=time.time_ns() + 60_000_000_000, seq=1))
+    assert agent.engine.stats.packets == 0
+    assert agent.rejected["stale"] == 2
+
+
+def test_other_channel_and_oversized_are_rejected() -> None:
+    agent = make_agent()
+    agent.on_frame_bytes(frame(channel=2))
+    agent.on_frame_bytes(os.urandom(100_000))
+    assert agent.engine.stats.packets == 0
+    assert agent.rejected["wrong_channel"] == 1
+    assert agent.rejected["oversized"] == 1
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_garbage_never_raises_and_is_never_played(data: bytes) -> None:
+    agent = make_agent()
+    agent.on_frame_bytes(data)
+    assert agent.engine.stats.packets == 0
+    assert sum(agent.rejected.values()) == 1
