@@ -296,6 +296,7 @@ def bench(
     out: Annotated[Path, typer.Option(help="Working folder (WAVs, logs).")] = Path("citycast-out/bench"),
     keep_wav: Annotated[bool, typer.Option(help="Keep the sites' WAV files.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the sites' clock errors.")] = 1,
+    warmup: Annotated[float, typer.Option(help="Seconds the sites' clock estimates settle before markers.")] = 60.0,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
     from citycast.bench.runner import BenchError, BenchOptions, run_bench
@@ -313,6 +314,7 @@ def bench(
         out=out,
         keep_wav=keep_wav,
         seed=seed,
+        warmup=warmup,
     )
     try:
         run_bench(opts, console)

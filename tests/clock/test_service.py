@@ -3,67 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
-import sysconfig
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import nats
 import pytest
 
+from citycast.bus.server import EmbeddedNats
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock, SystemClock
-from citycast.clock.service import ClockSync, TimeResponder
+from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
 
 MS = 1_000_000
 
 
-def _nats_server_binary() -> str:
-    candidate = os.path.join(sysconfig.get_path("scripts"), "nats-server")
-    if os.access(candidate, os.X_OK):
-        return candidate
-    found = shutil.which("nats-server")
-    if found is None:
-        pytest.skip("no nats-server binary")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def nats_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [_nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("nats-server did not start") from None
-                time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
 
 
 @pytest.fixture
@@ -87,11 +43,11 @@ async def wait_until(cond: Callable[[], bool], timeout_s: float) -> bool:
     return cond()
 
 
-async def test_clock_sync_converges_against_system_clock(nc: nats.aio.client.Client) -> None:
-    hub = TimeResponder(nc, "citycast.time", SystemClock().now_ns)
+async def test_clock_sync_converges_against_system_clock(nats_url: str) -> None:
+    hub = TimeResponder(nats_url, "citycast.time", SystemClock())
     await hub.start()
     site_clock = SkewedClock(offset_ns=1_300_000_000, ppm=80.0)
-    sync = ClockSync(nc, "citycast.time", site_clock)
+    sync = ClockSync(nats_url, "citycast.time", site_clock)
     await sync.start()
     try:
         est = sync.estimator
@@ -111,17 +67,20 @@ async def test_clock_sync_converges_against_system_clock(nc: nats.aio.client.Cli
         await hub.stop()
 
 
-async def test_malformed_requests_do_not_kill_the_responder(nc: nats.aio.client.Client) -> None:
-    hub = TimeResponder(nc, "citycast.time", SystemClock().now_ns)
+async def test_malformed_requests_do_not_kill_the_responder(nc: nats.aio.client.Client, nats_url: str) -> None:
+    hub = TimeResponder(nats_url, "citycast.time", SystemClock())
     await hub.start()
     try:
         with pytest.raises(nats.errors.TimeoutError):
             await nc.request("citycast.time", b"x" * 65, timeout=0.3)
         await nc.publish("citycast.time", b"no reply subject")
         await nc.publish("citycast.time", b"\xff" * 64, reply="nobody.listens")
-        reply = await nc.request("citycast.time", b"", timeout=1)
-        assert len(reply.data) == 16
-        t2, t3 = int.from_bytes(reply.data[:8], "big"), int.from_bytes(reply.data[8:], "big")
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request("citycast.time", b"", timeout=0.3)  # not the 8-byte t1
+        reply = await nc.request("citycast.time", b"12345678", timeout=1)
+        assert len(reply.data) == 24
+        assert reply.data[16:] == b"12345678"  # the request is echoed, so late answers are recognised
+        t2, t3 = int.from_bytes(reply.data[:8], "big"), int.from_bytes(reply.data[8:16], "big")
         assert 0 <= t3 - t2 < 100 * MS
         assert abs(t2 - time.time_ns()) < 1_000 * MS
         assert hub.ignored >= 2
@@ -129,12 +88,12 @@ async def test_malformed_requests_do_not_kill_the_responder(nc: nats.aio.client.
         await hub.stop()
 
 
-async def test_failures_are_counted_and_retried(nc: nats.aio.client.Client) -> None:
-    sync = ClockSync(nc, "citycast.time.nobody", SystemClock(), timeout_s=0.1, retry_interval_s=0.1)
+async def test_failures_are_counted_and_retried(nats_url: str) -> None:
+    sync = ClockSync(nats_url, "citycast.time.nobody", SystemClock(), timeout_s=0.1, retry_interval_s=0.1)
     await sync.start()
     try:
         assert await wait_until(lambda: sync.failures >= 2, 5)
-        hub = TimeResponder(nc, "citycast.time.nobody", SystemClock().now_ns)
+        hub = TimeResponder(nats_url, "citycast.time.nobody", SystemClock())
         await hub.start()
         assert await wait_until(lambda: sync.estimator.synced, 10)
         await hub.stop()
@@ -142,20 +101,20 @@ async def test_failures_are_counted_and_retried(nc: nats.aio.client.Client) -> N
         await sync.stop()
 
 
-async def test_site_syncs_to_city_responder_that_syncs_to_hub(nc: nats.aio.client.Client) -> None:
-    hub = TimeResponder(nc, "citycast.time.hub", SystemClock().now_ns)
+async def test_site_syncs_to_city_responder_that_syncs_to_hub(nats_url: str) -> None:
+    hub = TimeResponder(nats_url, "citycast.time.hub", SystemClock())
     await hub.start()
     city_clock = SkewedClock(offset_ns=-700_000_000, ppm=-50.0)
-    city_sync = ClockSync(nc, "citycast.time.hub", city_clock)
+    city_sync = ClockSync(nats_url, "citycast.time.hub", city_clock)
     city_est = city_sync.estimator
     city = TimeResponder(
-        nc,
+        nats_url,
         "citycast.time.city",
-        lambda: city_est.to_broadcast(city_clock.now_ns()),
+        EstimatedClock(city_est, city_clock),
         ready=lambda: city_est.synced,
     )
     site_clock = SkewedClock(offset_ns=1_300_000_000, ppm=80.0)
-    site_sync = ClockSync(nc, "citycast.time.city", site_clock, timeout_s=0.5, retry_interval_s=0.2)
+    site_sync = ClockSync(nats_url, "citycast.time.city", site_clock, timeout_s=0.5, retry_interval_s=0.2)
     await city_sync.start()
     await city.start()
     await site_sync.start()

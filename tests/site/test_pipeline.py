@@ -31,7 +31,7 @@ DELAY_NS = 120_000_000  # generous: this test checks behaviour, `citycast bench`
 async def _pipeline(url: str, out: Path) -> tuple[int, list[SiteAgent]]:
     key = generate_private_key()
     hub_nc = await nats.connect(url)
-    service = TimeService(hub_nc, Subjects())
+    service = TimeService(url, Subjects())
     await service.start()
     rng = random.Random(7)
     agents = []

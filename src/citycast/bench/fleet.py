@@ -24,23 +24,26 @@ class Member:
     log: Path | None
     cpu0: float = 0.0
     cpu1: float = 0.0
+    last_cpu: float = 0.0  # the last reading, for a process that ends before the window does
+    last_rss_mb: float = float("nan")
 
     def cpu_seconds(self) -> float:
         try:
             t = psutil.Process(self.pid).cpu_times()
-            return float(t.user + t.system)
+            self.last_cpu = float(t.user + t.system)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return self.cpu1 or self.cpu0
+            pass
+        return self.last_cpu
 
     def peak_rss_mb(self) -> float:
-        # VmHWM is the kernel's own high-water mark of resident memory: no sampling needed.
+        # VmHWM is the kernel's own high-water mark of resident memory: no sampling needed while it lives.
         try:
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                    self.last_rss_mb = int(line.split()[1]) / 1024
         except OSError:
             pass
-        return float("nan")
+        return self.last_rss_mb
 
 
 def citycast_argv(*args: str) -> list[str]:
@@ -70,6 +73,12 @@ class Fleet:
         m = Member(role, name, pid, None, log)
         self.members.append(m)
         return m
+
+    def sample(self) -> None:
+        """Read every member's CPU and memory now; called often, so short-lived members are measured too."""
+        for m in self.members:
+            m.cpu_seconds()
+            m.peak_rss_mb()
 
     def failed(self) -> list[Member]:
         return [m for m in self.members if m.popen is not None and m.popen.poll() not in (None, 0)]

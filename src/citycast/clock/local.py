@@ -14,9 +14,15 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """A source of local time in nanoseconds."""
+    """A source of local time in nanoseconds.
+
+    `at(system_ns)` is the reading at an instant given on the system clock: the kernel stamps packets and the
+    sound card's timing in system time, and a simulated site must see those instants through its own clock.
+    """
 
     def now_ns(self) -> int: ...
+
+    def at(self, true_ns: int) -> int: ...
 
 
 class SystemClock:
@@ -24,6 +30,9 @@ class SystemClock:
 
     def now_ns(self) -> int:
         return time.time_ns()
+
+    def at(self, true_ns: int) -> int:
+        return true_ns
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,15 @@
 
 Wire format (request/reply on one subject):
 
-- request: any payload of at most 64 bytes (clients send their t1 as 8 bytes, big-endian i64; the responder
-  does not read it); larger requests are ignored;
-- reply: 16 bytes, ``t2`` (request received) and ``t3`` (reply sent), big-endian i64 nanoseconds of the
-  responder's clock.
+- request: 8 bytes, the client's ``t1`` (big-endian i64); anything else is ignored;
+- reply: 24 bytes, ``t2`` (request received) and ``t3`` (reply sent), big-endian i64 nanoseconds of the
+  responder's clock, then the request's 8 bytes echoed, so a late answer is never taken for the current one.
 
-A responder may serve its own *estimate* of the broadcast clock (``clock=lambda: est.to_broadcast(...)``), so
+Both ends speak NATS through `citycast.bus.wire`, which timestamps a message as it comes off the socket and writes
+a request the moment it is stamped: with nats-py's task hops in between, loopback exchanges wander by hundreds of
+µs; without them, by tens.
+
+A responder may serve its own *estimate* of the broadcast clock (``EstimatedClock``), so
 sites sync to a responder near them (one per city, beside the leafnode) which itself syncs to the hub.
 """
 
@@ -16,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import struct
 from collections.abc import Callable
-from typing import Any
 
+from citycast.bus.wire import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock
 
@@ -27,50 +31,108 @@ log = logging.getLogger(__name__)
 
 _REPLY = struct.Struct(">qq")
 _REQUEST = struct.Struct(">q")
-MAX_REQUEST_BYTES = 64
+
+
+class _Connection:
+    """One wire connection that comes back after a broker restart or a link cut, with jittered back-off."""
+
+    def __init__(self, url: str, clock: Clock, on_message: Callable[[WireMessage], None], name: str) -> None:
+        self.url = url
+        self.clock = clock
+        self.on_message = on_message
+        self.name = name
+        self.wire: NatsWire | None = None
+        self.subjects: list[str] = []
+        self._delay = 0.1
+
+    async def get(self) -> NatsWire:
+        while self.wire is None or self.wire.closed.done():
+            try:
+                wire = await open_wire(self.url, self.on_message, self.clock, name=self.name)
+                for subject in self.subjects:
+                    wire.subscribe(subject)
+                self.wire = wire
+                self._delay = 0.1
+            except (TimeoutError, OSError, WireError) as e:
+                log.debug("%s: cannot reach %s: %r", self.name, self.url, e)
+                await asyncio.sleep(self._delay * random.uniform(0.8, 1.2))
+                self._delay = min(self._delay * 2, 10.0)
+        return self.wire
+
+    def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
+            self.wire = None
+
+
+class EstimatedClock:
+    """The broadcast clock as a city responder knows it: its local clock through its own estimator."""
+
+    def __init__(self, estimator: ClockEstimator, local: Clock) -> None:
+        self.estimator = estimator
+        self.local = local
+
+    def now_ns(self) -> int:
+        return self.estimator.to_broadcast(self.local.now_ns())
+
+    def at(self, true_ns: int) -> int:
+        return self.estimator.to_broadcast(self.local.at(true_ns))
 
 
 class TimeResponder:
     """Answers time requests on `subject` with (t2, t3) read from `clock`.
 
+    t2 is the instant the request came off the socket; t3 is read just before the reply is written to it.
     `ready`, if given, gates the service: while it returns False requests go unanswered (a city responder
     that is not yet synced to the hub should not hand out its raw local clock).
     """
 
     def __init__(
         self,
-        nc: Any,
+        url: str,
         subject: str,
-        clock: Callable[[], int],
+        clock: Clock,
         *,
         ready: Callable[[], bool] | None = None,
     ) -> None:
-        self._nc = nc
         self.subject = subject
         self._clock = clock
         self._ready = ready
-        self._sub: Any = None
+        self._conn = _Connection(url, clock, self._on_request, "time-responder")
+        self._conn.subjects = [subject]
+        self._task: asyncio.Task[None] | None = None
         self.answered = 0
         self.ignored = 0
 
     async def start(self) -> None:
-        if self._sub is None:
-            self._sub = await self._nc.subscribe(self.subject, cb=self._on_request)
+        await self._conn.get()
+        self._task = asyncio.create_task(self._keep_connected())
+
+    async def _keep_connected(self) -> None:
+        while True:
+            wire = await self._conn.get()
+            await wire.closed
 
     async def stop(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._conn.close()
 
-    async def _on_request(self, msg: Any) -> None:
-        t2 = self._clock()
+    def _on_request(self, msg: WireMessage) -> None:
+        t2 = msg.received_ns
         try:
-            if not msg.reply or len(msg.data) > MAX_REQUEST_BYTES or (self._ready and not self._ready()):
+            if not msg.reply or len(msg.payload) != _REQUEST.size or (self._ready and not self._ready()):
                 self.ignored += 1
                 return
-            t3 = self._clock()
-            await msg.respond(_REPLY.pack(t2, t3))
+            wire = self._conn.wire
+            if wire is None:
+                self.ignored += 1
+                return
+            t3 = self._clock.now_ns()
+            wire.publish(msg.reply, _REPLY.pack(t2, t3) + msg.payload)
             self.answered += 1
         except Exception:  # a bad request or a closing connection must never take the responder down
             self.ignored += 1
@@ -80,12 +142,13 @@ class TimeResponder:
 class ClockSync:
     """Runs NTP-style exchanges against a `TimeResponder` and feeds a `ClockEstimator`.
 
-    Timeouts and errors are counted in `failures` and retried; they never end the task.
+    t1 is read right before the request is written to the socket, t4 when the reply comes off it. Timeouts
+    and errors are counted in `failures` and retried; they never end the task.
     """
 
     def __init__(
         self,
-        nc: Any,
+        url: str,
         subject: str,
         clock: Clock,
         estimator: ClockEstimator | None = None,
@@ -93,7 +156,6 @@ class ClockSync:
         timeout_s: float = 1.0,
         retry_interval_s: float = 1.0,
     ) -> None:
-        self._nc = nc
         self.subject = subject
         self.clock = clock
         self.estimator = estimator if estimator is not None else ClockEstimator()
@@ -102,6 +164,10 @@ class ClockSync:
         self.last_rtt_ns: int | None = None
         self.exchanges = 0
         self.failures = 0
+        self._inbox = new_inbox()
+        self._conn = _Connection(url, clock, self._on_reply, "clock-sync")
+        self._conn.subjects = [self._inbox]
+        self._pending: tuple[int, asyncio.Future[WireMessage]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -114,25 +180,40 @@ class ClockSync:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._conn.close()
+
+    def _on_reply(self, msg: WireMessage) -> None:
+        pending = self._pending
+        if pending is None or msg.subject != self._inbox or len(msg.payload) != _REPLY.size + _REQUEST.size:
+            return
+        t1, fut = pending
+        if _REQUEST.unpack_from(msg.payload, _REPLY.size)[0] != t1 or fut.done():
+            return  # the answer to an exchange that already timed out
+        fut.set_result(msg)
 
     async def exchange(self) -> bool:
         """One exchange; True if it produced a sample."""
-        clock = self.clock
-        t1 = clock.now_ns()
         try:
-            msg = await self._nc.request(self.subject, _REQUEST.pack(t1), timeout=self.timeout_s)
+            wire = await asyncio.wait_for(self._conn.get(), self.timeout_s)
+        except TimeoutError:
+            self.failures += 1
+            return False
+        fut: asyncio.Future[WireMessage] = asyncio.get_running_loop().create_future()
+        t1 = self.clock.now_ns()
+        self._pending = (t1, fut)
+        try:
+            wire.publish(self.subject, _REQUEST.pack(t1), reply=self._inbox)
+            msg = await asyncio.wait_for(fut, self.timeout_s)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # timeout, no responders, reconnecting: count it, try again later
+        except Exception as exc:  # timeout, no responder, reconnecting: count it, try again later
             self.failures += 1
             log.debug("time exchange on %s failed: %r", self.subject, exc)
             return False
-        t4 = clock.now_ns()
-        data = msg.data
-        if len(data) != _REPLY.size:
-            self.failures += 1
-            return False
-        t2, t3 = _REPLY.unpack(data)
+        finally:
+            self._pending = None
+        t4 = msg.received_ns
+        t2, t3 = _REPLY.unpack_from(msg.payload)
         self.exchanges += 1
         self.last_rtt_ns = t4 - t1
         self.estimator.add_sample(t1, t2, t3, t4)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-from citycast.bus.connection import connect
 from citycast.bus.subjects import Subjects
 from citycast.hub.timeserver import TimeService
 
@@ -19,8 +17,7 @@ async def run_hub(
     duration: float | None = None,
 ) -> None:
     subjects = Subjects(prefix)
-    nc = await connect(nats_url, name=f"hub:{zone or 'main'}")
-    service = TimeService(nc, subjects, zone=zone, upstream=subjects.time() if upstream else None)
+    service = TimeService(nats_url, subjects, zone=zone, upstream=subjects.time() if upstream else None)
     await service.start()
     try:
         if duration is None:
@@ -29,5 +26,3 @@ async def run_hub(
             await asyncio.sleep(duration)
     finally:
         await service.stop()
-        with contextlib.suppress(Exception):
-            await nc.drain()

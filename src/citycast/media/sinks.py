@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,23 +53,6 @@ class Sink(Protocol):
         """Play until cancelled (or, for a bounded sink, until done). Cancellation stops promptly and releases
         the sink's resources."""
         ...
-
-
-@runtime_checkable
-class _DatingClock(Protocol):
-    """A clock that can tell its reading at a given true instant (`SkewedClock`)."""
-
-    def at(self, true_ns: int) -> int: ...
-
-
-def _local_at(clock: Clock, true_ns: int) -> int:
-    """The local-clock reading at true instant `true_ns`."""
-    if isinstance(clock, SystemClock):
-        return true_ns
-    if isinstance(clock, _DatingClock):
-        return clock.at(true_ns)
-    # Any other clock: assume it runs at the true rate over the (tens of ms) gap to now.
-    return clock.now_ns() + (true_ns - time.time_ns())
 
 
 def _checked(samples: Samples, n: int) -> Samples:
@@ -183,7 +166,7 @@ class TimedSink:
                     delay = dac_true - self.lead_ns - time.time_ns()
                     if delay > 0:
                         await asyncio.sleep(delay / 1e9)
-                samples = _checked(renderer.render(self.block, _local_at(self.clock, dac_true)), self.block)
+                samples = _checked(renderer.render(self.block, self.clock.at(dac_true)), self.block)
                 if self.paced and time.time_ns() > dac_true:
                     self.xruns += 1
                 if wav is not None:

@@ -216,7 +216,7 @@ class SiteAgent:
         self.nc = await connect(cfg.nats_url, name=f"site:{cfg.name}")
         if cfg.clock_mode == "sync":
             self.clock_sync = ClockSync(
-                self.nc, cfg.time_subject or cfg.subjects.time(), self.clock, estimator=self.estimator
+                cfg.nats_url, cfg.time_subject or cfg.subjects.time(), self.clock, estimator=self.estimator
             )
             await self.clock_sync.start()
         await self.nc.subscribe(cfg.subjects.audio(cfg.channel), cb=self._on_audio, pending_msgs_limit=4096)

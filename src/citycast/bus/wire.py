@@ -1,0 +1,247 @@
+"""A minimal NATS client connection for the two jobs where nats-py's buffering costs too much.
+
+nats-py queues a publish for a flusher task and hands a received message to a subscription task: each hop is an
+event-loop turn, hundreds of µs on a busy box, and different every time. The time service needs the instant a
+message reached the machine (NTP-style exchanges are only as good as their timestamps), and fan-out probes need
+to read a frame header for a few µs, not tens. This module speaks the NATS text protocol (CONNECT, PING/PONG,
+SUB, PUB, MSG, HMSG) on a non-blocking socket of its own, writes a publish to the socket at once, and reads with
+`recvmsg` and SO_TIMESTAMPNS so each read carries the kernel's receive time, whatever the event loop was doing.
+Everything else uses nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from citycast.clock.local import Clock
+
+MAX_CONTROL_LINE = 4096
+MAX_PAYLOAD = 1 << 20
+_TIMESPEC = struct.Struct("@qq")
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+class WireError(ConnectionError):
+    pass
+
+
+@dataclass(frozen=True)
+class WireMessage:
+    subject: str
+    sid: int
+    reply: str | None
+    payload: bytes
+    received_ns: int  # local-clock reading of the instant the kernel received the bytes
+
+
+class NatsWire:
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_message: Callable[[WireMessage], None],
+        clock: Clock,
+        *,
+        name: str = "citycast-wire",
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.sock = sock
+        self.on_message = on_message
+        self.clock = clock
+        self.name = name
+        self._auth = {k: v for k, v in (("user", user), ("pass", password)) if v}
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._buf = bytearray()
+        self._out = bytearray()
+        self._sid = 0
+        self.kernel_timestamps = True
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            self.kernel_timestamps = False
+        loop.add_reader(sock.fileno(), self._on_readable)
+        opts = {"verbose": False, "pedantic": False, "name": name, "lang": "python", "protocol": 1,
+                "headers": True, "no_responders": False, **self._auth}  # fmt: skip
+        self._write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
+
+    # -- socket -------------------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data, anc, _, _ = self.sock.recvmsg(262_144, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._fail(WireError(str(e)))
+            return
+        if not data:
+            self._fail(WireError("connection closed by the server"))
+            return
+        stamp = None
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                sec, nsec = _TIMESPEC.unpack_from(value)
+                stamp = sec * 1_000_000_000 + nsec
+        now = self.clock.at(stamp) if stamp is not None else self.clock.now_ns()
+        self._buf += data
+        try:
+            self._parse(now)
+        except WireError as e:
+            self._fail(e)
+
+    def _write(self, data: bytes) -> None:
+        if self.closed.done():
+            raise WireError("not connected")
+        if self._out:
+            self._out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self._fail(WireError(str(e)))
+            raise WireError(str(e)) from e
+        if sent < len(data):
+            self._out += data[sent:]
+            self._loop.add_writer(self.sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self.sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._fail(WireError(str(e)))
+            return
+        del self._out[:sent]
+        if not self._out:
+            self._loop.remove_writer(self.sock.fileno())
+
+    def _fail(self, e: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(e)
+        self.close()
+
+    def close(self) -> None:
+        if self.closed.done():
+            return
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.closed.set_result(None)
+        if not self.ready.done():
+            self.ready.set_exception(WireError("closed"))
+            self.ready.exception()  # retrieved: nobody may be waiting any more
+
+    # -- parsing ------------------------------------------------------------------------------------------
+    def _parse(self, now: int) -> None:
+        buf = self._buf
+        while True:
+            eol = buf.find(b"\r\n")
+            if eol < 0:
+                if len(buf) > MAX_CONTROL_LINE:
+                    raise WireError("control line too long")
+                return
+            head = bytes(buf[:4]).upper()
+            if head == b"MSG ":
+                if not self._message(now, eol, headers=False):
+                    return
+            elif head == b"HMSG":
+                if not self._message(now, eol, headers=True):
+                    return
+            else:
+                line = bytes(buf[:eol])
+                del buf[: eol + 2]
+                self._control(line)
+
+    def _message(self, now: int, eol: int, *, headers: bool) -> bool:
+        buf = self._buf
+        parts = bytes(buf[:eol]).split()
+        try:
+            subject, sid = parts[1], int(parts[2])
+            if headers:  # HMSG subject sid [reply] hdr_len total_len
+                reply = parts[3] if len(parts) == 6 else None
+                hdr_len, total = int(parts[-2]), int(parts[-1])
+            else:  # MSG subject sid [reply] len
+                reply = parts[3] if len(parts) == 5 else None
+                hdr_len, total = 0, int(parts[-1])
+        except (IndexError, ValueError) as e:
+            raise WireError(f"bad message line {bytes(buf[:eol])[:80]!r}") from e
+        if total > MAX_PAYLOAD or not 0 <= hdr_len <= total:
+            raise WireError("message larger than allowed")
+        end = eol + 2 + total + 2
+        if len(buf) < end:
+            return False
+        payload = bytes(buf[eol + 2 + hdr_len : eol + 2 + total])
+        del buf[:end]
+        self.on_message(WireMessage(subject.decode(), sid, reply.decode() if reply else None, payload, now))
+        return True
+
+    def _control(self, line: bytes) -> None:
+        word = line.split(b" ", 1)[0].upper()
+        if word == b"PING":
+            self._write(b"PONG\r\n")
+        elif word == b"PONG":
+            if not self.ready.done():
+                self.ready.set_result(None)
+        elif word == b"-ERR" and not self.ready.done():
+            self.ready.set_exception(WireError(line.decode(errors="replace")))
+        # INFO and +OK need nothing from us.
+
+    # -- commands -----------------------------------------------------------------------------------------
+    def subscribe(self, subject: str) -> int:
+        self._sid += 1
+        self._write(f"SUB {subject} {self._sid}\r\n".encode())
+        return self._sid
+
+    def publish(self, subject: str, payload: bytes, reply: str | None = None) -> None:
+        """Written to the socket now, not queued: a timestamp taken just before this call is honest."""
+        head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else f"PUB {subject} {len(payload)}\r\n"
+        self._write(head.encode() + payload + b"\r\n")
+
+
+async def open_wire(
+    url: str,
+    on_message: Callable[[WireMessage], None],
+    clock: Clock,
+    *,
+    timeout: float = 5.0,
+    name: str = "citycast-wire",
+) -> NatsWire:
+    u = urlparse(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 4222
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    wire = NatsWire(sock, on_message, clock, name=name, user=u.username, password=u.password)
+    try:
+        await asyncio.wait_for(asyncio.shield(wire.ready), timeout)
+    except BaseException:
+        wire.close()
+        raise
+    return wire
+
+
+def new_inbox(prefix: str = "_INBOX") -> str:
+    return f"{prefix}.{random.getrandbits(96):024x}"
