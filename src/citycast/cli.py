@@ -297,9 +297,19 @@ def bench(
     keep_wav: Annotated[bool, typer.Option(help="Keep the sites' WAV files.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the sites' clock errors.")] = 1,
     warmup: Annotated[float, typer.Option(help="Seconds the sites' clock estimates settle before markers.")] = 60.0,
+    soak_hours: Annotated[
+        float | None, typer.Option(help="Instead: a long address in simulated time (sans-IO clock and playout).")
+    ] = None,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
     from citycast.bench.runner import BenchError, BenchOptions, run_bench
+
+    if soak_hours is not None:
+        from citycast.bench.soak_report import soak_command
+
+        soak_command(hours=soak_hours, sites=min(sites, 4) or 2, delay_ms=delay_ms or 80.0, json_out=json_out,
+                     console=console)  # fmt: skip
+        return
 
     opts = BenchOptions(
         sites=sites,

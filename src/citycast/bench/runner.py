@@ -55,7 +55,7 @@ class BenchOptions:
 
 def default_delay_ms(wan: str) -> float:
     """D per profile; docs/benchmarks.md explains each from measurements."""
-    return {"none": 80.0, "london-karachi": 480.0, "cellular-bad": 900.0}.get(wan, 500.0)
+    return {"none": 80.0, "london-karachi": 490.0, "cellular-bad": 900.0}.get(wan, 500.0)
 
 
 def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
