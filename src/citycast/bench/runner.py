@@ -27,7 +27,7 @@ from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, free_
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
 
 MARKER_PERIOD_S = 1.0
-SITES_PER_PROCESS = 25
+SITES_PER_PROCESS = 10  # more per process and one burst of late frames (20× verify) starves their DACs
 CITY = "karachi"
 
 

@@ -95,6 +95,7 @@ class ClockEstimator:
         max_drift_ppm: float = 1000.0,
         wander_ppm: float = 1.0,
         drift_prior_ppm: float = 150.0,
+        causality_slack_ns: int = 2 * _MS,
     ) -> None:
         self.window_ns = window_ns
         self.bucket_ns = bucket_ns
@@ -109,6 +110,9 @@ class ClockEstimator:
         self.max_drift = max_drift_ppm * 1e-6
         self.wander = wander_ppm * 1e-6
         self.drift_prior = drift_prior_ppm * 1e-6
+        # How far a one-way delay may come out negative before the sample counts as a clock step. An upstream
+        # responder that is itself slewing moves by up to its slew rate between fits; that is not a step.
+        self.causality_slack_ns = causality_slack_ns
         self.rejected = 0  # samples refused as malformed or violating causality
         self.resets = 0  # times the estimator started over (local or server clock stepped)
         self.steps = 0  # times the served estimate was stepped instead of slewed after the first lock
@@ -174,9 +178,12 @@ class ClockEstimator:
         self._reset()
 
     def _causal(self, t1: int, f: int, t4: int, g: int) -> bool:
-        """True unless a one-way delay comes out clearly negative against the current estimate."""
-        slack = self._uncertainty(t4) + 0.5 * _MS
-        return f - self._served(t1) >= -slack and g + self._served(t4) >= -slack
+        """True unless a one-way delay comes out clearly negative against the current fit.
+
+        Against the fit, not the served (slewed) estimate: a responder that slews gently lags its own fit on
+        purpose, and samples that agree with the fit must not count as a clock step."""
+        slack = self._uncertainty(t4) + self.causality_slack_ns
+        return f - self._fit(t1) >= -slack and g + self._fit(t4) >= -slack
 
     def _insert(self, mid: int, t1: int, f: int, t4: int, g: int, delay: int) -> None:
         buckets = self._buckets

@@ -20,7 +20,10 @@ class TimeService:
         self.local = SystemClock()
         self.sync: ClockSync | None = None
         if upstream is not None:
-            self.sync = ClockSync(url, upstream, self.local, estimator=ClockEstimator())
+            # The city's sites track whatever this responder serves; a clock that changes rate gently (and
+            # whose corrections are slewed over minutes, not seconds) is one they all track alike.
+            gentle = ClockEstimator(max_slew_ppm=20.0, slew_time_ns=60_000_000_000)
+            self.sync = ClockSync(url, upstream, self.local, estimator=gentle)
         served: Clock = self.local if self.sync is None else EstimatedClock(self.sync.estimator, self.local)
         self.responder = TimeResponder(url, subjects.time(zone), served, ready=lambda: self.synced)
 

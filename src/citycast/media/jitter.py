@@ -43,7 +43,7 @@ class JitterBuffer:
 
     def take(self, seq: int) -> bytes | None:
         """The packet for `seq` (None if missing); everything before `seq` is forgotten."""
-        if self.next_seq is not None and seq > self.next_seq:
+        if self.next_seq is None or seq > self.next_seq:
             for old in [s for s in self._packets if s < seq]:
                 del self._packets[old]
         self.next_seq = seq + 1
