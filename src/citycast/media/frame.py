@@ -26,8 +26,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.exceptions import BadSignatureError as NaclBadSignature
+from nacl.signing import VerifyKey
 
 from citycast.media.audio import FRAME_NS
 from citycast.media.keys import KEY_ID_SIZE, key_id
@@ -250,7 +252,7 @@ class FrameSigner:
 class FrameVerifier:
     """Accepts a frame only if it is well formed and signed by one of the trusted keys (site side)."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_fast", "_keys")
 
     def __init__(self, trusted: Iterable[Ed25519PublicKey]) -> None:
         self._keys: dict[bytes, Ed25519PublicKey] = {}
@@ -260,6 +262,11 @@ class FrameVerifier:
             if other is not None and other != pub:
                 raise ValueError(f"two trusted keys share key_id {kid.hex()}")
             self._keys[kid] = pub
+        # Every site checks 50 signatures a second for months: libsodium (PyNaCl) does it in ~2/3 of the time
+        # `cryptography` takes here. Same Ed25519, same keys; `cryptography` still reads and writes key files.
+        self._fast = {
+            kid: VerifyKey(pub.public_bytes(Encoding.Raw, PublicFormat.Raw)) for kid, pub in self._keys.items()
+        }
 
     @property
     def key_ids(self) -> frozenset[bytes]:
@@ -271,12 +278,12 @@ class FrameVerifier:
         Raises `MalformedFrame`, `UntrustedKey` or `BadSignature`; returns the frame only if all pass.
         """
         frame, signature = parse_frame(data)
-        pub = self._keys.get(frame.key_id)
+        pub = self._fast.get(frame.key_id)
         if pub is None:
             raise UntrustedKey(f"frame signed by untrusted key_id {frame.key_id.hex()}")
         try:
-            pub.verify(signature, bytes(data[:-SIGNATURE_SIZE]))
-        except InvalidSignature:
+            pub.verify(bytes(data[:-SIGNATURE_SIZE]), signature)
+        except NaclBadSignature:
             raise BadSignature(
                 f"bad signature on channel {frame.channel} stream {frame.stream} seq {frame.seq} "
                 f"(key_id {frame.key_id.hex()})"
