@@ -220,6 +220,7 @@ def simulate(
     time_zone: Annotated[str | None, typer.Option(help="Sync to this city's time responder.")] = None,
     fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs exactly this many ppm fast.")] = None,
     ready_file: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    block: Annotated[int, typer.Option(min=120, max=4800, help="Samples per DAC block (sound-card period).")] = 480,
 ) -> None:
     """Run N real site agents in this process, each with its own wrong clock and drifting DAC, into timed sinks."""
     from citycast.site.simulate import SimOptions, run_simulate
@@ -238,6 +239,7 @@ def simulate(
         time_zone=time_zone,
         fast_site_ppm=fast_site_ppm,
         ready_file=ready_file,
+        block=block,
     )
     runtime.run(run_simulate(opts))
 
@@ -297,6 +299,7 @@ def bench(
     keep_wav: Annotated[bool, typer.Option(help="Keep the sites' WAV files.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the sites' clock errors.")] = 1,
     warmup: Annotated[float, typer.Option(help="Seconds the sites' clock estimates settle before markers.")] = 60.0,
+    dac_block: Annotated[int, typer.Option(min=120, max=4800, help="Samples per simulated DAC block.")] = 480,
     soak_hours: Annotated[
         float | None, typer.Option(help="Instead: a long address in simulated time (sans-IO clock and playout).")
     ] = None,
@@ -325,6 +328,7 @@ def bench(
         keep_wav=keep_wav,
         seed=seed,
         warmup=warmup,
+        dac_block=dac_block,
     )
     try:
         run_bench(opts, console)

@@ -51,6 +51,7 @@ class BenchOptions:
     seed: int = 1
     probes_per_process: int = 500
     warmup: float = 60.0
+    dac_block: int = 480
 
 
 def default_delay_ms(wan: str) -> float:
@@ -160,6 +161,7 @@ def _run(
             "simulate", "--sites", str(n), "--first", str(first), "--seed", str(opts.seed),
             "--nats", site_url, "--trust", str(out / "trusted.keys"), "--delay-ms", str(delay_ms),
             "--seconds", f"{total_s:.1f}", "--out", str(wav_dir), "--ready-file", str(ready),
+            "--block", str(opts.dac_block),
         )  # fmt: skip
         if zone:
             argv += ["--time-zone", zone]
@@ -343,6 +345,8 @@ def _argline(opts: BenchOptions) -> str:
     parts = [f"--sites {opts.sites}", f"--seconds {opts.seconds:g}", f"--wan {opts.wan}"]
     if opts.warmup != 60.0:
         parts.append(f"--warmup {opts.warmup:g}")
+    if opts.dac_block != 480:
+        parts.append(f"--dac-block {opts.dac_block}")
     if opts.delay_ms is not None:
         parts.append(f"--delay {opts.delay_ms:g}")
     if opts.probe_sites:

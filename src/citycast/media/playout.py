@@ -23,6 +23,7 @@ from enum import Enum
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.jitter import JitterBuffer, Put
@@ -132,6 +133,7 @@ class PlayoutEngine:
         self._dac_points: deque[tuple[int, int]] = deque(maxlen=rate_window_points)
         self._dac_samples = 0
         self._ff = 1.0
+        self._ramp_cache: npt.NDArray[np.float64] = np.zeros(0)
         self.ratio = 1.0
         self._stream: _Stream | None = None
         self.state = PlayoutState.SYNCING
@@ -228,6 +230,11 @@ class PlayoutEngine:
         self._pos += n * self.ratio
         return out
 
+    def _ramp(self, n: int) -> npt.NDArray[np.float64]:
+        if len(self._ramp_cache) != n:
+            self._ramp_cache = np.arange(n, dtype=np.float64)
+        return self._ramp_cache
+
     def _track_dac_rate(self, n: int, bt: int) -> None:
         pts = self._dac_points
         if not pts or self._dac_samples - pts[-1][0] >= self.sr // 2:
@@ -257,7 +264,7 @@ class PlayoutEngine:
                 return self._fallback_block(n, st)
             st.buf = np.concatenate((st.buf, pcm))
         self.state = PlayoutState.PLAYING
-        rel = (p_first - st.buf_start) + np.arange(n, dtype=np.float64) * ratio
+        rel = (p_first - st.buf_start) + self._ramp(n) * ratio
         out = read_at(st.buf, rel)
         # Keep only what the next block can still reach back to (cubic reads one sample behind).
         keep_from = math.floor(p_first + n * ratio - st.buf_start) - 2

@@ -73,6 +73,7 @@ async def run_simulation(
     seconds: float,
     out_dir: Path | None = None,
     ready: asyncio.Event | None = None,
+    block: int = SIM_BLOCK,
 ) -> list[dict[str, object]]:
     """Run every site for `seconds` of playout; returns each site's plan and final telemetry."""
     agents: list[SiteAgent] = []
@@ -81,7 +82,7 @@ async def run_simulation(
         out_dir.mkdir(parents=True, exist_ok=True)
     for s in sites:
         wav = out_dir / f"{s.name}.wav" if out_dir is not None else None
-        sink = TimedSink(s.clock, dac_ppm=s.dac_ppm, block=SIM_BLOCK, wav_path=wav, duration_s=seconds)
+        sink = TimedSink(s.clock, dac_ppm=s.dac_ppm, block=block, wav_path=wav, duration_s=seconds)
         cfg = SiteConfig(**{**base.__dict__, "name": s.name})
         agents.append(SiteAgent(cfg, sink, clock=s.clock))
         sinks.append(sink)
@@ -118,6 +119,7 @@ class SimOptions:
     time_zone: str | None = None
     fast_site_ppm: float | None = None
     ready_file: Path | None = None
+    block: int = SIM_BLOCK
 
 
 async def run_simulate(opts: SimOptions) -> list[dict[str, object]]:
@@ -144,6 +146,6 @@ async def run_simulate(opts: SimOptions) -> list[dict[str, object]]:
 
     announcer = asyncio.create_task(announce())
     try:
-        return await run_simulation(plan, base, seconds=opts.seconds, out_dir=opts.out, ready=ready)
+        return await run_simulation(plan, base, seconds=opts.seconds, out_dir=opts.out, ready=ready, block=opts.block)
     finally:
         announcer.cancel()
