@@ -93,14 +93,15 @@ async def run_simulation(
     try:
         await asyncio.gather(*(a.sink_task for a in agents if a.sink_task), return_exceptions=True)
     finally:
+        # Also when stopped by a signal: what the sites saw is the point of running them.
         results = []
         for s, a in zip(sites, agents, strict=True):
             results.append({**s.as_dict(), "telemetry": json.loads(a.telemetry().to_json())})
+        if out_dir is not None:
+            (out_dir / f"{sites[0].name}.results.json").write_text(json.dumps(results, indent=1))
         await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
         if announcer is not None:
             announcer.cancel()
-    if out_dir is not None:
-        (out_dir / f"{sites[0].name}.results.json").write_text(json.dumps(results, indent=1))
     return results
 
 
