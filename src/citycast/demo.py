@@ -17,12 +17,12 @@ from importlib import resources
 from pathlib import Path
 
 import nats
+import numpy as np
 from nats.aio.msg import Msg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from citycast.bench.analysis import true_time_of_sample
 from citycast.bench.fleet import Fleet, citycast_argv
 from citycast.bus.server import EmbeddedNats, NatsServerError, free_port
 from citycast.bus.subjects import Subjects
@@ -127,7 +127,7 @@ def run_demo(*, sites: int, out: Path, delay_ms: float, source: str | None, cons
                         console.print(f"[red]{m.name} failed:[/]\n{fleet.log_tail(m)}")
                     console.print(f"[red]only {len(synced)} of {sites} sites synced in 60 s[/]")
                     return 1
-                time.sleep(2.0)  # let the drift estimate settle before the first word
+                time.sleep(8.0)  # let the clock and drift estimates settle before the first word
                 report = out / "ingest.json"
                 ingest = fleet.spawn(
                     "ingest",
@@ -159,6 +159,17 @@ def run_demo(*, sites: int, out: Path, delay_ms: float, source: str | None, cons
     return _report(out, plan, reference, json.loads((out / "ingest.json").read_text()), console)
 
 
+def on_true_time(played: np.ndarray, dac_ppm: float) -> np.ndarray:
+    """What a DAC running `dac_ppm` fast played, resampled onto the true clock's 48 kHz grid.
+
+    Its WAV is indexed by DAC samples, so an 8 s clip on a +100 ppm DAC is 40 samples "longer" than the original:
+    correlating without this would find the clip's middle, not its start, off by ~0.4 ms.
+    """
+    pos = np.arange(int(len(played) / (1 + dac_ppm * 1e-6)), dtype=np.float64) * (1 + dac_ppm * 1e-6)
+    out: np.ndarray = np.interp(pos, np.arange(len(played)), played).astype(np.float32)
+    return out
+
+
 def _report(
     out: Path,
     plan: list[tuple[str, SkewedClock, float]],
@@ -172,13 +183,13 @@ def _report(
     for name, _, _ in plan:
         wav = out / f"{name}.wav"
         meta = json.loads(wav.with_name(wav.name + ".json").read_text())
-        lag, peak = correlate_lag(reference, read_audio(wav))  # type: ignore[arg-type]
-        heard[name] = true_time_of_sample(meta, lag)
+        lag, peak = correlate_lag(reference, on_true_time(read_audio(wav), float(meta["dac_ppm"])))  # type: ignore[arg-type]
+        heard[name] = float(meta["start_true_ns"]) + lag * 1e9 / 48_000
         quality[name] = peak
     median = sorted(heard.values())[len(heard) // 2]
     table = Table(title="what each loudspeaker played (measured on the true clock)")
-    for col in ("site", "clock offset", "clock rate", "DAC rate", "latency", "sync error", "match", "WAV"):
-        table.add_column(col, justify="right" if col not in ("site", "WAV") else "left")
+    for col in ("site", "clock offset", "clock rate", "DAC rate", "latency", "sync error", "match"):
+        table.add_column(col, justify="right" if col != "site" else "left", no_wrap=True)
     worst = 0.0
     for name, clock, dac in plan:
         err = (heard[name] - median) / 1e6
@@ -196,6 +207,7 @@ def _report(
     console.print(table)
     console.print(
         f"latency = from the speaker's first sample to the loudspeaker's (includes Opus's 6.5 ms look-ahead); "
-        f"largest sync error {worst * 1000:.1f} µs."
+        f"largest sync error {worst * 1000:.1f} µs. What each site played: {out}/site-N.wav "
+        "(a .json beside each gives the true time of its first sample and its DAC's rate)."
     )
     return 0 if all(q > 0.5 for q in quality.values()) else 1

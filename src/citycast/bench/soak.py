@@ -68,6 +68,7 @@ def run_soak(
     checkpoint_every_s: float = 1800.0,
     window_s: float = 20.0,
     seed: int = 1,
+    fast_first: bool = True,
     progress: Callable[[float], None] | None = None,
 ) -> list[SoakSite]:
     rng = random.Random(seed)
@@ -77,7 +78,7 @@ def run_soak(
     out: list[SoakSite] = []
     for i in range(sites):
         clock = SkewedClock(round(rng.uniform(-2, 2) * S), rng.uniform(-100, 100), ref_ns=t0)
-        dac = 100.0 if i == 0 else rng.uniform(-100, 100)
+        dac = 100.0 if i == 0 and fast_first else rng.uniform(-100, 100)
         engine = PlayoutEngine(delay_ns=delay_ns, decoder_factory=OpusDecoder)
         out.append(SoakSite(clock, dac, engine))
     total_ns = round(hours * 3600 * S)

@@ -28,7 +28,11 @@ def soak_command(*, hours: float, sites: int, delay_ms: float, json_out: Path | 
 
         result = []
         for i in range(sites):
-            result.extend(run_soak(hours=hours, sites=1, delay_ns=round(delay_ms * 1e6), seed=i + 1, progress=tick))
+            result.extend(
+                run_soak(
+                    hours=hours, sites=1, delay_ns=round(delay_ms * 1e6), seed=i + 1, fast_first=i == 0, progress=tick
+                )
+            )
             done[0] += hours
     table = Table(title=f"citycast bench --soak-hours {hours:g}: |heard − due| per checkpoint (ms), RSS (MB)")
     table.add_column("hour")
