@@ -1,6 +1,6 @@
 """WAN emulation for `citycast bench --wan PROFILE` without `tc netem`.
 
-Topology (see docs/wan-emulation.md)::
+Topology (see docs/benchmarks.md, "WAN emulation")::
 
     netns <run>-london                  relay child process                  netns <run>-karachi
     wan0 10.77.0.1/24  ◄──TUN fd──►  DelayLine west→east / east→west  ◄──TUN fd──►  wan0 10.77.0.2/24
