@@ -28,7 +28,7 @@ import numpy.typing as npt
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.jitter import JitterBuffer, Put
 from citycast.media.render import Samples
-from citycast.media.resampler import read_at
+from citycast.media.resampler import read_ramp
 
 
 class Decoder(Protocol):
@@ -264,8 +264,7 @@ class PlayoutEngine:
                 return self._fallback_block(n, st)
             st.buf = np.concatenate((st.buf, pcm))
         self.state = PlayoutState.PLAYING
-        rel = (p_first - st.buf_start) + self._ramp(n) * ratio
-        out = read_at(st.buf, rel)
+        out = read_ramp(st.buf, p_first - st.buf_start, ratio, n, self._ramp(n))
         # Keep only what the next block can still reach back to (cubic reads one sample behind).
         keep_from = math.floor(p_first + n * ratio - st.buf_start) - 2
         if keep_from > 0:

@@ -6,23 +6,55 @@ every block, continuously, so this is a small cubic (Catmull-Rom) interpolator o
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
 from citycast.media.render import Samples
 
 
-def read_at(buf: Samples, positions: npt.NDArray[np.float64]) -> Samples:
-    """Samples of `buf` at fractional `positions` (each must satisfy 1 <= p < len(buf) - 2)."""
-    i = np.floor(positions).astype(np.int64)
-    t = (positions - i).astype(np.float32)
-    y0 = buf[i - 1]
-    y1 = buf[i]
-    y2 = buf[i + 1]
-    y3 = buf[i + 2]
+def _cubic(y0: Samples, y1: Samples, y2: Samples, y3: Samples, t: Samples) -> Samples:
     # Catmull-Rom: flat enough in the voice band, and exact at integer positions.
     a = -0.5 * y0 + 1.5 * y1 - 1.5 * y2 + 0.5 * y3
     b = y0 - 2.5 * y1 + 2.0 * y2 - 0.5 * y3
     c = -0.5 * y0 + 0.5 * y2
     out: Samples = ((a * t + b) * t + c) * t + y1
+    return out
+
+
+def read_at(buf: Samples, positions: npt.NDArray[np.float64]) -> Samples:
+    """Samples of `buf` at fractional `positions` (each must satisfy 1 <= p < len(buf) - 2)."""
+    i = np.floor(positions).astype(np.int64)
+    t = (positions - i).astype(np.float32)
+    return _cubic(buf[i - 1], buf[i], buf[i + 1], buf[i + 2], t)
+
+
+def read_ramp(buf: Samples, start: float, ratio: float, n: int, ramp: npt.NDArray[np.float64]) -> Samples:
+    """`read_at(buf, start + ramp[:n] * ratio)`, faster for the case playout has: a ratio within 1/n of 1.
+
+    The integer part of the positions then advances by exactly one per sample except at most once, where it
+    skips or repeats one; each stretch between is a contiguous slice of `buf`, so no gathers are needed.
+    """
+    positions = start + ramp[:n] * ratio
+    i0 = math.floor(positions[0])
+    i_last = math.floor(positions[-1])
+    if abs(ratio - 1.0) * n >= 1.0 or i_last - i0 not in (n - 2, n - 1, n):
+        return read_at(buf, positions)
+    t = (positions - np.floor(positions)).astype(np.float32)
+    if i_last - i0 == n - 1:  # one stretch
+        return _cubic(buf[i0 - 1 : i0 + n - 1], buf[i0 : i0 + n], buf[i0 + 1 : i0 + n + 1], buf[i0 + 2 : i0 + n + 2], t)
+    # two stretches: find where the integer part stops following i0 + j
+    lag = np.floor(positions).astype(np.int64) - np.arange(n) - i0
+    split = int(np.argmax(lag != 0))
+    out = np.empty(n, np.float32)
+    for lo, hi in ((0, split), (split, n)):
+        base = i0 + int(lag[lo])
+        out[lo:hi] = _cubic(
+            buf[base + lo - 1 : base + hi - 1],
+            buf[base + lo : base + hi],
+            buf[base + lo + 1 : base + hi + 1],
+            buf[base + lo + 2 : base + hi + 2],
+            t[lo:hi],
+        )
     return out

@@ -77,11 +77,11 @@ class TimedSink:
     counts one xrun; it is still logged and written, on the DAC's fixed schedule, as the DAC would have
     consumed it.
 
-    Outputs, all optional: `wav_path` (16-bit mono WAV at 48 kHz, header valid after every block) with a JSON
-    sidecar `<wav_path>.json` = {start_true_ns, block, dac_ppm, sample_rate, blocks, xruns} so that sample i
-    of the WAV reached the DAC at `true_time_of_sample(i)`; `on_block(dac_true_ns, samples)` for in-process
-    analysis. `start_true_ns` defaults to "now + lead" when `run()` starts. With `duration_s`, `run()` returns
-    once the last sample of ceil(duration_s * 48000 / block) blocks has reached the DAC.
+    Outputs, all optional: `wav_path` (16-bit mono WAV at 48 kHz, written and its header made valid every half
+    second) with a JSON sidecar `<wav_path>.json` = {start_true_ns, block, dac_ppm, sample_rate, blocks, xruns} so
+    that sample i of the WAV reached the DAC at `true_time_of_sample(i)`; `on_block(dac_true_ns, samples)` for in-
+    process analysis. `start_true_ns` defaults to "now + lead" when `run()` starts. With `duration_s`, `run()`
+    returns once the last sample of ceil(duration_s * 48000 / block) blocks has reached the DAC.
 
     `paced=False` drops the real-time pacing (no sleeps, no xruns): the DAC instants still follow the formula
     above, but blocks are rendered as fast as the renderer answers (offline rendering).
@@ -152,6 +152,9 @@ class TimedSink:
         if self.duration_s is not None:
             total = math.ceil(self.duration_s * self.sample_rate / self.block - 1e-9)
         wav: wave.Wave_write | None = None
+        # Writing (and re-patching the header) per block costs more than rendering a block; batch it.
+        pending = bytearray()
+        flush_bytes = self.sample_rate  # half a second of 16-bit mono
         try:
             if self.wav_path is not None:
                 wav = wave.open(str(self.wav_path), "wb")  # noqa: SIM115 (closed in finally)
@@ -170,7 +173,10 @@ class TimedSink:
                 if self.paced and time.time_ns() > dac_true:
                     self.xruns += 1
                 if wav is not None:
-                    wav.writeframes(_pcm16(samples))
+                    pending += _pcm16(samples)
+                    if len(pending) >= flush_bytes:
+                        wav.writeframes(pending)
+                        pending.clear()
                 if self.on_block is not None:
                     self.on_block(dac_true, samples)
                 k += 1
@@ -184,6 +190,8 @@ class TimedSink:
                     await asyncio.sleep(delay / 1e9)
         finally:
             if wav is not None:
+                if pending:
+                    wav.writeframes(pending)
                 wav.close()
                 self._write_sidecar()
 
