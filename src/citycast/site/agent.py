@@ -51,17 +51,21 @@ class SiteConfig:
 
 
 class StageTimer:
-    """CPU seconds spent per stage (this thread's CPU clock, so a busy neighbour does not inflate them)."""
+    """Seconds spent per stage, to tell where a site's cost goes.
+
+    Wall time (perf_counter), not thread CPU time: the thread CPU clock is a system call here and cost more than
+    some of the stages it timed. On a loaded box a stage's wall time includes being preempted.
+    """
 
     def __init__(self) -> None:
         self.ns: Counter[str] = Counter()
 
     @staticmethod
     def now() -> int:
-        return time.thread_time_ns()
+        return time.perf_counter_ns()
 
     def add(self, stage: str, t0: int) -> None:
-        self.ns[stage] += time.thread_time_ns() - t0
+        self.ns[stage] += time.perf_counter_ns() - t0
 
     def seconds(self) -> dict[str, float]:
         return {k: v / 1e9 for k, v in self.ns.items()}
