@@ -244,8 +244,11 @@ class SiteAgent:
         if self.clock_sync is not None:
             await self.clock_sync.stop()
         if self.nc is not None:
+            # A site publishes nothing that matters at shutdown; never let a slow drain hold it up.
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.drain(), 2.0)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
         self._stopped.set()
 
     async def run_until(self, done: asyncio.Event | None = None, duration_s: float | None = None) -> None:
