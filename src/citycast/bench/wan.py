@@ -328,6 +328,16 @@ class WanLink:
         if line != b"ready":
             raise WanError(f"WAN relay did not start (got {line!r})")
 
+    def _ask(self, command: bytes, timeout_s: float) -> bytes | None:
+        """Send the relay one control command; its one-line answer, or None if it cannot be had."""
+        if self._ctrl_w is None:
+            return None
+        try:
+            os.write(self._ctrl_w, command)
+        except OSError:
+            return None
+        return self._read_reply(timeout_s=timeout_s)
+
     def _read_reply(self, timeout_s: float) -> bytes | None:
         assert self._reply_r is not None
         deadline = time.monotonic() + timeout_s
@@ -355,15 +365,10 @@ class WanLink:
         After the link is closed, the final figures.
         """
         with self._lock:
-            if self._relay is not None and self._relay.poll() is None and self._ctrl_w is not None:
-                try:
-                    os.write(self._ctrl_w, b"s\n")
-                except OSError:
-                    pass
-                else:
-                    line = self._read_reply(timeout_s=5.0)
-                    if line:
-                        self._last_stats = json.loads(line)
+            if self._relay is not None and self._relay.poll() is None:
+                line = self._ask(b"s\n", timeout_s=5.0)
+                if line:
+                    self._last_stats = json.loads(line)
             if self._last_stats is None:
                 return {"profile": self.profile.name, "seed": self.seed, "running": False}
             return {**self._last_stats, "profile": self.profile.name, "seed": self.seed}
@@ -398,16 +403,11 @@ class WanLink:
     def _stop_relay(self) -> None:
         relay = self._relay
         if relay is not None:
-            if relay.poll() is None and self._ctrl_w is not None:
-                try:
-                    os.write(self._ctrl_w, b"q\n")
-                except OSError:
-                    pass
-                else:
-                    line = self._read_reply(timeout_s=3.0)
-                    if line:
-                        with contextlib.suppress(ValueError):
-                            self._last_stats = json.loads(line)
+            if relay.poll() is None:
+                line = self._ask(b"q\n", timeout_s=3.0)
+                if line:
+                    with contextlib.suppress(ValueError):
+                        self._last_stats = json.loads(line)
             try:
                 relay.wait(timeout=3.0)
             except subprocess.TimeoutExpired:
