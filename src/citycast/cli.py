@@ -201,8 +201,8 @@ def site(
     )
     try:
         runtime.run(run_site(opts))
-    except ValueError as e:
-        fail(str(e))
+    except (ValueError, RuntimeError) as e:
+        fail(str(e), code=1 if isinstance(e, RuntimeError) else 2)
 
 
 @app.command()

@@ -70,3 +70,22 @@ def test_site_reconnects_after_a_broker_restart_and_plays_again(tmp_path: Path) 
     assert before >= 40  # it played the first second
     assert after - before >= 40  # and the second one, after the restart
     assert state in ("playing", "fallback", "idle")
+
+
+class _BrokenSink:
+    sample_rate = 48_000
+    xruns = 0
+
+    async def run(self, renderer: object) -> None:
+        await asyncio.sleep(0.2)
+        raise OSError("the sound card went away")
+
+
+def test_a_failing_sink_ends_the_agent_with_its_error(nats_server: EmbeddedNats) -> None:
+    import pytest
+
+    key = generate_private_key()
+    cfg = SiteConfig(name="s1", nats_url=nats_server.url, trusted_keys=[key.public_key()], clock_mode="system")
+    agent = SiteAgent(cfg, _BrokenSink())
+    with pytest.raises(RuntimeError, match="sound card went away"):
+        asyncio.run(asyncio.wait_for(agent.run_until(), 20))

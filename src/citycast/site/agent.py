@@ -106,7 +106,6 @@ class SiteAgent:
         self.clock_sync: ClockSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.sink_task: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
 
     # -- clock ---------------------------------------------------------------------------------------------
     def broadcast_now(self) -> int | None:
@@ -249,18 +248,21 @@ class SiteAgent:
                 await asyncio.wait_for(self.nc.drain(), 2.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
-        self._stopped.set()
 
     async def run_until(self, done: asyncio.Event | None = None, duration_s: float | None = None) -> None:
+        """Run until `done`, `duration_s`, or the sink stops; a sink that fails (the sound card went away)
+        ends the run with its error, so a supervisor (systemd) restarts the agent instead of it playing nothing."""
         await self.start()
+        assert self.sink_task is not None
+        waiter = asyncio.create_task(
+            asyncio.sleep(duration_s) if duration_s is not None else (done or asyncio.Event()).wait()
+        )
         try:
-            if duration_s is not None:
-                await asyncio.sleep(duration_s)
-            elif done is not None:
-                await done.wait()
-            else:
-                await asyncio.Event().wait()
+            await asyncio.wait({waiter, self.sink_task}, return_when=asyncio.FIRST_COMPLETED)
+            if self.sink_task.done() and not self.sink_task.cancelled() and self.sink_task.exception():
+                raise RuntimeError(f"the sink stopped: {self.sink_task.exception()}")
         finally:
+            waiter.cancel()
             await self.stop()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,4 +67,4 @@ def build_site(opts: SiteOptions) -> SiteAgent:
 
 async def run_site(opts: SiteOptions) -> None:
     agent = build_site(opts)
-    await agent.run_until(duration_s=opts.duration) if opts.duration else await agent.run_until(asyncio.Event())
+    await agent.run_until(duration_s=opts.duration)
