@@ -55,7 +55,6 @@ class Fleet:
     workdir: Path
     members: list[Member] = field(default_factory=list)
     window: tuple[float, float] = (0.0, 0.0)
-    peaks: dict[int, float] = field(default_factory=dict)
 
     def spawn(self, role: str, name: str, argv: list[str], prefix: list[str] | None = None) -> Member:
         log = self.workdir / f"{name}.log"
@@ -96,7 +95,7 @@ class Fleet:
     def end_window(self) -> None:
         for m in self.members:
             m.cpu1 = m.cpu_seconds()
-            self.peaks[m.pid] = m.peak_rss_mb()
+            m.peak_rss_mb()
         self.window = (self.window[0], time.monotonic())
 
     def figures(self) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
@@ -107,7 +106,7 @@ class Fleet:
         count: dict[str, int] = {}
         for m in self.members:
             cpu[m.role] = cpu.get(m.role, 0.0) + 100 * (m.cpu1 - m.cpu0) / wall
-            rss[m.role] = rss.get(m.role, 0.0) + self.peaks.get(m.pid, float("nan"))
+            rss[m.role] = rss.get(m.role, 0.0) + m.last_rss_mb
             count[m.role] = count.get(m.role, 0) + 1
         return cpu, rss, count
 

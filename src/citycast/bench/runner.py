@@ -12,7 +12,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -405,6 +405,3 @@ def _print(f: dict[str, object], console: Console) -> None:
         t.add_row("[probes] frames received / gaps", f"{f['probe_received']} / {f['probe_gaps']}")
         t.add_row("NATS CPU per 1,000 sites", f"{float(f['nats_cpu_percent_per_1000_sites']):.1f} % of a core")  # type: ignore[arg-type]
     console.print(t)
-
-
-__all__ = ["BenchError", "BenchOptions", "asdict", "run_bench"]

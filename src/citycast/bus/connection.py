@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -19,7 +18,6 @@ async def connect(
     *,
     name: str,
     forever: bool = True,
-    on_state: Callable[[str], Awaitable[None]] | None = None,
     **options: Any,
 ) -> Client:
     """Connect, retrying the first connection too (a site may boot before its network), then let nats-py
@@ -27,13 +25,9 @@ async def connect(
 
     async def disconnected() -> None:
         log.warning("%s: disconnected from NATS", name)
-        if on_state:
-            await on_state("disconnected")
 
     async def reconnected() -> None:
         log.info("%s: reconnected to NATS", name)
-        if on_state:
-            await on_state("reconnected")
 
     async def error(e: Exception) -> None:
         log.debug("%s: NATS error: %r", name, e)

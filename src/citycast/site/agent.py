@@ -23,15 +23,13 @@ from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.service import ClockSync
 from citycast.media.codec import OpusDecoder
-from citycast.media.frame import FrameError, FrameVerifier, ReplayWindow, is_fresh
+from citycast.media.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
 from citycast.media.playout import ClockMap, PlayoutEngine
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
 from citycast.site.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE_BYTES = 8192  # far above the largest legal frame; anything bigger is dropped before parsing
 
 
 @dataclass
@@ -139,7 +137,7 @@ class SiteAgent:
         """Verify and queue one message from the bus. Never raises: bad input is counted, not played."""
         t0 = self.timer.now()
         try:
-            if len(data) > MAX_MESSAGE_BYTES:
+            if len(data) > MAX_FRAME_SIZE:  # dropped before any parsing
                 self.rejected["oversized"] += 1
                 return
             try:
