@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables)
+debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables chromium postgresql)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,10 +20,17 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+if ! command -v npm >/dev/null; then
+  [ "$(id -u)" = 0 ] || { echo "setup: please install npm (Debian package npm)" >&2; exit 1; }
+  apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+# The console's front-end libraries come from the npm registry (never pasted into the repository).
+scripts/console-assets.sh
 .venv/bin/python -c "import citycast, av, nats" # fail here, loudly, if the install did not work

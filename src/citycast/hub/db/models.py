@@ -1,0 +1,223 @@
+"""The hub's records: SQLAlchemy 2 models. Alembic migrations in `migrations/` must match these exactly
+(a test compares them). Times are UTC, timezone-aware."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Role(enum.StrEnum):
+    """Ordered by power: each role may do what the ones after it may."""
+
+    admin = "admin"
+    operator = "operator"
+    speaker = "speaker"
+    viewer = "viewer"
+
+
+class Priority(enum.StrEnum):
+    """Who pre-empts whom on the same zones: emergency > live > scheduled > fill."""
+
+    emergency = "emergency"
+    live = "live"
+    scheduled = "scheduled"
+    fill = "fill"
+
+
+PRIORITY_RANK = {Priority.emergency: 3, Priority.live: 2, Priority.scheduled: 1, Priority.fill: 0}
+
+
+class AddressStatus(enum.StrEnum):
+    live = "live"  # on air on at least one of its zones
+    preempted = "preempted"  # running, but every one of its zones is taken by a higher priority
+    ended = "ended"
+    failed = "failed"
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Session(Base):
+    """A logged-in browser or API client. Only the token's hash is stored."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class Zone(Base):
+    __tablename__ = "zones"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # The channel the zone's sites listen to when no address targets them (fill / idle).
+    channel: Mapped[int] = mapped_column(Integer, unique=True)
+    color: Mapped[str] = mapped_column(String(16), default="#3b82f6")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Site(Base):
+    __tablename__ = "sites"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # [a-z0-9-]: also its NATS subject token
+    label: Mapped[str] = mapped_column(String(128), default="")  # e.g. "Saddar, Empress Market"
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    zone_id: Mapped[int | None] = mapped_column(ForeignKey("zones.id", ondelete="SET NULL"), index=True)
+    nkey_public: Mapped[str | None] = mapped_column(String(64), unique=True)  # the site's NATS user, once enrolled
+    enrol_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    enrol_expires_at: Mapped[dt.datetime | None]
+    enrolled_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+    volume: Mapped[float] = mapped_column(Float, default=1.0)  # linear gain 0..2
+    muted: Mapped[bool] = mapped_column(Boolean, default=False)
+    fallback: Mapped[str | None] = mapped_column(String(255))
+    last_state: Mapped[str] = mapped_column(String(16), default="offline")
+    last_seen_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    zone: Mapped[Zone | None] = relationship(lazy="joined")
+
+
+class Channel(Base):
+    """An audio channel on the bus (`<prefix>.audio.<number>`)."""
+
+    __tablename__ = "channels"
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(64))
+    delay_ms: Mapped[float] = mapped_column(Float, default=80.0)  # the playout delay D of this channel
+
+
+class Address(Base):
+    """One address (a speech, a call to prayer, a warning): who, what, where, when, how far it reached."""
+
+    __tablename__ = "addresses"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(500))  # "marker", "tone", "line-in", "file:<name>", "sip:<from>"
+    speaker: Mapped[str] = mapped_column(String(128), default="")
+    priority: Mapped[Priority] = mapped_column(Enum(Priority, native_enum=False, length=16))
+    channel: Mapped[int] = mapped_column(Integer)
+    zone_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    status: Mapped[AddressStatus] = mapped_column(Enum(AddressStatus, native_enum=False, length=16))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    ended_at: Mapped[dt.datetime | None]
+    end_reason: Mapped[str] = mapped_column(String(200), default="")
+    sites_reached: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
+
+
+class Schedule(Base):
+    """A recurring address. `rrule` is an RFC 5545 recurrence rule, read with dateutil; `dtstart` is local
+    time in `timezone` (so "every Friday 20:00" stays 20:00 across DST changes)."""
+
+    __tablename__ = "schedules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    rrule: Mapped[str] = mapped_column(String(500))
+    dtstart: Mapped[dt.datetime] = mapped_column(DateTime(timezone=False))
+    timezone: Mapped[str] = mapped_column(String(64), default="Asia/Karachi")
+    duration_s: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(500))
+    priority: Mapped[Priority] = mapped_column(Enum(Priority, native_enum=False, length=16))
+    zone_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_run_at: Mapped[dt.datetime | None]  # the occurrence last started; none before it is run again
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address_id: Mapped[int | None] = mapped_column(ForeignKey("addresses.id", ondelete="SET NULL"), index=True)
+    channel: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(500), unique=True)  # relative to the recordings directory
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    ended_at: Mapped[dt.datetime | None]
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # offline, underruns, sync_error, rejected_frames, pin_abuse, ...
+    severity: Mapped[str] = mapped_column(String(16), default="warning")  # info, warning, critical
+    message: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    cleared_at: Mapped[dt.datetime | None]
+
+
+class SiteStateChange(Base):
+    """Every change of a site's state (not every heartbeat): history without a row per second per site."""
+
+    __tablename__ = "site_state_changes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(200), default="")
+
+
+class FleetSample(Base):
+    """A periodic aggregate of the whole fleet (once a minute by default)."""
+
+    __tablename__ = "fleet_samples"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    by_state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    underruns: Mapped[int] = mapped_column(Integer, default=0)  # new underruns across the fleet since last sample
+    sync_error_p99_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    username: Mapped[str] = mapped_column(String(64))  # kept even if the user is deleted
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "site.create", "address.start"
+    target: Mapped[str] = mapped_column(String(200), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    remote: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Setting(Base):
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RevokedKey(Base):
+    """NATS user keys revoked in the account (carried into the account JWT at every start)."""
+
+    __tablename__ = "revoked_keys"
+    __table_args__ = (UniqueConstraint("nkey_public"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    nkey_public: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
