@@ -4,6 +4,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
 mkdir -p test-artifacts
+# The data-layer tests run against SQLite and a real PostgreSQL, started here from Debian's packages.
+eval "$(scripts/pg.sh)" || { echo "could not start PostgreSQL for the tests" >&2; exit 1; }
 .venv/bin/ruff check . || exit 1
 .venv/bin/ruff format --check . || exit 1
 .venv/bin/mypy || exit 1

@@ -148,6 +148,16 @@ class PlayoutEngine:
         with self._lock:
             self._clock = clock
 
+    def set_fallback(self, fallback: Samples | None) -> None:
+        with self._lock:
+            self._fallback = fallback if fallback is not None and len(fallback) else None
+
+    def drop_stream(self) -> None:
+        """Forget the current stream on purpose (the site was moved to another channel): what follows is
+        "idle" until a stream arrives, not "lost", so no fallback audio starts."""
+        with self._lock:
+            self._stream = None
+
     def push(self, stream: int, seq: int, ts_ns: int, packet_ns: int, packet: bytes) -> Put | None:
         """Offer one verified packet. Returns how the jitter buffer took it (None: rejected before it)."""
         with self._lock:

@@ -8,16 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from citycast.bus.connection import connect
+from citycast.bus.desired import DesiredState
 from citycast.bus.subjects import Subjects
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock, SystemClock
@@ -27,6 +32,7 @@ from citycast.media.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, Repl
 from citycast.media.playout import ClockMap, PlayoutEngine
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
+from citycast.site.desired import DesiredWatcher
 from citycast.site.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,9 @@ class SiteConfig:
     fallback_after_ns: int = 2_000_000_000
     telemetry_interval_s: float = 1.0
     max_future_ns: int = 5_000_000_000
+    creds: Path | None = None  # this site's NATS credentials (from enrolment); None: anonymous (private bus)
+    inbox_prefix: str | None = None  # the reply-subject prefix the site's NATS user may subscribe to
+    watch_desired: bool = True  # follow the hub's desired state (channel, volume, mute, fallback) in NATS KV
 
 
 class StageTimer:
@@ -70,15 +79,19 @@ class StageTimer:
 
 
 class TimedRenderer:
-    """Wraps the engine so the render stage (decode + resample) is timed like the others."""
+    """Wraps the engine so the render stage (decode + resample) is timed like the others, and applies the
+    operator's volume. Muting scales to zero rather than stopping playout, so unmuting is instant and in sync."""
 
     def __init__(self, engine: PlayoutEngine, timer: StageTimer) -> None:
         self.engine = engine
         self.timer = timer
+        self.gain = 1.0
 
     def render(self, n: int, dac_local_ns: int) -> Samples:
         t0 = self.timer.now()
         out = self.engine.render(n, dac_local_ns)
+        if self.gain != 1.0:
+            out = (out * self.gain).astype(np.float32, copy=False)
         self.timer.add("render", t0)
         return out
 
@@ -104,6 +117,11 @@ class SiteAgent:
         self.clock_sync: ClockSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.sink_task: asyncio.Task[None] | None = None
+        self.renderer = TimedRenderer(self.engine, self.timer)
+        self.desired: DesiredState | None = None
+        self.desired_watcher: DesiredWatcher | None = None
+        self._audio_sub: Subscription | None = None
+        self._own_fallback = config.fallback
 
     # -- clock ---------------------------------------------------------------------------------------------
     def broadcast_now(self) -> int | None:
@@ -171,10 +189,35 @@ class SiteAgent:
             self.engine.push(frame.stream, frame.packet_seq(i), frame.packet_ts(i), frame.packet_ns, packet)
         self.timer.add("queue", t1)
 
+    # -- desired state -------------------------------------------------------------------------------------
+    def apply_desired(self, state: DesiredState) -> None:
+        """Take the hub's wish for this site. Volume and mute act on the next block; a new channel is
+        subscribed at once (the old stream is dropped, so the site goes idle rather than "lost")."""
+        self.desired = state
+        self.renderer.gain = state.gain
+        self.engine.set_fallback(self._own_fallback if state.fallback == "default" else None)
+        if state.channel != self.config.channel:
+            self.config.channel = state.channel
+            self.engine.drop_stream()
+            if self.nc is not None:
+                self._tasks.append(asyncio.create_task(self._subscribe_audio()))
+
+    async def _subscribe_audio(self) -> None:
+        assert self.nc is not None
+        old, self._audio_sub = self._audio_sub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        subject = self.config.subjects.audio(self.config.channel)
+        self._audio_sub = await self.nc.subscribe(subject, cb=self._on_audio, pending_msgs_limit=4096)
+
     # -- telemetry -----------------------------------------------------------------------------------------
     def telemetry(self) -> Telemetry:
         st = self.engine.stats
         rms, peak = self.engine.take_levels()
+        # What the loudspeaker plays, after the operator's volume and mute.
+        gain = self.renderer.gain
+        rms, peak = (rms + 20 * math.log10(gain), peak + 20 * math.log10(gain)) if gain > 0 else (-180.0, -180.0)
         est = self.estimator
         synced = self.config.clock_mode == "system" or est.synced
         clock_err_ms = 0.0 if self.config.clock_mode == "system" else est.error_bound_ns / 1e6
@@ -203,6 +246,8 @@ class SiteAgent:
             resyncs=st.resyncs,
             frames=self.frames,
             cpu=self.timer.seconds(),
+            volume=self.desired.volume if self.desired else 1.0,
+            muted=self.desired.muted if self.desired else False,
         )
 
     async def _report(self) -> None:
@@ -218,19 +263,32 @@ class SiteAgent:
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        self.nc = await connect(cfg.nats_url, name=f"site:{cfg.name}")
+        auth: dict[str, Any] = {}
+        if cfg.creds is not None:
+            auth["user_credentials"] = str(cfg.creds)
+        if cfg.inbox_prefix:
+            auth["inbox_prefix"] = cfg.inbox_prefix
+        self.nc = await connect(cfg.nats_url, name=f"site:{cfg.name}", **auth)
         if cfg.clock_mode == "sync":
             self.clock_sync = ClockSync(
-                cfg.nats_url, cfg.time_subject or cfg.subjects.time(), self.clock, estimator=self.estimator
+                cfg.nats_url,
+                cfg.time_subject or cfg.subjects.time(),
+                self.clock,
+                estimator=self.estimator,
+                creds=cfg.creds,
+                inbox_prefix=cfg.inbox_prefix,
             )
             await self.clock_sync.start()
-        await self.nc.subscribe(cfg.subjects.audio(cfg.channel), cb=self._on_audio, pending_msgs_limit=4096)
-        self.sink_task = asyncio.create_task(self.sink.run(TimedRenderer(self.engine, self.timer)))
+        await self._subscribe_audio()
+        self.sink_task = asyncio.create_task(self.sink.run(self.renderer))
         self._tasks = [
             asyncio.create_task(self._follow_clock()),
             asyncio.create_task(self._report()),
             self.sink_task,
         ]
+        if cfg.watch_desired:
+            self.desired_watcher = DesiredWatcher(self.nc, cfg.subjects, cfg.name, self.apply_desired)
+            self._tasks.append(asyncio.create_task(self.desired_watcher.run()))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -267,7 +325,6 @@ class SiteAgent:
 def load_fallback(path: Path | None) -> Samples | None:
     if path is None:
         return None
-    import numpy as np
 
     from citycast.media.sources import FileSource
 

@@ -32,6 +32,8 @@ class Telemetry:
     resyncs: int
     frames: int
     cpu: dict[str, float] = field(default_factory=dict)  # seconds spent per stage since start
+    volume: float = 1.0  # linear gain applied at the site (desired state)
+    muted: bool = False
     v: int = TELEMETRY_VERSION
 
     def to_json(self) -> bytes:

@@ -1,0 +1,451 @@
+"""What is on air, where. Each address gets its own channel; each zone plays the highest-priority address that
+targets it (emergency > live > scheduled > fill; the newer of equals), or its own idle channel. The result is
+written as desired state, which the sites follow: pre-emption and restoring are just channel changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+from sqlalchemy import select
+
+from citycast.bus.desired import DesiredState
+from citycast.bus.subjects import Subjects
+from citycast.hub.db.engine import Database
+from citycast.hub.db.models import PRIORITY_RANK, Address, AddressStatus, Priority, Site, Zone, utcnow
+from citycast.hub.desired import DesiredStore
+from citycast.ingest.broadcaster import Broadcaster
+from citycast.media.audio import FRAME_NS
+from citycast.media.frame import FrameSigner
+from citycast.media.render import Samples
+from citycast.media.sources import LineInSource, MarkerSource, Source, SourceError, ToneSource, open_source
+
+log = logging.getLogger(__name__)
+
+BUILTIN_SOURCES = {
+    "marker": "Marker chirps (every second)",
+    "tone": "Test tone 440 Hz",
+    "line-in": "Line-in (the hub's audio input)",
+}
+MEDIA_SUFFIXES = {".wav", ".mp3", ".ogg", ".opus", ".flac", ".m4a", ".aac", ".webm"}
+NO_CHANNEL = 0  # sites outside every zone listen here, where nothing is ever sent
+
+
+class RecordingHandle(Protocol):
+    async def close(self) -> None: ...
+
+
+RecordFactory = Callable[[int, int, str], Awaitable[RecordingHandle]]
+FleetSnapshot = Callable[[], Iterable[dict[str, Any]]]
+Publish = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class OnAir:
+    id: int
+    title: str
+    source: str
+    speaker: str
+    priority: Priority
+    zone_ids: frozenset[int]
+    channel: int
+    order: int  # start order: the newer of two equal priorities wins
+    started_at: dt.datetime
+    external: bool = False  # the audio comes from elsewhere (a phone call, `citycast ingest`), not from the hub
+    status: AddressStatus = AddressStatus.live
+    reached: int = 0
+    task: asyncio.Task[None] | None = None
+    recording: RecordingHandle | None = None
+    stopping: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "source": self.source,
+            "speaker": self.speaker,
+            "priority": self.priority.value,
+            "channel": self.channel,
+            "zone_ids": sorted(self.zone_ids),
+            "status": self.status.value,
+            "started_at": self.started_at.isoformat(),
+            "sites_reached": self.reached,
+        }
+
+
+def zone_owners(on_air: Iterable[OnAir], zone_ids: Iterable[int]) -> dict[int, OnAir | None]:
+    """Which address each zone plays. Pure: the whole pre-emption policy is here."""
+    best: dict[int, OnAir | None] = dict.fromkeys(zone_ids)
+    for a in on_air:
+        if a.stopping:
+            continue
+        for z in a.zone_ids:
+            if z not in best:
+                continue
+            cur = best[z]
+            if cur is None or (PRIORITY_RANK[a.priority], a.order) > (PRIORITY_RANK[cur.priority], cur.order):
+                best[z] = a
+    return best
+
+
+def _limit(blocks: Iterator[Samples], seconds: float | None) -> Iterator[Samples]:
+    if seconds is None:
+        return blocks
+    return itertools.islice(blocks, max(1, round(seconds * 1e9 / FRAME_NS)))
+
+
+class AddressManager:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        nc: Client,
+        subjects: Subjects,
+        desired: DesiredStore,
+        signer: FrameSigner,
+        media_dir: Path,
+        record: RecordFactory | None = None,
+        fleet_snapshot: FleetSnapshot | None = None,
+        publish: Publish | None = None,
+        channel_pool: range = range(1000, 2000),
+        delay_ms: float = 80.0,
+        clock: Callable[[], int] = time.time_ns,
+        packets_per_message: int = 1,
+    ) -> None:
+        self.db = db
+        self.nc = nc
+        self.subjects = subjects
+        self.desired = desired
+        self.signer = signer
+        self.media_dir = media_dir
+        self.record = record
+        self.fleet_snapshot = fleet_snapshot
+        self.publish = publish
+        self.channel_pool = channel_pool
+        self.delay_ms = delay_ms
+        self.clock = clock
+        self.packets_per_message = packets_per_message
+        self._on_air: dict[int, OnAir] = {}
+        self._order = itertools.count()
+        self._lock = asyncio.Lock()  # starts, stops and refreshes change the same assignment: one at a time
+        self._reach_task: asyncio.Task[None] | None = None
+
+    # -- sources ------------------------------------------------------------------------------------------
+    def sources(self) -> list[dict[str, str]]:
+        out = [{"id": k, "label": v} for k, v in BUILTIN_SOURCES.items()]
+        if self.media_dir.is_dir():
+            for p in sorted(self.media_dir.iterdir()):
+                if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES:
+                    out.append({"id": f"file:{p.name}", "label": p.name})
+        return out
+
+    def open_source(self, spec: str) -> Source:
+        """A source from a console spec. Only the media library's own files: never a path the client chose."""
+        if spec == "marker":
+            return MarkerSource(1.0)
+        if spec == "tone":
+            return ToneSource(440.0)
+        if spec == "line-in":
+            return LineInSource()
+        if spec.startswith("file:"):
+            name = spec[5:]
+            if not name or "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"bad media file name {name!r}")
+            path = self.media_dir / name
+            if not path.is_file():
+                raise ValueError(f"no media file {name!r} in the library")
+            try:
+                return open_source(str(path))
+            except SourceError as e:
+                raise ValueError(str(e)) from None
+        raise ValueError(f"unknown source {spec!r}: use marker, tone, line-in or file:<name>")
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def live(self) -> list[dict[str, Any]]:
+        return [a.as_dict() for a in sorted(self._on_air.values(), key=lambda a: a.order) if not a.stopping]
+
+    def get(self, address_id: int) -> OnAir | None:
+        return self._on_air.get(address_id)
+
+    def sites_reached(self) -> int:
+        return sum(a.reached for a in self._on_air.values())
+
+    # -- starting and stopping ----------------------------------------------------------------------------
+    async def start(
+        self,
+        *,
+        title: str,
+        source: str,
+        zone_ids: list[int],
+        priority: Priority,
+        speaker: str,
+        user_id: int | None,
+        duration_s: float | None = None,
+        schedule_id: int | None = None,
+        blocks: Iterator[Samples] | None = None,
+        external: bool = False,
+    ) -> int:
+        """Put an address on air. Raises ValueError with a message for the user on a bad source or zones.
+
+        `blocks` lets a caller (a phone call) supply the audio; `external` means someone else publishes on the
+        address's channel (use `channel_of`)."""
+        if duration_s is not None and not 0 < duration_s <= 24 * 3600:
+            raise ValueError("duration must be between 0 and 24 hours")
+        priority = Priority(priority)
+        src: Source | None = None
+        if blocks is None and not external:
+            src = self.open_source(source)
+        async with self._lock:
+            zones = await asyncio.to_thread(self._zone_ids)
+            wanted = set(zone_ids) if zone_ids else set(zones)
+            unknown = wanted - set(zones)
+            if unknown:
+                raise ValueError(f"no such zone: {sorted(unknown)}")
+            if not wanted:
+                raise ValueError("there are no zones to address: create a zone first")
+            channel = self._free_channel()
+            started = utcnow()
+            row_id = await asyncio.to_thread(
+                self._insert, title, source, speaker, priority, channel, sorted(wanted), user_id, schedule_id, started
+            )
+            a = OnAir(
+                id=row_id,
+                title=title,
+                source=source,
+                speaker=speaker,
+                priority=priority,
+                zone_ids=frozenset(wanted),
+                channel=channel,
+                order=next(self._order),
+                started_at=started,
+                external=external,
+            )
+            self._on_air[a.id] = a
+            if self.record is not None:
+                try:
+                    a.recording = await self.record(a.id, channel, title)
+                except Exception as e:  # an address must go out even if its recording cannot be written
+                    log.error("address %d: recording failed to start: %s", a.id, e)
+            if not external:
+                audio = blocks if blocks is not None else _limit(src.blocks(), duration_s) if src else None
+                assert audio is not None
+                a.task = asyncio.create_task(self._broadcast(a, audio))
+            elif duration_s is not None:
+                a.task = asyncio.create_task(self._stop_after(a, duration_s))
+            await self._apply()
+        self._ensure_reach_task()
+        self._announce()
+        log.info("address %d %r on air: channel %d, zones %s, %s", a.id, title, channel, sorted(wanted), priority)
+        return a.id
+
+    def channel_of(self, address_id: int) -> int:
+        return self._on_air[address_id].channel
+
+    async def stop(self, address_id: int, reason: str = "stopped") -> None:
+        a = self._on_air.get(address_id)
+        if a is None or a.stopping:
+            if await asyncio.to_thread(self._is_known, address_id):
+                return  # already ended: stopping twice is not an error
+            raise KeyError(address_id)
+        await self._finish(a, reason, AddressStatus.ended)
+
+    async def close(self) -> None:
+        for a in list(self._on_air.values()):
+            await self._finish(a, "hub stopped", AddressStatus.ended)
+        if self._reach_task is not None:
+            self._reach_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reach_task
+
+    async def _finish(self, a: OnAir, reason: str, status: AddressStatus) -> None:
+        if a.stopping:
+            return
+        a.stopping = True
+        task, a.task = a.task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Let every site play out what was already sent (D and a margin) before moving it to another channel;
+        # the end of the address is then in sync everywhere, as its start was.
+        await asyncio.sleep(self.delay_ms / 1000 + 0.3)
+        async with self._lock:
+            self._on_air.pop(a.id, None)
+            await self._apply()
+        if a.recording is not None:
+            try:
+                await a.recording.close()
+            except Exception as e:
+                log.error("address %d: closing its recording failed: %s", a.id, e)
+        await asyncio.to_thread(self._end_row, a.id, status, reason, a.reached)
+        self._announce()
+        log.info("address %d ended (%s); %d sites reached", a.id, reason, a.reached)
+
+    async def _broadcast(self, a: OnAir, blocks: Iterator[Samples]) -> None:
+        caster = Broadcaster(
+            self.nc,
+            channel=a.channel,
+            signer=self.signer,
+            clock=self.clock,
+            subjects=self.subjects,
+            packets_per_message=self.packets_per_message,
+        )
+        status, reason = AddressStatus.ended, "source ended"
+        try:
+            await caster.run(blocks)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error("address %d: source failed: %s", a.id, e)
+            status, reason = AddressStatus.failed, f"source failed: {e}"
+        a.task = None
+        asyncio.get_running_loop().create_task(self._finish(a, reason, status))
+
+    async def _stop_after(self, a: OnAir, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        a.task = None
+        asyncio.get_running_loop().create_task(self._finish(a, "duration reached", AddressStatus.ended))
+
+    # -- desired state ------------------------------------------------------------------------------------
+    async def refresh_sites(self, names: list[str] | None = None) -> None:
+        """Recompute and publish desired state (after volume, mute or zone changes in the database)."""
+        async with self._lock:
+            await self._apply(names)
+
+    async def _apply(self, names: list[str] | None = None) -> None:
+        zones, sites = await asyncio.to_thread(self._load_sites, names)
+        owners = zone_owners(self._on_air.values(), zones)
+        for a in self._on_air.values():
+            if a.stopping:
+                continue
+            playing = any(owner is a for owner in owners.values())
+            new = AddressStatus.live if playing else AddressStatus.preempted
+            if new is not a.status:
+                a.status = new
+                await asyncio.to_thread(self._set_status, a.id, new)
+        for name, zone_id, volume, muted, fallback in sites:
+            if zone_id is None:
+                channel = NO_CHANNEL
+            else:
+                owner = owners.get(zone_id)
+                channel = owner.channel if owner is not None else zones[zone_id]
+            state = DesiredState(
+                channel=channel,
+                volume=max(0.0, min(2.0, volume)),
+                muted=muted,
+                fallback="silence" if fallback == "silence" else "default",
+            )
+            try:
+                await self.desired.put(name, state)
+            except Exception as e:  # the bus is down: the next change or refresh writes it again
+                log.warning("desired state for %s not written: %s", name, e)
+
+    # -- reach --------------------------------------------------------------------------------------------
+    def _ensure_reach_task(self) -> None:
+        if self._reach_task is None or self._reach_task.done():
+            self._reach_task = asyncio.create_task(self._follow_reach())
+
+    async def _follow_reach(self) -> None:
+        """Sites reached = the most sites seen playing the address's channel at once, from telemetry."""
+        while self._on_air:
+            await asyncio.sleep(1.0)
+            if self.fleet_snapshot is None:
+                continue
+            playing: dict[int, int] = {}
+            for view in self.fleet_snapshot():
+                if view.get("state") in ("playing", "muted"):
+                    ch = int(view.get("channel", -1))
+                    playing[ch] = playing.get(ch, 0) + 1
+            changed = False
+            for a in self._on_air.values():
+                n = playing.get(a.channel, 0)
+                if n > a.reached:
+                    a.reached = n
+                    changed = True
+            if changed:
+                self._announce()
+
+    def _announce(self) -> None:
+        if self.publish is not None:
+            self.publish({"type": "addresses", "addresses": self.live()})
+
+    # -- database (called in a worker thread) --------------------------------------------------------------
+    def _free_channel(self) -> int:
+        used = {a.channel for a in self._on_air.values()}
+        for ch in self.channel_pool:
+            if ch not in used:
+                return ch
+        raise ValueError(f"too many addresses at once (at most {len(self.channel_pool)})")
+
+    def _zone_ids(self) -> dict[int, int]:
+        with self.db.session() as s:
+            return {z.id: z.channel for z in s.scalars(select(Zone))}
+
+    def _load_sites(
+        self, names: list[str] | None
+    ) -> tuple[dict[int, int], list[tuple[str, int | None, float, bool, str | None]]]:
+        with self.db.session() as s:
+            zones = {z.id: z.channel for z in s.scalars(select(Zone))}
+            q = select(Site.name, Site.zone_id, Site.volume, Site.muted, Site.fallback).where(Site.revoked_at.is_(None))
+            if names is not None:
+                q = q.where(Site.name.in_(names))
+            rows = [(r[0], r[1], float(r[2]), bool(r[3]), r[4]) for r in s.execute(q)]
+        return zones, rows
+
+    def _insert(
+        self,
+        title: str,
+        source: str,
+        speaker: str,
+        priority: Priority,
+        channel: int,
+        zone_ids: list[int],
+        user_id: int | None,
+        schedule_id: int | None,
+        started: dt.datetime,
+    ) -> int:
+        with self.db.session() as s:
+            row = Address(
+                title=title,
+                source=source,
+                speaker=speaker,
+                priority=priority,
+                channel=channel,
+                zone_ids=zone_ids,
+                status=AddressStatus.live,
+                started_at=started,
+                created_by=user_id,
+                schedule_id=schedule_id,
+            )
+            s.add(row)
+            s.flush()
+            return int(row.id)
+
+    def _set_status(self, address_id: int, status: AddressStatus) -> None:
+        with self.db.session() as s:
+            row = s.get(Address, address_id)
+            if row is not None:
+                row.status = status
+
+    def _end_row(self, address_id: int, status: AddressStatus, reason: str, reached: int) -> None:
+        with self.db.session() as s:
+            row = s.get(Address, address_id)
+            if row is not None:
+                row.status = status
+                row.ended_at = utcnow()
+                row.end_reason = reason[:200]
+                row.sites_reached = max(row.sites_reached, reached)
+
+    def _is_known(self, address_id: int) -> bool:
+        with self.db.session() as s:
+            return s.get(Address, address_id) is not None
