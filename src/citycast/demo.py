@@ -1,66 +1,115 @@
-"""`citycast demo`: the whole media path on one machine, in a minute, with figures a person can check.
+"""`citycast demo`: the whole system on one machine, with figures a person can check and a console to look at.
 
-A private NATS, the hub's time service, N site agents (each its own process, each with a wrong clock and a
-drifting DAC, playing into a timed sink that writes a WAV), and an ingest playing a speech clip. At the end the
-clip is found in every site's WAV by cross-correlation: when it was heard (latency) and how far apart the sites
-heard it (sync error), both on the true system clock.
+The hub (`citycast serve`: its own NATS with JWT accounts, API, console), a city of zones and sites in Karachi
+created through the API, N site agents that enrol with one-time tokens (each its own process, each with a wrong
+clock and a drifting DAC, playing into a timed sink that writes a WAV), and an address of a speech clip to every
+zone, started through the API. The clip is then found in every site's WAV by cross-correlation: when it was heard
+(latency) and how far apart the sites heard it (sync error), both on the true system clock. The console stays up.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import shutil
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-import nats
+import httpx
 import numpy as np
-from nats.aio.msg import Msg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from citycast.bench.fleet import Fleet, citycast_argv
-from citycast.bus.server import EmbeddedNats, NatsServerError, free_port
-from citycast.bus.subjects import Subjects
+from citycast.bench.fleet import Fleet, Member, citycast_argv
+from citycast.bus.server import free_port, port_is_free
 from citycast.clock.local import SkewedClock
-from citycast.media.keys import generate_private_key, public_key_text, save_private_key
+from citycast.demo_city import ZONES, PlannedSite, plan_city
+from citycast.hub.runtime import ADMIN_PASSWORD_FILE
 from citycast.media.markers import correlate_lag
 from citycast.media.sources import SourceError, read_audio
-from citycast.site.telemetry import Telemetry
 
 
 def speech_asset() -> Path:
     return Path(str(resources.files("citycast") / "assets" / "speech.opus"))
 
 
-async def _wait_synced(url: str, names: set[str], progress: Progress, timeout: float) -> set[str]:
-    nc = await nats.connect(url)
-    synced: set[str] = set()
-    task = progress.add_task("sites synced to the broadcast clock", total=len(names))
+class DemoError(RuntimeError):
+    pass
 
-    async def on_msg(msg: Msg) -> None:
-        try:
-            t = Telemetry.from_json(msg.data)
-        except (ValueError, TypeError):
-            return
-        if t.site in names and t.state != "syncing" and t.site not in synced:
-            synced.add(t.site)
-            progress.update(task, completed=len(synced))
 
-    await nc.subscribe(Subjects().telemetry_all(), cb=on_msg)
+def _wait_http(base: str, hub: Member, fleet: Fleet, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while synced != names and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    await nc.close()
-    return synced
+    while time.monotonic() < deadline:
+        if hub.popen is not None and hub.popen.poll() is not None:
+            raise DemoError(f"the hub exited at start:\n{fleet.log_tail(hub)}")
+        try:
+            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise DemoError(f"the hub did not answer in {timeout:.0f} s:\n{fleet.log_tail(hub)}")
 
 
-def run_demo(*, sites: int, out: Path, delay_ms: float, source: str | None, console: Console) -> int:
-    clip = source or str(speech_asset())
+def _check(r: httpx.Response) -> Any:
+    if r.status_code >= 400:
+        raise DemoError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:300]}")
+    return r.json()
+
+
+def _seed_city(api: httpx.Client, sites: list[PlannedSite]) -> dict[str, str]:
+    """Zones and sites through the API, as an administrator would; returns each site's enrolment token."""
+    zone_ids: dict[str, int] = {}
+    for name, (channel, color) in ZONES.items():
+        z = _check(api.post("/api/zones", json={"name": name, "channel": channel, "color": color}))
+        zone_ids[name] = int(z["id"])
+    tokens = {}
+    for p in sites:
+        body = {"name": p.name, "label": p.label, "lat": p.lat, "lon": p.lon, "zone_id": zone_ids[p.zone]}
+        tokens[p.name] = str(_check(api.post("/api/sites", json=body))["enrol_token"])
+    return tokens
+
+
+def _wait_sites(api: httpx.Client, names: set[str], progress: Progress, timeout: float) -> set[str]:
+    task = progress.add_task("sites enrolled and synced to the broadcast clock", total=len(names))
+    deadline = time.monotonic() + timeout
+    ready: set[str] = set()
+    while time.monotonic() < deadline:
+        ready = {s["name"] for s in _check(api.get("/api/sites")) if s["name"] in names and s["state"] == "idle"}
+        progress.update(task, completed=len(ready))
+        if ready == names:
+            break
+        time.sleep(0.5)
+    return ready
+
+
+def _site_argv(base: str, out: Path, p: PlannedSite, token: str | None, clock: SkewedClock, dac_ppm: float,
+               wav: bool) -> list[str]:  # fmt: skip
+    args = ["site", "--config", str(out / "sites" / f"{p.name}.json"), "--sink", f"timed:{dac_ppm:.3f}",
+            "--sim-clock-offset-ms", f"{clock.offset_ns / 1e6:.3f}", "--sim-clock-ppm", f"{clock.ppm:.3f}"]  # fmt: skip
+    if token is not None:
+        args += ["--enrol", base, token]
+    if wav:
+        args += ["--wav", str(out / f"{p.name}.wav")]
+    return citycast_argv(*args)
+
+
+def run_demo(
+    *,
+    sites: int,
+    out: Path,
+    delay_ms: float,
+    source: str | None,
+    console: Console,
+    http: str = "127.0.0.1:8000",
+    linger: float | None = None,
+) -> int:
+    """Returns the exit code. `linger`: seconds to keep the console up after the measured address
+    (None: until Ctrl-C)."""
+    clip = Path(source) if source else speech_asset()
     try:
         reference = read_audio(clip)
     except SourceError as e:
@@ -69,94 +118,98 @@ def run_demo(*, sites: int, out: Path, delay_ms: float, source: str | None, cons
     clip_s = len(reference) / 48_000
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    key = generate_private_key()
-    save_private_key(key, out / "ingest.key")
-    (out / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
+    (out / "sites").mkdir(parents=True)
+    media = out / "hub" / "media"
+    media.mkdir(parents=True)
+    shutil.copyfile(clip, media / clip.name)
+    http_host, _, http_port = http.rpartition(":")
+    if not port_is_free(http_host, int(http_port)):
+        console.print(f"[yellow]{http} is taken; the console gets a free port instead[/]")
+        http_port = str(free_port(http_host))
+    base = f"http://{http_host}:{http_port}"
     rng = random.Random()
-    plan = []
-    for i in range(sites):
-        clock = SkewedClock.random(rng)
-        plan.append((f"site-{i + 1}", clock, rng.uniform(-100, 100)))
-    port = free_port()
-    try:
-        server = EmbeddedNats(port=port, workdir=out / "nats")
-        server.start()
-    except NatsServerError as e:
-        console.print(f"[red]error:[/] {e}")
-        return 2
-    url = server.url
-    console.print(f"[bold]citycast demo[/]: NATS at {url}, {sites} sites, D = {delay_ms:g} ms, clip {clip_s:.1f} s")
+    city = plan_city(sites, rng)
+    plan = [(p, SkewedClock.random(rng), rng.uniform(-100, 100)) for p in city]
+    nats_port = free_port()
     try:
         with Fleet(out / "logs") as fleet:
-            fleet.spawn("hub", "hub", citycast_argv("serve", "--nats", url))
-            for name, clock, dac_ppm in plan:
-                fleet.spawn(
-                    "site",
-                    name,
-                    citycast_argv(
-                        "site",
-                        "--name",
-                        name,
-                        "--nats",
-                        url,
-                        "--trust",
-                        str(out / "trusted.keys"),
-                        "--delay-ms",
-                        str(delay_ms),
-                        "--sink",
-                        f"timed:{dac_ppm:.3f}",
-                        "--wav",
-                        str(out / f"{name}.wav"),
-                        "--sim-clock-offset-ms",
-                        f"{clock.offset_ns / 1e6:.3f}",
-                        "--sim-clock-ppm",
-                        f"{clock.ppm:.3f}",
-                    ),
-                )
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                TimeElapsedColumn(),
-                console=console,
-            ) as progress:
-                synced = asyncio.run(_wait_synced(url, {p[0] for p in plan}, progress, timeout=60))
-                if len(synced) < sites:
-                    for m in fleet.failed():
-                        console.print(f"[red]{m.name} failed:[/]\n{fleet.log_tail(m)}")
-                    console.print(f"[red]only {len(synced)} of {sites} sites synced in 60 s[/]")
+            hub = fleet.spawn(
+                "hub",
+                "hub",
+                citycast_argv(
+                    "serve",
+                    "--data-dir",
+                    str(out / "hub"),
+                    "--listen",
+                    f"127.0.0.1:{nats_port}",
+                    "--http",
+                    f"{http_host}:{http_port}",
+                    "--delay-ms",
+                    str(delay_ms),
+                ),  # fmt: skip
+            )
+            _wait_http(base, hub, fleet, 60)
+            password = (out / "hub" / ADMIN_PASSWORD_FILE).read_text().strip()
+            console.print(f"[bold]citycast demo[/]: console at [bold]{base}[/]  user [bold]admin[/]  password "
+                          f"[bold]{password}[/]  ({sites} sites in Karachi, D = {delay_ms:g} ms)")  # fmt: skip
+            with httpx.Client(base_url=base, timeout=30) as api:
+                token = _check(api.post("/api/login", json={"username": "admin", "password": password}))["token"]
+                api.headers["Authorization"] = f"Bearer {token}"
+                tokens = _seed_city(api, city)
+                for p, clock, dac_ppm in plan:
+                    fleet.spawn("site", p.name, _site_argv(base, out, p, tokens[p.name], clock, dac_ppm, wav=True))
+                with Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                    TimeElapsedColumn(),
+                    console=console,
+                ) as progress:
+                    ready = _wait_sites(api, {p.name for p in city}, progress, timeout=90)
+                    if len(ready) < sites:
+                        for m in fleet.failed():
+                            console.print(f"[red]{m.name} failed:[/]\n{fleet.log_tail(m)}")
+                        console.print(f"[red]only {len(ready)} of {sites} sites enrolled and synced in 90 s[/]")
+                        return 1
+                    time.sleep(8.0)  # let the clock and drift estimates settle before the first word
+                    body = {"title": "Demo address", "source": f"file:{clip.name}", "zone_ids": [], "priority": "live"}
+                    address = _check(api.post("/api/addresses", json=body))
+                    task = progress.add_task("speaking to every zone", total=clip_s)
+                    t0 = time.monotonic()
+                    ts0: int | None = None
+                    while True:
+                        live = {a["id"]: a for a in _check(api.get("/api/addresses/live"))}
+                        mine = live.get(address["id"])
+                        if mine is None:
+                            break
+                        ts0 = mine.get("ts0_ns") or ts0
+                        progress.update(task, completed=min(clip_s, time.monotonic() - t0))
+                        time.sleep(0.2)
+                    progress.update(task, completed=clip_s)
+                if ts0 is None:
+                    console.print("[red]the address never went on air[/]")
                     return 1
-                time.sleep(8.0)  # let the clock and drift estimates settle before the first word
-                report = out / "ingest.json"
-                ingest = fleet.spawn(
-                    "ingest",
-                    "ingest",
-                    citycast_argv(
-                        "ingest",
-                        clip,
-                        "--key",
-                        str(out / "ingest.key"),
-                        "--nats",
-                        url,
-                        "--report",
-                        str(report),
-                    ),
-                )
-                task = progress.add_task("speaking", total=clip_s)
-                t0 = time.monotonic()
-                while ingest.popen is not None and ingest.popen.poll() is None:
-                    progress.update(task, completed=min(clip_s, time.monotonic() - t0))
-                    time.sleep(0.1)
-                progress.update(task, completed=clip_s)
-            if ingest.popen is None or ingest.popen.returncode != 0:
-                console.print(f"[red]ingest failed:[/]\n{fleet.log_tail(ingest)}")
-                return 1
-            time.sleep(delay_ms / 1000 + 0.5)
-            fleet.stop("site")
-    finally:
-        server.stop()
-    return _report(out, plan, reference, json.loads((out / "ingest.json").read_text()), console)
+                time.sleep(delay_ms / 1000 + 0.5)
+                fleet.stop("site")
+                code = _report(out, plan, reference, ts0, console)
+                if linger is not None and linger <= 0:
+                    return code
+                # The measured part is over: the sites go on (without recording WAVs) so the console has a city
+                # to show; they start from their stored credentials, with no enrolment.
+                for p, clock, dac_ppm in plan:
+                    fleet.spawn("site", p.name, _site_argv(base, out, p, None, clock, dac_ppm, wav=False))
+                console.print(f"\nThe console stays up at [bold]{base}[/] (admin / {password}). "
+                              + ("Ctrl-C to stop." if linger is None else f"Stopping in {linger:g} s."))  # fmt: skip
+                try:
+                    end = time.monotonic() + (linger if linger is not None else float("inf"))
+                    while time.monotonic() < end and hub.popen is not None and hub.popen.poll() is None:
+                        time.sleep(0.5)
+                except KeyboardInterrupt:
+                    pass
+                return code
+    except DemoError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 1
 
 
 def on_true_time(played: np.ndarray, dac_ppm: float) -> np.ndarray:
@@ -172,15 +225,15 @@ def on_true_time(played: np.ndarray, dac_ppm: float) -> np.ndarray:
 
 def _report(
     out: Path,
-    plan: list[tuple[str, SkewedClock, float]],
+    plan: list[tuple[PlannedSite, SkewedClock, float]],
     reference: object,
-    ingest: dict[str, object],
+    ts0: int,
     console: Console,
 ) -> int:
-    ts0 = int(str(ingest["ts0_ns"]))
     heard: dict[str, float] = {}
     quality: dict[str, float] = {}
-    for name, _, _ in plan:
+    for p, _, _ in plan:
+        name = p.name
         wav = out / f"{name}.wav"
         meta = json.loads(wav.with_name(wav.name + ".json").read_text())
         lag, peak = correlate_lag(reference, on_true_time(read_audio(wav), float(meta["dac_ppm"])))  # type: ignore[arg-type]
@@ -191,7 +244,8 @@ def _report(
     for col in ("site", "clock offset", "clock rate", "DAC rate", "latency", "sync error", "match"):
         table.add_column(col, justify="right" if col != "site" else "left", no_wrap=True)
     worst = 0.0
-    for name, clock, dac in plan:
+    for p, clock, dac in plan:
+        name = p.name
         err = (heard[name] - median) / 1e6
         worst = max(worst, abs(err))
         table.add_row(

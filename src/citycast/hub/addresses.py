@@ -11,7 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,7 +66,7 @@ class OnAir:
     task: asyncio.Task[None] | None = None
     recording: RecordingHandle | None = None
     stopping: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    ts0_ns: int | None = None  # broadcast time of the first sample, once the hub's own broadcast has begun
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +80,7 @@ class OnAir:
             "status": self.status.value,
             "started_at": self.started_at.isoformat(),
             "sites_reached": self.reached,
+            "ts0_ns": self.ts0_ns,
         }
 
 
@@ -302,7 +303,7 @@ class AddressManager:
         )
         status, reason = AddressStatus.ended, "source ended"
         try:
-            await caster.run(blocks)
+            await caster.run(blocks, on_start=lambda report: setattr(a, "ts0_ns", report.ts0_ns))
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+
+from rich.console import Console
 
 from citycast.bus.subjects import Subjects
+from citycast.hub.db.engine import DatabaseError
+from citycast.hub.runtime import ADMIN_PASSWORD_FILE, Hub, HubOptions
 from citycast.hub.timeserver import TimeService
+
+__all__ = ["HubOptions", "run_full_hub", "run_hub"]
 
 
 async def run_hub(
@@ -26,3 +34,26 @@ async def run_hub(
             await asyncio.sleep(duration)
     finally:
         await service.stop()
+
+
+async def run_full_hub(opts: HubOptions, console: Console, *, duration: float | None = None) -> None:
+    """`citycast serve`: the whole hub until SIGINT/SIGTERM (or `duration`)."""
+    hub = Hub(opts)
+    try:
+        await hub.start()
+    except DatabaseError as e:
+        raise ValueError(str(e)) from None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, hub.request_stop)
+    console.print(f"[bold]citycast hub[/]: console and API at {hub.http_url}  (NATS {hub.nats_url})")
+    if hub.admin_password:
+        console.print(
+            f"first start: log in as [bold]admin[/] with password [bold]{hub.admin_password}[/] "
+            f"(also in {opts.data_dir / ADMIN_PASSWORD_FILE}; change it in the console)"
+        )
+    try:
+        await hub.serve_forever(duration)
+    finally:
+        await hub.stop()

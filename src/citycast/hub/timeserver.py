@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from citycast.bus.subjects import Subjects
 from citycast.clock.estimator import ClockEstimator
@@ -16,16 +17,24 @@ class TimeService:
     link's asymmetry shifts a whole city together instead of skewing its sites apart. Until its own estimate has
     converged it stays silent rather than hand the sites a wrong clock."""
 
-    def __init__(self, url: str, subjects: Subjects, *, zone: str | None = None, upstream: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        subjects: Subjects,
+        *,
+        zone: str | None = None,
+        upstream: str | None = None,
+        creds: Path | None = None,
+    ) -> None:
         self.local = SystemClock()
         self.sync: ClockSync | None = None
         if upstream is not None:
             # The city's sites track whatever this responder serves; a clock that changes rate gently (and
             # whose corrections are slewed over minutes, not seconds) is one they all track alike.
             gentle = ClockEstimator(max_slew_ppm=20.0, slew_time_ns=60_000_000_000)
-            self.sync = ClockSync(url, upstream, self.local, estimator=gentle)
+            self.sync = ClockSync(url, upstream, self.local, estimator=gentle, creds=creds)
         served: Clock = self.local if self.sync is None else EstimatedClock(self.sync.estimator, self.local)
-        self.responder = TimeResponder(url, subjects.time(zone), served, ready=lambda: self.synced)
+        self.responder = TimeResponder(url, subjects.time(zone), served, ready=lambda: self.synced, creds=creds)
 
     @property
     def synced(self) -> bool:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from citycast.bus.subjects import Subjects
 from citycast.clock.local import Clock, SkewedClock, SystemClock
 from citycast.media.keys import load_trusted_keys
 from citycast.media.sinks import Sink, TimedSink, open_sink
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
+from citycast.site.enrol import SiteCredentials
 
 
 @dataclass
@@ -29,6 +32,8 @@ class SiteOptions:
     wav: Path | None = None
     sim_clock_offset_ms: float = 0.0
     sim_clock_ppm: float = 0.0
+    credentials: SiteCredentials | None = None  # from enrolment: name, bus, NATS user, trusted keys, D
+    credentials_path: Path | None = None
 
 
 def build_site(opts: SiteOptions) -> SiteAgent:
@@ -42,18 +47,37 @@ def build_site(opts: SiteOptions) -> SiteAgent:
         fallback = load_fallback(opts.fallback)
     except Exception as e:
         raise ValueError(f"fallback audio: {e}") from e
-    config = SiteConfig(
-        name=opts.name,
-        nats_url=opts.nats_url,
-        trusted_keys=load_trusted_keys(opts.trust),
-        channel=opts.channel,
-        delay_ns=round(opts.delay_ms * 1e6),
-        clock_mode=opts.clock,
-        time_subject=subjects.time(opts.time_zone) if opts.time_zone else None,
-        subjects=subjects,
-        fallback=fallback,
-        fallback_after_ns=round(opts.fallback_after_s * 1e9),
-    )
+    cred = opts.credentials
+    if cred is not None:
+        assert opts.credentials_path is not None
+        subjects = Subjects(cred.prefix)
+        config = SiteConfig(
+            name=cred.site,
+            nats_url=cred.nats_urls[0],
+            trusted_keys=[Ed25519PublicKey.from_public_bytes(bytes.fromhex(k)) for k in cred.trusted_keys],
+            channel=opts.channel,
+            delay_ns=round(cred.delay_ms * 1e6),
+            clock_mode=opts.clock,
+            time_subject=subjects.time(opts.time_zone) if opts.time_zone else cred.time_subject,
+            subjects=subjects,
+            fallback=fallback,
+            fallback_after_ns=round(opts.fallback_after_s * 1e9),
+            creds=cred.creds_file(opts.credentials_path),
+            inbox_prefix=cred.inbox_prefix,
+        )
+    else:
+        config = SiteConfig(
+            name=opts.name,
+            nats_url=opts.nats_url,
+            trusted_keys=load_trusted_keys(opts.trust),
+            channel=opts.channel,
+            delay_ns=round(opts.delay_ms * 1e6),
+            clock_mode=opts.clock,
+            time_subject=subjects.time(opts.time_zone) if opts.time_zone else None,
+            subjects=subjects,
+            fallback=fallback,
+            fallback_after_ns=round(opts.fallback_after_s * 1e9),
+        )
     try:
         sink: Sink = open_sink(opts.sink, clock, block=480)
     except Exception as e:

@@ -1,0 +1,331 @@
+"""The hub process: every part of the control plane started, wired and stopped in one place.
+
+Embedded nats-server in operator (JWT) mode, the broadcast clock's time service, the database, the address
+manager, the fleet monitor, the recorder, the scheduler, and the HTTP API + console under uvicorn, all on one
+asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from nats.aio.client import Client
+from sqlalchemy import select
+
+from citycast.bus.authority import NatsAuthority
+from citycast.bus.connection import connect
+from citycast.bus.server import EmbeddedNats, LeafRemote
+from citycast.bus.subjects import Subjects
+from citycast.hub.addresses import AddressManager, RecordingHandle
+from citycast.hub.alerts import AlertRules
+from citycast.hub.api import create_app
+from citycast.hub.auth import ensure_admin
+from citycast.hub.context import HubContext
+from citycast.hub.db.engine import Database, default_sqlite_url
+from citycast.hub.db.models import Recording, Setting, Site, utcnow
+from citycast.hub.desired import DesiredStore
+from citycast.hub.events import EventHub
+from citycast.hub.fleet import FleetState
+from citycast.hub.monitor import FleetMonitor
+from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
+from citycast.hub.scheduler import Scheduler
+from citycast.hub.timeserver import TimeService
+from citycast.media.frame import FrameSigner, FrameVerifier
+from citycast.media.keys import generate_private_key, load_private_key, public_key_text, save_private_key
+
+log = logging.getLogger(__name__)
+
+ADMIN_PASSWORD_FILE = "initial-admin-password"
+
+
+@dataclass
+class HubOptions:
+    data_dir: Path
+    db_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    nats_host: str = "127.0.0.1"
+    nats_port: int = 4222
+    nats_url: str | None = None  # an existing NATS (its auth is then the operator's business)
+    nats_creds: Path | None = None
+    nats_binary: str | None = None
+    leaf_listen_port: int | None = None
+    leaf_remote: str | None = None
+    public_nats_urls: list[str] = field(default_factory=list)
+    prefix: str = "citycast"
+    delay_ms: float = 80.0
+    media_dir: Path | None = None
+
+
+class ServeError(RuntimeError):
+    pass
+
+
+class _AddressRecording:
+    """A recording of one address: bus → verify → Ogg Opus, with its database row."""
+
+    def __init__(self, hub: Hub, channel_recorder: ChannelRecorder, writer: RecordingWriter, row_id: int) -> None:
+        self.hub = hub
+        self.channel_recorder = channel_recorder
+        self.writer = writer
+        self.row_id = row_id
+
+    async def close(self) -> None:
+        await self.channel_recorder.stop()
+        self.writer.close()
+        await asyncio.to_thread(self._finish_row)
+
+    def _finish_row(self) -> None:
+        with self.hub.db.session() as s:
+            row = s.get(Recording, self.row_id)
+            if row is not None:
+                row.ended_at = utcnow()
+                row.frames = self.writer.frames
+                row.bytes = self.writer.bytes
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn inside a bigger process: the process, not uvicorn, owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Hub:
+    def __init__(self, opts: HubOptions) -> None:
+        self.opts = opts
+        self.subjects = Subjects(opts.prefix)
+        self.data_dir = opts.data_dir
+        self.db = Database(opts.db_url or default_sqlite_url(opts.data_dir))
+        self.recordings_dir = opts.data_dir / "recordings"
+        self.media_dir = opts.media_dir or opts.data_dir / "media"
+        self.server: EmbeddedNats | None = None
+        self.authority: NatsAuthority | None = None
+        self.nc: Client | None = None
+        self.admin_password: str | None = None
+        self.fleet = FleetState()
+        self.events = EventHub()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self._uvicorn: uvicorn.Server | None = None
+        self.time_service: TimeService | None = None
+        self.monitor: FleetMonitor | None = None
+        self.addresses: AddressManager | None = None
+        self.context: HubContext | None = None
+        self.signer: FrameSigner | None = None
+
+    @property
+    def nats_url(self) -> str:
+        if self.opts.nats_url:
+            return self.opts.nats_url
+        assert self.server is not None
+        return self.server.url
+
+    @property
+    def http_url(self) -> str:
+        host = "127.0.0.1" if self.opts.http_host in ("0.0.0.0", "") else self.opts.http_host
+        return f"http://{host}:{self.opts.http_port}"
+
+    # -- start --------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for d in (self.data_dir, self.recordings_dir, self.media_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        await asyncio.to_thread(self.db.upgrade)
+        with self.db.session() as s:
+            self.admin_password = ensure_admin(s)
+        if self.admin_password:
+            path = self.data_dir / ADMIN_PASSWORD_FILE
+            path.write_text(self.admin_password + "\n")
+            path.chmod(0o600)
+        self.signer = FrameSigner(self._ingest_key())
+        creds = self.opts.nats_creds
+        if self.opts.nats_url is None:
+            self.authority = NatsAuthority.load_or_create(self.data_dir / "nats-auth", self.subjects)
+            self.server = EmbeddedNats(
+                host=self.opts.nats_host,
+                port=self.opts.nats_port,
+                binary=self.opts.nats_binary,
+                leaf_listen_port=self.opts.leaf_listen_port,
+                leaf_remotes=[LeafRemote(self.opts.leaf_remote)] if self.opts.leaf_remote else [],
+                workdir=self.data_dir / "nats",
+                auth_config=self.authority.server_config(),
+            )
+            await asyncio.to_thread(self.server.start)
+            creds = self.authority.hub_creds_path
+        auth: dict[str, Any] = {"user_credentials": str(creds)} if creds else {}
+        self.nc = await connect(self.nats_url, name="hub", **auth)
+        self.time_service = TimeService(self.nats_url, self.subjects, creds=creds)
+        await self.time_service.start()
+        desired = DesiredStore(self.nc, self.subjects)
+        await desired.open()
+        self.addresses = AddressManager(
+            db=self.db,
+            nc=self.nc,
+            subjects=self.subjects,
+            desired=desired,
+            signer=self.signer,
+            media_dir=self.media_dir,
+            record=self._record,
+            fleet_snapshot=self.fleet.snapshot,
+            publish=self.events.publish,
+            delay_ms=self.opts.delay_ms,
+        )
+        await self._close_interrupted()
+        await self.addresses.refresh_sites()
+        self.monitor = FleetMonitor(
+            self.nc, self.subjects, self.fleet, AlertRules(), self.events, self.db, site_ids=self._site_ids
+        )
+        await self.monitor.start()
+        self.context = HubContext(
+            db=self.db,
+            subjects=self.subjects,
+            fleet=self.fleet,
+            events=self.events,
+            addresses=self.addresses,
+            authority=self.authority,
+            nats_url=self.nats_url,
+            public_nats_urls=self.opts.public_nats_urls or [self.nats_url],
+            trusted_keys_hex=[self.signer.public_key.public_bytes_raw().hex()],
+            delay_ms=self.opts.delay_ms,
+            recordings_dir=self.recordings_dir,
+            media_dir=self.media_dir,
+        )
+        scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
+        self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
+        self._tasks.append(asyncio.create_task(self._retention()))
+        config = uvicorn.Config(
+            create_app(self.context),
+            host=self.opts.http_host,
+            port=self.opts.http_port,
+            log_level="warning",
+            lifespan="off",
+            ws_ping_interval=20,
+        )
+        self._uvicorn = _QuietServer(config)
+        serving = asyncio.create_task(self._uvicorn.serve())
+        self._tasks.append(serving)
+        for _ in range(200):
+            if self._uvicorn.started or serving.done():
+                break
+            await asyncio.sleep(0.05)
+        if serving.done() or not self._uvicorn.started:
+            await self.stop()
+            raise ServeError(f"the HTTP server could not listen on {self.opts.http_host}:{self.opts.http_port}")
+
+    def _ingest_key(self) -> Any:
+        path = self.data_dir / "ingest.key"
+        if path.exists():
+            key = load_private_key(path)
+        else:
+            key = generate_private_key()
+            save_private_key(key, path)
+        (self.data_dir / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
+        return key
+
+    async def _record(self, address_id: int, channel: int, title: str) -> RecordingHandle:
+        assert self.nc is not None and self.signer is not None
+        now = utcnow()
+        name = f"{now:%Y/%m}/address-{address_id}-{now:%Y%m%dT%H%M%S}.ogg"
+        writer = await asyncio.to_thread(Recorder(self.recordings_dir).open, name, channel)
+        verifier = FrameVerifier([self.signer.public_key, *self._extra_trusted()])
+        rec = ChannelRecorder(self.nc, writer, verifier, subjects=self.subjects)
+        await rec.start()
+
+        def insert() -> int:
+            with self.db.session() as s:
+                row = Recording(address_id=address_id, channel=channel, path=name, started_at=now)
+                s.add(row)
+                s.flush()
+                return int(row.id)
+
+        return _AddressRecording(self, rec, writer, await asyncio.to_thread(insert))
+
+    def _extra_trusted(self) -> list[Any]:
+        return []
+
+    def _site_ids(self) -> dict[str, int]:
+        with self.db.session() as s:
+            return {name: sid for sid, name in s.execute(select(Site.id, Site.name))}
+
+    async def _close_interrupted(self) -> None:
+        """Addresses and recordings left open by a hub that died are closed as interrupted."""
+        from citycast.hub.db.models import Address, AddressStatus
+
+        def close() -> None:
+            with self.db.session() as s:
+                for a in s.scalars(select(Address).where(Address.ended_at.is_(None))):
+                    a.ended_at, a.status, a.end_reason = utcnow(), AddressStatus.failed, "hub restarted"
+                for r in s.scalars(select(Recording).where(Recording.ended_at.is_(None))):
+                    r.ended_at = utcnow()
+
+        await asyncio.to_thread(close)
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._apply_retention)
+            except Exception as e:
+                log.error("recording retention failed: %s", e)
+            await asyncio.sleep(3600)
+
+    def _apply_retention(self) -> None:
+        with self.db.session() as s:
+            setting = s.get(Setting, "retention_days")
+            days = int(setting.value) if setting is not None and setting.value.isdigit() else 0
+            if days:
+                apply_retention(s, self.recordings_dir, days, utcnow())
+
+    # -- run / stop ---------------------------------------------------------------------------------------
+    async def serve_forever(self, duration: float | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), duration)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self.addresses is not None:
+            with contextlib.suppress(Exception):
+                await self.addresses.close()
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                await self.monitor.stop()
+        for t in self._tasks:
+            if t.get_name() != "uvicorn":
+                t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, 5)
+        self._tasks.clear()
+        if self.time_service is not None:
+            with contextlib.suppress(Exception):
+                await self.time_service.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 2)
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+        self.db.dispose()
+
+
+def copy_media(media_dir: Path, files: list[Path]) -> None:
+    media_dir.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        dest = media_dir / f.name
+        if not dest.exists():
+            shutil.copyfile(f, dest)
