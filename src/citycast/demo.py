@@ -146,7 +146,7 @@ def run_demo(
                     f"{http_host}:{http_port}",
                     "--delay-ms",
                     str(delay_ms),
-                ),  # fmt: skip
+                ),
             )
             _wait_http(base, hub, fleet, 60)
             password = (out / "hub" / ADMIN_PASSWORD_FILE).read_text().strip()

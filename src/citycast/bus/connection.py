@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -18,10 +19,19 @@ async def connect(
     *,
     name: str,
     forever: bool = True,
+    creds: Path | None = None,
+    inbox_prefix: str | None = None,
     **options: Any,
 ) -> Client:
     """Connect, retrying the first connection too (a site may boot before its network), then let nats-py
-    reconnect forever. Back-off is jittered so a thousand sites do not return at the same instant."""
+    reconnect forever. Back-off is jittered so a thousand sites do not return at the same instant.
+
+    `creds` is a NATS creds file (server in JWT mode); `inbox_prefix` is the reply-subject prefix the user's
+    permissions allow it to subscribe to (a site's is `_INBOX_<site>`)."""
+    if creds is not None:
+        options["user_credentials"] = str(creds)
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
 
     async def disconnected() -> None:
         log.warning("%s: disconnected from NATS", name)

@@ -79,6 +79,9 @@ class EmbeddedNats:
     command_prefix: list[str] = field(default_factory=list)
     workdir: Path | None = None
     check_port: bool = True
+    # nats.conf text for operator (JWT) mode, from `NatsAuthority.server_config()`; None keeps the server
+    # anonymous (benchmarks and local tests).
+    auth_config: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
 
@@ -110,6 +113,8 @@ class EmbeddedNats:
                 lines.extend(f'    {{ url: "{r.url}" }}' for r in self.leaf_remotes)
                 lines.append("  ]")
             lines.append("}")
+        if self.auth_config:
+            lines.append(self.auth_config.rstrip("\n"))
         return "\n".join(lines) + "\n"
 
     def start(self, timeout_s: float = 10.0) -> None:

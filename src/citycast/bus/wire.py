@@ -7,6 +7,9 @@ to read a frame header for a few µs, not tens. This module speaks the NATS text
 SUB, PUB, MSG, HMSG) on a non-blocking socket of its own, writes a publish to the socket at once, and reads with
 `recvmsg` and SO_TIMESTAMPNS so each read carries the kernel's receive time, whatever the event loop was doing.
 Everything else uses nats-py.
+
+It waits for the server's INFO before it sends CONNECT: in operator (JWT) mode INFO carries a nonce, which the
+client signs with its user seed and sends back with its user JWT (`jwt`, `sig`).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
+from citycast.bus.jwt import Credentials, JwtError, load_creds
 from citycast.clock.local import Clock
 
-MAX_CONTROL_LINE = 4096
+MAX_CONTROL_LINE = 16_384  # INFO lists the cluster's URLs and can be longer than any other line
 MAX_PAYLOAD = 1 << 20
 _TIMESPEC = struct.Struct("@qq")
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -52,12 +57,15 @@ class NatsWire:
         name: str = "citycast-wire",
         user: str | None = None,
         password: str | None = None,
+        creds: Credentials | None = None,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
         self.clock = clock
         self.name = name
         self._auth = {k: v for k, v in (("user", user), ("pass", password)) if v}
+        self._creds = creds
+        self._connect_sent = False
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -73,8 +81,23 @@ class NatsWire:
         except OSError:
             self.kernel_timestamps = False
         loop.add_reader(sock.fileno(), self._on_readable)
-        opts = {"verbose": False, "pedantic": False, "name": name, "lang": "python", "protocol": 1,
-                "headers": True, "no_responders": False, **self._auth}  # fmt: skip
+
+    def _send_connect(self, info_line: bytes) -> None:
+        try:
+            info = json.loads(info_line[5:])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WireError("unreadable INFO from the server") from e
+        if not isinstance(info, dict):
+            raise WireError("unreadable INFO from the server")
+        opts: dict[str, object] = {"verbose": False, "pedantic": False, "name": self.name, "lang": "python",
+                                   "protocol": 1, "headers": True, "no_responders": False, **self._auth}  # fmt: skip
+        if self._creds is not None:
+            nonce = info.get("nonce")
+            if not isinstance(nonce, str) or not nonce:
+                raise WireError("the server sent no nonce to sign: it does not run in JWT mode")
+            opts["jwt"] = self._creds.jwt
+            opts["sig"] = self._creds.sign_nonce(nonce)
+        self._connect_sent = True
         self._write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
 
     # -- socket -------------------------------------------------------------------------------------------
@@ -198,9 +221,12 @@ class NatsWire:
         elif word == b"PONG":
             if not self.ready.done():
                 self.ready.set_result(None)
+        elif word == b"INFO":
+            if not self._connect_sent:
+                self._send_connect(line)
         elif word == b"-ERR" and not self.ready.done():
             self.ready.set_exception(WireError(line.decode(errors="replace")))
-        # INFO and +OK need nothing from us.
+        # +OK and later INFOs need nothing from us.
 
     # -- commands -----------------------------------------------------------------------------------------
     def subscribe(self, subject: str) -> int:
@@ -221,7 +247,14 @@ async def open_wire(
     *,
     timeout: float = 5.0,
     name: str = "citycast-wire",
+    creds: Path | None = None,
 ) -> NatsWire:
+    """Connect and wait for the server's first PONG. `creds` is a NATS creds file (user JWT + seed), read
+    at each call so a re-enrolled site picks up its new identity on the next reconnect."""
+    try:
+        credentials = load_creds(creds) if creds is not None else None
+    except JwtError as e:
+        raise WireError(str(e)) from e
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 4222
     loop = asyncio.get_running_loop()
@@ -234,7 +267,7 @@ async def open_wire(
     except BaseException:
         sock.close()
         raise
-    wire = NatsWire(sock, on_message, clock, name=name, user=u.username, password=u.password)
+    wire = NatsWire(sock, on_message, clock, name=name, user=u.username, password=u.password, creds=credentials)
     try:
         await asyncio.wait_for(asyncio.shield(wire.ready), timeout)
     except BaseException:

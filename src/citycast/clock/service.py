@@ -22,6 +22,7 @@ import logging
 import random
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 from citycast.bus.wire import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.estimator import ClockEstimator
@@ -36,8 +37,16 @@ _REQUEST = struct.Struct(">q")
 class _Connection:
     """One wire connection that comes back after a broker restart or a link cut, with jittered back-off."""
 
-    def __init__(self, url: str, clock: Clock, on_message: Callable[[WireMessage], None], name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: Clock,
+        on_message: Callable[[WireMessage], None],
+        name: str,
+        creds: Path | None = None,
+    ) -> None:
         self.url = url
+        self.creds = creds
         self.clock = clock
         self.on_message = on_message
         self.name = name
@@ -48,7 +57,7 @@ class _Connection:
     async def get(self) -> NatsWire:
         while self.wire is None or self.wire.closed.done():
             try:
-                wire = await open_wire(self.url, self.on_message, self.clock, name=self.name)
+                wire = await open_wire(self.url, self.on_message, self.clock, name=self.name, creds=self.creds)
                 for subject in self.subjects:
                     wire.subscribe(subject)
                 self.wire = wire
@@ -84,7 +93,8 @@ class TimeResponder:
 
     t2 is the instant the request came off the socket; t3 is read just before the reply is written to it.
     `ready`, if given, gates the service: while it returns False requests go unanswered (a city responder
-    that is not yet synced to the hub should not hand out its raw local clock).
+    that is not yet synced to the hub should not hand out its raw local clock). `creds` is a NATS creds file
+    for a server in JWT mode.
     """
 
     def __init__(
@@ -94,11 +104,12 @@ class TimeResponder:
         clock: Clock,
         *,
         ready: Callable[[], bool] | None = None,
+        creds: Path | None = None,
     ) -> None:
         self.subject = subject
         self._clock = clock
         self._ready = ready
-        self._conn = _Connection(url, clock, self._on_request, "time-responder")
+        self._conn = _Connection(url, clock, self._on_request, "time-responder", creds)
         self._conn.subjects = [subject]
         self._task: asyncio.Task[None] | None = None
         self.answered = 0
@@ -143,7 +154,8 @@ class ClockSync:
     """Runs NTP-style exchanges against a `TimeResponder` and feeds a `ClockEstimator`.
 
     t1 is read right before the request is written to the socket, t4 when the reply comes off it. Timeouts
-    and errors are counted in `failures` and retried; they never end the task.
+    and errors are counted in `failures` and retried; they never end the task. On a server in JWT mode, pass
+    the site's `creds` file and the `inbox_prefix` its permissions allow it to subscribe to.
     """
 
     def __init__(
@@ -155,6 +167,8 @@ class ClockSync:
         *,
         timeout_s: float = 1.0,
         retry_interval_s: float = 1.0,
+        creds: Path | None = None,
+        inbox_prefix: str | None = None,
     ) -> None:
         self.subject = subject
         self.clock = clock
@@ -164,8 +178,8 @@ class ClockSync:
         self.last_rtt_ns: int | None = None
         self.exchanges = 0
         self.failures = 0
-        self._inbox = new_inbox()
-        self._conn = _Connection(url, clock, self._on_reply, "clock-sync")
+        self._inbox = new_inbox(inbox_prefix or "_INBOX")
+        self._conn = _Connection(url, clock, self._on_reply, "clock-sync", creds)
         self._conn.subjects = [self._inbox]
         self._pending: tuple[int, asyncio.Future[WireMessage]] | None = None
         self._task: asyncio.Task[None] | None = None
