@@ -1,0 +1,264 @@
+"""The hub's NATS trust chain: one operator, the system account, the CITYCAST account and its users.
+
+nats-server runs in operator mode: it trusts the operator's JWT and learns the accounts from a `full` resolver
+(preloaded from here), so a new site user is only a JWT signed by the account key, with no server restart.
+Revoking a site adds its public key to the account JWT's revocations and pushes the re-signed JWT to the
+running server through the system account; the server drops the live connection and refuses new ones. The
+revocations are also kept in our directory, so the next `server_config()` carries them across a restart.
+
+Roles and what they may do (least privilege; `site_permissions` is the one that matters):
+- hub: anything within the account (it runs the API, the time responder, the KV bucket, the monitor);
+- ingest: publish audio and time requests, receive on its own inbox;
+- site: see `site_permissions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+
+from citycast.bus import jwt
+from citycast.bus.jwt import KeyKind, Permissions
+from citycast.bus.subjects import Subjects
+
+ACCOUNT_NAME = "CITYCAST"
+SYSTEM_ACCOUNT_NAME = "SYS"
+INGEST_INBOX_PREFIX = "_INBOX_ingest"
+SITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class AuthorityError(RuntimeError):
+    pass
+
+
+def desired_bucket(subjects: Subjects) -> str:
+    return f"{subjects.prefix}-desired"
+
+
+def site_inbox_prefix(site: str) -> str:
+    return f"_INBOX_{site}"
+
+
+def check_site_name(site: str) -> str:
+    if not isinstance(site, str) or not SITE_NAME_RE.fullmatch(site):
+        raise ValueError(f"site name {str(site)[:70]!r} must be 1-64 letters, digits, '-' or '_'")
+    return site
+
+
+def site_permissions(site: str, subjects: Subjects) -> Permissions:
+    """A site may hear every channel's audio, its own commands and its own inbox, and may publish its own
+    telemetry and time requests. It may also watch its desired state in the KV bucket; these are the
+    JetStream subjects nats-py's `kv.watch(key)` (an ordered push consumer) uses, and nothing else:
+
+    - `$JS.API.STREAM.INFO.KV_<bucket>`: `js.key_value(bucket)` reads the bucket's stream;
+    - `$JS.API.CONSUMER.CREATE.KV_<bucket>`: the ephemeral consumer (nats-py names none, so the filtered
+      form `...CREATE.<stream>.<name>.<filter>` cannot be required; a site could thus read another site's
+      desired channel/volume, which is not secret, but never write it);
+    - `$JS.API.CONSUMER.INFO.KV_<bucket>.*`: the watcher's initial pending count;
+    - `$JS.FC.KV_<bucket>.>`: flow-control answers the ordered consumer must send.
+
+    Messages and API replies arrive on the site's own inbox prefix (nats-py `inbox_prefix=`), so it cannot
+    read other clients' replies.
+    """
+    check_site_name(site)
+    stream = f"KV_{desired_bucket(subjects)}"
+    return Permissions(
+        pub=(
+            subjects.telemetry(site),
+            subjects.time(),
+            f"{subjects.time()}.*",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.INFO.{stream}.*",
+            f"$JS.FC.{stream}.>",
+        ),
+        sub=(
+            f"{subjects.prefix}.audio.*",
+            subjects.commands(site),
+            f"{site_inbox_prefix(site)}.>",
+        ),
+    )
+
+
+def ingest_permissions(subjects: Subjects) -> Permissions:
+    return Permissions(
+        pub=(f"{subjects.prefix}.audio.*", subjects.time(), f"{subjects.time()}.*"),
+        sub=(f"{INGEST_INBOX_PREFIX}.>",),
+    )
+
+
+def _nats_string(value: str) -> str:
+    # nats.conf strings are double-quoted with JSON-like escapes.
+    return json.dumps(value)
+
+
+@dataclass
+class NatsAuthority:
+    """Keys and JWTs kept in one private directory. Build with `load_or_create`."""
+
+    dir: Path
+    subjects: Subjects
+    operator_seed: str
+    system_seed: str
+    account_seed: str
+    revocations: dict[str, int]
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    @classmethod
+    def load_or_create(cls, dir: Path, subjects: Subjects | None = None) -> NatsAuthority:
+        """Load the keys in `dir`, creating any that are missing (a first start). Hub, ingest and the system
+        user's creds files are (re)written each time, so their permissions follow the code and the prefix."""
+        subjects = subjects or Subjects()
+        dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(dir, 0o700)
+        auth = cls(
+            dir=dir,
+            subjects=subjects,
+            operator_seed=cls._seed(dir / "operator.nk", KeyKind.OPERATOR),
+            system_seed=cls._seed(dir / "sys-account.nk", KeyKind.ACCOUNT),
+            account_seed=cls._seed(dir / "account.nk", KeyKind.ACCOUNT),
+            revocations=cls._load_revocations(dir / "revocations.json"),
+        )
+        sys_user = cls._seed(dir / "sys-user.nk", KeyKind.USER)
+        jwt.write_private(
+            auth.sys_creds_path,
+            jwt.creds_text(jwt.user_jwt(auth.system_seed, jwt.public_key(sys_user), "sys"), sys_user),
+        )
+        hub = cls._seed(dir / "hub.nk", KeyKind.USER)
+        jwt.write_private(auth.hub_creds_path, jwt.creds_text(jwt.user_jwt(auth.account_seed, _pub(hub), "hub"), hub))
+        ingest = cls._seed(dir / "ingest.nk", KeyKind.USER)
+        ingest_jwt = jwt.user_jwt(auth.account_seed, _pub(ingest), "ingest", ingest_permissions(subjects))
+        jwt.write_private(auth.ingest_creds_path, jwt.creds_text(ingest_jwt, ingest))
+        return auth
+
+    @staticmethod
+    def _seed(path: Path, kind: KeyKind) -> str:
+        if path.exists():
+            seed = path.read_text().strip()
+            try:
+                ok = jwt.seed_kind(seed) is kind
+            except jwt.JwtError:
+                ok = False
+            if not ok:
+                raise AuthorityError(f"{path} does not hold a {kind.name.lower()} nkey seed")
+            return seed
+        seed = jwt.new_seed(kind)
+        jwt.write_private(path, seed + "\n")
+        return seed
+
+    @staticmethod
+    def _load_revocations(path: Path) -> dict[str, int]:
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise AuthorityError(f"{path} is not readable JSON: {e}") from e
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()
+        ):
+            raise AuthorityError(f"{path} must map user public keys to revocation times (seconds)")
+        return dict(data)
+
+    def _save_revocations(self) -> None:
+        jwt.write_private(self.dir / "revocations.json", json.dumps(self.revocations, indent=1, sort_keys=True))
+
+    # -- identities -------------------------------------------------------------------------------------------
+    @property
+    def operator_public(self) -> str:
+        return _pub(self.operator_seed)
+
+    @property
+    def system_public(self) -> str:
+        return _pub(self.system_seed)
+
+    @property
+    def account_public(self) -> str:
+        return _pub(self.account_seed)
+
+    @property
+    def hub_creds_path(self) -> Path:
+        return self.dir / "hub.creds"
+
+    @property
+    def ingest_creds_path(self) -> Path:
+        return self.dir / "ingest.creds"
+
+    @property
+    def sys_creds_path(self) -> Path:
+        """A system-account user: only for pushing account updates to the server."""
+        return self.dir / "sys.creds"
+
+    @property
+    def resolver_dir(self) -> Path:
+        return self.dir / "resolver"
+
+    def operator_jwt(self) -> str:
+        return jwt.operator_jwt(self.operator_seed, "citycast", self.system_public)
+
+    def account_jwt(self) -> str:
+        return jwt.account_jwt(
+            self.operator_seed, self.account_public, ACCOUNT_NAME, jetstream=True, revocations=self.revocations
+        )
+
+    def system_account_jwt(self) -> str:
+        return jwt.account_jwt(self.operator_seed, self.system_public, SYSTEM_ACCOUNT_NAME)
+
+    def server_config(self) -> str:
+        """The nats.conf fragment for operator mode (append to the server's config)."""
+        return (
+            f"operator: {_nats_string(self.operator_jwt())}\n"
+            f"system_account: {self.system_public}\n"
+            f"resolver: {{ type: full, dir: {_nats_string(str(self.resolver_dir))}, allow_delete: false }}\n"
+            "resolver_preload: {\n"
+            f"  {self.system_public}: {_nats_string(self.system_account_jwt())}\n"
+            f"  {self.account_public}: {_nats_string(self.account_jwt())}\n"
+            "}\n"
+        )
+
+    # -- users --------------------------------------------------------------------------------------------------
+    def mint_site_jwt(self, site: str, nkey_public: str, subjects: Subjects | None = None) -> str:
+        """A user JWT for the site's own key (the site keeps its seed). Raises ValueError on a bad name or key."""
+        subjects = subjects or self.subjects
+        check_site_name(site)
+        jwt.decode_public_key(nkey_public, KeyKind.USER)
+        if nkey_public in self.revocations:
+            raise ValueError(f"nkey {nkey_public[:8]}… was revoked: the site must enrol with a new key")
+        return jwt.user_jwt(self.account_seed, nkey_public, f"site:{site}", site_permissions(site, subjects))
+
+    async def revoke(self, nkey_public: str, nats_url: str, *, timeout: float = 5.0) -> None:
+        """Revoke a user key now and for good: persisted first, then pushed to the running server."""
+        jwt.decode_public_key(nkey_public, KeyKind.USER)
+        # A JWT issued in this very second is revoked too (the server compares iat <= revocation time).
+        self.revocations[nkey_public] = max(int(time.time()), self.revocations.get(nkey_public, 0))
+        self._save_revocations()
+        await self.push_account(nats_url, timeout=timeout)
+
+    async def push_account(self, nats_url: str, *, timeout: float = 5.0) -> None:
+        """Send the current account JWT to the server's full resolver; raise unless it says it took it."""
+        nc = await nats.connect(
+            nats_url, user_credentials=str(self.sys_creds_path), connect_timeout=timeout, allow_reconnect=False
+        )
+        try:
+            reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", self.account_jwt().encode(), timeout=timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        try:
+            answer = json.loads(reply.data)
+        except json.JSONDecodeError as e:
+            raise AuthorityError(f"account update: unreadable reply {reply.data[:200]!r}") from e
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, dict) or data.get("code") != 200:
+            raise AuthorityError(f"account update refused by the server: {answer!r}"[:500])
+
+
+def _pub(seed: str) -> str:
+    return jwt.public_key(seed)

@@ -1,0 +1,82 @@
+"""The hub's HTTP API: `create_app(ctx)` builds a fresh FastAPI app around one `HubContext`.
+
+Routes live in one module per resource; `docs/hub-internals.md` lists them with their roles. Every error is
+`{"detail": "a sentence"}`; a body that fails validation also carries the field-level `errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from citycast.hub.api import (
+    addresses,
+    alerts,
+    auth,
+    enrol,
+    fleet,
+    recordings,
+    # schedules,  TEMP
+    settings,
+    sites,
+    users,
+    ws,
+    zones,
+)
+from citycast.hub.api.deps import FailureLimiter
+from citycast.hub.api.schemas import ValidationErrorOut
+from citycast.hub.context import HubContext
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "console" / "static"
+LOGIN_FAILURES_PER_MINUTE = 10
+ENROL_FAILURES_PER_MINUTE = 10
+
+
+def _where(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) if parts else "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """One readable sentence in `detail` (what the console shows), the structured list in `errors`."""
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    messages = [f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    detail = "; ".join(messages) or "invalid request"
+    for e in errors:
+        e.pop("input", None)  # do not echo what was sent (it may be a password)
+        e.pop("ctx", None)
+    return JSONResponse(status_code=422, content={"detail": detail, "errors": jsonable_encoder(errors)})
+
+
+def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> FastAPI:
+    app = FastAPI(
+        title="citycast hub",
+        version="1",
+        description="Sites, zones, addresses, schedules, recordings and the live fleet of a citycast hub.",
+    )
+    app.state.ctx = ctx
+    app.state.login_limiter = FailureLimiter(limit=LOGIN_FAILURES_PER_MINUTE, window_s=60.0)
+    app.state.enrol_limiter = FailureLimiter(limit=ENROL_FAILURES_PER_MINUTE, window_s=60.0)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    validation: dict[int | str, dict[str, Any]] = {422: {"model": ValidationErrorOut, "description": "Invalid request"}}
+    for module in (auth, users, zones, sites, enrol, addresses, recordings, settings, alerts, fleet):
+        app.include_router(module.router, responses=validation)
+    app.include_router(ws.router)
+
+    if static_dir is not None and static_dir.is_dir():
+        # Last, so every API route above wins; html=True serves index.html at "/".
+        app.mount("/", StaticFiles(directory=static_dir, html=True), name="console")
+    elif static_dir is not None:
+        log.warning("console files not found at %s: serving the API only", static_dir)
+    return app

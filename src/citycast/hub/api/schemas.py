@@ -1,0 +1,300 @@
+"""Request and response bodies of the hub's API: the OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from citycast.hub.db.models import Priority, Role
+
+SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # also a NATS subject token: no dots, spaces or wildcards
+COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
+
+Volume = Annotated[float, Field(ge=0.0, le=2.0, description="Linear gain, 0..2")]
+Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
+Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
+Title = Annotated[str, Field(min_length=1, max_length=200)]
+Source = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class Strict(BaseModel):
+    """Request bodies refuse unknown fields, so a typo is an error rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+# OpenAPI `responses` of routes that need a login: 401 without one, 403 with too small a role.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 403: {"model": ErrorOut}}
+
+
+class ValidationErrorOut(BaseModel):
+    detail: str
+    errors: list[dict[str, Any]] = []
+
+
+class OkOut(BaseModel):
+    ok: bool = True
+
+
+# -- auth and users
+
+
+class LoginIn(Strict):
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    role: Role
+    disabled: bool = False
+
+
+class LoginOut(BaseModel):
+    token: str
+    user: UserOut
+
+
+class UserIn(Strict):
+    username: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+    password: Annotated[str, Field(min_length=8, max_length=1024)]
+    role: Role
+
+
+class UserPatch(Strict):
+    password: Annotated[str | None, Field(min_length=8, max_length=1024)] = None
+    role: Role | None = None
+    disabled: bool | None = None
+
+
+# -- zones and sites
+
+
+class ZoneIn(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    channel: Annotated[int, Field(ge=0, le=65535)]
+    color: Annotated[str, Field(pattern=COLOR_PATTERN)] = "#3b82f6"
+
+
+class ZonePatch(Strict):
+    name: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    channel: Annotated[int | None, Field(ge=0, le=65535)] = None
+    color: Annotated[str | None, Field(pattern=COLOR_PATTERN)] = None
+
+
+class ZoneOut(BaseModel):
+    id: int
+    name: str
+    channel: int
+    color: str
+
+
+class ControlIn(Strict):
+    volume: Volume | None = None
+    muted: bool | None = None
+
+
+class ZoneControlOut(BaseModel):
+    zone_id: int
+    sites: list[str]
+    volume: float | None
+    muted: bool | None
+
+
+class SiteOut(BaseModel):
+    id: int
+    name: str
+    label: str
+    lat: float
+    lon: float
+    zone_id: int | None
+    zone: str | None
+    volume: float
+    muted: bool
+    enrolled: bool
+    revoked: bool
+    state: str
+    channel: int | None = None
+    level_rms_dbfs: float | None = None
+    level_peak_dbfs: float | None = None
+    buffer_ms: float | None = None
+    sync_error_ms: float | None = None
+    underruns: int | None = None
+    concealed: int | None = None
+    rejected: int | None = None
+    last_seen_s: float | None = None
+
+
+class SiteIn(Strict):
+    name: Annotated[str, Field(pattern=SITE_NAME_PATTERN)]
+    label: Annotated[str, Field(max_length=128)] = ""
+    lat: Latitude
+    lon: Longitude
+    zone_id: int | None = None
+
+
+class SitePatch(Strict):
+    label: Annotated[str | None, Field(max_length=128)] = None
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    zone_id: int | None = None
+
+
+class EnrolTokenOut(BaseModel):
+    site: SiteOut
+    enrol_token: str
+    enrol_command: str
+    expires_at: dt.datetime
+
+
+class RevokeOut(BaseModel):
+    site: SiteOut
+    nkey_public: str | None
+
+
+class EnrolIn(Strict):
+    token: Annotated[str, Field(min_length=1, max_length=256)]
+    nkey_public: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class EnrolOut(BaseModel):
+    site: str
+    prefix: str
+    nats_urls: list[str]
+    user_jwt: str
+    trusted_keys: list[str]
+    delay_ms: float
+    time_subject: str
+    inbox_prefix: str
+
+
+# -- addresses and sources
+
+
+class SourceOut(BaseModel):
+    id: str
+    label: str
+
+
+class AddressIn(Strict):
+    title: Title
+    source: Source
+    zone_ids: list[int] = Field(default_factory=list, description="Empty: every zone")
+    priority: Priority = Priority.live
+    duration_s: Annotated[float | None, Field(gt=0, le=86400.0)] = None
+
+
+class AddressOut(BaseModel):
+    id: int
+    title: str
+    source: str
+    speaker: str
+    priority: Priority
+    channel: int
+    zone_ids: list[int]
+    status: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    end_reason: str
+    sites_reached: int
+    recording_id: int | None
+    schedule_id: int | None = None
+
+
+# -- schedules
+
+
+class ScheduleIn(Strict):
+    title: Title
+    rrule: Annotated[str, Field(min_length=1, max_length=500, examples=["FREQ=WEEKLY;BYDAY=FR;BYHOUR=20"])]
+    dtstart: dt.datetime = Field(description="Local time in `timezone` (an offset, if given, is converted)")
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "Asia/Karachi"
+    duration_s: Annotated[float, Field(gt=0, le=86400.0)]
+    source: Source
+    zone_ids: list[int] = Field(default_factory=list)
+    priority: Priority = Priority.scheduled
+    enabled: bool = True
+
+
+class SchedulePatch(Strict):
+    title: Title | None = None
+    rrule: Annotated[str | None, Field(min_length=1, max_length=500)] = None
+    dtstart: dt.datetime | None = None
+    timezone: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    duration_s: Annotated[float | None, Field(gt=0, le=86400.0)] = None
+    source: Source | None = None
+    zone_ids: list[int] | None = None
+    priority: Priority | None = None
+    enabled: bool | None = None
+
+
+class ScheduleOut(BaseModel):
+    id: int
+    title: str
+    rrule: str
+    dtstart: dt.datetime
+    timezone: str
+    duration_s: float
+    source: str
+    zone_ids: list[int]
+    priority: Priority
+    enabled: bool
+    last_run_at: dt.datetime | None
+    next_runs: list[dt.datetime]
+
+
+# -- recordings, settings, alerts, audit, fleet
+
+
+class RecordingOut(BaseModel):
+    id: int
+    address_id: int | None
+    title: str
+    channel: int
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    duration_s: float
+    bytes: int
+
+
+class SettingsOut(BaseModel):
+    retention_days: int
+
+
+class SettingsIn(Strict):
+    retention_days: Annotated[int, Field(ge=0, le=36500, description="0 keeps recordings for ever")]
+
+
+class AlertOut(BaseModel):
+    id: int
+    site: str | None
+    kind: str
+    severity: str
+    message: str
+    raised_at: dt.datetime
+    cleared_at: dt.datetime | None
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: dt.datetime
+    user_id: int | None
+    username: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+    remote: str
+
+
+class FleetOut(BaseModel):
+    by_state: dict[str, int]
+    sites_total: int
+    on_air: list[dict[str, Any]]
+    sites_reached: int

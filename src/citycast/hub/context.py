@@ -1,0 +1,76 @@
+"""What the hub's API reaches: one plain object the runtime fills and hands to `create_app`.
+
+The API never builds these components itself, so a test can give it a real database, fleet and event hub and
+leave out what it does not exercise (a hub without a NATS authority refuses enrolment with a clear error).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from citycast.bus.subjects import Subjects
+from citycast.hub.db.models import Priority
+
+if TYPE_CHECKING:
+    from citycast.bus.authority import NatsAuthority
+    from citycast.hub.db.engine import Database
+    from citycast.hub.events import EventHub
+    from citycast.hub.fleet import FleetState
+    from citycast.hub.metrics import TelemetryCounters
+
+
+class AddressControl(Protocol):
+    """What is on air, as the API drives it (the runtime's `AddressManager`)."""
+
+    async def start(
+        self,
+        *,
+        title: str,
+        source: str,
+        zone_ids: list[int],
+        priority: Priority,
+        speaker: str,
+        user_id: int | None,
+        duration_s: float | None = None,
+        schedule_id: int | None = None,
+    ) -> int:
+        """Put an address on air; returns its id. Raises ValueError (a message for the user) for a bad source
+        or unknown zones."""
+        ...
+
+    async def stop(self, address_id: int, reason: str) -> None: ...
+
+    def live(self) -> list[dict[str, Any]]:
+        """The addresses running now, as the API shows them."""
+        ...
+
+    def sources(self) -> list[dict[str, str]]:
+        """`[{id, label}]` of what can be put on air."""
+        ...
+
+    async def refresh_sites(self, names: list[str] | None = None) -> None:
+        """Recompute and publish the desired state of these sites (all when None) after a DB change."""
+        ...
+
+    def sites_reached(self) -> int: ...
+
+
+@dataclass
+class HubContext:
+    db: Database
+    subjects: Subjects
+    fleet: FleetState
+    events: EventHub
+    addresses: AddressControl
+    authority: NatsAuthority | None = None
+    nats_url: str = "nats://127.0.0.1:4222"  # the hub's own connection (revocations are pushed there)
+    public_nats_urls: list[str] = field(default_factory=list)  # what an enrolling site is told to dial
+    trusted_keys_hex: list[str] = field(default_factory=list)  # ingest signing keys the sites must trust
+    delay_ms: float = 80.0
+    recordings_dir: Path = Path("recordings")
+    media_dir: Path = Path("media")
+    session_ttl: dt.timedelta = dt.timedelta(hours=12)
+    telemetry_counters: TelemetryCounters | None = None  # the monitor's, for /metrics

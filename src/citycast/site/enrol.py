@@ -1,0 +1,162 @@
+"""Enrolment, the site's side: trade a one-time token for NATS credentials, once, and keep them.
+
+The site makes its own nkey pair here and sends only the public key; the hub signs a user JWT for it (with this
+site's permissions) and answers with what the agent needs to run. The seed never leaves the box: it is stored
+with the answer in a JSON file readable by its owner only, next to a NATS creds file built from the two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from citycast.bus import jwt
+from citycast.bus.jwt import KeyKind
+
+
+class EnrolError(RuntimeError):
+    pass
+
+
+class CredentialsFileError(ValueError):
+    pass
+
+
+def default_path() -> Path:
+    """Where a site keeps its credentials: system-wide when run as root (a service), else per user."""
+    if os.geteuid() == 0:
+        return Path("/etc/citycast/site.json")
+    return Path.home() / ".config" / "citycast" / "site.json"
+
+
+@dataclass(frozen=True)
+class SiteCredentials:
+    site: str
+    prefix: str
+    nats_urls: list[str]
+    user_jwt: str
+    seed: str
+    trusted_keys: list[str]  # hex ed25519 keys whose frames this site plays
+    delay_ms: float
+    time_subject: str
+    inbox_prefix: str
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("nats_urls", "trusted_keys"):
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise ValueError(f"{f.name} must be a list of strings")
+            elif f.name == "delay_ms":
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 60_000:
+                    raise ValueError("delay_ms must be a number of milliseconds (0..60000)")
+            elif not isinstance(value, str) or not value:
+                raise ValueError(f"{f.name} must be a non-empty string")
+        if not self.nats_urls:
+            raise ValueError("nats_urls is empty")
+        for key in self.trusted_keys:
+            try:
+                if len(bytes.fromhex(key)) != 32:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"trusted key {key[:70]!r} is not 64 hex digits") from None
+        if jwt.seed_kind(self.seed) is not KeyKind.USER:
+            raise ValueError("seed is not a NATS user seed")
+        claims = jwt.decode(self.user_jwt, verify=False)
+        if claims.get("sub") != jwt.public_key(self.seed):
+            raise ValueError("user_jwt was not issued for this site's key")
+
+    @property
+    def nkey_public(self) -> str:
+        return jwt.public_key(self.seed)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: object) -> SiteCredentials:
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - data.keys())
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return cls(**{k: data[k] for k in names})
+
+    def save(self, path: Path) -> None:
+        """Owner-only file (0600); its directory is made 0700 if this creates it."""
+        jwt.write_private(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> SiteCredentials:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise CredentialsFileError(
+                f"{path} does not exist: enrol this site first (citycast enrol --hub URL --token TOKEN)"
+            ) from None
+        except OSError as e:
+            raise CredentialsFileError(f"cannot read {path}: {e.strerror or e}") from e
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CredentialsFileError(
+                f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}): it holds this site's "
+                f"secret key; run chmod 600 {path}"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CredentialsFileError(f"{path} is not readable JSON ({e}): enrol again") from e
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise CredentialsFileError(f"{path} is not a site credentials file: {e}") from e
+
+    def creds_file(self, next_to: Path) -> Path:
+        """Write the NATS creds file (user JWT + seed, 0600) beside the JSON file `next_to`; return its path."""
+        path = next_to.with_suffix(".creds")
+        jwt.write_private(path, jwt.creds_text(self.user_jwt, self.seed))
+        return path
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])[:300]
+    return str(body)[:300]
+
+
+async def enrol(hub_url: str, token: str, path: Path, *, timeout: float = 15.0) -> SiteCredentials:
+    """Enrol with the hub at `hub_url` (e.g. https://hub.example:8443) and save the result at `path`.
+
+    Raises EnrolError with the hub's reason (bad or used token, unreachable hub, bad answer). Nothing is
+    written unless the hub accepted the token."""
+    if not token.strip():
+        raise EnrolError("the enrolment token is empty")
+    seed = jwt.new_seed(KeyKind.USER)
+    url = hub_url.rstrip("/") + "/api/enrol"
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.post(url, json={"token": token.strip(), "nkey_public": jwt.public_key(seed)})
+    except httpx.HTTPError as e:
+        raise EnrolError(f"cannot reach the hub at {url}: {e or type(e).__name__}") from e
+    if response.status_code != 200:
+        raise EnrolError(f"the hub refused enrolment ({response.status_code}): {_detail(response)}")
+    try:
+        answer = response.json()
+        if not isinstance(answer, dict):
+            raise ValueError("not a JSON object")
+        creds = SiteCredentials.from_dict({**answer, "seed": seed})
+    except (ValueError, TypeError) as e:
+        raise EnrolError(f"the hub's answer is not usable: {e}") from e
+    creds.save(path)
+    creds.creds_file(path)
+    return creds

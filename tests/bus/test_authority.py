@@ -1,0 +1,337 @@
+"""Least privilege on a real nats-server in operator (JWT) mode: what a site, ingest and the hub may do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig
+
+from citycast.bus import jwt
+from citycast.bus.authority import (
+    INGEST_INBOX_PREFIX,
+    NatsAuthority,
+    desired_bucket,
+    site_inbox_prefix,
+    site_permissions,
+)
+from citycast.bus.jwt import KeyKind
+from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.subjects import Subjects
+
+SUBJECTS = Subjects()
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> NatsAuthority:
+    return NatsAuthority.load_or_create(tmp_path / "auth")
+
+
+def start_server(authority: NatsAuthority, workdir: Path, port: int | None = None) -> EmbeddedNats:
+    server = EmbeddedNats(port=port or free_port(), workdir=workdir, auth_config=authority.server_config())
+    server.start()
+    return server
+
+
+@pytest.fixture
+def server(authority: NatsAuthority, tmp_path: Path) -> Iterator[EmbeddedNats]:
+    srv = start_server(authority, tmp_path / "nats")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@dataclass
+class Watched:
+    """A client connection whose async errors (permission violations) and closing are recorded."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def violations(self) -> list[str]:
+        return [e for e in self.errors if "permissions violation" in e.lower()]
+
+
+async def connect(url: str, creds: Path, inbox_prefix: str | None = None) -> Watched:
+    errors: list[str] = []
+    closed = asyncio.Event()
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e))
+
+    async def on_closed() -> None:
+        closed.set()
+
+    options: dict[str, object] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+    nc = await nats.connect(
+        url,
+        user_credentials=str(creds),
+        error_cb=on_error,
+        closed_cb=on_closed,
+        allow_reconnect=False,
+        connect_timeout=3,
+        **options,
+    )
+    return Watched(nc, errors, closed)
+
+
+def site_creds(authority: NatsAuthority, site: str, dir: Path) -> tuple[Path, str]:
+    """What enrolment gives a site: its own seed, a JWT minted for its public key, as a creds file."""
+    seed = jwt.new_seed(KeyKind.USER)
+    token = authority.mint_site_jwt(site, jwt.public_key(seed), SUBJECTS)
+    path = dir / f"{site}.creds"
+    jwt.write_private(path, jwt.creds_text(token, seed))
+    return path, jwt.public_key(seed)
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture
+async def hub(server: EmbeddedNats, authority: NatsAuthority) -> AsyncIterator[Watched]:
+    conn = await connect(server.url, authority.hub_creds_path)
+    yield conn
+    await conn.nc.close()
+
+
+async def test_anonymous_and_unknown_users_are_refused(
+    server: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
+) -> None:
+    with pytest.raises(Exception, match=r"(?i)authorization"):
+        await nats.connect(server.url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
+    # A user signed by some other account key is not trusted either.
+    seed = jwt.new_seed(KeyKind.USER)
+    stranger = tmp_path / "stranger.creds"
+    jwt.write_private(
+        stranger, jwt.creds_text(jwt.user_jwt(jwt.new_seed(KeyKind.ACCOUNT), jwt.public_key(seed), "x"), seed)
+    )
+    with pytest.raises(Exception, match=r"(?i)authorization"):
+        await nats.connect(server.url, user_credentials=str(stranger), allow_reconnect=False, connect_timeout=3)
+    assert server.log_text().count("authentication error") >= 2
+
+
+async def test_site_can_hear_audio_and_its_commands_and_report(
+    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+) -> None:
+    creds, _ = site_creds(authority, "s1", tmp_path)  # minted while the server runs: no restart needed
+    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    ingest = await connect(server.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
+    audio = await site.nc.subscribe("citycast.audio.*")
+    cmd = await site.nc.subscribe("citycast.cmd.s1")
+    telemetry = await hub.nc.subscribe("citycast.telemetry.*")
+    await site.nc.flush()
+    await ingest.nc.publish("citycast.audio.3", b"frame")
+    await hub.nc.publish("citycast.cmd.s1", b"reload")
+    await site.nc.publish("citycast.telemetry.s1", b"{}")
+    assert (await audio.next_msg(timeout=3)).subject == "citycast.audio.3"
+    assert (await cmd.next_msg(timeout=3)).data == b"reload"
+    assert (await telemetry.next_msg(timeout=3)).subject == "citycast.telemetry.s1"
+    # A request on its own inbox prefix gets its answer (the hub answers a time-like request).
+    responder = await hub.nc.subscribe("citycast.time", cb=lambda m: m.respond(b"now"))  # type: ignore[arg-type,return-value]
+    await hub.nc.flush()
+    assert (await site.nc.request("citycast.time", b"t1", timeout=3)).data == b"now"
+    await responder.unsubscribe()
+    await site.nc.flush()
+    assert site.errors == [] and ingest.errors == []
+    await site.nc.close()
+    await ingest.nc.close()
+
+
+async def test_site_watches_its_desired_state_with_flow_control(
+    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+) -> None:
+    bucket = desired_bucket(SUBJECTS)
+    kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=bucket, history=64))
+    await kv.put("s1", json.dumps({"channel": 1}).encode())
+    creds, _ = site_creds(authority, "s1", tmp_path)
+    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    skv = await site.nc.jetstream().key_value(bucket)
+    watcher = await skv.watch("s1")
+    first = await asyncio.wait_for(watcher.updates(), 5)
+    assert first is not None and json.loads(first.value) == {"channel": 1}
+    assert await asyncio.wait_for(watcher.updates(), 5) is None  # caught up
+    await kv.put("s1", json.dumps({"channel": 2}).encode())
+    update = await asyncio.wait_for(watcher.updates(), 5)
+    assert update is not None and json.loads(update.value) == {"channel": 2}
+    await watcher.stop()
+
+    # Enough history to make the server ask for flow-control answers, which the site must be allowed to send.
+    fc_answers: list[str] = []
+
+    async def on_fc(msg: Msg) -> None:
+        fc_answers.append(msg.subject)
+
+    await hub.nc.subscribe("$JS.FC.>", cb=on_fc)
+    for i in range(40):
+        await kv.put("s1", bytes([i]) * 500_000)
+    history = await skv.watch("s1", include_history=True)
+    seen = 0
+    while (entry := await asyncio.wait_for(history.updates(), 10)) is not None:
+        seen += 1
+        assert entry.value == bytes([seen - 1]) * 500_000 or seen <= 2  # the two small values come first
+    await history.stop()
+    assert seen == 42
+    assert fc_answers and all(s.startswith(f"$JS.FC.KV_{bucket}.") for s in fc_answers)
+    await site.nc.flush()
+    assert site.errors == []
+    await site.nc.close()
+
+
+async def test_site_cannot_publish_audio(
+    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+) -> None:
+    creds, _ = site_creds(authority, "s1", tmp_path)
+    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    audio = await hub.nc.subscribe("citycast.audio.>")
+    await hub.nc.flush()
+    await site.nc.publish("citycast.audio.1", b"a voice that is not ours")
+    await site.nc.flush()
+    assert await wait_for(lambda: bool(site.violations()))
+    assert 'publish to "citycast.audio.1"' in site.violations()[0]
+    with pytest.raises(nats.errors.TimeoutError):
+        await audio.next_msg(timeout=0.5)
+    # Ingest may.
+    ingest = await connect(server.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
+    await ingest.nc.publish("citycast.audio.1", b"ok")
+    assert (await audio.next_msg(timeout=3)).data == b"ok"
+    await ingest.nc.publish("citycast.cmd.s1", b"no")  # but not commands
+    await ingest.nc.flush()
+    assert await wait_for(lambda: bool(ingest.violations()))
+    await site.nc.close()
+    await ingest.nc.close()
+
+
+async def test_site_cannot_read_or_write_another_sites_subjects(
+    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+) -> None:
+    creds, _ = site_creds(authority, "s1", tmp_path)
+    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    theirs = await site.nc.subscribe("citycast.cmd.s2")
+    everything = await site.nc.subscribe("citycast.>")
+    inboxes = await site.nc.subscribe("_INBOX.>")  # the hub's replies
+    await site.nc.flush()
+    telemetry = await hub.nc.subscribe("citycast.telemetry.*")
+    await hub.nc.flush()
+    await hub.nc.publish("citycast.cmd.s2", b"for s2 only")
+    await hub.nc.publish("_INBOX.abc", b"a reply to the hub")
+    await site.nc.publish("citycast.telemetry.s2", b"forged")
+    await site.nc.publish("citycast.telemetry.s1", b"genuine")
+    await site.nc.flush()
+    await hub.nc.flush()
+    assert (await telemetry.next_msg(timeout=3)).data == b"genuine"
+    for sub in (theirs, everything, inboxes):
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.next_msg(timeout=0.3)
+    with pytest.raises(nats.errors.TimeoutError):
+        await telemetry.next_msg(timeout=0.3)
+    assert await wait_for(lambda: len(site.violations()) >= 4)
+    text = " ".join(site.violations())
+    assert '"citycast.cmd.s2"' in text and '"citycast.>"' in text and '"_INBOX.>"' in text
+    assert '"citycast.telemetry.s2"' in text
+    await site.nc.close()
+
+
+async def test_revoked_site_is_dropped_refused_and_stays_refused_after_restart(
+    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+) -> None:
+    bad_creds, bad_key = site_creds(authority, "bad", tmp_path)
+    good_creds, _ = site_creds(authority, "good", tmp_path)
+    bad = await connect(server.url, bad_creds, site_inbox_prefix("bad"))
+    good = await connect(server.url, good_creds, site_inbox_prefix("good"))
+    await authority.revoke(bad_key, server.url)
+    await asyncio.wait_for(bad.closed.wait(), 5)  # the live connection is dropped
+    with pytest.raises(Exception, match=r"(?i)authorization|revoked"):
+        await connect(server.url, bad_creds, site_inbox_prefix("bad"))
+    await good.nc.publish("citycast.telemetry.good", b"{}")
+    await good.nc.flush(timeout=3)
+    assert good.nc.is_connected
+    with pytest.raises(ValueError, match="revoked"):
+        authority.mint_site_jwt("bad", bad_key, SUBJECTS)
+    await good.nc.close()
+    await hub.nc.close()
+
+    # The hub restarts: its authority reloads from disk and the server starts from a fresh state (the
+    # resolver's own copy of the pushed JWT removed), so only our persisted revocations can keep it out.
+    server.stop()
+    reloaded = NatsAuthority.load_or_create(authority.dir)
+    assert reloaded.revocations.keys() == {bad_key}
+    assert reloaded.account_public == authority.account_public
+    shutil.rmtree(reloaded.resolver_dir)
+    restarted = start_server(reloaded, tmp_path / "nats2")
+    try:
+        with pytest.raises(Exception, match=r"(?i)authorization|revoked"):
+            await connect(restarted.url, bad_creds, site_inbox_prefix("bad"))
+        again = await connect(restarted.url, good_creds, site_inbox_prefix("good"))
+        await again.nc.close()
+    finally:
+        restarted.stop()
+
+
+async def test_revoke_fails_clearly_when_the_server_is_unreachable(authority: NatsAuthority) -> None:
+    key = jwt.public_key(jwt.new_seed(KeyKind.USER))
+    with pytest.raises(Exception):  # noqa: B017 - nats-py raises its own connection errors
+        await authority.revoke(key, f"nats://127.0.0.1:{free_port()}", timeout=1)
+    # The revocation is kept all the same: the next server start carries it.
+    assert key in NatsAuthority.load_or_create(authority.dir).revocations
+    with pytest.raises(ValueError, match=r"not a user key|nkey"):
+        await authority.revoke(jwt.public_key(jwt.new_seed(KeyKind.ACCOUNT)), "nats://127.0.0.1:1")
+
+
+def test_mint_refuses_bad_names_and_keys(authority: NatsAuthority) -> None:
+    key = jwt.public_key(jwt.new_seed(KeyKind.USER))
+    for name in ("", "a.b", "a*", "a>", "a b", "x" * 65):
+        with pytest.raises(ValueError, match="site name"):
+            authority.mint_site_jwt(name, key, SUBJECTS)
+    with pytest.raises(ValueError, match="nkey"):
+        authority.mint_site_jwt("s1", "UNOTAKEY", SUBJECTS)
+    with pytest.raises(ValueError, match="not a user key"):
+        authority.mint_site_jwt("s1", jwt.public_key(jwt.new_seed(KeyKind.ACCOUNT)), SUBJECTS)
+    claims = jwt.decode(authority.mint_site_jwt("s1", key, Subjects("x")))
+    assert claims["sub"] == key and claims["iss"] == authority.account_public
+    assert claims["nats"]["pub"]["allow"] == list(site_permissions("s1", Subjects("x")).pub)
+    assert "x.telemetry.s1" in claims["nats"]["pub"]["allow"]
+
+
+def test_keys_persist_privately(tmp_path: Path) -> None:
+    first = NatsAuthority.load_or_create(tmp_path / "auth")
+    second = NatsAuthority.load_or_create(tmp_path / "auth")
+    assert (first.operator_public, first.account_public, first.system_public) == (
+        second.operator_public,
+        second.account_public,
+        second.system_public,
+    )
+    assert (tmp_path / "auth").stat().st_mode & 0o777 == 0o700
+    for path in (tmp_path / "auth").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    hub = jwt.load_creds(first.hub_creds_path)
+    assert jwt.public_key(hub.seed) == jwt.public_key(jwt.load_creds(second.hub_creds_path).seed)
+    config = first.server_config()
+    assert f"system_account: {first.system_public}" in config and "type: full" in config
+    (tmp_path / "auth" / "account.nk").write_text("garbage")
+    with pytest.raises(Exception, match="account nkey seed"):
+        NatsAuthority.load_or_create(tmp_path / "auth")
+
+
+def test_site_permissions_are_narrow() -> None:
+    perms = site_permissions("s1", SUBJECTS)
+    assert set(perms.sub) == {"citycast.audio.*", "citycast.cmd.s1", "_INBOX_s1.>"}
+    assert "citycast.telemetry.s1" in perms.pub
+    assert not any(p.startswith("citycast.audio") or p.startswith("citycast.cmd") for p in perms.pub)
+    assert not any(p.endswith(">") and not p.startswith("$JS.FC.") for p in perms.pub)

@@ -1,0 +1,163 @@
+"""The `api` fixture: the real hub API, served by uvicorn on a free port in the test's own event loop, over a
+real SQLite database, a real nats-server in operator (JWT) mode with the hub's NATS authority, the real
+FleetState, EventHub and AddressManager. Clients are plain httpx clients speaking HTTP to it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import uvicorn
+from nats.aio.client import Client
+
+from citycast.bus.authority import NatsAuthority
+from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.subjects import Subjects
+from citycast.hub.addresses import AddressManager
+from citycast.hub.api import create_app
+from citycast.hub.auth.passwords import hash_password
+from citycast.hub.context import HubContext
+from citycast.hub.db.engine import Database
+from citycast.hub.db.models import Role, User
+from citycast.hub.desired import DesiredStore
+from citycast.hub.events import EventHub
+from citycast.hub.fleet import FleetState
+from citycast.media.frame import FrameSigner
+from citycast.media.keys import generate_private_key
+
+PASSWORD = "correct horse battery"
+ROLES = (Role.admin, Role.operator, Role.speaker, Role.viewer)
+
+
+@dataclass
+class Api:
+    ctx: HubContext
+    base_url: str
+    nats: EmbeddedNats
+    authority: NatsAuthority
+    tokens: dict[str, str] = field(default_factory=dict)
+    _clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/api/ws"
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=15.0)
+        self._clients.append(c)
+        return c
+
+    async def login(self, username: str, password: str = PASSWORD) -> str:
+        r = await self.client().post("/api/login", json={"username": username, "password": password})
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
+
+    async def as_role(self, role: Role | str) -> httpx.AsyncClient:
+        """A client logged in as the fixture's user of that role (named after it)."""
+        name = Role(role).value
+        if name not in self.tokens:
+            self.tokens[name] = await self.login(name)
+        return self.client(self.tokens[name])
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.aclose()
+
+
+def add_user(db: Database, username: str, role: Role, password: str = PASSWORD) -> int:
+    with db.session() as s:
+        user = User(username=username, password_hash=hash_password(password), role=role)
+        s.add(user)
+        s.flush()
+        return int(user.id)
+
+
+@pytest.fixture
+def hub_authority(tmp_path: Path) -> NatsAuthority:
+    return NatsAuthority.load_or_create(tmp_path / "authority")
+
+
+@pytest.fixture
+def jwt_nats(hub_authority: NatsAuthority, tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=hub_authority.server_config())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def api(
+    sqlite_database: Database, jwt_nats: EmbeddedNats, hub_authority: NatsAuthority, tmp_path: Path
+) -> AsyncIterator[Api]:
+    subjects = Subjects()
+    nc: Client = await nats.connect(jwt_nats.url, user_credentials=str(hub_authority.hub_creds_path))
+    desired = DesiredStore(nc, subjects)
+    await desired.open()
+    events = EventHub()
+    fleet = FleetState()
+    media = tmp_path / "media"
+    media.mkdir()
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    manager = AddressManager(
+        db=sqlite_database,
+        nc=nc,
+        subjects=subjects,
+        desired=desired,
+        signer=FrameSigner(generate_private_key()),
+        media_dir=media,
+        fleet_snapshot=fleet.snapshot,
+        publish=events.publish,
+        delay_ms=20.0,
+    )
+    ctx = HubContext(
+        db=sqlite_database,
+        subjects=subjects,
+        fleet=fleet,
+        events=events,
+        addresses=manager,
+        authority=hub_authority,
+        nats_url=jwt_nats.url,
+        public_nats_urls=[jwt_nats.url],
+        trusted_keys_hex=["00" * 32],
+        delay_ms=80.0,
+        recordings_dir=recordings,
+        media_dir=media,
+        session_ttl=dt.timedelta(hours=1),
+    )
+    for role in ROLES:
+        add_user(sqlite_database, role.value, role)
+    server, task, base_url = await serve(create_app(ctx))
+    a = Api(ctx=ctx, base_url=base_url, nats=jwt_nats, authority=hub_authority)
+    try:
+        yield a
+    finally:
+        await a.close()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        await manager.close()
+        await nc.close()

@@ -1,0 +1,271 @@
+"""The volunteers' console in headless Chromium against a real hub with real site agents: sign in, the map and its
+markers, an address to one zone, mute, a recurring schedule, a recording played back; screenshots at laptop and
+phone size in test-artifacts/; and no request ever leaves 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+import pytest
+
+if TYPE_CHECKING:  # the fixture's type, for readers and editors (conftest is not an importable module)
+    from tests.hub.console.conftest import ConsoleHub
+
+pytestmark = pytest.mark.slow
+
+LAPTOP = {"width": 1366, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0, every: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def marker_states(page: Any, names: list[str]) -> dict[str, str | None]:
+    states: dict[str, str | None] = page.evaluate(
+        "names => Object.fromEntries(names.map(n => [n, window.citycast.markerState(n)?.state ?? null]))", names
+    )
+    return states
+
+
+@pytest.fixture
+def page(browser_context: Any, console_hub: ConsoleHub) -> Iterator[Any]:
+    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(console_hub.url + "/")
+    yield page
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+def sign_in(page: Any, hub: ConsoleHub) -> None:
+    page.get_by_test_id("login-view").wait_for(state="visible")
+    page.get_by_test_id("login-username").fill("admin")
+    page.get_by_test_id("login-password").fill(hub.admin_password)
+    page.get_by_test_id("login-submit").click()
+    page.get_by_test_id("view-map").wait_for(state="visible")
+    page.wait_for_function("() => window.citycast.status().wsConnected", timeout=15_000)
+
+
+def shot(page: Any, artifacts: Path, name: str) -> None:
+    page.wait_for_timeout(300)  # let the canvas and the toasts settle
+    page.screenshot(path=str(artifacts / f"console-{name}.png"))
+
+
+def test_wrong_password_is_refused_clearly(page: Any) -> None:
+    page.get_by_test_id("login-username").fill("admin")
+    page.get_by_test_id("login-password").fill("not-the-password")
+    page.get_by_test_id("login-submit").click()
+    error = page.get_by_test_id("login-error")
+    error.wait_for(state="visible")
+    page.wait_for_function("() => document.querySelector('#login-error').textContent.length > 0")
+    assert "wrong" in error.text_content().lower()
+    assert page.get_by_test_id("view-map").is_hidden()
+
+
+def test_rrule_helpers_build_what_the_scheduler_reads(page: Any) -> None:
+    helpers = "window.citycast.rrule"
+    assert (
+        page.evaluate(f"{helpers}.weeklyRule('FR', '20:00')") == "FREQ=WEEKLY;BYDAY=FR;BYHOUR=20;BYMINUTE=0;BYSECOND=0"
+    )
+    assert page.evaluate(f"{helpers}.dailyRule('06:30')") == "FREQ=DAILY;BYHOUR=6;BYMINUTE=30;BYSECOND=0"
+    assert page.evaluate(f"{helpers}.describeRule('FREQ=WEEKLY;BYDAY=FR;BYHOUR=20;BYMINUTE=0')") == (
+        "every Friday at 20:00"
+    )
+    assert page.evaluate(f"{helpers}.checkRawRule('rrule:freq=monthly;bymonthday=1')") == "FREQ=MONTHLY;BYMONTHDAY=1"
+    for bad in (
+        "() => window.citycast.rrule.weeklyRule('XX', '20:00')",
+        "() => window.citycast.rrule.dailyRule('25:00')",
+        "() => window.citycast.rrule.checkRawRule('BYDAY=FR')",
+    ):
+        message = page.evaluate(f"() => {{ try {{ ({bad})(); return ''; }} catch (e) {{ return e.message; }} }}")
+        assert message, bad
+
+
+def test_console_loads_nothing_from_outside(browser_context: Any, console_hub: ConsoleHub) -> None:
+    """Every request (page, scripts, styles, images, API, WebSocket) goes to the hub on 127.0.0.1; a request
+    elsewhere would be aborted and reported here."""
+    seen: list[str] = []
+    outside: list[str] = []
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        seen.append(url)
+        if urlsplit(url).hostname == "127.0.0.1" or url.startswith("data:"):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    browser_context.route("**/*", guard)
+    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.goto(console_hub.url + "/")
+    sign_in(page, console_hub)
+    for view in ("map", "onair", "sites", "schedule", "alerts", "recordings", "admin"):
+        page.goto(f"{console_hub.url}/#/{view}")
+        page.get_by_test_id(f"view-{view}").wait_for(state="visible")
+        page.wait_for_load_state("networkidle")
+    assert outside == []
+    assert any(u.endswith("/vendor/leaflet.js") for u in seen)
+    assert any(u.endswith("/karachi.geojson") for u in seen)
+    assert sockets and all(urlsplit(u).hostname == "127.0.0.1" for u in sockets)
+
+
+def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path) -> None:
+    hub = console_hub
+    sign_in(page, hub)
+    names = hub.site_names
+    saddar = hub.sites_by_zone["saddar"]
+    others = [n for n in names if n not in saddar]
+
+    # The map: one marker per site, every site synced and idle, the counts and legend agree.
+    wait_for("every site idle on the map", lambda: set(marker_states(page, names).values()) == {"idle"}, timeout=45)
+    assert page.evaluate("window.citycast.markerCount()") == len(names)
+    assert page.get_by_test_id("count-idle").locator(".count").text_content() == str(len(names))
+    assert page.get_by_test_id("sites-total").text_content() == str(len(names))
+    assert page.locator(".district-label", has_text="Gulshan-e-Iqbal").count() == 1
+    shot(page, artifacts, "map-laptop")
+
+    # An address to ONE zone: its sites play, the others do not.
+    page.get_by_test_id("nav-onair").click()
+    form = page.get_by_test_id("start-form")
+    form.get_by_test_id("start-title").fill("Console test: Saddar only")
+    form.get_by_test_id("start-source").select_option("tone")
+    form.get_by_test_id("start-zone-saddar").check()
+    assert not form.get_by_test_id("start-zone-all").is_checked()
+    form.get_by_test_id("start-priority").select_option("live")
+    form.get_by_test_id("start-submit").click()
+    item = page.get_by_test_id("onair-list").get_by_test_id("onair-item").filter(has_text="Saddar only")
+    item.wait_for(state="visible", timeout=10_000)
+    assert "saddar" in item.text_content()
+    wait_for(
+        "Saddar's sites playing",
+        lambda: all(s == "playing" for s in marker_states(page, saddar).values()),
+        timeout=20,
+    )
+    before = page.evaluate("name => window.citycast.markerState(name).updatedAt", saddar[0])
+    page.wait_for_timeout(1500)  # level updates keep flowing while on air; the other zones stay quiet
+    assert page.evaluate("name => window.citycast.markerState(name).updatedAt", saddar[0]) > before
+    assert all(s != "playing" for s in marker_states(page, others).values()), marker_states(page, others)
+    assert page.get_by_test_id("count-playing").locator(".count").text_content() == str(len(saddar))
+    shot(page, artifacts, "onair-laptop")
+    page.get_by_test_id("nav-map").click()
+    shot(page, artifacts, "map-playing-laptop")
+
+    # Mute one site of another zone from the sites table.
+    target = "clifton-seaview"
+    page.get_by_test_id("nav-sites").click()
+    page.get_by_test_id("site-filter").fill(target)
+    row = page.locator(f'[data-testid="site-row"][data-site="{target}"]')
+    row.get_by_test_id("site-mute").click()
+    wait_for(
+        "the mute button to show muted", lambda: row.get_by_test_id("site-mute").get_attribute("aria-pressed") == "true"
+    )
+    with hub.api() as api:
+        site = next(s for s in api.get("/api/sites").json() if s["name"] == target)
+    assert site["muted"] is True
+    wait_for("the muted site reported muted", lambda: marker_states(page, [target])[target] == "muted", timeout=20)
+    page.get_by_test_id("site-filter").fill("")
+    shot(page, artifacts, "sites-laptop")
+
+    # Stop the address from the on-air panel: Saddar goes back to idle.
+    page.get_by_test_id("nav-onair").click()
+    item.get_by_test_id("onair-stop").click()
+    wait_for(
+        "Saddar's sites idle again",
+        lambda: all(s == "idle" for s in marker_states(page, saddar).values()),
+        timeout=20,
+    )
+    page.get_by_test_id("onair-list").get_by_text("Nothing on air.").wait_for()
+
+    # A recurring address, every Friday at 20:00 Karachi time: the hub answers with its next runs.
+    page.get_by_test_id("nav-schedule").click()
+    sched = page.get_by_test_id("schedule-form")
+    sched.get_by_test_id("sched-title").fill("Friday bulletin")
+    sched.get_by_test_id("sched-source").select_option("tone")
+    sched.get_by_test_id("sched-zone-clifton").check()
+    sched.get_by_test_id("sched-repeat-weekly").check()
+    sched.get_by_test_id("sched-weekday").select_option("FR")
+    sched.get_by_test_id("sched-time").fill("20:00")
+    assert (
+        "FREQ=WEEKLY;BYDAY=FR;BYHOUR=20;BYMINUTE=0;BYSECOND=0" in sched.get_by_test_id("rrule-preview").text_content()
+    )
+    sched.get_by_test_id("sched-submit").click()
+    entry = page.get_by_test_id("schedule-item").filter(has_text="Friday bulletin")
+    entry.wait_for(state="visible", timeout=10_000)
+    assert "every Friday at 20:00" in entry.text_content()
+    runs = [entry.get_by_test_id("next-run").nth(i).get_attribute("data-iso") for i in range(5)]
+    karachi = ZoneInfo("Asia/Karachi")
+    for iso in runs:
+        assert iso is not None
+        local = dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(karachi)
+        assert (local.weekday(), local.hour, local.minute) == (4, 20, 0), iso
+    shot(page, artifacts, "schedule-laptop")
+    # Disable it from the list; the hub keeps it, disabled.
+    entry.get_by_test_id("sched-toggle").uncheck()
+    wait_for("the schedule disabled", lambda: "disabled" in (entry.get_attribute("class") or ""))
+    with hub.api() as api:
+        assert [s["enabled"] for s in api.get("/api/schedules").json() if s["title"] == "Friday bulletin"] == [False]
+
+    # The recording of the address plays in the page's audio element and downloads as Ogg.
+    page.get_by_test_id("nav-recordings").click()
+    rec = page.get_by_test_id("recording-row").filter(has_text="Saddar only")
+    rec.wait_for(state="visible", timeout=10_000)
+    rec.get_by_test_id("recording-play").click()
+    page.wait_for_function(
+        "() => { const a = document.querySelector('[data-testid=recording-player]');"
+        " return a.readyState >= 1 && Number.isFinite(a.duration) && a.duration > 0; }",
+        timeout=15_000,
+    )
+    duration = page.evaluate("document.querySelector('[data-testid=recording-player]').duration")
+    assert 0.5 < duration < 600
+    href = rec.get_by_test_id("recording-download").get_attribute("href")
+    download = page.request.get(f"{hub.url}/{href}")
+    assert download.status == 200
+    assert download.headers["content-type"].startswith("audio/ogg")
+    assert download.body()[:4] == b"OggS"
+    shot(page, artifacts, "recordings-laptop")
+
+    page.get_by_test_id("nav-alerts").click()
+    shot(page, artifacts, "alerts-laptop")
+
+    # An admin adds a site: the console shows the command that enrols it.
+    page.get_by_test_id("nav-admin").click()
+    admin = page.get_by_test_id("site-form")
+    admin.get_by_test_id("site-name").fill("lyari-chakiwara")
+    admin.get_by_test_id("site-label").fill("Lyari, Chakiwara")
+    admin.get_by_test_id("site-lat").fill("24.8735")
+    admin.get_by_test_id("site-lon").fill("67.0010")
+    admin.get_by_test_id("site-zone").select_option(label="saddar")
+    admin.get_by_test_id("site-submit").click()
+    command = page.get_by_test_id("enrol-command")
+    command.wait_for(state="visible")
+    assert "enrol" in command.text_content()
+    page.wait_for_function("() => window.citycast.markerState('lyari-chakiwara') !== null")
+    shot(page, artifacts, "admin-laptop")
+
+    # The same console on a phone: the map full width, the panels below it.
+    page.set_viewport_size(PHONE)
+    page.get_by_test_id("nav-map").click()
+    page.wait_for_timeout(500)
+    box = page.get_by_test_id("map").bounding_box()
+    assert box is not None and box["width"] >= PHONE["width"] - 2
+    shot(page, artifacts, "map-phone")
+    page.get_by_test_id("nav-onair").click()
+    shot(page, artifacts, "onair-phone")
+    page.get_by_test_id("nav-sites").click()
+    shot(page, artifacts, "sites-phone")
+    page.set_viewport_size(LAPTOP)

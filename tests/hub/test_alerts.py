@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from typing import Any
+
+from citycast.hub.alerts import AlertRules
+from citycast.hub.fleet import FleetState
+from citycast.site.telemetry import Telemetry
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+def tele(site: str = "site-1", **kw: Any) -> Telemetry:
+    fields: dict[str, Any] = dict(
+        site=site, ts_ns=T0, state="playing", channel=1, buffer_ms=90.0, clock_offset_ms=1.0, clock_drift_ppm=3.0,
+        clock_error_ms=0.2, sync_error_ms=0.3, tracking_error_ms=0.01, resample_ppm=-3.0, underruns=0, concealed=0,
+        late=0, rejected={}, level_rms_dbfs=-20.0, level_peak_dbfs=-8.0, link_rtt_ms=40.0, sink_xruns=0, resyncs=0,
+        frames=100,
+    )  # fmt: skip
+    fields.update(kw)
+    return Telemetry(**fields)
+
+
+class Rig:
+    """The fleet and the rules as the monitor drives them, in simulated time."""
+
+    def __init__(self) -> None:
+        self.fleet = FleetState()
+        self.rules = AlertRules()
+        self.log: list[tuple[str, str, str]] = []
+
+    def report(self, at_s: float, **kw: Any) -> None:
+        self.fleet.on_telemetry(tele(**kw), T0 + int(at_s * S))
+        self.eval(at_s, kw.get("site", "site-1"))
+
+    def eval(self, at_s: float, site: str = "site-1") -> None:
+        now = T0 + int(at_s * S)
+        self.fleet.tick(now)
+        for e in self.rules.evaluate(self.fleet.view(site), now):
+            self.log.append((e.action, e.kind, e.severity))
+
+
+def test_offline_raises_once_and_clears_when_back() -> None:
+    rig = Rig()
+    rig.report(0)
+    for s in range(1, 40):
+        rig.eval(s)  # the monitor sweeps offline sites every second
+    assert rig.log == [("raise", "offline", "warning")]
+    assert "no telemetry for 11 s" in rig.rules.open_alerts()[0].message
+    rig.report(41)
+    assert rig.log[-1] == ("clear", "offline", "warning") and rig.rules.open_alerts() == []
+
+
+def test_never_seen_site_waits_its_grace_after_a_hub_start() -> None:
+    rig = Rig()
+    rig.fleet.known(["site-1"])
+    rig.eval(0)
+    rig.eval(9)
+    assert rig.log == []  # its first report is surely on the way
+    rig.eval(10)
+    assert rig.log == [("raise", "offline", "warning")]
+
+
+def test_underruns_raise_on_increase_and_clear_after_a_quiet_minute() -> None:
+    rig = Rig()
+    rig.report(0, underruns=7)  # history before the hub watched: a baseline, no alert
+    assert rig.log == []
+    rig.report(1, underruns=9)
+    rig.report(2, underruns=12)  # still the same open alert
+    assert rig.log == [("raise", "underruns", "warning")]
+    assert rig.rules.open_alerts()[0].message == "2 new underruns"
+    for s in range(3, 62):
+        rig.report(s, underruns=12)
+    assert rig.log == [("raise", "underruns", "warning")]  # 59 s quiet: still open
+    rig.report(62, underruns=12)
+    assert rig.log[-1] == ("clear", "underruns", "warning")
+    rig.report(63, underruns=3)  # the site restarted: counters fell; not an underrun
+    assert len(rig.log) == 2
+
+
+def test_sync_error_hysteresis() -> None:
+    rig = Rig()
+    rig.report(0, sync_error_ms=1.0)
+    rig.report(1, sync_error_ms=6.0)
+    rig.report(2, sync_error_ms=4.5)
+    rig.report(3, sync_error_ms=5.5)
+    rig.report(4, sync_error_ms=4.2)
+    assert rig.log == [("raise", "sync_error", "warning")]
+    rig.report(5, sync_error_ms=3.9)
+    assert rig.log[-1] == ("clear", "sync_error", "warning")
+
+
+def test_forged_frames_are_critical_but_late_ones_are_not() -> None:
+    rig = Rig()
+    rig.report(0, rejected={"stale": 3})
+    rig.report(1, rejected={"stale": 50, "unsynced": 20, "wrong_channel": 1})
+    assert rig.log == []
+    rig.report(2, rejected={"stale": 50, "badsignature": 4})
+    rig.report(3, rejected={"stale": 50, "badsignature": 9, "untrustedkey": 1})
+    assert rig.log == [("raise", "rejected_frames", "critical")]
+    assert "unsigned audio" in rig.rules.open_alerts()[0].message
+    rig.report(64, rejected={"stale": 50, "badsignature": 9, "untrustedkey": 1})
+    assert rig.log[-1] == ("clear", "rejected_frames", "critical")
+
+
+def test_no_storm_across_many_sites_and_forget() -> None:
+    rig = Rig()
+    for i in range(100):
+        rig.report(0, site=f"s{i}", sync_error_ms=9.0)
+    for s in range(1, 10):
+        for i in range(100):
+            rig.report(s, site=f"s{i}", sync_error_ms=9.0 + s)
+    assert len(rig.log) == 100 and len(rig.rules.open_alerts()) == 100
+    cleared = rig.rules.forget("s0", T0)
+    assert [(e.kind, e.action) for e in cleared] == [("sync_error", "clear")] and not rig.rules.has_open("s0")
