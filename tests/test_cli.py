@@ -68,13 +68,13 @@ def test_site_with_no_trusted_keys_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
-def test_serve_on_a_taken_port_is_a_clear_error() -> None:
+def test_serve_on_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        p = run("serve", "--listen", f"127.0.0.1:{port}")
+        p = run("serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "hub"))
     assert p.returncode == 2
     assert "already in use" in p.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from citycast.bus.server import free_port
 from citycast.media.markers import correlate_lag
 from citycast.media.sources import read_audio
 
@@ -17,17 +18,35 @@ from citycast.media.sources import read_audio
 def test_demo_runs_to_completion(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     p = subprocess.run(
-        [sys.executable, "-m", "citycast", "demo", "--sites", "3", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "citycast",
+            "demo",
+            "--sites",
+            "3",
+            "--out",
+            str(out),
+            "--linger",
+            "0",
+            "--http",
+            f"127.0.0.1:{free_port()}",
+        ],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "latency" in p.stdout + p.stderr
+    text = p.stdout + p.stderr
+    assert "latency" in text
+    assert "console at http://127.0.0.1:" in text and "password" in text
+    # The sites enrolled with one-time tokens and keep their own credentials, owner-only.
+    creds = sorted((out / "sites").glob("*.json"))
+    assert len(creds) == 3 and all(c.stat().st_mode & 0o077 == 0 for c in creds)
     clip = read_audio(Path(__file__).resolve().parents[1] / "src" / "citycast" / "assets" / "speech.opus")
-    for i in (1, 2, 3):
-        wav = out / f"site-{i}.wav"
-        meta = json.loads((out / f"site-{i}.wav.json").read_text())
+    for name in ("saddar-1", "clifton-1", "gulshan-iqbal-1"):
+        wav = out / f"{name}.wav"
+        meta = json.loads((out / f"{name}.wav.json").read_text())
         assert meta["sample_rate"] == 48_000
         _, peak = correlate_lag(clip, read_audio(wav))
         assert peak > 0.5  # the site really played the clip, not just something

@@ -144,7 +144,11 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
     assert (await cmd.next_msg(timeout=3)).data == b"reload"
     assert (await telemetry.next_msg(timeout=3)).subject == "citycast.telemetry.s1"
     # A request on its own inbox prefix gets its answer (the hub answers a time-like request).
-    responder = await hub.nc.subscribe("citycast.time", cb=lambda m: m.respond(b"now"))  # type: ignore[arg-type,return-value]
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"now")
+
+    responder = await hub.nc.subscribe("citycast.time", cb=answer)
     await hub.nc.flush()
     assert (await site.nc.request("citycast.time", b"t1", timeout=3)).data == b"now"
     await responder.unsubscribe()
@@ -185,7 +189,8 @@ async def test_site_watches_its_desired_state_with_flow_control(
     seen = 0
     while (entry := await asyncio.wait_for(history.updates(), 10)) is not None:
         seen += 1
-        assert entry.value == bytes([seen - 1]) * 500_000 or seen <= 2  # the two small values come first
+        if seen > 2:  # after the two small values
+            assert entry.value == bytes([seen - 3]) * 500_000
     await history.stop()
     assert seen == 42
     assert fc_answers and all(s.startswith(f"$JS.FC.KV_{bucket}.") for s in fc_answers)
@@ -242,8 +247,8 @@ async def test_site_cannot_read_or_write_another_sites_subjects(
     with pytest.raises(nats.errors.TimeoutError):
         await telemetry.next_msg(timeout=0.3)
     assert await wait_for(lambda: len(site.violations()) >= 4)
-    text = " ".join(site.violations())
-    assert '"citycast.cmd.s2"' in text and '"citycast.>"' in text and '"_INBOX.>"' in text
+    text = " ".join(site.violations()).lower()  # nats-py lower-cases the server's message
+    assert '"citycast.cmd.s2"' in text and '"citycast.>"' in text and '"_inbox.>"' in text
     assert '"citycast.telemetry.s2"' in text
     await site.nc.close()
 

@@ -31,6 +31,7 @@ from citycast.hub.events import EventHub
 from citycast.hub.fleet import FleetState
 from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
+from citycast.site.telemetry import Telemetry
 
 PASSWORD = "correct horse battery"
 ROLES = (Role.admin, Role.operator, Role.speaker, Role.viewer)
@@ -70,6 +71,34 @@ class Api:
     async def close(self) -> None:
         for c in self._clients:
             await c.aclose()
+
+
+def telemetry(site: str, **over: Any) -> Telemetry:
+    """A healthy site's report; override what the test is about."""
+    base: dict[str, Any] = {
+        "site": site,
+        "ts_ns": 1,
+        "state": "idle",
+        "channel": 0,
+        "buffer_ms": 80.0,
+        "clock_offset_ms": 0.0,
+        "clock_drift_ppm": 0.0,
+        "clock_error_ms": 0.1,
+        "sync_error_ms": 0.2,
+        "tracking_error_ms": 0.1,
+        "resample_ppm": 0.0,
+        "underruns": 0,
+        "concealed": 0,
+        "late": 0,
+        "rejected": {},
+        "level_rms_dbfs": -30.0,
+        "level_peak_dbfs": -10.0,
+        "link_rtt_ms": 5.0,
+        "sink_xruns": 0,
+        "resyncs": 0,
+        "frames": 0,
+    }
+    return Telemetry(**(base | over))
 
 
 def add_user(db: Database, username: str, role: Role, password: str = PASSWORD) -> int:

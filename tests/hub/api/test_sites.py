@@ -15,9 +15,7 @@ from sqlalchemy import select
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind
 from citycast.hub.db.models import AuditEntry, RevokedKey, Role, Site
-from citycast.site.telemetry import Telemetry
-
-from .conftest import Api
+from .conftest import Api, telemetry
 
 
 def new_key() -> tuple[str, str]:
@@ -94,7 +92,7 @@ async def test_site_crud_control_and_live_state(api: Api) -> None:
 
     # Telemetry reaches the fleet; the site list shows it beside the DB record.
     api.ctx.fleet.on_telemetry(
-        Telemetry(site="empress-1", state="playing", channel=7, sync_error_ms=0.4, buffer_ms=90.0), 1_000_000_000_000
+        telemetry("empress-1", state="playing", channel=7, sync_error_ms=0.4, buffer_ms=90.0), 1_000_000_000_000
     )
     listed = (await (await api.as_role(Role.viewer)).get("/api/sites")).json()
     assert listed[0]["state"] == "playing" and listed[0]["channel"] == 7 and listed[0]["sync_error_ms"] == 0.4
