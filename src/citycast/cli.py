@@ -416,6 +416,29 @@ def bench(
         fail(str(e))
 
 
+@app.command("bench-hub")
+def bench_hub(
+    sites: Annotated[int, typer.Option(min=1, max=20_000, help="LIGHT simulated sites (telemetry only).")] = 500,
+    seconds: Annotated[float, typer.Option(min=5, help="Seconds of the CPU/memory window.")] = 30.0,
+    changes: Annotated[int, typer.Option(min=1, help="Forced state changes to time.")] = 20,
+    browser: Annotated[bool, typer.Option(help="Also measure the console in headless Chromium.")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """Measure the hub and its console under N sites' telemetry: page load, marker update delay, hub CPU and RSS.
+
+    The sites are LIGHT simulated sites (telemetry every second, no audio); the hub, API, console and browser
+    are real."""
+    from citycast.bench.hub_bench import run_hub_bench
+
+    with console.status(f"hub bench: {sites} light sites, {seconds:g} s window"):
+        result = runtime.run(run_hub_bench(sites=sites, seconds=seconds, changes=changes, browser=browser))
+    assert result is not None
+    text = json.dumps(result.as_dict(), indent=1)
+    if json_out:
+        json_out.write_text(text)
+    sys.stdout.write(text + "\n")
+
+
 def main() -> None:
     app()
 

@@ -19,6 +19,7 @@ import av
 import nats
 import numpy as np
 import pytest
+from nats.aio.client import Client
 from sqlalchemy import select
 
 import citycast
@@ -334,3 +335,21 @@ def _try_packets(verifier: FrameVerifier, data: bytes) -> tuple[bytes, ...]:
         return verifier.verify(data).packets
     except ValueError:
         return ()
+
+
+def test_channel_recorder_refuses_stale_other_channel_and_oversized(tmp_path: Path) -> None:
+    enc, packets = _encode(_speech(0.2))
+    key = generate_private_key()
+    signer = FrameSigner(key)
+    writer = Recorder(tmp_path).open("direct.ogg", channel=3, opus_head=enc.extradata)
+    now = TS0 + 5 * FRAME_NS
+    recorder = ChannelRecorder(Client(), writer, FrameVerifier([key.public_key()]), clock=lambda: now)
+    frames = _frames(signer, packets)
+    assert recorder.on_frame_bytes(frames[5])
+    assert not recorder.on_frame_bytes(_frames(signer, packets, channel=4)[6])
+    assert not recorder.on_frame_bytes(b"\0" * 6000)
+    now += 60 * 1_000_000_000
+    assert not recorder.on_frame_bytes(frames[6])  # a minute old: a replay, not the address
+    assert recorder.rejected == {"wrong_channel": 1, "oversized": 1, "stale": 1}
+    writer.close()
+    assert _demux(tmp_path / "direct.ogg")[0] == [packets[5]]

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,6 @@ class _AddressRecording:
 
     async def close(self) -> None:
         await self.channel_recorder.stop()
-        self.writer.close()
         await asyncio.to_thread(self._finish_row)
 
     def _finish_row(self) -> None:
@@ -240,7 +240,8 @@ class Hub:
         name = f"{now:%Y/%m}/address-{address_id}-{now:%Y%m%dT%H%M%S}.ogg"
         writer = await asyncio.to_thread(Recorder(self.recordings_dir).open, name, channel)
         verifier = FrameVerifier([self.signer.public_key, *self._extra_trusted()])
-        rec = ChannelRecorder(self.nc, writer, verifier, subjects=self.subjects)
+        # The hub's clock is the broadcast clock: a replay of old audio cannot open or fill a recording.
+        rec = ChannelRecorder(self.nc, writer, verifier, subjects=self.subjects, clock=time.time_ns)
         await rec.start()
 
         def insert() -> int:

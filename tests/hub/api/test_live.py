@@ -108,7 +108,9 @@ async def test_recordings_list_range_and_download(api: Api) -> None:
     assert part.status_code == 206 and part.content == data[4:100]
     assert part.headers["content-range"] == f"bytes 4-99/{len(data)}"
     dl = await viewer.get(f"/api/recordings/{rec_id}/audio?download=1")
-    assert dl.headers["content-disposition"].startswith("attachment") and "recording-" in dl.headers["content-disposition"]
+    assert (
+        dl.headers["content-disposition"].startswith("attachment") and "recording-" in dl.headers["content-disposition"]
+    )
     assert (await viewer.get("/api/recordings/999/audio")).status_code == 404
     assert (await api.client().get(f"/api/recordings/{rec_id}/audio")).status_code == 401
 
@@ -144,7 +146,9 @@ async def test_alerts_fleet_and_metrics(api: Api) -> None:
         site_id = s.scalar(select(Site.id).where(Site.name == "s1"))
         s.add(Alert(site_id=site_id, kind="offline", severity="warning", message="s1 offline", raised_at=now))
         s.add(
-            Alert(site_id=site_id, kind="underruns", message="old", raised_at=now - dt.timedelta(hours=1), cleared_at=now)
+            Alert(
+                site_id=site_id, kind="underruns", message="old", raised_at=now - dt.timedelta(hours=1), cleared_at=now
+            )
         )
     viewer = await api.as_role(Role.viewer)
     active = (await viewer.get("/api/alerts?active=true")).json()

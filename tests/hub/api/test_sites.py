@@ -15,6 +15,7 @@ from sqlalchemy import select
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind
 from citycast.hub.db.models import AuditEntry, RevokedKey, Role, Site
+
 from .conftest import Api, telemetry
 
 
@@ -65,7 +66,8 @@ async def test_site_crud_control_and_live_state(api: Api) -> None:
     admin = await api.as_role(Role.admin)
     zone = (await admin.post("/api/zones", json={"name": "saddar", "channel": 7})).json()
     r = await admin.post(
-        "/api/sites", json={"name": "empress-1", "label": "Empress Market", "lat": 24.86, "lon": 67.03, "zone_id": zone["id"]}
+        "/api/sites",
+        json={"name": "empress-1", "label": "Empress Market", "lat": 24.86, "lon": 67.03, "zone_id": zone["id"]},
     )
     assert r.status_code == 201
     created = r.json()

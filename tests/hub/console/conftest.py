@@ -94,13 +94,14 @@ class ConsoleHub:
     def site_names(self) -> list[str]:
         return [n for names in self.sites_by_zone.values() for n in names]
 
-    def api(self) -> httpx.Client:
+    @contextlib.contextmanager
+    def api(self) -> Iterator[httpx.Client]:
         """An admin HTTP client on the hub (to check what the console did, from the API's side)."""
-        client = httpx.Client(base_url=self.url, timeout=10.0)
-        r = client.post("/api/login", json={"username": "admin", "password": self.admin_password})
-        r.raise_for_status()
-        client.headers["Authorization"] = f"Bearer {r.json()['token']}"
-        return client
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            r = client.post("/api/login", json={"username": "admin", "password": self.admin_password})
+            r.raise_for_status()
+            client.headers["Authorization"] = f"Bearer {r.json()['token']}"
+            yield client
 
 
 async def _populate(hub: Hub, work: Path) -> tuple[dict[str, int], dict[str, list[str]], list[SiteAgent]]:

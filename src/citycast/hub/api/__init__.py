@@ -23,7 +23,7 @@ from citycast.hub.api import (
     enrol,
     fleet,
     recordings,
-    # schedules,  TEMP
+    schedules,
     settings,
     sites,
     users,
@@ -31,7 +31,7 @@ from citycast.hub.api import (
     zones,
 )
 from citycast.hub.api.deps import FailureLimiter
-from citycast.hub.api.schemas import ValidationErrorOut
+from citycast.hub.api.schemas import ErrorOut, ValidationErrorOut
 from citycast.hub.context import HubContext
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,12 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
     app.state.enrol_limiter = FailureLimiter(limit=ENROL_FAILURES_PER_MINUTE, window_s=60.0)
     app.add_exception_handler(RequestValidationError, _validation_error)
 
-    validation: dict[int | str, dict[str, Any]] = {422: {"model": ValidationErrorOut, "description": "Invalid request"}}
-    for module in (auth, users, zones, sites, enrol, addresses, recordings, settings, alerts, fleet):
+    # Every route may refuse a body it cannot parse (400) or that fails validation (422).
+    validation: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorOut, "description": "Unreadable request"},
+        422: {"model": ValidationErrorOut, "description": "Invalid request"},
+    }
+    for module in (auth, users, zones, sites, enrol, addresses, schedules, recordings, settings, alerts, fleet):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)
 

@@ -171,7 +171,8 @@ async function loadBaseMap() {
   const res = await fetch('karachi.geojson');
   const geo = await res.json();
   const base = L.geoJSON(geo, {
-    renderer: L.svg(),
+    renderer: L.svg({ pane: 'base' }),
+    pane: 'base',
     interactive: false,
     style: (f) => {
       if (f.properties.kind === 'sea') return { stroke: false, fillColor: '#c9dff0', fillOpacity: 1 };
@@ -188,7 +189,6 @@ async function loadBaseMap() {
   }
   const districts = geo.features.filter((f) => f.properties.kind === 'district');
   if (!fittedToSites) map.fitBounds(L.geoJSON({ type: 'FeatureCollection', features: districts }).getBounds());
-  base.bringToBack();
 }
 
 /** A tile server is optional: `?tiles=URL`, this browser's setting, or the hub's `tile_url` setting. */
@@ -200,6 +200,8 @@ function tileUrl(settings) {
 function initMap() {
   map = L.map('map', { zoomControl: true, preferCanvas: true, minZoom: 9, maxZoom: 18 });
   map.setView([24.88, 67.06], 11);
+  // The base map gets a pane of its own under the overlays, so the site markers are always drawn above it.
+  map.createPane('base').style.zIndex = '250';
   map.attributionControl.setPrefix(false);
   map.attributionControl.addAttribution('Schematic base map (approximate outlines)');
   L.control.scale({ imperial: false }).addTo(map);
@@ -225,7 +227,7 @@ function applyTiles(url) {
 }
 
 function markerRadius(site) {
-  const base = 5;
+  const base = 6;
   if (site.state !== 'playing' && site.state !== 'fallback') return base;
   // The marker grows with the level: a live meter readable across the whole map. Half-pixel steps spare redraws.
   return base + Math.round(levelFraction(site.level_rms_dbfs) * 12) / 2;
@@ -363,7 +365,7 @@ function fitToSites() {
   if (fittedToSites || !map || markers.size === 0) return;
   const bounds = L.latLngBounds([...markers.values()].map((m) => [m.lat, m.lon]));
   if (bounds.isValid()) {
-    map.fitBounds(bounds.pad(0.15), { maxZoom: 13 });
+    map.fitBounds(bounds.pad(0.2), { maxZoom: 12 });
     fittedToSites = true;
   }
 }
