@@ -243,11 +243,20 @@ class NatsAuthority:
 
     async def push_account(self, nats_url: str, *, timeout: float = 5.0) -> None:
         """Send the current account JWT to the server's full resolver; raise unless it says it took it."""
-        nc = await nats.connect(
-            nats_url, user_credentials=str(self.sys_creds_path), connect_timeout=timeout, allow_reconnect=False
-        )
+        try:
+            nc = await nats.connect(
+                nats_url,
+                user_credentials=str(self.sys_creds_path),
+                connect_timeout=timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+            )
+        except Exception as e:  # nats-py raises several unrelated types for "cannot connect"
+            raise AuthorityError(f"cannot push the account to the NATS server at {nats_url}: {e!r}") from e
         try:
             reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", self.account_jwt().encode(), timeout=timeout)
+        except Exception as e:
+            raise AuthorityError(f"the NATS server at {nats_url} did not take the account update: {e!r}") from e
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()

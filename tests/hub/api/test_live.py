@@ -124,7 +124,7 @@ async def test_settings_retention_applies_at_once(api: Api) -> None:
     _add_recording(api, name="old.ogg", ended_days_ago=40)
     _add_recording(api, name="new.ogg", ended_days_ago=1)
     viewer = await api.as_role(Role.viewer)
-    assert (await viewer.get("/api/settings")).json() == {"retention_days": 90}
+    assert (await viewer.get("/api/settings")).json() == {"retention_days": 0}
     assert (await viewer.put("/api/settings", json={"retention_days": 30})).status_code == 403
     admin = await api.as_role(Role.admin)
     assert (await admin.put("/api/settings", json={"retention_days": -1})).status_code == 422
@@ -199,3 +199,11 @@ async def test_websocket_without_login_is_closed_with_policy_violation(api: Api)
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_console_is_served_at_the_root_beside_the_api(api: Api) -> None:
+    c = api.client()
+    index = await c.get("/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert (await c.get("/openapi.json")).json()["info"]["title"] == "citycast hub"
+    assert (await c.get("/api/health")).json() == {"ok": True}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 from citycast.hub.db.models import Role
 
@@ -35,7 +36,7 @@ async def test_schedule_crud_with_next_runs(api: Api) -> None:
         # Friday 20:00 in Karachi (UTC+5, no DST) is Friday 15:00 UTC.
         assert run.utcoffset() == dt.timedelta(0) and run > now
         assert (run.weekday(), run.hour, run.minute) == (4, 15, 0)
-    assert all(b - a == dt.timedelta(days=7) for a, b in zip(runs, runs[1:], strict=False))
+    assert all(b - a == dt.timedelta(days=7) for a, b in itertools.pairwise(runs))
 
     r = await op.patch(f"/api/schedules/{sch['id']}", json={"timezone": "Europe/London", "enabled": False})
     assert r.status_code == 200

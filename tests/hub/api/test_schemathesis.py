@@ -24,8 +24,9 @@ MAX_EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def fuzz(base_url: str, token: str) -> tuple[int, list[str]]:
-    """Runs in a worker thread (the server lives on the test's event loop). Returns (operations, failures)."""
+def fuzz(base_url: str, token: str) -> tuple[int, dict[str, int], list[str]]:
+    """Runs in a worker thread (the server lives on the test's event loop). Returns the number of operations,
+    of calls made per generation mode, and the failures."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     # Logging out, or changing the admin's own password, would end the session the run is using: those are
     # covered by test_auth.py.
@@ -33,6 +34,7 @@ def fuzz(base_url: str, token: str) -> tuple[int, list[str]]:
     headers = {"Authorization": f"Bearer {token}"}
     failures: list[str] = []
     operations = 0
+    calls = {mode.value: 0 for mode in GenerationMode}
     for result in schema.get_all_operations():
         op = result.ok()
         operations += 1
@@ -48,6 +50,7 @@ def fuzz(base_url: str, token: str) -> tuple[int, list[str]]:
             )
             def run(case: schemathesis.Case) -> None:
                 response = case.call(headers=headers, timeout=15)
+                calls[case.meta.generation.mode.value if case.meta else "positive"] += 1
                 case.validate_response(response, checks=CHECKS)
 
             try:
@@ -56,15 +59,16 @@ def fuzz(base_url: str, token: str) -> tuple[int, list[str]]:
                 pass  # nothing invalid to send (an operation without parameters or body)
             except (Exception, BaseExceptionGroup) as e:
                 failures.append(f"{op.label} [{mode.value}]: {e}"[:2000])
-    return operations, failures
+    return operations, calls, failures
 
 
 async def test_openapi_conformance_and_no_server_errors(api: Api) -> None:
     admin = await api.as_role(Role.admin)
     zone = (await admin.post("/api/zones", json={"name": "saddar", "channel": 1})).json()
     await admin.post("/api/sites", json={"name": "s1", "lat": 24.8, "lon": 67.0, "zone_id": zone["id"]})
-    operations, failures = await asyncio.to_thread(fuzz, api.base_url, api.tokens["admin"])
+    operations, calls, failures = await asyncio.to_thread(fuzz, api.base_url, api.tokens["admin"])
     assert operations >= 35  # every route of the contract is in the schema
+    assert calls["positive"] >= operations * 3 and calls["negative"] >= operations, calls
     assert failures == [], "\n\n".join(failures)
     # The admin session survived the run, and the hub still answers.
     assert (await admin.get("/api/me")).status_code == 200

@@ -209,3 +209,15 @@ async def test_enrol_attempts_are_rate_limited(api: Api) -> None:
         assert r.status_code == 401
     r = await anon.post("/api/enrol", json={"token": "guess", "nkey_public": new_key()[1]})
     assert r.status_code == 429
+
+
+async def test_the_site_agents_own_enrolment_works_against_the_api(api: Api, tmp_path: Path) -> None:
+    from citycast.site.enrol import enrol
+
+    admin = await api.as_role(Role.admin)
+    created = (await admin.post("/api/sites", json={"name": "box-7", "lat": 24.9, "lon": 67.1})).json()
+    assert created["enrol_command"].startswith("citycast site --enrol http://127.0.0.1:")
+    creds = await enrol(api.base_url, created["enrol_token"], tmp_path / "site.json")
+    assert creds.site == "box-7"
+    site = (await admin.get("/api/sites")).json()[0]
+    assert site["enrolled"] is True

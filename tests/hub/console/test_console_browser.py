@@ -58,6 +58,13 @@ def sign_in(page: Any, hub: ConsoleHub) -> None:
     page.wait_for_function("() => window.citycast.status().wsConnected", timeout=15_000)
 
 
+def _meter_width(row: Any) -> float:
+    width: float = (
+        row.get_by_test_id("site-level").locator(".meter-fill").evaluate("e => e.getBoundingClientRect().width")
+    )
+    return width
+
+
 def shot(page: Any, artifacts: Path, name: str) -> None:
     page.wait_for_timeout(300)  # let the canvas and the toasts settle
     page.screenshot(path=str(artifacts / f"console-{name}.png"))
@@ -124,6 +131,50 @@ def test_console_loads_nothing_from_outside(browser_context: Any, console_hub: C
     assert sockets and all(urlsplit(u).hostname == "127.0.0.1" for u in sockets)
 
 
+def test_viewer_sees_the_fleet_but_no_controls(page: Any, console_hub: ConsoleHub) -> None:
+    with console_hub.api() as api:
+        r = api.post("/api/users", json={"username": "watcher", "password": "watch-only-123", "role": "viewer"})
+        assert r.status_code in (200, 201), r.text
+    page.get_by_test_id("login-username").fill("watcher")
+    page.get_by_test_id("login-password").fill("watch-only-123")
+    page.get_by_test_id("login-submit").click()
+    page.wait_for_function("() => window.citycast.status().wsConnected", timeout=15_000)
+    assert page.evaluate("window.citycast.markerCount()") >= len(console_hub.site_names)
+    assert page.get_by_test_id("whoami").text_content() == "watcher (viewer)"
+    assert page.get_by_test_id("nav-admin").is_hidden()
+    page.get_by_test_id("nav-onair").click()
+    assert page.get_by_test_id("onair-list").is_visible()
+    assert page.get_by_test_id("start-form").is_hidden()
+    page.get_by_test_id("nav-sites").click()
+    page.locator('[data-testid="site-row"]').first.wait_for()
+    assert page.locator('[data-testid="site-mute"]').first.is_hidden()
+    page.get_by_test_id("logout").click()
+    page.get_by_test_id("login-view").wait_for(state="visible")
+
+
+def test_live_feed_reconnects_and_catches_up(page: Any, console_hub: ConsoleHub) -> None:
+    """When the WebSocket drops, the console reconnects on its own (with back-off) and catches up with what
+    changed in between (here a site muted through the API while the feed was down)."""
+    sign_in(page, console_hub)
+    name = console_hub.sites_by_zone["korangi"][0]
+    first = page.evaluate("window.citycast.status().lastSnapshotAt")
+    page.evaluate("window.citycast.dropLiveFeed()")
+    page.wait_for_function("() => !window.citycast.status().wsConnected")
+    with console_hub.api() as api:
+        site = next(s for s in api.get("/api/sites").json() if s["name"] == name)
+        assert api.post(f"/api/sites/{site['id']}/control", json={"muted": True}).status_code == 200
+        try:
+            page.wait_for_function(
+                "first => window.citycast.status().wsConnected && window.citycast.status().lastSnapshotAt > first",
+                arg=first,
+                timeout=15_000,
+            )
+            assert page.get_by_test_id("connection").get_attribute("data-state") == "live"
+            page.wait_for_function("name => window.citycast.site(name).muted === true", arg=name, timeout=10_000)
+        finally:
+            api.post(f"/api/sites/{site['id']}/control", json={"muted": False})
+
+
 def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path) -> None:
     hub = console_hub
     sign_in(page, hub)
@@ -160,6 +211,9 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     page.wait_for_timeout(1500)  # level updates keep flowing while on air; the other zones stay quiet
     assert page.evaluate("name => window.citycast.markerState(name).updatedAt", saddar[0]) > before
     assert all(s != "playing" for s in marker_states(page, others).values()), marker_states(page, others)
+    # The level meter: a site playing the tone draws a bigger dot than a quiet one, and its row's bar is not empty.
+    radius = page.evaluate("names => names.map(n => window.citycast.markerState(n).radius)", [saddar[0], others[0]])
+    assert radius[0] > radius[1], radius
     assert page.get_by_test_id("count-playing").locator(".count").text_content() == str(len(saddar))
     shot(page, artifacts, "onair-laptop")
     page.get_by_test_id("nav-map").click()
@@ -168,6 +222,8 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     # Mute one site of another zone from the sites table.
     target = "clifton-seaview"
     page.get_by_test_id("nav-sites").click()
+    playing_row = page.locator(f'[data-testid="site-row"][data-site="{saddar[0]}"]')
+    wait_for("a level in the playing site's meter", lambda: _meter_width(playing_row) > 0)
     page.get_by_test_id("site-filter").fill(target)
     row = page.locator(f'[data-testid="site-row"][data-site="{target}"]')
     row.get_by_test_id("site-mute").click()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from citycast.hub.api.deps import Ctx, Operator, Viewer, not_found, record, utc
+from citycast.hub.api.deps import Ctx, Operator, PathId, Viewer, not_found, record, utc
 from citycast.hub.api.schemas import AUTH_ERRORS, AddressIn, AddressOut, ErrorOut, SourceOut
 from citycast.hub.context import HubContext
 from citycast.hub.db.models import Address, Recording
@@ -87,7 +87,7 @@ async def start_address(body: AddressIn, request: Request, user: Operator, ctx: 
 
 
 @router.post("/api/addresses/{address_id}/stop", response_model=AddressOut, responses={404: {"model": ErrorOut}})
-async def stop_address(address_id: int, request: Request, user: Operator, ctx: Ctx) -> AddressOut:
+async def stop_address(address_id: PathId, request: Request, user: Operator, ctx: Ctx) -> AddressOut:
     try:
         await ctx.addresses.stop(address_id, f"stopped by {user.username}")
     except KeyError:

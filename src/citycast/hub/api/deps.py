@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, WebSocket, status
+from fastapi import Depends, HTTPException, Path, Request, WebSocket, status
 from sqlalchemy.orm import Session as DbSession
 
 from citycast.hub.audit import audit
@@ -24,6 +24,10 @@ from citycast.hub.context import HubContext
 from citycast.hub.db.models import Role, User
 
 COOKIE_NAME = "citycast_session"
+MAX_ID = 2**31 - 1
+
+# A row id in a path: a positive 32-bit integer (anything else is a 422, never a database error).
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def get_ctx(request: Request) -> HubContext:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from citycast.hub.api.deps import Ctx, Viewer, not_found, utc
+from citycast.hub.api.deps import Ctx, PathId, Viewer, not_found, utc
 from citycast.hub.api.schemas import AUTH_ERRORS, ErrorOut, RecordingOut
 from citycast.hub.db.models import Address, Recording, utcnow
 
@@ -56,7 +56,7 @@ async def list_recordings(_: Viewer, ctx: Ctx, limit: Annotated[int, Query(ge=1,
     },
 )
 async def recording_audio(
-    recording_id: int, _: Viewer, ctx: Ctx, download: Annotated[bool, Query()] = False
+    recording_id: PathId, _: Viewer, ctx: Ctx, download: Annotated[bool, Query()] = False
 ) -> FileResponse:
     with ctx.db.session() as s:
         rec = s.get(Recording, recording_id)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from citycast.hub.api.deps import Ctx, Operator, Viewer, not_found, record, utc
+from citycast.hub.api.deps import Ctx, Operator, PathId, Viewer, not_found, record, utc
 from citycast.hub.api.schemas import AUTH_ERRORS, ErrorOut, OkOut, ScheduleIn, ScheduleOut, SchedulePatch
 from citycast.hub.context import HubContext
 from citycast.hub.db.models import Schedule, Zone, utcnow
@@ -105,7 +105,7 @@ async def create_schedule(body: ScheduleIn, request: Request, user: Operator, ct
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
 async def update_schedule(
-    schedule_id: int, body: SchedulePatch, request: Request, user: Operator, ctx: Ctx
+    schedule_id: PathId, body: SchedulePatch, request: Request, user: Operator, ctx: Ctx
 ) -> ScheduleOut:
     fields = body.model_dump(exclude_none=True)
     with ctx.db.session() as s:
@@ -123,7 +123,7 @@ async def update_schedule(
 
 
 @router.delete("/api/schedules/{schedule_id}", response_model=OkOut, responses={404: {"model": ErrorOut}})
-async def delete_schedule(schedule_id: int, request: Request, user: Operator, ctx: Ctx) -> OkOut:
+async def delete_schedule(schedule_id: PathId, request: Request, user: Operator, ctx: Ctx) -> OkOut:
     with ctx.db.session() as s:
         sch = s.get(Schedule, schedule_id)
         if sch is None:

@@ -12,6 +12,8 @@ from citycast.hub.db.models import Priority, Role
 SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # also a NATS subject token: no dots, spaces or wildcards
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
 
+MAX_ID = 2**31 - 1  # row ids are 32-bit integers in PostgreSQL (and SQLite refuses anything past 64 bits)
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Volume = Annotated[float, Field(ge=0.0, le=2.0, description="Linear gain, 0..2")]
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
@@ -137,14 +139,14 @@ class SiteIn(Strict):
     label: Annotated[str, Field(max_length=128)] = ""
     lat: Latitude
     lon: Longitude
-    zone_id: int | None = None
+    zone_id: DbId | None = None
 
 
 class SitePatch(Strict):
     label: Annotated[str | None, Field(max_length=128)] = None
     lat: Latitude | None = None
     lon: Longitude | None = None
-    zone_id: int | None = None
+    zone_id: DbId | None = None
 
 
 class EnrolTokenOut(BaseModel):
@@ -186,7 +188,7 @@ class SourceOut(BaseModel):
 class AddressIn(Strict):
     title: Title
     source: Source
-    zone_ids: list[int] = Field(default_factory=list, description="Empty: every zone")
+    zone_ids: list[DbId] = Field(default_factory=list, description="Empty: every zone")
     priority: Priority = Priority.live
     duration_s: Annotated[float | None, Field(gt=0, le=86400.0)] = None
 
@@ -218,7 +220,7 @@ class ScheduleIn(Strict):
     timezone: Annotated[str, Field(min_length=1, max_length=64)] = "Asia/Karachi"
     duration_s: Annotated[float, Field(gt=0, le=86400.0)]
     source: Source
-    zone_ids: list[int] = Field(default_factory=list)
+    zone_ids: list[DbId] = Field(default_factory=list)
     priority: Priority = Priority.scheduled
     enabled: bool = True
 
@@ -230,7 +232,7 @@ class SchedulePatch(Strict):
     timezone: Annotated[str | None, Field(min_length=1, max_length=64)] = None
     duration_s: Annotated[float | None, Field(gt=0, le=86400.0)] = None
     source: Source | None = None
-    zone_ids: list[int] | None = None
+    zone_ids: list[DbId] | None = None
     priority: Priority | None = None
     enabled: bool | None = None
 

@@ -10,7 +10,7 @@ from citycast.hub.api.schemas import AUTH_ERRORS, SettingsIn, SettingsOut
 from citycast.hub.db.models import Setting, utcnow
 from citycast.hub.recorder import apply_retention
 
-DEFAULT_RETENTION_DAYS = 90
+DEFAULT_RETENTION_DAYS = 0  # keep every recording until an admin sets a limit (as the runtime reads it)
 RETENTION_KEY = "retention_days"
 
 router = APIRouter(tags=["settings"], responses=AUTH_ERRORS)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from citycast.hub.api.deps import Admin, Ctx, Operator, Viewer, not_found, record, utc
+from citycast.hub.api.deps import Admin, Ctx, Operator, PathId, Viewer, not_found, record, utc
 from citycast.hub.api.schemas import (
     AUTH_ERRORS,
     ControlIn,
@@ -94,7 +94,7 @@ def _enrol_out(request: Request, site: Site, token: str, fleet: FleetState) -> E
     return EnrolTokenOut(
         site=site_out(site, fleet),
         enrol_token=token,
-        enrol_command=f"citycast enrol --hub {shlex.quote(hub)} --token {shlex.quote(token)}",
+        enrol_command=f"citycast site --enrol {shlex.quote(hub)} {shlex.quote(token)}",
         expires_at=utc(site.enrol_expires_at) or utcnow(),
     )
 
@@ -151,7 +151,7 @@ async def create_site(body: SiteIn, request: Request, user: Admin, ctx: Ctx) -> 
 
 
 @router.post("/api/sites/{site_id}/token", response_model=EnrolTokenOut, responses={404: {"model": ErrorOut}})
-async def new_enrol_token(site_id: int, request: Request, user: Admin, ctx: Ctx) -> EnrolTokenOut:
+async def new_enrol_token(site_id: PathId, request: Request, user: Admin, ctx: Ctx) -> EnrolTokenOut:
     with ctx.db.session() as s:
         site = _get_site(s, site_id)
         token = _issue_token(site, utcnow())
@@ -164,7 +164,7 @@ async def new_enrol_token(site_id: int, request: Request, user: Admin, ctx: Ctx)
     response_model=RevokeOut,
     responses={404: {"model": ErrorOut}, 502: {"model": ErrorOut}},
 )
-async def revoke_site(site_id: int, request: Request, user: Admin, ctx: Ctx) -> RevokeOut:
+async def revoke_site(site_id: PathId, request: Request, user: Admin, ctx: Ctx) -> RevokeOut:
     with ctx.db.session() as s:
         site = _get_site(s, site_id)
         key = _mark_revoked(s, site, utcnow())
@@ -180,7 +180,7 @@ async def revoke_site(site_id: int, request: Request, user: Admin, ctx: Ctx) -> 
     response_model=SiteOut,
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
-async def control_site(site_id: int, body: ControlIn, request: Request, user: Operator, ctx: Ctx) -> SiteOut:
+async def control_site(site_id: PathId, body: ControlIn, request: Request, user: Operator, ctx: Ctx) -> SiteOut:
     if body.volume is None and body.muted is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give volume, muted or both")
     with ctx.db.session() as s:
@@ -200,7 +200,7 @@ async def control_site(site_id: int, body: ControlIn, request: Request, user: Op
     response_model=SiteOut,
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
-async def update_site(site_id: int, body: SitePatch, request: Request, user: Admin, ctx: Ctx) -> SiteOut:
+async def update_site(site_id: PathId, body: SitePatch, request: Request, user: Admin, ctx: Ctx) -> SiteOut:
     # zone_id: null moves the site out of its zone; leaving the field out keeps the zone.
     changes = body.model_dump(exclude_unset=True)
     for key in ("label", "lat", "lon"):
@@ -225,7 +225,7 @@ async def update_site(site_id: int, body: SitePatch, request: Request, user: Adm
 @router.delete(
     "/api/sites/{site_id}", response_model=OkOut, responses={404: {"model": ErrorOut}, 502: {"model": ErrorOut}}
 )
-async def delete_site(site_id: int, request: Request, user: Admin, ctx: Ctx) -> OkOut:
+async def delete_site(site_id: PathId, request: Request, user: Admin, ctx: Ctx) -> OkOut:
     """Deleting an enrolled site also revokes its key: the box must not keep its access to the bus."""
     with ctx.db.session() as s:
         site = _get_site(s, site_id)

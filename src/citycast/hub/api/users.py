@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
 
 from citycast.hub.api.auth import user_out
-from citycast.hub.api.deps import Admin, Ctx, not_found, record, utc
+from citycast.hub.api.deps import Admin, Ctx, PathId, not_found, record, utc
 from citycast.hub.api.schemas import AUTH_ERRORS, AuditOut, ErrorOut, OkOut, UserIn, UserOut, UserPatch
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.auth.sessions import delete_user_sessions
@@ -50,7 +50,7 @@ async def create_user(body: UserIn, request: Request, admin: Admin, ctx: Ctx) ->
 @router.patch(
     "/api/users/{user_id}", response_model=UserOut, responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 )
-async def update_user(user_id: int, body: UserPatch, request: Request, admin: Admin, ctx: Ctx) -> UserOut:
+async def update_user(user_id: PathId, body: UserPatch, request: Request, admin: Admin, ctx: Ctx) -> UserOut:
     with ctx.db.session() as s:
         user = s.get(User, user_id)
         if user is None:
@@ -78,7 +78,7 @@ async def update_user(user_id: int, body: UserPatch, request: Request, admin: Ad
 @router.delete(
     "/api/users/{user_id}", response_model=OkOut, responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 )
-async def delete_user(user_id: int, request: Request, admin: Admin, ctx: Ctx) -> OkOut:
+async def delete_user(user_id: PathId, request: Request, admin: Admin, ctx: Ctx) -> OkOut:
     with ctx.db.session() as s:
         user = s.get(User, user_id)
         if user is None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from citycast.hub.api.deps import Admin, Ctx, Operator, Viewer, not_found, record
+from citycast.hub.api.deps import Admin, Ctx, Operator, PathId, Viewer, not_found, record
 from citycast.hub.api.schemas import AUTH_ERRORS, ControlIn, ErrorOut, OkOut, ZoneControlOut, ZoneIn, ZoneOut, ZonePatch
 from citycast.hub.db.models import Site, Zone
 
@@ -52,7 +52,7 @@ async def create_zone(body: ZoneIn, request: Request, user: Admin, ctx: Ctx) -> 
 @router.patch(
     "/api/zones/{zone_id}", response_model=ZoneOut, responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 )
-async def update_zone(zone_id: int, body: ZonePatch, request: Request, user: Admin, ctx: Ctx) -> ZoneOut:
+async def update_zone(zone_id: PathId, body: ZonePatch, request: Request, user: Admin, ctx: Ctx) -> ZoneOut:
     with ctx.db.session() as s:
         zone = s.get(Zone, zone_id)
         if zone is None:
@@ -71,7 +71,7 @@ async def update_zone(zone_id: int, body: ZonePatch, request: Request, user: Adm
 
 
 @router.delete("/api/zones/{zone_id}", response_model=OkOut, responses={404: {"model": ErrorOut}})
-async def delete_zone(zone_id: int, request: Request, user: Admin, ctx: Ctx) -> OkOut:
+async def delete_zone(zone_id: PathId, request: Request, user: Admin, ctx: Ctx) -> OkOut:
     with ctx.db.session() as s:
         zone = s.get(Zone, zone_id)
         if zone is None:
@@ -91,7 +91,7 @@ async def delete_zone(zone_id: int, request: Request, user: Admin, ctx: Ctx) -> 
     response_model=ZoneControlOut,
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
-async def control_zone(zone_id: int, body: ControlIn, request: Request, user: Operator, ctx: Ctx) -> ZoneControlOut:
+async def control_zone(zone_id: PathId, body: ControlIn, request: Request, user: Operator, ctx: Ctx) -> ZoneControlOut:
     if body.volume is None and body.muted is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give volume, muted or both")
     with ctx.db.session() as s:

@@ -41,6 +41,8 @@ let lastSnapshotAt = 0;
 let lastEventAt = 0;
 let refetchTimer = null;
 let renderQueued = false;
+let alertsDirty = false;
+let criticalPending = [];
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
@@ -147,6 +149,12 @@ function fmtDuration(s) {
   const sec = String(total % 60).padStart(2, '0');
   return h ? `${h}:${String(m).padStart(2, '0')}:${sec}` : `${m}:${sec}`;
 }
+function lengthText(s) {
+  if (!Number.isFinite(s)) return '';
+  if (s >= 3600 && s % 3600 === 0) return `${s / 3600} h`;
+  if (s >= 60 && s % 60 === 0) return `${s / 60} min`;
+  return `${s} s`;
+}
 function fmtBytes(n) {
   if (!Number.isFinite(n)) return '';
   if (n < 1024) return `${n} B`;
@@ -208,6 +216,15 @@ function initMap() {
   // One canvas for every site marker: thousands of SVG nodes would make panning and updates slow.
   canvas = L.canvas({ padding: 0.3 });
   siteLayer = L.layerGroup().addTo(map);
+  map.on('zoomend', () => {
+    for (const [name, entry] of markers) {
+      const radius = markerRadius(sites.get(name) || {});
+      if (radius !== entry.radius) {
+        entry.marker.setRadius(radius);
+        entry.radius = radius;
+      }
+    }
+  });
   map.on('click', (ev) => {
     if (!can('admin')) return;
     const form = $('#site-form');
@@ -226,8 +243,14 @@ function applyTiles(url) {
   if (url) map._citycastTiles = L.tileLayer(url, { maxZoom: 19, opacity: 0.85 }).addTo(map);
 }
 
+/** Smaller dots when the whole city is in view, so thousands of sites stay legible. */
+function baseRadius() {
+  const zoom = map ? map.getZoom() : 12;
+  return zoom <= 10 ? 3 : zoom <= 11 ? 4 : zoom <= 12 ? 5 : 6;
+}
+
 function markerRadius(site) {
-  const base = 6;
+  const base = baseRadius();
   if (site.state !== 'playing' && site.state !== 'fallback') return base;
   // The marker grows with the level: a live meter readable across the whole map. Half-pixel steps spare redraws.
   return base + Math.round(levelFraction(site.level_rms_dbfs) * 12) / 2;
@@ -283,9 +306,13 @@ function removeMarker(name) {
 }
 
 function meter(dbfs, testid) {
-  const bar = el('span', { class: 'meter-fill' });
-  bar.style.width = `${Math.round(levelFraction(dbfs) * 100)}%`;
-  return el('span', { class: 'meter', testid, title: dbfs === null || dbfs === undefined ? 'no level' : `${dbfs.toFixed(1)} dBFS` }, bar);
+  const node = el('span', { class: 'meter', testid }, el('span', { class: 'meter-fill' }));
+  setMeter(node, dbfs);
+  return node;
+}
+function setMeter(node, dbfs) {
+  node.firstChild.style.width = `${Math.round(levelFraction(dbfs) * 100)}%`;
+  node.title = typeof dbfs === 'number' && Number.isFinite(dbfs) ? `${dbfs.toFixed(1)} dBFS` : 'no level';
 }
 
 function sitePopup(name) {
@@ -370,12 +397,18 @@ function fitToSites() {
   }
 }
 
-function queueRender() {
+/** Coalesces redraws of the summaries into one per frame, however many events arrive in between. */
+function queueRender(what = {}) {
+  if (what.alerts) alertsDirty = true;
   if (renderQueued) return;
   renderQueued = true;
   requestAnimationFrame(() => {
     renderQueued = false;
     renderCounts();
+    if (alertsDirty) {
+      alertsDirty = false;
+      renderAlerts();
+    }
   });
 }
 
@@ -471,6 +504,7 @@ async function startAddress(ev) {
   if (form.duration_s.value) body.duration_s = Number(form.duration_s.value);
   const address = await act(() => api('POST', 'addresses', body), (a) => `On air: “${a.title}” on channel ${a.channel}`);
   if (address) {
+    form.title.value = '';
     if (!liveAddresses.some((a) => a.id === address.id)) liveAddresses = [address, ...liveAddresses];
     renderOnAir();
     loadAddresses();
@@ -481,10 +515,11 @@ async function loadAddresses() {
   const list = await act(() => api('GET', 'addresses?limit=50'));
   if (!list) return;
   $('#addresses-body').replaceChildren(...list.map((a) => el('tr', { testid: 'address-row' },
-    el('td', {}, fmtTime(a.started_at)), el('td', {}, a.title), el('td', {}, a.source),
-    el('td', {}, el('span', { class: `prio prio-${a.priority}` }, a.priority)), el('td', {}, String(a.channel)),
+    el('td', {}, fmtTime(a.started_at)), el('td', {}, a.title), el('td', { class: 'hide-phone' }, a.source),
+    el('td', {}, el('span', { class: `prio prio-${a.priority}` }, a.priority)),
+    el('td', { class: 'hide-phone' }, String(a.channel)),
     el('td', {}, a.status, a.end_reason ? el('span', { class: 'muted' }, ` (${a.end_reason})`) : null),
-    el('td', {}, String(a.sites_reached ?? '')), el('td', {}, a.speaker || ''))));
+    el('td', { class: 'hide-phone' }, String(a.sites_reached ?? '')), el('td', { class: 'hide-phone' }, a.speaker || ''))));
 }
 
 // ---------------------------------------------------------------- sites & zones
@@ -511,7 +546,7 @@ function siteRow(site) {
   const cells = {
     state: el('td', {}),
     level: el('td', {}),
-    sync: el('td', { class: 'num' }),
+    sync: el('td', { class: 'num hide-phone' }),
     volume: el('input', {
       type: 'range', min: '0', max: '2', step: '0.05', testid: 'site-volume',
       onchange: (ev) => controlSite(site, { volume: Number(ev.target.value) }),
@@ -521,7 +556,7 @@ function siteRow(site) {
   };
   const tr = el('tr', { testid: 'site-row', 'data-site': site.name },
     el('td', {}, el('strong', {}, site.name), site.label ? el('div', { class: 'muted small' }, site.label) : null),
-    el('td', {}, site.zone || zoneName(site.zone_id)),
+    el('td', { class: 'hide-phone' }, site.zone || zoneName(site.zone_id)),
     cells.state, cells.level, cells.sync,
     el('td', { class: 'needs-operator' }, cells.volume, ' ', cells.volumeText),
     el('td', { class: 'needs-operator' }, cells.mute));
@@ -533,8 +568,12 @@ function siteRow(site) {
 function updateRow(site) {
   const cells = rows.get(site.name);
   if (!cells) return;
-  cells.state.replaceChildren(stateBadge(site.state));
-  cells.level.replaceChildren(meter(site.level_rms_dbfs, 'site-level'));
+  if (cells.state.dataset.state !== site.state) {
+    cells.state.dataset.state = site.state;
+    cells.state.replaceChildren(stateBadge(site.state));
+  }
+  if (!cells.level.firstChild) cells.level.append(meter(site.level_rms_dbfs, 'site-level'));
+  else setMeter(cells.level.firstChild, site.level_rms_dbfs);
   cells.sync.textContent = fmtMs(site.sync_error_ms);
   if (document.activeElement !== cells.volume) cells.volume.value = String(site.volume ?? 1);
   cells.volumeText.textContent = `${Math.round((site.volume ?? 1) * 100)}%`;
@@ -614,6 +653,8 @@ function buildRule(form) {
 function previewRule() {
   const form = $('#schedule-form');
   const preview = $('#rrule-preview');
+  form.weekday.disabled = form.repeat.value !== 'weekly';
+  form.raw.disabled = form.repeat.value !== 'raw';
   try {
     const rule = buildRule(form);
     preview.textContent = `${rule}  (${describeRule(rule)})`;
@@ -667,7 +708,7 @@ async function loadSchedules() {
     });
     ul.append(el('li', { class: `schedule ${s.enabled ? '' : 'disabled'}`, testid: 'schedule-item', 'data-schedule-id': s.id },
       el('div', { class: 'onair-head' }, el('strong', {}, s.title), el('span', { class: `prio prio-${s.priority}` }, s.priority)),
-      el('div', { class: 'muted small' }, `${describeRule(s.rrule)} (${s.timezone}) · ${fmtDuration(s.duration_s)} · ${s.source} · ${zonesLabel(s.zone_ids)}`),
+      el('div', { class: 'muted small' }, `${describeRule(s.rrule)} (${s.timezone}) · for ${lengthText(s.duration_s)} · ${s.source} · ${zonesLabel(s.zone_ids)}`),
       el('div', { class: 'small' }, s.enabled ? 'Next: ' : 'Disabled. Would run: ', el('ol', { class: 'runs' }, runs)),
       el('div', { class: 'needs-operator row' },
         el('label', { class: 'inline' }, toggle, ' enabled'),
@@ -680,8 +721,21 @@ function upsertAlert(alert) {
   const i = alerts.findIndex((a) => a.id === alert.id);
   if (i >= 0) alerts[i] = { ...alerts[i], ...alert };
   else alerts.unshift(alert);
-  alerts.sort((a, b) => String(b.raised_at).localeCompare(String(a.raised_at)));
+  if (alerts.length > 1 && String(alerts[0].raised_at) < String(alerts[1].raised_at)) {
+    alerts.sort((a, b) => String(b.raised_at).localeCompare(String(a.raised_at)));
+  }
   if (alerts.length > 500) alerts.length = 500;
+}
+
+/** A critical alert pops up a notice; a burst of them (a district losing power) makes one notice, not hundreds. */
+function announceCritical(alert) {
+  criticalPending.push(alert);
+  if (criticalPending.length > 1) return;
+  setTimeout(() => {
+    const batch = criticalPending;
+    criticalPending = [];
+    toast(batch.length === 1 ? `${batch[0].site}: ${batch[0].message}` : `${batch.length} critical alerts: see Alerts`, 'error');
+  }, 1000);
 }
 
 function renderAlerts() {
@@ -709,6 +763,7 @@ async function loadAlerts() {
   const list = await act(() => api('GET', 'alerts'));
   if (!list) return;
   for (const a of list) upsertAlert(a);
+  alerts.sort((a, b) => String(b.raised_at).localeCompare(String(a.raised_at)));
   renderAlerts();
 }
 
@@ -856,7 +911,7 @@ function handleEvent(msg) {
       liveAddresses = msg.addresses || [];
       for (const a of msg.alerts || []) upsertAlert(a);
       renderOnAir();
-      renderAlerts();
+      queueRender({ alerts: true });
       fitToSites();
       break;
     }
@@ -866,8 +921,8 @@ function handleEvent(msg) {
     case 'alert':
       if (msg.alert) {
         upsertAlert(msg.alert);
-        renderAlerts();
-        if (!msg.alert.cleared_at && msg.alert.severity === 'critical') toast(`${msg.alert.site}: ${msg.alert.message}`, 'error');
+        queueRender({ alerts: true });
+        if (!msg.alert.cleared_at && msg.alert.severity === 'critical') announceCritical(msg.alert);
       }
       break;
     case 'addresses':
@@ -1010,6 +1065,8 @@ window.citycast = {
   site: (name) => (sites.has(name) ? { ...sites.get(name) } : null),
   status: () => ({ wsConnected, lastSnapshotAt, lastEventAt, signedIn: Boolean(session.user), route }),
   rrule: { weeklyRule, dailyRule, describeRule, checkRawRule },
+  // Closes the live feed as a dropped network would; the console must reconnect by itself.
+  dropLiveFeed: () => ws && ws.close(4000, 'dropped on purpose'),
 };
 
 init();
