@@ -261,7 +261,7 @@ def _report(
     console.print(table)
     console.print(
         f"latency = from the speaker's first sample to the loudspeaker's (includes Opus's 6.5 ms look-ahead); "
-        f"largest sync error {worst * 1000:.1f} µs. What each site played: {out}/site-N.wav "
+        f"largest sync error {worst * 1000:.1f} µs. What each site played: {out}/<site>.wav "
         "(a .json beside each gives the true time of its first sample and its DAC's rate)."
     )
     return 0 if all(q > 0.5 for q in quality.values()) else 1

@@ -217,7 +217,12 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     assert page.get_by_test_id("count-playing").locator(".count").text_content() == str(len(saddar))
     shot(page, artifacts, "onair-laptop")
     page.get_by_test_id("nav-map").click()
+    assert page.evaluate("name => window.citycast.openSite(name)", saddar[0])
+    popup = page.get_by_test_id("site-popup")
+    popup.wait_for(state="visible")
+    assert saddar[0] in popup.text_content() and "playing" in popup.text_content()
     shot(page, artifacts, "map-playing-laptop")
+    page.keyboard.press("Escape")
 
     # Mute one site of another zone from the sites table.
     target = "clifton-seaview"

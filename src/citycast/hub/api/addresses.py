@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
 from citycast.hub.api.deps import Ctx, Operator, PathId, Viewer, not_found, record, utc
-from citycast.hub.api.schemas import AUTH_ERRORS, AddressIn, AddressOut, ErrorOut, SourceOut
+from citycast.hub.api.schemas import AUTH_ERRORS, AddressIn, AddressOut, ErrorOut, OnAirOut, SourceOut
 from citycast.hub.context import HubContext
 from citycast.hub.db.models import Address, Recording
 
@@ -63,6 +63,13 @@ async def list_addresses(_: Viewer, ctx: Ctx, limit: Annotated[int, Query(ge=1, 
         rows = list(s.scalars(select(Address).order_by(Address.started_at.desc(), Address.id.desc()).limit(limit)))
         recs = _recording_ids(s, [a.id for a in rows])
         return [address_out(a, recs.get(a.id)) for a in rows]
+
+
+@router.get("/api/addresses/live", response_model=list[OnAirOut])
+async def on_air(_: Viewer, ctx: Ctx) -> list[OnAirOut]:
+    """What is on air now, from the address manager (not the database): status per zone pre-emption, sites
+    reached so far, and the broadcast time of the first sample once the hub's own broadcast has begun."""
+    return [OnAirOut.model_validate(a) for a in ctx.addresses.live()]
 
 
 @router.post("/api/addresses", response_model=AddressOut, status_code=201, responses={422: {"model": ErrorOut}})

@@ -300,3 +300,19 @@ class FleetOut(BaseModel):
     sites_total: int
     on_air: list[dict[str, Any]]
     sites_reached: int
+
+
+class OnAirOut(BaseModel):
+    """An address on air now, as the address manager sees it."""
+
+    id: int
+    title: str
+    source: str
+    speaker: str
+    priority: str
+    channel: int
+    zone_ids: list[int]
+    status: str
+    started_at: str
+    sites_reached: int
+    ts0_ns: int | None = None

@@ -1065,6 +1065,14 @@ window.citycast = {
   site: (name) => (sites.has(name) ? { ...sites.get(name) } : null),
   status: () => ({ wsConnected, lastSnapshotAt, lastEventAt, signedIn: Boolean(session.user), route }),
   rrule: { weeklyRule, dailyRule, describeRule, checkRawRule },
+  /** Centres the map on a site and opens its popup (what a click on its dot does). */
+  openSite(name) {
+    const entry = markers.get(name);
+    if (!entry) return false;
+    map.setView([entry.lat, entry.lon], Math.max(map.getZoom(), 13));
+    entry.marker.openPopup();
+    return true;
+  },
   // Closes the live feed as a dropped network would; the console must reconnect by itself.
   dropLiveFeed: () => ws && ws.close(4000, 'dropped on purpose'),
 };
