@@ -201,6 +201,7 @@ class Hub:
             delay_ms=self.opts.delay_ms,
             recordings_dir=self.recordings_dir,
             media_dir=self.media_dir,
+            telemetry_counters=self.monitor.counters,
         )
         scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
