@@ -173,7 +173,7 @@ async def _console(base: str, token: str, fleet: LightFleet, names: list[str], c
                 except Exception:
                     continue
                 m = await page.evaluate("n => window.citycast.markerState(n)", name)
-                delays.append(float(m["updatedWall"]) - forced_wall)
+                delays.append(float(m["changedWall"]) - forced_wall)
                 await asyncio.sleep(0.2)
             return ConsoleFigures(len(names), round(load_ms, 1), _pct(delays), len(delays), changes)
         finally:

@@ -210,6 +210,8 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     before = page.evaluate("name => window.citycast.markerState(name).updatedAt", saddar[0])
     page.wait_for_timeout(1500)  # level updates keep flowing while on air; the other zones stay quiet
     assert page.evaluate("name => window.citycast.markerState(name).updatedAt", saddar[0]) > before
+    changed = page.evaluate("name => window.citycast.markerState(name)", saddar[0])
+    assert 0 < changed["changedAt"] <= before and changed["changedWall"] > 0  # turned playing once, not since
     assert all(s != "playing" for s in marker_states(page, others).values()), marker_states(page, others)
     # The level meter: a site playing the tone draws a bigger dot than a quiet one, and its row's bar is not empty.
     radius = page.evaluate("names => names.map(n => window.citycast.markerState(n).radius)", [saddar[0], others[0]])

@@ -275,7 +275,9 @@ function upsertMarker(site) {
     marker.bindPopup(() => sitePopup(site.name), { maxWidth: 260 });
     marker.bindTooltip(() => `${site.name} · ${sites.get(site.name)?.state ?? ''}`, { direction: 'top', offset: [0, -4] });
     siteLayer.addLayer(marker);
-    entry = { marker, state, radius, lat, lon, updatedAt: 0, updatedWall: 0 };
+    entry = { marker, state, radius, lat, lon, updatedAt: 0, updatedWall: 0, changedAt: 0, changedWall: 0 };
+    entry.changedAt = performance.now();
+    entry.changedWall = Date.now();
     markers.set(site.name, entry);
   } else {
     if (entry.lat !== lat || entry.lon !== lon) {
@@ -286,6 +288,8 @@ function upsertMarker(site) {
     if (entry.state !== state) {
       entry.marker.setStyle({ fillColor: STATE_COLORS[state] });
       entry.state = state;
+      entry.changedAt = performance.now();
+      entry.changedWall = Date.now();
     }
     if (entry.radius !== radius) {
       entry.marker.setRadius(radius);
@@ -1058,7 +1062,16 @@ window.citycast = {
   markerState(name) {
     const entry = markers.get(name);
     if (!entry) return null;
-    return { state: entry.state, radius: entry.radius, updatedAt: entry.updatedAt, updatedWall: entry.updatedWall };
+    // updated*: the last update of any kind (level, state); changed*: when the state last changed.
+    // *At is performance.now(), *Wall is Date.now().
+    return {
+      state: entry.state,
+      radius: entry.radius,
+      updatedAt: entry.updatedAt,
+      updatedWall: entry.updatedWall,
+      changedAt: entry.changedAt,
+      changedWall: entry.changedWall,
+    };
   },
   markerCount: () => markers.size,
   counts: countByState,
