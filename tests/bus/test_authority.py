@@ -81,7 +81,8 @@ async def connect(url: str, creds: Path, inbox_prefix: str | None = None) -> Wat
         error_cb=on_error,
         closed_cb=on_closed,
         allow_reconnect=False,
-        max_reconnect_attempts=0,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.2,
         connect_timeout=3,
         **options,
     )
@@ -117,7 +118,7 @@ async def test_anonymous_and_unknown_users_are_refused(
     server: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
 ) -> None:
     with pytest.raises(Exception, match=r"(?i)authorization"):
-        await nats.connect(server.url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
+        await nats.connect(server.url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=1)
     # A user signed by some other account key is not trusted either.
     seed = jwt.new_seed(KeyKind.USER)
     stranger = tmp_path / "stranger.creds"

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import nats
+import pytest
+from nats.aio.msg import Msg
 
-from citycast.bus.server import EmbeddedNats
-from citycast.bus.wire import WireMessage, open_wire
+from citycast.bus import jwt
+from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.jwt import KeyKind
+from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.wire import WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.local import SkewedClock, SystemClock
 
 
@@ -51,3 +58,71 @@ async def test_server_closing_is_noticed(nats_server: EmbeddedNats) -> None:
     wire = await open_wire(nats_server.url, lambda m: None, SystemClock())
     nats_server.stop()
     await asyncio.wait_for(wire.closed, 10)
+
+
+# -- JWT mode --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, NatsAuthority]]:
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
+    server.start()
+    try:
+        yield server, authority
+    finally:
+        server.stop()
+
+
+def _site_creds(authority: NatsAuthority, site: str, path: Path) -> Path:
+    seed = jwt.new_seed(KeyKind.USER)
+    jwt.write_private(path, jwt.creds_text(authority.mint_site_jwt(site, jwt.public_key(seed)), seed))
+    return path
+
+
+async def test_wire_signs_the_nonce_with_its_creds(
+    auth_server: tuple[EmbeddedNats, NatsAuthority], tmp_path: Path
+) -> None:
+    server, authority = auth_server
+    creds = _site_creds(authority, "s1", tmp_path / "s1.creds")
+    got: list[WireMessage] = []
+    wire = await open_wire(server.url, got.append, SystemClock(), creds=creds)
+    inbox = new_inbox(site_inbox_prefix("s1"))
+    wire.subscribe(inbox)
+    hub = await nats.connect(server.url, user_credentials=str(authority.hub_creds_path))
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"t2t3")
+
+    await hub.subscribe("citycast.time", cb=answer)
+    await hub.flush()
+    wire.publish("citycast.time", b"t1", reply=inbox)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert [(m.subject, m.payload) for m in got] == [(inbox, b"t2t3")]
+    await hub.close()
+    wire.close()
+
+
+async def test_wire_without_valid_creds_is_refused(
+    auth_server: tuple[EmbeddedNats, NatsAuthority], tmp_path: Path
+) -> None:
+    server, authority = auth_server
+    with pytest.raises(WireError, match="Authorization Violation"):
+        await open_wire(server.url, lambda m: None, SystemClock())
+    # A JWT for someone else's key: the nonce signature does not match it.
+    seed = jwt.new_seed(KeyKind.USER)
+    other = authority.mint_site_jwt("s1", jwt.public_key(jwt.new_seed(KeyKind.USER)))
+    bad = tmp_path / "bad.creds"
+    jwt.write_private(bad, jwt.creds_text(other, seed))
+    with pytest.raises(WireError, match="Authorization Violation"):
+        await open_wire(server.url, lambda m: None, SystemClock(), creds=bad)
+    with pytest.raises(WireError, match="cannot read creds"):
+        await open_wire(server.url, lambda m: None, SystemClock(), creds=tmp_path / "missing.creds")
+
+
+async def test_creds_against_a_server_without_auth_is_a_clear_error(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    with pytest.raises(WireError, match="no nonce"):
+        await open_wire(nats_server.url, lambda m: None, SystemClock(), creds=authority.hub_creds_path)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import nats
 import pytest
 
-from citycast.bus.server import EmbeddedNats
+from citycast.bus import jwt
+from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.jwt import KeyKind
+from citycast.bus.server import EmbeddedNats, free_port
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
@@ -134,3 +138,30 @@ async def test_site_syncs_to_city_responder_that_syncs_to_hub(nats_url: str) -> 
         await city.stop()
         await city_sync.stop()
         await hub.stop()
+
+
+async def test_site_syncs_over_a_server_in_jwt_mode(tmp_path: Path) -> None:
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
+    server.start()
+    seed = jwt.new_seed(KeyKind.USER)
+    creds = tmp_path / "s1.creds"
+    jwt.write_private(creds, jwt.creds_text(authority.mint_site_jwt("s1", jwt.public_key(seed)), seed))
+    hub = TimeResponder(server.url, "citycast.time", SystemClock(), creds=authority.hub_creds_path)
+    site_clock = SkewedClock(offset_ns=-400_000_000, ppm=30.0)
+    sync = ClockSync(server.url, "citycast.time", site_clock, creds=creds, inbox_prefix=site_inbox_prefix("s1"))
+    # The same site on the default inbox: its permissions do not let it hear the answers.
+    wrong = ClockSync(server.url, "citycast.time", site_clock, creds=creds, timeout_s=0.2, retry_interval_s=0.1)
+    try:
+        await hub.start()
+        await sync.start()
+        await wrong.start()
+        est = sync.estimator
+        assert await wait_until(lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 1 * MS, 10)
+        assert await wait_until(lambda: wrong.failures >= 3, 5)
+        assert wrong.exchanges == 0
+    finally:
+        await wrong.stop()
+        await sync.stop()
+        await hub.stop()
+        server.stop()

@@ -4,15 +4,20 @@ credentials, an address to one zone, its recording, and revocation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 import av
 import httpx
+import nats
+import websockets
 
 from citycast.bus.server import free_port
 from citycast.clock.local import SystemClock
 from citycast.hub.runtime import Hub, HubOptions
+from citycast.media.frame import FrameSigner
+from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
 from citycast.site.enrol import enrol
 from citycast.site.run import SiteOptions, build_site
@@ -64,6 +69,7 @@ async def _scenario(tmp: Path) -> None:
             while set((await states()).values()) != {"idle"}:
                 assert time.monotonic() < deadline, await states()
                 await asyncio.sleep(0.3)
+            await _forged_audio_alerts_within_10_s(hub, api)
             r = await api.post(
                 "/api/addresses", json={"title": "t", "source": "tone", "zone_ids": [zones[0]], "priority": "live"}
             )
@@ -99,6 +105,35 @@ async def _scenario(tmp: Path) -> None:
             assert {"site.create", "address.start", "address.stop", "site.revoke"} <= actions
     finally:
         await hub.stop()
+
+
+async def _forged_audio_alerts_within_10_s(hub: Hub, api: httpx.AsyncClient) -> None:
+    """A stranger's audio (signed with a key no site trusts) is refused by the sites and raised as a critical
+    alert on the console's live feed within 10 s."""
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+    ws_url = hub.http_url.replace("http://", "ws://") + f"/api/ws?token={token}"
+    async with websockets.connect(ws_url, max_size=None) as ws:
+        assert json.loads(await ws.recv())["type"] == "snapshot"
+        assert hub.authority is not None
+        nc = await nats.connect(hub.nats_url, user_credentials=str(hub.authority.hub_creds_path))
+        stranger = FrameSigner(generate_private_key())
+        t0 = time.monotonic()
+        for seq in range(5):
+            frame = stranger.sign(channel=1, stream=7, seq=seq, ts_ns=time.time_ns(), packets=[b"\xfc\xff\xfe"])
+            await nc.publish("citycast.audio.1", frame)
+        await nc.flush()
+        alert = None
+        while time.monotonic() - t0 < 10:
+            try:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 10 - (time.monotonic() - t0)))
+            except TimeoutError:
+                break
+            if event.get("type") == "alert" and event["alert"]["kind"] == "rejected_frames":
+                alert = event["alert"]
+                break
+        await nc.close()
+        assert alert is not None, "no alert within 10 s of forged audio"
+        assert alert["severity"] == "critical" and alert["site"] == "saddar-1"
 
 
 def test_hub_end_to_end(tmp_path: Path) -> None:

@@ -249,7 +249,8 @@ class NatsAuthority:
                 user_credentials=str(self.sys_creds_path),
                 connect_timeout=timeout,
                 allow_reconnect=False,
-                max_reconnect_attempts=0,
+                max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
+                reconnect_time_wait=0.2,
             )
         except Exception as e:  # nats-py raises several unrelated types for "cannot connect"
             raise AuthorityError(f"cannot push the account to the NATS server at {nats_url}: {e!r}") from e
