@@ -122,10 +122,10 @@ async def _scenario(url: str, db: Database, media: Path) -> None:
     # Volume and mute changes reach the desired state.
     with db.session() as s:
         site = s.query(Site).filter_by(name="s3").one()
-        site.volume, site.muted = 0.5, True
+        site.volume, site.muted, site.fallback = 0.5, True, "silence"
     await mgr.refresh_sites(["s3"])
     d3 = (await _desired(store))["s3"]
-    assert d3 is not None and d3.volume == 0.5 and d3.muted and d3.gain == 0.0
+    assert d3 is not None and d3.volume == 0.5 and d3.muted and d3.gain == 0.0 and d3.fallback == "silence"
 
     # A duration ends the address by itself; a bad source or zone is refused with a message.
     short = await mgr.start(

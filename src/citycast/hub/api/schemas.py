@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,6 +101,8 @@ class ZoneOut(BaseModel):
 class ControlIn(Strict):
     volume: Volume | None = None
     muted: bool | None = None
+    # What a site plays when its stream is lost: its own fallback audio ("default") or nothing ("silence").
+    fallback: Literal["default", "silence"] | None = None
 
 
 class ZoneControlOut(BaseModel):
@@ -120,6 +122,7 @@ class SiteOut(BaseModel):
     zone: str | None
     volume: float
     muted: bool
+    fallback: str = "default"
     enrolled: bool
     revoked: bool
     state: str

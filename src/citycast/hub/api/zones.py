@@ -92,8 +92,8 @@ async def delete_zone(zone_id: PathId, request: Request, user: Admin, ctx: Ctx) 
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
 async def control_zone(zone_id: PathId, body: ControlIn, request: Request, user: Operator, ctx: Ctx) -> ZoneControlOut:
-    if body.volume is None and body.muted is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give volume, muted or both")
+    if body.volume is None and body.muted is None and body.fallback is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give volume, muted or fallback")
     with ctx.db.session() as s:
         zone = s.get(Zone, zone_id)
         if zone is None:
@@ -104,6 +104,8 @@ async def control_zone(zone_id: PathId, body: ControlIn, request: Request, user:
                 site.volume = body.volume
             if body.muted is not None:
                 site.muted = body.muted
+            if body.fallback is not None:
+                site.fallback = body.fallback
             names.append(site.name)
         record(
             s,
