@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from citycast.bus.subjects import Subjects
-from citycast.hub.db.models import Priority
+from citycast.hub.scheduler import AddressStarter
 
 if TYPE_CHECKING:
     from citycast.bus.authority import NatsAuthority
@@ -22,24 +22,9 @@ if TYPE_CHECKING:
     from citycast.hub.metrics import TelemetryCounters
 
 
-class AddressControl(Protocol):
-    """What is on air, as the API drives it (the runtime's `AddressManager`)."""
-
-    async def start(
-        self,
-        *,
-        title: str,
-        source: str,
-        zone_ids: list[int],
-        priority: Priority,
-        speaker: str,
-        user_id: int | None,
-        duration_s: float | None = None,
-        schedule_id: int | None = None,
-    ) -> int:
-        """Put an address on air; returns its id. Raises ValueError (a message for the user) for a bad source
-        or unknown zones."""
-        ...
+class AddressControl(AddressStarter, Protocol):
+    """What is on air, as the API drives it (the runtime's `AddressManager`). `start` (from the scheduler's
+    `AddressStarter`) raises ValueError with a message for the user for a bad source or unknown zones."""
 
     async def stop(self, address_id: int, reason: str) -> None: ...
 
