@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import nats
 import pytest
 
+from citycast.bus.authority import NatsAuthority
 from citycast.bus.server import EmbeddedNats, NatsServerError, find_nats_server, free_port
 
 
@@ -47,3 +49,26 @@ def test_refuses_a_taken_port_with_a_clear_message() -> None:
         port = s.getsockname()[1]
         with pytest.raises(NatsServerError, match="already in use"):
             EmbeddedNats(port=port).start()
+
+
+def test_auth_config_puts_the_server_in_operator_mode(tmp_path: Path) -> None:
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
+    assert server.config_text(tmp_path / "js").endswith(authority.server_config())
+    assert "operator:" not in EmbeddedNats(port=1).config_text(tmp_path / "js")  # anonymous by default
+    server.start()
+    try:
+
+        async def check() -> None:
+            with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+                await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=1)
+            nc = await nats.connect(server.url, user_credentials=str(authority.hub_creds_path))
+            js = nc.jetstream()
+            await js.add_stream(name="probe", subjects=["probe.>"])  # JetStream works in operator mode
+            ack = await js.publish("probe.x", b"kept")
+            assert ack.seq == 1
+            await nc.close()
+
+        asyncio.run(check())
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.wire import WireError, WireMessage, new_inbox, open_wire
+from citycast.bus.wire import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.local import SkewedClock, SystemClock
 
 
@@ -126,3 +127,20 @@ async def test_creds_against_a_server_without_auth_is_a_clear_error(nats_server:
     authority = NatsAuthority.load_or_create(tmp_path / "auth")
     with pytest.raises(WireError, match="no nonce"):
         await open_wire(nats_server.url, lambda m: None, SystemClock(), creds=authority.hub_creds_path)
+
+
+async def test_commands_given_before_the_servers_info_are_sent_after_connect(nats_server: EmbeddedNats) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", nats_server.port))
+    got: list[WireMessage] = []
+    wire = NatsWire(sock, got.append, SystemClock())
+    wire.subscribe("early")  # INFO has not been read yet
+    wire.publish("early", b"first")
+    await asyncio.wait_for(wire.ready, 5)
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert [m.payload for m in got] == [b"first"]
+    wire.close()

@@ -66,6 +66,7 @@ class NatsWire:
         self._auth = {k: v for k, v in (("user", user), ("pass", password)) if v}
         self._creds = creds
         self._connect_sent = False
+        self._early = bytearray()  # commands given before the server's INFO let us send CONNECT
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -98,7 +99,16 @@ class NatsWire:
             opts["jwt"] = self._creds.jwt
             opts["sig"] = self._creds.sign_nonce(nonce)
         self._connect_sent = True
-        self._write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
+        early, self._early = bytes(self._early), bytearray()
+        self._write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n" + early)
+
+    def _command(self, data: bytes) -> None:
+        if self._connect_sent:
+            self._write(data)
+        elif self.closed.done():
+            raise WireError("not connected")
+        else:
+            self._early += data
 
     # -- socket -------------------------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -231,13 +241,13 @@ class NatsWire:
     # -- commands -----------------------------------------------------------------------------------------
     def subscribe(self, subject: str) -> int:
         self._sid += 1
-        self._write(f"SUB {subject} {self._sid}\r\n".encode())
+        self._command(f"SUB {subject} {self._sid}\r\n".encode())
         return self._sid
 
     def publish(self, subject: str, payload: bytes, reply: str | None = None) -> None:
         """Written to the socket now, not queued: a timestamp taken just before this call is honest."""
         head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else f"PUB {subject} {len(payload)}\r\n"
-        self._write(head.encode() + payload + b"\r\n")
+        self._command(head.encode() + payload + b"\r\n")
 
 
 async def open_wire(

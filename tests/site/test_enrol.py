@@ -1,0 +1,212 @@
+"""Enrolment against a small real HTTP hub (FastAPI under uvicorn, in a thread) that mints with a real
+NatsAuthority; the credentials then open a real nats-server in JWT mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import nats
+import pytest
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
+
+from citycast.bus import jwt
+from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.jwt import KeyKind
+from citycast.bus.server import EmbeddedNats, free_port
+from citycast.site.enrol import CredentialsFileError, EnrolError, SiteCredentials, default_path, enrol
+
+TRUSTED = "ab" * 32
+
+
+class EnrolIn(BaseModel):
+    token: str
+    nkey_public: str
+
+
+@dataclass
+class FakeHub:
+    """The hub's side of the contract in docs/hub-internals.md, reduced to one site and one token."""
+
+    authority: NatsAuthority
+    nats_url: str
+    tokens: dict[str, str] = field(default_factory=lambda: {"tok-1": "s1"})
+    received: list[dict[str, str]] = field(default_factory=list)
+    answer_override: dict[str, object] | None = None
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/api/enrol")
+        def do_enrol(body: EnrolIn) -> dict[str, object]:
+            self.received.append(body.model_dump())
+            site = self.tokens.pop(body.token, None)
+            if site is None:
+                raise HTTPException(401, "enrolment token unknown, used or expired")
+            try:
+                user_jwt = self.authority.mint_site_jwt(site, body.nkey_public)
+            except ValueError as e:
+                raise HTTPException(400, str(e)) from e
+            if self.answer_override is not None:
+                return self.answer_override
+            return {
+                "site": site,
+                "prefix": "citycast",
+                "nats_urls": [self.nats_url],
+                "user_jwt": user_jwt,
+                "trusted_keys": [TRUSTED],
+                "delay_ms": 250,
+                "time_subject": "citycast.time",
+                "inbox_prefix": site_inbox_prefix(site),
+            }
+
+        return app
+
+
+@pytest.fixture
+def nats_auth(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, NatsAuthority]]:
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
+    server.start()
+    try:
+        yield server, authority
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hub(nats_auth: tuple[EmbeddedNats, NatsAuthority]) -> Iterator[tuple[str, FakeHub]]:
+    server, authority = nats_auth
+    fake = FakeHub(authority, server.url)
+    port = free_port()
+    web = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not web.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert web.started
+    try:
+        yield f"http://127.0.0.1:{port}", fake
+    finally:
+        web.should_exit = True
+        thread.join(timeout=10)
+
+
+async def test_enrol_keeps_the_seed_local_and_the_creds_work(hub: tuple[str, FakeHub], tmp_path: Path) -> None:
+    url, fake = hub
+    path = tmp_path / "etc" / "citycast" / "site.json"
+    creds = await enrol(url + "/", "tok-1", path)
+    assert creds.site == "s1" and creds.trusted_keys == [TRUSTED] and creds.delay_ms == 250
+    # Only the public key went over the wire; the seed is the site's own.
+    assert fake.received == [{"token": "tok-1", "nkey_public": creds.nkey_public}]
+    assert creds.seed not in json.dumps(fake.received)
+    assert jwt.decode(creds.user_jwt)["sub"] == creds.nkey_public
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert SiteCredentials.load(path) == creds
+    creds_path = path.with_suffix(".creds")
+    assert creds_path.stat().st_mode & 0o777 == 0o600
+
+    nc = await nats.connect(creds.nats_urls[0], user_credentials=str(creds_path), inbox_prefix=creds.inbox_prefix)
+    sub = await nc.subscribe("citycast.cmd.s1")
+    await nc.publish("citycast.telemetry.s1", b"{}")
+    await nc.flush(timeout=3)
+    assert nc.is_connected and sub is not None
+    await nc.close()
+
+    # The token worked once.
+    with pytest.raises(EnrolError, match=r"refused enrolment \(401\): enrolment token unknown"):
+        await enrol(url, "tok-1", tmp_path / "again.json")
+    assert not (tmp_path / "again.json").exists()
+
+
+async def test_enrol_errors_are_clear(hub: tuple[str, FakeHub], tmp_path: Path) -> None:
+    url, fake = hub
+    path = tmp_path / "site.json"
+    with pytest.raises(EnrolError, match="token is empty"):
+        await enrol(url, "  ", path)
+    with pytest.raises(EnrolError, match="cannot reach the hub"):
+        await enrol(f"http://127.0.0.1:{free_port()}", "tok-1", path, timeout=2)
+    fake.answer_override = {"site": "s1", "prefix": "citycast"}
+    with pytest.raises(EnrolError, match=r"not usable: missing .*user_jwt"):
+        await enrol(url, "tok-1", path)
+    # A JWT minted for another key than the one this site sent must not be stored.
+    fake.tokens["tok-2"] = "s1"
+    other = fake.authority.mint_site_jwt("s1", jwt.public_key(jwt.new_seed(KeyKind.USER)))
+    fake.answer_override = {
+        "site": "s1",
+        "prefix": "citycast",
+        "nats_urls": ["nats://x:4222"],
+        "user_jwt": other,
+        "trusted_keys": [],
+        "delay_ms": 100,
+        "time_subject": "citycast.time",
+        "inbox_prefix": "_INBOX_s1",
+    }
+    with pytest.raises(EnrolError, match="not issued for this site's key"):
+        await enrol(url, "tok-2", path)
+    assert not path.exists()
+
+
+def _sample(tmp_path: Path) -> SiteCredentials:
+    seed = jwt.new_seed(KeyKind.USER)
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    return SiteCredentials(
+        site="s1",
+        prefix="citycast",
+        nats_urls=["nats://127.0.0.1:4222"],
+        user_jwt=authority.mint_site_jwt("s1", jwt.public_key(seed)),
+        seed=seed,
+        trusted_keys=[TRUSTED],
+        delay_ms=80.0,
+        time_subject="citycast.time",
+        inbox_prefix="_INBOX_s1",
+    )
+
+
+def test_load_refuses_missing_corrupt_and_exposed_files(tmp_path: Path) -> None:
+    path = tmp_path / "site.json"
+    with pytest.raises(CredentialsFileError, match="does not exist: enrol"):
+        SiteCredentials.load(path)
+    creds = _sample(tmp_path)
+    creds.save(path)
+    assert SiteCredentials.load(path) == creds
+    os.chmod(path, 0o644)
+    with pytest.raises(CredentialsFileError, match=r"readable by others .*0644.*chmod 600"):
+        SiteCredentials.load(path)
+    os.chmod(path, 0o600)
+    path.write_text("{not json")
+    with pytest.raises(CredentialsFileError, match="not readable JSON"):
+        SiteCredentials.load(path)
+    data = json.loads(creds.to_json())
+    for broken, message in (
+        ({k: v for k, v in data.items() if k != "seed"}, "missing seed"),
+        ({**data, "delay_ms": "soon"}, "delay_ms"),
+        ({**data, "trusted_keys": ["xyz"]}, "64 hex digits"),
+        ({**data, "seed": jwt.new_seed(KeyKind.USER)}, "not issued for this site's key"),
+        ([1, 2], "not a JSON object"),
+    ):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(CredentialsFileError, match=message):
+            SiteCredentials.load(path)
+
+
+def test_creds_file_is_what_nats_reads(tmp_path: Path) -> None:
+    creds = _sample(tmp_path)
+    written = creds.creds_file(tmp_path / "box" / "site.json")
+    assert written == tmp_path / "box" / "site.creds"
+    assert written.stat().st_mode & 0o777 == 0o600
+    assert jwt.load_creds(written) == jwt.Credentials(creds.user_jwt, creds.seed)
+    assert replace(creds, delay_ms=90.0).delay_ms == 90.0
+
+
+def test_default_path_depends_on_who_runs_it() -> None:
+    expected = Path("/etc/citycast/site.json") if os.geteuid() == 0 else Path.home() / ".config/citycast/site.json"
+    assert default_path() == expected
