@@ -170,8 +170,15 @@ def ingest(
     report: Annotated[
         Path | None, typer.Option(help="Write the stream's facts (stream id, start time…) as JSON.")
     ] = None,
+    creds: Annotated[
+        Path | None,
+        typer.Option(help="NATS credentials of the ingest user (a hub's DATA_DIR/nats-auth/ingest.creds)."),
+    ] = None,
 ) -> None:
-    """Send a source live on a channel: Opus 20 ms frames, stamped with the broadcast clock, signed."""
+    """Send a source live on a channel: Opus 20 ms frames, stamped with the broadcast clock, signed.
+
+    Against a hub (`citycast serve`), use its key and the ingest user: --key DATA_DIR/ingest.key
+    --creds DATA_DIR/nats-auth/ingest.creds."""
     from citycast.ingest.run import IngestOptions, run_ingest
     from citycast.media.keys import KeyFileError, load_private_key
     from citycast.media.sources import SourceError, open_source
@@ -192,6 +199,7 @@ def ingest(
         bitrate=bitrate,
         seconds=seconds,
         report_path=report,
+        creds=creds,
     )
     result = runtime.run(run_ingest(src, private, opts))
     if result is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import nats
 
 from citycast.bus import jwt
+from citycast.bus.desired import desired_bucket
 from citycast.bus.jwt import KeyKind, Permissions
 from citycast.bus.subjects import Subjects
 
@@ -36,10 +37,6 @@ SITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 class AuthorityError(RuntimeError):
     pass
-
-
-def desired_bucket(subjects: Subjects) -> str:
-    return f"{subjects.prefix}-desired"
 
 
 def site_inbox_prefix(site: str) -> str:

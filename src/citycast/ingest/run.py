@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from citycast.bus.authority import INGEST_INBOX_PREFIX
 from citycast.bus.connection import connect
 from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
@@ -26,10 +27,17 @@ class IngestOptions:
     bitrate: int = 64_000
     seconds: float | None = None
     report_path: Path | None = None
+    creds: Path | None = None  # the ingest's NATS credentials when the bus runs in JWT mode (hub: nats-auth/)
 
 
 async def run_ingest(source: Source, key: Ed25519PrivateKey, opts: IngestOptions) -> IngestReport:
-    nc = await connect(opts.nats_url, name=f"ingest:{opts.channel}", forever=False)
+    nc = await connect(
+        opts.nats_url,
+        name=f"ingest:{opts.channel}",
+        forever=False,
+        creds=opts.creds,
+        inbox_prefix=INGEST_INBOX_PREFIX if opts.creds else None,
+    )
     clock = SystemClock()  # ingest runs beside the hub, whose clock *is* the broadcast clock
     caster = Broadcaster(
         nc,

@@ -99,7 +99,7 @@ class SiteCredentials:
             st = path.stat()
         except FileNotFoundError:
             raise CredentialsFileError(
-                f"{path} does not exist: enrol this site first (citycast enrol --hub URL --token TOKEN)"
+                f"{path} does not exist: enrol this site first (citycast site --enrol HUB_URL TOKEN)"
             ) from None
         except OSError as e:
             raise CredentialsFileError(f"cannot read {path}: {e.strerror or e}") from e
