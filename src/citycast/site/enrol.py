@@ -120,7 +120,14 @@ class SiteCredentials:
     def creds_file(self, next_to: Path) -> Path:
         """Write the NATS creds file (user JWT + seed, 0600) beside the JSON file `next_to`; return its path."""
         path = next_to.with_suffix(".creds")
-        jwt.write_private(path, jwt.creds_text(self.user_jwt, self.seed))
+        text = jwt.creds_text(self.user_jwt, self.seed)
+        # Written at enrolment; a service that runs with its config directory read-only must still start.
+        try:
+            if path.read_text() == text and not path.stat().st_mode & 0o077:
+                return path
+        except OSError:
+            pass
+        jwt.write_private(path, text)
         return path
 
 
