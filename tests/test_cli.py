@@ -78,3 +78,20 @@ def test_serve_on_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         p = run("serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "hub"))
     assert p.returncode == 2
     assert "already in use" in p.stderr
+
+
+def test_serve_with_a_bad_database_url_or_a_taken_http_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    from citycast.bus.server import free_port
+
+    p = run("serve", "--db", "foo://x", "--data-dir", str(tmp_path / "a"), "--listen", f"127.0.0.1:{free_port()}")
+    assert p.returncode == 2 and "unsupported database" in p.stderr and "Traceback" not in p.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = run("serve", "--http", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "b"),
+                "--listen", f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert p.returncode == 2 and "could not listen" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr

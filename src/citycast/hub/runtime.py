@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from citycast.bus.authority import NatsAuthority
 from citycast.bus.connection import connect
-from citycast.bus.server import EmbeddedNats, LeafRemote
+from citycast.bus.server import EmbeddedNats, LeafRemote, port_is_free
 from citycast.bus.subjects import Subjects
 from citycast.hub.addresses import AddressManager, RecordingHandle
 from citycast.hub.alerts import AlertRules
@@ -139,6 +139,11 @@ class Hub:
 
     # -- start --------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        if not port_is_free(self.opts.http_host, self.opts.http_port):
+            raise ServeError(
+                f"the HTTP server could not listen on {self.opts.http_host}:{self.opts.http_port}: the port is in "
+                "use (choose another with --http HOST:PORT)"
+            )
         for d in (self.data_dir, self.recordings_dir, self.media_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
@@ -215,7 +220,7 @@ class Hub:
             ws_ping_interval=20,
         )
         self._uvicorn = _QuietServer(config)
-        serving = asyncio.create_task(self._uvicorn.serve())
+        serving = asyncio.create_task(self._serve_http(self._uvicorn))
         self._tasks.append(serving)
         for _ in range(200):
             if self._uvicorn.started or serving.done():
@@ -224,6 +229,14 @@ class Hub:
         if serving.done() or not self._uvicorn.started:
             await self.stop()
             raise ServeError(f"the HTTP server could not listen on {self.opts.http_host}:{self.opts.http_port}")
+
+    @staticmethod
+    async def _serve_http(server: uvicorn.Server) -> None:
+        # uvicorn ends a failed start with sys.exit(); inside a bigger process that must not end the process.
+        try:
+            await server.serve()
+        except SystemExit as e:
+            raise ServeError(f"the HTTP server stopped (exit {e.code})") from None
 
     def _ingest_key(self) -> Any:
         path = self.data_dir / "ingest.key"

@@ -38,8 +38,8 @@ async def run_hub(
 
 async def run_full_hub(opts: HubOptions, console: Console, *, duration: float | None = None) -> None:
     """`citycast serve`: the whole hub until SIGINT/SIGTERM (or `duration`)."""
-    hub = Hub(opts)
     try:
+        hub = Hub(opts)
         await hub.start()
     except DatabaseError as e:
         raise ValueError(str(e)) from None
