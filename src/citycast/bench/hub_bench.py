@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import websockets
 
 from citycast.bench.fleet import citycast_argv
@@ -49,11 +50,17 @@ class ConsoleFigures:
 @dataclass
 class HubBenchResult:
     kind: str
+    hub_idle_cpu_percent: float  # baseline, same run: the hub with its sites created and none reporting
+    hub_idle_rss_mb: float
     console: ConsoleFigures | None
     load: HubLoadFigures
 
+    @property
+    def cpu_ratio(self) -> float:
+        return self.load.hub_cpu_percent / max(self.hub_idle_cpu_percent, 0.01)
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "hub_cpu_vs_idle": round(self.cpu_ratio, 1)}
 
 
 def _pct(xs: list[float]) -> dict[str, float]:
@@ -180,8 +187,17 @@ async def _console(base: str, token: str, fleet: LightFleet, names: list[str], c
             await browser.close()
 
 
+async def _idle(pid: int, seconds: float) -> tuple[float, float]:
+    proc = psutil.Process(pid)
+    await asyncio.sleep(2)  # the site creation burst is over
+    c0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
+    await asyncio.sleep(seconds)
+    c1, t1 = sum(proc.cpu_times()[:2]), time.monotonic()
+    return 100 * (c1 - c0) / (t1 - t0), proc.memory_info().rss / 2**20
+
+
 async def run_hub_bench(
-    *, sites: int, seconds: float, changes: int, browser: bool, work: Path | None = None
+    *, sites: int, seconds: float, changes: int, browser: bool, work: Path | None = None, idle_s: float = 10.0
 ) -> HubBenchResult:
     tmp = Path(tempfile.mkdtemp(prefix="citycast-hubbench-")) if work is None else work
     tmp.mkdir(parents=True, exist_ok=True)
@@ -195,6 +211,8 @@ async def run_hub_bench(
             token = r.json()["token"]
             api.headers["Authorization"] = f"Bearer {token}"
             names = await _seed(api, sites)
+        assert hub.proc is not None
+        idle_cpu, idle_rss = await _idle(hub.proc.pid, idle_s)
         console = None
         if browser:
             fleet = LightFleet(hub.nats_url, names, creds=str(hub.creds))
@@ -204,7 +222,6 @@ async def run_hub_bench(
                 console = await _console(hub.base, token, fleet, names, changes)
             finally:
                 await fleet.stop()
-            await asyncio.sleep(12)  # the sites go offline in the hub's eyes before the load phase starts them again
         assert hub.proc is not None
         load = await measure_hub_load(
             hub.nats_url,
@@ -216,7 +233,7 @@ async def run_hub_bench(
             events=_ws_events(hub.base, token),
             creds=str(hub.creds),
         )
-        return HubBenchResult(LABEL, console, load)
+        return HubBenchResult(LABEL, round(idle_cpu, 2), round(idle_rss, 1), console, load)
     finally:
         await asyncio.to_thread(hub.stop)
         if work is None:
