@@ -86,6 +86,10 @@ def serve(
     zone: Annotated[
         str | None, typer.Option(help="Run only a city time responder (subject time.ZONE), no hub.")
     ] = None,
+    city_bundle: Annotated[
+        Path | None,
+        typer.Option(help="With --zone: the city bundle from `citycast city-bundle` (join a hub in JWT mode)."),
+    ] = None,
     time_upstream: Annotated[bool, typer.Option(help="Sync this responder to the hub's clock over the bus.")] = False,
     delay_ms: Annotated[float, typer.Option(help="Playout delay D of the hub's channels.")] = 80.0,
     prefix: PrefixOpt = "citycast",
@@ -104,7 +108,29 @@ def serve(
 
         server = None
         url = nats
-        if url is None:
+        time_creds: Path | None = None
+        if city_bundle is not None:
+            from citycast.bus.authority import CityBundle, CityBundleError
+
+            try:
+                bundle = CityBundle.load(city_bundle)
+            except CityBundleError as e:
+                fail(str(e))
+            if not leaf_remote:
+                fail("--city-bundle needs --leaf-remote nats://HUB:LEAF_PORT")
+            assert leaf_remote is not None
+            if zone != bundle.zone:
+                fail(f"the bundle is for zone {bundle.zone!r}, not {zone!r}")
+            server, files = bundle.embedded_nats(
+                leaf_remote,
+                data_dir / "city",
+                host=host,
+                port=int(port),
+                binary=nats_server,
+                leaf_listen_port=leaf_listen,
+            )
+            prefix, time_creds = bundle.prefix, files.time_creds
+        elif url is None:
             server = EmbeddedNats(
                 host=host,
                 port=int(port),
@@ -112,14 +138,18 @@ def serve(
                 leaf_listen_port=leaf_listen,
                 leaf_remotes=[LeafRemote(leaf_remote)] if leaf_remote else [],
             )
+        if server is not None:
             try:
                 server.start()
             except NatsServerError as e:
                 fail(str(e))
             url = server.url
             console.print(f"NATS listening on {listen} (pid {server.pid})")
+        assert url is not None
         try:
-            runtime.run(run_hub(url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration))
+            runtime.run(
+                run_hub(url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration, creds=time_creds)
+            )
         finally:
             if server is not None:
                 server.stop()
@@ -149,6 +179,29 @@ def serve(
         runtime.run(run_full_hub(opts, console, duration=duration))
     except (ValueError, RuntimeError, NatsServerError) as e:
         fail(str(e))
+
+
+@app.command("city-bundle")
+def city_bundle_cmd(
+    zone: Annotated[str, typer.Option(help="The city's zone name (its time subject time.ZONE).")],
+    out: Annotated[Path, typer.Option(help="Where to write the bundle (0600): copy it to the city server.")],
+    data_dir: Annotated[Path, typer.Option(help="The hub's --data-dir.")] = Path("citycast-data"),
+    prefix: PrefixOpt = "citycast",
+) -> None:
+    """Make what a city server needs to join this hub's bus in JWT mode: accounts, leaf and time-responder users.
+
+    On the city server: citycast serve --zone ZONE --city-bundle FILE --leaf-remote nats://HUB:LEAF_PORT"""
+    from citycast.bus.authority import AuthorityError, NatsAuthority
+    from citycast.bus.subjects import Subjects
+
+    auth_dir = data_dir / "nats-auth"
+    if not auth_dir.is_dir():
+        fail(f"{auth_dir} does not exist: run `citycast serve --data-dir {data_dir}` once first")
+    try:
+        NatsAuthority.load_or_create(auth_dir, Subjects(prefix)).city_bundle(out, zone)
+    except (AuthorityError, ValueError) as e:
+        fail(str(e))
+    console.print(f"wrote {out} (0600, holds the city's NATS secrets) for zone {zone!r}")
 
 
 @app.command()

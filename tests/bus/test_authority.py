@@ -339,7 +339,7 @@ def test_keys_persist_privately(tmp_path: Path) -> None:
 
 def test_site_permissions_are_narrow() -> None:
     perms = site_permissions("s1", SUBJECTS)
-    assert set(perms.sub) == {"citycast.audio.*", "citycast.cmd.s1", "_INBOX_s1.>"}
+    assert set(perms.sub) == {"citycast.audio.*", "citycast.cmd.s1", "_INBOX_site.s1.>"}
     assert "citycast.telemetry.s1" in perms.pub
     assert not any(p.startswith("citycast.audio") or p.startswith("citycast.cmd") for p in perms.pub)
     assert not any(p.endswith(">") and not p.startswith("$JS.FC.") for p in perms.pub)

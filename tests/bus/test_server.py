@@ -8,7 +8,7 @@ import nats
 import pytest
 
 from citycast.bus.authority import NatsAuthority
-from citycast.bus.server import EmbeddedNats, NatsServerError, find_nats_server, free_port
+from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, find_nats_server, free_port
 
 
 def test_finds_the_wheels_binary() -> None:
@@ -72,3 +72,14 @@ def test_auth_config_puts_the_server_in_operator_mode(tmp_path: Path) -> None:
         asyncio.run(check())
     finally:
         server.stop()
+
+
+def test_leaf_remote_binds_creds_and_account(tmp_path: Path) -> None:
+    plain = EmbeddedNats(port=1, leaf_remotes=[LeafRemote("nats://hub:7422")]).config_text(tmp_path)
+    assert '{ url: "nats://hub:7422" }' in plain
+    creds = tmp_path / 'odd "dir"' / "leaf.creds"
+    text = EmbeddedNats(
+        port=1, leaf_listen_port=7422, leaf_remotes=[LeafRemote("nats://hub:7422", creds, "ABC")]
+    ).config_text(tmp_path)
+    assert 'listen: "127.0.0.1:7422"' in text
+    assert 'credentials: "' + str(creds).replace('"', '\\"') + '"' in text and 'account: "ABC"' in text

@@ -27,11 +27,17 @@ import nats
 from citycast.bus import jwt
 from citycast.bus.desired import desired_bucket
 from citycast.bus.jwt import KeyKind, Permissions
+from citycast.bus.server import EmbeddedNats, LeafRemote
 from citycast.bus.subjects import Subjects
 
 ACCOUNT_NAME = "CITYCAST"
 SYSTEM_ACCOUNT_NAME = "SYS"
 INGEST_INBOX_PREFIX = "_INBOX_ingest"
+# Every site's inbox sits under one root, so a city's leaf connection can be allowed all its sites' replies
+# with one subject (`_INBOX_site.>`) and nothing of the hub's own (`_INBOX.>`) or ingest's.
+SITE_INBOX_ROOT = "_INBOX_site"
+CITY_TIME_INBOX_PREFIX = "_INBOX_citytime"
+CITY_BUNDLE_VERSION = 1
 SITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -40,7 +46,7 @@ class AuthorityError(RuntimeError):
 
 
 def site_inbox_prefix(site: str) -> str:
-    return f"_INBOX_{site}"
+    return f"{SITE_INBOX_ROOT}.{site}"
 
 
 def check_site_name(site: str) -> str:
@@ -88,6 +94,52 @@ def ingest_permissions(subjects: Subjects) -> Permissions:
     return Permissions(
         pub=(f"{subjects.prefix}.audio.*", subjects.time(), f"{subjects.time()}.*"),
         sub=(f"{INGEST_INBOX_PREFIX}.>",),
+    )
+
+
+def city_time_permissions(zone: str, subjects: Subjects) -> Permissions:
+    """A city's time responder: answers `time.<zone>` (one reply per request, to whatever inbox asked) and
+    syncs itself to the hub's `time`, with replies on its own inbox prefix."""
+    check_site_name(zone)
+    return Permissions(
+        pub=(subjects.time(),),
+        sub=(subjects.time(zone), f"{CITY_TIME_INBOX_PREFIX}.>"),
+        responses=True,
+    )
+
+
+def leaf_permissions(subjects: Subjects) -> Permissions:
+    """The city's leaf connection in the CITYCAST account, as the hub sees it: `pub` is what the city may send
+    up, `sub` what the hub sends down. Down: audio, commands, and replies to the city's sites and time
+    responder. Up: telemetry, time requests and the KV watchers' flow-control answers. Never audio, commands or
+    KV writes up, and never the hub's or ingest's own inboxes down. The JetStream API itself does not use this
+    connection: nats-server denies `$JS.API.>` on every non-system leaf and carries it over the system
+    account's leaf instead (see `system_leaf_permissions`)."""
+    stream = f"KV_{desired_bucket(subjects)}"
+    return Permissions(
+        pub=(subjects.telemetry_all(), subjects.time(), f"$JS.FC.{stream}.>"),
+        sub=(
+            f"{subjects.prefix}.audio.*",
+            f"{subjects.prefix}.cmd.*",
+            f"{SITE_INBOX_ROOT}.>",
+            f"{CITY_TIME_INBOX_PREFIX}.>",
+        ),
+    )
+
+
+def system_leaf_permissions(subjects: Subjects) -> Permissions:
+    """The city's leaf connection in the system account. Down: account JWT updates (so a revocation pushed
+    at the hub reaches the city's resolver too) and JetStream API replies (`_R_.>`, the server's service-import
+    reply prefix). Up: only the JetStream calls a site's KV watch makes on the desired-state bucket, which a
+    JetStream-less city server forwards over the system account (it "extends" the hub's JetStream)."""
+    stream = f"KV_{desired_bucket(subjects)}"
+    return Permissions(
+        pub=(
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.INFO.{stream}.*",
+        ),
+        sub=("$SYS.REQ.CLAIMS.UPDATE", "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE", "_R_.>"),
     )
 
 
@@ -220,6 +272,32 @@ class NatsAuthority:
             "}\n"
         )
 
+    # -- city leafnodes -------------------------------------------------------------------------------------------
+    def city_bundle(self, path: Path, zone: str) -> CityBundle:
+        """Write (0600) what a city server for `zone` needs to join this hub as a leafnode: the trust chain as it
+        is now (revocations included) and fresh creds for its two leaf connections and its time responder. Each
+        call mints new users, so one city's identities can be revoked without touching another's."""
+        check_site_name(zone)
+
+        def creds(account_seed: str, name: str, permissions: Permissions) -> str:
+            seed = jwt.new_seed(KeyKind.USER)
+            return jwt.creds_text(jwt.user_jwt(account_seed, _pub(seed), name, permissions), seed)
+
+        bundle = CityBundle(
+            zone=zone,
+            prefix=self.subjects.prefix,
+            operator_jwt=self.operator_jwt(),
+            system_account=self.system_public,
+            system_account_jwt=self.system_account_jwt(),
+            account=self.account_public,
+            account_jwt=self.account_jwt(),
+            leaf_creds=creds(self.account_seed, f"leaf:{zone}", leaf_permissions(self.subjects)),
+            system_leaf_creds=creds(self.system_seed, f"sys-leaf:{zone}", system_leaf_permissions(self.subjects)),
+            time_creds=creds(self.account_seed, f"time:{zone}", city_time_permissions(zone, self.subjects)),
+        )
+        jwt.write_private(path, bundle.to_json())
+        return bundle
+
     # -- users --------------------------------------------------------------------------------------------------
     def mint_site_jwt(self, site: str, nkey_public: str, subjects: Subjects | None = None) -> str:
         """A user JWT for the site's own key (the site keeps its seed). Raises ValueError on a bad name or key."""
@@ -269,3 +347,147 @@ class NatsAuthority:
 
 def _pub(seed: str) -> str:
     return jwt.public_key(seed)
+
+
+class CityBundleError(AuthorityError):
+    pass
+
+
+@dataclass(frozen=True)
+class CityFiles:
+    """A bundle's secrets as the files nats-server and nats-py read (all 0600)."""
+
+    leaf_creds: Path
+    system_leaf_creds: Path
+    time_creds: Path
+    resolver_dir: Path
+
+
+@dataclass(frozen=True)
+class CityBundle:
+    """What `NatsAuthority.city_bundle` exports: a city server runs in operator mode under the hub's operator,
+    so the very site JWTs the hub minted work there, and its leaf connections log in to the hub as users."""
+
+    zone: str
+    prefix: str
+    operator_jwt: str
+    system_account: str
+    system_account_jwt: str
+    account: str
+    account_jwt: str
+    leaf_creds: str
+    system_leaf_creds: str
+    time_creds: str
+
+    def to_json(self) -> str:
+        return json.dumps({"version": CITY_BUNDLE_VERSION, **self.__dict__}, indent=1) + "\n"
+
+    @classmethod
+    def load(cls, path: Path) -> CityBundle:
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise CityBundleError(f"cannot read the city bundle {path}: {e.strerror or e}") from e
+        try:
+            return cls.parse(text)
+        except CityBundleError as e:
+            raise CityBundleError(f"{path}: {e}") from None
+
+    @classmethod
+    def parse(cls, text: str) -> CityBundle:
+        """Check everything a city server would otherwise fail on later, obscurely: shape, signatures, chain."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CityBundleError(f"not a city bundle (not JSON: {e})") from None
+        if not isinstance(data, dict) or data.get("version") != CITY_BUNDLE_VERSION:
+            raise CityBundleError(f"not a city bundle of version {CITY_BUNDLE_VERSION} (export it again at the hub)")
+        names = [f for f in cls.__dataclass_fields__]
+        missing = [n for n in names if not isinstance(data.get(n), str) or not data[n]]
+        if missing:
+            raise CityBundleError(f"city bundle lacks {', '.join(missing)}")
+        bundle = cls(**{n: data[n] for n in names})
+        try:
+            bundle._check()
+        except (jwt.JwtError, ValueError) as e:
+            raise CityBundleError(f"city bundle is not valid: {e}") from None
+        return bundle
+
+    def _check(self) -> None:
+        check_site_name(self.zone)
+        operator = jwt.decode(self.operator_jwt)
+        if operator["nats"].get("type") != "operator" or operator["iss"] != operator["sub"]:
+            raise ValueError("operator_jwt is not a self-signed operator JWT")
+        if operator["nats"].get("system_account") != self.system_account:
+            raise ValueError("system_account is not the operator's system account")
+        for key, token in ((self.system_account, self.system_account_jwt), (self.account, self.account_jwt)):
+            claims = jwt.decode(token)
+            if claims["nats"].get("type") != "account" or claims["iss"] != operator["sub"] or claims["sub"] != key:
+                raise ValueError(f"the JWT of account {key[:8]}… is not that account's, signed by the operator")
+        for what, text, issuer in (
+            ("leaf_creds", self.leaf_creds, self.account),
+            ("system_leaf_creds", self.system_leaf_creds, self.system_account),
+            ("time_creds", self.time_creds, self.account),
+        ):
+            creds = jwt.parse_creds(text)
+            claims = jwt.decode(creds.jwt)
+            if claims["iss"] != issuer or claims["sub"] != jwt.public_key(creds.seed):
+                raise ValueError(f"{what} is not a user of account {issuer[:8]}… holding its own seed")
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.prefix)
+
+    def install(self, dir: Path) -> CityFiles:
+        """Write the creds files into `dir` (0700) for nats-server and the time responder."""
+        files = CityFiles(dir / "leaf.creds", dir / "sys-leaf.creds", dir / "time.creds", dir / "resolver")
+        jwt.write_private(files.leaf_creds, self.leaf_creds)
+        jwt.write_private(files.system_leaf_creds, self.system_leaf_creds)
+        jwt.write_private(files.time_creds, self.time_creds)
+        return files
+
+    def server_config(self, resolver_dir: Path) -> str:
+        """The city server's nats.conf fragment: operator mode with the hub's JWTs preloaded, and JetStream off
+        but marked to extend the hub's (so KV calls from sites here reach the hub's bucket over the system
+        account's leaf; nats-server otherwise denies `$JS.API.>` across a leaf)."""
+        return (
+            f"operator: {_nats_string(self.operator_jwt)}\n"
+            f"system_account: {self.system_account}\n"
+            f"resolver: {{ type: full, dir: {_nats_string(str(resolver_dir))}, allow_delete: false }}\n"
+            "resolver_preload: {\n"
+            f"  {self.system_account}: {_nats_string(self.system_account_jwt)}\n"
+            f"  {self.account}: {_nats_string(self.account_jwt)}\n"
+            "}\n"
+            "jetstream: { enabled: false, extension_hint: will_extend }\n"
+        )
+
+    def leaf_remotes(self, hub_leaf_url: str, files: CityFiles) -> list[LeafRemote]:
+        """Two connections to the hub's leafnode port: the application account and the system account."""
+        return [
+            LeafRemote(hub_leaf_url, credentials=files.leaf_creds, account=self.account),
+            LeafRemote(hub_leaf_url, credentials=files.system_leaf_creds, account=self.system_account),
+        ]
+
+    def embedded_nats(
+        self,
+        hub_leaf_url: str,
+        workdir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4222,
+        binary: str | None = None,
+        leaf_listen_port: int | None = None,
+    ) -> tuple[EmbeddedNats, CityFiles]:
+        """The city server (not started) and the files it uses; `files.time_creds` is for the time responder."""
+        files = self.install(workdir / "auth")
+        server = EmbeddedNats(
+            host=host,
+            port=port,
+            binary=binary,
+            jetstream=False,
+            leaf_listen_port=leaf_listen_port,
+            leaf_remotes=self.leaf_remotes(hub_leaf_url, files),
+            workdir=workdir / "nats",
+            auth_config=self.server_config(files.resolver_dir),
+        )
+        return server, files

@@ -27,7 +27,7 @@ async def connect(
     reconnect forever. Back-off is jittered so a thousand sites do not return at the same instant.
 
     `creds` is a NATS creds file (server in JWT mode); `inbox_prefix` is the reply-subject prefix the user's
-    permissions allow it to subscribe to (a site's is `_INBOX_<site>`)."""
+    permissions allow it to subscribe to (a site's is `_INBOX_site.<site>`)."""
     if creds is not None:
         options["user_credentials"] = str(creds)
     if inbox_prefix is not None:

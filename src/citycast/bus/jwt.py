@@ -206,6 +206,8 @@ class Permissions:
 
     pub: tuple[str, ...]
     sub: tuple[str, ...]
+    # Also allow one reply to each request received (nats-server `allow_responses`), whatever its subject.
+    responses: bool = False
 
 
 def user_jwt(account_seed: str, user_public: str, name: str, permissions: Permissions | None = None) -> str:
@@ -216,6 +218,8 @@ def user_jwt(account_seed: str, user_public: str, name: str, permissions: Permis
         # An allow list that is present but empty would allow all; deny everything explicitly instead.
         nats["pub"] = {"allow": list(permissions.pub)} if permissions.pub else {"deny": [">"]}
         nats["sub"] = {"allow": list(permissions.sub)} if permissions.sub else {"deny": [">"]}
+        if permissions.responses:
+            nats["resp"] = {"max": 1, "ttl": 0}  # ttl 0: the server's default expiry
     return encode(account_seed, user_public, name, nats)
 
 

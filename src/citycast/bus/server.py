@@ -7,6 +7,7 @@ wheel puts next to this interpreter (it has no Python API, only the file).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -58,9 +59,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class LeafRemote:
-    """A leafnode connection from this server to an upstream one (the hub), for a city-side server."""
+    """A leafnode connection from this server to an upstream one (the hub), for a city-side server.
+
+    In operator (JWT) mode the hub authenticates the connection with `credentials` (a creds file of a user of
+    the hub's account) and this server binds it to its local `account` (that account's public key), so the
+    traffic of that one account, and no other, crosses the link."""
 
     url: str
+    credentials: Path | None = None
+    account: str | None = None
+
+    def config_text(self) -> str:
+        parts = [f"url: {_quoted(self.url)}"]
+        if self.credentials is not None:
+            parts.append(f"credentials: {_quoted(str(self.credentials))}")
+        if self.account is not None:
+            parts.append(f"account: {_quoted(self.account)}")
+        return "{ " + ", ".join(parts) + " }"
+
+
+def _quoted(value: str) -> str:
+    # nats.conf strings are double-quoted with JSON-like escapes.
+    return json.dumps(value)
 
 
 @dataclass
@@ -110,7 +130,7 @@ class EmbeddedNats:
                 lines.append(f'  listen: "{self.host}:{self.leaf_listen_port}"')
             if self.leaf_remotes:
                 lines.append("  remotes: [")
-                lines.extend(f'    {{ url: "{r.url}" }}' for r in self.leaf_remotes)
+                lines.extend(f"    {r.config_text()}" for r in self.leaf_remotes)
                 lines.append("  ]")
             lines.append("}")
         if self.auth_config:

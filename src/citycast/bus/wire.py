@@ -20,6 +20,7 @@ import json
 import random
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class NatsWire:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.ready: asyncio.Future[None] = loop.create_future()
+        self._pongs: deque[asyncio.Future[None]] = deque()  # flushes waiting, in PING order
         self.closed: asyncio.Future[None] = loop.create_future()
         self._buf = bytearray()
         self._out = bytearray()
@@ -176,6 +178,11 @@ class NatsWire:
             self._loop.remove_writer(self.sock.fileno())
         self.sock.close()
         self.closed.set_result(None)
+        while self._pongs:
+            waiter = self._pongs.popleft()
+            if not waiter.done():
+                waiter.set_exception(WireError("closed"))
+                waiter.exception()  # whoever flushes sees it; nobody else must be warned about it
         if not self.ready.done():
             self.ready.set_exception(WireError("closed"))
             self.ready.exception()  # retrieved: nobody may be waiting any more
@@ -231,6 +238,10 @@ class NatsWire:
         elif word == b"PONG":
             if not self.ready.done():
                 self.ready.set_result(None)
+            elif self._pongs:
+                waiter = self._pongs.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
         elif word == b"INFO":
             if not self._connect_sent:
                 self._send_connect(line)
@@ -243,6 +254,14 @@ class NatsWire:
         self._sid += 1
         self._command(f"SUB {subject} {self._sid}\r\n".encode())
         return self._sid
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until the server has processed everything sent so far (a PING answered): after `subscribe`, so
+        that a request sent by someone else right after cannot find no one listening."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._pongs.append(waiter)
+        self._command(b"PING\r\n")
+        await asyncio.wait_for(asyncio.shield(waiter), timeout)
 
     def publish(self, subject: str, payload: bytes, reply: str | None = None) -> None:
         """Written to the socket now, not queued: a timestamp taken just before this call is honest."""

@@ -60,6 +60,8 @@ class _Connection:
                 wire = await open_wire(self.url, self.on_message, self.clock, name=self.name, creds=self.creds)
                 for subject in self.subjects:
                     wire.subscribe(subject)
+                if self.subjects:
+                    await wire.flush()
                 self.wire = wire
                 self._delay = 0.1
             except (TimeoutError, OSError, WireError) as e:

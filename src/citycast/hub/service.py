@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 
 from rich.console import Console
 
+from citycast.bus.authority import CITY_TIME_INBOX_PREFIX
 from citycast.bus.subjects import Subjects
 from citycast.hub.db.engine import DatabaseError
 from citycast.hub.runtime import ADMIN_PASSWORD_FILE, Hub, HubOptions
@@ -23,9 +25,19 @@ async def run_hub(
     zone: str | None = None,
     upstream: bool = False,
     duration: float | None = None,
+    creds: Path | None = None,
 ) -> None:
+    """A city's time responder (`serve --zone`): with `creds` (from a city bundle) it runs under the hub's
+    accounts, its upstream sync replying on the inbox its NATS user may use."""
     subjects = Subjects(prefix)
-    service = TimeService(nats_url, subjects, zone=zone, upstream=subjects.time() if upstream else None)
+    service = TimeService(
+        nats_url,
+        subjects,
+        zone=zone,
+        upstream=subjects.time() if upstream else None,
+        creds=creds,
+        upstream_inbox_prefix=CITY_TIME_INBOX_PREFIX if creds else None,
+    )
     await service.start()
     try:
         if duration is None:

@@ -25,6 +25,7 @@ class TimeService:
         zone: str | None = None,
         upstream: str | None = None,
         creds: Path | None = None,
+        upstream_inbox_prefix: str | None = None,
     ) -> None:
         self.local = SystemClock()
         self.sync: ClockSync | None = None
@@ -32,7 +33,9 @@ class TimeService:
             # The city's sites track whatever this responder serves; a clock that changes rate gently (and
             # whose corrections are slewed over minutes, not seconds) is one they all track alike.
             gentle = ClockEstimator(max_slew_ppm=20.0, slew_time_ns=60_000_000_000)
-            self.sync = ClockSync(url, upstream, self.local, estimator=gentle, creds=creds)
+            self.sync = ClockSync(
+                url, upstream, self.local, estimator=gentle, creds=creds, inbox_prefix=upstream_inbox_prefix
+            )
         served: Clock = self.local if self.sync is None else EstimatedClock(self.sync.estimator, self.local)
         self.responder = TimeResponder(url, subjects.time(zone), served, ready=lambda: self.synced, creds=creds)
 

@@ -1,0 +1,322 @@
+"""A city leafnode under the hub's JWT accounts: two real nats-servers in operator mode on loopback.
+
+The hub listens for leafnodes; the city server runs from `NatsAuthority.city_bundle` and dials it with the
+bundle's leaf creds. Sites enrolled at the hub connect to the city server with the same JWTs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import KeyValueConfig
+from tests.bus.test_authority import connect, site_creds, wait_for
+
+from citycast.bus import jwt
+from citycast.bus.authority import (
+    CITY_TIME_INBOX_PREFIX,
+    INGEST_INBOX_PREFIX,
+    CityBundle,
+    CityBundleError,
+    CityFiles,
+    NatsAuthority,
+    desired_bucket,
+    site_inbox_prefix,
+)
+from citycast.bus.jwt import KeyKind
+from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.subjects import Subjects
+
+SUBJECTS = Subjects()
+
+
+@dataclass
+class Topology:
+    authority: NatsAuthority
+    hub: EmbeddedNats
+    city: EmbeddedNats
+    bundle: CityBundle
+    files: CityFiles
+    dir: Path
+
+
+def wait_for_log(server: EmbeddedNats, text: str, count: int = 1, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log_text().count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} not in the log: {server.log_tail(12)}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    leaf_port = free_port()
+    hub = EmbeddedNats(
+        port=free_port(), workdir=tmp_path / "hub", leaf_listen_port=leaf_port, auth_config=authority.server_config()
+    )
+    hub.start()
+    city: EmbeddedNats | None = None
+    try:
+        bundle = authority.city_bundle(tmp_path / "north.bundle", "north")
+        city, files = CityBundle.load(tmp_path / "north.bundle").embedded_nats(
+            f"nats://127.0.0.1:{leaf_port}", tmp_path / "city", port=free_port()
+        )
+        city.start()
+        # Both leaf connections up, and the system account's one extending the hub's JetStream.
+        await asyncio.to_thread(wait_for_log, city, "Leafnode connection created for account", 2)
+        await asyncio.to_thread(wait_for_log, city, "Extending JetStream domain")
+        yield Topology(authority, hub, city, bundle, files, tmp_path)
+    finally:
+        if city is not None:
+            city.stop()
+        hub.stop()
+
+
+async def receive_while(send: Callable[[], Awaitable[None]], sub: Subscription, timeout: float = 5.0) -> Msg:
+    """Interest crosses the leaf a moment after a subscription is made: send until the message arrives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await send()
+        try:
+            return await sub.next_msg(timeout=0.2)
+        except nats.errors.TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def request_across(nc: Client, subject: str, timeout: float = 5.0) -> Msg:
+    """A request to a responder on the other server: retried until its interest has crossed the leaf."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await nc.request(subject, b"t1", timeout=0.3)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def drain(sub: Subscription) -> None:
+    while True:
+        try:
+            await sub.next_msg(timeout=0.3)
+        except nats.errors.TimeoutError:
+            return
+
+
+async def nothing_arrives(sub: Subscription, wait: float = 0.5) -> bool:
+    try:
+        msg = await sub.next_msg(timeout=wait)
+    except nats.errors.TimeoutError:
+        return True
+    raise AssertionError(f"unexpected message on {msg.subject}: {msg.data[:60]!r}")
+
+
+async def test_site_at_the_city_hears_hub_audio_and_reports_to_the_hub(topology: Topology) -> None:
+    t = topology
+    creds, _ = site_creds(t.authority, "s1", t.dir)  # minted by the hub, used at the city
+    site = await connect(t.city.url, creds, site_inbox_prefix("s1"))
+    ingest = await connect(t.hub.url, t.authority.ingest_creds_path, INGEST_INBOX_PREFIX)
+    hub = await connect(t.hub.url, t.authority.hub_creds_path)
+    audio = await site.nc.subscribe("citycast.audio.*")
+    cmd = await site.nc.subscribe("citycast.cmd.s1")
+    telemetry = await hub.nc.subscribe("citycast.telemetry.*")
+    hub_audio = await hub.nc.subscribe("citycast.audio.>")
+    await site.nc.flush()
+    await hub.nc.flush()
+
+    async def send_audio() -> None:
+        await ingest.nc.publish("citycast.audio.3", b"frame")
+
+    assert (await receive_while(send_audio, audio)).data == b"frame"
+
+    async def send_cmd() -> None:
+        await hub.nc.publish("citycast.cmd.s1", b"reload")
+
+    assert (await receive_while(send_cmd, cmd)).data == b"reload"
+
+    async def send_telemetry() -> None:
+        await site.nc.publish("citycast.telemetry.s1", b"{}")
+
+    got = await receive_while(send_telemetry, telemetry)
+    assert got.subject == "citycast.telemetry.s1"
+    # A time request to the hub's responder from the city, answered on the site's own inbox across the leaf.
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"now")
+
+    await hub.nc.subscribe("citycast.time", cb=answer)
+    await hub.nc.flush()
+    assert (await request_across(site.nc, "citycast.time")).data == b"now"
+    assert site.errors == []
+
+    # The site may not publish audio at the city server: it is refused there and nobody at the hub hears it.
+    await drain(hub_audio)  # ingest's frames
+    await site.nc.publish("citycast.audio.1", b"a voice that is not ours")
+    await site.nc.flush()
+    assert await wait_for(lambda: bool(site.violations()))
+    assert 'publish to "citycast.audio.1"' in site.violations()[0]
+    assert await nothing_arrives(hub_audio)
+    for c in (site, ingest, hub):
+        await c.nc.close()
+
+
+async def test_the_leaf_carries_only_what_cities_need(topology: Topology) -> None:
+    """Even a user with every right in the account (the hub's own creds, valid at the city too) cannot push
+    audio, commands or desired state up the link, nor read the hub's replies or other sites' telemetry."""
+    t = topology
+    hub = await connect(t.hub.url, t.authority.hub_creds_path)
+    kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=desired_bucket(SUBJECTS)))
+    await kv.put("s1", b'{"channel": 1}')
+    up = await hub.nc.subscribe("citycast.>")
+    await hub.nc.flush()
+    insider = await connect(t.city.url, t.authority.hub_creds_path)
+    down = await insider.nc.subscribe("citycast.telemetry.*")
+    inbox = await insider.nc.subscribe("_INBOX.>")
+    await insider.nc.flush()
+    # Telemetry goes up (the leaf may send it), which also shows the link is live for this connection.
+
+    async def send_telemetry() -> None:
+        await insider.nc.publish("citycast.telemetry.s9", b"{}")
+
+    assert (await receive_while(send_telemetry, up)).subject == "citycast.telemetry.s9"
+    await drain(up)
+    await drain(down)  # its own telemetry, heard locally
+    await insider.nc.publish("citycast.audio.1", b"forged voice")
+    await insider.nc.publish("citycast.cmd.s1", b"forged command")
+    await insider.nc.publish("$KV.citycast-desired.s1", b'{"channel": 666}')
+    await insider.nc.flush()
+    assert await nothing_arrives(up)
+    entry = await kv.get("s1")
+    assert entry.value == b'{"channel": 1}' and entry.revision == 1
+    # Down: hub-side telemetry and the hub's own inbox replies stay at the hub.
+    await hub.nc.publish("citycast.telemetry.s2", b"{}")
+    await hub.nc.publish("_INBOX.abc", b"the hub's reply")
+    await hub.nc.flush()
+    assert await nothing_arrives(down) and await nothing_arrives(inbox, 0.2)
+    await insider.nc.close()
+    await hub.nc.close()
+
+
+async def test_site_at_the_city_watches_the_hubs_desired_state(topology: Topology) -> None:
+    t = topology
+    hub = await connect(t.hub.url, t.authority.hub_creds_path)
+    bucket = desired_bucket(SUBJECTS)
+    kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=bucket, history=8))
+    await kv.put("s1", json.dumps({"channel": 1}).encode())
+    creds, _ = site_creds(t.authority, "s1", t.dir)
+    site = await connect(t.city.url, creds, site_inbox_prefix("s1"))
+    skv = await site.nc.jetstream(timeout=5).key_value(bucket)
+    watcher = await skv.watch("s1")
+    first = await asyncio.wait_for(watcher.updates(), 5)
+    assert first is not None and json.loads(first.value) == {"channel": 1}
+    assert await asyncio.wait_for(watcher.updates(), 5) is None  # caught up
+    await kv.put("s1", json.dumps({"channel": 2}).encode())
+    update = await asyncio.wait_for(watcher.updates(), 5)
+    assert update is not None and json.loads(update.value) == {"channel": 2}
+    await watcher.stop()
+    # ...but it may not write it, here or through the link.
+    with pytest.raises(Exception, match=r"(?i)permission|timeout|no responders"):
+        await skv.put("s1", b'{"channel": 666}')
+    assert (await kv.get("s1")).revision == 2
+    await site.nc.close()
+    await hub.nc.close()
+
+
+async def test_site_revoked_at_the_hub_is_dropped_and_refused_at_the_city(topology: Topology) -> None:
+    t = topology
+    bad_creds, bad_key = site_creds(t.authority, "bad", t.dir)
+    good_creds, _ = site_creds(t.authority, "good", t.dir)
+    bad = await connect(t.city.url, bad_creds, site_inbox_prefix("bad"))
+    good = await connect(t.city.url, good_creds, site_inbox_prefix("good"))
+    # Pushed to the hub only: the account JWT reaches the city's resolver over the system account's leaf.
+    await t.authority.revoke(bad_key, t.hub.url)
+    await asyncio.wait_for(bad.closed.wait(), 5)
+    with pytest.raises(Exception, match=r"(?i)authorization|revoked"):
+        await connect(t.city.url, bad_creds, site_inbox_prefix("bad"))
+    await good.nc.publish("citycast.telemetry.good", b"{}")
+    await good.nc.flush(timeout=3)
+    assert good.nc.is_connected
+    await good.nc.close()
+    # A city server started later from a bundle exported after the revocation refuses it from the start.
+    later = t.authority.city_bundle(t.dir / "later.bundle", "north")
+    assert bad_key in jwt.decode(later.account_jwt)["nats"]["revocations"]
+
+
+async def test_city_time_responder_answers_its_zone_and_syncs_to_the_hub(topology: Topology) -> None:
+    t = topology
+    responder = await connect(t.city.url, t.files.time_creds, CITY_TIME_INBOX_PREFIX)
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"city-now")
+
+    await responder.nc.subscribe("citycast.time.north", cb=answer)
+    await responder.nc.flush()
+    creds, _ = site_creds(t.authority, "s1", t.dir)
+    site = await connect(t.city.url, creds, site_inbox_prefix("s1"))
+    assert (await site.nc.request("citycast.time.north", b"t1", timeout=3)).data == b"city-now"
+    # Its own upstream sync: a request to the hub's responder, the reply down the leaf to its inbox.
+    hub = await connect(t.hub.url, t.authority.hub_creds_path)
+
+    async def hub_answer(msg: Msg) -> None:
+        await msg.respond(b"hub-now")
+
+    await hub.nc.subscribe("citycast.time", cb=hub_answer)
+    await hub.nc.flush()
+    assert (await request_across(responder.nc, "citycast.time")).data == b"hub-now"
+    # Nothing else: no audio, no other zone's subject.
+    await responder.nc.publish("citycast.audio.1", b"x")
+    await responder.nc.subscribe("citycast.time.south")
+    await responder.nc.flush()
+    assert await wait_for(lambda: len(responder.violations()) >= 2)
+    assert responder.errors and site.errors == []
+    for c in (responder, site, hub):
+        await c.nc.close()
+
+
+def test_bundle_is_private_and_refused_clearly_when_bad(tmp_path: Path) -> None:
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    path = tmp_path / "city.bundle"
+    bundle = authority.city_bundle(path, "north")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert CityBundle.load(path) == bundle
+    assert bundle.operator_jwt == authority.operator_jwt() or jwt.decode(bundle.operator_jwt)["sub"] == (
+        authority.operator_public
+    )
+    leaf = jwt.decode(jwt.parse_creds(bundle.leaf_creds).jwt)
+    assert "citycast.audio.*" not in leaf["nats"]["pub"]["allow"]
+    assert "citycast.audio.*" in leaf["nats"]["sub"]["allow"]
+    files = bundle.install(tmp_path / "city")
+    for p in (files.leaf_creds, files.system_leaf_creds, files.time_creds):
+        assert p.stat().st_mode & 0o777 == 0o600
+    assert "extension_hint: will_extend" in bundle.server_config(files.resolver_dir)
+
+    def refused(text: str, match: str) -> None:
+        path.write_text(text)
+        with pytest.raises(CityBundleError, match=match):
+            CityBundle.load(path)
+
+    good = json.loads(bundle.to_json())
+    refused("{not json", "not JSON")
+    refused(json.dumps({**good, "version": 99}), "version 1")
+    refused(json.dumps({k: v for k, v in good.items() if k != "leaf_creds"}), "lacks leaf_creds")
+    head, body, sig = good["account_jwt"].split(".")
+    refused(json.dumps({**good, "account_jwt": f"{head}.{body}.{sig[::-1]}"}), "not valid")
+    other = NatsAuthority.load_or_create(tmp_path / "other")
+    refused(json.dumps({**good, "account_jwt": other.account_jwt()}), "not valid")
+    stranger = jwt.new_seed(KeyKind.USER)
+    foreign = jwt.creds_text(jwt.user_jwt(other.account_seed, jwt.public_key(stranger), "x"), stranger)
+    refused(json.dumps({**good, "leaf_creds": foreign}), "leaf_creds is not a user")
+    refused(json.dumps({**good, "zone": "a.b"}), "zone|site name")
+    with pytest.raises(CityBundleError, match="cannot read"):
+        CityBundle.load(tmp_path / "missing.bundle")
+    with pytest.raises(ValueError, match="site name"):
+        authority.city_bundle(tmp_path / "x.bundle", "no spaces")
