@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables chromium postgresql)
+debs=(libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables chromium postgresql sip-tester baresip espeak-ng)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,4 +33,6 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
 # The console's front-end libraries come from the npm registry (never pasted into the repository).
 scripts/console-assets.sh
+# The telephone's spoken prompts are made here, by espeak-ng, not fetched (a tone stands in if one is missing).
+if [ -x scripts/prompts.sh ]; then scripts/prompts.sh; fi
 .venv/bin/python -c "import citycast, av, nats" # fail here, loudly, if the install did not work
