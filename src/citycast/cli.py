@@ -290,6 +290,10 @@ def site(
             help="Enrol with the hub once (a one-time token from the console), store the credentials, then run.",
         ),
     ] = None,
+    talkback_source: Annotated[
+        str,
+        typer.Option(help="Microphone for talkback (enrolled sites): line-in[:DEVICE], or an audio file."),
+    ] = "line-in",
     config: Annotated[
         Path | None,
         typer.Option(
@@ -339,6 +343,7 @@ def site(
         sim_clock_ppm=sim_clock_ppm,
         credentials=credentials,
         credentials_path=cred_path,
+        talkback_source=talkback_source,
     )
     try:
         runtime.run(run_site(opts))

@@ -11,16 +11,20 @@ from pathlib import Path
 import av
 import httpx
 import nats
+import numpy as np
 import websockets
 
 from citycast.bus.server import free_port
 from citycast.clock.local import SystemClock
+from citycast.demo import speech_asset
 from citycast.hub.runtime import Hub, HubOptions
 from citycast.ingest.run import IngestOptions, run_ingest
 from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key, load_private_key
+from citycast.media.markers import correlate_lag
 from citycast.media.sinks import TimedSink
-from citycast.media.sources import ToneSource
+from citycast.media.sources import ToneSource, read_audio
+from citycast.site.agent import SiteAgent
 from citycast.site.enrol import enrol
 from citycast.site.run import SiteOptions, build_site
 
@@ -54,8 +58,15 @@ async def _scenario(tmp: Path) -> None:
                 path = tmp / "sites" / f"{name}.json"
                 cred = await enrol(hub.http_url, token, path)
                 assert path.stat().st_mode & 0o077 == 0
-                opts = SiteOptions(name="ignored", nats_url="", trust=Path("/nonexistent"), sink="timed",
-                                   credentials=cred, credentials_path=path)  # fmt: skip
+                opts = SiteOptions(
+                    name="ignored",
+                    nats_url="",
+                    trust=Path("/nonexistent"),
+                    sink="timed",
+                    credentials=cred,
+                    credentials_path=path,
+                    talkback_source=str(speech_asset()),
+                )
                 agent = build_site(opts)
                 agent.sink = TimedSink(SystemClock(), block=480)
                 await agent.start()
@@ -72,6 +83,7 @@ async def _scenario(tmp: Path) -> None:
                 assert time.monotonic() < deadline, await states()
                 await asyncio.sleep(0.3)
             await _forged_audio_alerts_within_10_s(hub, api)
+            await _talkback_hears_the_sites_microphone(hub, api, agents["saddar-1"])
             # A separate `citycast ingest` plays with the hub's key and the ingest user's credentials.
             before = agents["saddar-1"].frames
             opts = IngestOptions(nats_url=hub.nats_url, channel=1, seconds=1.0, creds=hub.authority.ingest_creds_path)  # type: ignore[union-attr]
@@ -141,6 +153,27 @@ async def _forged_audio_alerts_within_10_s(hub: Hub, api: httpx.AsyncClient) -> 
         await nc.close()
         assert alert is not None, "no alert within 10 s of forged audio"
         assert alert["severity"] == "critical" and alert["site"] == "saddar-1"
+
+
+async def _talkback_hears_the_sites_microphone(hub: Hub, api: httpx.AsyncClient, agent: SiteAgent) -> None:
+    """Talkback opened from the API: the site's microphone (a speech file stands in) reaches the hub, signed with
+    the site's own key, and stops when closed."""
+    sites = (await api.get("/api/sites")).json()
+    site_id = next(s["id"] for s in sites if s["name"] == "saddar-1")
+    assert agent.talkback is not None and not agent.talkback.active
+    r = await api.post(f"/api/sites/{site_id}/talkback", json={"on": True})
+    assert r.status_code == 200, r.text
+    assert hub.talkback is not None and hub.talkback.current is not None
+    tap = hub.talkback.current
+    await _wait(lambda: tap.frames >= 100, 10, "no talkback audio arrived")
+    heard = np.concatenate([tap.next_block() for _ in range(100)])
+    clip = read_audio(speech_asset())
+    _, peak = correlate_lag(heard, clip[: 5 * 48_000])
+    assert peak > 0.5, peak
+    assert tap.rejected == 0
+    r = await api.post(f"/api/sites/{site_id}/talkback", json={"on": False})
+    assert r.status_code == 200 and r.json()["site"] is None
+    await _wait(lambda: not agent.talkback.active, 8, "the microphone stayed on")  # type: ignore[union-attr]
 
 
 def test_hub_end_to_end(tmp_path: Path) -> None:

@@ -57,8 +57,9 @@ def check_site_name(site: str) -> str:
 
 def site_permissions(site: str, subjects: Subjects) -> Permissions:
     """A site may hear every channel's audio, its own commands and its own inbox, and may publish its own
-    telemetry and time requests. It may also watch its desired state in the KV bucket; these are the
-    JetStream subjects nats-py's `kv.watch(key)` (an ordered push consumer) uses, and nothing else:
+    telemetry, its own talkback (microphone) and time requests. It may also watch its desired state in the KV
+    bucket; these are the JetStream subjects nats-py's `kv.watch(key)` (an ordered push consumer) uses, and
+    nothing else:
 
     - `$JS.API.STREAM.INFO.KV_<bucket>`: `js.key_value(bucket)` reads the bucket's stream;
     - `$JS.API.CONSUMER.CREATE.KV_<bucket>`: the ephemeral consumer (nats-py names none, so the filtered
@@ -75,6 +76,7 @@ def site_permissions(site: str, subjects: Subjects) -> Permissions:
     return Permissions(
         pub=(
             subjects.telemetry(site),
+            subjects.talkback(site),
             subjects.time(),
             f"{subjects.time()}.*",
             f"$JS.API.STREAM.INFO.{stream}",
@@ -111,13 +113,13 @@ def city_time_permissions(zone: str, subjects: Subjects) -> Permissions:
 def leaf_permissions(subjects: Subjects) -> Permissions:
     """The city's leaf connection in the CITYCAST account, as the hub sees it: `pub` is what the city may send
     up, `sub` what the hub sends down. Down: audio, commands, and replies to the city's sites and time
-    responder. Up: telemetry, time requests and the KV watchers' flow-control answers. Never audio, commands or
-    KV writes up, and never the hub's or ingest's own inboxes down. The JetStream API itself does not use this
-    connection: nats-server denies `$JS.API.>` on every non-system leaf and carries it over the system
+    responder. Up: telemetry, talkback, time requests and the KV watchers' flow-control answers. Never audio,
+    commands or KV writes up, and never the hub's or ingest's own inboxes down. The JetStream API itself does not
+    use this connection: nats-server denies `$JS.API.>` on every non-system leaf and carries it over the system
     account's leaf instead (see `system_leaf_permissions`)."""
     stream = f"KV_{desired_bucket(subjects)}"
     return Permissions(
-        pub=(subjects.telemetry_all(), subjects.time(), f"$JS.FC.{stream}.>"),
+        pub=(subjects.telemetry_all(), subjects.talkback_all(), subjects.time(), f"$JS.FC.{stream}.>"),
         sub=(
             f"{subjects.prefix}.audio.*",
             f"{subjects.prefix}.cmd.*",

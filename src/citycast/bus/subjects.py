@@ -27,3 +27,10 @@ class Subjects:
 
     def commands(self, site: str) -> str:
         return f"{self.prefix}.cmd.{site}"
+
+    def talkback(self, site: str) -> str:
+        """A site's microphone, sent up only while the hub asks (frames signed with the site's own key)."""
+        return f"{self.prefix}.talkback.{site}"
+
+    def talkback_all(self) -> str:
+        return f"{self.prefix}.talkback.*"

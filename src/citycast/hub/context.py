@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from citycast.hub.events import EventHub
     from citycast.hub.fleet import FleetState
     from citycast.hub.metrics import TelemetryCounters
+    from citycast.hub.talkback import TalkbackControl
 
 
 class AddressControl(AddressStarter, Protocol):
@@ -57,5 +58,6 @@ class HubContext:
     delay_ms: float = 80.0
     recordings_dir: Path = Path("recordings")
     media_dir: Path = Path("media")
+    talkback: TalkbackControl | None = None
     session_ttl: dt.timedelta = dt.timedelta(hours=12)
     telemetry_counters: TelemetryCounters | None = None  # the monitor's, for /metrics

@@ -40,6 +40,7 @@ from citycast.hub.fleet import FleetState
 from citycast.hub.monitor import FleetMonitor
 from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
 from citycast.hub.scheduler import Scheduler
+from citycast.hub.talkback import TalkbackControl
 from citycast.hub.timeserver import TimeService
 from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key, load_private_key, public_key_text, save_private_key
@@ -123,6 +124,7 @@ class Hub:
         self.monitor: FleetMonitor | None = None
         self.addresses: AddressManager | None = None
         self.context: HubContext | None = None
+        self.talkback: TalkbackControl | None = None
         self.signer: FrameSigner | None = None
 
     @property
@@ -189,6 +191,7 @@ class Hub:
         )
         await self._close_interrupted()
         await self.addresses.refresh_sites()
+        self.talkback = TalkbackControl(self.nc, self.subjects, self.db)
         self.monitor = FleetMonitor(
             self.nc, self.subjects, self.fleet, AlertRules(), self.events, self.db, site_ids=self._site_ids
         )
@@ -207,6 +210,7 @@ class Hub:
             recordings_dir=self.recordings_dir,
             media_dir=self.media_dir,
             telemetry_counters=self.monitor.counters,
+            talkback=self.talkback,
         )
         scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
@@ -314,6 +318,9 @@ class Hub:
         self._stop.set()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        if self.talkback is not None:
+            with contextlib.suppress(Exception):
+                await self.talkback.close()
         if self.addresses is not None:
             with contextlib.suppress(Exception):
                 await self.addresses.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -32,7 +32,9 @@ from citycast.media.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, Repl
 from citycast.media.playout import ClockMap, PlayoutEngine
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
+from citycast.media.sources import open_source
 from citycast.site.desired import DesiredWatcher
+from citycast.site.talkback import TalkbackSender
 from citycast.site.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class SiteConfig:
     creds: Path | None = None  # this site's NATS credentials (from enrolment); None: anonymous (private bus)
     inbox_prefix: str | None = None  # the reply-subject prefix the site's NATS user may subscribe to
     watch_desired: bool = True  # follow the hub's desired state (channel, volume, mute, fallback) in NATS KV
+    talkback_key: Ed25519PrivateKey | None = None  # the site's own key (from its NATS seed): enables talkback
+    talkback_source: str = "line-in"  # the microphone: "line-in[:DEVICE]" or a file (tests)
 
 
 class StageTimer:
@@ -122,6 +126,7 @@ class SiteAgent:
         self.desired_watcher: DesiredWatcher | None = None
         self._audio_sub: Subscription | None = None
         self._own_fallback = config.fallback
+        self.talkback: TalkbackSender | None = None
 
     # -- clock ---------------------------------------------------------------------------------------------
     def broadcast_now(self) -> int | None:
@@ -289,8 +294,18 @@ class SiteAgent:
         if cfg.watch_desired:
             self.desired_watcher = DesiredWatcher(self.nc, cfg.subjects, cfg.name, self.apply_desired)
             self._tasks.append(asyncio.create_task(self.desired_watcher.run()))
+        if cfg.talkback_key is not None:
+            spec = cfg.talkback_source
+            self.talkback = TalkbackSender(self.nc, cfg.subjects, cfg.name, cfg.talkback_key, lambda: open_source(spec))
+            await self.nc.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+
+    async def _on_command(self, msg: Msg) -> None:
+        if self.talkback is not None:
+            self.talkback.on_command(msg.data)
 
     async def stop(self) -> None:
+        if self.talkback is not None:
+            await self.talkback.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -13,6 +13,7 @@ from citycast.media.keys import load_trusted_keys
 from citycast.media.sinks import Sink, TimedSink, open_sink
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
 from citycast.site.enrol import SiteCredentials
+from citycast.site.talkback import key_from_seed
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SiteOptions:
     sim_clock_ppm: float = 0.0
     credentials: SiteCredentials | None = None  # from enrolment: name, bus, NATS user, trusted keys, D
     credentials_path: Path | None = None
+    talkback_source: str = "line-in"
 
 
 def build_site(opts: SiteOptions) -> SiteAgent:
@@ -64,6 +66,8 @@ def build_site(opts: SiteOptions) -> SiteAgent:
             fallback_after_ns=round(opts.fallback_after_s * 1e9),
             creds=cred.creds_file(opts.credentials_path),
             inbox_prefix=cred.inbox_prefix,
+            talkback_key=key_from_seed(cred.seed),
+            talkback_source=opts.talkback_source,
         )
     else:
         config = SiteConfig(

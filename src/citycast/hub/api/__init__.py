@@ -22,6 +22,7 @@ from citycast.hub.api import (
     auth,
     enrol,
     fleet,
+    pins,
     recordings,
     schedules,
     settings,
@@ -74,7 +75,7 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
         400: {"model": ErrorOut, "description": "Unreadable request"},
         422: {"model": ValidationErrorOut, "description": "Invalid request"},
     }
-    for module in (auth, users, zones, sites, enrol, addresses, schedules, recordings, settings, alerts, fleet):
+    for module in (auth, users, zones, sites, enrol, addresses, schedules, recordings, settings, alerts, fleet, pins):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)
 

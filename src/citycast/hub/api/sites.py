@@ -9,6 +9,7 @@ import datetime as dt
 import shlex
 
 from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
@@ -240,3 +241,38 @@ async def delete_site(site_id: PathId, request: Request, user: Admin, ctx: Ctx) 
     if key is not None:
         await revoke_key(ctx, key)
     return OkOut()
+
+
+class TalkbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    on: bool
+
+
+class TalkbackOut(BaseModel):
+    site: str | None
+    frames: int
+
+
+@router.post(
+    "/api/sites/{site_id}/talkback",
+    response_model=TalkbackOut,
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+)
+async def talkback(site_id: PathId, body: TalkbackIn, request: Request, user: Operator, ctx: Ctx) -> TalkbackOut:
+    """Open (or close) talkback: hear this site's microphone, mixed into a live caller's return audio. One site at
+    a time; the site stops sending by itself when the hub stops renewing the request."""
+    if ctx.talkback is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "talkback needs the hub's own bus")
+    with ctx.db.session() as s:
+        site = _get_site(s, site_id)
+        name = site.name
+        record(s, request, user, "site.talkback", f"site:{name}", {"on": body.on})
+    if body.on:
+        try:
+            await ctx.talkback.open(name)
+        except ValueError as e:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    elif ctx.talkback.current is not None and ctx.talkback.current.site == name:
+        await ctx.talkback.close()
+    st = ctx.talkback.status()
+    return TalkbackOut(site=st["site"], frames=st["frames"])

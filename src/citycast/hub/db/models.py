@@ -259,6 +259,26 @@ class AuditEntry(Base):
     remote: Mapped[str] = mapped_column(String(64), default="")
 
 
+class SpeakerPin(Base):
+    """A PIN a speaker types on the telephone to go live: who it is for, where it reaches, how loud it may
+    pre-empt, and when it is valid. Only an Argon2 hash of the PIN is kept; `pin_hint` (its last two digits) lets
+    the console tell PINs apart and lets verification check only the hashes that can match."""
+
+    __tablename__ = "speaker_pins"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(128))  # who: "Imam Saddar mosque"
+    pin_hash: Mapped[str] = mapped_column(String(255))
+    pin_hint: Mapped[str] = mapped_column(String(2), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    zone_ids: Mapped[list[int]] = mapped_column(JSON, default=list)  # empty: every zone
+    priority: Mapped[Priority] = mapped_column(Enum(Priority, native_enum=False, length=16))
+    valid_from: Mapped[dt.datetime | None]
+    valid_until: Mapped[dt.datetime | None]
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+
+
 class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)

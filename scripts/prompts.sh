@@ -1,0 +1,37 @@
+#!/bin/sh
+# Speak the telephone prompts with espeak-ng into WAV files (run at set-up; nothing is fetched).
+# The list of prompts (name and text) comes from citycast.ingest.prompts, so code and files cannot drift apart.
+# Idempotent: a prompt is spoken again only if its file is missing or its text changed (kept in <name>.txt).
+# Usage: scripts/prompts.sh [output-dir]   (default: src/citycast/ingest/prompts_cache)
+#        PYTHON=/path/to/python to use another interpreter than the repository's .venv
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-"$root/.venv/bin/python"}
+out=${1:-"$root/src/citycast/ingest/prompts_cache"}
+voice=${CITYCAST_PROMPT_VOICE:-en-gb}
+
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    echo "prompts.sh: espeak-ng is not installed (apt-get install espeak-ng); the telephone will play tones" >&2
+    exit 1
+fi
+mkdir -p "$out"
+list=$(mktemp)
+trap 'rm -f "$list" "$out"/.tmp-*' EXIT
+"$python" -m citycast.ingest.prompts --list >"$list"
+
+made=0
+kept=0
+tab=$(printf '\t')
+while IFS="$tab" read -r name text; do
+    [ -n "$name" ] || continue
+    if [ -s "$out/$name.wav" ] && [ -f "$out/$name.txt" ] && [ "$(cat "$out/$name.txt")" = "$text" ]; then
+        kept=$((kept + 1))
+        continue
+    fi
+    # Write beside, then rename: an interrupted run never leaves a half-written prompt under its real name.
+    espeak-ng -v "$voice" -s 150 -a 150 -w "$out/.tmp-$name.wav" "$text"
+    mv "$out/.tmp-$name.wav" "$out/$name.wav"
+    printf '%s' "$text" >"$out/$name.txt"
+    made=$((made + 1))
+done <"$list"
+echo "prompts.sh: $made spoken, $kept already there, in $out"
