@@ -37,11 +37,13 @@ from citycast.hub.db.models import Recording, Setting, Site, utcnow
 from citycast.hub.desired import DesiredStore
 from citycast.hub.events import EventHub
 from citycast.hub.fleet import FleetState
+from citycast.hub.golive import GoLive
 from citycast.hub.monitor import FleetMonitor
 from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
 from citycast.hub.scheduler import Scheduler
 from citycast.hub.talkback import TalkbackControl
 from citycast.hub.timeserver import TimeService
+from citycast.ingest.pins import PinGuard
 from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key, load_private_key, public_key_text, save_private_key
 
@@ -125,6 +127,9 @@ class Hub:
         self.addresses: AddressManager | None = None
         self.context: HubContext | None = None
         self.talkback: TalkbackControl | None = None
+        self.golive: GoLive | None = None
+        # One count of wrong PINs per caller address, whether they come by phone or from a browser.
+        self.pin_guard = PinGuard()
         self.signer: FrameSigner | None = None
 
     @property
@@ -215,8 +220,11 @@ class Hub:
         scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._retention()))
+        app = create_app(self.context)
+        self.golive = GoLive(self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard)
+        app.state.golive = self.golive
         config = uvicorn.Config(
-            create_app(self.context),
+            app,
             host=self.opts.http_host,
             port=self.opts.http_port,
             log_level="warning",
@@ -318,6 +326,9 @@ class Hub:
         self._stop.set()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        if self.golive is not None:
+            with contextlib.suppress(Exception):
+                await self.golive.close()
         if self.talkback is not None:
             with contextlib.suppress(Exception):
                 await self.talkback.close()

@@ -22,6 +22,7 @@ from citycast.hub.api import (
     auth,
     enrol,
     fleet,
+    golive,
     pins,
     recordings,
     schedules,
@@ -75,7 +76,21 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
         400: {"model": ErrorOut, "description": "Unreadable request"},
         422: {"model": ValidationErrorOut, "description": "Invalid request"},
     }
-    for module in (auth, users, zones, sites, enrol, addresses, schedules, recordings, settings, alerts, fleet, pins):
+    for module in (
+        auth,
+        users,
+        zones,
+        sites,
+        enrol,
+        addresses,
+        schedules,
+        recordings,
+        settings,
+        alerts,
+        fleet,
+        pins,
+        golive,
+    ):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)
 
