@@ -92,10 +92,15 @@ def serve(
     ] = None,
     time_upstream: Annotated[bool, typer.Option(help="Sync this responder to the hub's clock over the bus.")] = False,
     delay_ms: Annotated[float, typer.Option(help="Playout delay D of the hub's channels.")] = 80.0,
+    sip: Annotated[
+        str | None, typer.Option(help="Answer phone calls (SIP over UDP and TCP) on HOST:PORT, e.g. 0.0.0.0:5060.")
+    ] = None,
+    rtp_ports: Annotated[str, typer.Option(help="UDP ports for the calls' audio, LOW-HIGH.")] = "20000-20999",
     prefix: PrefixOpt = "citycast",
     duration: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Run the hub: bus (embedded nats-server, JWT accounts), time service, API, console, recorder, scheduler.
+    """Run the hub: bus (embedded nats-server, JWT accounts), time service, API, console, recorder, scheduler,
+    and with --sip the conference telephone.
 
     With --zone, run only a city's time responder beside a leafnode instead."""
     from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError
@@ -159,8 +164,19 @@ def serve(
     http_host, _, http_port = http.rpartition(":")
     if not http_host or not http_port.isdigit():
         fail(f"--http wants HOST:PORT, got {http!r}")
+    sip_addr: tuple[str, int] | None = None
+    if sip is not None:
+        sip_host, _, sip_port = sip.rpartition(":")
+        if not sip_host or not sip_port.isdigit():
+            fail(f"--sip wants HOST:PORT, got {sip!r}")
+        sip_addr = (sip_host, int(sip_port))
+    low, _, high = rtp_ports.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
+        fail(f"--rtp-ports wants LOW-HIGH within 1024-65535, got {rtp_ports!r}")
     opts = HubOptions(
         data_dir=data_dir,
+        sip=sip_addr,
+        rtp_ports=(int(low), int(high)),
         db_url=db,
         http_host=http_host,
         http_port=int(http_port),

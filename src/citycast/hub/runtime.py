@@ -44,6 +44,7 @@ from citycast.hub.scheduler import Scheduler
 from citycast.hub.talkback import TalkbackControl
 from citycast.hub.timeserver import TimeService
 from citycast.ingest.pins import PinGuard
+from citycast.ingest.sip.service import Telephone
 from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key, load_private_key, public_key_text, save_private_key
 
@@ -69,6 +70,8 @@ class HubOptions:
     prefix: str = "citycast"
     delay_ms: float = 80.0
     media_dir: Path | None = None
+    sip: tuple[str, int] | None = None  # the telephone's SIP address (UDP and TCP)
+    rtp_ports: tuple[int, int] = (20000, 20999)
 
 
 class ServeError(RuntimeError):
@@ -128,6 +131,7 @@ class Hub:
         self.context: HubContext | None = None
         self.talkback: TalkbackControl | None = None
         self.golive: GoLive | None = None
+        self.telephone: Telephone | None = None
         # One count of wrong PINs per caller address, whether they come by phone or from a browser.
         self.pin_guard = PinGuard()
         self.signer: FrameSigner | None = None
@@ -220,6 +224,11 @@ class Hub:
         scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._retention()))
+        if self.opts.sip is not None:
+            self.telephone = Telephone(
+                self, self.opts.sip[0], self.opts.sip[1], self.opts.rtp_ports, guard=self.pin_guard
+            )
+            await self.telephone.start()
         app = create_app(self.context)
         self.golive = GoLive(self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard)
         app.state.golive = self.golive
@@ -324,6 +333,9 @@ class Hub:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.telephone is not None:
+            with contextlib.suppress(Exception):
+                await self.telephone.stop()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self.golive is not None:

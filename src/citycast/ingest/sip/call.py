@@ -1,0 +1,638 @@
+"""One telephone call: answer, PIN, on air, hang up.
+
+The SIP side (offer/answer, the dialog, in-dialog requests) is driven by `SipService` through `on_*` methods; the
+call's own coroutine runs the conversation: ring, answer, play the welcome, collect DTMF digits, check the PIN,
+put the address on air and tell the caller how many sites hear them, then wait for either side to hang up.
+
+Media: one UDP socket per call on an even port of the RTP range (RTCP on the next, odd one). Incoming packets of
+the negotiated codec go to the jitter buffer; the broadcaster takes one 20 ms block per frame from it
+(`CallAudio.next_block`), so the caller's clock never paces the broadcast. Telephone-events go to the RFC 4733
+decoder. The return stream (prompts, else silence) is encoded with the negotiated codec and sent at a 20 ms pace
+from the first answer on: a continuous stream keeps NAT bindings open and lets the caller's jitter buffer settle.
+
+A source refused by the PIN guard gets 403 before any answer (no media, no prompt: the cheapest refusal we can
+make to someone guessing PINs); a caller blocked during the call hears "too many" and gets our BYE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from citycast.hub.db.models import Priority
+from citycast.ingest.live import LiveBroadcaster
+from citycast.ingest.pins import PinGate, SpeakerGrant
+from citycast.ingest.prompts import Prompts
+from citycast.ingest.rtp.codecs import CodecError, Decoder, Encoder, decoder_for, encoder_for
+from citycast.ingest.rtp.dtmf import DtmfError, Rfc4733Decoder, parse_sip_info
+from citycast.ingest.rtp.jitter import RtpReceiver
+from citycast.ingest.rtp.packet import RtpError, RtpPacket
+from citycast.ingest.rtp.rtcp import ReceptionReporter, RtcpError, build_rr, parse_compound
+from citycast.ingest.sip.dialog import Dialog, DialogError
+from citycast.ingest.sip.message import response_for
+from citycast.ingest.sip.sdp import Negotiated, SdpError, build_answer, negotiate, parse_sdp
+from citycast.ingest.sip.transaction import ServerTransaction, new_tag
+from citycast.ingest.sip.transport import Flow, SipTransport
+from citycast.media.audio import FRAME_SAMPLES
+from citycast.media.render import Samples
+
+if TYPE_CHECKING:
+    from citycast.hub.addresses import AddressManager
+
+log = logging.getLogger(__name__)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
+DIGIT_TIMEOUT_S = 10.0
+MAX_DIGITS = 12
+IDLE_PROMPTS = 3  # welcomes replayed to a silent caller before we hang up
+RTCP_INTERVAL_S = 5.0
+JITTER_TARGET_MS = 60
+
+
+class CallState(enum.Enum):
+    ringing = "ringing"
+    answered = "answered"  # 200 sent, PIN being entered
+    live = "live"
+    ended = "ended"
+
+
+class CallHost(Protocol):
+    """What a call needs from the telephone service."""
+
+    transport: SipTransport
+    prompts: Prompts
+    ring_s: float
+
+    @property
+    def addresses(self) -> AddressManager: ...
+
+    @property
+    def nc(self) -> Any: ...
+
+    @property
+    def signer(self) -> Any: ...
+
+    @property
+    def subjects(self) -> Any: ...
+
+    def pin_gate(self, source: str) -> PinGate: ...
+
+    def source_blocked(self, source: str) -> bool: ...
+
+    def local_ip(self, remote: str) -> str: ...
+
+    async def open_rtp(
+        self, rtp: Callable[[], asyncio.DatagramProtocol], rtcp: Callable[[], asyncio.DatagramProtocol]
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport, int]:
+        """Two sockets on an even port of the RTP range and the next one (RTCP)."""
+        ...
+
+    async def sites_live(self, zone_ids: tuple[int, ...]) -> int: ...
+
+    def call_ended(self, call: Call) -> None: ...
+
+
+# -- media ----------------------------------------------------------------------------------------------------
+class CallAudio:
+    """The caller's voice as a `LiveSource`: one 48 kHz block per broadcast frame, concealed where packets are
+    missing, silence while the caller holds."""
+
+    def __init__(self, receiver: RtpReceiver, clock: Callable[[], float] = time.monotonic) -> None:
+        self.receiver = receiver
+        self.clock = clock
+        self.held = False
+        self._buf = np.zeros(0, np.float32)
+        self.level = 0.0
+
+    def next_block(self, now: float) -> Samples:
+        if self.held:
+            return np.zeros(FRAME_SAMPLES, np.float32)
+        t = self.clock()
+        parts = [self._buf]
+        have = self._buf.size
+        while have < FRAME_SAMPLES:
+            pcm = self.receiver.pop_audio(t)
+            if pcm.size == 0:
+                pcm = np.zeros(FRAME_SAMPLES, np.float32)
+            parts.append(pcm)
+            have += pcm.size
+        buf = np.concatenate(parts).astype(np.float32, copy=False)
+        block, self._buf = buf[:FRAME_SAMPLES], buf[FRAME_SAMPLES:]
+        self.level = float(np.sqrt(np.mean(block.astype(np.float64) ** 2)))
+        return block
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, call: Call, *, rtcp: bool) -> None:
+        self.call = call
+        self.rtcp = rtcp
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.rtcp:
+            self.call._on_rtcp(data)
+        else:
+            self.call._on_rtp(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("rtp: %s", exc)
+
+
+class ReturnStream:
+    """What the caller hears: queued prompts, else silence, encoded and sent as RTP every 20 ms."""
+
+    def __init__(self, encoder: Encoder, payload_type: int, send: Callable[[bytes], None]) -> None:
+        self.encoder = encoder
+        self.payload_type = payload_type
+        self.send = send
+        self.ssrc = random.getrandbits(32)
+        self.seq = random.getrandbits(16)
+        self.ts = random.getrandbits(32)
+        self.packets = 0
+        self.octets = 0
+        self._queue: deque[Samples] = deque()
+        self._current = np.zeros(0, np.float32)
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._task: asyncio.Task[None] | None = None
+        self._first = True
+
+    def play(self, pcm: Samples) -> None:
+        self._queue.append(pcm)
+        self._drained.clear()
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._current = np.zeros(0, np.float32)
+        self._drained.set()
+
+    async def played(self) -> None:
+        await self._drained.wait()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="rtp-return")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _block(self) -> Samples:
+        while self._current.size < FRAME_SAMPLES and self._queue:
+            self._current = np.concatenate([self._current, self._queue.popleft()])
+        if self._current.size == 0:
+            self._drained.set()
+            return np.zeros(FRAME_SAMPLES, np.float32)
+        block = self._current[:FRAME_SAMPLES]
+        self._current = self._current[FRAME_SAMPLES:]
+        if block.size < FRAME_SAMPLES:
+            block = np.concatenate([block, np.zeros(FRAME_SAMPLES - block.size, np.float32)])
+        if self._current.size == 0 and not self._queue:
+            self._drained.set()
+        return block
+
+    async def _run(self) -> None:
+        t0 = time.monotonic()
+        n = 0
+        while True:
+            n += 1
+            delay = t0 + n * 0.02 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.2:  # starved: skip ahead rather than burst
+                t0, n = time.monotonic(), 0
+            for payload in self.encoder.encode(self._block()):
+                pkt = RtpPacket(
+                    payload_type=self.payload_type,
+                    seq=self.seq,
+                    timestamp=self.ts,
+                    ssrc=self.ssrc,
+                    payload=payload,
+                    marker=self._first,
+                )
+                self._first = False
+                self.seq = (self.seq + 1) & 0xFFFF
+                self.ts = (self.ts + self.encoder.timestamp_step()) & 0xFFFFFFFF
+                self.packets += 1
+                self.octets += len(payload)
+                self.send(pkt.build())
+
+
+# -- the call -------------------------------------------------------------------------------------------------
+@dataclass
+class _Media:
+    neg: Negotiated
+    transport: asyncio.DatagramTransport
+    rtcp: asyncio.DatagramTransport
+    port: int
+    remote: tuple[str, int]
+    receiver: RtpReceiver
+    audio: CallAudio
+    back: ReturnStream
+    dtmf: Rfc4733Decoder
+
+
+class Call:
+    def __init__(self, host: CallHost, invite_tx: ServerTransaction, flow: Flow) -> None:
+        self.host = host
+        self.invite_tx = invite_tx
+        self.invite = invite_tx.request
+        self.flow = flow
+        self.call_id = self.invite.call_id
+        self.local_tag = new_tag()
+        self.state = CallState.ringing
+        self.from_uri = self.invite.from_.uri
+        self.source = flow.remote[0]
+        self.dialog: Dialog | None = None
+        self.media: _Media | None = None
+        self.address_id: int | None = None
+        self.broadcaster: LiveBroadcaster | None = None
+        self.digits: asyncio.Queue[str] = asyncio.Queue()
+        self.end_reason = ""
+        self.sdp_version = 1
+        self.session_id = random.getrandbits(31)
+        self.failed_pins = 0
+        self._task: asyncio.Task[None] | None = None
+        self._ended = asyncio.Event()
+        self._cancelled = False
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._reporter = ReceptionReporter()
+        self.rtcp_sent = 0
+
+    # -- entry ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"call:{self.call_id}")
+
+    def _respond(self, tx: ServerTransaction, status: int, reason: str, **kw: Any) -> None:
+        tx.respond(response_for(tx.request, status, reason, **kw), self.host.transport.clock())
+        self.host.transport.flush()
+
+    async def _run(self) -> None:
+        try:
+            if not await self._answer():
+                return
+            await self._converse()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s failed", self.call_id)
+            self.end_reason = "call failed"
+        finally:
+            await self._teardown()
+
+    async def _answer(self) -> bool:
+        tx = self.invite_tx
+        if self.host.source_blocked(self.source):
+            log.warning("call from %s (%s) refused: source blocked after wrong PINs", self.from_uri, self.source)
+            self._respond(tx, 403, "Forbidden", to_tag=self.local_tag)
+            self.end_reason = "source blocked"
+            return False
+        if self.invite.content_type is None or not self.invite.body:
+            warning = '399 citycast "an INVITE without an SDP offer is not supported"'
+            self._respond(tx, 488, "Not Acceptable Here", to_tag=self.local_tag, headers=[("Warning", warning)])
+            self.end_reason = "no offer"
+            return False
+        try:
+            neg = negotiate(parse_sdp(self.invite.body))
+            decoder = decoder_for(neg.codec)
+            encoder = encoder_for(neg.codec, ptime_ms=20)
+        except (SdpError, CodecError) as e:
+            status, reason = (488, "Not Acceptable Here") if "codec" in str(e).lower() else (400, "Bad Request")
+            warning = str(e).replace('"', "'")[:200]
+            self._respond(tx, status, reason, to_tag=self.local_tag, headers=[("Warning", f'399 citycast "{warning}"')])
+            self.end_reason = f"SDP refused: {e}"
+            log.info("call %s from %s: %d %s", self.call_id, self.from_uri, status, e)
+            return False
+        self._respond(tx, 180, "Ringing", to_tag=self.local_tag)
+        await self._open_media(neg, decoder, encoder)
+        await asyncio.sleep(self.host.ring_s)
+        if self._cancelled or self.state is CallState.ended:
+            return False
+        local_ip = self.host.local_ip(self.flow.remote[0])
+        contact = f"<sip:citycast@{local_ip}:{self.host.transport.port};transport={self.flow.transport.lower()}>"
+        assert self.media is not None
+        body = build_answer(neg, local_ip=local_ip, local_port=self.media.port, session_id=self.session_id,
+                            version=self.sdp_version)  # fmt: skip
+        try:
+            self.dialog = Dialog.from_invite(self.invite, self.local_tag, contact)
+        except DialogError as e:
+            self._respond(tx, 400, "Bad Request", to_tag=self.local_tag, headers=[("Warning", f'399 citycast "{e}"')])
+            self.end_reason = f"bad INVITE: {e}"
+            return False
+        ok = self.dialog.response(self.invite, 200, "OK", body=body, content_type="application/sdp",
+                                  headers=[("Allow", ALLOW), ("Accept", ACCEPT)])  # fmt: skip
+        now = self.host.transport.clock()
+        tx.respond(ok, now)
+        self.dialog.track_2xx(ok, self.flow.remote, now)
+        self.host.transport.watch(self.dialog, self.flow.transport, self._ack_timed_out)
+        self.state = CallState.answered
+        self.media.back.start()
+        self._rtcp_task = asyncio.create_task(self._rtcp_loop())
+        log.info("call %s from %s answered (%s)", self.call_id, self.from_uri, neg.codec.name)
+        return True
+
+    async def _open_media(self, neg: Negotiated, decoder: Decoder, encoder: Encoder) -> None:
+        transport, rtcp, port = await self.host.open_rtp(
+            lambda: _RtpProtocol(self, rtcp=False), lambda: _RtpProtocol(self, rtcp=True)
+        )
+        receiver = RtpReceiver(neg.codec.clock_rate, neg.ptime_ms or 20, JITTER_TARGET_MS, decoder=decoder)
+        remote = (neg.remote_addr[0], neg.remote_addr[1])
+
+        def send(data: bytes) -> None:
+            assert self.media is not None
+            if self.media.remote[1] and self.media.neg.direction != "inactive":
+                transport.sendto(data, self.media.remote)
+
+        back = ReturnStream(encoder, neg.codec.payload_type, send)
+        self.media = _Media(neg, transport, rtcp, port, remote, receiver, CallAudio(receiver), back, Rfc4733Decoder())
+
+    # -- the conversation -----------------------------------------------------------------------------------
+    async def _converse(self) -> None:
+        assert self.media is not None
+        back = self.media.back
+        gate = self.host.pin_gate(self.source)
+        idle = 0
+        back.play(self.host.prompts.get("welcome"))
+        grant: SpeakerGrant | None = None
+        while grant is None:
+            pin = await self._collect_pin()
+            if pin is None:
+                return  # hung up meanwhile
+            if pin == "":
+                idle += 1
+                if idle >= IDLE_PROMPTS:
+                    self.end_reason = "no PIN entered"
+                    await self._say_and_hang_up("too_many")
+                    return
+                back.play(self.host.prompts.get("welcome"))
+                continue
+            result = await gate.attempt(pin, now_s=time.monotonic(), now=dt.datetime.now(dt.UTC))
+            if result.outcome == "granted":
+                grant = result.grant
+                break
+            self.failed_pins += 1
+            log.warning("call %s from %s (%s): wrong PIN (%s, %d tries left)", self.call_id, self.from_uri,
+                        self.source, result.outcome, result.tries_left)  # fmt: skip
+            if result.outcome == "retry":
+                back.clear()
+                back.play(self.host.prompts.get("wrong_pin"))
+                continue
+            self.end_reason = "too many wrong PINs" if result.outcome == "hangup" else "source blocked"
+            await self._say_and_hang_up("too_many")
+            return
+        assert grant is not None
+        await self._go_live(grant)
+        await self._ended.wait()
+
+    async def _collect_pin(self) -> str | None:
+        """Digits up to '#', MAX_DIGITS digits, or DIGIT_TIMEOUT_S without a key; None if the call ended."""
+        typed = ""
+        while len(typed) < MAX_DIGITS:
+            getter = asyncio.ensure_future(self.digits.get())
+            ended = asyncio.ensure_future(self._ended.wait())
+            done, _ = await asyncio.wait({getter, ended}, timeout=DIGIT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            for f in (getter, ended):
+                if f not in done:
+                    f.cancel()
+            if ended in done:
+                return None
+            if getter not in done:
+                return typed  # timeout: what we have ("" = nothing typed)
+            d = getter.result()
+            if d == "#":
+                return typed
+            if d == "*":
+                typed = ""  # start over
+                continue
+            typed += d
+        return typed
+
+    async def _go_live(self, grant: SpeakerGrant) -> None:
+        assert self.media is not None
+        addresses = self.host.addresses
+        display = self.invite.from_.display or self.from_uri
+        try:
+            self.address_id = await addresses.start(
+                title=f"Call from {display}",
+                source=f"sip:{self.from_uri.removeprefix('sip:')}",
+                zone_ids=list(grant.zone_ids),
+                priority=Priority(grant.priority),
+                speaker=grant.label,
+                user_id=grant.user_id,
+                external=True,
+            )
+        except ValueError as e:  # the PIN's zones are gone, or too many addresses at once
+            log.error("call %s: cannot go on air: %s", self.call_id, e)
+            self.end_reason = f"cannot go on air: {e}"
+            await self._say_and_hang_up("ended")
+            return
+        channel = addresses.channel_of(self.address_id)
+        self.broadcaster = LiveBroadcaster(self.host.nc, channel=channel, signer=self.host.signer,
+                                           source=self.media.audio, subjects=self.host.subjects)  # fmt: skip
+        self.broadcaster.start()
+        self.state = CallState.live
+        n = await self.host.sites_live(grant.zone_ids)
+        self.media.back.clear()
+        self.media.back.play(self.host.prompts.live_to(n))
+        log.info("call %s from %s live as address %d on channel %d (%s, %d sites)", self.call_id, self.from_uri,
+                 self.address_id, channel, grant.label, n)  # fmt: skip
+
+    async def _say_and_hang_up(self, prompt: str) -> None:
+        assert self.media is not None
+        self.media.back.clear()
+        self.media.back.play(self.host.prompts.get(prompt))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.media.back.played(), 15)
+        await asyncio.sleep(0.2)
+        self.send_bye()
+
+    # -- SIP events (from the service) ----------------------------------------------------------------------
+    def on_cancel(self, cancel_tx: ServerTransaction) -> None:
+        ended = self.host.transport.layers[self.flow.transport].cancel(
+            cancel_tx, self.host.transport.clock(), to_tag=self.local_tag
+        )
+        self.host.transport.flush()
+        if ended is not None:
+            self._cancelled = True
+            self.end_reason = "cancelled"
+            self._end()
+
+    def on_in_dialog(self, tx: ServerTransaction) -> None:
+        if self.dialog is None:
+            if tx.method != "ACK":
+                self._respond(tx, 481, "Call/Transaction Does Not Exist")
+            return
+        ev = self.dialog.on_request(tx.request, self.host.transport.clock())
+        if ev.kind == "ignore" or ev.kind == "ack":
+            return
+        if ev.kind == "reject":
+            self._respond(tx, ev.status, ev.reason, headers=list(ev.headers))
+        elif ev.kind == "bye":
+            self._respond(tx, 200, "OK")
+            self.end_reason = "caller hung up"
+            self._end()
+        elif ev.kind == "reinvite":
+            self._reinvite(tx)
+        elif tx.method == "INFO":
+            try:
+                digit = parse_sip_info(tx.request.content_type, tx.request.body)
+            except DtmfError as e:
+                self._respond(tx, 400, "Bad Request", headers=[("Warning", f'399 citycast "{e}"')])
+                return
+            if digit is None:
+                self._respond(tx, 415, "Unsupported Media Type", headers=[("Accept", ACCEPT)])
+                return
+            self._respond(tx, 200, "OK")
+            if digit is not None:
+                self.digits.put_nowait(digit)
+        elif tx.method == "OPTIONS":
+            self._respond(tx, 200, "OK", headers=[("Allow", ALLOW), ("Accept", ACCEPT)])
+        else:
+            self._respond(tx, 405, "Method Not Allowed", headers=[("Allow", ALLOW)])
+
+    def _ack_timed_out(self) -> None:
+        log.warning("call %s: no ACK for our 200 within 64*T1: hanging up", self.call_id)
+        self.end_reason = "no ACK"
+        self.send_bye()
+
+    def _reinvite(self, tx: ServerTransaction) -> None:
+        assert self.media is not None and self.dialog is not None
+        dialog = self.dialog
+
+        def refuse(why: str) -> None:
+            # Built by the dialog: a final answer also closes its open re-INVITE (RFC 3261 §14.2).
+            warning = [("Warning", f'399 citycast "{why}"')]
+            resp = dialog.response(tx.request, 488, "Not Acceptable Here", headers=warning)
+            tx.respond(resp, self.host.transport.clock())
+            self.host.transport.flush()
+
+        try:
+            neg = negotiate(parse_sdp(tx.request.body)) if tx.request.body else self.media.neg
+        except SdpError as e:
+            refuse(str(e).replace('"', "'")[:200])
+            return
+        if neg.codec.name.lower() != self.media.neg.codec.name.lower():
+            # Changing codecs mid-call would restart the decoder under the broadcast: keep it simple, refuse.
+            refuse("the codec cannot change during a call")
+            return
+        held = neg.direction in ("sendonly", "inactive")
+        self.media.audio.held = held
+        self.media.neg = neg
+        if neg.remote_addr[1]:
+            self.media.remote = (neg.remote_addr[0], neg.remote_addr[1])
+        ours = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}.get(neg.direction, "sendrecv")
+        self.sdp_version += 1
+        local_ip = self.host.local_ip(self.flow.remote[0])
+        body = build_answer(neg, local_ip=local_ip, local_port=self.media.port, session_id=self.session_id,
+                            version=self.sdp_version, direction=ours)  # fmt: skip
+        assert self.dialog is not None
+        ok = self.dialog.response(tx.request, 200, "OK", body=body, content_type="application/sdp")
+        now = self.host.transport.clock()
+        tx.respond(ok, now)
+        self.dialog.track_2xx(ok, self.flow.remote, now)
+        self.host.transport.flush()
+        log.info("call %s %s", self.call_id, "on hold" if held else "resumed")
+
+    def hub_stopped(self) -> None:
+        """The address was stopped elsewhere (the console): hang up on the caller."""
+        if self.state is CallState.ended:
+            return
+        self.end_reason = "address stopped"
+        self.address_id = None  # already stopped: do not stop it again
+        self.send_bye()
+
+    def send_bye(self) -> None:
+        if self.dialog is not None and self.state is not CallState.ended:
+            try:
+                local_ip = self.host.local_ip(self.flow.remote[0])
+                bye = self.dialog.bye(sent_by=f"{local_ip}:{self.host.transport.port}", transport=self.flow.transport)
+                self.host.transport.send_request(bye, self.flow)
+            except Exception as e:
+                log.warning("call %s: BYE not sent: %s", self.call_id, e)
+        self._end()
+
+    def _end(self) -> None:
+        if self.state is CallState.ended:
+            return
+        self.state = CallState.ended
+        self._ended.set()
+        if self._task is not None and self.dialog is None:
+            pass  # still ringing: _answer sees the state after its sleep
+
+    # -- RTP ------------------------------------------------------------------------------------------------
+    def _on_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
+        m = self.media
+        if m is None or self.state is CallState.ended:
+            return
+        try:
+            pkt = RtpPacket.parse(data)
+        except RtpError as e:
+            log.debug("call %s: bad RTP from %s: %s", self.call_id, addr, e)
+            return
+        if m.remote != addr:
+            m.remote = addr  # symmetric RTP (RFC 4961): answer where the caller really sends from (NAT)
+        if m.neg.dtmf_pt is not None and pkt.payload_type == m.neg.dtmf_pt:
+            digit = m.dtmf.push(pkt)
+            if digit is not None:
+                self.digits.put_nowait(digit)
+        elif pkt.payload_type == m.neg.codec.payload_type:
+            m.receiver.push(pkt, time.monotonic())
+
+    def _on_rtcp(self, data: bytes) -> None:
+        try:
+            for packet in parse_compound(data):
+                self._reporter.on_packet(packet, time.monotonic())
+        except RtcpError as e:
+            log.debug("call %s: bad RTCP: %s", self.call_id, e)
+
+    async def _rtcp_loop(self) -> None:
+        """Receiver reports (RFC 3550 §6.4.2) to the caller's RTCP port (RTP + 1), about every 5 s."""
+        cname = f"citycast@{self.host.local_ip(self.flow.remote[0])}"
+        while True:
+            await asyncio.sleep(self._reporter.next_interval())
+            m = self.media
+            if m is None:
+                return
+            block = self._reporter.report_block(m.receiver.stats, time.monotonic())
+            data = build_rr(m.back.ssrc, [block] if block is not None else [], cname)
+            m.rtcp.sendto(data, (m.remote[0], m.remote[1] + 1))
+            self.rtcp_sent += 1
+
+    # -- the end --------------------------------------------------------------------------------------------
+    async def _teardown(self) -> None:
+        self._end()
+        if self.broadcaster is not None:
+            await self.broadcaster.stop()
+        if self.address_id is not None:
+            aid, self.address_id = self.address_id, None
+            with contextlib.suppress(KeyError):
+                await self.host.addresses.stop(aid, "call ended")
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+        if self.dialog is not None:
+            self.host.transport.unwatch(self.dialog)
+        if self.media is not None:
+            await self.media.back.stop()
+            self.media.transport.close()
+            self.media.rtcp.close()
+        log.info("call %s from %s ended: %s", self.call_id, self.from_uri, self.end_reason or "ended")
+        self.host.call_ended(self)
+
+    async def finished(self) -> None:
+        """Until the call is over and cleaned up (its address stopped, its sockets closed)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(self._task)

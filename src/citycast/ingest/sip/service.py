@@ -1,0 +1,221 @@
+"""The conference telephone inside the hub: `Telephone(hub, host, port)` answers SIP calls and puts the right
+callers on air.
+
+It routes each request the transaction layer lets through: a new INVITE makes a `Call`; in-dialog requests, ACKs
+and CANCELs go to the call with that Call-ID; OPTIONS outside a dialog is answered here (a trunk's keep-alive).
+It also watches the addresses its calls put on air: one stopped from the console hangs up its call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from citycast.hub.db.models import Site
+from citycast.ingest.pins import PinGate, PinGuard, PinStore
+from citycast.ingest.prompts import Prompts
+from citycast.ingest.sip.call import ACCEPT, ALLOW, Call
+from citycast.ingest.sip.message import response_for
+from citycast.ingest.sip.transaction import ServerTransaction, TransactionTimeout
+from citycast.ingest.sip.transport import Flow, SipTransport
+
+if TYPE_CHECKING:
+    from citycast.hub.addresses import AddressManager
+    from citycast.hub.runtime import Hub
+
+log = logging.getLogger(__name__)
+
+MAX_CALLS = 50
+WATCH_S = 0.3
+
+
+class Telephone:
+    """SIP on `host:port` (UDP and TCP), media on even ports of `rtp_ports` (inclusive)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        host: str,
+        port: int,
+        rtp_ports: tuple[int, int] = (20000, 20999),
+        *,
+        ring_s: float = 0.5,
+        prompts: Prompts | None = None,
+        guard: PinGuard | None = None,
+        max_calls: int = MAX_CALLS,
+        t1: float = 0.5,
+    ) -> None:
+        lo, hi = rtp_ports
+        if not 1024 <= lo < hi <= 65535:
+            raise ValueError(f"bad RTP port range {lo}-{hi}: need 1024 <= low < high <= 65535")
+        self.hub = hub
+        self.host = host
+        self.rtp_ports = (lo + lo % 2, hi)
+        self.ring_s = ring_s
+        self.prompts = prompts or Prompts()
+        self.guard = guard or PinGuard()
+        self.max_calls = max_calls
+        self.transport = SipTransport(host, port, self, t1=t1)
+        self.calls: dict[str, Call] = {}
+        self.pins: PinStore | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._next_port = random.randrange(self.rtp_ports[0], self.rtp_ports[1], 2)
+
+    # -- what calls use -------------------------------------------------------------------------------------
+    @property
+    def addresses(self) -> AddressManager:
+        assert self.hub.addresses is not None, "the hub is not started"
+        return self.hub.addresses
+
+    @property
+    def nc(self) -> Any:
+        return self.hub.nc
+
+    @property
+    def signer(self) -> Any:
+        return self.hub.signer
+
+    @property
+    def subjects(self) -> Any:
+        return self.hub.subjects
+
+    @property
+    def port(self) -> int:
+        return self.transport.port
+
+    def pin_gate(self, source: str) -> PinGate:
+        assert self.pins is not None
+        return PinGate(self.pins, self.guard, source)
+
+    def source_blocked(self, source: str) -> bool:
+        return not self.guard.allowed(source, time.monotonic())
+
+    def local_ip(self, remote: str) -> str:
+        """The address the caller reaches us at: the listening one, or the interface that routes to them."""
+        if self.host not in ("0.0.0.0", "", "::"):
+            return self.host
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((remote, 9))  # no packet is sent: this only asks the kernel for a route
+            return str(s.getsockname()[0])
+        return "127.0.0.1"
+
+    async def open_rtp(
+        self, rtp: Callable[[], asyncio.DatagramProtocol], rtcp: Callable[[], asyncio.DatagramProtocol]
+    ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport, int]:
+        loop = asyncio.get_running_loop()
+        lo, hi = self.rtp_ports
+        count = (hi - lo + 1) // 2
+        bind = self.host if self.host not in ("", "::") else "0.0.0.0"
+        for _ in range(count):
+            port = self._next_port
+            self._next_port = port + 2 if port + 3 <= hi else lo
+            try:
+                t1, _ = await loop.create_datagram_endpoint(rtp, local_addr=(bind, port))
+            except OSError:
+                continue
+            try:
+                t2, _ = await loop.create_datagram_endpoint(rtcp, local_addr=(bind, port + 1))
+            except OSError:
+                t1.close()
+                continue
+            return t1, t2, port
+        raise OSError(f"no free RTP port pair in {lo}-{hi}")
+
+    async def sites_live(self, zone_ids: tuple[int, ...]) -> int:
+        """Enrolled sites of those zones (all zones when empty) that the fleet does not see offline."""
+
+        def names() -> set[str]:
+            with self.hub.db.session() as s:
+                q = select(Site.name).where(Site.enrolled_at.is_not(None), Site.revoked_at.is_(None))
+                q = q.where(Site.zone_id.in_(zone_ids)) if zone_ids else q.where(Site.zone_id.is_not(None))
+                return set(s.scalars(q))
+
+        enrolled = await asyncio.to_thread(names)
+        return sum(1 for v in self.hub.fleet.snapshot() if v.get("name") in enrolled and v.get("state") != "offline")
+
+    def call_ended(self, call: Call) -> None:
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+
+    # -- life -----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.hub.addresses is None or self.hub.nc is None or self.hub.signer is None:
+            raise RuntimeError("start the hub before its telephone")
+        self.pins = PinStore(self.hub.db, publish=self.hub.events.publish)
+        await self.transport.start()
+        self._watch = asyncio.create_task(self._watch_addresses(), name="sip-watch")
+
+    async def stop(self) -> None:
+        for call in list(self.calls.values()):
+            call.end_reason = "hub stopped"
+            call.send_bye()
+        for call in list(self.calls.values()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.finished(), 5)
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.transport.stop()
+
+    async def _watch_addresses(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            for call in list(self.calls.values()):
+                aid = call.address_id
+                if aid is None:
+                    continue
+                a = self.addresses.get(aid)
+                if a is None or a.stopping:
+                    call.hub_stopped()
+
+    # -- SIP ------------------------------------------------------------------------------------------------
+    def _respond(self, tx: ServerTransaction, status: int, reason: str, **kw: Any) -> None:
+        tx.respond(response_for(tx.request, status, reason, **kw), self.transport.clock())
+        self.transport.flush()
+
+    def on_request(self, tx: ServerTransaction, flow: Flow) -> None:
+        msg = tx.request
+        method = tx.method
+        call = self.calls.get(msg.call_id)
+        if method == "CANCEL":
+            if call is not None:
+                call.on_cancel(tx)
+            else:
+                self.transport.layers[flow.transport].cancel(tx, self.transport.clock())
+            return
+        if method == "INVITE" and not msg.to.tag:
+            if call is not None:
+                # A second INVITE for a live Call-ID with a new branch: a loop or a fork (§8.2.2.2).
+                self._respond(tx, 482, "Loop Detected")
+                return
+            if len(self.calls) >= self.max_calls:
+                self._respond(tx, 486, "Busy Here", headers=[("Retry-After", "30")])
+                return
+            call = Call(self, tx, flow)
+            self.calls[call.call_id] = call
+            call.start()
+            return
+        if call is not None:
+            call.on_in_dialog(tx)
+            return
+        if method == "ACK":
+            return  # an ACK for nothing we know: never answered (§17)
+        if method == "OPTIONS":
+            self._respond(tx, 200, "OK", headers=[("Allow", ALLOW), ("Accept", ACCEPT)])
+        elif method in ("BYE", "INFO", "INVITE"):
+            self._respond(tx, 481, "Call/Transaction Does Not Exist")
+        else:
+            self._respond(tx, 405, "Method Not Allowed", headers=[("Allow", ALLOW)])
+
+    def on_timeout(self, timeout: TransactionTimeout, flow: Flow) -> None:
+        log.info("sip %s %s:%d: %s timed out (Timer %s)", flow.transport, *flow.remote,
+                 getattr(timeout.transaction, "method", "?"), timeout.timer)  # fmt: skip

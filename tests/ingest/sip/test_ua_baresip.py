@@ -1,0 +1,103 @@
+"""A real softphone (baresip) calls the telephone with a speech clip as its microphone, types the PIN as DTMF, and
+the site's timed sink plays that clip: the site's WAV correlates with the source (not just "something played")."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from citycast.bus.server import free_port
+from citycast.ingest.sip.call import CallState
+from citycast.media.markers import correlate_lag
+from citycast.media.sources import read_audio
+
+from .test_ua_sipp import PIN, Rig, rig, wait_for  # noqa: F401 - the fixture is shared
+
+CLIP = Path(__file__).resolve().parents[3] / "src" / "citycast" / "assets" / "speech.opus"
+LEAD_S = 4.0  # silence before the speech: the PIN is typed and the address on air by then
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip not installed")]
+
+
+def write_wav(path: Path) -> None:
+    """The clip as the phone's microphone: 8 kHz mono 16-bit (G.711's rate), after LEAD_S of silence."""
+    pcm48 = read_audio(CLIP)
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000, layout="mono")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=8000)
+        audio = np.concatenate([np.zeros(int(LEAD_S * 48_000), np.float32), pcm48, np.zeros(48_000, np.float32)])
+        frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = 48_000
+        for f in [*resampler.resample(frame), *resampler.resample(None)]:
+            for packet in stream.encode(f):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int) -> None:
+    d.mkdir()
+    (d / "config").write_text(
+        "\n".join(
+            [
+                "poll_method epoll",
+                f"sip_listen 127.0.0.1:{sip_port}",
+                "module_path /usr/lib/baresip/modules",
+                "module cons.so",
+                f"cons_listen 127.0.0.1:{cons_port}",
+                "module g711.so",
+                "module aufile.so",
+                "module_app account.so",
+                "module_app menu.so",
+                f"audio_source aufile,{wav}",
+                "",
+            ]
+        )
+    )
+    (d / "accounts").write_text("<sip:speaker@127.0.0.1>;regint=0;audio_codecs=PCMA,PCMU\n")
+    (d / "contacts").write_text("")
+
+
+async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path) -> None:  # noqa: F811
+    wav = tmp_path / "mic.wav"
+    write_wav(wav)
+    sip_port, cons_port = free_port(), free_port()
+    conf = tmp_path / "baresip"
+    baresip_config(conf, wav, sip_port, cons_port)
+    proc = await asyncio.create_subprocess_exec(
+        "baresip", "-f", str(conf), "-t", "40", "-e", f"/dial sip:citycast@127.0.0.1:{rig.phone.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_for(
+            lambda: any(c.state is CallState.answered for c in rig.phone.calls.values()),
+            15,
+            "baresip never got through",
+        )
+        await asyncio.sleep(0.5)
+        # Keys on baresip's UDP console: in a call, menu sends a typed digit as DTMF (RFC 4733 by our SDP).
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for key in f"{PIN}#":
+                s.sendto(key.encode(), ("127.0.0.1", cons_port))
+                await asyncio.sleep(0.3)
+        await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 10, "never went on air")
+        await asyncio.sleep(LEAD_S + 8.4 + 1.0)  # the clip plays out
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        print(out.decode(errors="replace")[-4000:])  # shown by pytest when the test fails
+    await wait_for(lambda: not rig.phone.calls, 10, "the call did not end when baresip quit")
+    await wait_for(lambda: rig.addresses()[-1].ended_at is not None, 10, "the address did not end")
+    await asyncio.sleep(0.6)  # the sink rewrites its WAV header every half second
+    heard = read_audio(rig.tmp / "saddar-1.wav")
+    sent = read_audio(wav)[int(LEAD_S * 48_000) :]
+    sent = sent[: int(8.0 * 48_000)]
+    _, peak = correlate_lag(sent, heard)
+    assert peak > 0.5, (peak, out.decode(errors="replace")[-3000:])
