@@ -96,6 +96,14 @@ def serve(
         str | None, typer.Option(help="Answer phone calls (SIP over UDP and TCP) on HOST:PORT, e.g. 0.0.0.0:5060.")
     ] = None,
     rtp_ports: Annotated[str, typer.Option(help="UDP ports for the calls' audio, LOW-HIGH.")] = "20000-20999",
+    sip_register: Annotated[
+        str | None, typer.Option(help="Register with a SIP trunk as this address, sip:USER@TRUNK[:PORT].")
+    ] = None,
+    sip_password_file: Annotated[
+        Path | None, typer.Option(help="File holding the trunk password (never on the command line).")
+    ] = None,
+    sip_auth_user: Annotated[str | None, typer.Option(help="Digest user name, if not USER.")] = None,
+    sip_registrar: Annotated[str | None, typer.Option(help="Registrar/outbound proxy HOST[:PORT].")] = None,
     prefix: PrefixOpt = "citycast",
     duration: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
@@ -170,6 +178,25 @@ def serve(
         if not sip_host or not sip_port.isdigit():
             fail(f"--sip wants HOST:PORT, got {sip!r}")
         sip_addr = (sip_host, int(sip_port))
+    register = None
+    if sip_register is not None:
+        from citycast.ingest.sip.register import RegisterConfig
+
+        if sip_addr is None:
+            fail("--sip-register needs --sip HOST:PORT")
+        if sip_password_file is None:
+            fail("--sip-register needs --sip-password-file PATH")
+        assert sip_password_file is not None
+        try:
+            password = sip_password_file.read_text().rstrip("\r\n")
+        except OSError as e:
+            fail(f"cannot read {sip_password_file}: {e.strerror or e}")
+        if not password:
+            fail(f"{sip_password_file} is empty")
+        try:
+            register = RegisterConfig(sip_register, password, username=sip_auth_user, registrar=sip_registrar)
+        except ValueError as e:
+            fail(str(e))
     low, _, high = rtp_ports.partition("-")
     if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
         fail(f"--rtp-ports wants LOW-HIGH within 1024-65535, got {rtp_ports!r}")
@@ -177,6 +204,7 @@ def serve(
         data_dir=data_dir,
         sip=sip_addr,
         rtp_ports=(int(low), int(high)),
+        sip_register=register,
         db_url=db,
         http_host=http_host,
         http_port=int(http_port),

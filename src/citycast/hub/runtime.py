@@ -44,6 +44,7 @@ from citycast.hub.scheduler import Scheduler
 from citycast.hub.talkback import TalkbackControl
 from citycast.hub.timeserver import TimeService
 from citycast.ingest.pins import PinGuard
+from citycast.ingest.sip.register import RegisterConfig
 from citycast.ingest.sip.service import Telephone
 from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key, load_private_key, public_key_text, save_private_key
@@ -72,6 +73,7 @@ class HubOptions:
     media_dir: Path | None = None
     sip: tuple[str, int] | None = None  # the telephone's SIP address (UDP and TCP)
     rtp_ports: tuple[int, int] = (20000, 20999)
+    sip_register: RegisterConfig | None = None  # register with a SIP trunk (a PSTN number routed to us)
 
 
 class ServeError(RuntimeError):
@@ -226,7 +228,12 @@ class Hub:
         self._tasks.append(asyncio.create_task(self._retention()))
         if self.opts.sip is not None:
             self.telephone = Telephone(
-                self, self.opts.sip[0], self.opts.sip[1], self.opts.rtp_ports, guard=self.pin_guard
+                self,
+                self.opts.sip[0],
+                self.opts.sip[1],
+                self.opts.rtp_ports,
+                guard=self.pin_guard,
+                register=self.opts.sip_register,
             )
             await self.telephone.start()
         app = create_app(self.context)

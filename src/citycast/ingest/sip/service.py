@@ -3,7 +3,9 @@ callers on air.
 
 It routes each request the transaction layer lets through: a new INVITE makes a `Call`; in-dialog requests, ACKs
 and CANCELs go to the call with that Call-ID; OPTIONS outside a dialog is answered here (a trunk's keep-alive).
-It also watches the addresses its calls put on air: one stopped from the console hangs up its call.
+It also watches the addresses its calls put on air: one stopped from the console hangs up its call. With
+`register=RegisterConfig(...)` it keeps a registration at a SIP trunk (`register.Registration`) over its UDP socket,
+so the trunk's INVITEs for the number reach it; `registration_status()` reports it for the console and the log.
 """
 
 from __future__ import annotations
@@ -23,8 +25,14 @@ from citycast.hub.db.models import Site
 from citycast.ingest.pins import PinGate, PinGuard, PinStore
 from citycast.ingest.prompts import Prompts
 from citycast.ingest.sip.call import ACCEPT, ALLOW, Call
-from citycast.ingest.sip.message import response_for
-from citycast.ingest.sip.transaction import ServerTransaction, TransactionTimeout
+from citycast.ingest.sip.message import SipMessage, response_for
+from citycast.ingest.sip.register import RegisterConfig, Registration
+from citycast.ingest.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    TransactionError,
+    TransactionTimeout,
+)
 from citycast.ingest.sip.transport import Flow, SipTransport
 
 if TYPE_CHECKING:
@@ -35,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_CALLS = 50
 WATCH_S = 0.3
+UNREGISTER_WAIT_S = 5.0
 
 
 class Telephone:
@@ -52,6 +61,7 @@ class Telephone:
         guard: PinGuard | None = None,
         max_calls: int = MAX_CALLS,
         t1: float = 0.5,
+        register: RegisterConfig | None = None,
     ) -> None:
         lo, hi = rtp_ports
         if not 1024 <= lo < hi <= 65535:
@@ -68,6 +78,12 @@ class Telephone:
         self.pins: PinStore | None = None
         self._watch: asyncio.Task[None] | None = None
         self._next_port = random.randrange(self.rtp_ports[0], self.rtp_ports[1], 2)
+        self.register = register
+        self.registration: Registration | None = None
+        self._registrar: tuple[str, int] | None = None
+        self._reg_task: asyncio.Task[None] | None = None
+        self._reg_wake = asyncio.Event()
+        self._reg_done: asyncio.Event | None = None
 
     # -- what calls use -------------------------------------------------------------------------------------
     @property
@@ -152,6 +168,13 @@ class Telephone:
         self.pins = PinStore(self.hub.db, publish=self.hub.events.publish)
         await self.transport.start()
         self._watch = asyncio.create_task(self._watch_addresses(), name="sip-watch")
+        if self.register is not None:
+            if not self.transport.use_udp:
+                raise RuntimeError("registering with a trunk needs the UDP listener")
+            port = self.transport.port
+            self.registration = Registration(self.register, contact=f"sip:{self.register.user}@{self.host}:{port}",
+                                             sent_by=f"{self.host}:{port}")  # fmt: skip
+            self._reg_task = asyncio.create_task(self._run_registration(), name="sip-register")
 
     async def stop(self) -> None:
         for call in list(self.calls.values()):
@@ -164,6 +187,7 @@ class Telephone:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        await self._unregister()
         await self.transport.stop()
 
     async def _watch_addresses(self) -> None:
@@ -176,6 +200,113 @@ class Telephone:
                 a = self.addresses.get(aid)
                 if a is None or a.stopping:
                     call.hub_stopped()
+
+    # -- trunk registration ---------------------------------------------------------------------------------
+    def registration_status(self) -> dict[str, Any] | None:
+        """The trunk registration for the console and the log (None without --sip-register); never the password."""
+        if self.registration is None:
+            return None
+        return self.registration.snapshot(self.transport.clock())
+
+    async def _resolve_registrar(self) -> tuple[str, int]:
+        assert self.register is not None and self.registration is not None
+        host, port = self.register.registrar_address()
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise OSError(f"{host} has no IPv4 address")
+        addr = infos[0][4]
+        self._registrar = (str(addr[0]), int(addr[1]))
+        # Our Contact and Via carry the address the registrar reaches us at.
+        local = self.local_ip(self._registrar[0])
+        self.registration.contact = f"sip:{self.register.user}@{local}:{self.transport.port}"
+        self.registration.sent_by = f"{local}:{self.transport.port}"
+        return self._registrar
+
+    async def _run_registration(self) -> None:
+        reg = self.registration
+        assert reg is not None
+        clock = self.transport.clock
+        first = True
+        while True:
+            if not first:
+                deadline = reg.next_deadline()
+                self._reg_wake.clear()
+                delay = None if deadline is None else max(0.0, deadline - clock())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reg_wake.wait(), delay)
+            due = reg.next_deadline()
+            if not first and (due is None or clock() < due):
+                continue
+            try:
+                await self._resolve_registrar()
+            except OSError as e:
+                reg.on_timeout(clock(), f"cannot resolve the registrar: {e}")
+                log.warning("sip register %s: %s", reg.config.aor, reg.error)
+                first = False
+                continue
+            msg = reg.start(clock()) if first else reg.tick(clock())
+            first = False
+            if msg is not None:
+                self._send_register(msg)
+
+    def _send_register(self, msg: SipMessage) -> None:
+        reg = self.registration
+        assert reg is not None and self._registrar is not None
+        try:
+            tx = self.transport.send_request(msg, Flow("UDP", self._registrar))
+        except (TransactionError, ValueError) as e:
+            reg.on_timeout(self.transport.clock(), f"cannot send REGISTER: {e}")
+            return
+        loop = asyncio.get_running_loop()
+
+        # Handled on the next loop turn, not inside the transaction layer's own dispatch.
+        def done(t: ClientTransaction) -> None:
+            loop.call_soon(self._register_done, t)
+
+        tx.add_done_callback(done)
+
+    def _register_done(self, tx: ClientTransaction) -> None:
+        reg = self.registration
+        if reg is None:
+            return
+        before = (reg.status, reg.error)
+        now = self.transport.clock()
+        try:
+            response = tx.result()
+        except TransactionError:
+            reg.on_timeout(now)
+            nxt = None
+        else:
+            nxt = reg.on_response(response, now)
+        if nxt is not None:
+            self._send_register(nxt)
+        if (reg.status, reg.error) != before:
+            level = logging.WARNING if reg.status in ("failed", "retrying") else logging.INFO
+            log.log(level, "sip register %s: %s%s", reg.config.aor, reg.status, f" ({reg.error})" if reg.error else "")
+        if reg.status == "stopped" and self._reg_done is not None:
+            self._reg_done.set()
+        self._reg_wake.set()
+
+    async def _unregister(self) -> None:
+        if self._reg_task is not None:
+            self._reg_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reg_task
+            self._reg_task = None
+        reg = self.registration
+        if reg is None or self._registrar is None:
+            return
+        msg = reg.stop(self.transport.clock())
+        if msg is None:
+            return
+        self._reg_done = asyncio.Event()
+        self._send_register(msg)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reg_done.wait(), UNREGISTER_WAIT_S)
+        if reg.status != "stopped":
+            log.info("sip register %s: no answer to the unregister, the binding will expire", reg.config.aor)
+            reg.status = "stopped"
 
     # -- SIP ------------------------------------------------------------------------------------------------
     def _respond(self, tx: ServerTransaction, status: int, reason: str, **kw: Any) -> None:
