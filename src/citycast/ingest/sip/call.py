@@ -9,6 +9,9 @@ the negotiated codec go to the jitter buffer; the broadcaster takes one 20 ms bl
 (`CallAudio.next_block`), so the caller's clock never paces the broadcast. Telephone-events go to the RFC 4733
 decoder. The return stream (prompts, else silence) is encoded with the negotiated codec and sent at a 20 ms pace
 from the first answer on: a continuous stream keeps NAT bindings open and lets the caller's jitter buffer settle.
+While the call is live and the hub listens to a site (talkback), that site's microphone is mixed into the return
+stream under a limiter, so the speaker hears the crowd. A caller on hold (their offer sendonly or inactive) is
+sent no RTP and feeds silence to the broadcast.
 
 A source refused by the PIN guard gets 403 before any answer (no media, no prompt: the cheapest refusal we can
 make to someone guessing PINs); a caller blocked during the call hears "too many" and gets our BYE.
@@ -23,6 +26,7 @@ import enum
 import logging
 import random
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +53,7 @@ from citycast.media.render import Samples
 
 if TYPE_CHECKING:
     from citycast.hub.addresses import AddressManager
+    from citycast.hub.talkback import TalkbackControl, TalkbackTap
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,9 @@ MAX_DIGITS = 12
 IDLE_PROMPTS = 3  # welcomes replayed to a silent caller before we hang up
 RTCP_INTERVAL_S = 5.0
 JITTER_TARGET_MS = 60
+LIMIT = 0.98  # the return mix's ceiling (full scale is 1.0)
+RELEASE = 1.06  # limiter gain recovery per 20 ms block (about 0.5 dB): fast enough to follow speech, no pumping
+TALKBACK_BACKLOG = 25  # blocks (0.5 s) a slower call may lag behind the fastest one on the same talkback
 
 
 class CallState(enum.Enum):
@@ -68,12 +76,22 @@ class CallState(enum.Enum):
     ended = "ended"
 
 
+class TalkbackHub(Protocol):
+    """The part of the hub a call listens to: which site's microphone is open, if any."""
+
+    @property
+    def talkback(self) -> TalkbackControl | None: ...
+
+
 class CallHost(Protocol):
     """What a call needs from the telephone service."""
 
     transport: SipTransport
     prompts: Prompts
     ring_s: float
+
+    @property
+    def hub(self) -> TalkbackHub: ...
 
     @property
     def addresses(self) -> AddressManager: ...
@@ -117,8 +135,8 @@ class CallAudio:
         self.level = 0.0
 
     def next_block(self, now: float) -> Samples:
-        if self.held:
-            return np.zeros(FRAME_SAMPLES, np.float32)
+        # Held or not, the jitter buffer is drained at the broadcast's pace, so that music on hold does not pile
+        # up in it and play after the resume.
         t = self.clock()
         parts = [self._buf]
         have = self._buf.size
@@ -130,6 +148,8 @@ class CallAudio:
             have += pcm.size
         buf = np.concatenate(parts).astype(np.float32, copy=False)
         block, self._buf = buf[:FRAME_SAMPLES], buf[FRAME_SAMPLES:]
+        if self.held:
+            block = np.zeros(FRAME_SAMPLES, np.float32)
         self.level = float(np.sqrt(np.mean(block.astype(np.float64) ** 2)))
         return block
 
@@ -149,13 +169,82 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         log.debug("rtp: %s", exc)
 
 
-class ReturnStream:
-    """What the caller hears: queued prompts, else silence, encoded and sent as RTP every 20 ms."""
+class Limiter:
+    """Keeps a mix under `LIMIT`: the gain drops at once to what the loudest sample of a block allows (no sample
+    ever clips) and recovers by `RELEASE` per block, ramped within the block so the recovery does not click."""
 
-    def __init__(self, encoder: Encoder, payload_type: int, send: Callable[[bytes], None]) -> None:
+    def __init__(self, ceiling: float = LIMIT, release: float = RELEASE) -> None:
+        if not 0 < ceiling <= 1 or release < 1:
+            raise ValueError(f"bad limiter: ceiling {ceiling} (0..1], release {release} (>= 1)")
+        self.ceiling = ceiling
+        self.release = release
+        self.gain = 1.0
+
+    def process(self, block: Samples) -> Samples:
+        if block.size == 0:
+            return block.astype(np.float32, copy=False)
+        peak = float(np.max(np.abs(block)))
+        allowed = self.ceiling / peak if peak > self.ceiling else 1.0
+        gain = min(1.0, self.gain * self.release, allowed)
+        # Attack: the whole block at the lower gain. Release: a ramp whose every gain is between the old gain and
+        # the new one, both at most `allowed`, so no sample clips either.
+        ramp = gain if gain < self.gain else np.linspace(self.gain, gain, block.size, dtype=np.float32)
+        self.gain = gain
+        out: Samples = np.clip(block * ramp, -self.ceiling, self.ceiling).astype(np.float32)  # float rounding only
+        return out
+
+
+class TalkbackFeed:
+    """One site's microphone shared by every call that mixes it: a tap's `next_block` consumes its audio, so two
+    calls reading the tap directly would each hear every other block. The fastest reader pulls from the tap;
+    the others get the same blocks from a short backlog (a reader further behind skips to the newest)."""
+
+    def __init__(self, tap: TalkbackTap) -> None:
+        self.tap = tap
+        self._blocks: deque[Samples] = deque()
+        self._first = 0  # index of _blocks[0] in the tap's sequence of blocks
+
+    @classmethod
+    def of(cls, tap: TalkbackTap) -> TalkbackFeed:
+        feed = _FEEDS.get(tap)
+        if feed is None:
+            feed = _FEEDS[tap] = cls(tap)
+        return feed
+
+    def read(self, cursor: int | None) -> tuple[Samples, int]:
+        """The block at `cursor` (None: a new reader) and the reader's next cursor."""
+        end = self._first + len(self._blocks)
+        if cursor is None or not self._first <= cursor <= end:
+            cursor = end
+        if cursor == end:
+            self._blocks.append(self.tap.next_block(FRAME_SAMPLES))
+            if len(self._blocks) > TALKBACK_BACKLOG:
+                self._blocks.popleft()
+                self._first += 1
+        return self._blocks[cursor - self._first], cursor + 1
+
+
+_FEEDS: weakref.WeakKeyDictionary[TalkbackTap, TalkbackFeed] = weakref.WeakKeyDictionary()
+
+
+class ReturnStream:
+    """What the caller hears: queued prompts, else silence, plus the talkback site's microphone when
+    `talkback` names one, limited, encoded and sent as RTP every 20 ms."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        payload_type: int,
+        send: Callable[[bytes], None],
+        talkback: Callable[[], TalkbackTap | None] | None = None,
+    ) -> None:
         self.encoder = encoder
         self.payload_type = payload_type
         self.send = send
+        self.talkback = talkback  # set when the call goes live
+        self.limiter = Limiter()
+        self._feed: TalkbackFeed | None = None
+        self._cursor: int | None = None
         self.ssrc = random.getrandbits(32)
         self.seq = random.getrandbits(16)
         self.ts = random.getrandbits(32)
@@ -191,6 +280,20 @@ class ReturnStream:
                 await task
 
     def _block(self) -> Samples:
+        """The next 20 ms the caller hears."""
+        block = self._prompt_block()
+        tap = self.talkback() if self.talkback is not None else None
+        if tap is None:
+            self._feed = self._cursor = None
+            return block
+        if self._feed is None or self._feed.tap is not tap:
+            self._feed, self._cursor = TalkbackFeed.of(tap), None
+        mic, self._cursor = self._feed.read(self._cursor)
+        if mic.size != FRAME_SAMPLES:
+            mic = np.pad(mic[:FRAME_SAMPLES], (0, max(0, FRAME_SAMPLES - mic.size)))
+        return self.limiter.process(block + mic)
+
+    def _prompt_block(self) -> Samples:
         while self._current.size < FRAME_SAMPLES and self._queue:
             self._current = np.concatenate([self._current, self._queue.popleft()])
         if self._current.size == 0:
@@ -265,6 +368,7 @@ class Call:
         self.sdp_version = 1
         self.session_id = random.getrandbits(31)
         self.failed_pins = 0
+        self.sites_live: int | None = None  # the N of "you are live to N sites", once on air
         self._task: asyncio.Task[None] | None = None
         self._ended = asyncio.Event()
         self._cancelled = False
@@ -353,7 +457,8 @@ class Call:
 
         def send(data: bytes) -> None:
             assert self.media is not None
-            if self.media.remote[1] and self.media.neg.direction != "inactive":
+            # The caller's offer says what they receive: nothing while they hold (sendonly) or mute (inactive).
+            if self.media.remote[1] and self.media.neg.direction not in ("sendonly", "inactive"):
                 transport.sendto(data, self.media.remote)
 
         back = ReturnStream(encoder, neg.codec.payload_type, send)
@@ -444,11 +549,19 @@ class Call:
                                            source=self.media.audio, subjects=self.host.subjects)  # fmt: skip
         self.broadcaster.start()
         self.state = CallState.live
-        n = await self.host.sites_live(grant.zone_ids)
+        n = self.sites_live = await self.host.sites_live(grant.zone_ids)
+        self.media.back.talkback = self._talkback_tap
         self.media.back.clear()
         self.media.back.play(self.host.prompts.live_to(n))
         log.info("call %s from %s live as address %d on channel %d (%s, %d sites)", self.call_id, self.from_uri,
                  self.address_id, channel, grant.label, n)  # fmt: skip
+
+    def _talkback_tap(self) -> TalkbackTap | None:
+        """The site the hub listens to, while this call is on air."""
+        if self.state is not CallState.live:
+            return None
+        control = self.host.hub.talkback
+        return control.current if control is not None else None
 
     async def _say_and_hang_up(self, prompt: str) -> None:
         assert self.media is not None

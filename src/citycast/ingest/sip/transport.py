@@ -6,8 +6,11 @@ call control) as a `ServerTransaction` with the `Flow` it came on. Whatever the 
 sent by `flush()`, which also re-arms the single timer on `next_deadline()`. The handler calls `flush()` after it
 answers asynchronously (a ringing delay, a PIN checked in a worker thread).
 
-Bad input never raises out of here: an unparseable message is dropped and counted, a TCP stream that breaks the
-framing is closed (its framing is lost; nothing later in it can be trusted).
+Bad input never raises out of here. A request that fails to parse but whose start line and Via did parse is
+answered statelessly with the parser's status (400, 505 for another SIP version, 513 too large; §8.2.2, §21.4),
+so its sender learns why instead of retransmitting into silence; never an ACK, which gets no response (§17).
+Anything else unparseable is dropped and counted. A TCP stream that breaks the framing is closed (its framing is
+lost; nothing later in it can be trusted).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from citycast.ingest.sip.message import SipMessage, SipParseError, StreamFramer, parse
+from citycast.ingest.sip.message import SipMessage, SipParseError, StreamFramer, parse, response_for
 from citycast.ingest.sip.transaction import (
     Address,
     ClientTransaction,
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_DATAGRAM = 65_535
 MAX_TCP_CONNECTIONS = 1000
 TCP_IDLE_S = 600.0  # a connection that carried nothing for this long is closed (a call's keeps talking)
+_REASONS = {400: "Bad Request", 505: "Version Not Supported", 513: "Message Too Large"}
+_VERSION_RE = re.compile(rb"^([^\r\n]* )SIP/[0-9]+\.[0-9]+(\r?\n)", re.I)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class SipTransport:
         self.use_tcp = tcp
         self.layers = {"UDP": TransactionLayer(False, t1=t1), "TCP": TransactionLayer(True, t1=t1)}
         self.dropped = 0  # messages that could not be parsed
+        self.refused = 0  # of those, requests answered with an error (the rest were silently dropped)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._conns: dict[Address, asyncio.StreamWriter] = {}
@@ -154,13 +161,38 @@ class SipTransport:
             msg = parse(data)
         except SipParseError as e:
             self.dropped += 1
-            log.info("sip %s %s:%d: unparseable message dropped: %s", flow.transport, *flow.remote, e)
+            if self._refuse(data, e, flow):
+                self.refused += 1
+                log.info("sip %s %s:%d: bad request answered %d: %s", flow.transport, *flow.remote, e.status, e)
+            else:
+                log.info("sip %s %s:%d: unparseable message dropped: %s", flow.transport, *flow.remote, e)
             return
         try:
             self.dispatch(msg, flow)
         except Exception:  # a bug in one call must not take the listener down
             log.exception("sip %s %s:%d: handling a message failed", flow.transport, *flow.remote)
         self.flush()
+
+    def _refuse(self, data: bytes, error: SipParseError, flow: Flow) -> bool:
+        """Answer a bad request statelessly if enough of it parsed to address a response; True if answered."""
+        partial = error.partial
+        if partial is None and error.status == 505:
+            # The parser stops at the version; the same request as SIP/2.0 tells us whom to answer.
+            with contextlib.suppress(SipParseError):
+                partial = parse(_VERSION_RE.sub(rb"\1SIP/2.0\2", data.lstrip(b"\r\n"), count=1))
+        if partial is None or partial.method is None or partial.method == "ACK":
+            return False
+        if not partial.headers_all("Via") or partial.header("Call-ID") is None:
+            return False  # no Via: nowhere to send it (§18.2.2); no Call-ID: the client could not match it
+        try:
+            resp = response_for(partial, error.status, _REASONS.get(error.status, "Bad Request"),
+                                headers=[("Warning", f'399 citycast "{_quoted(str(error))}"')])  # fmt: skip
+            out = resp.to_bytes()
+        except (ValueError, SipParseError) as e:  # a To we cannot re-read, say: drop after all
+            log.debug("sip: no error response to a bad request: %s", e)
+            return False
+        self.send_raw(out, flow)
+        return True
 
     def dispatch(self, msg: SipMessage, flow: Flow) -> None:
         layer = self.layers[flow.transport]
@@ -286,3 +318,8 @@ class SipTransport:
                 except Exception:
                     log.exception("sip: handling a dialog timeout failed")
         self.flush()
+
+
+def _quoted(text: str) -> str:
+    """Text fit for a Warning's quoted string: printable ASCII, no quote or backslash, bounded."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "'" for c in text)[:200]

@@ -43,6 +43,8 @@ let refetchTimer = null;
 let renderQueued = false;
 let alertsDirty = false;
 let criticalPending = [];
+let talkbackSite = null; // the site whose microphone the hub is listening to, as this console last set it
+let talkbackBusy = false;
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
@@ -331,10 +333,16 @@ function sitePopup(name) {
       `ch ${site.channel ?? '–'} · buffer ${site.buffer_ms ?? '–'} ms · sync ${fmtMs(site.sync_error_ms)}`),
   );
   if (can('operator')) {
-    lines.append(el('button', {
-      class: 'small', testid: 'popup-mute',
-      onclick: () => controlSite(site, { muted: !site.muted }),
-    }, site.muted ? 'Unmute' : 'Mute'));
+    lines.append(el('div', { class: 'row' },
+      el('button', {
+        class: 'small', testid: 'popup-mute',
+        onclick: () => controlSite(site, { muted: !site.muted }),
+      }, site.muted ? 'Unmute' : 'Mute'),
+      updatePopupListen(el('button', {
+        class: 'small listen', testid: 'popup-listen', 'data-site': site.name,
+        title: 'Hear this site\'s microphone in a live caller\'s return audio',
+        onclick: () => setTalkback(site, talkbackSite !== site.name),
+      }))));
   }
   return lines;
 }
@@ -557,13 +565,18 @@ function siteRow(site) {
     }),
     volumeText: el('span', { class: 'small muted' }),
     mute: el('button', { class: 'small', testid: 'site-mute', onclick: () => controlSite(site, { muted: !site.muted }) }),
+    listen: el('button', {
+      class: 'small listen', testid: 'site-listen', title: 'Hear this site\'s microphone in a live caller\'s return audio',
+      onclick: () => setTalkback(site, talkbackSite !== site.name),
+    }),
   };
   const tr = el('tr', { testid: 'site-row', 'data-site': site.name },
     el('td', {}, el('strong', {}, site.name), site.label ? el('div', { class: 'muted small' }, site.label) : null),
     el('td', { class: 'hide-phone' }, site.zone || zoneName(site.zone_id)),
     cells.state, cells.level, cells.sync,
     el('td', { class: 'needs-operator' }, cells.volume, ' ', cells.volumeText),
-    el('td', { class: 'needs-operator' }, cells.mute));
+    el('td', { class: 'needs-operator' }, cells.mute),
+    el('td', { class: 'needs-operator' }, cells.listen));
   rows.set(site.name, cells);
   updateRow(site);
   return tr;
@@ -584,6 +597,56 @@ function updateRow(site) {
   cells.mute.textContent = site.muted ? 'Unmute' : 'Mute';
   cells.mute.setAttribute('aria-pressed', site.muted ? 'true' : 'false');
   cells.mute.classList.toggle('on', Boolean(site.muted));
+  updateListen(site.name, cells);
+}
+
+function updatePopupListen(button) {
+  const listening = talkbackSite === button.dataset.site;
+  button.textContent = listening ? '🎧 Stop listening' : '🎧 Listen';
+  button.setAttribute('aria-pressed', listening ? 'true' : 'false');
+  button.classList.toggle('on', listening);
+  button.disabled = talkbackBusy;
+  return button;
+}
+
+function updateListen(name, cells) {
+  const listening = talkbackSite === name;
+  cells.listen.textContent = listening ? '🎧 Stop' : '🎧 Listen';
+  cells.listen.setAttribute('aria-pressed', listening ? 'true' : 'false');
+  cells.listen.classList.toggle('on', listening);
+  cells.listen.disabled = talkbackBusy;
+}
+
+// ---------------------------------------------------------------- talkback
+/** Opens (or closes) talkback on one site. The hub listens to one site at a time: opening another closes the
+ * first, so the console shows whatever site the hub answers with, not what was asked for. */
+async function setTalkback(site, on) {
+  if (talkbackBusy) return;
+  talkbackBusy = true;
+  renderTalkback();
+  try {
+    const result = await act(() => api('POST', `sites/${site.id}/talkback`, { on }),
+      (r) => (r.site ? `Listening to ${r.site}` : `Stopped listening to ${site.name}`));
+    if (result) talkbackSite = result.site ?? null;
+  } finally {
+    talkbackBusy = false;
+    renderTalkback();
+  }
+}
+
+function renderTalkback() {
+  for (const [name, cells] of rows) updateListen(name, cells);
+  const indicator = $('#listening');
+  indicator.hidden = !talkbackSite;
+  indicator.dataset.site = talkbackSite || '';
+  if (talkbackSite) {
+    const site = sites.get(talkbackSite);
+    indicator.replaceChildren(`🎧 listening to ${talkbackSite}`,
+      site ? el('button', { class: 'link', testid: 'listening-stop', onclick: () => setTalkback(site, false) }, 'stop') : null);
+  }
+  // An open popup's button is changed in place: rebuilding the popup under the click that is being handled would
+  // let the click fall through to the map, which closes the popup.
+  for (const button of $$('[data-testid=popup-listen]')) updatePopupListen(button);
 }
 
 async function controlSite(site, change) {
@@ -616,6 +679,8 @@ function renderZones() {
     el('td', {}, confirmButton('Delete', () => act(() => api('DELETE', `zones/${z.id}`), `Zone ${z.name} deleted`).then(loadZones))))));
   zoneChecks($('#start-form fieldset.zones'), 'start');
   zoneChecks($('#schedule-form fieldset.zones'), 'sched');
+  zoneChecks($('#pin-form fieldset.zones'), 'pin');
+  if (route === 'pins' && can('operator')) loadPins();
 }
 
 async function controlZone(zone, change) {
@@ -738,8 +803,13 @@ function announceCritical(alert) {
   setTimeout(() => {
     const batch = criticalPending;
     criticalPending = [];
-    toast(batch.length === 1 ? `${batch[0].site}: ${batch[0].message}` : `${batch.length} critical alerts: see Alerts`, 'error');
+    toast(batch.length === 1 ? alertSubject(batch[0]) + batch[0].message : `${batch.length} critical alerts: see Alerts`, 'error');
   }, 1000);
+}
+
+/** "site: " for a site's alert; nothing for one about the hub itself (a pin_abuse alert names its caller). */
+function alertSubject(alert) {
+  return alert.site ? `${alert.site}: ` : '';
 }
 
 function renderAlerts() {
@@ -749,10 +819,10 @@ function renderAlerts() {
   ul.replaceChildren();
   if (shown.length === 0) ul.append(el('li', { class: 'muted empty' }, 'No alerts.'));
   for (const a of shown.slice(0, 200)) {
-    ul.append(el('li', { class: `alert sev-${a.severity} ${a.cleared_at ? 'cleared' : ''}`, testid: 'alert-item', 'data-severity': a.severity },
+    ul.append(el('li', { class: `alert sev-${a.severity} ${a.cleared_at ? 'cleared' : ''}`, testid: 'alert-item', 'data-severity': a.severity, 'data-kind': a.kind },
       el('span', { class: 'sev' }, a.severity),
       el('span', { class: 'when' }, fmtTime(a.raised_at)),
-      el('strong', {}, a.site || ''),
+      a.site ? el('strong', {}, a.site) : el('strong', { class: 'muted' }, a.kind === 'pin_abuse' ? 'telephone' : 'hub'),
       el('span', { class: 'kind' }, a.kind),
       el('span', { class: 'msg' }, a.message),
       a.cleared_at ? el('span', { class: 'muted small' }, `cleared ${fmtTime(a.cleared_at)}`) : null));
@@ -792,6 +862,92 @@ function playRecording(r) {
   player.src = `api/recordings/${r.id}/audio`;
   player.dataset.recordingId = String(r.id);
   player.play().catch(() => {}); // autoplay may be refused: the controls are there
+}
+
+// ---------------------------------------------------------------- speaker PINs
+/** A datetime-local value (this browser's time) as an aware ISO time for the hub; null when left empty. */
+function localToIso(value) {
+  if (!value) return null;
+  const d = new Date(value);
+  if (Number.isNaN(d.getTime())) throw new Error(`not a time: ${value}`);
+  return d.toISOString();
+}
+
+function validityText(p) {
+  if (!p.valid_from && !p.valid_until) return 'always';
+  const from = p.valid_from ? `from ${fmtTime(p.valid_from)}` : '';
+  const until = p.valid_until ? `until ${fmtTime(p.valid_until)}` : '';
+  return [from, until].filter(Boolean).join(' ');
+}
+
+async function loadPins() {
+  const list = await act(() => api('GET', 'pins'));
+  if (!list) return;
+  const body = $('#pins-body');
+  body.replaceChildren(...list.map(pinRow));
+  if (list.length === 0) body.append(el('tr', {}, el('td', { colspan: '8', class: 'muted' }, 'No speaker PINs yet.')));
+}
+
+function pinRow(p) {
+  const toggle = el('input', {
+    type: 'checkbox', checked: p.enabled, testid: 'pin-toggle', 'aria-label': `PIN for ${p.label} enabled`,
+    onchange: async (e) => {
+      const on = e.target.checked;
+      const ok = await act(() => api('PATCH', `pins/${p.id}`, { enabled: on }), `PIN for “${p.label}” ${on ? 'enabled' : 'disabled'}`);
+      if (!ok) e.target.checked = !on; // refused (e.g. too many enabled PINs with the same last digits)
+      loadPins();
+    },
+  });
+  const status = !p.enabled ? 'disabled' : p.valid_now ? 'valid now' : 'not valid now';
+  return el('tr', { class: p.valid_now ? '' : 'inactive', testid: 'pin-row', 'data-pin-id': p.id, 'data-label': p.label },
+    el('td', {}, el('strong', {}, p.label)),
+    el('td', { class: 'num', testid: 'pin-hint' }, `••${p.pin_hint}`),
+    el('td', { class: 'hide-phone' }, zonesLabel(p.zone_ids)),
+    el('td', {}, el('span', { class: `prio prio-${p.priority}` }, p.priority)),
+    el('td', { class: 'hide-phone', testid: 'pin-validity' }, validityText(p), el('div', { class: 'muted small' }, status)),
+    el('td', { class: 'hide-phone', testid: 'pin-last-used' }, p.last_used_at ? fmtTime(p.last_used_at) : el('span', { class: 'muted' }, 'never')),
+    el('td', {}, el('label', { class: 'inline' }, toggle)),
+    el('td', {}, confirmButton('Delete', () => act(() => api('DELETE', `pins/${p.id}`), `PIN for “${p.label}” deleted`).then(loadPins))));
+}
+
+async function createPin(ev) {
+  ev.preventDefault();
+  const form = ev.target;
+  let body;
+  try {
+    body = {
+      label: form.label.value.trim(),
+      zone_ids: checkedZones($('fieldset.zones', form)),
+      priority: form.priority.value,
+      valid_from: localToIso(form.valid_from.value),
+      valid_until: localToIso(form.valid_until.value),
+    };
+  } catch (err) {
+    toast(err.message, 'error');
+    return;
+  }
+  if (form.mode.value === 'typed') body.pin = form.pin.value.trim();
+  const created = await act(() => api('POST', 'pins', body), (p) => `PIN for “${p.label}” created (ends in ${p.pin_hint})`);
+  if (!created) return;
+  form.label.value = '';
+  form.pin.value = '';
+  form.valid_from.value = '';
+  form.valid_until.value = '';
+  if (created.pin) {
+    // The hub shows a generated PIN this once: it keeps only a hash and the last two digits.
+    $('#pin-once-label').textContent = created.label;
+    $('#pin-once-value').textContent = created.pin;
+    $('#pin-once').hidden = false;
+  } else {
+    dismissPin();
+  }
+  loadPins();
+}
+
+function dismissPin() {
+  $('#pin-once').hidden = true;
+  $('#pin-once-value').textContent = '';
+  $('#pin-once-label').textContent = '';
 }
 
 // ---------------------------------------------------------------- admin
@@ -940,7 +1096,7 @@ function handleEvent(msg) {
 }
 
 // ---------------------------------------------------------------- routing & session
-const VIEWS = ['map', 'onair', 'sites', 'schedule', 'alerts', 'recordings', 'admin'];
+const VIEWS = ['map', 'onair', 'sites', 'schedule', 'alerts', 'recordings', 'pins', 'admin'];
 
 function onRoute() {
   const name = location.hash.replace(/^#\/?/, '') || 'map';
@@ -954,6 +1110,7 @@ function onRoute() {
   if (route === 'schedule') { previewRule(); loadSchedules(); }
   if (route === 'alerts') loadAlerts();
   if (route === 'recordings') loadRecordings();
+  if (route === 'pins' && can('operator')) loadPins();
   if (route === 'admin' && can('admin')) { loadUsers(); loadSettings(); }
 }
 
@@ -975,6 +1132,11 @@ function signedOut(message) {
   clearTimeout(wsTimer);
   wsConnected = false;
   setConn('offline');
+  // The hub goes on listening until told otherwise; this page forgets it, as it forgets everything of the session.
+  talkbackSite = null;
+  renderTalkback();
+  dismissPin(); // a generated PIN must not wait on screen for whoever signs in next
+  $('#golive-link').hidden = true;
   showLogin(message);
 }
 
@@ -982,6 +1144,7 @@ async function signedIn(user) {
   session.user = user;
   document.body.classList.toggle('can-operate', can('operator'));
   document.body.classList.toggle('can-admin', can('admin'));
+  $('#golive-link').hidden = !can('speaker');
   $('#whoami').textContent = `${user.username} (${user.role})`;
   $('#login').hidden = true;
   $('#shell').hidden = false;
@@ -1034,6 +1197,15 @@ function init() {
   $('#user-form').addEventListener('submit', addUser);
   $('#zone-form').addEventListener('submit', addZone);
   $('#settings-form').addEventListener('submit', saveSettings);
+  $('#pin-form').addEventListener('submit', createPin);
+  $('#pin-form').addEventListener('change', (ev) => {
+    if (ev.target.name !== 'mode') return;
+    const typed = ev.target.form.mode.value === 'typed';
+    ev.target.form.pin.disabled = !typed;
+    ev.target.form.pin.required = typed;
+    if (typed) ev.target.form.pin.focus();
+  });
+  $('#pin-once-dismiss').addEventListener('click', dismissPin);
   $('#tile-save').addEventListener('click', () => {
     const url = $('#tile-url').value.trim();
     if (url) localStorage.setItem('citycast.tileUrl', url);
@@ -1074,6 +1246,7 @@ window.citycast = {
     };
   },
   markerCount: () => markers.size,
+  talkbackSite: () => talkbackSite,
   counts: countByState,
   site: (name) => (sites.has(name) ? { ...sites.get(name) } : null),
   status: () => ({ wsConnected, lastSnapshotAt, lastEventAt, signedIn: Boolean(session.user), route }),
