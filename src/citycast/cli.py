@@ -587,6 +587,41 @@ def bench_fuzz(
     raise typer.Exit(1 if crashed else 0)
 
 
+@app.command("bench-sip")
+def bench_sip(
+    sites: Annotated[int, typer.Option(min=1, help="Enrolled site agents in the PIN's zone.")] = 20,
+    markers: Annotated[int, typer.Option(min=1, help="Marker chirps sent in the call.")] = 20,
+    wan: Annotated[str, typer.Option(help="none, london-karachi or cellular-bad (caller ↔ hub; needs root).")] = "none",
+    rates: Annotated[str, typer.Option(help="Calls-per-second steps, comma-separated.")] = "10,20,40,80",
+    step_seconds: Annotated[float, typer.Option(help="Length of each load step.")] = 6.0,
+    pause_ms: Annotated[int, typer.Option(help="How long each load call stays up after the ACK.")] = 500,
+    delay: Annotated[float | None, typer.Option(help="Playout delay D (ms).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """The telephone's figures: SIP-call-to-loudspeaker latency and skew, and calls per second accepted."""
+    from citycast.bench.sip_bench import SipBenchError, SipBenchOptions, run_sip_bench
+
+    result: dict[str, object] = {}
+    try:
+        opts = SipBenchOptions(
+            sites=sites,
+            markers=markers,
+            wan=wan,
+            step_s=step_seconds,
+            pause_ms=pause_ms,
+            delay_ms=delay,
+            rates=tuple(float(r) for r in rates.split(",") if r.strip()),
+        )
+        with console.status(f"telephone bench: {sites} sites, {markers} markers, wan {wan}"):
+            result = run_sip_bench(opts).as_dict()
+    except (SipBenchError, ValueError) as e:
+        fail(str(e))
+    text = json.dumps(result, indent=1)
+    if json_out is not None:
+        json_out.write_text(text)
+    sys.stdout.write(text + "\n")
+
+
 def main() -> None:
     app()
 
