@@ -276,3 +276,12 @@ async def talkback(site_id: PathId, body: TalkbackIn, request: Request, user: Op
         await ctx.talkback.close()
     st = ctx.talkback.status()
     return TalkbackOut(site=st["site"], frames=st["frames"])
+
+
+@router.get("/api/talkback", response_model=TalkbackOut)
+async def talkback_status(_: Viewer, ctx: Ctx) -> TalkbackOut:
+    """Which site's microphone the hub is listening to now (none: `site` is null)."""
+    if ctx.talkback is None:
+        return TalkbackOut(site=None, frames=0)
+    st = ctx.talkback.status()
+    return TalkbackOut(site=st["site"], frames=st["frames"])

@@ -873,10 +873,17 @@ function localToIso(value) {
   return d.toISOString();
 }
 
+/** A validity bound: with its year, as a PIN may be given for years ahead (fmtTime leaves the year out). */
+function fmtDay(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  return d.toLocaleString(undefined, { day: 'numeric', month: 'short', year: 'numeric', hour: '2-digit', minute: '2-digit' });
+}
+
 function validityText(p) {
   if (!p.valid_from && !p.valid_until) return 'always';
-  const from = p.valid_from ? `from ${fmtTime(p.valid_from)}` : '';
-  const until = p.valid_until ? `until ${fmtTime(p.valid_until)}` : '';
+  const from = p.valid_from ? `from ${fmtDay(p.valid_from)}` : '';
+  const until = p.valid_until ? `until ${fmtDay(p.valid_until)}` : '';
   return [from, until].filter(Boolean).join(' ');
 }
 
@@ -1161,6 +1168,10 @@ async function signedIn(user) {
   ]);
   applyTiles(tileUrl(settings));
   await act(loadSites);
+  // Whoever opened talkback (another operator, or this one before a reload), the badge shows the hub's truth.
+  const listening = await api('GET', 'talkback').catch(() => null);
+  talkbackSite = listening ? listening.site ?? null : null;
+  renderTalkback();
   connectWs();
   onRoute();
 }
