@@ -234,7 +234,13 @@ async def hang_up_from_the_hub(rig: Rig, run: asyncio.Task[tuple[int, str, str]]
 
 async def go_live(rig: Rig, scenario: str, media: MediaPeer) -> tuple[asyncio.Task[tuple[int, str, str]], Call]:
     run = asyncio.create_task(sipp(rig, scenario, media=media))
-    await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 15, "never went on air")
+    try:
+        await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 30, "never went on air")
+    except AssertionError:
+        # Say what the call was doing, so a failure on a loaded CI box explains itself.
+        calls = [(c.state, c.failed_pins, c.end_reason) for c in rig.phone.calls.values()]
+        sipp_out = (await asyncio.wait_for(run, 30))[1][-2000:] if not run.done() or not run.cancelled() else ""
+        raise AssertionError(f"never went on air; calls {calls}; sipp: {sipp_out}") from None
     call = rig.the_call()
     # On air once the broadcaster runs and the caller is told how many sites hear them.
     await wait_for(lambda: call.broadcaster is not None and call.sites_live is not None, 10, "the call never settled")

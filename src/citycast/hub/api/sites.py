@@ -256,13 +256,13 @@ class TalkbackOut(BaseModel):
 @router.post(
     "/api/sites/{site_id}/talkback",
     response_model=TalkbackOut,
-    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
 )
 async def talkback(site_id: PathId, body: TalkbackIn, request: Request, user: Operator, ctx: Ctx) -> TalkbackOut:
     """Open (or close) talkback: hear this site's microphone, mixed into a live caller's return audio. One site at
     a time; the site stops sending by itself when the hub stops renewing the request."""
     if ctx.talkback is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "talkback needs the hub's own bus")
+        raise HTTPException(status.HTTP_409_CONFLICT, "talkback is not available on this hub (it needs the hub's bus)")
     with ctx.db.session() as s:
         site = _get_site(s, site_id)
         name = site.name
