@@ -40,6 +40,17 @@ class DemoError(RuntimeError):
     pass
 
 
+def _udp_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _wait_http(base: str, hub: Member, fleet: Fleet, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,6 +142,8 @@ def run_demo(
     city = plan_city(sites, rng)
     plan = [(p, SkewedClock.random(rng), rng.uniform(-100, 100)) for p in city]
     nats_port = free_port()
+    # The telephone answers on 5060 when it is free (any SIP phone can call the demo), else on a free port.
+    sip_port = 5060 if port_is_free("127.0.0.1", 5060) and _udp_free(5060) else free_port()
     try:
         with Fleet(out / "logs") as fleet:
             hub = fleet.spawn(
@@ -146,6 +159,8 @@ def run_demo(
                     f"{http_host}:{http_port}",
                     "--delay-ms",
                     str(delay_ms),
+                    "--sip",
+                    f"127.0.0.1:{sip_port}",
                 ),
             )
             _wait_http(base, hub, fleet, 60)
@@ -198,8 +213,12 @@ def run_demo(
                 # to show; they start from their stored credentials, with no enrolment.
                 for p, clock, dac_ppm in plan:
                     fleet.spawn("site", p.name, _site_argv(base, out, p, None, clock, dac_ppm, wav=False))
+                pin = _check(api.post("/api/pins", json={"label": "Demo speaker", "zone_ids": [], "priority": "live"}))
                 console.print(f"\nThe console stays up at [bold]{base}[/] (admin / {password}). "
                               + ("Ctrl-C to stop." if linger is None else f"Stopping in {linger:g} s."))  # fmt: skip
+                console.print(f"Call [bold]sip:citycast@127.0.0.1:{sip_port}[/] from a SIP phone (e.g. baresip), "
+                              f"type PIN [bold]{pin['pin']}[/] then # to be live to every zone; or open "
+                              f"{base}/golive.html in a browser with that PIN.")  # fmt: skip
                 try:
                     end = time.monotonic() + (linger if linger is not None else float("inf"))
                     while time.monotonic() < end and hub.popen is not None and hub.popen.poll() is None:
