@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import socket
 import time
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from citycast.bench.fleet import Fleet, Member, citycast_argv
+from citycast.bench.fleet import Fleet, Member, citycast_argv, wait_http_ok
 from citycast.bus.server import free_port, port_is_free
 from citycast.clock.local import SkewedClock
 from citycast.demo_city import ZONES, PlannedSite, plan_city
@@ -40,28 +41,14 @@ class DemoError(RuntimeError):
     pass
 
 
-def _udp_free(port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _wait_http(base: str, hub: Member, fleet: Fleet, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if hub.popen is not None and hub.popen.poll() is not None:
-            raise DemoError(f"the hub exited at start:\n{fleet.log_tail(hub)}")
-        try:
-            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    def alive() -> bool:
+        return hub.popen is None or hub.popen.poll() is None
+
+    if wait_http_ok(f"{base}/api/health", alive, timeout):
+        return
+    if not alive():
+        raise DemoError(f"the hub exited at start:\n{fleet.log_tail(hub)}")
     raise DemoError(f"the hub did not answer in {timeout:.0f} s:\n{fleet.log_tail(hub)}")
 
 
@@ -143,7 +130,9 @@ def run_demo(
     plan = [(p, SkewedClock.random(rng), rng.uniform(-100, 100)) for p in city]
     nats_port = free_port()
     # The telephone answers on 5060 when it is free (any SIP phone can call the demo), else on a free port.
-    sip_port = 5060 if port_is_free("127.0.0.1", 5060) and _udp_free(5060) else free_port()
+    sip_port = 5060
+    if not (port_is_free("127.0.0.1", 5060) and port_is_free("127.0.0.1", 5060, socket.SOCK_DGRAM)):
+        sip_port = free_port()
     try:
         with Fleet(out / "logs") as fleet:
             hub = fleet.spawn(

@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import httpx
 import psutil
 
 
@@ -48,6 +50,18 @@ class Member:
 
 def citycast_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "citycast", *args]
+
+
+def wait_http_ok(url: str, alive: Callable[[], bool], timeout: float) -> bool:
+    """Poll `url` until it answers 200 (True), or the process that should serve it dies or `timeout` passes
+    (False; `alive()` tells which)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        time.sleep(0.2)
+    return False
 
 
 @dataclass

@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 import websockets
 
-from citycast.bench.fleet import citycast_argv
+from citycast.bench.fleet import citycast_argv, wait_http_ok
 from citycast.bench.hub_load import HubLoadFigures, measure_hub_load
 from citycast.bus.server import free_port
 from citycast.demo_city import ZONES, plan_city
@@ -96,14 +96,11 @@ class _Hub:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the hub exited: {(self.work / 'hub.log').read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/api/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.2)
+        proc = self.proc
+        if wait_http_ok(f"{self.base}/api/health", lambda: proc.poll() is None, 60):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the hub exited: {(self.work / 'hub.log').read_text()[-2000:]}")
         raise RuntimeError("the hub did not start in 60 s")
 
     @property

@@ -41,8 +41,9 @@ def find_nats_server(explicit: str | None = None) -> str:
     )
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def port_is_free(host: str, port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> bool:
+    """Whether `port` can be bound on `host` now (TCP by default; `socket.SOCK_DGRAM` for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))

@@ -308,17 +308,11 @@ class FleetMonitor:
         if not self._batch or (self._writer is not None and not self._writer.done()):
             return  # the next flush after the running write takes what gathered meanwhile
         batch, self._batch = self._batch, _Batch()
-        ids: dict[str, int] | None = None
-        if self.site_ids is not None:
-            try:
-                ids = self.site_ids()
-            except Exception as e:
-                log.warning("fleet monitor: cannot read the enrolled sites: %s", e)
-        self._writer = asyncio.get_running_loop().create_task(self._write(batch, ids))
+        self._writer = asyncio.get_running_loop().create_task(self._write(batch))
 
-    async def _write(self, batch: _Batch, ids: dict[str, int] | None) -> None:
+    async def _write(self, batch: _Batch) -> None:
         try:
-            await asyncio.to_thread(self._write_sync, batch, ids)
+            await asyncio.to_thread(self._write_sync, batch)
         except Exception as e:
             self.db_errors += 1
             log.error("fleet monitor: cannot write %d state changes and %d alerts: %s",
@@ -329,14 +323,14 @@ class FleetMonitor:
         for _, alert in batch.alerts:
             self.events.publish({"type": "alert", "alert": dict(alert)})
 
-    def _write_sync(self, batch: _Batch, ids: dict[str, int] | None) -> None:
+    def _write_sync(self, batch: _Batch) -> None:
         assert self.database is not None
         with self.database.session() as s:
+            # Only the sites this batch names, looked up here in the writer's thread, never on the event loop.
             names = {c.site for c, _ in batch.changes} | {e.site for e, _ in batch.alerts}
-            if ids is None:
-                ids = {}
-                if names:
-                    ids = {n: i for i, n in s.execute(select(Site.id, Site.name).where(Site.name.in_(names)))}
+            ids: dict[str, int] = {}
+            if names:
+                ids = {n: i for i, n in s.execute(select(Site.id, Site.name).where(Site.name.in_(names)))}
             for change, last_seen_s in batch.changes:
                 site_id = ids.get(change.site)
                 if site_id is None:

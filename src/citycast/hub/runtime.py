@@ -281,7 +281,7 @@ class Hub:
         now = utcnow()
         name = f"{now:%Y/%m}/address-{address_id}-{now:%Y%m%dT%H%M%S}.ogg"
         writer = await asyncio.to_thread(Recorder(self.recordings_dir).open, name, channel)
-        verifier = FrameVerifier([self.signer.public_key, *self._extra_trusted()])
+        verifier = FrameVerifier([self.signer.public_key])
         # The hub's clock is the broadcast clock: a replay of old audio cannot open or fill a recording.
         rec = ChannelRecorder(self.nc, writer, verifier, subjects=self.subjects, clock=time.time_ns)
         await rec.start()
@@ -294,9 +294,6 @@ class Hub:
                 return int(row.id)
 
         return _AddressRecording(self, rec, writer, await asyncio.to_thread(insert))
-
-    def _extra_trusted(self) -> list[Any]:
-        return []
 
     def _site_ids(self) -> dict[str, int]:
         with self.db.session() as s:

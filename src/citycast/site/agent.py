@@ -125,6 +125,10 @@ class SiteAgent:
         self.desired: DesiredState | None = None
         self.desired_watcher: DesiredWatcher | None = None
         self._audio_sub: Subscription | None = None
+        # Channel changes resubscribe in the background, one at a time; finished ones leave the set, so an agent
+        # that runs for months does not keep a task per change it ever made.
+        self._audio_lock = asyncio.Lock()
+        self._resubscribing: set[asyncio.Task[None]] = set()
         self._own_fallback = config.fallback
         self.talkback: TalkbackSender | None = None
 
@@ -205,16 +209,21 @@ class SiteAgent:
             self.config.channel = state.channel
             self.engine.drop_stream()
             if self.nc is not None:
-                self._tasks.append(asyncio.create_task(self._subscribe_audio()))
+                task = asyncio.create_task(self._subscribe_audio())
+                self._resubscribing.add(task)
+                task.add_done_callback(self._resubscribing.discard)
 
     async def _subscribe_audio(self) -> None:
         assert self.nc is not None
-        old, self._audio_sub = self._audio_sub, None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.unsubscribe()
-        subject = self.config.subjects.audio(self.config.channel)
-        self._audio_sub = await self.nc.subscribe(subject, cb=self._on_audio, pending_msgs_limit=4096)
+        async with self._audio_lock:  # two quick changes must not leave two subscriptions behind
+            subject = self.config.subjects.audio(self.config.channel)
+            if self._audio_sub is not None and self._audio_sub.subject == subject:
+                return
+            old, self._audio_sub = self._audio_sub, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.unsubscribe()
+            self._audio_sub = await self.nc.subscribe(subject, cb=self._on_audio, pending_msgs_limit=4096)
 
     # -- telemetry -----------------------------------------------------------------------------------------
     def telemetry(self) -> Telemetry:
@@ -306,9 +315,10 @@ class SiteAgent:
     async def stop(self) -> None:
         if self.talkback is not None:
             await self.talkback.stop()
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._resubscribing]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.clock_sync is not None:

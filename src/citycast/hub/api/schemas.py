@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from citycast.hub.db.models import Priority, Role
+from citycast.hub.db.models import Priority, Role, Site
 
 SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # also a NATS subject token: no dots, spaces or wildcards
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
@@ -103,6 +103,19 @@ class ControlIn(Strict):
     muted: bool | None = None
     # What a site plays when its stream is lost: its own fallback audio ("default") or nothing ("silence").
     fallback: Literal["default", "silence"] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.volume is None and self.muted is None and self.fallback is None
+
+    def apply_to(self, site: Site) -> None:
+        """Change what was given on one site's row; the rest stays."""
+        if self.volume is not None:
+            site.volume = self.volume
+        if self.muted is not None:
+            site.muted = self.muted
+        if self.fallback is not None:
+            site.fallback = self.fallback
 
 
 class ZoneControlOut(BaseModel):

@@ -183,16 +183,11 @@ async def revoke_site(site_id: PathId, request: Request, user: Admin, ctx: Ctx) 
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
 async def control_site(site_id: PathId, body: ControlIn, request: Request, user: Operator, ctx: Ctx) -> SiteOut:
-    if body.volume is None and body.muted is None and body.fallback is None:
+    if body.empty:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give volume, muted or fallback")
     with ctx.db.session() as s:
         site = _get_site(s, site_id)
-        if body.volume is not None:
-            site.volume = body.volume
-        if body.muted is not None:
-            site.muted = body.muted
-        if body.fallback is not None:
-            site.fallback = body.fallback
+        body.apply_to(site)
         record(s, request, user, "site.control", f"site:{site.name}", body.model_dump(exclude_none=True))
         out = site_out(site, ctx.fleet)
     await ctx.addresses.refresh_sites([out.name])

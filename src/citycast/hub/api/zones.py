@@ -92,7 +92,7 @@ async def delete_zone(zone_id: PathId, request: Request, user: Admin, ctx: Ctx) 
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
 async def control_zone(zone_id: PathId, body: ControlIn, request: Request, user: Operator, ctx: Ctx) -> ZoneControlOut:
-    if body.volume is None and body.muted is None and body.fallback is None:
+    if body.empty:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give volume, muted or fallback")
     with ctx.db.session() as s:
         zone = s.get(Zone, zone_id)
@@ -100,12 +100,7 @@ async def control_zone(zone_id: PathId, body: ControlIn, request: Request, user:
             raise not_found("zone", zone_id)
         names: list[str] = []
         for site in s.scalars(select(Site).where(Site.zone_id == zone.id).order_by(Site.name)):
-            if body.volume is not None:
-                site.volume = body.volume
-            if body.muted is not None:
-                site.muted = body.muted
-            if body.fallback is not None:
-                site.fallback = body.fallback
+            body.apply_to(site)
             names.append(site.name)
         record(
             s,
