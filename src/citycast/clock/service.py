@@ -58,10 +58,14 @@ class _Connection:
         while self.wire is None or self.wire.closed.done():
             try:
                 wire = await open_wire(self.url, self.on_message, self.clock, name=self.name, creds=self.creds)
-                for subject in self.subjects:
-                    wire.subscribe(subject)
-                if self.subjects:
-                    await wire.flush()
+                try:
+                    for subject in self.subjects:
+                        wire.subscribe(subject)
+                    if self.subjects:
+                        await wire.flush()
+                except BaseException:
+                    wire.close()  # a half-set-up connection must not linger beside the next attempt
+                    raise
                 self.wire = wire
                 self._delay = 0.1
             except (TimeoutError, OSError, WireError) as e:
