@@ -133,7 +133,13 @@ async def _scenario(url: str, db: Database, media: Path) -> None:
         duration_s=0.3,
     )  # fmt: skip
     deadline = time.monotonic() + 10
-    while mgr.get(short) is not None:
+
+    def ended() -> bool:  # the row is written after the address leaves the air: wait for the row
+        with db.session() as s:
+            row = s.get(Address, short)
+            return row is not None and row.ended_at is not None
+
+    while mgr.get(short) is not None or not ended():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     with db.session() as s:
