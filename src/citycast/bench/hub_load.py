@@ -10,7 +10,6 @@ hub's reaction: bus, parse, fleet, the 0.25 s console flush and the event path; 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,6 +22,7 @@ import psutil
 
 from citycast.bus.subjects import Subjects
 from citycast.site.light import LABEL, LightFleet
+from citycast.tasks import cancel_and_wait
 
 
 @dataclass
@@ -130,9 +130,7 @@ async def measure_hub_load(
                 await asyncio.sleep(0.05)
     finally:
         if follower is not None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await follower
+            await cancel_and_wait(follower)
         await fleet.stop()
     wall = max(1e-9, wall1 - wall0)
     lat = np.asarray(watch.latencies_ms, dtype=np.float64)

@@ -261,7 +261,8 @@ class NatsWire:
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._pongs.append(waiter)
         self._command(b"PING\r\n")
-        await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(waiter)
 
     def publish(self, subject: str, payload: bytes, reply: str | None = None) -> None:
         """Written to the socket now, not queued: a timestamp taken just before this call is honest."""
@@ -292,13 +293,15 @@ async def open_wire(
     sock = socket.socket(family, kind, proto)
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+        async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, addr)
     except BaseException:
         sock.close()
         raise
     wire = NatsWire(sock, on_message, clock, name=name, user=u.username, password=u.password, creds=credentials)
     try:
-        await asyncio.wait_for(asyncio.shield(wire.ready), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(wire.ready)
     except BaseException:
         wire.close()
         raise

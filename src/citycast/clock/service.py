@@ -17,7 +17,6 @@ sites sync to a responder near them (one per city, beside the leafnode) which it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import struct
@@ -27,6 +26,7 @@ from pathlib import Path
 from citycast.bus.wire import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,7 @@ class TimeResponder:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         self._conn.close()
 
@@ -197,9 +195,7 @@ class ClockSync:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._conn.close()
 
     def _on_reply(self, msg: WireMessage) -> None:
@@ -214,7 +210,8 @@ class ClockSync:
     async def exchange(self) -> bool:
         """One exchange; True if it produced a sample."""
         try:
-            wire = await asyncio.wait_for(self._conn.get(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                wire = await self._conn.get()
         except TimeoutError:
             self.failures += 1
             return False
@@ -223,7 +220,8 @@ class ClockSync:
         self._pending = (t1, fut)
         try:
             wire.publish(self.subject, _REQUEST.pack(t1), reply=self._inbox)
-            msg = await asyncio.wait_for(fut, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                msg = await fut
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # timeout, no responder, reconnecting: count it, try again later

@@ -5,7 +5,6 @@ written as desired state, which the sites follow: pre-emption and restoring are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -28,6 +27,7 @@ from citycast.media.audio import FRAME_NS
 from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
 from citycast.media.sources import LineInSource, MarkerSource, Source, SourceError, ToneSource, open_source
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +264,7 @@ class AddressManager:
         for a in list(self._on_air.values()):
             await self._finish(a, "hub stopped", AddressStatus.ended)
         if self._reach_task is not None:
-            self._reach_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reach_task
+            await cancel_and_wait(self._reach_task)
 
     async def _finish(self, a: OnAir, reason: str, status: AddressStatus) -> None:
         if a.stopping:
@@ -274,9 +272,7 @@ class AddressManager:
         a.stopping = True
         task, a.task = a.task, None
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         # Let every site play out what was already sent (D and a margin) before moving it to another channel;
         # the end of the address is then in sync everywhere, as its start was.
         await asyncio.sleep(self.delay_ms / 1000 + 0.3)

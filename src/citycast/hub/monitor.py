@@ -38,6 +38,7 @@ from citycast.hub.events import EventHub
 from citycast.hub.fleet import Change, FleetState
 from citycast.hub.metrics import TelemetryCounters
 from citycast.site.telemetry import TELEMETRY_VERSION, Telemetry
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,7 @@ class FleetMonitor:
                 await self._sub.unsubscribe()
             self._sub = None
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._writer is not None:
             with contextlib.suppress(Exception):

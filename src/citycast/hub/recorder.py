@@ -392,7 +392,8 @@ class ChannelRecorder:
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
-                await asyncio.wait_for(sub.drain(), 2.0)  # type: ignore[no-untyped-call]
+                async with asyncio.timeout(2.0):
+                    await sub.drain()  # type: ignore[no-untyped-call]
             except Exception as e:  # a closed connection or a slow drain must not keep the file open
                 log.debug("recording %s: drain failed: %r", self.writer.name, e)
                 with contextlib.suppress(Exception):

@@ -48,6 +48,7 @@ from citycast.ingest.sip.register import RegisterConfig
 from citycast.ingest.sip.service import Telephone
 from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key, load_private_key, public_key_text, save_private_key
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,8 @@ class Hub:
     # -- run / stop ---------------------------------------------------------------------------------------
     async def serve_forever(self, duration: float | None = None) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), duration)
+            async with asyncio.timeout(duration):
+                await self._stop.wait()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -354,19 +356,22 @@ class Hub:
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 await self.monitor.stop()
-        for t in self._tasks:
-            if t.get_name() != "uvicorn":
-                t.cancel()
-        for t in self._tasks:
+        # uvicorn was told to exit and shuts its connections down itself; the others are cancelled.
+        http_tasks = [t for t in self._tasks if t.get_name() == "uvicorn"]
+        await cancel_and_wait(*(t for t in self._tasks if t.get_name() != "uvicorn"))
+        for t in http_tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 5)
+                async with asyncio.timeout(5):
+                    await t
+            await cancel_and_wait(t)  # still serving after 5 s: cancelled
         self._tasks.clear()
         if self.time_service is not None:
             with contextlib.suppress(Exception):
                 await self.time_service.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 2)
+                async with asyncio.timeout(2):
+                    await self.nc.drain()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
         self.db.dispose()

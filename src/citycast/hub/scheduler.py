@@ -354,4 +354,5 @@ class Scheduler:
             except Exception as e:
                 log.error("scheduler tick failed: %s", e)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), period_s)
+                async with asyncio.timeout(period_s):
+                    await stop.wait()

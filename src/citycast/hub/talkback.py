@@ -29,6 +29,7 @@ from citycast.media.audio import FRAME_SAMPLES
 from citycast.media.codec import OpusDecoder
 from citycast.media.frame import FrameError, FrameVerifier, ReplayWindow
 from citycast.media.render import Samples
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ class TalkbackTap:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         with contextlib.suppress(Exception):
             await self.nc.publish(self.subjects.commands(self.site), json.dumps({"talkback": "off"}).encode())

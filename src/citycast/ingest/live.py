@@ -8,7 +8,6 @@ timestamp grid that never drifts from the broadcast clock whatever the caller's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -23,6 +22,7 @@ from citycast.media.audio import FRAME_NS, FRAME_SAMPLES
 from citycast.media.codec import OpusEncoder
 from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class LiveBroadcaster:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         try:
             await self.nc.flush()
         except Exception as e:  # the bus is gone; nothing left to flush

@@ -36,6 +36,7 @@ from citycast.media.sources import open_source
 from citycast.site.desired import DesiredWatcher
 from citycast.site.talkback import TalkbackSender
 from citycast.site.telemetry import Telemetry
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -316,17 +317,14 @@ class SiteAgent:
         if self.talkback is not None:
             await self.talkback.stop()
         tasks = [*self._tasks, *self._resubscribing]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*tasks)
         if self.clock_sync is not None:
             await self.clock_sync.stop()
         if self.nc is not None:
             # A site publishes nothing that matters at shutdown; never let a slow drain hold it up.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.nc.drain()
             with contextlib.suppress(Exception):
                 await self.nc.close()
 

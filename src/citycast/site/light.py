@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from citycast.bus.connection import connect
 from citycast.bus.subjects import Subjects
 from citycast.site.telemetry import Telemetry
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +190,12 @@ class LightFleet:
             self._tasks.append(asyncio.create_task(self._publish_loop(nc, group)))
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         for nc in self._conns:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.drain(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await nc.drain()
             with contextlib.suppress(Exception):
                 await nc.close()
         self._conns = []
@@ -315,6 +313,7 @@ async def run_light_sites(
             await waiter
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, duration_s)
+                async with asyncio.timeout(duration_s):
+                    await waiter
     log.info("%s: published %d reports (%d failed)", LABEL, fleet.stats.published, fleet.stats.publish_errors)
     return fleet.stats

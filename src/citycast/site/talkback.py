@@ -26,6 +26,7 @@ from citycast.media.codec import OpusEncoder
 from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
 from citycast.media.sources import Source
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,7 @@ class TalkbackSender:
         self.expires = 0.0
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         try:

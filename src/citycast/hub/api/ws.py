@@ -21,6 +21,7 @@ from citycast.hub.api.deps import token_of, user_of_token
 from citycast.hub.api.sites import all_sites
 from citycast.hub.context import HubContext
 from citycast.hub.events import Subscription
+from citycast.tasks import cancel_and_wait
 
 REAUTH_EVERY_S = 30.0
 
@@ -78,9 +79,7 @@ async def feed(websocket: WebSocket) -> None:
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away while we were sending
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
             if websocket.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     await websocket.close()

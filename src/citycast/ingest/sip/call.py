@@ -50,6 +50,7 @@ from citycast.ingest.sip.transaction import ServerTransaction, new_tag
 from citycast.ingest.sip.transport import Flow, SipTransport
 from citycast.media.audio import FRAME_SAMPLES
 from citycast.media.render import Samples
+from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from citycast.hub.addresses import AddressManager
@@ -275,9 +276,7 @@ class ReturnStream:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     def _block(self) -> Samples:
         """The next 20 ms the caller hears."""
@@ -568,7 +567,8 @@ class Call:
         self.media.back.clear()
         self.media.back.play(self.host.prompts.get(prompt))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.media.back.played(), 15)
+            async with asyncio.timeout(15):
+                await self.media.back.played()
         await asyncio.sleep(0.2)
         self.send_bye()
 

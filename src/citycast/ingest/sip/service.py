@@ -34,6 +34,7 @@ from citycast.ingest.sip.transaction import (
     TransactionTimeout,
 )
 from citycast.ingest.sip.transport import Flow, SipTransport
+from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from citycast.hub.addresses import AddressManager
@@ -182,11 +183,10 @@ class Telephone:
             call.send_bye()
         for call in list(self.calls.values()):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(call.finished(), 5)
+                async with asyncio.timeout(5):
+                    await call.finished()
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait(self._watch)
         await self._unregister()
         await self.transport.stop()
 
@@ -234,7 +234,8 @@ class Telephone:
                 self._reg_wake.clear()
                 delay = None if deadline is None else max(0.0, deadline - clock())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._reg_wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._reg_wake.wait()
             due = reg.next_deadline()
             if not first and (due is None or clock() < due):
                 continue
@@ -290,9 +291,7 @@ class Telephone:
 
     async def _unregister(self) -> None:
         if self._reg_task is not None:
-            self._reg_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reg_task
+            await cancel_and_wait(self._reg_task)
             self._reg_task = None
         reg = self.registration
         if reg is None or self._registrar is None:
@@ -303,7 +302,8 @@ class Telephone:
         self._reg_done = asyncio.Event()
         self._send_register(msg)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._reg_done.wait(), UNREGISTER_WAIT_S)
+            async with asyncio.timeout(UNREGISTER_WAIT_S):
+                await self._reg_done.wait()
         if reg.status != "stopped":
             log.info("sip register %s: no answer to the unregister, the binding will expire", reg.config.aor)
             reg.status = "stopped"

@@ -33,6 +33,7 @@ from citycast.ingest.sip.transaction import (
     TransactionLayer,
     TransactionTimeout,
 )
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,7 @@ class SipTransport:
             self._tcp.close()
             for w in list(self._conns.values()):
                 w.close()
-            for t in list(self._conn_tasks):
-                t.cancel()
-            for t in list(self._conn_tasks):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await cancel_and_wait(*list(self._conn_tasks))
             with contextlib.suppress(Exception):
                 await self._tcp.wait_closed()
             self._tcp = None
@@ -221,7 +218,8 @@ class SipTransport:
         framer = StreamFramer()
         try:
             while True:
-                chunk = await asyncio.wait_for(reader.read(1 << 16), TCP_IDLE_S)
+                async with asyncio.timeout(TCP_IDLE_S):
+                    chunk = await reader.read(1 << 16)
                 if not chunk:
                     break
                 try:
