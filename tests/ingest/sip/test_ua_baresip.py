@@ -25,12 +25,21 @@ LEAD_S = 4.0  # silence before the speech: the PIN is typed and the address on a
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip not installed")]
 
 
-def write_wav(path: Path) -> None:
-    """The clip as the phone's microphone: 8 kHz mono 16-bit (G.711's rate), after LEAD_S of silence."""
+# baresip's codec list, its module, and the microphone file's rate and layout: the codec's own, as baresip 1.0's
+# aufile source neither resamples nor remixes.
+CODECS = {
+    "g711": ("PCMA,PCMU", "g711.so", 8000, "mono"),
+    "g722": ("G722", "g722.so", 16000, "mono"),
+    "opus": ("opus/48000/2", "opus.so", 48000, "stereo"),
+}
+
+
+def write_wav(path: Path, rate: int, layout: str) -> None:
+    """The clip as the phone's microphone: 16-bit at `rate`, after LEAD_S of silence."""
     pcm48 = read_audio(CLIP)
     with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=8000, layout="mono")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=8000)
+        stream = out.add_stream("pcm_s16le", rate=rate, layout=layout)
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
         audio = np.concatenate([np.zeros(int(LEAD_S * 48_000), np.float32), pcm48, np.zeros(48_000, np.float32)])
         frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
         frame.sample_rate = 48_000
@@ -41,7 +50,8 @@ def write_wav(path: Path) -> None:
             out.mux(packet)
 
 
-def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int) -> None:
+def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int, codec: str) -> None:
+    names, module, _, _ = CODECS[codec]
     d.mkdir()
     (d / "config").write_text(
         "\n".join(
@@ -51,7 +61,7 @@ def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int) -> None:
                 "module_path /usr/lib/baresip/modules",
                 "module cons.so",
                 f"cons_listen 127.0.0.1:{cons_port}",
-                "module g711.so",
+                f"module {module}",
                 "module aufile.so",
                 "module_app account.so",
                 "module_app menu.so",
@@ -60,16 +70,17 @@ def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int) -> None:
             ]
         )
     )
-    (d / "accounts").write_text("<sip:speaker@127.0.0.1>;regint=0;audio_codecs=PCMA,PCMU\n")
+    (d / "accounts").write_text(f"<sip:speaker@127.0.0.1>;regint=0;audio_codecs={names}\n")
     (d / "contacts").write_text("")
 
 
-async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("codec", list(CODECS))
+async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec: str) -> None:  # noqa: F811
     wav = tmp_path / "mic.wav"
-    write_wav(wav)
+    write_wav(wav, *CODECS[codec][2:])
     sip_port, cons_port = free_port(), free_port()
     conf = tmp_path / "baresip"
-    baresip_config(conf, wav, sip_port, cons_port)
+    baresip_config(conf, wav, sip_port, cons_port, codec)
     proc = await asyncio.create_subprocess_exec(
         "baresip", "-f", str(conf), "-t", "40", "-e", f"/dial sip:citycast@127.0.0.1:{rig.phone.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
@@ -80,6 +91,10 @@ async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path) -> No
             15,
             "baresip never got through",
         )
+        call = next(c for c in rig.phone.calls.values() if c.state is CallState.answered)
+        assert call.media is not None
+        offered = [name.split("/")[0].lower() for name in CODECS[codec][0].split(",")]
+        assert call.media.neg.codec.name.lower() in offered, call.media.neg.codec
         await asyncio.sleep(0.5)
         # Keys on baresip's UDP console: in a call, menu sends a typed digit as DTMF (RFC 4733 by our SDP).
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
