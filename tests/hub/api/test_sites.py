@@ -43,7 +43,14 @@ async def test_zone_crud_and_conflicts(api: Api) -> None:
     r = await admin.post("/api/zones", json={"name": "saddar", "channel": 10, "color": "#ff0000"})
     assert r.status_code == 201
     zone = r.json()
-    assert zone == {"id": zone["id"], "name": "saddar", "channel": 10, "color": "#ff0000"}
+    assert zone == {
+        "id": zone["id"],
+        "name": "saddar",
+        "channel": 10,
+        "color": "#ff0000",
+        "volume": 1.0,
+        "muted": False,
+    }
     assert (await admin.post("/api/zones", json={"name": "saddar", "channel": 11})).status_code == 409
     taken = await admin.post("/api/zones", json={"name": "clifton", "channel": 10})
     assert taken.status_code == 409 and "channel 10" in taken.json()["detail"]
@@ -60,6 +67,34 @@ async def test_zone_crud_and_conflicts(api: Api) -> None:
     assert (await admin.delete(f"/api/zones/{zone['id']}")).status_code == 404
     sites = (await admin.get("/api/sites")).json()
     assert sites[0]["zone_id"] is None and sites[0]["zone"] is None  # the site stays, outside every zone
+
+
+async def test_a_zone_keeps_its_volume_and_mute_and_joining_sites_take_them(api: Api) -> None:
+    admin = await api.as_role(Role.admin)
+    op = await api.as_role(Role.operator)
+    quiet = (await admin.post("/api/zones", json={"name": "quiet", "channel": 30})).json()
+    loud = (await admin.post("/api/zones", json={"name": "loud", "channel": 31})).json()
+    first = await admin.post("/api/sites", json={"name": "q1", "lat": 24.8, "lon": 67.0, "zone_id": quiet["id"]})
+    r = await op.post(f"/api/zones/{quiet['id']}/control", json={"volume": 0.4, "muted": True})
+    assert r.status_code == 200 and r.json()["sites"] == ["q1"]
+    r = await op.post(f"/api/zones/{loud['id']}/control", json={"volume": 1.8})
+    assert r.json()["sites"] == []  # an empty zone still keeps what was set
+    listed = {z["name"]: z for z in (await (await api.as_role(Role.viewer)).get("/api/zones")).json()}
+    assert (listed["quiet"]["volume"], listed["quiet"]["muted"]) == (0.4, True)
+    assert (listed["loud"]["volume"], listed["loud"]["muted"]) == (1.8, False)
+    # A new site in the muted zone is muted from the start; one moved to the loud zone takes its volume.
+    created = await admin.post("/api/sites", json={"name": "q2", "lat": 24.8, "lon": 67.0, "zone_id": quiet["id"]})
+    assert (created.json()["site"]["volume"], created.json()["site"]["muted"]) == (0.4, True)
+    desired = await api.ctx.addresses.desired.get("q2")  # type: ignore[attr-defined]
+    assert desired is not None and desired.muted is True and desired.volume == 0.4
+    moved = await admin.patch(f"/api/sites/{first.json()['site']['id']}", json={"zone_id": loud["id"]})
+    assert (moved.json()["volume"], moved.json()["muted"]) == (1.8, False)
+    desired = await api.ctx.addresses.desired.get("q1")  # type: ignore[attr-defined]
+    assert desired is not None and desired.muted is False and desired.volume == 1.8
+    # A change that leaves the zone alone keeps the site's own volume.
+    await op.post(f"/api/sites/{first.json()['site']['id']}/control", json={"volume": 0.9})
+    kept = await admin.patch(f"/api/sites/{first.json()['site']['id']}", json={"label": "renamed"})
+    assert kept.json()["volume"] == 0.9
 
 
 async def test_site_crud_control_and_live_state(api: Api) -> None:

@@ -332,3 +332,29 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     page.get_by_test_id("nav-sites").click()
     shot(page, artifacts, "sites-phone")
     page.set_viewport_size(LAPTOP)
+
+
+def test_zone_volume_and_mute_are_kept_by_the_hub(page: Any, console_hub: ConsoleHub) -> None:
+    """Set from the zones table, still shown after a reload (the hub keeps them per zone), and on every site."""
+    zone = "korangi"
+    sign_in(page, console_hub)
+    page.get_by_test_id("nav-sites").click()
+    row = page.locator(f'[data-testid="zone-row"][data-zone="{zone}"]')
+    row.get_by_test_id("zone-volume").fill("0.5")  # a range input: fill sets the value and fires change
+    row.get_by_test_id("zone-mute").check()
+    names = console_hub.sites_by_zone[zone]
+    try:
+        wait_for("the zone's sites muted", lambda: all(s == "muted" for s in marker_states(page, names).values()))
+        page.reload()  # the session cookie keeps the operator signed in
+        page.wait_for_function("() => window.citycast.status().wsConnected", timeout=15_000)
+        page.get_by_test_id("nav-sites").click()
+        row = page.locator(f'[data-testid="zone-row"][data-zone="{zone}"]')
+        row.wait_for(state="visible")
+        assert row.get_by_test_id("zone-mute").is_checked()
+        assert row.get_by_test_id("zone-volume").input_value() == "0.5"
+        with console_hub.api() as api:
+            sites = {s["name"]: s for s in api.get("/api/sites").json()}
+        assert all(sites[n]["muted"] and sites[n]["volume"] == 0.5 for n in names)
+    finally:
+        with console_hub.api() as api:  # the module's other tests expect an unmuted fleet
+            api.post(f"/api/zones/{console_hub.zone_ids[zone]}/control", json={"volume": 1.0, "muted": False})

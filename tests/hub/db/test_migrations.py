@@ -28,11 +28,26 @@ def test_upgrade_empty_database_to_head(db_url: str) -> None:
         assert db.current_revision() is None
         assert inspect(db.engine).get_table_names() == []
         db.upgrade()
-        assert db.current_revision() == db.head_revision() == "0002"
+        assert db.current_revision() == db.head_revision() == "0003"
         tables = set(inspect(db.engine).get_table_names())
         assert tables == set(Base.metadata.tables) | {"alembic_version"}
         db.upgrade()  # at every hub start: a no-op at head
-        assert db.current_revision() == "0002"
+        assert db.current_revision() == "0003"
+    finally:
+        db.dispose()
+
+
+def test_zones_made_before_0003_read_as_full_volume_unmuted(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        db.upgrade("0002")
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO zones (name, channel, color, created_at) VALUES ('old', 3, '#fff', :t)"),
+                         {"t": "2026-01-01 00:00:00+00:00"})  # fmt: skip
+        db.upgrade()
+        with db.engine.connect() as conn:
+            row = conn.execute(text("SELECT volume, muted FROM zones WHERE name = 'old'")).one()
+        assert (row.volume, bool(row.muted)) == (1.0, False)
     finally:
         db.dispose()
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from citycast.hub.db.models import Priority, Role, Site
+from citycast.hub.db.models import Priority, Role, Site, Zone
 
 SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # also a NATS subject token: no dots, spaces or wildcards
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
@@ -96,6 +96,8 @@ class ZoneOut(BaseModel):
     name: str
     channel: int
     color: str
+    volume: float
+    muted: bool
 
 
 class ControlIn(Strict):
@@ -108,13 +110,13 @@ class ControlIn(Strict):
     def empty(self) -> bool:
         return self.volume is None and self.muted is None and self.fallback is None
 
-    def apply_to(self, site: Site) -> None:
-        """Change what was given on one site's row; the rest stays."""
+    def apply_to(self, site: Site | Zone) -> None:
+        """Change what was given on one site's (or zone's) row; the rest stays."""
         if self.volume is not None:
             site.volume = self.volume
         if self.muted is not None:
             site.muted = self.muted
-        if self.fallback is not None:
+        if self.fallback is not None and isinstance(site, Site):
             site.fallback = self.fallback
 
 

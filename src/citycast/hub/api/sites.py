@@ -78,6 +78,13 @@ def _get_site(s: DbSession, site_id: int) -> Site:
     return site
 
 
+def _take_zone_sound(s: DbSession, site: Site) -> None:
+    """A site joining a zone plays at the zone's volume and mute: a muted zone stays silent when it grows."""
+    zone = s.get(Zone, site.zone_id) if site.zone_id is not None else None
+    if zone is not None:
+        site.volume, site.muted = zone.volume, zone.muted
+
+
 def _check_zone(s: DbSession, zone_id: int | None) -> None:
     if zone_id is not None and s.get(Zone, zone_id) is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"zone {zone_id} does not exist")
@@ -142,6 +149,7 @@ async def create_site(body: SiteIn, request: Request, user: Admin, ctx: Ctx) -> 
             raise HTTPException(status.HTTP_409_CONFLICT, f"a site named {body.name!r} already exists")
         _check_zone(s, body.zone_id)
         site = Site(name=body.name, label=body.label, lat=body.lat, lon=body.lon, zone_id=body.zone_id)
+        _take_zone_sound(s, site)
         token = _issue_token(site, utcnow())
         s.add(site)
         s.flush()
@@ -212,6 +220,8 @@ async def update_site(site_id: PathId, body: SitePatch, request: Request, user: 
         zone_moved = "zone_id" in changes and changes["zone_id"] != site.zone_id
         for key, value in changes.items():
             setattr(site, key, value)
+        if zone_moved:
+            _take_zone_sound(s, site)
         s.flush()
         s.refresh(site)
         record(s, request, user, "site.update", f"site:{site.name}", changes)

@@ -14,7 +14,7 @@ router = APIRouter(tags=["zones"], responses=AUTH_ERRORS)
 
 
 def zone_out(z: Zone) -> ZoneOut:
-    return ZoneOut(id=z.id, name=z.name, channel=z.channel, color=z.color)
+    return ZoneOut(id=z.id, name=z.name, channel=z.channel, color=z.color, volume=z.volume, muted=z.muted)
 
 
 def _check_unique(s: DbSession, name: str | None, channel: int | None, zone_id: int | None = None) -> None:
@@ -98,6 +98,7 @@ async def control_zone(zone_id: PathId, body: ControlIn, request: Request, user:
         zone = s.get(Zone, zone_id)
         if zone is None:
             raise not_found("zone", zone_id)
+        body.apply_to(zone)
         names: list[str] = []
         for site in s.scalars(select(Site).where(Site.zone_id == zone.id).order_by(Site.name)):
             body.apply_to(site)

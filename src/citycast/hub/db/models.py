@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -128,6 +129,9 @@ class Zone(Base):
     # The channel the zone's sites listen to when no address targets them (fill / idle).
     channel: Mapped[int] = mapped_column(Integer, unique=True)
     color: Mapped[str] = mapped_column(String(16), default="#3b82f6")
+    # The last volume/mute set for the whole zone: what the console shows, and what a site joining the zone takes.
+    volume: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

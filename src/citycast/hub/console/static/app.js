@@ -662,11 +662,13 @@ function renderZones() {
   const count = (id) => [...sites.values()].filter((s) => s.zone_id === id).length;
   $('#zones-body').replaceChildren(...zones.map((z) => {
     const muted = el('input', { type: 'checkbox', testid: 'zone-mute', onchange: (ev) => controlZone(z, { muted: ev.target.checked }) });
+    muted.checked = Boolean(z.muted);
     return el('tr', { testid: 'zone-row', 'data-zone': z.name },
       el('td', {}, el('span', { class: 'swatch', style: `background:${z.color}` }), ' ', z.name),
       el('td', {}, String(z.channel)), el('td', {}, String(count(z.id))),
       el('td', { class: 'needs-operator' }, el('input', {
-        type: 'range', min: '0', max: '2', step: '0.05', value: '1', testid: 'zone-volume',
+        type: 'range', min: '0', max: '2', step: '0.05', value: String(z.volume ?? 1), testid: 'zone-volume',
+        title: `${Math.round((z.volume ?? 1) * 100)} %`,
         onchange: (ev) => controlZone(z, { volume: Number(ev.target.value) }),
       })),
       el('td', { class: 'needs-operator' }, el('label', { class: 'inline' }, muted, ' muted')));
@@ -684,7 +686,8 @@ function renderZones() {
 }
 
 async function controlZone(zone, change) {
-  await act(() => api('POST', `zones/${zone.id}/control`, change), `Zone ${zone.name}: ${change.muted === undefined ? `volume ${Math.round(change.volume * 100)}%` : change.muted ? 'muted' : 'unmuted'}`);
+  const result = await act(() => api('POST', `zones/${zone.id}/control`, change), `Zone ${zone.name}: ${change.muted === undefined ? `volume ${Math.round(change.volume * 100)}%` : change.muted ? 'muted' : 'unmuted'}`);
+  if (result) Object.assign(zone, change); // the hub keeps it for the zone: the controls show it from now on
   scheduleRefetch();
 }
 
