@@ -113,3 +113,17 @@ def test_no_storm_across_many_sites_and_forget() -> None:
     assert len(rig.log) == 100 and len(rig.rules.open_alerts()) == 100
     cleared = rig.rules.forget("s0", T0)
     assert [(e.kind, e.action) for e in cleared] == [("sync_error", "clear")] and not rig.rules.has_open("s0")
+
+
+def test_a_failed_audio_output_is_critical_and_clears_when_it_works() -> None:
+    rig = Rig()
+    rig.report(0)
+    rig.report(1, sink_error="sound-card callback failed: PortAudioError")
+    rig.report(2, sink_error="sound-card callback failed: PortAudioError")
+    assert rig.log == [("raise", "sink_failed", "critical")]
+    assert "audio output failed: sound-card callback failed" in rig.rules.open_alerts()[0].message
+    for s in range(3, 20):
+        rig.eval(s)  # it goes offline: the alert stays (an offline site keeps its last word) and offline is added
+    assert ("raise", "offline", "warning") in rig.log and ("clear", "sink_failed", "critical") not in rig.log
+    rig.report(21)
+    assert rig.log[-2:] == [("clear", "offline", "warning"), ("clear", "sink_failed", "critical")]

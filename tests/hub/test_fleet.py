@@ -135,3 +135,17 @@ def test_two_thousand_sites() -> None:
         fleet.on_telemetry(tele(f"s{i}"), T0 + i)
     assert fleet.counts()["playing"] == 2000 and len(fleet.dirty()) == 2000
     assert len(fleet.tick(T0 + 11 * S)) == 2000 and fleet.counts()["offline"] == 2000
+
+
+def test_a_failed_audio_output_is_a_fault_with_its_reason_until_it_works_again() -> None:
+    fleet = FleetState()
+    fleet.on_telemetry(tele(), T0)
+    change = fleet.on_telemetry(tele(state="idle", sink_error="cannot open 'USB DAC': device unavailable"), T0 + S)
+    assert (
+        change is not None and change.new == "fault" and "audio output failed: cannot open 'USB DAC'" in change.detail
+    )
+    assert fleet.view("site-1")["sink_error"] == "cannot open 'USB DAC': device unavailable"
+    # Muted or syncing does not hide it: the loudspeaker would be silent anyway, and the operator must know why.
+    assert fleet.on_telemetry(tele(state="syncing", muted=True, sink_error="gone"), T0 + 2 * S) is None
+    back = fleet.on_telemetry(tele(), T0 + 3 * S)
+    assert back is not None and back.new == "playing" and fleet.view("site-1")["sink_error"] is None

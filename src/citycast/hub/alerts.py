@@ -9,6 +9,8 @@ that keeps misbehaving is one alert, not one a second:
 - `underruns` (warning): the site's underrun counter went up since its last report; cleared after 60 s without
   a new one.
 - `sync_error` (warning): estimated sync error above 5 ms; cleared below 4 ms (hysteresis: no flapping at 5).
+- `sink_failed` (critical): the site runs but its audio output failed (it retries by itself); the loudspeaker
+  is silent. Cleared when the site reports its output working again.
 - `rejected_frames` (critical): frames refused as malformed, untrusted, badly signed, replayed or oversized went
   up: someone is putting foreign or tampered audio on the bus. Cleared after 60 s without a new one.
 
@@ -26,7 +28,7 @@ QUIET_CLEAR_NS = 60_000_000_000
 SYNC_ALERT_MS = 5.0
 SYNC_CLEAR_MS = 4.0
 
-KINDS = ("offline", "underruns", "sync_error", "rejected_frames")
+KINDS = ("offline", "underruns", "sync_error", "sink_failed", "rejected_frames")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,14 @@ class AlertRules:
                 )
             elif err < SYNC_CLEAR_MS:
                 self._clear(st, out, name, "sync_error", f"sync error back to {err:.1f} ms", now_ns)
+
+        # a silent loudspeaker at a running site (an offline site keeps its last word)
+        sink_error = view.get("sink_error")
+        if state != "offline":
+            if sink_error:
+                self._raise(st, out, name, "sink_failed", "critical", f"audio output failed: {sink_error}", now_ns)
+            else:
+                self._clear(st, out, name, "sink_failed", "audio output working again", now_ns)
 
         # forged or foreign frames
         forged = view.get("forged")

@@ -205,6 +205,7 @@ class FleetState:
             "forged": site.forged,
             "volume": _num(t.volume, 2),
             "muted": t.muted,
+            "sink_error": t.sink_error[:200] if t.sink_error else None,
             "last_seen_s": None,
         }
         old_view = site.view
@@ -216,6 +217,8 @@ class FleetState:
         return self._set_state(site, state, now_ns, detail)
 
     def _derive(self, site: _Site, t: Telemetry, now_ns: int) -> tuple[str, str]:
+        if t.sink_error:
+            return "fault", f"audio output failed: {t.sink_error[:120]}"
         if t.state == "syncing":
             since = site.syncing_since_ns if site.syncing_since_ns is not None else now_ns
             if now_ns - since > self.unsynced_fault_after_ns:

@@ -40,6 +40,10 @@ from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+SINK_HEALTHY_AFTER_S = 2.0  # a sink that runs this long is working again
+SINK_RETRY_FIRST_S = 1.0
+SINK_RETRY_MAX_S = 30.0
+
 
 @dataclass
 class SiteConfig:
@@ -122,6 +126,8 @@ class SiteAgent:
         self.clock_sync: ClockSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.sink_task: asyncio.Task[None] | None = None
+        self.sink_error: str | None = None
+        self.sink_failures = 0
         self.renderer = TimedRenderer(self.engine, self.timer)
         self.desired: DesiredState | None = None
         self.desired_watcher: DesiredWatcher | None = None
@@ -263,17 +269,47 @@ class SiteAgent:
             cpu=self.timer.seconds(),
             volume=self.desired.volume if self.desired else 1.0,
             muted=self.desired.muted if self.desired else False,
+            sink_error=self.sink_error,
         )
 
     async def _report(self) -> None:
-        subject = self.config.subjects.telemetry(self.config.name)
         while True:
             await asyncio.sleep(self.config.telemetry_interval_s)
-            if self.nc is not None and self.nc.is_connected:
-                t0 = self.timer.now()
-                with contextlib.suppress(Exception):  # a dropped heartbeat is fine; the next one follows
-                    await self.nc.publish(subject, self.telemetry().to_json())
-                self.timer.add("telemetry", t0)
+            await self._report_once()
+
+    async def _report_once(self) -> None:
+        if self.nc is not None and self.nc.is_connected:
+            t0 = self.timer.now()
+            with contextlib.suppress(Exception):  # a dropped heartbeat is fine; the next one follows
+                await self.nc.publish(self.config.subjects.telemetry(self.config.name), self.telemetry().to_json())
+            self.timer.add("telemetry", t0)
+
+    async def _run_sink(self) -> None:
+        """Play into the sink; when the audio output fails (a sound card unplugged, a dead USB DAC), say so in
+        telemetry at once, keep everything else running (clock, bus, buffer), and reopen it with back-off. The
+        console shows the site as a fault with the reason instead of losing it as offline, and the site plays
+        again by itself once the output is back. A sink that ends (a file of given length) ends the task."""
+        delay = SINK_RETRY_FIRST_S
+        while True:
+            run = asyncio.ensure_future(self.sink.run(self.renderer))
+            try:
+                done, _ = await asyncio.wait({run}, timeout=SINK_HEALTHY_AFTER_S)
+                if not done:  # it has played for a while: whatever failed before is over
+                    if self.sink_error is not None:
+                        log.warning("%s: audio output works again", self.config.name)
+                    self.sink_error, delay = None, SINK_RETRY_FIRST_S
+                await run
+                return
+            except asyncio.CancelledError:
+                await cancel_and_wait(run)
+                raise
+            except Exception as exc:
+                self.sink_failures += 1
+                self.sink_error = (str(exc) or type(exc).__name__)[:200]
+                log.error("%s: audio output failed (%s); retrying in %.0f s", self.config.name, self.sink_error, delay)
+                await self._report_once()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SINK_RETRY_MAX_S)
 
     # -- life cycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -295,7 +331,7 @@ class SiteAgent:
             )
             await self.clock_sync.start()
         await self._subscribe_audio()
-        self.sink_task = asyncio.create_task(self.sink.run(self.renderer))
+        self.sink_task = asyncio.create_task(self._run_sink(), name=f"sink:{cfg.name}")
         self._tasks = [
             asyncio.create_task(self._follow_clock()),
             asyncio.create_task(self._report()),
@@ -329,8 +365,8 @@ class SiteAgent:
                 await self.nc.close()
 
     async def run_until(self, done: asyncio.Event | None = None, duration_s: float | None = None) -> None:
-        """Run until `done`, `duration_s`, or the sink stops; a sink that fails (the sound card went away)
-        ends the run with its error, so a supervisor (systemd) restarts the agent instead of it playing nothing."""
+        """Run until `done`, `duration_s`, or the sink ends (a file of given length). A failing sink does not
+        end the run: it is retried (see `_run_sink`) while telemetry reports the site as faulty."""
         await self.start()
         assert self.sink_task is not None
         waiter = asyncio.create_task(

@@ -34,6 +34,8 @@ class Telemetry:
     cpu: dict[str, float] = field(default_factory=dict)  # seconds spent per stage since start
     volume: float = 1.0  # linear gain applied at the site (desired state)
     muted: bool = False
+    # Why the loudspeaker is silent though the agent runs: the audio output failed and is being retried.
+    sink_error: str | None = None
     v: int = TELEMETRY_VERSION
 
     def to_json(self) -> bytes:

@@ -134,6 +134,15 @@ async def test_site_crud_control_and_live_state(api: Api) -> None:
     listed = (await (await api.as_role(Role.viewer)).get("/api/sites")).json()
     assert listed[0]["state"] == "playing" and listed[0]["channel"] == 7 and listed[0]["sync_error_ms"] == 0.4
     assert listed[0]["label"] == "Empress Market" and listed[0]["zone"] == "saddar"
+    assert listed[0]["sink_error"] is None
+    api.ctx.fleet.on_telemetry(
+        telemetry("empress-1", state="playing", channel=7, sink_error="cannot open 'hw:1'"), 1_001_000_000_000
+    )
+    listed = (await (await api.as_role(Role.viewer)).get("/api/sites")).json()
+    assert listed[0]["state"] == "fault" and listed[0]["sink_error"] == "cannot open 'hw:1'"
+    api.ctx.fleet.on_telemetry(
+        telemetry("empress-1", state="playing", channel=7, sync_error_ms=0.4, buffer_ms=90.0), 1_002_000_000_000
+    )
 
     op = await api.as_role(Role.operator)
     r = await op.post(f"/api/sites/{site['id']}/control", json={"volume": 0.25, "muted": True})

@@ -150,6 +150,7 @@ class SiteOut(BaseModel):
     concealed: int | None = None
     rejected: int | None = None
     last_seen_s: float | None = None
+    sink_error: str | None = None  # the site's audio output failed (it retries): why its loudspeaker is silent
 
 
 class SiteIn(Strict):

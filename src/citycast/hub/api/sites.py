@@ -32,6 +32,7 @@ from citycast.hub.fleet import FleetState
 
 ENROL_TOKEN_TTL = dt.timedelta(hours=24)
 LIVE_FIELDS = (
+    "sink_error",
     "channel",
     "level_rms_dbfs",
     "level_peak_dbfs",

@@ -331,6 +331,7 @@ function sitePopup(name) {
     el('div', {}, 'level ', meter(site.level_rms_dbfs)),
     el('div', { class: 'muted small' },
       `ch ${site.channel ?? '–'} · buffer ${site.buffer_ms ?? '–'} ms · sync ${fmtMs(site.sync_error_ms)}`),
+    site.sink_error ? el('div', { class: 'small', testid: 'popup-sink-error' }, `Audio output failed: ${site.sink_error}`) : null,
   );
   if (can('operator')) {
     lines.append(el('div', { class: 'row' },
@@ -589,6 +590,7 @@ function updateRow(site) {
     cells.state.dataset.state = site.state;
     cells.state.replaceChildren(stateBadge(site.state));
   }
+  cells.state.title = site.sink_error ? `Audio output failed: ${site.sink_error}` : '';
   if (!cells.level.firstChild) cells.level.append(meter(site.level_rms_dbfs, 'site-level'));
   else setMeter(cells.level.firstChild, site.level_rms_dbfs);
   cells.sync.textContent = fmtMs(site.sync_error_ms);
