@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,20 +13,22 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import KeyValueConfig
+from nats.js.api import ConsumerConfig, KeyValueConfig
 
 from citycast.bus import jwt
 from citycast.bus.authority import (
     INGEST_INBOX_PREFIX,
     AuthorityError,
     NatsAuthority,
-    desired_bucket,
     site_inbox_prefix,
     site_permissions,
 )
+from citycast.bus.desired import DesiredState, desired_bucket
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.bus.subjects import Subjects
+from citycast.site.desired import DesiredWatcher
+from citycast.tasks import cancel_and_wait
 
 SUBJECTS = Subjects()
 
@@ -87,6 +88,13 @@ async def connect(url: str, creds: Path, inbox_prefix: str | None = None) -> Wat
         **options,
     )
     return Watched(nc, errors, closed)
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 def site_creds(authority: NatsAuthority, site: str, dir: Path) -> tuple[Path, str]:
@@ -164,44 +172,41 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
     await ingest.nc.close()
 
 
-async def test_site_watches_its_desired_state_with_flow_control(
+async def test_site_watches_its_own_desired_state_and_no_one_elses(
     server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
     bucket = desired_bucket(SUBJECTS)
-    kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=bucket, history=64))
-    await kv.put("s1", json.dumps({"channel": 1}).encode())
+    kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=bucket, history=8))
+    await kv.put("s1", DesiredState(channel=1).to_json())
+    await kv.put("s2", DesiredState(channel=2, volume=0.5).to_json())
     creds, _ = site_creds(authority, "s1", tmp_path)
     site = await connect(server.url, creds, site_inbox_prefix("s1"))
-    skv = await site.nc.jetstream().key_value(bucket)
-    watcher = await skv.watch("s1")
-    first = await asyncio.wait_for(watcher.updates(), 5)
-    assert first is not None and json.loads(first.value) == {"channel": 1}
-    assert await asyncio.wait_for(watcher.updates(), 5) is None  # caught up
-    await kv.put("s1", json.dumps({"channel": 2}).encode())
-    update = await asyncio.wait_for(watcher.updates(), 5)
-    assert update is not None and json.loads(update.value) == {"channel": 2}
-    await watcher.stop()
-
-    # Enough history to make the server ask for flow-control answers, which the site must be allowed to send.
-    fc_answers: list[str] = []
-
-    async def on_fc(msg: Msg) -> None:
-        fc_answers.append(msg.subject)
-
-    await hub.nc.subscribe("$JS.FC.>", cb=on_fc)
-    for i in range(40):
-        await kv.put("s1", bytes([i]) * 500_000)
-    history = await skv.watch("s1", include_history=True)
-    seen = 0
-    while (entry := await asyncio.wait_for(history.updates(), 10)) is not None:
-        seen += 1
-        if seen > 2:  # after the two small values
-            assert entry.value == bytes([seen - 3]) * 500_000
-    await history.stop()
-    assert seen == 42
-    assert fc_answers and all(s.startswith(f"$JS.FC.KV_{bucket}.") for s in fc_answers)
+    seen: list[DesiredState] = []
+    watcher = DesiredWatcher(site.nc, SUBJECTS, "s1", seen.append, retry_s=0.2, heartbeat_s=0.5)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await wait_until(lambda: len(seen) == 1, 5)
+        assert seen == [DesiredState(channel=1)]
+        await kv.put("s1", DesiredState(channel=7, muted=True).to_json())
+        await kv.put("s2", DesiredState(channel=8).to_json())  # another site's change is not delivered here
+        await wait_until(lambda: len(seen) == 2, 5)
+        await asyncio.sleep(1.6)  # three heartbeat periods: the watch is kept alive, not re-created
+        assert seen == [DesiredState(channel=1), DesiredState(channel=7, muted=True)] and watcher.watches == 1
+    finally:
+        await cancel_and_wait(task)
+    # The same site asking for s2's key, or for the whole bucket (nats-py's unnamed watch), is refused.
+    js = site.nc.jetstream(timeout=2)
+    for config in (
+        ConsumerConfig(name="peek", filter_subject=f"$KV.{bucket}.s2", deliver_subject=site.nc.new_inbox()),
+        ConsumerConfig(filter_subject=f"$KV.{bucket}.s2", deliver_subject=site.nc.new_inbox()),
+        ConsumerConfig(name="all", filter_subject=f"$KV.{bucket}.>", deliver_subject=site.nc.new_inbox()),
+    ):
+        with pytest.raises(Exception, match=r"(?i)timeout|no responders|permission"):
+            await js.add_consumer(f"KV_{bucket}", config)
+    with pytest.raises(Exception, match=r"(?i)timeout|no responders|permission"):
+        await js.key_value(bucket)  # stream info: not for sites either
     await site.nc.flush()
-    assert site.errors == []
+    assert len(site.violations()) >= 4
     await site.nc.close()
 
 
@@ -345,4 +350,7 @@ def test_site_permissions_are_narrow() -> None:
     assert set(perms.sub) == {"citycast.audio.*", "citycast.cmd.s1", "_INBOX_site.s1.>"}
     assert "citycast.telemetry.s1" in perms.pub
     assert not any(p.startswith("citycast.audio") or p.startswith("citycast.cmd") for p in perms.pub)
-    assert not any(p.endswith(">") and not p.startswith("$JS.FC.") for p in perms.pub)
+    assert not any(p.endswith(">") for p in perms.pub)
+    assert [p for p in perms.pub if p.startswith("$JS.")] == [
+        "$JS.API.CONSUMER.CREATE.KV_citycast-desired.*.$KV.citycast-desired.s1"
+    ]

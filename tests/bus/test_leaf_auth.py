@@ -28,12 +28,14 @@ from citycast.bus.authority import (
     CityBundleError,
     CityFiles,
     NatsAuthority,
-    desired_bucket,
     site_inbox_prefix,
 )
+from citycast.bus.desired import DesiredState, desired_bucket
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.bus.subjects import Subjects
+from citycast.site.desired import DesiredWatcher
+from citycast.tasks import cancel_and_wait
 
 SUBJECTS = Subjects()
 
@@ -211,21 +213,28 @@ async def test_site_at_the_city_watches_the_hubs_desired_state(topology: Topolog
     hub = await connect(t.hub.url, t.authority.hub_creds_path)
     bucket = desired_bucket(SUBJECTS)
     kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=bucket, history=8))
-    await kv.put("s1", json.dumps({"channel": 1}).encode())
+    await kv.put("s1", DesiredState(channel=1).to_json())
     creds, _ = site_creds(t.authority, "s1", t.dir)
     site = await connect(t.city.url, creds, site_inbox_prefix("s1"))
-    skv = await site.nc.jetstream(timeout=5).key_value(bucket)
-    watcher = await skv.watch("s1")
-    first = await asyncio.wait_for(watcher.updates(), 5)
-    assert first is not None and json.loads(first.value) == {"channel": 1}
-    assert await asyncio.wait_for(watcher.updates(), 5) is None  # caught up
-    await kv.put("s1", json.dumps({"channel": 2}).encode())
-    update = await asyncio.wait_for(watcher.updates(), 5)
-    assert update is not None and json.loads(update.value) == {"channel": 2}
-    await watcher.stop()
+    seen: list[DesiredState] = []
+    watcher = DesiredWatcher(site.nc, SUBJECTS, "s1", seen.append, retry_s=0.5)
+    task = asyncio.create_task(watcher.run())
+    try:
+        deadline = time.monotonic() + 10
+        while len(seen) < 1:
+            assert time.monotonic() < deadline, "no desired state through the leaf"
+            await asyncio.sleep(0.05)
+        await kv.put("s1", DesiredState(channel=2).to_json())
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, "no update through the leaf"
+            await asyncio.sleep(0.05)
+        assert seen == [DesiredState(channel=1), DesiredState(channel=2)]
+    finally:
+        await cancel_and_wait(task)
     # ...but it may not write it, here or through the link.
+    skv = site.nc.jetstream(timeout=2)
     with pytest.raises(Exception, match=r"(?i)permission|timeout|no responders"):
-        await skv.put("s1", b'{"channel": 666}')
+        await skv.publish(f"$KV.{bucket}.s1", b'{"channel": 666}')
     assert (await kv.get("s1")).revision == 2
     await site.nc.close()
     await hub.nc.close()

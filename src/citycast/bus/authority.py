@@ -25,7 +25,7 @@ from pathlib import Path
 import nats
 
 from citycast.bus import jwt
-from citycast.bus.desired import desired_bucket
+from citycast.bus.desired import desired_stream, desired_watch_create_subject
 from citycast.bus.jwt import KeyKind, Permissions
 from citycast.bus.server import EmbeddedNats, LeafRemote
 from citycast.bus.subjects import Subjects
@@ -57,32 +57,22 @@ def check_site_name(site: str) -> str:
 
 def site_permissions(site: str, subjects: Subjects) -> Permissions:
     """A site may hear every channel's audio, its own commands and its own inbox, and may publish its own
-    telemetry, its own talkback (microphone) and time requests. It may also watch its desired state in the KV
-    bucket; these are the JetStream subjects nats-py's `kv.watch(key)` (an ordered push consumer) uses, and
-    nothing else:
-
-    - `$JS.API.STREAM.INFO.KV_<bucket>`: `js.key_value(bucket)` reads the bucket's stream;
-    - `$JS.API.CONSUMER.CREATE.KV_<bucket>`: the ephemeral consumer (nats-py names none, so the filtered
-      form `...CREATE.<stream>.<name>.<filter>` cannot be required; a site could thus read another site's
-      desired channel/volume, which is not secret, but never write it);
-    - `$JS.API.CONSUMER.INFO.KV_<bucket>.*`: the watcher's initial pending count;
-    - `$JS.FC.KV_<bucket>.>`: flow-control answers the ordered consumer must send.
+    telemetry, its own talkback (microphone) and time requests. Of JetStream it may only create a consumer
+    filtered on its own key of the desired-state bucket (`desired_watch_create_subject`: any consumer name, that
+    one filter), which is how `citycast.site.desired.DesiredWatcher` follows it: it can read neither another
+    site's desired state nor anything else of the bucket, and can write none of it.
 
     Messages and API replies arrive on the site's own inbox prefix (nats-py `inbox_prefix=`), so it cannot
     read other clients' replies.
     """
     check_site_name(site)
-    stream = f"KV_{desired_bucket(subjects)}"
     return Permissions(
         pub=(
             subjects.telemetry(site),
             subjects.talkback(site),
             subjects.time(),
             f"{subjects.time()}.*",
-            f"$JS.API.STREAM.INFO.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}",
-            f"$JS.API.CONSUMER.INFO.{stream}.*",
-            f"$JS.FC.{stream}.>",
+            desired_watch_create_subject(subjects, site),
         ),
         sub=(
             f"{subjects.prefix}.audio.*",
@@ -113,13 +103,12 @@ def city_time_permissions(zone: str, subjects: Subjects) -> Permissions:
 def leaf_permissions(subjects: Subjects) -> Permissions:
     """The city's leaf connection in the CITYCAST account, as the hub sees it: `pub` is what the city may send
     up, `sub` what the hub sends down. Down: audio, commands, and replies to the city's sites and time
-    responder. Up: telemetry, talkback, time requests and the KV watchers' flow-control answers. Never audio,
-    commands or KV writes up, and never the hub's or ingest's own inboxes down. The JetStream API itself does not
-    use this connection: nats-server denies `$JS.API.>` on every non-system leaf and carries it over the system
-    account's leaf instead (see `system_leaf_permissions`)."""
-    stream = f"KV_{desired_bucket(subjects)}"
+    responder (the sites' desired-state watches deliver to their inboxes too). Up: telemetry, talkback and time
+    requests. Never audio, commands or KV writes up, and never the hub's or ingest's own inboxes down. The
+    JetStream API itself does not use this connection: nats-server denies `$JS.API.>` on every non-system leaf
+    and carries it over the system account's leaf instead (see `system_leaf_permissions`)."""
     return Permissions(
-        pub=(subjects.telemetry_all(), subjects.talkback_all(), subjects.time(), f"$JS.FC.{stream}.>"),
+        pub=(subjects.telemetry_all(), subjects.talkback_all(), subjects.time()),
         sub=(
             f"{subjects.prefix}.audio.*",
             f"{subjects.prefix}.cmd.*",
@@ -132,15 +121,13 @@ def leaf_permissions(subjects: Subjects) -> Permissions:
 def system_leaf_permissions(subjects: Subjects) -> Permissions:
     """The city's leaf connection in the system account. Down: account JWT updates (so a revocation pushed
     at the hub reaches the city's resolver too) and JetStream API replies (`_R_.>`, the server's service-import
-    reply prefix). Up: only the JetStream calls a site's KV watch makes on the desired-state bucket, which a
-    JetStream-less city server forwards over the system account (it "extends" the hub's JetStream)."""
-    stream = f"KV_{desired_bucket(subjects)}"
+    reply prefix). Up: only the creation of consumers on the desired-state stream (the sites' watches), which a
+    JetStream-less city server forwards over the system account (it "extends" the hub's JetStream). Which key
+    each site may watch is its own user's permission, checked at the city server. The subject is open after the
+    stream's name: with the filter's wildcard spelled out (`*.$KV.<bucket>.*`) nats-server 2.15 did not carry the
+    hub's JetStream interest over the leaf and every watch got 503."""
     return Permissions(
-        pub=(
-            f"$JS.API.STREAM.INFO.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}",
-            f"$JS.API.CONSUMER.INFO.{stream}.*",
-        ),
+        pub=(f"$JS.API.CONSUMER.CREATE.{desired_stream(subjects)}.>",),
         sub=("$SYS.REQ.CLAIMS.UPDATE", "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE", "_R_.>"),
     )
 

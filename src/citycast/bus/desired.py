@@ -25,6 +25,21 @@ def desired_bucket(subjects: Subjects) -> str:
     return f"{subjects.prefix}-desired"
 
 
+def desired_stream(subjects: Subjects) -> str:
+    """The JetStream stream behind the bucket (NATS names it KV_<bucket>)."""
+    return f"KV_{desired_bucket(subjects)}"
+
+
+def desired_key_subject(subjects: Subjects, site: str) -> str:
+    return f"$KV.{desired_bucket(subjects)}.{site}"
+
+
+def desired_watch_create_subject(subjects: Subjects, site: str, consumer: str = "*") -> str:
+    """The JetStream API subject that creates a consumer filtered on one site's key (nats-server >= 2.9 puts the
+    consumer's name and filter in the subject): what a site's NATS user may publish, and nothing wider."""
+    return f"$JS.API.CONSUMER.CREATE.{desired_stream(subjects)}.{consumer}.{desired_key_subject(subjects, site)}"
+
+
 @dataclass(frozen=True)
 class DesiredState:
     channel: int
