@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import sys
@@ -61,6 +62,13 @@ def keygen(
 def serve(
     listen: Annotated[str, typer.Option(help="Where the embedded NATS listens, HOST:PORT.")] = "127.0.0.1:4222",
     http: Annotated[str, typer.Option(help="Where the API and the console listen, HOST:PORT.")] = "127.0.0.1:8000",
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A reverse proxy (IP or CIDR) whose X-Forwarded-For names the real client, for the audit log and "
+            "the login rate limit; repeatable. Default 127.0.0.1 (a proxy on the same host)."
+        ),
+    ] = None,
     data_dir: Annotated[
         Path, typer.Option(help="The hub's own files: database, keys, NATS accounts, recordings, media library.")
     ] = Path("citycast-data"),
@@ -197,6 +205,11 @@ def serve(
             register = RegisterConfig(sip_register, password, username=sip_auth_user, registrar=sip_registrar)
         except ValueError as e:
             fail(str(e))
+    for proxy in trusted_proxy or []:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            fail(f"--trusted-proxy wants an IP address or CIDR, got {proxy!r}")
     low, _, high = rtp_ports.partition("-")
     if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
         fail(f"--rtp-ports wants LOW-HIGH within 1024-65535, got {rtp_ports!r}")
@@ -208,6 +221,7 @@ def serve(
         db_url=db,
         http_host=http_host,
         http_port=int(http_port),
+        trusted_proxies=trusted_proxy or ["127.0.0.1"],
         nats_host=host,
         nats_port=int(port),
         nats_url=nats,

@@ -61,6 +61,8 @@ class HubOptions:
     db_url: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Peers whose X-Forwarded-For is believed (uvicorn's proxy headers): the client address for audit and limits.
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     nats_host: str = "127.0.0.1"
     nats_port: int = 4222
     nats_url: str | None = None  # an existing NATS (its auth is then the operator's business)
@@ -247,6 +249,8 @@ class Hub:
             log_level="warning",
             lifespan="off",
             ws_ping_interval=20,
+            proxy_headers=True,
+            forwarded_allow_ips=self.opts.trusted_proxies,
         )
         self._uvicorn = _QuietServer(config)
         serving = asyncio.create_task(self._serve_http(self._uvicorn))
