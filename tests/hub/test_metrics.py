@@ -67,3 +67,15 @@ def test_empty_fleet_renders() -> None:
     assert m[("citycast_sites_total", ())] == 0
     assert not any(name == "citycast_site_sync_error_ms" for name, _ in m)
     assert ("citycast_sites_reached", ()) not in m
+
+
+def test_the_telephones_signalling_counters_when_it_runs() -> None:
+    fleet = FleetState()
+    assert not any(name.startswith("citycast_sip") for name, _ in samples(render_metrics(fleet)))
+    counters = {"retransmissions_received": 7, "resent": 12, "resent_2xx": 5, "unparseable": 2, "refused": 1,
+                "stray": 3}  # fmt: skip
+    got = samples(render_metrics(fleet, sip=lambda: counters))
+    assert got[("citycast_sip_retransmissions_received_total", ())] == 7
+    assert got[("citycast_sip_retransmissions_sent_total", (("kind", "2xx"),))] == 5
+    assert got[("citycast_sip_retransmissions_sent_total", (("kind", "other"),))] == 7
+    assert got[("citycast_sip_unparseable_total", ())] == 2 and got[("citycast_sip_stray_total", ())] == 3

@@ -7,6 +7,7 @@ leave out what it does not exercise (a hub without a NATS authority refuses enro
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -61,3 +62,4 @@ class HubContext:
     talkback: TalkbackControl | None = None
     session_ttl: dt.timedelta = dt.timedelta(hours=12)
     telemetry_counters: TelemetryCounters | None = None  # the monitor's, for /metrics
+    sip_counters: Callable[[], dict[str, int]] | None = None  # the telephone's, for /metrics (when it runs)

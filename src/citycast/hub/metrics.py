@@ -91,12 +91,44 @@ class FleetCollector(Collector):
         )
 
 
+class SipCollector(Collector):
+    """The telephone's signalling health: retransmissions in and out show a lossy path to callers or the trunk."""
+
+    def __init__(self, counters: Callable[[], dict[str, int]]) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters()
+        yield CounterMetricFamily(
+            "citycast_sip_retransmissions_received",
+            "SIP requests a caller or trunk sent again (its copy or our answer was lost)",
+            value=c["retransmissions_received"],
+        )
+        sent = CounterMetricFamily(
+            "citycast_sip_retransmissions_sent",
+            "SIP messages the hub sent again (no answer or no ACK)",
+            labels=["kind"],
+        )
+        sent.add_metric(["2xx"], c["resent_2xx"])
+        sent.add_metric(["other"], c["resent"] - c["resent_2xx"])
+        yield sent
+        yield CounterMetricFamily(
+            "citycast_sip_unparseable", "SIP messages that could not be parsed", value=c["unparseable"]
+        )
+        yield CounterMetricFamily(
+            "citycast_sip_stray", "SIP requests or responses that matched no transaction", value=c["stray"]
+        )
+
+
 def render_metrics(
     fleet: FleetState,
     counters: TelemetryCounters | None = None,
     sites_reached: Callable[[], int] | None = None,
+    sip: Callable[[], dict[str, int]] | None = None,
 ) -> bytes:
     """Prometheus text exposition of the fleet now; serve it with `CONTENT_TYPE`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(fleet, counters, sites_reached))
+    if sip is not None:
+        registry.register(SipCollector(sip))
     return generate_latest(registry)

@@ -239,6 +239,7 @@ class Hub:
                 register=self.opts.sip_register,
             )
             await self.telephone.start()
+            self.context.sip_counters = self.telephone.transport.counters
         app = create_app(self.context)
         self.golive = GoLive(self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard)
         app.state.golive = self.golive

@@ -84,6 +84,7 @@ def test_final_error_is_retransmitted_on_timer_g_until_timer_h() -> None:
     assert timeouts == [(32.0, "H")]
     assert tx.state is State.TERMINATED
     assert len(layer) == 0
+    assert (layer.resent, layer.retransmissions_received) == (10, 0)  # counted for /metrics
 
 
 def test_ack_stops_retransmissions_and_is_absorbed_until_timer_i() -> None:
@@ -102,6 +103,8 @@ def test_ack_stops_retransmissions_and_is_absorbed_until_timer_i() -> None:
     assert layer.on_request(ack, CALLER, 2.0) is None  # duplicate ACK: absorbed too
     assert layer.on_request(sip_request("INVITE"), CALLER, 2.1) is None  # Confirmed absorbs INVITEs silently
     assert drain(layer) == []
+    # Two INVITEs came again (one answered again, one absorbed); ours went out again at 0.5 s and at 1.1 s.
+    assert (layer.retransmissions_received, layer.resent) == (2, 2)
     assert layer.next_deadline() == pytest.approx(1.2 + 5.0)  # Timer I = T4
     sent, timeouts = run_until(layer, 100.0)
     assert sent == [] and timeouts == []
@@ -351,7 +354,7 @@ def test_client_timer_e_doubles_to_t2_and_timer_f_times_out() -> None:
     assert [t for t, _ in sent] == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert all(m.method == "BYE" for _, m in sent)
     assert timeouts == [(32.0, "F")]
-    assert done == [tx] and tx.done()
+    assert done == [tx] and tx.done() and layer.resent == 10
     with pytest.raises(TransactionTimeoutError):
         tx.result()
     assert len(layer) == 0

@@ -169,6 +169,7 @@ class ServerTransaction:
     def _resend(self) -> None:
         if self._last_bytes is not None:
             self._layer.outbox.append((self._last_bytes, self.source))
+            self._layer.resent += 1
 
     def _check_response(self, response: SipMessage) -> int:
         status = response.status
@@ -344,6 +345,7 @@ class ClientTransaction:
         layer = self._layer
         if timer == "E":
             layer.outbox.append((self._bytes, self.dest))
+            layer.resent += 1
             # §17.1.2.2: once a provisional arrived, retransmit every T2 rather than keep doubling from T1.
             self._e_interval = layer.t2 if self.state is State.PROCEEDING else min(2 * self._e_interval, layer.t2)
             self._timers.due["E"] = at + self._e_interval
@@ -376,6 +378,9 @@ class TransactionLayer:
         self.trying_delay = trying_delay
         self.outbox: list[tuple[bytes, Address]] = []
         self.dropped = 0  # requests/responses that matched nothing sensible (counted for metrics, never raised)
+        # A lossy path shows here: requests the peer sent again (absorbed or answered again), ours sent again.
+        self.retransmissions_received = 0
+        self.resent = 0
         self._server: dict[_Key, ServerTransaction] = {}
         self._client: dict[_Key, ClientTransaction] = {}
 
@@ -409,6 +414,8 @@ class TransactionLayer:
             return None
         existing = self._server.get(key)
         if existing is not None:
+            if request.method != "ACK":  # the ACK of a non-2xx final matches its INVITE's transaction too
+                self.retransmissions_received += 1
             return existing._on_retransmission(request, now)
         method = request.method  # SIP methods are case-sensitive (§7.1): "invite" is some extension, not INVITE
         if method == "ACK":

@@ -108,6 +108,7 @@ class SipTransport:
         self.layers = {"UDP": TransactionLayer(False, t1=t1), "TCP": TransactionLayer(True, t1=t1)}
         self.dropped = 0  # messages that could not be parsed
         self.refused = 0  # of those, requests answered with an error (the rest were silently dropped)
+        self.resent_2xx = 0  # our 2xx to an INVITE sent again because no ACK had come (a lost 2xx or ACK)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._conns: dict[Address, asyncio.StreamWriter] = {}
@@ -239,6 +240,18 @@ class SipTransport:
             writer.close()
 
     # -- sending --------------------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Totals since start, for /metrics."""
+        layers = self.layers.values()
+        return {
+            "retransmissions_received": sum(layer.retransmissions_received for layer in layers),
+            "resent": sum(layer.resent for layer in layers) + self.resent_2xx,
+            "resent_2xx": self.resent_2xx,
+            "unparseable": self.dropped,
+            "refused": self.refused,
+            "stray": sum(layer.dropped for layer in layers),
+        }
+
     def send_raw(self, data: bytes, flow: Flow) -> None:
         """Send bytes as they are (the dialog's 2xx retransmissions go around the transaction layer)."""
         if flow.transport == "UDP":
@@ -278,6 +291,8 @@ class SipTransport:
         sources.extend((kind, t) for t, kind, _ in self._watched.values())
         for kind, src in sources:
             out, src.outbox = src.outbox, []
+            if not isinstance(src, TransactionLayer):
+                self.resent_2xx += len(out)  # a watched dialog's outbox holds only 2xx retransmissions
             for data, addr in out:
                 self.send_raw(data, Flow(kind, addr))
         self._arm()
