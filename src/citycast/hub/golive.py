@@ -36,6 +36,7 @@ from citycast.hub.db.models import Priority, Site, utcnow
 from citycast.ingest.live import LiveBroadcaster
 from citycast.ingest.pins import BLOCK_S, PinGate, PinGuard, PinStore
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from citycast.media.convert import AudioConverter
 from citycast.media.render import Samples
 
 if TYPE_CHECKING:
@@ -178,9 +179,9 @@ class BrowserAudio:
         return self.received_at is not None and now - self.received_at <= AUDIO_FRESH_S
 
 
-def to_mono48k(resampler: av.AudioResampler, frame: av.AudioFrame) -> Samples:
+def to_mono48k(resampler: AudioConverter, frame: av.AudioFrame) -> Samples:
     """One decoded WebRTC frame as 48 kHz mono float32 samples."""
-    parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    parts = [f.to_ndarray().reshape(-1) for f in resampler.convert(frame)]
     if not parts:
         return np.zeros(0, np.float32)
     return np.concatenate(parts).astype(np.float32, copy=False)
@@ -342,7 +343,7 @@ class GoLive:
         return RTCSessionDescription(sdp=local.sdp, type=local.type)
 
     async def _receive(self, session: GoLiveSession, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        resampler = AudioConverter(format="flt", layout="mono", rate=SAMPLE_RATE)
         try:
             while True:
                 frame = await track.recv()

@@ -19,6 +19,7 @@ import av.error
 import numpy as np
 
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from citycast.media.convert import AudioConverter
 from citycast.media.markers import chirp
 from citycast.media.render import Samples
 
@@ -112,15 +113,15 @@ class FileSource:
 
     def _decode_pass(self) -> Iterator[Samples]:
         container = self._open()
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        resampler = AudioConverter(format="flt", layout="mono", rate=SAMPLE_RATE)
         try:
             stream = container.streams.audio[0]
             try:
                 for frame in container.decode(stream):
                     frame.pts = None  # we want every sample in order; timestamp gaps are not our business
-                    for out in resampler.resample(frame):
+                    for out in resampler.convert(frame):
                         yield np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1)
-                for out in resampler.resample(None):
+                for out in resampler.convert(None):
                     yield np.asarray(out.to_ndarray(), dtype=np.float32).reshape(-1)
             except (av.error.FFmpegError, ValueError) as exc:
                 raise SourceError(f"cannot decode {self.location!r}: {_describe_av_error(exc)}") from exc

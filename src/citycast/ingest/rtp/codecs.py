@@ -30,6 +30,7 @@ import numpy as np
 
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.codec import OpusDecoder, OpusEncoder
+from citycast.media.convert import AudioConverter
 from citycast.media.render import Samples
 
 
@@ -91,7 +92,7 @@ class _Resampler:
 
     def __init__(self, src: int, dst: int) -> None:
         self._src, self._dst = src, dst
-        self._swr = av.AudioResampler(format="flt", layout="mono", rate=dst)
+        self._swr = AudioConverter(format="flt", layout="mono", rate=dst)
         self._fifo = np.zeros(0, dtype=np.float32)
         self._primed = False
         self._in_total = 0
@@ -101,7 +102,7 @@ class _Resampler:
         """Resample `pcm`; the result has exactly the samples due for all input so far (no drift)."""
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="flt", layout="mono")
         frame.sample_rate = self._src
-        got = [_to_float(f) for f in self._swr.resample(frame)]
+        got = [_to_float(f) for f in self._swr.convert(frame)]
         out = np.concatenate([self._fifo, *got]) if got else self._fifo
         self._in_total += pcm.size
         due = self._in_total * self._dst // self._src - self._out_total
