@@ -92,6 +92,25 @@ async def test_malformed_requests_do_not_kill_the_responder(nc: nats.aio.client.
         await hub.stop()
 
 
+async def test_answers_go_only_to_inboxes(nc: nats.aio.client.Client, nats_url: str) -> None:
+    """A requester picks its reply subject; one pointing at an audio or command subject gets nothing there."""
+    hub = TimeResponder(nats_url, "citycast.time", SystemClock())
+    await hub.start()
+    try:
+        aimed = [await nc.subscribe(s) for s in ("citycast.audio.1", "citycast.cmd.s2")]
+        await nc.flush()
+        for target in ("citycast.audio.1", "citycast.cmd.s2"):
+            await nc.publish("citycast.time", b"12345678", reply=target)
+        reply = await nc.request("citycast.time", b"87654321", timeout=1)  # an inbox: answered as always
+        assert reply.data[16:] == b"87654321"
+        for sub in aimed:
+            with pytest.raises(nats.errors.TimeoutError):
+                await sub.next_msg(timeout=0.3)
+        assert hub.misdirected == 2 and hub.answered == 1
+    finally:
+        await hub.stop()
+
+
 async def test_failures_are_counted_and_retried(nats_url: str) -> None:
     sync = ClockSync(nats_url, "citycast.time.nobody", SystemClock(), timeout_s=0.1, retry_interval_s=0.1)
     await sync.start()

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 _REPLY = struct.Struct(">qq")
 _REQUEST = struct.Struct(">q")
+# Every client of ours asks with a reply subject under an inbox prefix (_INBOX, _INBOX_site.<site>, …). A requester
+# chooses its reply subject freely and the responder (the hub's user) may publish almost anywhere, so a reply
+# to anything else would let a site's credentials put our bytes on an audio or command subject.
+_INBOX_ROOT = "_INBOX"
 
 
 class _Connection:
@@ -120,6 +124,7 @@ class TimeResponder:
         self._task: asyncio.Task[None] | None = None
         self.answered = 0
         self.ignored = 0
+        self.misdirected = 0  # requests whose reply subject is not an inbox: never answered
 
     async def start(self) -> None:
         await self._conn.get()
@@ -140,6 +145,10 @@ class TimeResponder:
         t2 = msg.received_ns
         try:
             if not msg.reply or len(msg.payload) != _REQUEST.size or (self._ready and not self._ready()):
+                self.ignored += 1
+                return
+            if not msg.reply.startswith(_INBOX_ROOT):
+                self.misdirected += 1
                 self.ignored += 1
                 return
             wire = self._conn.wire
