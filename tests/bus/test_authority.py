@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, KeyValueConfig
+from nats.aio.subscription import Subscription
 
 from citycast.bus import jwt
 from citycast.bus.authority import (
@@ -27,6 +27,7 @@ from citycast.bus.desired import DesiredState, desired_bucket
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.bus.subjects import Subjects
+from citycast.hub.desired import DesiredStore
 from citycast.site.desired import DesiredWatcher
 from citycast.tasks import cancel_and_wait
 
@@ -88,6 +89,14 @@ async def connect(url: str, creds: Path, inbox_prefix: str | None = None) -> Wat
         **options,
     )
     return Watched(nc, errors, closed)
+
+
+async def nothing_arrives(sub: Subscription, wait: float = 0.5) -> bool:
+    try:
+        msg = await sub.next_msg(timeout=wait)
+    except nats.errors.TimeoutError:
+        return True
+    raise AssertionError(f"unexpected message on {msg.subject}: {msg.data[:60]!r}")
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float) -> None:
@@ -172,42 +181,43 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
     await ingest.nc.close()
 
 
-async def test_site_watches_its_own_desired_state_and_no_one_elses(
+async def test_site_follows_its_own_desired_state_and_no_one_elses(
     server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
-    bucket = desired_bucket(SUBJECTS)
-    kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=bucket, history=8))
-    await kv.put("s1", DesiredState(channel=1).to_json())
-    await kv.put("s2", DesiredState(channel=2, volume=0.5).to_json())
+    store = DesiredStore(hub.nc, SUBJECTS, reply_prefix=site_inbox_prefix)
+    await store.open()
+    await store.put("s1", DesiredState(channel=1))
+    await store.put("s2", DesiredState(channel=2, volume=0.5))
     creds, _ = site_creds(authority, "s1", tmp_path)
     site = await connect(server.url, creds, site_inbox_prefix("s1"))
     seen: list[DesiredState] = []
-    watcher = DesiredWatcher(site.nc, SUBJECTS, "s1", seen.append, retry_s=0.2, heartbeat_s=0.5)
+    watcher = DesiredWatcher(site.nc, SUBJECTS, "s1", seen.append, retry_s=0.5)
     task = asyncio.create_task(watcher.run())
     try:
-        await wait_until(lambda: len(seen) == 1, 5)
+        await wait_until(lambda: len(seen) == 1, 5)  # asked for at start
         assert seen == [DesiredState(channel=1)]
-        await kv.put("s1", DesiredState(channel=7, muted=True).to_json())
-        await kv.put("s2", DesiredState(channel=8).to_json())  # another site's change is not delivered here
+        await store.put("s1", DesiredState(channel=7, muted=True))  # published on change
+        await store.put("s2", DesiredState(channel=8))  # another site's change is not delivered here
         await wait_until(lambda: len(seen) == 2, 5)
-        await asyncio.sleep(1.6)  # three heartbeat periods: the watch is kept alive, not re-created
-        assert seen == [DesiredState(channel=1), DesiredState(channel=7, muted=True)] and watcher.watches == 1
+        await asyncio.sleep(0.5)
+        assert seen == [DesiredState(channel=1), DesiredState(channel=7, muted=True)]
     finally:
         await cancel_and_wait(task)
-    # The same site asking for s2's key, or for the whole bucket (nats-py's unnamed watch), is refused.
-    js = site.nc.jetstream(timeout=2)
-    for config in (
-        ConsumerConfig(name="peek", filter_subject=f"$KV.{bucket}.s2", deliver_subject=site.nc.new_inbox()),
-        ConsumerConfig(filter_subject=f"$KV.{bucket}.s2", deliver_subject=site.nc.new_inbox()),
-        ConsumerConfig(name="all", filter_subject=f"$KV.{bucket}.>", deliver_subject=site.nc.new_inbox()),
-    ):
-        with pytest.raises(Exception, match=r"(?i)timeout|no responders|permission"):
-            await js.add_consumer(f"KV_{bucket}", config)
+    # Another site's state is out of reach: neither its subject nor its get; and no JetStream at all.
+    await site.nc.subscribe("citycast.desired.s2")
+    await site.nc.publish("citycast.desired-get.s2", b"", reply=site.nc.new_inbox())
     with pytest.raises(Exception, match=r"(?i)timeout|no responders|permission"):
-        await js.key_value(bucket)  # stream info: not for sites either
+        await site.nc.jetstream(timeout=2).key_value(desired_bucket(SUBJECTS))
+    # Its own get with the answer aimed at an audio subject: the hub does not answer.
+    audio = await hub.nc.subscribe("citycast.audio.1")
+    await hub.nc.flush()
+    await site.nc.publish("citycast.desired-get.s1", b"", reply="citycast.audio.1")
     await site.nc.flush()
-    assert len(site.violations()) >= 4
+    assert await nothing_arrives(audio)
+    await wait_until(lambda: store.refused == 1, 5)
+    assert len(site.violations()) >= 3
     await site.nc.close()
+    await store.close()
 
 
 async def test_site_cannot_publish_audio(
@@ -347,10 +357,9 @@ def test_keys_persist_privately(tmp_path: Path) -> None:
 
 def test_site_permissions_are_narrow() -> None:
     perms = site_permissions("s1", SUBJECTS)
-    assert set(perms.sub) == {"citycast.audio.*", "citycast.cmd.s1", "_INBOX_site.s1.>"}
+    assert set(perms.sub) == {"citycast.audio.*", "citycast.cmd.s1", "citycast.desired.s1", "_INBOX_site.s1.>"}
     assert "citycast.telemetry.s1" in perms.pub
     assert not any(p.startswith("citycast.audio") or p.startswith("citycast.cmd") for p in perms.pub)
     assert not any(p.endswith(">") for p in perms.pub)
-    assert [p for p in perms.pub if p.startswith("$JS.")] == [
-        "$JS.API.CONSUMER.CREATE.KV_citycast-desired.*.$KV.citycast-desired.s1"
-    ]
+    assert not any(p.startswith("$JS.") for p in perms.pub)  # no JetStream: the hub hands desired state out
+    assert "citycast.desired-get.s1" in perms.pub and "citycast.desired.s1" in perms.sub

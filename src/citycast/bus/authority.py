@@ -25,7 +25,6 @@ from pathlib import Path
 import nats
 
 from citycast.bus import jwt
-from citycast.bus.desired import desired_stream, desired_watch_create_subject
 from citycast.bus.jwt import KeyKind, Permissions
 from citycast.bus.server import EmbeddedNats, LeafRemote
 from citycast.bus.subjects import Subjects
@@ -56,14 +55,12 @@ def check_site_name(site: str) -> str:
 
 
 def site_permissions(site: str, subjects: Subjects) -> Permissions:
-    """A site may hear every channel's audio, its own commands and its own inbox, and may publish its own
-    telemetry, its own talkback (microphone) and time requests. Of JetStream it may only create a consumer
-    filtered on its own key of the desired-state bucket (`desired_watch_create_subject`: any consumer name, that
-    one filter), which is how `citycast.site.desired.DesiredWatcher` follows it: it can read neither another
-    site's desired state nor anything else of the bucket, and can write none of it.
+    """A site may hear every channel's audio, its own commands, its own desired state and its own inbox, and
+    may publish its own telemetry, its own talkback (microphone), time requests and requests for its own
+    desired state. No JetStream: a JetStream call lets the caller pick where the server sends the answer, so
+    the hub hands desired state out itself (citycast.hub.desired), answering only to the asking site's inbox.
 
-    Messages and API replies arrive on the site's own inbox prefix (nats-py `inbox_prefix=`), so it cannot
-    read other clients' replies.
+    Replies arrive on the site's own inbox prefix (nats-py `inbox_prefix=`), so it cannot read other clients'.
     """
     check_site_name(site)
     return Permissions(
@@ -72,11 +69,12 @@ def site_permissions(site: str, subjects: Subjects) -> Permissions:
             subjects.talkback(site),
             subjects.time(),
             f"{subjects.time()}.*",
-            desired_watch_create_subject(subjects, site),
+            subjects.desired_get(site),
         ),
         sub=(
             f"{subjects.prefix}.audio.*",
             subjects.commands(site),
+            subjects.desired(site),
             f"{site_inbox_prefix(site)}.>",
         ),
     )
@@ -103,15 +101,14 @@ def city_time_permissions(zone: str, subjects: Subjects) -> Permissions:
 def leaf_permissions(subjects: Subjects) -> Permissions:
     """The city's leaf connection in the CITYCAST account, as the hub sees it: `pub` is what the city may send
     up, `sub` what the hub sends down. Down: audio, commands, and replies to the city's sites and time
-    responder (the sites' desired-state watches deliver to their inboxes too). Up: telemetry, talkback and time
-    requests. Never audio, commands or KV writes up, and never the hub's or ingest's own inboxes down. The
-    JetStream API itself does not use this connection: nats-server denies `$JS.API.>` on every non-system leaf
-    and carries it over the system account's leaf instead (see `system_leaf_permissions`)."""
+    responder, and the sites' desired state. Up: telemetry, talkback, time requests and desired-state
+    requests. Never audio, commands or desired state up, and never the hub's or ingest's own inboxes down."""
     return Permissions(
-        pub=(subjects.telemetry_all(), subjects.talkback_all(), subjects.time()),
+        pub=(subjects.telemetry_all(), subjects.talkback_all(), subjects.time(), subjects.desired_get_all()),
         sub=(
             f"{subjects.prefix}.audio.*",
             f"{subjects.prefix}.cmd.*",
+            subjects.desired_all(),
             f"{SITE_INBOX_ROOT}.>",
             f"{CITY_TIME_INBOX_PREFIX}.>",
         ),
@@ -119,17 +116,9 @@ def leaf_permissions(subjects: Subjects) -> Permissions:
 
 
 def system_leaf_permissions(subjects: Subjects) -> Permissions:
-    """The city's leaf connection in the system account. Down: account JWT updates (so a revocation pushed
-    at the hub reaches the city's resolver too) and JetStream API replies (`_R_.>`, the server's service-import
-    reply prefix). Up: only the creation of consumers on the desired-state stream (the sites' watches), which a
-    JetStream-less city server forwards over the system account (it "extends" the hub's JetStream). Which key
-    each site may watch is its own user's permission, checked at the city server. The subject is open after the
-    stream's name: with the filter's wildcard spelled out (`*.$KV.<bucket>.*`) nats-server 2.15 did not carry the
-    hub's JetStream interest over the leaf and every watch got 503."""
-    return Permissions(
-        pub=(f"$JS.API.CONSUMER.CREATE.{desired_stream(subjects)}.>",),
-        sub=("$SYS.REQ.CLAIMS.UPDATE", "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE", "_R_.>"),
-    )
+    """The city's leaf connection in the system account: account JWT updates down (so a revocation pushed at
+    the hub reaches the city's resolver too), nothing up. Sites use no JetStream, so none crosses the link."""
+    return Permissions(pub=(), sub=("$SYS.REQ.CLAIMS.UPDATE", "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE"))
 
 
 def _nats_string(value: str) -> str:

@@ -1,7 +1,8 @@
-"""Desired site state: what the hub wants each site to do, kept in a NATS KV bucket that sites watch.
+"""Desired site state: what the hub wants each site to do (channel, volume, mute, fallback).
 
-A KV bucket rather than commands because a site that was offline must converge when it returns: it reads the
-latest value of its own key, not a queue of orders it missed.
+A state rather than commands because a site that was offline must converge when it returns: it asks for the
+latest value, not for a queue of orders it missed. The hub keeps it in a KV bucket and hands it to sites over
+plain NATS (citycast.hub.desired, citycast.site.desired).
 """
 
 from __future__ import annotations
@@ -21,23 +22,13 @@ class DesiredStateError(ValueError):
     pass
 
 
+# The KV revision of the value a message carries: a site keeps the newest it has seen.
+REVISION_HEADER = "Citycast-Revision"
+
+
 def desired_bucket(subjects: Subjects) -> str:
+    """The hub's own KV bucket (sites never read it: see citycast.hub.desired)."""
     return f"{subjects.prefix}-desired"
-
-
-def desired_stream(subjects: Subjects) -> str:
-    """The JetStream stream behind the bucket (NATS names it KV_<bucket>)."""
-    return f"KV_{desired_bucket(subjects)}"
-
-
-def desired_key_subject(subjects: Subjects, site: str) -> str:
-    return f"$KV.{desired_bucket(subjects)}.{site}"
-
-
-def desired_watch_create_subject(subjects: Subjects, site: str, consumer: str = "*") -> str:
-    """The JetStream API subject that creates a consumer filtered on one site's key (nats-server >= 2.9 puts the
-    consumer's name and filter in the subject): what a site's NATS user may publish, and nothing wider."""
-    return f"$JS.API.CONSUMER.CREATE.{desired_stream(subjects)}.{consumer}.{desired_key_subject(subjects, site)}"
 
 
 @dataclass(frozen=True)

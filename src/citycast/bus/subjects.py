@@ -34,3 +34,17 @@ class Subjects:
 
     def talkback_all(self) -> str:
         return f"{self.prefix}.talkback.*"
+
+    def desired(self, site: str) -> str:
+        """The hub publishes a site's desired state here whenever it changes (the site subscribes to its own)."""
+        return f"{self.prefix}.desired.{site}"
+
+    def desired_all(self) -> str:
+        return f"{self.prefix}.desired.*"
+
+    def desired_get(self, site: str) -> str:
+        """A site asks the hub for its current desired state (at start, after a reconnection, now and then)."""
+        return f"{self.prefix}.desired-get.{site}"
+
+    def desired_get_all(self) -> str:
+        return f"{self.prefix}.desired-get.*"

@@ -1,27 +1,50 @@
-"""The hub side of desired state: one KV bucket, one key per site, written only when a value changes."""
+"""The hub side of desired state: kept in a KV bucket (it survives hub restarts), handed to sites over plain NATS.
+
+Sites never touch JetStream. Any JetStream call lets its caller choose where the server sends the answer (a push
+consumer's deliver subject, a request's reply subject), and the server may send anywhere in the account: a site's
+credentials could have aimed its own desired-state entry at an audio or command subject. So the hub publishes
+each change on `desired.<site>` (a site may subscribe to its own only) and answers `desired-get.<site>` requests
+(a site may ask for its own only) with the current value, and only to that site's own inbox.
+
+Each message carries the KV revision in a header, so a site never takes an older value (an answer to a get that
+crossed a newer publish) for a newer one.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from citycast.bus.desired import DesiredState, desired_bucket
+from citycast.bus.desired import REVISION_HEADER, DesiredState, desired_bucket
 from citycast.bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
+_ANY_INBOX = "_INBOX"
+
 
 class DesiredStore:
-    def __init__(self, nc: Client, subjects: Subjects) -> None:
+    """`reply_prefix(site)`, when given (a hub in JWT mode), is the only inbox prefix a site's get is answered on;
+    without it any inbox is (a bus without per-site users has no one to tell apart)."""
+
+    def __init__(self, nc: Client, subjects: Subjects, *, reply_prefix: Callable[[str], str] | None = None) -> None:
         self.nc = nc
+        self.subjects = subjects
         self.bucket = desired_bucket(subjects)
+        self.reply_prefix = reply_prefix
         self._kv: KeyValue | None = None
-        self._written: dict[str, DesiredState] = {}
+        self._written: dict[str, tuple[DesiredState, int]] = {}  # site -> (state, KV revision)
+        self._sub: Subscription | None = None
         self.writes = 0
+        self.answered = 0
+        self.refused = 0  # get requests with a reply subject that is not the asking site's inbox
 
     async def open(self) -> None:
         js = self.nc.jetstream()
@@ -36,9 +59,16 @@ class DesiredStore:
         except (NoKeysError, NotFoundError):  # an empty bucket says "no keys" this way
             keys = []
         for key in keys:
-            state = await self.get(key)
-            if state is not None:
-                self._written[key] = state
+            got = await self._read(key)
+            if got is not None:
+                self._written[key] = got
+        self._sub = await self.nc.subscribe(self.subjects.desired_get_all(), cb=self._on_get)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
 
     @property
     def kv(self) -> KeyValue:
@@ -46,7 +76,7 @@ class DesiredStore:
             raise RuntimeError("DesiredStore.open() was not awaited")
         return self._kv
 
-    async def get(self, site: str) -> DesiredState | None:
+    async def _read(self, site: str) -> tuple[DesiredState, int] | None:
         try:
             entry = await self.kv.get(site)
         except (NotFoundError, KeyError):
@@ -54,21 +84,45 @@ class DesiredStore:
         if entry.value is None:
             return None
         try:
-            return DesiredState.from_json(entry.value)
+            return DesiredState.from_json(entry.value), int(entry.revision or 0)
         except ValueError as e:
             log.warning("desired state of %s is unreadable (%s); it will be rewritten", site, e)
             return None
 
+    async def get(self, site: str) -> DesiredState | None:
+        got = await self._read(site)
+        return got[0] if got is not None else None
+
     async def put(self, site: str, state: DesiredState) -> bool:
-        """Write if different from what was written; True when written."""
-        if self._written.get(site) == state:
+        """Write if different from what was written, and tell the site; True when written."""
+        current = self._written.get(site)
+        if current is not None and current[0] == state:
             return False
-        await self.kv.put(site, state.to_json())
-        self._written[site] = state
+        revision = await self.kv.put(site, state.to_json())
+        self._written[site] = (state, revision)
         self.writes += 1
+        await self.nc.publish(self.subjects.desired(site), state.to_json(), headers={REVISION_HEADER: str(revision)})
         return True
 
     async def delete(self, site: str) -> None:
         self._written.pop(site, None)
         with contextlib.suppress(NotFoundError):
             await self.kv.delete(site)
+
+    async def _on_get(self, msg: Msg) -> None:
+        site = msg.subject.rsplit(".", 1)[-1]
+        prefix = f"{self.reply_prefix(site)}." if self.reply_prefix is not None else _ANY_INBOX
+        if not msg.reply or not msg.reply.startswith(prefix):
+            self.refused += 1
+            log.warning("desired state of %s asked with reply subject %r: not answered", site, (msg.reply or "")[:80])
+            return
+        current = self._written.get(site)
+        try:
+            if current is None:
+                await self.nc.publish(msg.reply, b"")  # nothing wished for this site yet: an empty answer
+            else:
+                state, revision = current
+                await self.nc.publish(msg.reply, state.to_json(), headers={REVISION_HEADER: str(revision)})
+            self.answered += 1
+        except Exception as e:  # a closing connection: the site asks again
+            log.debug("desired state of %s not answered: %r", site, e)

@@ -23,7 +23,7 @@ import uvicorn
 from nats.aio.client import Client
 from sqlalchemy import select
 
-from citycast.bus.authority import NatsAuthority
+from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.connection import connect
 from citycast.bus.server import EmbeddedNats, LeafRemote, port_is_free
 from citycast.bus.subjects import Subjects
@@ -189,7 +189,8 @@ class Hub:
         self.nc = await connect(self.nats_url, name="hub", **auth)
         self.time_service = TimeService(self.nats_url, self.subjects, creds=creds)
         await self.time_service.start()
-        desired = DesiredStore(self.nc, self.subjects)
+        # With per-site users, a site's request for its desired state is answered only on that site's own inbox.
+        desired = DesiredStore(self.nc, self.subjects, reply_prefix=site_inbox_prefix if self.authority else None)
         await desired.open()
         self.addresses = AddressManager(
             db=self.db,

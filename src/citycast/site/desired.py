@@ -1,11 +1,10 @@
-"""The site side of desired state: watch this site's key in the KV bucket and hand each new value over.
+"""The site side of desired state: follow what the hub wants of this site, and converge after being away.
 
-Not nats-py's `kv.watch`: that creates an unnamed consumer, and the JetStream API subject of an unnamed create
-does not say what it reads, so a site allowed to watch its key could have watched every site's. Here the site
-creates a push consumer with a name and a filter on its own key, which nats-server puts in the subject
-(`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`); the site's NATS user may publish that subject for its own
-key only (`citycast.bus.authority.site_permissions`). Nothing else of JetStream is open to it: no stream info,
-no consumer info, no deletes (the consumer goes away by itself when nobody listens), no flow control.
+The hub publishes each change on `desired.<site>`; the site subscribes to it and also asks `desired-get.<site>`
+for the current value at start, after every reconnection (what was published meanwhile was lost) and every
+`refresh_s` as a safety net. Values carry the hub's KV revision; an older one (an answer that crossed a newer
+publish) never replaces a newer one. The site's NATS user may do exactly this and no more: no JetStream at all
+(see citycast.hub.desired for why).
 """
 
 from __future__ import annotations
@@ -13,37 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import time
 from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
-from citycast.bus.desired import (
-    DesiredState,
-    DesiredStateError,
-    desired_key_subject,
-    desired_stream,
-)
+from citycast.bus.desired import REVISION_HEADER, DesiredState, DesiredStateError
 from citycast.bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 5.0  # the server's idle heartbeat on the watch: three missed ones mean the consumer is gone
-INACTIVE_S = 60.0  # a watch nobody listens to any more is removed by the server after this
-
-
-class DesiredWatchLost(RuntimeError):
-    pass
+REFRESH_S = 60.0
 
 
 class DesiredWatcher:
-    """Follows one key for months. The watch is re-created after any error, a reconnection or three missed
-    heartbeats, and a new watch starts with the key's latest value, so a site that was away converges on what
-    it missed."""
+    """Follows one site's desired state for months; `on_change` gets each new value once."""
 
     def __init__(
         self,
@@ -53,77 +38,93 @@ class DesiredWatcher:
         on_change: Callable[[DesiredState], None],
         *,
         retry_s: float = 2.0,
-        heartbeat_s: float = HEARTBEAT_S,
+        refresh_s: float = REFRESH_S,
     ) -> None:
         self.nc = nc
-        self.stream = desired_stream(subjects)
-        self.key_subject = desired_key_subject(subjects, site)
+        self.subjects = subjects
         self.site = site
         self.on_change = on_change
         self.retry_s = retry_s
-        self.heartbeat_s = heartbeat_s
+        self.refresh_s = refresh_s
         self.current: DesiredState | None = None
+        self.revision = -1
         self.bad_values = 0
-        self.watches = 0  # consumers created so far: 1 in a quiet life, one more per lost watch
+        self.asked = 0  # get requests answered so far
+        self._older_answer: int | None = None  # an answer older than what we have, seen once
 
     async def run(self) -> None:
-        while True:
-            sub = None
-            try:
-                reconnects = self.nc.stats["reconnects"]
-                deliver = self.nc.new_inbox()  # under the site's own inbox prefix: the only place it may listen
-                sub = await self.nc.subscribe(deliver)
-                await self.nc.jetstream().add_consumer(self.stream, self._consumer(deliver))
-                self.watches += 1
-                await self._follow(sub, reconnects)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # no bucket yet (hub not up), a disconnect, a lost consumer: try again
-                log.debug("%s: desired-state watch: %r; retrying", self.site, e)
-                await asyncio.sleep(self.retry_s)
-            finally:
-                if sub is not None:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-
-    def _consumer(self, deliver: str) -> ConsumerConfig:
-        return ConsumerConfig(
-            name=f"{self.site}-{secrets.token_hex(6)}",
-            filter_subject=self.key_subject,
-            deliver_subject=deliver,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,  # the latest value first, then every change
-            ack_policy=AckPolicy.NONE,
-            idle_heartbeat=self.heartbeat_s,
-            inactive_threshold=INACTIVE_S,
-            mem_storage=True,
-            num_replicas=1,
-        )
-
-    async def _follow(self, sub: Subscription, reconnects: int) -> None:
-        # After a reconnection the consumer may be gone or behind: the caller starts a new one.
-        heard = time.monotonic()
-        while self.nc.stats["reconnects"] == reconnects:
-            try:
-                msg = await sub.next_msg(timeout=min(self.retry_s, self.heartbeat_s))
-            except nats.errors.TimeoutError:
-                if time.monotonic() - heard > 3 * self.heartbeat_s:
-                    raise DesiredWatchLost("no heartbeat from the desired-state watch") from None
-                continue
-            heard = time.monotonic()
-            headers = msg.headers or {}
-            if headers.get(Header.STATUS.value):
-                continue  # an idle heartbeat
-            if headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
-                continue  # a delete: keep what we have
-            self._apply(msg.data)
-
-    def _apply(self, value: bytes) -> None:
+        sub: Subscription | None = None
         try:
-            state = DesiredState.from_json(value)
-        except DesiredStateError as e:
+            while sub is None:
+                try:
+                    sub = await self.nc.subscribe(self.subjects.desired(self.site), cb=self._on_publish)
+                except Exception as e:  # not connected yet: nats-py queues nothing for us, so try again
+                    log.debug("%s: cannot subscribe to desired state: %r", self.site, e)
+                    await asyncio.sleep(self.retry_s)
+            seen_reconnects = -1
+            next_refresh = 0.0
+            loop = asyncio.get_running_loop()
+            while True:
+                reconnects = self.nc.stats["reconnects"]
+                if reconnects != seen_reconnects or loop.time() >= next_refresh:
+                    if await self._ask():
+                        seen_reconnects = reconnects
+                        next_refresh = loop.time() + self.refresh_s
+                    else:
+                        await asyncio.sleep(self.retry_s)
+                        continue
+                await asyncio.sleep(min(self.retry_s, self.refresh_s))
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _ask(self) -> bool:
+        try:
+            reply = await self.nc.request(self.subjects.desired_get(self.site), b"", timeout=self.retry_s)
+        except asyncio.CancelledError:
+            raise
+        except (nats.errors.Error, TimeoutError, OSError) as e:  # hub not up, no responder, disconnected
+            log.debug("%s: desired state not answered: %r", self.site, e)
+            return False
+        self.asked += 1
+        if not reply.data:
+            return True
+        revision = _revision(reply)
+        if revision is not None and revision < self.revision:
+            # Either it crossed a newer publish (asking again gives the newer one) or the hub's store was
+            # started afresh (asking again gives this one again: then it is the truth).
+            if self._older_answer != revision:
+                self._older_answer = revision
+                return False
+            self.revision = -1
+        self._older_answer = None
+        self._take(reply)
+        return True
+
+    async def _on_publish(self, msg: Msg) -> None:
+        self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
+        revision = _revision(msg)
+        try:
+            if revision is None:
+                raise DesiredStateError(f"no {REVISION_HEADER} header")
+            state = DesiredState.from_json(msg.data)
+        except (ValueError, DesiredStateError) as e:
             self.bad_values += 1
             log.warning("%s: ignoring a bad desired state: %s", self.site, e)
             return
+        if revision <= self.revision:
+            return  # already had it, or newer
+        self.revision = revision
         if state != self.current:
             self.current = state
             self.on_change(state)
+
+
+def _revision(msg: Msg) -> int | None:
+    try:
+        return int((msg.headers or {}).get(REVISION_HEADER, ""))
+    except ValueError:
+        return None
