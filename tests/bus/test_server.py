@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from pathlib import Path
 
@@ -8,7 +9,15 @@ import nats
 import pytest
 
 from citycast.bus.authority import NatsAuthority
-from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, find_nats_server, free_port
+from citycast.bus.server import (
+    PID_FILE,
+    EmbeddedNats,
+    LeafRemote,
+    NatsServerError,
+    find_nats_server,
+    free_port,
+    port_is_free,
+)
 
 
 def test_finds_the_wheels_binary() -> None:
@@ -83,3 +92,34 @@ def test_leaf_remote_binds_creds_and_account(tmp_path: Path) -> None:
     ).config_text(tmp_path)
     assert 'listen: "127.0.0.1:7422"' in text
     assert 'credentials: "' + str(creds).replace('"', '\\"') + '"' in text and 'account: "ABC"' in text
+
+
+def test_a_server_left_behind_by_a_dead_owner_is_stopped_at_the_next_start(tmp_path: Path) -> None:
+    """The hub was killed (SIGKILL, OOM): its nats-server lives on and holds the port. The restarted hub, same data
+    directory, stops that server and starts its own instead of failing on a taken port."""
+    port = free_port()
+    first = EmbeddedNats(port=port, workdir=tmp_path / "nats")
+    first.start()
+    orphan = first.pid
+    assert orphan is not None
+    first._proc = None  # the owner is gone without stopping it
+    assert not port_is_free("127.0.0.1", port)
+    second = EmbeddedNats(port=port, workdir=tmp_path / "nats")
+    second.start()
+    try:
+        assert second.pid != orphan
+        assert not Path(f"/proc/{orphan}/cmdline").exists() or Path(f"/proc/{orphan}/cmdline").read_bytes() == b""
+    finally:
+        second.stop()
+    assert not (tmp_path / "nats" / PID_FILE).exists()
+
+
+def test_only_our_own_server_is_ever_stopped(tmp_path: Path) -> None:
+    """A pid file pointing at some other process (pids are reused) is not obeyed."""
+    workdir = tmp_path / "nats"
+    workdir.mkdir()
+    (workdir / PID_FILE).write_text(f"{os.getpid()}\n")  # this very test process: must survive
+    server = EmbeddedNats(port=free_port(), workdir=workdir)
+    server.start()
+    server.stop()
+    assert Path(f"/proc/{os.getpid()}").exists()

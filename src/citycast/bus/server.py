@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sysconfig
@@ -18,6 +20,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+PID_FILE = "nats.pid"  # in the workdir: which server this workdir's owner started
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie's command line is empty)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+    except OSError:
+        return False
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state, past the command name
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class NatsServerError(RuntimeError):
@@ -140,6 +162,8 @@ class EmbeddedNats:
 
     def start(self, timeout_s: float = 10.0) -> None:
         binary = find_nats_server(self.binary)
+        if self.workdir is not None:
+            self._stop_orphan()
         if self.check_port and not self.command_prefix and not port_is_free(self.host, self.port):
             raise NatsServerError(
                 f"port {self.port} on {self.host} is already in use: stop what holds it, or choose another "
@@ -159,6 +183,7 @@ class EmbeddedNats:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+        (self.workdir / PID_FILE).write_text(f"{self._proc.pid}\n")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -180,6 +205,36 @@ class EmbeddedNats:
     def log_tail(self, lines: int = 8) -> str:
         return " | ".join(self.log_text().strip().splitlines()[-lines:])
 
+    def _stop_orphan(self) -> None:
+        """A server started from this workdir by a process that died without stopping it (SIGKILL, OOM, a crash
+        outside systemd) still holds the port: stop it, so the restarted owner can start its own. Only a process
+        whose command line names this workdir's config and whose parent is gone (reparented to init) or is this
+        very process is touched; one run by another live process is left alone."""
+        assert self.workdir is not None
+        pid_file = self.workdir / PID_FILE
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            pid_file.unlink(missing_ok=True)
+            return
+        if str(self.workdir / "nats.conf").encode() not in cmdline or (
+            self._proc is not None and self._proc.pid == pid
+        ):
+            pid_file.unlink(missing_ok=True)
+            return
+        if _parent(pid) not in (1, os.getpid()):
+            return  # another live process runs it (two owners of one workdir): the port check says so clearly
+        log.warning("stopping nats-server pid %d left running from %s by an owner that died", pid, self.workdir)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while _running(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
@@ -189,6 +244,8 @@ class EmbeddedNats:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+        if proc is not None and self.workdir is not None:
+            (self.workdir / PID_FILE).unlink(missing_ok=True)
         if self._tmp is not None:
             with contextlib.suppress(OSError):
                 self._tmp.cleanup()
