@@ -63,3 +63,4 @@ class HubContext:
     session_ttl: dt.timedelta = dt.timedelta(hours=12)
     telemetry_counters: TelemetryCounters | None = None  # the monitor's, for /metrics
     sip_counters: Callable[[], dict[str, int]] | None = None  # the telephone's, for /metrics (when it runs)
+    telephone_status: Callable[[], dict[str, Any]] | None = None  # Telephone.status, when it runs

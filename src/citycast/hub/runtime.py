@@ -241,6 +241,7 @@ class Hub:
             )
             await self.telephone.start()
             self.context.sip_counters = self.telephone.transport.counters
+            self.context.telephone_status = self.telephone.status
         app = create_app(self.context)
         self.golive = GoLive(self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard)
         app.state.golive = self.golive

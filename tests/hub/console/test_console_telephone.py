@@ -289,6 +289,10 @@ def test_go_live_link_by_role(page: Any, console_hub: ConsoleHub) -> None:
     sign_in(page, "viewer-one", "viewer-pass-1")
     assert link.is_hidden()
     assert page.get_by_test_id("nav-pins").is_hidden()
+    # Everyone sees the telephone's state on the on-air view; this hub runs without --sip.
+    page.get_by_test_id("nav-onair").click()
+    status = page.get_by_test_id("telephone-status")
+    status.get_by_text("Telephone off").wait_for(timeout=10_000)
 
 
 def test_pin_abuse_alert_without_a_site_is_listed(page: Any, console_hub: ConsoleHub) -> None:

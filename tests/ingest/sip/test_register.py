@@ -5,12 +5,14 @@ unregister; a wrong password ends in a "failed" status after two REGISTERs)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from citycast.bus.server import free_port
@@ -329,6 +331,16 @@ async def test_telephone_registers_refreshes_and_unregisters(hub: Hub, tmp_path:
         await wait_for(lambda: reg.sent >= 4 and reg.status == "registered", 15, "never refreshed")
         status = phone.registration_status()
         assert status is not None and status["status"] == "registered" and status["error"] is None
+        # The console's view of it: GET /api/telephone on the hub that runs this telephone.
+        hub.context.telephone_status = phone.status
+        async with httpx.AsyncClient(base_url=hub.http_url, timeout=10) as api:
+            r = await api.post("/api/login", json={"username": "admin", "password": hub.admin_password})
+            api.headers["Authorization"] = f"Bearer {r.json()['token']}"
+            shown = (await api.get("/api/telephone")).json()
+        assert shown["enabled"] and shown["sip"] == f"127.0.0.1:{phone.port}" and shown["calls"] == 0
+        assert shown["registration"]["status"] == "registered" and shown["registration"]["aor"] == cfg.aor
+        assert "password" not in json.dumps(shown) and "s3cret" not in json.dumps(shown)
+        assert shown["signalling"]["unparseable"] == 0
     finally:
         await phone.stop()
     code, out, trace = await finish(proc, tmp_path)

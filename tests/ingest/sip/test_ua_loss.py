@@ -5,6 +5,7 @@ retransmit its 200 until an ACK gets through (RFC 3261 §13.3.1.4)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -57,6 +58,20 @@ def _metrics(prefix: list[str]) -> dict[str, float]:
     return out
 
 
+def _telephone(prefix: list[str], data: Path) -> dict[str, object]:
+    """GET /api/telephone as the admin, from inside the hub's namespace."""
+    probe = (
+        "import httpx, json, pathlib, sys\n"
+        f"password = pathlib.Path({str(data / 'initial-admin-password')!r}).read_text().strip()\n"
+        "c = httpx.Client(base_url='http://127.0.0.1:8000')\n"
+        "token = c.post('/api/login', json={'username': 'admin', 'password': password}).json()['token']\n"
+        "print(json.dumps(c.get('/api/telephone', headers={'Authorization': f'Bearer {token}'}).json()))"
+    )
+    r = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, check=True, timeout=60)
+    shown: dict[str, object] = json.loads(r.stdout)
+    return shown
+
+
 def test_every_call_completes_over_a_lossy_path(tmp_path: Path) -> None:
     profile = WanProfile("lossy-sip", delay_ms=5.0, jitter_ms=0.0, loss=LOSS)
     with WanLink(profile, seed=20261126) as link:
@@ -83,6 +98,7 @@ def test_every_call_completes_over_a_lossy_path(tmp_path: Path) -> None:
             errors = (tmp_path / "errors.log").read_text(errors="replace") if (tmp_path / "errors.log").exists() else ""
             wan = link.stats()
             metrics = _metrics(hub_prefix)
+            telephone = _telephone(hub_prefix, tmp_path / "hub")
         finally:
             hub.terminate()
             try:
@@ -101,5 +117,9 @@ def test_every_call_completes_over_a_lossy_path(tmp_path: Path) -> None:
     # with a 1 s pause before the BYE, a lost ACK is noticed at T1 = 0.5 s.
     assert metrics["citycast_sip_retransmissions_received_total"] > 0, metrics
     assert metrics['citycast_sip_retransmissions_sent_total{kind="2xx"}'] > 0, metrics
+    # The console's view of the same telephone: every call over, the same counters.
+    assert telephone["enabled"] is True and telephone["sip"] == "10.77.0.2:5060" and telephone["calls"] == 0, telephone
+    signalling = telephone["signalling"]
+    assert isinstance(signalling, dict) and signalling["resent_2xx"] > 0, telephone
     assert hub.returncode == 0 or hub.returncode == -15, hub_log.read_text(errors="replace")[-3000:]
     assert "Traceback" not in hub_log.read_text(errors="replace")

@@ -28,6 +28,7 @@ from citycast.hub.api import (
     schedules,
     settings,
     sites,
+    telephone,
     users,
     ws,
     zones,
@@ -90,6 +91,7 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
         fleet,
         pins,
         golive,
+        telephone,
     ):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)

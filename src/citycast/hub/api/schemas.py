@@ -314,6 +314,25 @@ class AuditOut(BaseModel):
     remote: str
 
 
+class RegistrationOut(BaseModel):
+    aor: str
+    status: str  # idle, registering, registered, failed, stopped
+    error: str | None
+    granted_s: int | None
+    expires_in_s: float | None
+    next_attempt_in_s: float | None
+    requests_sent: int
+
+
+class TelephoneOut(BaseModel):
+    enabled: bool  # False when the hub runs without --sip
+    sip: str | None = None  # HOST:PORT it listens on (UDP and TCP)
+    calls: int = 0
+    live: int = 0  # calls on air (PIN accepted)
+    registration: RegistrationOut | None = None  # with --sip-register
+    signalling: dict[str, int] = {}  # the counters /metrics shows as citycast_sip_*
+
+
 class FleetOut(BaseModel):
     by_state: dict[str, int]
     sites_total: int

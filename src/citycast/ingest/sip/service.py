@@ -201,6 +201,17 @@ class Telephone:
                 if a is None or a.stopping:
                     call.hub_stopped()
 
+    def status(self) -> dict[str, Any]:
+        """What an operator checks before a speaker dials in: where to call, who is on, whether the trunk (the
+        public number) is registered, and how healthy the signalling is."""
+        return {
+            "sip": f"{self.host}:{self.port}",
+            "calls": len(self.calls),
+            "live": sum(1 for c in self.calls.values() if c.address_id is not None),
+            "registration": self.registration_status(),
+            "signalling": self.transport.counters(),
+        }
+
     # -- trunk registration ---------------------------------------------------------------------------------
     def registration_status(self) -> dict[str, Any] | None:
         """The trunk registration for the console and the log (None without --sip-register); never the password."""
