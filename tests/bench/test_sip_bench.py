@@ -108,7 +108,10 @@ def test_a_tiny_run_gives_sane_figures(tmp_path: Path) -> None:
         assert step.successful + step.failed == step.calls
         assert step.hub_cpu_percent > 0.0 and step.seconds > 0.0
         assert not math.isnan(step.ringing_to_200_ms["p50"])
-        assert step.ringing_to_200_ms["p50"] >= 500.0  # `serve` rings for 0.5 s before it answers
+        # `serve` rings for 0.5 s before it answers. Slack: uvloop arms timers from the loop's cached time (a busy
+        # iteration makes the sleep end a few ms early in real time) and sipp reads a millisecond clock per loop;
+        # one CI run measured 496 ms.
+        assert step.ringing_to_200_ms["p50"] >= 450.0
     assert cps.max_rate_without_failure in (None, 5.0, 10.0)
     if all(s.failed == 0 for s in cps.steps):
         assert cps.max_rate_without_failure == 10.0
