@@ -99,13 +99,6 @@ async def nothing_arrives(sub: Subscription, wait: float = 0.5) -> bool:
     raise AssertionError(f"unexpected message on {msg.subject}: {msg.data[:60]!r}")
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def site_creds(authority: NatsAuthority, site: str, dir: Path) -> tuple[Path, str]:
     """What enrolment gives a site: its own seed, a JWT minted for its public key, as a creds file."""
     seed = jwt.new_seed(KeyKind.USER)
@@ -194,11 +187,11 @@ async def test_site_follows_its_own_desired_state_and_no_one_elses(
     watcher = DesiredWatcher(site.nc, SUBJECTS, "s1", seen.append, retry_s=0.5)
     task = asyncio.create_task(watcher.run())
     try:
-        await wait_until(lambda: len(seen) == 1, 5)  # asked for at start
+        assert await wait_for(lambda: len(seen) == 1, 5)  # asked for at start
         assert seen == [DesiredState(channel=1)]
         await store.put("s1", DesiredState(channel=7, muted=True))  # published on change
         await store.put("s2", DesiredState(channel=8))  # another site's change is not delivered here
-        await wait_until(lambda: len(seen) == 2, 5)
+        assert await wait_for(lambda: len(seen) == 2, 5)
         await asyncio.sleep(0.5)
         assert seen == [DesiredState(channel=1), DesiredState(channel=7, muted=True)]
     finally:
@@ -214,7 +207,7 @@ async def test_site_follows_its_own_desired_state_and_no_one_elses(
     await site.nc.publish("citycast.desired-get.s1", b"", reply="citycast.audio.1")
     await site.nc.flush()
     assert await nothing_arrives(audio)
-    await wait_until(lambda: store.refused == 1, 5)
+    assert await wait_for(lambda: store.refused == 1, 5)
     assert len(site.violations()) >= 3
     await site.nc.close()
     await store.close()

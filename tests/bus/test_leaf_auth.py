@@ -213,14 +213,11 @@ async def test_site_at_the_city_follows_the_hubs_desired_state(topology: Topolog
     watcher = DesiredWatcher(site.nc, SUBJECTS, "s1", seen.append, retry_s=0.5)
     task = asyncio.create_task(watcher.run())
     try:
+        # Asked for over the leaf and answered down it; then published at the hub and heard at the city (10 s for both).
         deadline = time.monotonic() + 10
-        while len(seen) < 1:  # asked for over the leaf, answered down it
-            assert time.monotonic() < deadline, "no desired state through the leaf"
-            await asyncio.sleep(0.05)
-        await store.put("s1", DesiredState(channel=2))  # published at the hub, heard at the city
-        while len(seen) < 2:
-            assert time.monotonic() < deadline, "no update through the leaf"
-            await asyncio.sleep(0.05)
+        assert await wait_for(lambda: len(seen) >= 1, 10), "no desired state through the leaf"
+        await store.put("s1", DesiredState(channel=2))
+        assert await wait_for(lambda: len(seen) >= 2, deadline - time.monotonic()), "no update through the leaf"
         assert seen == [DesiredState(channel=1), DesiredState(channel=2)]
     finally:
         await cancel_and_wait(task)
