@@ -203,3 +203,14 @@ def browser_context(tmp_path: Path) -> Iterator[Any]:
             yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(browser_context: Any, console_hub: ConsoleHub) -> Iterator[Any]:
+    """The console, opened at the fixture hub; any uncaught error in the page fails the test."""
+    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(console_hub.url + "/")
+    yield page
+    assert errors == [], f"uncaught errors in the page: {errors}"

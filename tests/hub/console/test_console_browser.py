@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -37,16 +37,6 @@ def marker_states(page: Any, names: list[str]) -> dict[str, str | None]:
         "names => Object.fromEntries(names.map(n => [n, window.citycast.markerState(n)?.state ?? null]))", names
     )
     return states
-
-
-@pytest.fixture
-def page(browser_context: Any, console_hub: ConsoleHub) -> Iterator[Any]:
-    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(console_hub.url + "/")
-    yield page
-    assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 def sign_in(page: Any, hub: ConsoleHub) -> None:

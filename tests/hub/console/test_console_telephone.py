@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,16 +32,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0, every:
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@pytest.fixture
-def page(browser_context: Any, console_hub: ConsoleHub) -> Iterator[Any]:
-    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(console_hub.url + "/")
-    yield page
-    assert errors == [], f"uncaught errors in the page: {errors}"
 
 
 def sign_in(page: Any, username: str, password: str) -> None:
