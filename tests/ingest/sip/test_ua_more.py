@@ -43,7 +43,8 @@ from citycast.site.agent import SiteAgent
 from citycast.site.enrol import enrol
 from citycast.site.run import SiteOptions, build_site
 
-SCENARIOS = Path(__file__).parent / "scenarios"
+from .test_ua_sipp import run_sipp
+
 PIN = "2468"
 PCMA = CodecSpec("PCMA", 8, 8000)
 
@@ -206,22 +207,10 @@ async def media() -> AsyncIterator[MediaPeer]:
 
 
 async def sipp(rig: Rig, scenario: str, *, media: MediaPeer | None = None, timeout_s: int = 25) -> tuple[int, str, str]:
-    """One sipp call of `scenario` over UDP; (exit code, output, the message trace)."""
-    trace = rig.tmp / f"{scenario}-messages.log"
-    keys = ["-key", "media_host", "127.0.0.1", "-key", "rtp_port", str(media.port if media else 9)]
-    proc = await asyncio.create_subprocess_exec(
-        "sipp", f"127.0.0.1:{rig.phone.port}", "-sf", str(SCENARIOS / scenario), "-s", "citycast", *keys,
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_pair()), "-t", "u1",
-        "-m", "1", "-l", "1", "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
-        "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file", str(rig.tmp / f"{scenario}.err"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=rig.tmp,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + 10)
-    text = out.decode(errors="replace")
-    err = rig.tmp / f"{scenario}.err"
-    if err.exists():
-        text += err.read_text(errors="replace")
-    return proc.returncode or 0, text, trace.read_text(errors="replace") if trace.exists() else ""
+    """One sipp call of `scenario` over UDP, its SDP naming our media peer; (exit code, output, the message trace)."""
+    keys = ("-key", "media_host", "127.0.0.1", "-key", "rtp_port", str(media.port if media else 9))
+    return await run_sipp(rig.tmp, rig.phone.port, scenario, "u1", media_port=free_pair(), timeout_s=timeout_s,
+                          grace_s=10, keys=keys)  # fmt: skip
 
 
 async def hang_up_from_the_hub(rig: Rig, run: asyncio.Task[tuple[int, str, str]]) -> str:

@@ -104,22 +104,39 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await hub.stop()
 
 
-async def sipp(rig: Rig, scenario: str, transport: str, *, timeout_s: int = 45) -> tuple[int, str, str]:
-    """Run one sipp call of `scenario` against the telephone; (exit code, output, the message trace)."""
-    trace = rig.tmp / f"{scenario}-{transport}-messages.log"
+async def run_sipp(
+    tmp: Path,
+    sip_port: int,
+    scenario: str,
+    transport: str,
+    *,
+    media_port: int,
+    timeout_s: int,
+    grace_s: int,
+    keys: tuple[str, ...] = (),
+) -> tuple[int, str, str]:
+    """One sipp call of `scenario` against the telephone on `sip_port`, its RTP from `media_port`; (exit code,
+    output with sipp's error file, the message trace). sipp gets `timeout_s`, the wait for it `grace_s` more."""
+    trace = tmp / f"{scenario}-{transport}-messages.log"
+    err = tmp / f"{scenario}.err"
     proc = await asyncio.create_subprocess_exec(
-        "sipp", f"127.0.0.1:{rig.phone.port}", "-sf", str(SCENARIOS / scenario), "-s", "citycast",
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_rtp_range()[0]), "-t", transport,
+        "sipp", f"127.0.0.1:{sip_port}", "-sf", str(SCENARIOS / scenario), "-s", "citycast", *keys,
+        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(media_port), "-t", transport,
         "-m", "1", "-l", "1", "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
-        "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file", str(rig.tmp / f"{scenario}.err"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=rig.tmp,
+        "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file", str(err),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp,
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + 15)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + grace_s)
     text = out.decode(errors="replace")
-    err = rig.tmp / f"{scenario}.err"
     if err.exists():
         text += err.read_text(errors="replace")
     return proc.returncode or 0, text, trace.read_text(errors="replace") if trace.exists() else ""
+
+
+async def sipp(rig: Rig, scenario: str, transport: str, *, timeout_s: int = 45) -> tuple[int, str, str]:
+    """Run one sipp call of `scenario` against the telephone; (exit code, output, the message trace)."""
+    return await run_sipp(rig.tmp, rig.phone.port, scenario, transport, media_port=free_rtp_range()[0],
+                          timeout_s=timeout_s, grace_s=15)  # fmt: skip
 
 
 TRANSPORTS = ["u1", "t1"]
