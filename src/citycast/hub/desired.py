@@ -98,10 +98,11 @@ class DesiredStore:
         current = self._written.get(site)
         if current is not None and current[0] == state:
             return False
-        revision = await self.kv.put(site, state.to_json())
+        payload = state.to_json()
+        revision = await self.kv.put(site, payload)
         self._written[site] = (state, revision)
         self.writes += 1
-        await self.nc.publish(self.subjects.desired(site), state.to_json(), headers={REVISION_HEADER: str(revision)})
+        await self.nc.publish(self.subjects.desired(site), payload, headers={REVISION_HEADER: str(revision)})
         return True
 
     async def delete(self, site: str) -> None:
