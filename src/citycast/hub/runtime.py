@@ -38,6 +38,7 @@ from citycast.hub.desired import DesiredStore
 from citycast.hub.events import EventHub
 from citycast.hub.fleet import FleetState
 from citycast.hub.golive import GoLive
+from citycast.hub.media_plane import MediaPlane
 from citycast.hub.monitor import FleetMonitor
 from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
 from citycast.hub.scheduler import Scheduler
@@ -140,6 +141,8 @@ class Hub:
         # One count of wrong PINs per caller address, whether they come by phone or from a browser.
         self.pin_guard = PinGuard()
         self.signer: FrameSigner | None = None
+        # The city's audio runs on its own thread and loop (see media_plane.py and docs/hub-internals.md).
+        self.media: MediaPlane | None = None
 
     @property
     def nats_url(self) -> str:
@@ -187,6 +190,8 @@ class Hub:
             creds = self.authority.hub_creds_path
         auth: dict[str, Any] = {"user_credentials": str(creds)} if creds else {}
         self.nc = await connect(self.nats_url, name="hub", **auth)
+        self.media = MediaPlane(self.nats_url, creds=creds)
+        await self.media.start()
         self.time_service = TimeService(self.nats_url, self.subjects, creds=creds)
         await self.time_service.start()
         # With per-site users, a site's request for its desired state is answered only on that site's own inbox.
@@ -375,6 +380,9 @@ class Hub:
         if self.time_service is not None:
             with contextlib.suppress(Exception):
                 await self.time_service.stop()
+        if self.media is not None:
+            with contextlib.suppress(Exception):
+                await self.media.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
