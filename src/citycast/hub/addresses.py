@@ -8,11 +8,13 @@ import asyncio
 import datetime as dt
 import itertools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.client import Client
 from sqlalchemy import select
@@ -26,8 +28,19 @@ from citycast.ingest.broadcaster import Broadcaster
 from citycast.media.audio import FRAME_NS
 from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
-from citycast.media.sources import LineInSource, MarkerSource, Source, SourceError, ToneSource, open_source
+from citycast.media.sources import (
+    FileSource,
+    LineInSource,
+    MarkerSource,
+    Source,
+    SourceError,
+    ToneSource,
+    open_source,
+)
 from citycast.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from citycast.hub.media_plane import MediaPlane
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,97 @@ FleetSnapshot = Callable[[], Iterable[dict[str, Any]]]
 Publish = Callable[[dict[str, Any]], None]
 
 
+class PublishLateness:
+    """How late each message of an address left against its schedule: a histogram in 0.1 ms bins up to
+    `LIMIT_MS` (and one bin beyond), plus the exact maximum. Recording is a few integer operations, so the
+    broadcaster can afford it on every frame of a day-long address; memory does not grow with its length."""
+
+    BIN_MS = 0.1
+    LIMIT_MS = 500.0
+
+    def __init__(self) -> None:
+        self.bins = [0] * (int(self.LIMIT_MS / self.BIN_MS) + 1)
+        self.count = 0
+        self.max_ns = 0
+
+    def record(self, lag_ns: int) -> None:
+        lag_ns = max(0, lag_ns)
+        self.bins[min(len(self.bins) - 1, lag_ns // 100_000)] += 1
+        self.count += 1
+        self.max_ns = max(self.max_ns, lag_ns)
+
+    def percentile(self, q: float) -> float:
+        """The `q`-th percentile in ms (the upper edge of its bin; the maximum for the last bin)."""
+        if self.count == 0:
+            return 0.0
+        rank = max(1, round(q / 100 * self.count))
+        seen = 0
+        for i, n in enumerate(self.bins):
+            seen += n
+            if seen >= rank:
+                return self.max_ns / 1e6 if i == len(self.bins) - 1 else min((i + 1) * self.BIN_MS, self.max_ns / 1e6)
+        return self.max_ns / 1e6
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "n": self.count,
+            "p50": round(self.percentile(50), 2),
+            "p99": round(self.percentile(99), 2),
+            "max": round(self.max_ns / 1e6, 2),
+        }
+
+
+_END = object()
+
+
+class PrefetchedBlocks:
+    """A source's blocks read and decoded ahead in a thread of its own, so neither event loop waits on the disk
+    or on FFmpeg: the media loop takes ready blocks from a bounded queue (`ahead` blocks, 1 s by default)."""
+
+    def __init__(self, blocks: Iterator[Samples], *, ahead: int = 50, stall_s: float = 5.0) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=ahead)
+        self._closed = threading.Event()
+        self._stall_s = stall_s
+        self._thread = threading.Thread(target=self._fill, args=(blocks,), name="address-decode", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, blocks: Iterator[Samples]) -> None:
+        end: object = _END
+        try:
+            for block in blocks:
+                if not self._put(block):
+                    return
+        except Exception as e:  # handed to the reader, who ends the address with the reason
+            end = e
+        self._put(end)
+
+    def __iter__(self) -> Iterator[Samples]:
+        return self
+
+    def __next__(self) -> Samples:
+        try:
+            item = self._queue.get(timeout=self._stall_s)
+        except queue.Empty:
+            raise SourceError(f"the source gave no audio for {self._stall_s:.0f} s") from None
+        if item is _END:
+            raise StopIteration
+        if isinstance(item, Exception):
+            raise item
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._closed.set()
+
+
 @dataclass
 class OnAir:
     id: int
@@ -67,6 +171,7 @@ class OnAir:
     recording: RecordingHandle | None = None
     stopping: bool = False
     ts0_ns: int | None = None  # broadcast time of the first sample, once the hub's own broadcast has begun
+    lateness: PublishLateness = field(default_factory=PublishLateness)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -122,7 +227,10 @@ class AddressManager:
         delay_ms: float = 80.0,
         clock: Callable[[], int] = time.time_ns,
         packets_per_message: int = 1,
+        media: MediaPlane | None = None,
     ) -> None:
+        """With `media`, every broadcast runs on the media plane's loop with its NATS connection; `nc` (the
+        control loop's) then carries only desired state."""
         self.db = db
         self.nc = nc
         self.subjects = subjects
@@ -136,6 +244,7 @@ class AddressManager:
         self.delay_ms = delay_ms
         self.clock = clock
         self.packets_per_message = packets_per_message
+        self.media = media
         self._on_air: dict[int, OnAir] = {}
         self._order = itertools.count()
         self._lock = asyncio.Lock()  # starts, stops and refreshes change the same assignment: one at a time
@@ -205,7 +314,8 @@ class AddressManager:
         priority = Priority(priority)
         src: Source | None = None
         if blocks is None and not external:
-            src = self.open_source(source)
+            # A media file is opened and probed (decoded a little) here: disk and FFmpeg, not for an event loop.
+            src = await asyncio.to_thread(self.open_source, source)
         async with self._lock:
             zones = await asyncio.to_thread(self._zone_ids)
             wanted = set(zone_ids) if zone_ids else set(zones)
@@ -240,6 +350,8 @@ class AddressManager:
             if not external:
                 audio = blocks if blocks is not None else _limit(src.blocks(), duration_s) if src else None
                 assert audio is not None
+                if isinstance(src, FileSource):
+                    audio = PrefetchedBlocks(audio)
                 a.task = asyncio.create_task(self._broadcast(a, audio))
             elif duration_s is not None:
                 a.task = asyncio.create_task(self._stop_after(a, duration_s))
@@ -286,11 +398,20 @@ class AddressManager:
                 log.error("address %d: closing its recording failed: %s", a.id, e)
         await asyncio.to_thread(self._end_row, a.id, status, reason, a.reached)
         self._announce()
-        log.info("address %d ended (%s); %d sites reached", a.id, reason, a.reached)
+        late = a.lateness.summary()
+        log.info(
+            "address %d ended (%s); %d sites reached; publish lateness p50 %.1f p99 %.1f max %.1f ms",
+            a.id,
+            reason,
+            a.reached,
+            late["p50"],
+            late["p99"],
+            late["max"],
+        )
 
     async def _broadcast(self, a: OnAir, blocks: Iterator[Samples]) -> None:
         caster = Broadcaster(
-            self.nc,
+            self.media.nc if self.media is not None else self.nc,
             channel=a.channel,
             signer=self.signer,
             clock=self.clock,
@@ -298,13 +419,21 @@ class AddressManager:
             packets_per_message=self.packets_per_message,
         )
         status, reason = AddressStatus.ended, "source ended"
+        run = caster.run(
+            blocks, on_start=lambda report: setattr(a, "ts0_ns", report.ts0_ns), on_publish=a.lateness.record
+        )
         try:
-            await caster.run(blocks, on_start=lambda report: setattr(a, "ts0_ns", report.ts0_ns))
+            # On the media plane the frames are paced, encoded, signed and published on its loop; this task only
+            # waits, and cancelling it cancels the broadcast there (MediaPlane.run).
+            await (self.media.run(run) if self.media is not None else run)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             log.error("address %d: source failed: %s", a.id, e)
             status, reason = AddressStatus.failed, f"source failed: {e}"
+        finally:
+            if isinstance(blocks, PrefetchedBlocks):
+                blocks.close()
         a.task = None
         asyncio.get_running_loop().create_task(self._finish(a, reason, status))
 

@@ -1,8 +1,10 @@
 """The hub process: every part of the control plane started, wired and stopped in one place.
 
 Embedded nats-server in operator (JWT) mode, the broadcast clock's time service, the database, the address
-manager, the fleet monitor, the recorder, the scheduler, and the HTTP API + console under uvicorn, all on one
-asyncio loop.
+manager, the fleet monitor, the recorder, the scheduler, and the HTTP API + console under uvicorn. The control
+plane (API, database, scheduler, monitor) runs on the process's main loop; the city's audio (broadcasts, the
+recorders' input, the time responder) on the media plane's own thread and loop (`media_plane.py`,
+`docs/hub-internals.md`).
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ class _AddressRecording:
         self.row_id = row_id
 
     async def close(self) -> None:
-        await self.channel_recorder.stop()
+        # The subscription lives on the media loop; the row is written from the control loop (a thread).
+        media = self.hub.media
+        await (media.run(self.channel_recorder.stop()) if media is not None else self.channel_recorder.stop())
         await asyncio.to_thread(self._finish_row)
 
     def _finish_row(self) -> None:
@@ -193,7 +197,7 @@ class Hub:
         self.media = MediaPlane(self.nats_url, creds=creds)
         await self.media.start()
         self.time_service = TimeService(self.nats_url, self.subjects, creds=creds)
-        await self.time_service.start()
+        await self.media.run(self.time_service.start())  # the sites' clock answers on the media loop
         # With per-site users, a site's request for its desired state is answered only on that site's own inbox.
         desired = DesiredStore(self.nc, self.subjects, reply_prefix=site_inbox_prefix if self.authority else None)
         await desired.open()
@@ -208,6 +212,7 @@ class Hub:
             fleet_snapshot=self.fleet.snapshot,
             publish=self.events.publish,
             delay_ms=self.opts.delay_ms,
+            media=self.media,
         )
         await self._close_interrupted()
         await self.addresses.refresh_sites()
@@ -296,8 +301,11 @@ class Hub:
         writer = await asyncio.to_thread(Recorder(self.recordings_dir).open, name, channel)
         verifier = FrameVerifier([self.signer.public_key])
         # The hub's clock is the broadcast clock: a replay of old audio cannot open or fill a recording.
-        rec = ChannelRecorder(self.nc, writer, verifier, subjects=self.subjects, clock=time.time_ns)
-        await rec.start()
+        media = self.media
+        assert media is not None
+        # Subscribed from the media loop, so each frame is verified and muxed there, beside the broadcast.
+        rec = ChannelRecorder(media.nc, writer, verifier, subjects=self.subjects, clock=time.time_ns)
+        await media.run(rec.start())
 
         def insert() -> int:
             with self.db.session() as s:
@@ -379,7 +387,8 @@ class Hub:
         self._tasks.clear()
         if self.time_service is not None:
             with contextlib.suppress(Exception):
-                await self.time_service.stop()
+                stopping = self.time_service.stop()
+                await (self.media.run(stopping) if self.media is not None else stopping)
         if self.media is not None:
             with contextlib.suppress(Exception):
                 await self.media.stop()

@@ -81,7 +81,9 @@ class Broadcaster:
         ts0_ns: int | None = None,
         max_packets: int | None = None,
         on_start: Callable[[IngestReport], None] | None = None,
+        on_publish: Callable[[int], None] | None = None,
     ) -> IngestReport:
+        """`on_publish(lag_ns)` is told, after each message, how late it left against its schedule."""
         ts0 = ts0_ns if ts0_ns is not None else FramePacer.aligned_start(self.clock(), margin_ns=50_000_000)
         pacer = FramePacer(ts0, self.packets_per_message)
         report = IngestReport(
@@ -100,17 +102,24 @@ class Broadcaster:
             report.encode_ns += time.perf_counter_ns() - t
             if len(pending) < self.packets_per_message:
                 continue
-            await self._publish(report, pacer, seq, pending)
+            await self._publish(report, pacer, seq, pending, on_publish)
             seq += len(pending)
             pending = []
             if max_packets is not None and seq >= max_packets:
                 break
         if pending:
-            await self._publish(report, pacer, seq, pending)
+            await self._publish(report, pacer, seq, pending, on_publish)
         await self.nc.flush()
         return report
 
-    async def _publish(self, report: IngestReport, pacer: FramePacer, seq: int, packets: list[bytes]) -> None:
+    async def _publish(
+        self,
+        report: IngestReport,
+        pacer: FramePacer,
+        seq: int,
+        packets: list[bytes],
+        on_publish: Callable[[int], None] | None = None,
+    ) -> None:
         due = pacer.due_ns(seq, len(packets))
         wait = (due - self.clock()) / 1e9
         if wait > 0:
@@ -123,6 +132,8 @@ class Broadcaster:
         await self.nc.publish(self.subject, data)
         lag = self.clock() - due
         report.max_publish_lag_ns = max(report.max_publish_lag_ns, lag)
+        if on_publish is not None:
+            on_publish(lag)
         if lag > 5_000_000:
             report.late_publishes += 1
         report.messages += 1
