@@ -164,9 +164,9 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
     async def answer(msg: Msg) -> None:
         await msg.respond(b"now")
 
-    responder = await hub.nc.subscribe("citycast.time", cb=answer)
+    responder = await hub.nc.subscribe("citycast.time.site.s1", cb=answer)
     await hub.nc.flush()
-    assert (await site.nc.request("citycast.time", b"t1", timeout=3)).data == b"now"
+    assert (await site.nc.request("citycast.time.site.s1", b"t1", timeout=3)).data == b"now"
     await responder.unsubscribe()
     await site.nc.flush()
     assert site.errors == [] and ingest.errors == []

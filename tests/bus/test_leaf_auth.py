@@ -148,9 +148,9 @@ async def test_site_at_the_city_hears_hub_audio_and_reports_to_the_hub(topology:
     async def answer(msg: Msg) -> None:
         await msg.respond(b"now")
 
-    await hub.nc.subscribe("citycast.time", cb=answer)
+    await hub.nc.subscribe("citycast.time.site.s1", cb=answer)
     await hub.nc.flush()
-    assert (await request_across(site.nc, "citycast.time")).data == b"now"
+    assert (await request_across(site.nc, "citycast.time.site.s1")).data == b"now"
     assert site.errors == []
 
     # The site may not publish audio at the city server: it is refused there and nobody at the hub hears it.
@@ -259,11 +259,11 @@ async def test_city_time_responder_answers_its_zone_and_syncs_to_the_hub(topolog
     async def answer(msg: Msg) -> None:
         await msg.respond(b"city-now")
 
-    await responder.nc.subscribe("citycast.time.north", cb=answer)
+    await responder.nc.subscribe("citycast.time.north.site.*", cb=answer)
     await responder.nc.flush()
     creds, _ = site_creds(t.authority, "s1", t.dir)
     site = await connect(t.city.url, creds, site_inbox_prefix("s1"))
-    assert (await site.nc.request("citycast.time.north", b"t1", timeout=3)).data == b"city-now"
+    assert (await site.nc.request("citycast.time.north.site.s1", b"t1", timeout=3)).data == b"city-now"
     # Its own upstream sync: a request to the hub's responder, the reply down the leaf to its inbox.
     hub = await connect(t.hub.url, t.authority.hub_creds_path)
 

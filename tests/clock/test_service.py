@@ -9,14 +9,17 @@ from pathlib import Path
 
 import nats
 import pytest
+from tests.bus.test_authority import connect, nothing_arrives, site_creds
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.subjects import Subjects
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
+from citycast.hub.timeserver import TimeService
 
 MS = 1_000_000
 
@@ -168,9 +171,13 @@ async def test_site_syncs_over_a_server_in_jwt_mode(tmp_path: Path) -> None:
     jwt.write_private(creds, jwt.creds_text(authority.mint_site_jwt("s1", jwt.public_key(seed)), seed))
     hub = TimeResponder(server.url, "citycast.time", SystemClock(), creds=authority.hub_creds_path)
     site_clock = SkewedClock(offset_ns=-400_000_000, ppm=30.0)
-    sync = ClockSync(server.url, "citycast.time", site_clock, creds=creds, inbox_prefix=site_inbox_prefix("s1"))
+    sync = ClockSync(
+        server.url, "citycast.time", site_clock, creds=creds, inbox_prefix=site_inbox_prefix("s1"), site="s1"
+    )
     # The same site on the default inbox: its permissions do not let it hear the answers.
-    wrong = ClockSync(server.url, "citycast.time", site_clock, creds=creds, timeout_s=0.2, retry_interval_s=0.1)
+    wrong = ClockSync(
+        server.url, "citycast.time", site_clock, creds=creds, timeout_s=0.2, retry_interval_s=0.1, site="s1"
+    )
     try:
         await hub.start()
         await sync.start()
@@ -183,4 +190,40 @@ async def test_site_syncs_over_a_server_in_jwt_mode(tmp_path: Path) -> None:
         await wrong.stop()
         await sync.stop()
         await hub.stop()
+        server.stop()
+
+
+async def test_a_site_cannot_aim_time_replies_at_another_inbox(tmp_path: Path) -> None:
+    """Site a's own credentials against the hub's real time service: replies aimed at site b's inbox, the hub's
+    inbox or an audio subject are never sent (counted there by an eavesdropper with the hub's rights), asking as
+    another site or on the bare subject is refused by the server; its own inbox is answered."""
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
+    server.start()
+    service = TimeService(server.url, Subjects(), creds=authority.hub_creds_path)
+    creds, _ = site_creds(authority, "a", tmp_path)
+    site = await connect(server.url, creds, site_inbox_prefix("a"))
+    spy = await connect(server.url, authority.hub_creds_path)
+    try:
+        await service.start()
+        targets = {"_INBOX_site.b.stolen": "_INBOX_site.b.>", "citycast.audio.1": "citycast.audio.*"}
+        subs = [await spy.nc.subscribe(pattern) for pattern in targets.values()]
+        await spy.nc.flush()
+        for reply in targets:
+            await site.nc.publish("citycast.time.site.a", b"12345678", reply=reply)
+            await site.nc.publish("citycast.time", b"12345678", reply=reply)  # the trusted users' subject
+            await site.nc.publish("citycast.time.site.b", b"12345678", reply="_INBOX_site.b.stolen")
+        await site.nc.flush()
+        for sub in subs:
+            assert await nothing_arrives(sub, 1.0)
+        assert service.responder.misdirected == 2
+        assert len(site.violations()) >= 1  # the server refused the bare and the other site's subject
+        # Its own subject with its own inbox is answered as always.
+        reply = await site.nc.request("citycast.time.site.a", b"87654321", timeout=3)
+        assert reply.data[16:] == b"87654321"
+        assert service.responder.answered == 1
+    finally:
+        await site.nc.close()
+        await spy.nc.close()
+        await service.stop()
         server.stop()

@@ -27,7 +27,8 @@ import nats
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind, Permissions
 from citycast.bus.server import EmbeddedNats, LeafRemote
-from citycast.bus.subjects import Subjects
+from citycast.bus.subjects import Subjects, time_request
+from citycast.bus.tls import TlsError, client_context, creds_context, creds_with_ca
 
 ACCOUNT_NAME = "CITYCAST"
 SYSTEM_ACCOUNT_NAME = "SYS"
@@ -37,6 +38,7 @@ INGEST_INBOX_PREFIX = "_INBOX_ingest"
 SITE_INBOX_ROOT = "_INBOX_site"
 CITY_TIME_INBOX_PREFIX = "_INBOX_citytime"
 CITY_BUNDLE_VERSION = 1
+HUB_CA_FILE = "hub-ca.pem"  # the hub's TLS CA, when its NATS runs TLS: carried in every creds file we write
 SITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -56,7 +58,7 @@ def check_site_name(site: str) -> str:
 
 def site_permissions(site: str, subjects: Subjects) -> Permissions:
     """A site may hear every channel's audio, its own commands, its own desired state and its own inbox, and
-    may publish its own telemetry, its own talkback (microphone), time requests and requests for its own
+    may publish its own telemetry, its own talkback (microphone), its own time requests and requests for its own
     desired state. No JetStream: a JetStream call lets the caller pick where the server sends the answer, so
     the hub hands desired state out itself (citycast.hub.desired), answering only to the asking site's inbox.
 
@@ -67,8 +69,10 @@ def site_permissions(site: str, subjects: Subjects) -> Permissions:
         pub=(
             subjects.telemetry(site),
             subjects.talkback(site),
-            subjects.time(),
-            f"{subjects.time()}.*",
+            # Its own time-request subjects only (the hub's and any city's), so a responder knows who asks and
+            # answers on that site's inbox alone; the bare `time` subjects are for trusted users.
+            time_request(subjects.time(), site),
+            time_request(f"{subjects.time()}.*", site),
             subjects.desired_get(site),
         ),
         sub=(
@@ -88,12 +92,12 @@ def ingest_permissions(subjects: Subjects) -> Permissions:
 
 
 def city_time_permissions(zone: str, subjects: Subjects) -> Permissions:
-    """A city's time responder: answers `time.<zone>` (one reply per request, to whatever inbox asked) and
-    syncs itself to the hub's `time`, with replies on its own inbox prefix."""
+    """A city's time responder: answers `time.<zone>` and its sites' `time.<zone>.site.<site>` (one reply per
+    request, to the inbox that asked) and syncs itself to the hub's `time`, with replies on its own inbox prefix."""
     check_site_name(zone)
     return Permissions(
         pub=(subjects.time(),),
-        sub=(subjects.time(zone), f"{CITY_TIME_INBOX_PREFIX}.>"),
+        sub=(subjects.time(zone), subjects.time_site_all(zone), f"{CITY_TIME_INBOX_PREFIX}.>"),
         responses=True,
     )
 
@@ -104,7 +108,13 @@ def leaf_permissions(subjects: Subjects) -> Permissions:
     responder, and the sites' desired state. Up: telemetry, talkback, time requests and desired-state
     requests. Never audio, commands or desired state up, and never the hub's or ingest's own inboxes down."""
     return Permissions(
-        pub=(subjects.telemetry_all(), subjects.talkback_all(), subjects.time(), subjects.desired_get_all()),
+        pub=(
+            subjects.telemetry_all(),
+            subjects.talkback_all(),
+            subjects.time(),
+            subjects.time_site_all(),
+            subjects.desired_get_all(),
+        ),
         sub=(
             f"{subjects.prefix}.audio.*",
             f"{subjects.prefix}.cmd.*",
@@ -153,17 +163,34 @@ class NatsAuthority:
             account_seed=cls._seed(dir / "account.nk", KeyKind.ACCOUNT),
             revocations=cls._load_revocations(dir / "revocations.json"),
         )
+        ca = auth.hub_ca
         sys_user = cls._seed(dir / "sys-user.nk", KeyKind.USER)
-        jwt.write_private(
-            auth.sys_creds_path,
-            jwt.creds_text(jwt.user_jwt(auth.system_seed, jwt.public_key(sys_user), "sys"), sys_user),
-        )
+        sys_jwt = jwt.user_jwt(auth.system_seed, jwt.public_key(sys_user), "sys")
+        jwt.write_private(auth.sys_creds_path, creds_with_ca(jwt.creds_text(sys_jwt, sys_user), ca))
         hub = cls._seed(dir / "hub.nk", KeyKind.USER)
-        jwt.write_private(auth.hub_creds_path, jwt.creds_text(jwt.user_jwt(auth.account_seed, _pub(hub), "hub"), hub))
+        hub_jwt = jwt.user_jwt(auth.account_seed, _pub(hub), "hub")
+        jwt.write_private(auth.hub_creds_path, creds_with_ca(jwt.creds_text(hub_jwt, hub), ca))
         ingest = cls._seed(dir / "ingest.nk", KeyKind.USER)
         ingest_jwt = jwt.user_jwt(auth.account_seed, _pub(ingest), "ingest", ingest_permissions(subjects))
-        jwt.write_private(auth.ingest_creds_path, jwt.creds_text(ingest_jwt, ingest))
+        jwt.write_private(auth.ingest_creds_path, creds_with_ca(jwt.creds_text(ingest_jwt, ingest), ca))
         return auth
+
+    @staticmethod
+    def trust_hub_ca(dir: Path, ca_pem: str | None) -> None:
+        """Record the hub's TLS CA (None: the hub's NATS is plaintext, `--insecure`) before `load_or_create`,
+        which puts it into every creds file it writes (citycast.bus.tls)."""
+        dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if ca_pem is None:
+            (dir / HUB_CA_FILE).unlink(missing_ok=True)
+        else:
+            jwt.write_private(dir / HUB_CA_FILE, ca_pem)
+
+    @property
+    def hub_ca(self) -> str | None:
+        try:
+            return (self.dir / HUB_CA_FILE).read_text() or None
+        except FileNotFoundError:
+            return None
 
     @staticmethod
     def _seed(path: Path, kind: KeyKind) -> str:
@@ -272,6 +299,7 @@ class NatsAuthority:
             leaf_creds=creds(self.account_seed, f"leaf:{zone}", leaf_permissions(self.subjects)),
             system_leaf_creds=creds(self.system_seed, f"sys-leaf:{zone}", system_leaf_permissions(self.subjects)),
             time_creds=creds(self.account_seed, f"time:{zone}", city_time_permissions(zone, self.subjects)),
+            hub_ca=self.hub_ca or "",
         )
         jwt.write_private(path, bundle.to_json())
         return bundle
@@ -297,9 +325,11 @@ class NatsAuthority:
     async def push_account(self, nats_url: str, *, timeout: float = 5.0) -> None:
         """Send the current account JWT to the server's full resolver; raise unless it says it took it."""
         try:
+            tls = creds_context(self.sys_creds_path)
             nc = await nats.connect(
                 nats_url,
                 user_credentials=str(self.sys_creds_path),
+                **({"tls": tls, "tls_handshake_first": True} if tls is not None else {}),
                 connect_timeout=timeout,
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
@@ -339,6 +369,7 @@ class CityFiles:
     system_leaf_creds: Path
     time_creds: Path
     resolver_dir: Path
+    hub_ca: Path | None = None  # the hub's TLS CA: the leaf connections verify the hub against it alone
 
 
 @dataclass(frozen=True)
@@ -356,6 +387,7 @@ class CityBundle:
     leaf_creds: str
     system_leaf_creds: str
     time_creds: str
+    hub_ca: str = ""  # PEM of the hub's TLS CA; empty only for a hub that runs its NATS plaintext (--insecure)
 
     def to_json(self) -> str:
         return json.dumps({"version": CITY_BUNDLE_VERSION, **self.__dict__}, indent=1) + "\n"
@@ -381,18 +413,24 @@ class CityBundle:
         if not isinstance(data, dict) or data.get("version") != CITY_BUNDLE_VERSION:
             raise CityBundleError(f"not a city bundle of version {CITY_BUNDLE_VERSION} (export it again at the hub)")
         names = [f for f in cls.__dataclass_fields__]
-        missing = [n for n in names if not isinstance(data.get(n), str) or not data[n]]
+        optional = {"hub_ca"}
+        missing = [
+            n for n in names if not isinstance(data.get(n, "" if n in optional else None), str)
+            or (n not in optional and not data[n])
+        ]  # fmt: skip
         if missing:
             raise CityBundleError(f"city bundle lacks {', '.join(missing)}")
-        bundle = cls(**{n: data[n] for n in names})
+        bundle = cls(**{n: data.get(n, "") for n in names})
         try:
             bundle._check()
-        except (jwt.JwtError, ValueError) as e:
+        except (jwt.JwtError, ValueError, TlsError) as e:
             raise CityBundleError(f"city bundle is not valid: {e}") from None
         return bundle
 
     def _check(self) -> None:
         check_site_name(self.zone)
+        if self.hub_ca:
+            client_context(self.hub_ca)  # a PEM certificate, or TlsError
         operator = jwt.decode(self.operator_jwt)
         if operator["nats"].get("type") != "operator" or operator["iss"] != operator["sub"]:
             raise ValueError("operator_jwt is not a self-signed operator JWT")
@@ -418,7 +456,10 @@ class CityBundle:
 
     def install(self, dir: Path) -> CityFiles:
         """Write the creds files into `dir` (0700) for nats-server and the time responder."""
-        files = CityFiles(dir / "leaf.creds", dir / "sys-leaf.creds", dir / "time.creds", dir / "resolver")
+        hub_ca = dir / "hub-ca.pem" if self.hub_ca else None
+        files = CityFiles(dir / "leaf.creds", dir / "sys-leaf.creds", dir / "time.creds", dir / "resolver", hub_ca)
+        if hub_ca is not None:
+            jwt.write_private(hub_ca, self.hub_ca)
         jwt.write_private(files.leaf_creds, self.leaf_creds)
         jwt.write_private(files.system_leaf_creds, self.system_leaf_creds)
         jwt.write_private(files.time_creds, self.time_creds)
@@ -442,8 +483,10 @@ class CityBundle:
     def leaf_remotes(self, hub_leaf_url: str, files: CityFiles) -> list[LeafRemote]:
         """Two connections to the hub's leafnode port: the application account and the system account."""
         return [
-            LeafRemote(hub_leaf_url, credentials=files.leaf_creds, account=self.account),
-            LeafRemote(hub_leaf_url, credentials=files.system_leaf_creds, account=self.system_account),
+            LeafRemote(hub_leaf_url, credentials=files.leaf_creds, account=self.account, tls_ca=files.hub_ca),
+            LeafRemote(
+                hub_leaf_url, credentials=files.system_leaf_creds, account=self.system_account, tls_ca=files.hub_ca
+            ),
         ]
 
     def embedded_nats(

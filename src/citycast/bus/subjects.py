@@ -19,6 +19,10 @@ class Subjects:
         """Time service: the hub's responder, or a city responder beside a leafnode."""
         return f"{self.prefix}.time" if zone is None else f"{self.prefix}.time.{zone}"
 
+    def time_site_all(self, zone: str | None = None) -> str:
+        """Every site's own request subject at one responder (see `time_request`)."""
+        return f"{self.time(zone)}.{TIME_SITE_TOKEN}.*"
+
     def telemetry(self, site: str) -> str:
         return f"{self.prefix}.telemetry.{site}"
 
@@ -48,3 +52,13 @@ class Subjects:
 
     def desired_get_all(self) -> str:
         return f"{self.prefix}.desired-get.*"
+
+
+TIME_SITE_TOKEN = "site"
+
+
+def time_request(time_subject: str, site: str) -> str:
+    """Where `site` asks the responder on `time_subject` (the hub's or a city's) for the time. A site may publish
+    only its own, so the responder knows who asks and answers only on that site's own inbox. The extra tokens
+    keep it apart from a zone's subject (`<prefix>.time.<zone>` has one token fewer)."""
+    return f"{time_subject}.{TIME_SITE_TOKEN}.{site}"

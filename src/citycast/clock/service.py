@@ -1,6 +1,6 @@
 """The time service over NATS: a responder that stamps requests, and a client that keeps an estimator fed.
 
-Wire format (request/reply on one subject):
+Wire format (request/reply; a site asks on its own subject ``<time subject>.site.<site>``, see `time_request`):
 
 - request: 8 bytes, the client's ``t1`` (big-endian i64); anything else is ignored;
 - reply: 24 bytes, ``t2`` (request received) and ``t3`` (reply sent), big-endian i64 nanoseconds of the
@@ -23,6 +23,8 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from citycast.bus.authority import site_inbox_prefix
+from citycast.bus.subjects import TIME_SITE_TOKEN, time_request
 from citycast.bus.wire import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock
@@ -34,7 +36,9 @@ _REPLY = struct.Struct(">qq")
 _REQUEST = struct.Struct(">q")
 # Every client of ours asks with a reply subject under an inbox prefix (_INBOX, _INBOX_site.<site>, …). A requester
 # chooses its reply subject freely and the responder (the hub's user) may publish almost anywhere, so a reply
-# to anything else would let a site's credentials put our bytes on an audio or command subject.
+# to anything else would let a site's credentials put our bytes on an audio or command subject. A site asks on its
+# own subject (its permissions allow no other) and is answered only on its own inbox, so it cannot aim our
+# replies at another site's inbox either; the bare subject is for trusted users (hub, ingest, city responders).
 _INBOX_ROOT = "_INBOX"
 
 
@@ -99,7 +103,8 @@ class EstimatedClock:
 
 
 class TimeResponder:
-    """Answers time requests on `subject` with (t2, t3) read from `clock`.
+    """Answers time requests on `subject` (trusted askers) and `subject.site.<site>` (that site) with (t2, t3)
+    read from `clock`. A site's request is answered only on `reply_prefix(site)`, its own inbox.
 
     t2 is the instant the request came off the socket; t3 is read just before the reply is written to it.
     `ready`, if given, gates the service: while it returns False requests go unanswered (a city responder
@@ -115,16 +120,19 @@ class TimeResponder:
         *,
         ready: Callable[[], bool] | None = None,
         creds: Path | None = None,
+        reply_prefix: Callable[[str], str] = site_inbox_prefix,
     ) -> None:
         self.subject = subject
+        self._site_request = f"{subject}.{TIME_SITE_TOKEN}."
+        self._reply_prefix = reply_prefix
         self._clock = clock
         self._ready = ready
         self._conn = _Connection(url, clock, self._on_request, "time-responder", creds)
-        self._conn.subjects = [subject]
+        self._conn.subjects = [subject, f"{self._site_request}*"]
         self._task: asyncio.Task[None] | None = None
         self.answered = 0
         self.ignored = 0
-        self.misdirected = 0  # requests whose reply subject is not an inbox: never answered
+        self.misdirected = 0  # requests whose reply subject is not the asker's inbox: never answered
 
     async def start(self) -> None:
         await self._conn.get()
@@ -147,7 +155,11 @@ class TimeResponder:
             if not msg.reply or len(msg.payload) != _REQUEST.size or (self._ready and not self._ready()):
                 self.ignored += 1
                 return
-            if not msg.reply.startswith(_INBOX_ROOT):
+            if msg.subject.startswith(self._site_request):
+                allowed = f"{self._reply_prefix(msg.subject[len(self._site_request) :])}."
+            else:
+                allowed = _INBOX_ROOT
+            if not msg.reply.startswith(allowed):
                 self.misdirected += 1
                 self.ignored += 1
                 return
@@ -168,7 +180,8 @@ class ClockSync:
 
     t1 is read right before the request is written to the socket, t4 when the reply comes off it. Timeouts
     and errors are counted in `failures` and retried; they never end the task. On a server in JWT mode, pass
-    the site's `creds` file and the `inbox_prefix` its permissions allow it to subscribe to.
+    the site's `creds` file and the `inbox_prefix` its permissions allow it to subscribe to, and `site`: it then
+    asks on its own subject (`time_request`), the only one its permissions let it publish time requests on.
     """
 
     def __init__(
@@ -182,8 +195,9 @@ class ClockSync:
         retry_interval_s: float = 1.0,
         creds: Path | None = None,
         inbox_prefix: str | None = None,
+        site: str | None = None,
     ) -> None:
-        self.subject = subject
+        self.subject = subject if site is None else time_request(subject, site)
         self.clock = clock
         self.estimator = estimator if estimator is not None else ClockEstimator()
         self.timeout_s = timeout_s

@@ -328,6 +328,8 @@ class SiteAgent:
                 estimator=self.estimator,
                 creds=cfg.creds,
                 inbox_prefix=cfg.inbox_prefix,
+                # With its own NATS user a site may ask only on its own subject (answered on its own inbox).
+                site=cfg.name if cfg.creds is not None else None,
             )
             await self.clock_sync.start()
         await self._subscribe_audio()
