@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from citycast.clock.estimator import ClockEstimator
+from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import SkewedClock
 
 US = 1_000
@@ -250,3 +250,141 @@ def test_fixed_fast_interval_is_accepted() -> None:
     errors = sim.run(5 * 60)
     assert max(abs(e) for e in errors) < 100 * US
     assert sim.estimator.kept_count < 200
+
+
+# ---------------------------------------------------------------- the step guard
+
+
+MONO = SkewedClock(offset_ns=-T0 + 42 * S, ppm=-60.0, ref_ns=T0)  # the site's raw monotonic clock: 60 ppm slow
+
+
+@dataclass
+class GuardedSim(Sim):
+    """A site whose responder may lie: it answers with its clock moved by `lie_ns`; the site reads the estimate
+    through a `StepGuard` once a second, as the agent does with every frame."""
+
+    guard: StepGuard = field(default_factory=StepGuard)
+    lie_ns: int = 0
+
+    def exchange(self) -> None:
+        up, down = self.path(self.rng)
+        t1 = self.clock.at(self.now)
+        t2 = self.now + self.lie_ns + up
+        t3 = t2 + HOLD
+        t4 = self.clock.at(t3 - self.lie_ns + down)
+        self.estimator.add_sample(t1, t2, t3, t4)
+        self.next_exchange = self.now + (self.fixed_interval_ns or self.estimator.next_interval_ns())
+
+    def used_error_ns(self) -> int | None:
+        """What the site uses as broadcast time now, minus the truth (None while not synced)."""
+        if not self.estimator.synced:
+            return None
+        mono = MONO.at(self.now)
+        est = self.estimator.to_broadcast(self.clock.at(self.now))
+        used = est if self.guard.check(mono, est) else self.guard.now(mono)
+        assert used is not None
+        return used - self.now
+
+    def play(self, seconds: float) -> list[int]:
+        end = self.now + round(seconds * S)
+        errors: list[int] = []
+        next_tick = self.now + S // 2
+        while self.now < end:
+            if self.next_exchange <= next_tick:
+                self.now = self.next_exchange
+                self.exchange()
+            else:
+                self.now = next_tick
+                next_tick += S
+                e = self.used_error_ns()
+                if e is not None:
+                    errors.append(e)
+        return errors
+
+
+def test_a_responder_stepping_back_an_hour_is_refused_for_hours() -> None:
+    """The attack of issue 8: the responder answers −3600 s. The estimator re-locks on the lie, the guard does
+    not follow it: the site keeps the broadcast time its own oscillator carries, and says so."""
+    sim = GuardedSim(wan_path, 11, 2 * S, 80.0)
+    sim.play(10 * 60)
+    assert sim.guard.anchored and sim.guard.refused_steps == 0
+    sim.lie_ns = -3600 * S
+    errors = sim.play(50 * 60)
+    est, guard = sim.estimator, sim.guard
+    assert est.resets == 1  # the estimator itself believed the lie
+    assert abs(est.to_broadcast(sim.clock.at(sim.now)) - sim.now + 3600 * S) < 5 * MS
+    assert guard.refused_steps == 1  # one episode, however many readings
+    assert guard.refused > 2900
+    assert guard.refused_step_ns == pytest.approx(-3600 * S, abs=S)
+    assert guard.refusing
+    assert guard.reported_step_ns(MONO.at(sim.now)) == guard.refused_step_ns
+    # flying on the monotonic clock (60 ppm slow, re-based at most each 5 min): never more than a few ms off
+    assert max(abs(e) for e in errors) < 50 * MS
+    assert guard.adopted_steps == 0 and guard.taken_steps == 0
+    # the responder comes back to the truth: the estimator re-locks, the guard agrees, the refusal ends
+    sim.lie_ns = 0
+    back = sim.play(10 * 60)
+    assert not guard.refusing and guard.refused_step_ns == 0
+    assert max(abs(e) for e in back[-60:]) < 1 * MS
+
+
+def test_a_local_clock_step_is_not_a_broadcast_step() -> None:
+    """Someone sets the site's realtime clock 3 s ahead: the offset changes by 3 s, the broadcast time does not."""
+    sim = GuardedSim(loopback_path, 12, 2 * S, 50.0)
+    sim.play(10 * 60)
+    sim.clock = SkewedClock(offset_ns=sim.clock.offset_ns + 3 * S, ppm=sim.clock.ppm, ref_ns=T0)
+    errors: list[int] = []
+    for _ in range(30):
+        errors += sim.play(1)
+        assert sim.guard.reported_step_ns(MONO.at(sim.now)) is None
+    # until the estimator sees the step (three samples against it), its estimate is 3 s ahead: the guard flies
+    # through on the monotonic clock, and does not call that an attack
+    assert 0 < sim.guard.refused <= 5
+    errors += sim.play(5 * 60)
+    assert sim.estimator.resets == 1
+    assert not sim.guard.refusing and sim.guard.taken_steps == 0
+    assert max(abs(e) for e in errors) < 5 * MS
+
+
+def test_a_lie_held_for_an_hour_is_adopted_and_a_wavering_one_never() -> None:
+    wavering = GuardedSim(wan_path, 13, 0, -30.0)
+    wavering.play(10 * 60)
+    for i in range(8):  # 4 h of a responder that lies half an hour, tells the truth a minute, lies again
+        wavering.lie_ns = -(3600 + i) * S
+        wavering.play(30 * 60)
+        wavering.lie_ns = 0
+        wavering.play(60)
+    assert wavering.guard.adopted_steps == 0
+    assert wavering.guard.refused_steps == 8
+
+    steady = GuardedSim(wan_path, 14, 0, -30.0)
+    steady.play(10 * 60)
+    steady.lie_ns = -3600 * S
+    steady.play(59 * 60)
+    assert steady.guard.adopted_steps == 0 and steady.guard.refusing
+    errors = steady.play(3 * 60)
+    assert steady.guard.adopted_steps == 1 and not steady.guard.refusing
+    assert errors[-1] == pytest.approx(-3600 * S, abs=5 * MS)
+
+
+def test_small_steps_are_taken_one_an_hour_and_cannot_be_chained() -> None:
+    sim = GuardedSim(loopback_path, 15, S, 10.0)
+    sim.play(10 * 60)
+    for i in range(1, 13):  # 2 h of a responder stepping back 0.9 s every 10 min
+        sim.lie_ns = -i * 900 * MS
+        errors = sim.play(10 * 60)
+    assert sim.guard.taken_steps == 1  # the first; the rest came too soon or grew beyond 1 s
+    assert errors[-1] == pytest.approx(-900 * MS, abs=60 * MS)
+
+
+def test_a_slow_drag_is_followed_no_faster_than_the_guard_allows() -> None:
+    """A responder that slides its clock at 1000 ppm (the estimator takes it as drift) drags the guard at most
+    ``follow + drift·rebase`` per re-base; after an hour the site is far closer to the truth than the liar."""
+    sim = GuardedSim(loopback_path, 16, 0, 0.0)
+    sim.play(10 * 60)
+    start = sim.now
+    for _ in range(3600):
+        sim.lie_ns = -(sim.now - start) // 1000
+        errors = sim.play(1)
+    assert sim.lie_ns <= -3500 * MS
+    assert errors[-1] > -3500 * MS * 0.4

@@ -330,3 +330,139 @@ class ClockEstimator:
         if self._fast_until is not None and self._last_mid < self._fast_until:
             return self.fast_interval_ns
         return self.slow_interval_ns
+
+
+class StepGuard:
+    """The site's own monotonic idea of broadcast time, which a clock estimate may not jump away from (sans-IO).
+
+    Whoever answers a site's time requests (a compromised city responder, anyone on the path of a plaintext
+    link) can make the estimator restart and re-lock on any offset. Frames are judged fresh against that
+    estimate, so a step of −3600 s would let a genuine, signed recording of an hour ago play again. The guard
+    holds an anchor ``(monotonic, broadcast)`` taken at the first synced reading; the monotonic clock (raw
+    oscillator, no NTP slewing) cannot be stepped from the network, so ``anchor + elapsed`` is the site's own
+    idea of now, true to the oscillator's rate error (``drift_ppm``: 200 ppm is twice a cheap crystal's worst).
+
+    `check(mono, estimate)` is called with every reading of the estimate:
+
+    The own idea runs at the oscillator's rate against the broadcast clock as learnt between re-bases (clamped
+    to ``drift_ppm``), so a site refusing for an hour stays within milliseconds of the truth.
+
+    - within ``follow_ns + drift·elapsed`` of the own idea: followed (a local realtime clock step shows up as an
+      estimator reset whose re-lock lands within a few ms of the old broadcast time, so it is never a step
+      here). The anchor is re-based on the estimate at most every ``rebase_ns``, so the estimate cannot walk
+      the guard by more than ``follow_ns + drift·rebase`` per ``rebase_ns`` (≈ 370 ppm with the defaults);
+    - a step up to ``max_step_ns`` (1 s: more than any honest correction of a synced city, whose sites agree to
+      milliseconds, and far less than the seconds a replay needs to be worth anything): taken, but at most one
+      per ``step_interval_ns``, so small steps cannot be chained into a big one;
+    - anything else is refused: the reading is replaced by the own idea (the site keeps playing on its
+      flywheel), counted, and its size reported (`refused_step_ns`) until the estimate comes back;
+    - unless the evidence is overwhelming: the estimate has held the *same* refused offset against the
+      monotonic clock (within ``follow_ns + drift·elapsed``) without interruption for ``confirm_ns`` (1 h).
+      A responder that lies consistently for an hour wins; an operator sees the refusal alert long before,
+      and a restarted site (never synced) takes any offset.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_step_ns: int = _S,
+        follow_ns: int = 50 * _MS,
+        drift_ppm: float = 200.0,
+        rebase_ns: int = 300 * _S,
+        step_interval_ns: int = 3600 * _S,
+        confirm_ns: int = 3600 * _S,
+        report_after_ns: int = 10 * _S,
+    ) -> None:
+        self.max_step_ns = max_step_ns
+        self.follow_ns = follow_ns
+        self.drift = drift_ppm * 1e-6
+        self.rebase_ns = rebase_ns
+        self.step_interval_ns = step_interval_ns
+        self.confirm_ns = confirm_ns
+        self.report_after_ns = report_after_ns
+        self._episode: int | None = None  # monotonic time the current refusal began
+        self._anchor: tuple[int, int] | None = None  # (monotonic, broadcast)
+        self._rate = 0.0  # broadcast seconds per monotonic second, minus 1, learnt between re-bases
+        self._last_step: int | None = None  # monotonic time of the last step taken
+        self._candidate: tuple[int, int] | None = None  # (monotonic since, broadcast - monotonic) being refused
+        self.refused = 0  # readings refused
+        self.refused_steps = 0  # refusal episodes (a step refused, until the estimate agrees again)
+        self.taken_steps = 0  # steps up to max_step_ns taken
+        self.adopted_steps = 0  # big steps adopted on overwhelming evidence
+        self.refused_step_ns = 0  # estimate minus own idea while refusing; 0 when the estimate agrees
+
+    @property
+    def anchored(self) -> bool:
+        return self._anchor is not None
+
+    @property
+    def refusing(self) -> bool:
+        return self._candidate is not None
+
+    def now(self, mono_ns: int) -> int | None:
+        """The broadcast time by the monotonic clock alone; None before the first synced reading."""
+        if self._anchor is None:
+            return None
+        m0, b0 = self._anchor
+        return b0 + (mono_ns - m0) + round(self._rate * (mono_ns - m0))
+
+    def tolerance(self, mono_ns: int) -> int:
+        """How far the true broadcast time may be from `now(mono_ns)` by the guard's own reckoning."""
+        m0 = self._anchor[0] if self._anchor is not None else mono_ns
+        return self.follow_ns + math.ceil(self.drift * abs(mono_ns - m0))
+
+    def check(self, mono_ns: int, broadcast_ns: int) -> bool:
+        """True if the estimate `broadcast_ns` read at `mono_ns` may be used; False: use `now(mono_ns)`."""
+        if self._anchor is None:
+            self._anchor = (mono_ns, broadcast_ns)  # never synced: any offset will do
+            return True
+        m0, b0 = self._anchor
+        own = broadcast_ns - (self.now(mono_ns) or 0)  # estimate minus own idea
+        if abs(own) <= self.tolerance(mono_ns):
+            if mono_ns - m0 >= self.rebase_ns:
+                # the oscillator's rate against the broadcast clock, so a refused estimate is flown through on
+                # the rate the site had (never beyond the bound the tolerance allows for)
+                rate = (broadcast_ns - b0) / (mono_ns - m0) - 1.0
+                self._rate = min(max(rate, -self.drift), self.drift)
+                self._anchor = (mono_ns, broadcast_ns)
+            self._agree()
+            return True
+        if abs(own) <= self.max_step_ns and (
+            self._last_step is None or mono_ns - self._last_step >= self.step_interval_ns
+        ):
+            self.taken_steps += 1
+            self._take(mono_ns, broadcast_ns)
+            return True
+        offset = broadcast_ns - mono_ns
+        cand = self._candidate
+        if cand is None:
+            self.refused_steps += 1
+            self._episode = mono_ns
+        if cand is None or abs(offset - cand[1]) > self.follow_ns + self.drift * (mono_ns - cand[0]):
+            self._candidate = cand = (mono_ns, offset)
+        elif mono_ns - cand[0] >= self.confirm_ns:
+            self.adopted_steps += 1
+            self._take(mono_ns, broadcast_ns)
+            return True
+        self.refused += 1
+        self.refused_step_ns = own
+        return False
+
+    def _take(self, mono_ns: int, broadcast_ns: int) -> None:
+        self._anchor = (mono_ns, broadcast_ns)
+        self._last_step = mono_ns
+        self._agree()
+
+    def reported_step_ns(self, mono_ns: int) -> int | None:
+        """The refused step to report, once the refusal has lasted `report_after_ns`.
+
+        A site whose own realtime clock is set (chrony at boot) reads its stale estimate a few seconds until
+        the estimator resets: the guard refuses those readings too, but that is no attack worth an alert."""
+        if self._episode is None or mono_ns - self._episode < self.report_after_ns:
+            return None
+        return self.refused_step_ns
+
+    def _agree(self) -> None:
+        self._candidate = None
+        self._episode = None
+        self.refused_step_ns = 0
