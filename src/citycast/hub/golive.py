@@ -9,8 +9,11 @@ paces the broadcast: a buffer that runs dry is concealed (the last block, faded)
 A session ends when the speaker stops, hangs up (the track ends), ICE fails or the connection closes, or the hub
 stops the address (an operator); the address is stopped with a reason in each case.
 
-The PIN goes through the same rules as the telephone's: `PinGate` over a `PinStore` and a `PinGuard`, keyed by
-the remote address, so a browser guessing PINs is blocked exactly as a caller is.
+The PIN goes through the same rules as the telephone's: `PinGate` over a `PinStore` and a `PinGuard` (the hub's
+one guard, shared with the telephone), keyed by the client address (the socket's peer, or the X-Forwarded-For of
+a trusted proxy), so a browser guessing PINs is limited exactly as a caller is: one offer's PIN in flight per
+address (a parallel one gets 429 at once), 5 failures per address, and each PIN's own budget whatever the
+addresses. The PIN is checked before anything of the offer is used, so a refused offer costs one bounded hash.
 """
 
 from __future__ import annotations
@@ -256,12 +259,19 @@ class GoLive:
         gate = PinGate(self.pins, self.guard, remote)
         result = await gate.attempt(pin, now_s=self.monotonic(), now=utcnow())
         if result.outcome == "blocked":
-            wait = self.guard.blocked_for(remote, self.monotonic()) or BLOCK_S
+            wait = result.retry_after or self.guard.blocked_for(remote, self.monotonic()) or BLOCK_S
             raise GoLiveError(
                 429, f"too many wrong PINs from this address: try again in {math.ceil(wait / 60)} min", wait
             )
+        if result.outcome == "busy":
+            raise GoLiveError(429, "a PIN from this address is being checked already: wait for its answer", 1.0)
+        if result.outcome == "overloaded":
+            raise GoLiveError(503, "the hub is busy checking PINs: try again in a moment", result.retry_after)
         if result.grant is None:
-            raise GoLiveError(403, "wrong PIN: this PIN does not let you go live")
+            # The same words whether the PIN is wrong or locked: a lock must not confirm a guess.
+            raise GoLiveError(
+                403, "wrong PIN, or a PIN locked after repeated wrong guesses: check it or ask an operator"
+            )
         grant = result.grant
         async with self._lock:
             current = self.sessions.get(user_id)

@@ -1,11 +1,19 @@
 """Speaker PINs for the telephone: operators give, change and withdraw them. A PIN is shown once, when the hub
-generates it; afterwards only its last two digits (`pin_hint`) are ever shown."""
+generates it; afterwards only its last two digits (`pin_hint`) are ever shown.
+
+New PINs have 6 to 12 digits. Each row is listed with what the guard knows of it: `locked_until` (a PIN being
+guessed is locked, even against its right PIN, see `citycast.ingest.pins`), its recent failures, and `weak` (seen in
+use with fewer than 6 digits). An operator unlocks a PIN (`POST /api/pins/{id}/unlock`) or gives it a new generated
+number (`POST /api/pins/{id}/rotate`, shown once), which also moves it out of the last-two-digits group a guesser
+was working on."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -18,7 +26,7 @@ from citycast.hub.api.schemas import AUTH_ERRORS, DbId, ErrorOut, OkOut, Strict
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.auth.roles import allows
 from citycast.hub.db.models import Priority, Role, SpeakerPin, User, Zone, utcnow
-from citycast.ingest.pins import PinStore, hint_of, pin_problem
+from citycast.ingest.pins import NEW_PIN_MIN_DIGITS, PIN_MAX_DIGITS, PinGuard, PinStore, hint_of, new_pin_problem
 
 GENERATED_DIGITS = 6
 GENERATE_ATTEMPTS = 20
@@ -30,7 +38,7 @@ Label = Annotated[str, Field(min_length=1, max_length=128, description='Who the 
 
 def _check_pin(value: str | None) -> str | None:
     if value is not None:
-        problem = pin_problem(value)
+        problem = new_pin_problem(value)
         if problem is not None:
             raise ValueError(problem)
     return value
@@ -59,7 +67,10 @@ def _check_window(valid_from: dt.datetime | None, valid_until: dt.datetime | Non
 
 class PinIn(Strict):
     label: Label
-    pin: str | None = Field(default=None, description="4-12 digits; leave out to have the hub make a 6-digit PIN")
+    pin: str | None = Field(
+        default=None,
+        description=f"{NEW_PIN_MIN_DIGITS}-{PIN_MAX_DIGITS} digits; leave out to have the hub make a 6-digit PIN",
+    )
     zone_ids: list[DbId] = Field(default_factory=list, description="Empty: every zone")
     priority: Priority = Priority.live
     valid_from: AwareDatetime | None = None
@@ -129,6 +140,11 @@ class PinOut(BaseModel):
     valid_now: bool = Field(description="Enabled and within its validity now")
     created_at: dt.datetime
     last_used_at: dt.datetime | None
+    weak: bool = Field(default=False, description=f"Seen in use with fewer than {NEW_PIN_MIN_DIGITS} digits: rotate it")
+    locked_until: dt.datetime | None = Field(
+        default=None, description="Locked after repeated wrong guesses until then: even the right PIN is refused"
+    )
+    recent_failures: int = Field(default=0, description="Wrong guesses counted against it in the last 10 min")
 
 
 class PinCreatedOut(PinOut):
@@ -137,7 +153,38 @@ class PinCreatedOut(PinOut):
     )
 
 
-def pin_out(row: SpeakerPin, now: dt.datetime) -> PinOut:
+def pin_guard_of(request: Request) -> PinGuard:
+    """The hub's one PIN guard (the runtime puts it on the app, shared with the telephone and the browser's go
+    live); an app built without one gets its own on first use."""
+    guard: PinGuard | None = getattr(request.app.state, "pin_guard", None)
+    if guard is None:
+        guard = request.app.state.pin_guard = PinGuard()
+    return guard
+
+
+@dataclass(frozen=True)
+class GuardView:
+    """What the guard and the audit log know of the rows, for listing them."""
+
+    guard: PinGuard
+    weak: frozenset[int]
+    now_s: float
+
+    def fields(self, pin_id: int, now: dt.datetime) -> dict[str, Any]:
+        locked_for = self.guard.pin_locked_for(pin_id, self.now_s)
+        return {
+            "weak": pin_id in self.weak,
+            "locked_until": now + dt.timedelta(seconds=locked_for) if locked_for > 0 else None,
+            "recent_failures": self.guard.pin_failures_recent(pin_id, self.now_s),
+        }
+
+
+async def guard_view(request: Request, ctx: Any) -> GuardView:
+    weak = await asyncio.to_thread(PinStore(ctx.db).weak_ids)
+    return GuardView(pin_guard_of(request), frozenset(weak), time.monotonic())
+
+
+def pin_out(row: SpeakerPin, now: dt.datetime, view: GuardView | None = None) -> PinOut:
     valid_from, valid_until = utc(row.valid_from), utc(row.valid_until)
     return PinOut(
         id=row.id,
@@ -154,6 +201,7 @@ def pin_out(row: SpeakerPin, now: dt.datetime) -> PinOut:
         and (valid_until is None or valid_until > now),
         created_at=utc(row.created_at) or row.created_at,
         last_used_at=utc(row.last_used_at),
+        **(view.fields(row.id, now) if view is not None else {}),
     )
 
 
@@ -194,10 +242,11 @@ def _new_pin(store: PinStore, given: str | None) -> tuple[str, str]:
 
 
 @router.get("/api/pins", response_model=list[PinOut])
-async def list_pins(_: Operator, ctx: Ctx) -> list[PinOut]:
+async def list_pins(request: Request, _: Operator, ctx: Ctx) -> list[PinOut]:
+    view = await guard_view(request, ctx)
     now = utcnow()
     with ctx.db.session() as s:
-        return [pin_out(row, now) for row in s.scalars(select(SpeakerPin).order_by(SpeakerPin.id))]
+        return [pin_out(row, now, view) for row in s.scalars(select(SpeakerPin).order_by(SpeakerPin.id))]
 
 
 @router.post(
@@ -246,7 +295,7 @@ async def update_pin(pin_id: PathId, body: PinPatch, request: Request, user: Ope
         for key, value in fields.items():
             setattr(row, key, value)
         record(s, request, user, "pin.update", f"pin:{row.id}", _audit_fields(fields))
-        return pin_out(row, utcnow())
+        return pin_out(row, utcnow(), await guard_view(request, ctx))
 
 
 @router.delete("/api/pins/{pin_id}", response_model=OkOut, responses={404: {"model": ErrorOut}})
@@ -258,3 +307,45 @@ async def delete_pin(pin_id: PathId, request: Request, user: Operator, ctx: Ctx)
         s.delete(row)
         record(s, request, user, "pin.delete", f"pin:{pin_id}", {"label": row.label, "pin_hint": row.pin_hint})
     return OkOut()
+
+
+@router.post("/api/pins/{pin_id}/unlock", response_model=PinOut, responses={404: {"model": ErrorOut}})
+async def unlock_pin(pin_id: PathId, request: Request, user: Operator, ctx: Ctx) -> PinOut:
+    """Lift a lock put on the PIN after repeated wrong guesses (and forget its recent failures). If the guessing
+    goes on, it locks again: rotating the PIN is the lasting answer."""
+    guard = pin_guard_of(request)
+    with ctx.db.session() as s:
+        row = s.get(SpeakerPin, pin_id)
+        if row is None:
+            raise not_found("PIN", pin_id)
+        was_locked = guard.pin_locked_for(pin_id, time.monotonic()) > 0
+        guard.unlock_pin(pin_id)
+        record(s, request, user, "pin.unlock", f"pin:{pin_id}", {"was_locked": was_locked})
+        return pin_out(row, utcnow(), await guard_view(request, ctx))
+
+
+@router.post(
+    "/api/pins/{pin_id}/rotate",
+    response_model=PinCreatedOut,
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+)
+async def rotate_pin(pin_id: PathId, request: Request, user: Operator, ctx: Ctx) -> PinCreatedOut:
+    """Give the PIN a new generated 6-digit number, shown this once; the old number stops working at once, and
+    any lock on the row is lifted (the guesser's work was on the old number)."""
+    store = PinStore(ctx.db)
+    with ctx.db.session() as s:
+        if s.get(SpeakerPin, pin_id) is None:
+            raise not_found("PIN", pin_id)
+    pin, pin_hash = await asyncio.to_thread(_new_pin, store, None)
+    pin_guard_of(request).unlock_pin(pin_id)
+    with ctx.db.session() as s:
+        row = s.get(SpeakerPin, pin_id)
+        if row is None:
+            raise not_found("PIN", pin_id)
+        old_hint = row.pin_hint
+        row.pin_hash, row.pin_hint = pin_hash, hint_of(pin)
+        record(s, request, user, "pin.rotate", f"pin:{pin_id}", {"old_hint": old_hint, "pin_hint": row.pin_hint})
+        s.flush()
+        out = pin_out(row, utcnow())
+    view = await guard_view(request, ctx)
+    return PinCreatedOut(**(out.model_dump() | view.fields(pin_id, utcnow())), pin=pin)
