@@ -118,6 +118,16 @@ class SipCollector(Collector):
         yield CounterMetricFamily(
             "citycast_sip_stray", "SIP requests or responses that matched no transaction", value=c["stray"]
         )
+        dropped = {k.removeprefix("rtp_dropped_"): v for k, v in c.items() if k.startswith("rtp_dropped_")}
+        if dropped:
+            rtp = CounterMetricFamily(
+                "citycast_rtp_dropped",
+                "Datagrams on calls' RTP/RTCP ports dropped, by reason (foreign_source: not the caller's address)",
+                labels=["reason"],
+            )
+            for reason, n in sorted(dropped.items()):
+                rtp.add_metric([reason], n)
+            yield rtp
 
 
 def render_metrics(

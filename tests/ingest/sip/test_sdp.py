@@ -78,7 +78,7 @@ def test_no_common_codec() -> None:
         negotiate(gsm_g729)  # opus with one channel is not RFC 7587 opus
     with pytest.raises(SdpError, match="no audio stream"):
         negotiate(parse_sdp(offer("m=video 5000 RTP/AVP 96\na=rtpmap:96 VP8/90000\n")))
-    with pytest.raises(SdpError, match="RTP/SAVP is not supported"):
+    with pytest.raises(SdpError, match="RTP/SAVP without an a=crypto line"):
         negotiate(parse_sdp(offer("m=audio 4000 RTP/SAVP 0\n")))
     with pytest.raises(SdpError, match="without a c= line"):
         negotiate(parse_sdp(offer("m=audio 4000 RTP/AVP 0\n", session="")))
@@ -152,3 +152,31 @@ def test_build_answer_rejects_bad_arguments() -> None:
         build_answer(neg, local_ip="not-an-ip", local_port=4000, session_id=1, version=1)
     with pytest.raises(ValueError, match="local_port"):
         build_answer(neg, local_ip="192.0.2.1", local_port=0, session_id=1, version=1)
+
+
+KEY_A = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"  # RFC 4568 §4's example key (30 bytes)
+
+
+def test_sdes_offer_is_answered_with_our_own_key_and_plain_offers_stay_plain() -> None:
+    from citycast.ingest.rtp.srtp import answer_crypto
+
+    savp = offer(
+        "m=audio 4000 RTP/SAVP 0\na=crypto:1 AES_CM_128_HMAC_SHA1_99 inline:" + KEY_A + "\n"
+        "a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:" + KEY_A + "|2^20|1:4\n"
+        "a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:" + KEY_A + "|2^20\na=rtcp:4005\n"
+    )
+    neg = negotiate(parse_sdp(savp))
+    # The unknown suite and the MKI line are passed over; the third line is usable.
+    assert neg.crypto is not None and (neg.crypto.tag, neg.crypto.suite) == (3, "AES_CM_128_HMAC_SHA1_32")
+    assert len(neg.crypto.key) == 30 and neg.rtcp_port == 4005
+    ours = answer_crypto(neg.crypto)
+    answer = build_answer(neg, local_ip="192.0.2.1", local_port=4000, session_id=1, version=1, crypto=ours).decode()
+    assert "m=audio 4000 RTP/SAVP 0\r\n" in answer
+    line = next(x for x in answer.split("\r\n") if x.startswith("a=crypto:"))
+    assert line.startswith("a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:") and KEY_A not in line
+    # a=crypto in a plain RTP/AVP offer means nothing (RFC 4568 §5.1.1): the call stays plain.
+    plain = negotiate(parse_sdp(offer("m=audio 4000 RTP/AVP 0\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + KEY_A)))
+    assert plain.crypto is None and plain.rtcp_port is None
+    # RTP/SAVP whose every key is unusable is refused, saying why.
+    with pytest.raises(SdpError, match="want 30"):
+        negotiate(parse_sdp(offer("m=audio 4000 RTP/SAVP 0\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAAA\n")))

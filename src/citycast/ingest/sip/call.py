@@ -27,7 +27,7 @@ import logging
 import random
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,10 +41,21 @@ from citycast.ingest.prompts import Prompts
 from citycast.ingest.rtp.codecs import CodecError, Decoder, Encoder, decoder_for, encoder_for
 from citycast.ingest.rtp.dtmf import DtmfError, Rfc4733Decoder, parse_sip_info
 from citycast.ingest.rtp.jitter import RtpReceiver
-from citycast.ingest.rtp.packet import RtpError, RtpPacket
-from citycast.ingest.rtp.rtcp import ReceptionReporter, RtcpError, build_rr, parse_compound
+from citycast.ingest.rtp.latch import IpNetwork, MediaLatch, SdpMedia, SendBudget
+from citycast.ingest.rtp.packet import RtpPacket
+from citycast.ingest.rtp.rtcp import (
+    Bye,
+    ReceiverReport,
+    ReceptionReporter,
+    RtcpError,
+    SenderReport,
+    SourceDescription,
+    build_rr,
+    parse_compound,
+)
+from citycast.ingest.rtp.srtp import SrtpContext, SrtpError, answer_crypto
 from citycast.ingest.sip.dialog import Dialog, DialogError
-from citycast.ingest.sip.message import response_for
+from citycast.ingest.sip.message import SipMessage, response_for
 from citycast.ingest.sip.sdp import Negotiated, SdpError, build_answer, negotiate, parse_sdp
 from citycast.ingest.sip.transaction import ServerTransaction, new_tag
 from citycast.ingest.sip.transport import Flow, SipTransport
@@ -68,6 +79,12 @@ JITTER_TARGET_MS = 60
 LIMIT = 0.98  # the return mix's ceiling (full scale is 1.0)
 RELEASE = 1.06  # limiter gain recovery per 20 ms block (about 0.5 dB): fast enough to follow speech, no pumping
 TALKBACK_BACKLOG = 25  # blocks (0.5 s) a slower call may lag behind the fastest one on the same talkback
+FRAME_S = 0.02  # the return stream's packet period
+# Hard ceilings on what one call may send, whatever the pacing does: 50 RTP packets a second plus a little
+# slack for timer jitter, and RTCP at most once a second (its schedule is ~5 s).
+RTP_SEND_RATE, RTP_SEND_BURST = 55.0, 4
+RTCP_SEND_RATE, RTCP_SEND_BURST = 1.0, 2
+DROP_LOG_S = 10.0  # at most one "dropped foreign media" warning per call this often
 
 
 class CallState(enum.Enum):
@@ -90,6 +107,8 @@ class CallHost(Protocol):
     transport: SipTransport
     prompts: Prompts
     ring_s: float
+    trusted_media: tuple[IpNetwork, ...]  # operator-trusted trunk ranges whose SDP c= may differ from signalling
+    rtp_dropped: Counter[str]  # the telephone's total of dropped media datagrams, by reason (for /metrics)
 
     @property
     def hub(self) -> TalkbackHub: ...
@@ -162,7 +181,7 @@ class _RtpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.rtcp:
-            self.call._on_rtcp(data)
+            self.call._on_rtcp(data, (addr[0], addr[1]))
         else:
             self.call._on_rtp(data, (addr[0], addr[1]))
 
@@ -307,15 +326,14 @@ class ReturnStream:
         return block
 
     async def _run(self) -> None:
-        t0 = time.monotonic()
-        n = 0
+        pacer = Pacer(time.monotonic())
         while True:
-            n += 1
-            delay = t0 + n * 0.02 - time.monotonic()
+            delay, skipped = pacer.next(time.monotonic())
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif delay < -0.2:  # starved: skip ahead rather than burst
-                t0, n = time.monotonic(), 0
+            # Late ticks are skipped, never sent in a burst; the RTP clock still moves on by their duration so the
+            # caller's jitter buffer sees a gap, not a time warp.
+            self.ts = (self.ts + skipped * self.encoder.timestamp_step()) & 0xFFFFFFFF
             for payload in self.encoder.encode(self._block()):
                 pkt = RtpPacket(
                     payload_type=self.payload_type,
@@ -335,18 +353,66 @@ class ReturnStream:
 
 # -- the call -------------------------------------------------------------------------------------------------
 @dataclass
+class Pacer:
+    """One tick every `period` from `t0`, sans-IO: `next(now)` gives how long to sleep before the next tick and
+    how many ticks were missed (skipped, so a late loop never sends a burst)."""
+
+    def __init__(self, t0: float, period: float = FRAME_S) -> None:
+        self.t0 = t0
+        self.period = period
+        self.n = 0
+
+    def next(self, now: float) -> tuple[float, int]:
+        self.n += 1
+        due = self.t0 + self.n * self.period
+        if now - due < self.period:
+            return max(0.0, due - now), 0
+        skipped = int((now - due) // self.period)
+        self.n += skipped
+        return 0.0, skipped
+
+
 class _Media:
+def _sdp_media(neg: Negotiated) -> SdpMedia:
+    pts = {neg.codec.payload_type} | ({neg.dtmf_pt} if neg.dtmf_pt is not None else set())
+    return SdpMedia((neg.remote_addr[0], neg.remote_addr[1]), neg.rtcp_port, frozenset(pts))
+
+
+def _rtcp_sender(packets: list[Any]) -> int | None:
+    """The SSRC that sent an RTCP compound (its first packet's), or None."""
+    if not packets:
+        return None
+    first = packets[0]
+    if isinstance(first, (SenderReport, ReceiverReport)):
+        return first.ssrc
+    if isinstance(first, SourceDescription) and first.chunks:
+        return first.chunks[0].ssrc
+    if isinstance(first, Bye) and first.ssrcs:
+        return first.ssrcs[0]
+    return None
+
+
     neg: Negotiated
     transport: asyncio.DatagramTransport
     rtcp: asyncio.DatagramTransport
     port: int
-    remote: tuple[str, int]
+    latch: MediaLatch
     receiver: RtpReceiver
     audio: CallAudio
     back: ReturnStream
     dtmf: Rfc4733Decoder
 
 
+    srtp: SrtpContext | None
+    rtp_budget: SendBudget
+    rtcp_budget: SendBudget
+
+    def sending(self) -> tuple[str, int] | None:
+        """Where our RTP goes now, or None: nothing to a caller who holds, and nothing to an address the latch
+        does not allow."""
+        if self.neg.direction in ("sendonly", "inactive"):
+            return None
+        return self.latch.rtp_target()
 class Call:
     def __init__(self, host: CallHost, invite_tx: ServerTransaction, flow: Flow) -> None:
         self.host = host
@@ -376,6 +442,7 @@ class Call:
         self.rtcp_sent = 0
 
     # -- entry ----------------------------------------------------------------------------------------------
+        self._drop_logged = -DROP_LOG_S
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"call:{self.call_id}")
 
@@ -413,7 +480,8 @@ class Call:
             decoder = decoder_for(neg.codec)
             encoder = encoder_for(neg.codec, ptime_ms=20)
         except (SdpError, CodecError) as e:
-            status, reason = (488, "Not Acceptable Here") if "codec" in str(e).lower() else (400, "Bad Request")
+            unacceptable = any(w in str(e).lower() for w in ("codec", "crypto", "not supported"))
+            status, reason = (488, "Not Acceptable Here") if unacceptable else (400, "Bad Request")
             warning = str(e).replace('"', "'")[:200]
             self._respond(tx, status, reason, to_tag=self.local_tag, headers=[("Warning", f'399 citycast "{warning}"')])
             self.end_reason = f"SDP refused: {e}"
@@ -428,7 +496,8 @@ class Call:
         contact = f"<sip:citycast@{local_ip}:{self.host.transport.port};transport={self.flow.transport.lower()}>"
         assert self.media is not None
         body = build_answer(neg, local_ip=local_ip, local_port=self.media.port, session_id=self.session_id,
-                            version=self.sdp_version)  # fmt: skip
+                            version=self.sdp_version, crypto=srtp.local if srtp else None)  # fmt: skip
+        srtp = self.media.srtp
         try:
             self.dialog = Dialog.from_invite(self.invite, self.local_tag, contact)
         except DialogError as e:
@@ -444,6 +513,7 @@ class Call:
         self.state = CallState.answered
         self.media.back.start()
         self._rtcp_task = asyncio.create_task(self._rtcp_loop())
+        self.media.latch.answered = True  # the caller learns our port from this 200: media may come now
         log.info("call %s from %s answered (%s)", self.call_id, self.from_uri, neg.codec.name)
         return True
 
@@ -452,16 +522,23 @@ class Call:
             lambda: _RtpProtocol(self, rtcp=False), lambda: _RtpProtocol(self, rtcp=True)
         )
         receiver = RtpReceiver(neg.codec.clock_rate, neg.ptime_ms or 20, JITTER_TARGET_MS, decoder=decoder)
-        remote = (neg.remote_addr[0], neg.remote_addr[1])
+        latch = MediaLatch(self.flow.remote[0], _sdp_media(neg), trusted=self.host.trusted_media,
+                           srtp=neg.crypto is not None)  # fmt: skip
+        srtp = SrtpContext(answer_crypto(neg.crypto), neg.crypto) if neg.crypto is not None else None
 
         def send(data: bytes) -> None:
-            assert self.media is not None
-            # The caller's offer says what they receive: nothing while they hold (sendonly) or mute (inactive).
-            if self.media.remote[1] and self.media.neg.direction not in ("sendonly", "inactive"):
-                transport.sendto(data, self.media.remote)
+            m = self.media
+            assert m is not None
+            target = m.sending()
+            if target is None or not m.rtp_budget.take(time.monotonic()):
+                return
+            transport.sendto(m.srtp.protect(data) if m.srtp is not None else data, target)
 
         back = ReturnStream(encoder, neg.codec.payload_type, send)
-        self.media = _Media(neg, transport, rtcp, port, remote, receiver, CallAudio(receiver), back, Rfc4733Decoder())
+        now = time.monotonic()
+        self.media = _Media(neg, transport, rtcp, port, latch, receiver, CallAudio(receiver), back, Rfc4733Decoder(),
+                            srtp, SendBudget(RTP_SEND_RATE, RTP_SEND_BURST, now),
+                            SendBudget(RTCP_SEND_RATE, RTCP_SEND_BURST, now))  # fmt: skip
 
     # -- the conversation -----------------------------------------------------------------------------------
     async def _converse(self) -> None:
@@ -603,6 +680,8 @@ class Call:
             try:
                 digit = parse_sip_info(tx.request.content_type, tx.request.body)
             except DtmfError as e:
+        if ev.kind == "ack" and self.media is not None:
+            self.media.latch.acked = True  # the caller confirmed our answer: its SDP address may be sent to
                 self._respond(tx, 400, "Bad Request", headers=[("Warning", f'399 citycast "{e}"')])
                 return
             if digit is None:
@@ -645,16 +724,23 @@ class Call:
         self.media.audio.held = held
         self.media.neg = neg
         if neg.remote_addr[1]:
-            self.media.remote = (neg.remote_addr[0], neg.remote_addr[1])
+            self.media.latch.renegotiate(_sdp_media(neg))  # a new address unlatches; the same rules latch again
         ours = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}.get(neg.direction, "sendrecv")
         self.sdp_version += 1
         local_ip = self.host.local_ip(self.flow.remote[0])
         body = build_answer(neg, local_ip=local_ip, local_port=self.media.port, session_id=self.session_id,
-                            version=self.sdp_version, direction=ours)  # fmt: skip
+                            version=self.sdp_version, direction=ours, crypto=srtp.local if srtp else None)  # fmt: skip
         assert self.dialog is not None
         ok = self.dialog.response(tx.request, 200, "OK", body=body, content_type="application/sdp")
         now = self.host.transport.clock()
         tx.respond(ok, now)
+        srtp = self.media.srtp
+        if (neg.crypto is None) != (srtp is None):
+            refuse("SRTP cannot be switched on or off during a call")
+            return
+        if srtp is not None and neg.crypto is not None and neg.crypto.key != srtp.remote.key:
+            # The caller re-keys: it says so with a new a=crypto; our own key stays (RFC 4568 §7.1.4).
+            self.media.srtp = srtp = SrtpContext(answer_crypto(neg.crypto), neg.crypto)
         self.dialog.track_2xx(ok, self.flow.remote, now)
         self.host.transport.flush()
         log.info("call %s %s", self.call_id, "on hold" if held else "resumed")
@@ -690,13 +776,11 @@ class Call:
         m = self.media
         if m is None or self.state is CallState.ended:
             return
-        try:
-            pkt = RtpPacket.parse(data)
-        except RtpError as e:
-            log.debug("call %s: bad RTP from %s: %s", self.call_id, addr, e)
+        verdict = m.latch.on_rtp(data, addr, m.srtp.unprotect if m.srtp is not None else None)
+        pkt = verdict.packet
+        if pkt is None:
+            self._dropped(verdict.reason, addr)
             return
-        if m.remote != addr:
-            m.remote = addr  # symmetric RTP (RFC 4961): answer where the caller really sends from (NAT)
         if m.neg.dtmf_pt is not None and pkt.payload_type == m.neg.dtmf_pt:
             digit = m.dtmf.push(pkt)
             if digit is not None:
@@ -704,15 +788,49 @@ class Call:
         elif pkt.payload_type == m.neg.codec.payload_type:
             m.receiver.push(pkt, time.monotonic())
 
-    def _on_rtcp(self, data: bytes) -> None:
+    def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        m = self.media
+        if m is None or self.state is CallState.ended:
+            return
+        # The source is checked before anything is parsed or decrypted: a stranger never reaches the SRTCP state.
+        if not m.latch.rtcp_source_ok(addr):
+            m.latch.on_rtcp(addr, None)
+            self._dropped("rtcp_foreign", addr)
+            return
         try:
-            for packet in parse_compound(data):
-                self._reporter.on_packet(packet, time.monotonic())
-        except RtcpError as e:
-            log.debug("call %s: bad RTCP: %s", self.call_id, e)
+            if m.srtp is not None:
+                data = m.srtp.unprotect_rtcp(data)
+            packets = parse_compound(data)
+        except SrtpError:
+            m.latch.dropped["srtp_auth"] += 1
+            self._dropped("srtp_auth", addr)
+            return
+        except RtcpError:
+            m.latch.dropped["bad_packet"] += 1
+            self._dropped("bad_packet", addr)
+            return
+        if not m.latch.on_rtcp(addr, _rtcp_sender(packets)):
+            self._dropped("rtcp_foreign", addr)
+            return
+        for packet in packets:
+            self._reporter.on_packet(packet, time.monotonic())
+
+    def _dropped(self, reason: str, addr: tuple[str, int]) -> None:
+        """Count a dropped datagram for /metrics and say so in the log, at most once per DROP_LOG_S per call."""
+        self.host.rtp_dropped[reason] += 1
+        now = time.monotonic()
+        if now - self._drop_logged < DROP_LOG_S:
+            return
+        m = self.media
+        total = sum(m.latch.dropped.values()) if m is not None else 0
+        log.warning("call %s: dropped media from %s:%d (%s); %d dropped in this call so far (%s); taking media from %s",
+                    self.call_id, addr[0], addr[1], reason, total,
+                    ", ".join(f"{k} {v}" for k, v in sorted(m.latch.dropped.items())) if m is not None else "",
+                    m.latch.latched if m is not None and m.latch.latched else "nobody yet")  # fmt: skip
+        self._drop_logged = now
 
     async def _rtcp_loop(self) -> None:
-        """Receiver reports (RFC 3550 §6.4.2) to the caller's RTCP port (RTP + 1), about every 5 s."""
+        """Receiver reports (RFC 3550 §6.4.2) to the caller's RTCP port, about every 5 s, once the latch allows."""
         cname = f"citycast@{self.host.local_ip(self.flow.remote[0])}"
         while True:
             await asyncio.sleep(self._reporter.next_interval())
@@ -721,7 +839,7 @@ class Call:
                 return
             block = self._reporter.report_block(m.receiver.stats, time.monotonic())
             data = build_rr(m.back.ssrc, [block] if block is not None else [], cname)
-            m.rtcp.sendto(data, (m.remote[0], m.remote[1] + 1))
+            m.rtcp.sendto(m.srtp.protect_rtcp(data) if m.srtp is not None else data, target)
             self.rtcp_sent += 1
 
     # -- the end --------------------------------------------------------------------------------------------
@@ -733,6 +851,9 @@ class Call:
             aid, self.address_id = self.address_id, None
             with contextlib.suppress(KeyError):
                 await self.host.addresses.stop(aid, "call ended")
+            target = m.latch.rtcp_target()
+            if target is None or not m.rtcp_budget.take(time.monotonic()):
+                continue
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
         if self.dialog is not None:

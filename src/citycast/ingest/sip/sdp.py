@@ -20,6 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from citycast.ingest.rtp.srtp import SdesCrypto, SrtpError, parse_crypto
+
 MAX_SDP = 64 * 1024
 MAX_LINES = 1000
 MAX_MEDIA = 32
@@ -41,6 +43,7 @@ _CANONICAL_NAME = {"pcmu": "PCMU", "pcma": "PCMA", "g722": "G722", "opus": "opus
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _RTP_PROTOS = frozenset({"RTP/AVP", "RTP/AVPF"})
+_SRTP_PROTOS = frozenset({"RTP/SAVP", "RTP/SAVPF"})  # keyed by SDES a=crypto (RFC 4568); DTLS is not spoken
 
 _LINE_RE = re.compile(r"([a-z])=(.*)")
 _RTPMAP_RE = re.compile(r"([0-9]{1,3})[ \t]+([A-Za-z0-9._-]+)/([0-9]{1,7})(?:/([0-9]{1,2}))?[ \t]*")
@@ -146,6 +149,8 @@ class Negotiated:
     media_index: int = 0  # which offered m-line we accepted
     offered: tuple[tuple[str, str, str], ...] = ()  # (media, proto, first format) per offered m-line
     dtmf_clock_rate: int = 8000
+    rtcp_port: int | None = None  # a=rtcp (RFC 3605), else RTP + 1
+    crypto: SdesCrypto | None = None  # the peer's SRTP key (RTP/SAVP); None: plain RTP
 
 
 def _parse_connection(value: str) -> Connection:
@@ -290,6 +295,29 @@ def _direction_of(offer: SessionDescription, m: MediaDescription, address: str) 
     return direction
 
 
+def _first_crypto(m: MediaDescription) -> tuple[SdesCrypto | None, str]:
+    """The first usable ``a=crypto`` of an RTP/SAVP stream, or None and why none is."""
+    why = f"{m.proto} without an a=crypto line"
+    for name, value in m.attributes:
+        if name != "crypto" or value is None:
+            continue
+        try:
+            return parse_crypto(value), ""
+        except SrtpError as e:
+            why = str(e)
+    return None, why
+
+
+def _rtcp_port(m: MediaDescription) -> int | None:
+    """The a=rtcp port (RFC 3605); a malformed one is ignored (RTP + 1 then)."""
+    for name, value in m.attributes:
+        if name == "rtcp" and value:
+            port = value.split()[0]
+            if port.isascii() and port.isdigit() and 0 < int(port) <= 65535:
+                return int(port)
+    return None
+
+
 def negotiate(offer: SessionDescription, *, prefer: Sequence[str] = ("opus", "G722", "PCMU", "PCMA")) -> Negotiated:
     """Our answer's choices for `offer`: the first audio m-line we can take, our most preferred codec in it.
 
@@ -303,9 +331,15 @@ def negotiate(offer: SessionDescription, *, prefer: Sequence[str] = ("opus", "G7
     for index, m in enumerate(offer.media):
         if m.media != "audio" or m.port == 0:
             continue
-        if m.proto not in _RTP_PROTOS:
+        if m.proto not in _RTP_PROTOS | _SRTP_PROTOS:
             reasons.append(f"transport {m.proto} is not supported")
             continue
+        crypto: SdesCrypto | None = None
+        if m.proto in _SRTP_PROTOS:
+            crypto, why = _first_crypto(m)
+            if crypto is None:
+                reasons.append(why)
+                continue
         connection = m.connection or offer.connection
         if connection is None:
             raise SdpError("audio stream without a c= line")
@@ -349,6 +383,8 @@ def negotiate(offer: SessionDescription, *, prefer: Sequence[str] = ("opus", "G7
             media_index=index,
             offered=offered,
             dtmf_clock_rate=dtmf_rate,
+            rtcp_port=_rtcp_port(m),
+            crypto=crypto,
         )
     if reasons:
         raise SdpError(reasons[0])
@@ -375,6 +411,7 @@ def build_answer(
     session_id: int,
     version: int,
     direction: str = "sendrecv",
+    crypto: SdesCrypto | None = None,
 ) -> bytes:
     """The SDP answer for `neg` (RFC 3264 §6): one m-line per offered m-line, all but ours rejected (port 0)."""
     if direction not in DIRECTIONS:
@@ -408,4 +445,6 @@ def build_answer(
             lines.append(f"a=fmtp:{neg.dtmf_pt} 0-15")
         lines.append(f"a=ptime:{neg.ptime_ms}")
         lines.append(f"a={_narrow(direction, neg.direction)}")
+        if crypto is not None:
+            lines.append(f"a=crypto:{crypto.attribute()}")
     return ("\r\n".join(lines) + "\r\n").encode()

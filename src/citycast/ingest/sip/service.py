@@ -16,7 +16,8 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -24,6 +25,7 @@ from sqlalchemy import select
 from citycast.hub.db.models import Site
 from citycast.ingest.pins import PinGate, PinGuard, PinStore
 from citycast.ingest.prompts import Prompts
+from citycast.ingest.rtp.latch import DROP_REASONS, IpNetwork
 from citycast.ingest.sip.call import ACCEPT, ALLOW, Call
 from citycast.ingest.sip.message import SipMessage, response_for
 from citycast.ingest.sip.register import RegisterConfig, Registration
@@ -61,6 +63,7 @@ class Telephone:
         prompts: Prompts | None = None,
         guard: PinGuard | None = None,
         max_calls: int = MAX_CALLS,
+        trusted_media: Sequence[IpNetwork] = (),
         t1: float = 0.5,
         register: RegisterConfig | None = None,
     ) -> None:
@@ -78,6 +81,9 @@ class Telephone:
         self.calls: dict[str, Call] = {}
         self.pins: PinStore | None = None
         self._watch: asyncio.Task[None] | None = None
+        # Trunk ranges (signalling and media) whose SDP c= may name another address than the signalling peer.
+        self.trusted_media = tuple(trusted_media)
+        self.rtp_dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self._next_port = random.randrange(self.rtp_ports[0], self.rtp_ports[1], 2)
         self.register = register
         self.registration: Registration | None = None
@@ -166,6 +172,12 @@ class Telephone:
     async def start(self) -> None:
         if self.hub.addresses is None or self.hub.nc is None or self.hub.signer is None:
             raise RuntimeError("start the hub before its telephone")
+    def counters(self) -> dict[str, int]:
+        """Signalling counters and dropped media datagrams by reason (``rtp_dropped_<reason>``), for /metrics."""
+        out = dict(self.transport.counters())
+        out.update({f"rtp_dropped_{reason}": n for reason, n in self.rtp_dropped.items()})
+        return out
+
         self.pins = PinStore(self.hub.db, publish=self.hub.events.publish)
         await self.transport.start()
         self._watch = asyncio.create_task(self._watch_addresses(), name="sip-watch")
