@@ -55,7 +55,7 @@ from citycast.ingest.rtp.rtcp import (
 )
 from citycast.ingest.rtp.srtp import SrtpContext, SrtpError, answer_crypto
 from citycast.ingest.sip.dialog import Dialog, DialogError
-from citycast.ingest.sip.message import SipMessage, response_for
+from citycast.ingest.sip.message import response_for
 from citycast.ingest.sip.sdp import Negotiated, SdpError, build_answer, negotiate, parse_sdp
 from citycast.ingest.sip.transaction import ServerTransaction, new_tag
 from citycast.ingest.sip.transport import Flow, SipTransport
@@ -351,8 +351,6 @@ class ReturnStream:
                 self.send(pkt.build())
 
 
-# -- the call -------------------------------------------------------------------------------------------------
-@dataclass
 class Pacer:
     """One tick every `period` from `t0`, sans-IO: `next(now)` gives how long to sleep before the next tick and
     how many ticks were missed (skipped, so a late loop never sends a burst)."""
@@ -372,7 +370,7 @@ class Pacer:
         return 0.0, skipped
 
 
-class _Media:
+# -- the call -------------------------------------------------------------------------------------------------
 def _sdp_media(neg: Negotiated) -> SdpMedia:
     pts = {neg.codec.payload_type} | ({neg.dtmf_pt} if neg.dtmf_pt is not None else set())
     return SdpMedia((neg.remote_addr[0], neg.remote_addr[1]), neg.rtcp_port, frozenset(pts))
@@ -392,6 +390,8 @@ def _rtcp_sender(packets: list[Any]) -> int | None:
     return None
 
 
+@dataclass
+class _Media:
     neg: Negotiated
     transport: asyncio.DatagramTransport
     rtcp: asyncio.DatagramTransport
@@ -401,8 +401,6 @@ def _rtcp_sender(packets: list[Any]) -> int | None:
     audio: CallAudio
     back: ReturnStream
     dtmf: Rfc4733Decoder
-
-
     srtp: SrtpContext | None
     rtp_budget: SendBudget
     rtcp_budget: SendBudget
@@ -413,6 +411,8 @@ def _rtcp_sender(packets: list[Any]) -> int | None:
         if self.neg.direction in ("sendonly", "inactive"):
             return None
         return self.latch.rtp_target()
+
+
 class Call:
     def __init__(self, host: CallHost, invite_tx: ServerTransaction, flow: Flow) -> None:
         self.host = host
@@ -440,9 +440,9 @@ class Call:
         self._rtcp_task: asyncio.Task[None] | None = None
         self._reporter = ReceptionReporter()
         self.rtcp_sent = 0
+        self._drop_logged = -DROP_LOG_S
 
     # -- entry ----------------------------------------------------------------------------------------------
-        self._drop_logged = -DROP_LOG_S
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"call:{self.call_id}")
 
@@ -495,9 +495,9 @@ class Call:
         local_ip = self.host.local_ip(self.flow.remote[0])
         contact = f"<sip:citycast@{local_ip}:{self.host.transport.port};transport={self.flow.transport.lower()}>"
         assert self.media is not None
+        srtp = self.media.srtp
         body = build_answer(neg, local_ip=local_ip, local_port=self.media.port, session_id=self.session_id,
                             version=self.sdp_version, crypto=srtp.local if srtp else None)  # fmt: skip
-        srtp = self.media.srtp
         try:
             self.dialog = Dialog.from_invite(self.invite, self.local_tag, contact)
         except DialogError as e:
@@ -511,9 +511,9 @@ class Call:
         self.dialog.track_2xx(ok, self.flow.remote, now)
         self.host.transport.watch(self.dialog, self.flow.transport, self._ack_timed_out)
         self.state = CallState.answered
+        self.media.latch.answered = True  # the caller learns our port from this 200: media may come now
         self.media.back.start()
         self._rtcp_task = asyncio.create_task(self._rtcp_loop())
-        self.media.latch.answered = True  # the caller learns our port from this 200: media may come now
         log.info("call %s from %s answered (%s)", self.call_id, self.from_uri, neg.codec.name)
         return True
 
@@ -666,6 +666,8 @@ class Call:
                 self._respond(tx, 481, "Call/Transaction Does Not Exist")
             return
         ev = self.dialog.on_request(tx.request, self.host.transport.clock())
+        if ev.kind == "ack" and self.media is not None:
+            self.media.latch.acked = True  # the caller confirmed our answer: its SDP address may be sent to
         if ev.kind == "ignore" or ev.kind == "ack":
             return
         if ev.kind == "reject":
@@ -680,8 +682,6 @@ class Call:
             try:
                 digit = parse_sip_info(tx.request.content_type, tx.request.body)
             except DtmfError as e:
-        if ev.kind == "ack" and self.media is not None:
-            self.media.latch.acked = True  # the caller confirmed our answer: its SDP address may be sent to
                 self._respond(tx, 400, "Bad Request", headers=[("Warning", f'399 citycast "{e}"')])
                 return
             if digit is None:
@@ -720,6 +720,13 @@ class Call:
             # Changing codecs mid-call would restart the decoder under the broadcast: keep it simple, refuse.
             refuse("the codec cannot change during a call")
             return
+        srtp = self.media.srtp
+        if (neg.crypto is None) != (srtp is None):
+            refuse("SRTP cannot be switched on or off during a call")
+            return
+        if srtp is not None and neg.crypto is not None and neg.crypto.key != srtp.remote.key:
+            # The caller re-keys: it says so with a new a=crypto; our own key stays (RFC 4568 §7.1.4).
+            self.media.srtp = srtp = SrtpContext(answer_crypto(neg.crypto), neg.crypto)
         held = neg.direction in ("sendonly", "inactive")
         self.media.audio.held = held
         self.media.neg = neg
@@ -734,13 +741,6 @@ class Call:
         ok = self.dialog.response(tx.request, 200, "OK", body=body, content_type="application/sdp")
         now = self.host.transport.clock()
         tx.respond(ok, now)
-        srtp = self.media.srtp
-        if (neg.crypto is None) != (srtp is None):
-            refuse("SRTP cannot be switched on or off during a call")
-            return
-        if srtp is not None and neg.crypto is not None and neg.crypto.key != srtp.remote.key:
-            # The caller re-keys: it says so with a new a=crypto; our own key stays (RFC 4568 §7.1.4).
-            self.media.srtp = srtp = SrtpContext(answer_crypto(neg.crypto), neg.crypto)
         self.dialog.track_2xx(ok, self.flow.remote, now)
         self.host.transport.flush()
         log.info("call %s %s", self.call_id, "on hold" if held else "resumed")
@@ -837,6 +837,9 @@ class Call:
             m = self.media
             if m is None:
                 return
+            target = m.latch.rtcp_target()
+            if target is None or not m.rtcp_budget.take(time.monotonic()):
+                continue
             block = self._reporter.report_block(m.receiver.stats, time.monotonic())
             data = build_rr(m.back.ssrc, [block] if block is not None else [], cname)
             m.rtcp.sendto(m.srtp.protect_rtcp(data) if m.srtp is not None else data, target)
@@ -851,9 +854,6 @@ class Call:
             aid, self.address_id = self.address_id, None
             with contextlib.suppress(KeyError):
                 await self.host.addresses.stop(aid, "call ended")
-            target = m.latch.rtcp_target()
-            if target is None or not m.rtcp_budget.take(time.monotonic()):
-                continue
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
         if self.dialog is not None:

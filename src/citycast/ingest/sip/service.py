@@ -63,9 +63,9 @@ class Telephone:
         prompts: Prompts | None = None,
         guard: PinGuard | None = None,
         max_calls: int = MAX_CALLS,
-        trusted_media: Sequence[IpNetwork] = (),
         t1: float = 0.5,
         register: RegisterConfig | None = None,
+        trusted_media: Sequence[IpNetwork] = (),
     ) -> None:
         lo, hi = rtp_ports
         if not 1024 <= lo < hi <= 65535:
@@ -77,13 +77,13 @@ class Telephone:
         self.prompts = prompts or Prompts()
         self.guard = guard or PinGuard()
         self.max_calls = max_calls
+        # Trunk ranges (signalling and media) whose SDP c= may name another address than the signalling peer.
+        self.trusted_media = tuple(trusted_media)
+        self.rtp_dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.transport = SipTransport(host, port, self, t1=t1)
         self.calls: dict[str, Call] = {}
         self.pins: PinStore | None = None
         self._watch: asyncio.Task[None] | None = None
-        # Trunk ranges (signalling and media) whose SDP c= may name another address than the signalling peer.
-        self.trusted_media = tuple(trusted_media)
-        self.rtp_dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self._next_port = random.randrange(self.rtp_ports[0], self.rtp_ports[1], 2)
         self.register = register
         self.registration: Registration | None = None
@@ -164,6 +164,12 @@ class Telephone:
         enrolled = await asyncio.to_thread(names)
         return sum(1 for v in self.hub.fleet.snapshot() if v.get("name") in enrolled and v.get("state") != "offline")
 
+    def counters(self) -> dict[str, int]:
+        """Signalling counters and dropped media datagrams by reason (``rtp_dropped_<reason>``), for /metrics."""
+        out = dict(self.transport.counters())
+        out.update({f"rtp_dropped_{reason}": n for reason, n in self.rtp_dropped.items()})
+        return out
+
     def call_ended(self, call: Call) -> None:
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
@@ -172,12 +178,6 @@ class Telephone:
     async def start(self) -> None:
         if self.hub.addresses is None or self.hub.nc is None or self.hub.signer is None:
             raise RuntimeError("start the hub before its telephone")
-    def counters(self) -> dict[str, int]:
-        """Signalling counters and dropped media datagrams by reason (``rtp_dropped_<reason>``), for /metrics."""
-        out = dict(self.transport.counters())
-        out.update({f"rtp_dropped_{reason}": n for reason, n in self.rtp_dropped.items()})
-        return out
-
         self.pins = PinStore(self.hub.db, publish=self.hub.events.publish)
         await self.transport.start()
         self._watch = asyncio.create_task(self._watch_addresses(), name="sip-watch")
