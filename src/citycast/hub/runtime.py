@@ -32,6 +32,7 @@ from citycast.bus.subjects import Subjects
 from citycast.hub.addresses import AddressManager, RecordingHandle
 from citycast.hub.alerts import AlertRules
 from citycast.hub.api import create_app
+from citycast.hub.api.limits import uvicorn_limits
 from citycast.hub.auth import ensure_admin
 from citycast.hub.context import HubContext
 from citycast.hub.db.engine import Database, default_sqlite_url
@@ -264,6 +265,7 @@ class Hub:
             ws_ping_interval=20,
             proxy_headers=True,
             forwarded_allow_ips=self.opts.trusted_proxies,
+            **uvicorn_limits(self.opts.trusted_proxies),  # slow and many connections bounded (api/limits.py)
         )
         self._uvicorn = _QuietServer(config)
         serving = asyncio.create_task(self._serve_http(self._uvicorn))

@@ -33,7 +33,8 @@ from citycast.hub.api import (
     ws,
     zones,
 )
-from citycast.hub.api.deps import FailureLimiter
+from citycast.hub.api.deps import AccountGate, FailureLimiter
+from citycast.hub.api.limits import BodyLimit
 from citycast.hub.api.schemas import ErrorOut, ValidationErrorOut
 from citycast.hub.context import HubContext
 
@@ -69,8 +70,10 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
     )
     app.state.ctx = ctx
     app.state.login_limiter = FailureLimiter(limit=LOGIN_FAILURES_PER_MINUTE, window_s=60.0)
+    app.state.account_gate = AccountGate()  # login failures per account, whatever the address
     app.state.enrol_limiter = FailureLimiter(limit=ENROL_FAILURES_PER_MINUTE, window_s=60.0)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodyLimit)  # bodies over a route's limit: 413 before they are read (limits.py)
 
     # Every route may refuse a body it cannot parse (400) or that fails validation (422).
     validation: dict[int | str, dict[str, Any]] = {

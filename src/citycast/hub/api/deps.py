@@ -142,11 +142,21 @@ class FailureLimiter:
     def failed(self, remote: str, now: float) -> None:
         times = self._recent(remote, now)
         if times is None:
-            times = self._failures[remote] = deque(maxlen=self.limit)
+            # Room past the limit, so forgiving one attempt counted ahead never forgets an older real failure.
+            times = self._failures[remote] = deque(maxlen=4 * self.limit)
         times.append(now)
         self._failures.move_to_end(remote)
         while len(self._failures) > self.max_remotes:
             self._failures.popitem(last=False)
+
+    def forgive(self, remote: str) -> None:
+        """Take back the latest failure of `remote`: an attempt is counted as failed before it is checked (so
+        parallel guesses cannot all slip under the limit) and forgiven when it turns out right."""
+        times = self._failures.get(remote)
+        if times:
+            times.pop()
+            if not times:
+                del self._failures[remote]
 
     def check(self, remote: str, now: float) -> None:
         """Raise 429 with Retry-After if `remote` has failed too often lately."""
@@ -157,3 +167,48 @@ class FailureLimiter:
                 f"too many failed attempts from {remote or 'this address'}: try again in {math.ceil(wait)} s",
                 {"Retry-After": str(math.ceil(wait))},
             )
+
+
+class AccountGate:
+    """A limit per account, whatever the address (sans-IO: time passed in).
+
+    Past `limit` failures in `window_s` an account is *slowed*, not locked: from then on, attempts on it from
+    addresses that never logged in to it are let through one at a time, at most one per `slow_s` across all such
+    addresses, so a stranger with a thousand addresses gets one guess per `slow_s` instead of ten per minute from
+    each. Its owner is not locked out by them: from an address the account has logged in from before (the audit
+    log says so; the caller checks) an attempt is always let through, and from a new address the owner waits at
+    most about `slow_s` for the next slot. Memory is bounded (`max_accounts`, least recently failing forgotten).
+    """
+
+    def __init__(self, limit: int = 20, window_s: float = 600.0, slow_s: float = 30.0, max_accounts: int = 10_000):
+        self.failures = FailureLimiter(limit=limit, window_s=window_s, max_remotes=max_accounts)
+        self.slow_s = slow_s
+        self._next_slot: OrderedDict[str, float] = OrderedDict()
+        self.max_accounts = max_accounts
+
+    def slowed(self, account: str, now: float) -> bool:
+        return self.failures.retry_after(account, now) > 0
+
+    def take_slot(self, account: str, now: float) -> float:
+        """0 if an attempt on a slowed account may go ahead now (and takes the slot), else the seconds to wait."""
+        due = self._next_slot.get(account, 0.0)
+        if now < due:
+            return due - now
+        self._next_slot[account] = now + self.slow_s
+        self._next_slot.move_to_end(account)
+        while len(self._next_slot) > self.max_accounts:
+            self._next_slot.popitem(last=False)
+        return 0.0
+
+    def failed(self, account: str, now: float) -> None:
+        self.failures.failed(account, now)
+
+    def forgive(self, account: str) -> None:
+        self.failures.forgive(account)
+
+
+def too_many(message: str, wait_s: float) -> HTTPException:
+    wait = max(1, math.ceil(wait_s))
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS, f"{message}: try again in {wait} s", {"Retry-After": str(wait)}
+    )

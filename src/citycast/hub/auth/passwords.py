@@ -1,4 +1,7 @@
-"""Password hashing with Argon2id (argon2-cffi's defaults, RFC 9106's recommended low-memory profile)."""
+"""Password hashing with Argon2id (argon2-cffi's defaults, RFC 9106's recommended low-memory profile).
+
+Each call costs ~50 ms of CPU: from an event loop, call them through `hashing.default_pool()` (or use
+`hash_password_off_loop`), never directly."""
 
 from __future__ import annotations
 
@@ -37,3 +40,12 @@ def needs_rehash(password_hash: str) -> bool:
         return _hasher.check_needs_rehash(password_hash)
     except (InvalidHashError, ValueError):
         return True
+
+
+async def hash_password_off_loop(password: str) -> str:
+    """`hash_password` in the process's bounded hash pool (raises `HashPoolBusy` when it is full)."""
+    from citycast.hub.auth.hashing import default_pool
+
+    if not password:
+        raise ValueError("a password must not be empty")
+    return await default_pool().run(hash_password, password)

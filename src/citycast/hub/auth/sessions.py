@@ -4,6 +4,7 @@ brute-force, unlike a password."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import secrets
@@ -11,9 +12,11 @@ import secrets
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session as DbSession
 
+from citycast.hub.auth.hashing import HashPool, default_pool
 from citycast.hub.auth.passwords import hash_password, needs_rehash, verify_dummy, verify_password
+from citycast.hub.db.engine import Database
+from citycast.hub.db.models import AuditEntry, User, utcnow
 from citycast.hub.db.models import Session as LoginSession
-from citycast.hub.db.models import User, utcnow
 
 TOKEN_BYTES = 32
 # A token is base64url of TOKEN_BYTES: anything much longer is not one of ours and is not worth hashing.
@@ -89,3 +92,48 @@ def authenticate(s: DbSession, username: str, password: str) -> User | None:
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return user
+
+
+async def check_password(db: Database, username: str, password: str, pool: HashPool | None = None) -> int | None:
+    """`authenticate` for an event loop: the user's id if `username` and `password` match an enabled account,
+    else None. The lookup runs in a thread and the Argon2 check in the bounded hash pool, so no loop waits on
+    either; raises `HashPoolBusy` when too many checks are already waiting. An outdated hash is upgraded (in the
+    pool too). An unknown name costs one check like a known one."""
+    pool = pool or default_pool()
+
+    def lookup() -> tuple[int, str, bool] | None:
+        with db.session() as s:
+            row = s.execute(select(User.id, User.password_hash, User.disabled).where(User.username == username)).first()
+            return None if row is None else (int(row[0]), str(row[1]), bool(row[2]))
+
+    found = await asyncio.to_thread(lookup)
+    if found is None:
+        await pool.run(verify_dummy, password)
+        return None
+    user_id, stored, disabled = found
+    if not await pool.run(verify_password, stored, password) or disabled:
+        return None
+    if needs_rehash(stored):
+        new_hash = await pool.run(hash_password, password)
+
+        def upgrade() -> None:
+            with db.session() as s:
+                user = s.get(User, user_id)
+                if user is not None and user.password_hash == stored:
+                    user.password_hash = new_hash
+
+        await asyncio.to_thread(upgrade)
+    return user_id
+
+
+def logged_in_from(s: DbSession, username: str, remote: str, since: dt.datetime) -> bool:
+    """True if `username` logged in from `remote` since `since` (the audit log's successful logins)."""
+    if not remote:
+        return False
+    q = select(AuditEntry.id).where(
+        AuditEntry.action == "login",
+        AuditEntry.target == f"user:{username}"[:200],
+        AuditEntry.remote == remote[:64],
+        AuditEntry.at >= since,
+    )
+    return s.scalars(q.limit(1)).first() is not None
