@@ -3,8 +3,10 @@ PostgreSQL when `CITYCAST_TEST_PG_URL` is set)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,10 +15,21 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from citycast.hub.auth.hashing import HashPool
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.db import Database, default_sqlite_url
 from citycast.hub.db.models import Alert, AuditEntry, Priority, SpeakerPin
-from citycast.ingest.pins import PinGate, PinGuard, PinStore, SpeakerGrant, hint_of, pin_problem
+from citycast.ingest.pins import (
+    Attempt,
+    PinGate,
+    PinGuard,
+    PinStore,
+    Refusal,
+    SpeakerGrant,
+    hint_of,
+    new_pin_problem,
+    pin_problem,
+)
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 PG_ENV = "CITYCAST_TEST_PG_URL"
@@ -211,3 +224,167 @@ async def test_gate_three_tries_per_call_then_block_per_source(database: Databas
     assert "used up its 3 PIN tries" in alerts[0].message and "refused for 15 min" in alerts[1].message
     assert [e["alert"]["kind"] for e in events] == ["pin_abuse", "pin_abuse"]
     assert [e["alert"]["id"] for e in events] == [a.id for a in alerts]
+
+
+# -- guessing in parallel and from many sources (issue 8 §3) ----------------------------------------------------------
+
+
+class InstrumentedStore(PinStore):
+    """The real store, watched: how many PIN checks run at once and at most (the hashing itself is untouched)."""
+
+    def __init__(self, database: Database, **kw: Any) -> None:
+        super().__init__(database, **kw)
+        self.running = 0
+        self.most_at_once = 0
+
+    async def match(self, pin: str, candidates: Any) -> Any:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return await super().match(pin, candidates)
+        finally:
+            self.running -= 1
+
+
+def _failures_audited(db: Database) -> int:
+    with db.session() as s:
+        return len(list(s.scalars(select(AuditEntry).where(AuditEntry.action == "pin.failure"))))
+
+
+async def test_fifty_parallel_attempts_from_one_source_check_one_at_a_time_and_five_in_all(database: Database) -> None:
+    """The attacker fires 50 wrong PINs at once from one address (50 calls, or 50 browser offers), then again and
+    again: one is checked at a time, the rest are refused at once, and no more than 5 are ever checked."""
+    add_pin(database, "482913")
+    store = InstrumentedStore(database)
+    guard = PinGuard()
+    source = "198.51.100.7"
+    outcomes: list[str] = []
+    for wave in range(8):
+        gates = [PinGate(store, guard, source) for _ in range(50)]
+        results = await asyncio.gather(
+            *(g.attempt(f"{i:04d}{wave}3", now_s=float(wave), now=NOW) for i, g in enumerate(gates))
+        )
+        outcomes += [r.outcome for r in results]
+        assert store.most_at_once <= 1, store.most_at_once
+    assert _failures_audited(database) <= 5  # every checked wrong PIN is audited: at most 5 were checked
+    assert store.hash_checks <= 5, store.hash_checks
+    assert outcomes.count("busy") >= 5 * 49 and "granted" not in outcomes
+    assert not guard.allowed(source, 8.0)  # the fifth failure blocked the source
+
+
+async def test_many_sources_guessing_one_pin_lock_it_and_raise_an_alert(database: Database) -> None:
+    """30 addresses each try one PIN ending like the real one (the guesser knows it ends in 13): after 10 wrong
+    guesses counted against it, the PIN is locked: the right PIN is refused like a wrong one, whoever types it,
+    one critical alert says so, and other PINs still work. An operator's unlock lets the speaker back in."""
+    pin_id = add_pin(database, "482913")
+    other_id = add_pin(database, "771155", label="Frere Hall")
+    events: list[dict[str, Any]] = []
+    store = PinStore(database, publish=events.append)
+    guard = PinGuard()
+    results = await asyncio.gather(
+        *(
+            PinGate(store, guard, f"203.0.113.{i}").attempt(f"{100000 + i:06d}"[:4] + "13", now_s=10.0, now=NOW)
+            for i in range(30)
+        )
+    )
+    assert all(r.outcome == "retry" for r in results)
+    assert guard.pin_locked_for(pin_id, 11.0) == pytest.approx(3600.0, abs=2)
+
+    right = await PinGate(store, guard, "192.0.2.200").attempt("482913", now_s=20.0, now=NOW)
+    assert right.outcome == "retry" and right.grant is None  # the same answer as a wrong PIN: no oracle
+    with database.session() as s:
+        assert s.get_one(SpeakerPin, pin_id).last_used_at is None
+        locked_use = list(s.scalars(select(AuditEntry).where(AuditEntry.action == "pin.locked_use")))
+        alerts = list(s.scalars(select(Alert).where(Alert.kind == "pin_abuse")))
+    assert [e.target for e in locked_use] == [f"pin:{pin_id}"]  # the operators see the real speaker trying
+    guessed = [a for a in alerts if "being guessed" in a.message]
+    assert len(guessed) == 1 and guessed[0].severity == "critical"
+    assert "Imam Saddar mosque" in guessed[0].message and "ending 13" in guessed[0].message
+    assert any("being guessed" in e["alert"]["message"] for e in events)
+
+    ok = await PinGate(store, guard, "192.0.2.201").attempt("771155", now_s=21.0, now=NOW)
+    assert ok.outcome == "granted" and ok.grant is not None and ok.grant.pin_id == other_id
+
+    assert guard.unlock_pin(pin_id)
+    back = await PinGate(store, guard, "192.0.2.202").attempt("482913", now_s=22.0, now=NOW)
+    assert back.outcome == "granted" and back.grant is not None and back.grant.pin_id == pin_id
+
+
+async def test_a_full_hash_pool_refuses_the_attempt_without_counting_it(database: Database) -> None:
+    add_pin(database, "482913")
+    pool = HashPool(workers=1, max_waiting=1)
+    release = threading.Event()
+    store = PinStore(database, pool=pool)
+    guard = PinGuard()
+    try:
+        hog = asyncio.ensure_future(pool.run(release.wait, 30))
+        await asyncio.sleep(0.05)
+        gate = PinGate(store, guard, "198.51.100.7")
+        result = await gate.attempt("482913", now_s=0.0, now=NOW)
+        assert result.outcome == "overloaded" and result.retry_after > 0
+        assert gate.tries == 0 and len(guard) == 0 and store.hash_checks == 0  # not a try, not a failure
+        release.set()
+        await hog
+        assert (await gate.attempt("482913", now_s=1.0, now=NOW)).outcome == "granted"
+    finally:
+        release.set()
+        pool.close()
+
+
+def test_guard_pin_lock_expires_and_persistent_guessing_locks_again() -> None:
+    guard = PinGuard()
+    t = 0.0
+    locks = []
+    for i in range(10):
+        a = guard.begin(f"10.0.0.{i}", t)
+        assert not isinstance(a, Refusal)
+        assert guard.charge(a, [7], t) == frozenset({7})  # within budget until the tenth is counted
+        locks += guard.fail(a, t).locked
+    assert [lk.pin_id for lk in locks] == [7] and locks[0].sources == 10
+    a = guard.begin("10.0.1.1", 1.0)
+    assert not isinstance(a, Refusal) and guard.charge(a, [7], 1.0) == frozenset()  # locked: not grantable
+    guard.succeed(a)  # even a right guess does not lift it
+    assert guard.pin_locked_for(7, 3599.0) > 0
+    assert guard.pin_locked_for(7, 3600.0) == 0
+    # Still guessed in the last ten minutes of the lock: locked again at its end, with a new alert.
+    for i in range(10):
+        a = guard.begin(f"10.0.2.{i}", 3300.0 + i)
+        assert not isinstance(a, Refusal)
+        guard.charge(a, [7], 3300.0 + i)
+        assert guard.fail(a, 3300.0 + i).locked == ()
+    a = guard.begin("10.0.3.1", 3601.0)
+    assert not isinstance(a, Refusal) and guard.charge(a, [7], 3601.0) == frozenset()
+    assert [lk.pin_id for lk in guard.fail(a, 3601.0).locked] == [7]
+    assert guard.pin_locked_for(7, 3602.0) == pytest.approx(3599.0)
+
+
+def test_guard_one_attempt_in_flight_per_source_and_counted_before_the_check() -> None:
+    guard = PinGuard(failures=2)
+    a = guard.begin("s", 0.0)
+    assert isinstance(a, Attempt)
+    assert guard.begin("s", 0.0) == Refusal("busy")  # refused at once, not queued
+    assert isinstance(guard.begin("other", 0.0), Attempt)
+    guard.succeed(a)  # right: it never counted
+    assert len(guard) == 1  # only "other", still in flight
+    a = guard.begin("s", 1.0)
+    assert isinstance(a, Attempt)
+    assert not guard.fail(a, 1.0).source_blocked
+    a = guard.begin("s", 2.0)
+    assert isinstance(a, Attempt)
+    assert guard.fail(a, 2.0).source_blocked
+    refused = guard.begin("s", 3.0)
+    assert isinstance(refused, Refusal) and refused.reason == "blocked" and refused.wait == pytest.approx(899.0)
+
+
+def test_new_pins_need_six_digits_old_short_ones_still_verify() -> None:
+    assert new_pin_problem("12345") is not None and "6 to 12 digits" in (new_pin_problem("12345") or "")
+    assert new_pin_problem("123456") is None
+    assert pin_problem("1234") is None  # a row made before the rule still works when typed
+
+
+async def test_a_short_pin_still_works_and_is_flagged_weak(database: Database) -> None:
+    pin_id = add_pin(database, "7391")
+    store = PinStore(database)
+    result = await PinGate(store, PinGuard(), "198.51.100.7").attempt("7391", now_s=0.0, now=NOW)
+    assert result.outcome == "granted" and result.grant is not None and result.grant.weak
+    assert store.weak_ids() == {pin_id}

@@ -529,6 +529,8 @@ class PinGuard:
             entry.in_flight = False
             with contextlib.suppress(ValueError):  # already aged out of the window
                 entry.failures.remove(attempt.at)
+            if not entry.failures and entry.blocked_until <= attempt.at:
+                del self._sources[attempt.source]  # nothing left to remember
         for pin_id in attempt.pin_ids:
             row = self._rows.get(pin_id)
             if row is not None:
