@@ -55,7 +55,7 @@ from citycast.ingest.rtp.rtcp import (
 )
 from citycast.ingest.rtp.srtp import SrtpContext, SrtpError, answer_crypto
 from citycast.ingest.sip.dialog import Dialog, DialogError
-from citycast.ingest.sip.message import response_for
+from citycast.ingest.sip.message import SipMessage, response_for
 from citycast.ingest.sip.sdp import Negotiated, SdpError, build_answer, negotiate, parse_sdp
 from citycast.ingest.sip.transaction import ServerTransaction, new_tag
 from citycast.ingest.sip.transport import Flow, SipTransport
@@ -126,6 +126,8 @@ class CallHost(Protocol):
     def subjects(self) -> Any: ...
 
     def pin_gate(self, source: str) -> PinGate: ...
+
+    def caller_source(self, invite: SipMessage, flow: Flow) -> str: ...
 
     def source_blocked(self, source: str) -> bool: ...
 
@@ -423,7 +425,7 @@ class Call:
         self.local_tag = new_tag()
         self.state = CallState.ringing
         self.from_uri = self.invite.from_.uri
-        self.source = flow.remote[0]
+        self.source = host.caller_source(self.invite, flow)  # the trunk's caller, not the trunk, if trusted
         self.dialog: Dialog | None = None
         self.media: _Media | None = None
         self.address_id: int | None = None
@@ -564,6 +566,18 @@ class Call:
             if result.outcome == "granted":
                 grant = result.grant
                 break
+            if result.outcome in ("busy", "overloaded"):
+                # Not checked (another call from this source is being checked, or no worker is free): not a
+                # try, but bounded like silence so a caller cannot loop here forever.
+                idle += 1
+                log.info("call %s (%s): PIN not checked (%s)", self.call_id, self.source, result.outcome)
+                if idle >= IDLE_PROMPTS:
+                    self.end_reason = f"PIN not checked ({result.outcome})"
+                    await self._say_and_hang_up("too_many")
+                    return
+                back.clear()
+                back.play(self.host.prompts.get("welcome"))
+                continue
             self.failed_pins += 1
             log.warning("call %s from %s (%s): wrong PIN (%s, %d tries left)", self.call_id, self.from_uri,
                         self.source, result.outcome, result.tries_left)  # fmt: skip

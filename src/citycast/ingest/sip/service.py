@@ -27,6 +27,7 @@ from citycast.ingest.pins import PinGate, PinGuard, PinStore
 from citycast.ingest.prompts import Prompts
 from citycast.ingest.rtp.latch import DROP_REASONS, IpNetwork
 from citycast.ingest.sip.call import ACCEPT, ALLOW, Call
+from citycast.ingest.sip.identity import caller_source, parse_trunks
 from citycast.ingest.sip.message import SipMessage, response_for
 from citycast.ingest.sip.register import RegisterConfig, Registration
 from citycast.ingest.sip.transaction import (
@@ -66,6 +67,7 @@ class Telephone:
         t1: float = 0.5,
         register: RegisterConfig | None = None,
         trusted_media: Sequence[IpNetwork] = (),
+        trusted_trunks: Sequence[str] = (),
     ) -> None:
         lo, hi = rtp_ports
         if not 1024 <= lo < hi <= 65535:
@@ -75,7 +77,9 @@ class Telephone:
         self.rtp_ports = (lo + lo % 2, hi)
         self.ring_s = ring_s
         self.prompts = prompts or Prompts()
-        self.guard = guard or PinGuard()
+        self.guard = guard if guard is not None else PinGuard()  # an empty guard is falsy (it has a len)
+        # Trunks whose calls are told apart by caller identity for the PIN limits (see sip.identity).
+        self.trusted_trunks = parse_trunks(trusted_trunks)
         self.max_calls = max_calls
         # Trunk ranges (signalling and media) whose SDP c= may name another address than the signalling peer.
         self.trusted_media = tuple(trusted_media)
@@ -117,6 +121,10 @@ class Telephone:
     def pin_gate(self, source: str) -> PinGate:
         assert self.pins is not None
         return PinGate(self.pins, self.guard, source)
+
+    def caller_source(self, invite: SipMessage, flow: Flow) -> str:
+        """What the PIN guard counts a call under: the signalling IP, or the caller's identity via a trusted trunk."""
+        return caller_source(invite, flow.remote[0], self.trusted_trunks)
 
     def source_blocked(self, source: str) -> bool:
         return not self.guard.allowed(source, time.monotonic())
