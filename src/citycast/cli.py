@@ -112,6 +112,13 @@ def serve(
     ] = None,
     sip_auth_user: Annotated[str | None, typer.Option(help="Digest user name, if not USER.")] = None,
     sip_registrar: Annotated[str | None, typer.Option(help="Registrar/outbound proxy HOST[:PORT].")] = None,
+    sip_trusted_trunk: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A SIP trunk (IP or CIDR) whose callers are told apart by P-Asserted-Identity/From for the PIN "
+            "limits, instead of all sharing the trunk's address; repeatable. Other peers' identities are ignored."
+        ),
+    ] = None,
     prefix: PrefixOpt = "citycast",
     duration: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
@@ -205,6 +212,11 @@ def serve(
             register = RegisterConfig(sip_register, password, username=sip_auth_user, registrar=sip_registrar)
         except ValueError as e:
             fail(str(e))
+    for trunk in sip_trusted_trunk or []:
+        try:
+            ipaddress.ip_network(trunk, strict=False)
+        except ValueError:
+            fail(f"--sip-trusted-trunk wants an IP address or CIDR, got {trunk!r}")
     for proxy in trusted_proxy or []:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -218,6 +230,7 @@ def serve(
         sip=sip_addr,
         rtp_ports=(int(low), int(high)),
         sip_register=register,
+        sip_trusted_trunks=sip_trusted_trunk or [],
         db_url=db,
         http_host=http_host,
         http_port=int(http_port),

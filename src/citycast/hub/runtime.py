@@ -81,6 +81,8 @@ class HubOptions:
     sip: tuple[str, int] | None = None  # the telephone's SIP address (UDP and TCP)
     rtp_ports: tuple[int, int] = (20000, 20999)
     sip_register: RegisterConfig | None = None  # register with a SIP trunk (a PSTN number routed to us)
+    # SIP trunks (IP or CIDR) whose callers are told apart by identity (P-Asserted-Identity/From) for PIN limits.
+    sip_trusted_trunks: list[str] = field(default_factory=list)
 
 
 class ServeError(RuntimeError):
@@ -249,6 +251,7 @@ class Hub:
                 self.opts.rtp_ports,
                 guard=self.pin_guard,
                 register=self.opts.sip_register,
+                trusted_trunks=self.opts.sip_trusted_trunks,
             )
             await self.telephone.start()
             self.context.sip_counters = self.telephone.transport.counters
@@ -256,6 +259,7 @@ class Hub:
         app = create_app(self.context)
         self.golive = GoLive(self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard)
         app.state.golive = self.golive
+        app.state.pin_guard = self.pin_guard  # the PINs page unlocks what the telephone and go-live count
         config = uvicorn.Config(
             app,
             host=self.opts.http_host,
