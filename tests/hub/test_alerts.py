@@ -127,3 +127,17 @@ def test_a_failed_audio_output_is_critical_and_clears_when_it_works() -> None:
     assert ("raise", "offline", "warning") in rig.log and ("clear", "sink_failed", "critical") not in rig.log
     rig.report(21)
     assert rig.log[-2:] == [("clear", "offline", "warning"), ("clear", "sink_failed", "critical")]
+
+
+def test_a_refused_clock_step_is_critical_and_clears_when_the_clock_agrees() -> None:
+    rig = Rig()
+    rig.report(0)
+    rig.report(1, clock_step_refused_ms=-3_600_000.0, clock_steps_refused=1)
+    rig.report(2, clock_step_refused_ms=-3_600_012.5, clock_steps_refused=1)
+    assert rig.log == [("raise", "clock_step_refused", "critical")]
+    assert "clock step of -3600.000 s" in rig.rules.open_alerts()[0].message
+    assert rig.fleet.view("site-1")["clock_step_refused_ms"] == -3_600_012.5
+    rig.report(3, clock_steps_refused=1)
+    assert rig.log[-1] == ("clear", "clock_step_refused", "critical")
+    rig.report(4, clock_step_refused_ms="a lot")  # a site's bug: shown as nothing, never a crash
+    assert rig.fleet.view("site-1")["clock_step_refused_ms"] is None

@@ -11,6 +11,9 @@ that keeps misbehaving is one alert, not one a second:
 - `sync_error` (warning): estimated sync error above 5 ms; cleared below 4 ms (hysteresis: no flapping at 5).
 - `sink_failed` (critical): the site runs but its audio output failed (it retries by itself); the loudspeaker
   is silent. Cleared when the site reports its output working again.
+- `clock_step_refused` (critical): the site refuses to step its broadcast clock as its time responder says
+  (beyond 1 s, see `citycast.clock.estimator.StepGuard`): the responder or the path to it lies (a replay of old
+  audio needs exactly that), or the hub's clock was set. Cleared when the site's estimate agrees again.
 - `rejected_frames` (critical): frames refused as malformed, untrusted, badly signed, replayed or oversized went
   up: someone is putting foreign or tampered audio on the bus. Cleared after 60 s without a new one.
 
@@ -28,7 +31,7 @@ QUIET_CLEAR_NS = 60_000_000_000
 SYNC_ALERT_MS = 5.0
 SYNC_CLEAR_MS = 4.0
 
-KINDS = ("offline", "underruns", "sync_error", "sink_failed", "rejected_frames")
+KINDS = ("offline", "underruns", "sync_error", "sink_failed", "clock_step_refused", "rejected_frames")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,22 @@ class AlertRules:
                 self._raise(st, out, name, "sink_failed", "critical", f"audio output failed: {sink_error}", now_ns)
             else:
                 self._clear(st, out, name, "sink_failed", "audio output working again", now_ns)
+
+        # a clock step refused (an offline site keeps its last word)
+        step = view.get("clock_step_refused_ms")
+        if state != "offline":
+            if isinstance(step, int | float) and step:
+                self._raise(
+                    st,
+                    out,
+                    name,
+                    "clock_step_refused",
+                    "critical",
+                    f"refuses a clock step of {step / 1000:+.3f} s: its time responder may be lying",
+                    now_ns,
+                )
+            else:
+                self._clear(st, out, name, "clock_step_refused", "clock agrees again", now_ns)
 
         # forged or foreign frames
         forged = view.get("forged")

@@ -206,6 +206,9 @@ class FleetState:
             "volume": _num(t.volume, 2),
             "muted": t.muted,
             "sink_error": t.sink_error[:200] if t.sink_error else None,
+            "clock_step_refused_ms": (
+                _num(float(t.clock_step_refused_ms), 1) if isinstance(t.clock_step_refused_ms, int | float) else None
+            ),
             "last_seen_s": None,
         }
         old_view = site.view

@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from citycast.bus.connection import connect
 from citycast.bus.desired import DesiredState
 from citycast.bus.subjects import Subjects
-from citycast.clock.estimator import ClockEstimator
+from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.service import ClockSync
 from citycast.media.codec import OpusDecoder
@@ -40,9 +40,21 @@ from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+# How old a frame may be against the site's own idea of now beyond its playout delay (the freshness bound
+# `is_fresh` also applies): 1 s, as the freshness check allows.
+REPLAY_HORIZON_NS = 1_000_000_000
 SINK_HEALTHY_AFTER_S = 2.0  # a sink that runs this long is working again
 SINK_RETRY_FIRST_S = 1.0
 SINK_RETRY_MAX_S = 30.0
+
+
+def raw_monotonic_ns() -> int:
+    """The oscillator itself: unlike CLOCK_MONOTONIC, CLOCK_MONOTONIC_RAW is not slewed by NTP, so whoever can
+    lie to the site's time daemon cannot bend it either."""
+    try:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic_ns()
 
 
 @dataclass
@@ -119,6 +131,10 @@ class SiteAgent:
             fallback_after_ns=config.fallback_after_ns,
         )
         self.estimator = ClockEstimator()
+        # The site's own monotonic idea of broadcast time: a synced site refuses an estimate that jumps (a
+        # hostile responder's step), and frames older than this idea by more than the replay horizon never play.
+        self.guard = StepGuard()
+        self.monotonic = raw_monotonic_ns
         self.timer = StageTimer()
         self.rejected: Counter[str] = Counter()
         self.frames = 0
@@ -140,22 +156,44 @@ class SiteAgent:
         self.talkback: TalkbackSender | None = None
 
     # -- clock ---------------------------------------------------------------------------------------------
-    def broadcast_now(self) -> int | None:
+    def _estimate(self, local_ns: int) -> int | None:
         if self.config.clock_mode == "system":
-            return self.clock.now_ns()
+            return local_ns
         if not self.estimator.synced:
             return None
-        return self.estimator.to_broadcast(self.clock.now_ns())
+        return self.estimator.to_broadcast(local_ns)
+
+    def broadcast_now(self) -> int | None:
+        """The broadcast time now: the estimate, unless the step guard refuses it (then its own idea)."""
+        est = self._estimate(self.clock.now_ns())
+        if est is None:
+            return None
+        mono = self.monotonic()
+        return est if self.guard.check(mono, est) else self.guard.now(mono)
 
     def _clock_map(self) -> ClockMap | None:
+        ref = self.clock.now_ns()
+        mono = self.monotonic()
+        bt = self._estimate(ref)
+        if bt is None:
+            return None
+        if not self.guard.check(mono, bt):
+            # fly on the monotonic clock: the local clock's rate against it is 1 to within the oscillator's
+            # tolerance, which the resampler follows
+            own = self.guard.now(mono)
+            return ClockMap(ref, own, 1.0) if own is not None else None
         if self.config.clock_mode == "system":
             return ClockMap(0, 0, 1.0)
-        if not self.estimator.synced:
-            return None
-        ref = self.clock.now_ns()
-        bt = self.estimator.to_broadcast(ref)
         bt_later = self.estimator.to_broadcast(ref + 1_000_000_000)
         return ClockMap(ref, bt, (bt_later - bt) / 1e9)
+
+    def horizon_floor(self) -> int | None:
+        """Frames ending before this broadcast time are too old by the site's monotonic clock, whatever the
+        estimate: the guard's own idea of now, less the replay horizon and everything the guard allows for."""
+        own = self.guard.now(mono := self.monotonic())
+        if own is None:
+            return None
+        return own - self.config.delay_ns - REPLAY_HORIZON_NS - self.guard.tolerance(mono)
 
     async def _follow_clock(self) -> None:
         # The estimator moves once per exchange; the engine slews to each new line, so polling is enough.
@@ -189,9 +227,13 @@ class SiteAgent:
             if not is_fresh(
                 frame,
                 now,
-                max_age_ns=self.config.delay_ns + 1_000_000_000,
+                max_age_ns=self.config.delay_ns + REPLAY_HORIZON_NS,
                 max_future_ns=self.config.max_future_ns,
             ):
+                self.rejected["stale"] += 1
+                return
+            floor = self.horizon_floor()
+            if floor is not None and frame.end_ns <= floor:
                 self.rejected["stale"] += 1
                 return
             if not self.replay.check_and_mark(frame.stream, frame.seq):
@@ -270,6 +312,8 @@ class SiteAgent:
             volume=self.desired.volume if self.desired else 1.0,
             muted=self.desired.muted if self.desired else False,
             sink_error=self.sink_error,
+            clock_step_refused_ms=(step / 1e6) if (step := self.guard.reported_step_ns(self.monotonic())) else None,
+            clock_steps_refused=self.guard.refused_steps,
         )
 
     async def _report(self) -> None:

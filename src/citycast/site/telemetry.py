@@ -36,6 +36,10 @@ class Telemetry:
     muted: bool = False
     # Why the loudspeaker is silent though the agent runs: the audio output failed and is being retried.
     sink_error: str | None = None
+    # A clock step the site refuses (estimate minus its own monotonic idea of broadcast time, ms), while it lasts:
+    # its time responder or the path to it answers a time far from what the site has been keeping.
+    clock_step_refused_ms: float | None = None
+    clock_steps_refused: int = 0  # refusal episodes since start
     v: int = TELEMETRY_VERSION
 
     def to_json(self) -> bytes:
