@@ -6,6 +6,7 @@ sans-IO buffer that sits between the browser's clock and the broadcast clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -302,3 +303,80 @@ def test_buffer_primes_conceals_and_trims() -> None:
         audio.push(ramp)
     assert audio.buffered <= 15 * FRAME_SAMPLES and audio.dropped > 0
     assert audio.fresh(0.5) and not audio.fresh(5.0)
+
+
+# -- guessing PINs through the real HTTP API (issue 8 §3) ---------------------------------------------------------
+@contextlib.asynccontextmanager
+async def _logged_in(hub: Hub, username: str, password: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=hub.http_url, timeout=60) as api:
+        r = await api.post("/api/login", json={"username": username, "password": password})
+        assert r.status_code == 200, r.text
+        api.headers["Authorization"] = f"Bearer {r.json()['token']}"
+        yield api
+
+
+def _speaker(hub: Hub) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    return _logged_in(hub, "imam", "speak-up-123")
+
+
+def _admin(hub: Hub) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    assert hub.admin_password
+    return _logged_in(hub, "admin", hub.admin_password)
+
+
+async def test_twenty_parallel_offers_from_one_address_check_at_most_five_pins(setup: Setup) -> None:
+    """A logged-in speaker's browser (or a script with its token) fires 20 go-live offers with wrong PINs at once,
+    three times: one PIN is checked at a time per address, the others get 429 at once, and no more than 5 are ever
+    checked (counted as Argon2 verifications, and as 403 answers, which only a checked PIN gets)."""
+    hub = setup.hub
+    assert hub.golive is not None
+    before = hub.golive.pins.hash_checks
+    statuses: list[int] = []
+    async with _speaker(hub) as api:
+        for wave in range(3):
+            replies = await asyncio.gather(
+                *(api.post("/api/golive/offer", json={"sdp": "v=0\r\n", "pin": f"{i:04d}{wave}5"}) for i in range(20))
+            )
+            statuses += [r.status_code for r in replies]
+    assert set(statuses) <= {403, 429}, statuses
+    assert statuses.count(403) <= 5, statuses
+    assert hub.golive.pins.hash_checks - before <= 5
+    assert not hub.pin_guard.allowed("127.0.0.1", time.monotonic()) or statuses.count(403) < 5
+
+
+async def test_many_addresses_guessing_one_pin_lock_it_alert_and_an_operator_unlocks(setup: Setup) -> None:
+    """Guesses of the PIN's last two digits from 12 addresses (X-Forwarded-For from the trusted local proxy):
+    the PIN locks, the right PIN is refused like a wrong one, the console's alerts and PIN list show it, and an
+    operator's unlock lets the speaker go live."""
+    hub = setup.hub
+    async with _speaker(hub) as api, _admin(hub) as admin:
+        replies = await asyncio.gather(
+            *(
+                api.post(
+                    "/api/golive/offer",
+                    json={"sdp": "v=0\r\n", "pin": f"{900000 + i:06d}"[:4] + PIN[-2:]},
+                    headers={"X-Forwarded-For": f"198.51.100.{i + 1}"},
+                )
+                for i in range(12)
+            )
+        )
+        assert [r.status_code for r in replies] == [403] * 12
+        client = await _client_offer()
+        try:
+            sdp = client.localDescription.sdp
+            r = await api.post("/api/golive/offer", json={"sdp": sdp, "pin": PIN},
+                               headers={"X-Forwarded-For": "192.0.2.50"})  # fmt: skip
+            assert r.status_code == 403 and "locked" in r.json()["detail"]  # the same words as any wrong PIN
+            alerts = (await admin.get("/api/alerts")).json()
+            guessed = [a for a in alerts if a["kind"] == "pin_abuse" and "being guessed" in a["message"]]
+            assert len(guessed) == 1 and "Imam, Saddar" in guessed[0]["message"], alerts
+            listed = (await admin.get("/api/pins")).json()
+            assert listed[0]["locked_until"] is not None and listed[0]["recent_failures"] >= 1  # counted in the lock
+            r = await admin.post(f"/api/pins/{listed[0]['id']}/unlock")
+            assert r.status_code == 200 and r.json()["locked_until"] is None
+            r = await api.post("/api/golive/offer", json={"sdp": sdp, "pin": PIN},
+                               headers={"X-Forwarded-For": "192.0.2.51"})  # fmt: skip
+            assert r.status_code == 200, r.text
+            assert (await api.post("/api/golive/stop")).json()["stopped"] is True
+        finally:
+            await client.close()
