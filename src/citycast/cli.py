@@ -112,6 +112,14 @@ def serve(
     ] = None,
     sip_auth_user: Annotated[str | None, typer.Option(help="Digest user name, if not USER.")] = None,
     sip_registrar: Annotated[str | None, typer.Option(help="Registrar/outbound proxy HOST[:PORT].")] = None,
+    sip_trusted_media: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A SIP trunk's range (IP or CIDR) holding its signalling and media addresses: a call signalled "
+            "from it may take and get media at an SDP c= inside it; repeatable. Otherwise media only from the "
+            "signalling peer's IP."
+        ),
+    ] = None,
     sip_trusted_trunk: Annotated[
         list[str] | None,
         typer.Option(
@@ -217,6 +225,11 @@ def serve(
             ipaddress.ip_network(trunk, strict=False)
         except ValueError:
             fail(f"--sip-trusted-trunk wants an IP address or CIDR, got {trunk!r}")
+    for media_range in sip_trusted_media or []:
+        try:
+            ipaddress.ip_network(media_range, strict=False)
+        except ValueError:
+            fail(f"--sip-trusted-media wants an IP address or CIDR, got {media_range!r}")
     for proxy in trusted_proxy or []:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -230,6 +243,7 @@ def serve(
         sip=sip_addr,
         rtp_ports=(int(low), int(high)),
         sip_register=register,
+        sip_trusted_media=sip_trusted_media or [],
         sip_trusted_trunks=sip_trusted_trunk or [],
         db_url=db,
         http_host=http_host,

@@ -81,6 +81,8 @@ class HubOptions:
     sip: tuple[str, int] | None = None  # the telephone's SIP address (UDP and TCP)
     rtp_ports: tuple[int, int] = (20000, 20999)
     sip_register: RegisterConfig | None = None  # register with a SIP trunk (a PSTN number routed to us)
+    # Trunk ranges (IP or CIDR) whose calls' SDP c= may name a media address other than the signalling peer.
+    sip_trusted_media: list[str] = field(default_factory=list)
     # SIP trunks (IP or CIDR) whose callers are told apart by identity (P-Asserted-Identity/From) for PIN limits.
     sip_trusted_trunks: list[str] = field(default_factory=list)
 
@@ -251,10 +253,11 @@ class Hub:
                 self.opts.rtp_ports,
                 guard=self.pin_guard,
                 register=self.opts.sip_register,
+                trusted_media=self.opts.sip_trusted_media,
                 trusted_trunks=self.opts.sip_trusted_trunks,
             )
             await self.telephone.start()
-            self.context.sip_counters = self.telephone.transport.counters
+            self.context.sip_counters = self.telephone.counters
             self.context.telephone_status = self.telephone.status
         app = create_app(self.context)
         self.golive = GoLive(self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard)

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from citycast.hub.db.models import Site
 from citycast.ingest.pins import PinGate, PinGuard, PinStore
 from citycast.ingest.prompts import Prompts
-from citycast.ingest.rtp.latch import DROP_REASONS, IpNetwork
+from citycast.ingest.rtp.latch import DROP_REASONS, IpNetwork, parse_networks
 from citycast.ingest.sip.call import ACCEPT, ALLOW, Call
 from citycast.ingest.sip.identity import caller_source, parse_trunks
 from citycast.ingest.sip.message import SipMessage, response_for
@@ -66,7 +66,7 @@ class Telephone:
         max_calls: int = MAX_CALLS,
         t1: float = 0.5,
         register: RegisterConfig | None = None,
-        trusted_media: Sequence[IpNetwork] = (),
+        trusted_media: Sequence[str | IpNetwork] = (),
         trusted_trunks: Sequence[str] = (),
     ) -> None:
         lo, hi = rtp_ports
@@ -82,7 +82,7 @@ class Telephone:
         self.trusted_trunks = parse_trunks(trusted_trunks)
         self.max_calls = max_calls
         # Trunk ranges (signalling and media) whose SDP c= may name another address than the signalling peer.
-        self.trusted_media = tuple(trusted_media)
+        self.trusted_media = parse_networks(str(n) for n in trusted_media)
         self.rtp_dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.transport = SipTransport(host, port, self, t1=t1)
         self.calls: dict[str, Call] = {}
