@@ -356,3 +356,77 @@ def test_site_permissions_are_narrow() -> None:
     assert not any(p.endswith(">") for p in perms.pub)
     assert not any(p.startswith("$JS.") for p in perms.pub)  # no JetStream: the hub hands desired state out
     assert "citycast.desired-get.s1" in perms.pub and "citycast.desired.s1" in perms.sub
+
+
+async def test_a_site_jwt_expires_the_server_drops_the_connection_and_refuses_it(
+    server: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
+) -> None:
+    authority.site_jwt_lifetime_s = 2
+    creds, _ = site_creds(authority, "s1", tmp_path)
+    claims = jwt.decode(jwt.load_creds(creds).jwt)
+    assert claims["exp"] - claims["iat"] == 2
+    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    await site.nc.publish("citycast.telemetry.s1", b"{}")
+    await site.nc.flush(timeout=3)
+    async with asyncio.timeout(10):  # the server closes it at the second the JWT expires
+        await site.closed.wait()
+    assert "expired" in str(site.nc.last_error).lower(), site.nc.last_error
+    # the server drops the connection at `exp` but judges a new one by whole seconds (valid while now <= exp)
+    await asyncio.sleep(max(0.0, claims["exp"] + 1.05 - time.time()))
+    with pytest.raises(Exception, match=r"(?i)authorization|expired"):
+        await connect(server.url, creds, site_inbox_prefix("s1"))
+
+
+async def test_a_site_is_held_to_its_payload_and_subscription_limits(
+    server: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
+) -> None:
+    creds, _ = site_creds(authority, "s1", tmp_path)
+    limits = jwt.decode(jwt.load_creds(creds).jwt)["nats"]
+    assert (limits["payload"], limits["subs"]) == (8192, 16)
+    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    # as many subscriptions as it needs, and more, but not without bound
+    for channel in range(1, 17):
+        await site.nc.subscribe(SUBJECTS.audio(channel))
+    await site.nc.flush(timeout=3)
+    assert not site.errors
+    # a telemetry report of 8 KB passes
+    await site.nc.publish("citycast.telemetry.s1", b"x" * 8192)
+    await site.nc.flush(timeout=3)
+    assert site.nc.is_connected
+    # the server refuses a 17th subscription (nats-py then gives the connection up)
+    await site.nc.subscribe(SUBJECTS.audio(17))
+    async with asyncio.timeout(5):
+        await site.closed.wait()
+    assert "maximum subscriptions" in str(site.nc.last_error).lower(), site.nc.last_error
+    # one byte over the payload limit and the server closes the connection
+    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    await site.nc.publish("citycast.telemetry.s1", b"x" * 8193)
+    async with asyncio.timeout(5):
+        await site.closed.wait()
+    assert "maximum payload" in str(site.nc.last_error).lower(), site.nc.last_error
+
+
+async def test_the_data_limit_of_a_user_jwt_is_not_enforced(
+    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+) -> None:
+    """Measured, not assumed: nats-server reads `payload` and `subs` from a user JWT but meters no bytes per
+    user, so `data` gives no data-rate limit (that is why site JWTs leave it at -1)."""
+    seed = jwt.new_seed(KeyKind.USER)
+    token = jwt.user_jwt(authority.account_seed, jwt.public_key(seed), "site:s1", site_permissions("s1", SUBJECTS),
+                         limits=jwt.UserLimits(data=1000))  # fmt: skip
+    path = tmp_path / "s1.creds"
+    jwt.write_private(path, jwt.creds_text(token, seed))
+    got: list[int] = []
+
+    async def count(msg: Msg) -> None:
+        got.append(len(msg.data))
+
+    await hub.nc.subscribe("citycast.telemetry.s1", cb=count)
+    await hub.nc.flush()
+    site = await connect(server.url, path, site_inbox_prefix("s1"))
+    for _ in range(100):
+        await site.nc.publish("citycast.telemetry.s1", b"x" * 1000)
+    await site.nc.flush(timeout=3)
+    assert await wait_for(lambda: sum(got) == 100_000)
+    assert site.nc.is_connected and not site.errors
+    await site.nc.close()

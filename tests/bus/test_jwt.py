@@ -133,3 +133,14 @@ def test_broken_creds_files_say_what_is_wrong(tmp_path: Path) -> None:
     account_seed = jwt.new_seed(KeyKind.ACCOUNT)
     with pytest.raises(JwtError, match="not a user seed"):
         jwt.parse_creds(jwt.creds_text("a.b.c", account_seed))
+
+
+def test_user_jwt_carries_limits_and_expiry() -> None:
+    account = jwt.new_seed(KeyKind.ACCOUNT)
+    user = jwt.public_key(jwt.new_seed(KeyKind.USER))
+    claims = jwt.decode(jwt.user_jwt(account, user, "u", limits=jwt.UserLimits(subs=3, payload=100), expires=2000,
+                                     iat=1000))  # fmt: skip
+    assert (claims["iat"], claims["exp"]) == (1000, 2000)
+    assert (claims["nats"]["subs"], claims["nats"]["payload"], claims["nats"]["data"]) == (3, 100, -1)
+    unlimited = jwt.decode(jwt.user_jwt(account, user, "u"))
+    assert "exp" not in unlimited and unlimited["nats"]["payload"] == -1

@@ -25,7 +25,7 @@ from pathlib import Path
 import nats
 
 from citycast.bus import jwt
-from citycast.bus.jwt import KeyKind, Permissions
+from citycast.bus.jwt import KeyKind, Permissions, UserLimits
 from citycast.bus.server import EmbeddedNats, LeafRemote
 from citycast.bus.subjects import Subjects, time_request
 from citycast.bus.tls import TlsError, client_context, creds_context, creds_with_ca
@@ -40,6 +40,13 @@ CITY_TIME_INBOX_PREFIX = "_INBOX_citytime"
 CITY_BUNDLE_VERSION = 1
 HUB_CA_FILE = "hub-ca.pem"  # the hub's TLS CA, when its NATS runs TLS: carried in every creds file we write
 SITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A site's user JWT expires (a lost box's creds stop working by themselves) and is renewed over the bus
+# (citycast.hub.credentials) at half its life, so a site off the bus for up to half of it still renews in time.
+SITE_JWT_LIFETIME_S = 30 * 24 * 3600
+# What a site needs, with room: its biggest message is a talkback frame (≤ 5208 bytes) or telemetry (≈ 1 KB);
+# its subscriptions are audio, commands, desired state and nats-py's reply inbox (two of audio while a channel
+# changes). `data` stays -1: nats-server does not meter bytes per user (see jwt.UserLimits).
+SITE_LIMITS = UserLimits(subs=16, data=-1, payload=8192)
 
 
 class AuthorityError(RuntimeError):
@@ -74,6 +81,7 @@ def site_permissions(site: str, subjects: Subjects) -> Permissions:
             time_request(subjects.time(), site),
             time_request(f"{subjects.time()}.*", site),
             subjects.desired_get(site),
+            subjects.creds_renew(site),
         ),
         sub=(
             f"{subjects.prefix}.audio.*",
@@ -114,6 +122,7 @@ def leaf_permissions(subjects: Subjects) -> Permissions:
             subjects.time(),
             subjects.time_site_all(),
             subjects.desired_get_all(),
+            subjects.creds_renew_all(),
         ),
         sub=(
             f"{subjects.prefix}.audio.*",
@@ -146,6 +155,7 @@ class NatsAuthority:
     system_seed: str
     account_seed: str
     revocations: dict[str, int]
+    site_jwt_lifetime_s: int = SITE_JWT_LIFETIME_S
 
     # -- persistence ------------------------------------------------------------------------------------------
     @classmethod
@@ -305,14 +315,26 @@ class NatsAuthority:
         return bundle
 
     # -- users --------------------------------------------------------------------------------------------------
-    def mint_site_jwt(self, site: str, nkey_public: str, subjects: Subjects | None = None) -> str:
-        """A user JWT for the site's own key (the site keeps its seed). Raises ValueError on a bad name or key."""
+    def mint_site_jwt(
+        self, site: str, nkey_public: str, subjects: Subjects | None = None, *, now: int | None = None
+    ) -> str:
+        """A user JWT for the site's own key (the site keeps its seed), with the site's limits, expiring
+        `site_jwt_lifetime_s` after `now` (seconds). Raises ValueError on a bad name or key, or a revoked key."""
         subjects = subjects or self.subjects
         check_site_name(site)
         jwt.decode_public_key(nkey_public, KeyKind.USER)
         if nkey_public in self.revocations:
             raise ValueError(f"nkey {nkey_public[:8]}… was revoked: the site must enrol with a new key")
-        return jwt.user_jwt(self.account_seed, nkey_public, f"site:{site}", site_permissions(site, subjects))
+        iat = int(time.time()) if now is None else now
+        return jwt.user_jwt(
+            self.account_seed,
+            nkey_public,
+            f"site:{site}",
+            site_permissions(site, subjects),
+            limits=SITE_LIMITS,
+            expires=iat + self.site_jwt_lifetime_s,
+            iat=iat,
+        )
 
     async def revoke(self, nkey_public: str, nats_url: str, *, timeout: float = 5.0) -> None:
         """Revoke a user key now and for good: persisted first, then pushed to the running server."""

@@ -109,8 +109,17 @@ def _claims_id(claims: dict[str, Any]) -> str:
     return base64.b32encode(hashlib.new("sha512_256", body).digest()).rstrip(b"=").decode()
 
 
-def encode(issuer_seed: str, subject: str, name: str, nats: dict[str, Any], *, iat: int | None = None) -> str:
-    """Sign a claim set with the issuer's seed."""
+def encode(
+    issuer_seed: str,
+    subject: str,
+    name: str,
+    nats: dict[str, Any],
+    *,
+    iat: int | None = None,
+    exp: int | None = None,
+) -> str:
+    """Sign a claim set with the issuer's seed. `exp` (seconds): nats-server refuses the JWT from then on and
+    closes a connection made with it at that second."""
     claims: dict[str, Any] = {
         "iat": int(time.time()) if iat is None else iat,
         "iss": public_key(issuer_seed),
@@ -118,6 +127,8 @@ def encode(issuer_seed: str, subject: str, name: str, nats: dict[str, Any], *, i
         "sub": subject,
         "nats": nats,
     }
+    if exp is not None:
+        claims["exp"] = exp
     claims["jti"] = _claims_id(claims)
     head = _b64(json.dumps(HEADER, separators=(",", ":")).encode())
     body = _b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -210,17 +221,42 @@ class Permissions:
     responses: bool = False
 
 
-def user_jwt(account_seed: str, user_public: str, name: str, permissions: Permissions | None = None) -> str:
-    """A user of the account; `permissions` None means everything within the account."""
+@dataclass(frozen=True)
+class UserLimits:
+    """Per-connection limits in a user JWT (-1: none). nats-server applies `payload` (a bigger PUB is a
+    "Maximum Payload Violation" and the connection is closed) and `subs` (one more SUB is refused with
+    "Maximum Subscriptions Exceeded"), the lower of the user's, the account's and the server's own. `data` (bytes)
+    is carried in the schema but nats-server does not meter it per user (v2.15.1: only `payload` and `subs` are read
+    from a user JWT, `client.applyAccountLimits`), so no data-rate limit exists per user; measured in
+    tests/bus/test_jwt.py."""
+
+    subs: int = -1
+    data: int = -1
+    payload: int = -1
+
+
+def user_jwt(
+    account_seed: str,
+    user_public: str,
+    name: str,
+    permissions: Permissions | None = None,
+    *,
+    limits: UserLimits | None = None,
+    expires: int | None = None,
+    iat: int | None = None,
+) -> str:
+    """A user of the account; `permissions` None means everything within the account. `expires`: the second at
+    which the server stops taking it (and drops connections made with it); None: never."""
     decode_public_key(user_public, KeyKind.USER)
-    nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}
+    lim = limits or UserLimits()
+    nats: dict[str, Any] = {"type": "user", "version": 2, "subs": lim.subs, "data": lim.data, "payload": lim.payload}
     if permissions is not None:
         # An allow list that is present but empty would allow all; deny everything explicitly instead.
         nats["pub"] = {"allow": list(permissions.pub)} if permissions.pub else {"deny": [">"]}
         nats["sub"] = {"allow": list(permissions.sub)} if permissions.sub else {"deny": [">"]}
         if permissions.responses:
             nats["resp"] = {"max": 1, "ttl": 0}  # ttl 0: the server's default expiry
-    return encode(account_seed, user_public, name, nats)
+    return encode(account_seed, user_public, name, nats, iat=iat, exp=expires)
 
 
 # -- creds files ----------------------------------------------------------------------------------------------

@@ -53,6 +53,13 @@ class Subjects:
     def desired_get_all(self) -> str:
         return f"{self.prefix}.desired-get.*"
 
+    def creds_renew(self, site: str) -> str:
+        """A site asks the hub for a fresh user JWT before its own expires (answered only on its own inbox)."""
+        return f"{self.prefix}.creds-renew.{site}"
+
+    def creds_renew_all(self) -> str:
+        return f"{self.prefix}.creds-renew.*"
+
 
 TIME_SITE_TOKEN = "site"
 
