@@ -50,7 +50,7 @@ def write_wav(path: Path, rate: int, layout: str) -> None:
             out.mux(packet)
 
 
-def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int, codec: str) -> None:
+def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int, codec: str, *, srtp: bool = False) -> None:
     names, module, _, _ = CODECS[codec]
     d.mkdir()
     (d / "config").write_text(
@@ -63,6 +63,7 @@ def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int, codec: str
                 f"cons_listen 127.0.0.1:{cons_port}",
                 f"module {module}",
                 "module aufile.so",
+                *(["module srtp.so"] if srtp else []),
                 "module_app account.so",
                 "module_app menu.so",
                 f"audio_source aufile,{wav}",
@@ -70,17 +71,18 @@ def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int, codec: str
             ]
         )
     )
-    (d / "accounts").write_text(f"<sip:speaker@127.0.0.1>;regint=0;audio_codecs={names}\n")
+    mediaenc = ";mediaenc=srtp-mand" if srtp else ""  # RTP/SAVP with SDES keys, nothing in the clear
+    (d / "accounts").write_text(f"<sip:speaker@127.0.0.1>;regint=0;audio_codecs={names}{mediaenc}\n")
     (d / "contacts").write_text("")
 
 
-@pytest.mark.parametrize("codec", list(CODECS))
-async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec: str) -> None:  # noqa: F811
+@pytest.mark.parametrize("codec, srtp", [*((c, False) for c in CODECS), ("g711", True)])
+async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec: str, srtp: bool) -> None:  # noqa: F811
     wav = tmp_path / "mic.wav"
     write_wav(wav, *CODECS[codec][2:])
     sip_port, cons_port = free_port(), free_port()
     conf = tmp_path / "baresip"
-    baresip_config(conf, wav, sip_port, cons_port, codec)
+    baresip_config(conf, wav, sip_port, cons_port, codec, srtp=srtp)
     proc = await asyncio.create_subprocess_exec(
         "baresip", "-f", str(conf), "-t", "40", "-e", f"/dial sip:citycast@127.0.0.1:{rig.phone.port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
@@ -95,6 +97,8 @@ async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec
         assert call.media is not None
         offered = [name.split("/")[0].lower() for name in CODECS[codec][0].split(",")]
         assert call.media.neg.codec.name.lower() in offered, call.media.neg.codec
+        # With srtp-mand baresip offers RTP/SAVP and a=crypto: the call runs SRTP both ways.
+        assert (call.media.srtp is not None) == srtp and (call.media.neg.crypto is not None) == srtp
         await asyncio.sleep(0.5)
         # Keys on baresip's UDP console: in a call, menu sends a typed digit as DTMF (RFC 4733 by our SDP).
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -116,3 +120,8 @@ async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec
     sent = sent[: int(8.0 * 48_000)]
     _, peak = correlate_lag(sent, heard)
     assert peak > 0.5, (peak, out.decode(errors="replace")[-3000:])
+    if srtp:  # every packet of the call authenticated; none failed; baresip's SRTCP reports decoding ours
+        assert call.media.latch.accepted > 400 and call.media.latch.dropped["srtp_auth"] == 0, call.media.latch.dropped
+        assert call.media.latch.rtcp_accepted > 0 and call.heard_report is not None
+        behind = (call.media.back.seq - call.heard_report.highest_seq) & 0xFFFF  # ours it decoded, of ours sent
+        assert behind < 500 and call.heard_report.cumulative_lost < 20, (behind, call.heard_report)

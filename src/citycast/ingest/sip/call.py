@@ -47,6 +47,7 @@ from citycast.ingest.rtp.rtcp import (
     Bye,
     ReceiverReport,
     ReceptionReporter,
+    ReportBlock,
     RtcpError,
     SenderReport,
     SourceDescription,
@@ -442,6 +443,7 @@ class Call:
         self._rtcp_task: asyncio.Task[None] | None = None
         self._reporter = ReceptionReporter()
         self.rtcp_sent = 0
+        self.heard_report: ReportBlock | None = None  # the caller's latest report on our stream (what it decodes)
         self._drop_logged = -DROP_LOG_S
 
     # -- entry ----------------------------------------------------------------------------------------------
@@ -828,6 +830,8 @@ class Call:
             return
         for packet in packets:
             self._reporter.on_packet(packet, time.monotonic())
+            if isinstance(packet, (SenderReport, ReceiverReport)):
+                self.heard_report = next((b for b in packet.reports if b.ssrc == m.back.ssrc), self.heard_report)
 
     def _dropped(self, reason: str, addr: tuple[str, int]) -> None:
         """Count a dropped datagram for /metrics and say so in the log, at most once per DROP_LOG_S per call."""
