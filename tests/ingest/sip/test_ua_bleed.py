@@ -23,6 +23,7 @@ import pytest
 from citycast.demo import speech_asset
 from citycast.hub.metrics import render_metrics
 from citycast.ingest.rtp.codecs import encoder_for
+from citycast.ingest.rtp.latch import parse_networks
 from citycast.ingest.rtp.packet import RtpPacket
 from citycast.ingest.rtp.rtcp import SenderInfo, build_sr
 from citycast.ingest.sip.call import CallState, Pacer
@@ -89,6 +90,7 @@ class Stranger:
 
     host: str
     got: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    times: list[tuple[float, int]] = field(default_factory=list)  # (arrival, size) of what came back
     transport: asyncio.DatagramTransport | None = None
     sent: dict[int, int] = field(default_factory=dict)  # datagrams sent, by destination port
 
@@ -98,6 +100,7 @@ class Stranger:
         class Proto(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
                 stranger.got.append((data, addr))
+                stranger.times.append((time.monotonic(), len(data)))
 
         self.transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Proto, local_addr=(self.host, 0))
         return self
@@ -282,3 +285,43 @@ def test_the_return_pacer_skips_late_ticks_instead_of_bursting() -> None:
     delay, skipped = pacer.next(0.25)  # the loop stalled 190 ms: the 9 ticks missed are skipped, not sent
     assert delay == 0.0 and skipped == 9
     assert pacer.next(0.25) == (pytest.approx(0.01), 0)  # and the next one waits for its time
+
+
+async def test_a_trusted_trunk_range_gets_media_at_its_c_address_and_nobody_else(rig: Rig) -> None:  # noqa: F811
+    """The trunk signals from 127.0.0.1 and carries media on 127.0.0.5, both inside the operator's range: the return
+    stream reaches the c= address after the ACK, within the call's own rate; another address in the range that was
+    not named (127.0.0.6) gets nothing and is not heard."""
+    rig.phone.trusted_media = parse_networks(["127.0.0.0/29"])
+    trunk_media = await Stranger("127.0.0.5").open()
+    neighbour = await Stranger("127.0.0.6").open()
+    assert trunk_media.transport is not None
+    trunk_port = trunk_media.transport.get_extra_info("sockname")[1]
+    keys = ("-key", "media_host", "127.0.0.5", "-key", "rtp_port", str(trunk_port))
+    run = asyncio.create_task(run_sipp(rig.tmp, rig.phone.port, "media_call.xml", "u1", media_port=free_rtp_range()[0],
+                                       timeout_s=30, grace_s=10, keys=keys))  # fmt: skip
+    try:
+        await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 20, "never went on air")
+        call = next(iter(rig.phone.calls.values()))
+        assert call.media is not None
+        rtp_to = ("127.0.0.1", call.media.port)
+        await wait_for(lambda: len(trunk_media.got) > 25, 5, "no return stream at the trunk's c= address")
+        assert call.media.latch.latched is None  # sent to before it spoke: the range vouches for it
+        tone = tone_packets(0x7777)
+        for i in range(150):  # the trunk speaks from its c= address while its neighbour sprays
+            trunk_media.send(RtpPacket(8, i, i * 160, 0x1234, b"\xd5" * 160).build(), rtp_to)
+            neighbour.send(tone[i % len(tone)], rtp_to)
+            await asyncio.sleep(0.02)
+        assert call.media.latch.latched == ("127.0.0.5", trunk_port) and call.media.latch.ssrc == 0x1234
+        assert call.media.latch.dropped["foreign_source"] >= 140
+        assert rig.hub.addresses is not None
+        await rig.hub.addresses.stop(rig.hub.addresses.live()[0]["id"], "test over")
+        code, out, _ = await run
+        assert code == 0, out
+    finally:
+        trunk_media.close()
+        neighbour.close()
+    assert neighbour.got == []
+    # Never faster than the call's own packet rate: at most 50 packets (+ timer slack) in any second.
+    arrivals = [t for t, _ in trunk_media.times]
+    busiest = max(sum(1 for u in arrivals if t <= u < t + 1.0) for t in arrivals)
+    assert busiest <= 53, busiest
