@@ -7,8 +7,11 @@ put the address on air and tell the caller how many sites hear them, then wait f
 Media: one UDP socket per call on an even port of the RTP range (RTCP on the next, odd one). Incoming packets of
 the negotiated codec go to the jitter buffer; the broadcaster takes one 20 ms block per frame from it
 (`CallAudio.next_block`), so the caller's clock never paces the broadcast. Telephone-events go to the RFC 4733
-decoder. The return stream (prompts, else silence) is encoded with the negotiated codec and sent at a 20 ms pace
+decoder. The return stream (prompts, else silence) is encoded with the negotiated codec and runs at a 20 ms pace
 from the first answer on: a continuous stream keeps NAT bindings open and lets the caller's jitter buffer settle.
+Only the caller's datagrams are taken, and the stream goes only to the caller, never faster than its pace: the
+`MediaLatch` (ingest/rtp/latch.py, rule in docs/sip-internals.md) decides both. SRTP when the offer is RTP/SAVP
+with SDES keys.
 While the call is live and the hub listens to a site (talkback), that site's microphone is mixed into the return
 stream under a limiter, so the speaker hears the crowd. A caller on hold (their offer sendonly or inactive) is
 sent no RTP and feeds silence to the broadcast.
