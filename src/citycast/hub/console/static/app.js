@@ -931,15 +931,32 @@ function pinRow(p) {
     },
   });
   const status = !p.enabled ? 'disabled' : p.valid_now ? 'valid now' : 'not valid now';
+  // A PIN being guessed is locked (even its right number is refused) until an operator unlocks or renumbers it.
+  const locked = p.locked_until ? el('div', { class: 'small danger', testid: 'pin-locked' },
+    `locked until ${fmtTime(p.locked_until)}: being guessed (${p.recent_failures} recent wrong PINs)`) : null;
+  const weak = p.weak ? el('div', { class: 'small muted', testid: 'pin-weak' }, 'weak: fewer than 6 digits, give it a new number') : null;
+  const renumber = async () => {
+    const r = await act(() => api('POST', `pins/${p.id}/rotate`), `PIN for “${p.label}” has a new number`);
+    if (r && r.pin) {
+      $('#pin-once-label').textContent = r.label;
+      $('#pin-once-value').textContent = r.pin;
+      $('#pin-once').hidden = false;
+    }
+    loadPins();
+  };
   return el('tr', { class: p.valid_now ? '' : 'inactive', testid: 'pin-row', 'data-pin-id': p.id, 'data-label': p.label },
     el('td', {}, el('strong', {}, p.label)),
     el('td', { class: 'num', testid: 'pin-hint' }, `••${p.pin_hint}`),
     el('td', { class: 'hide-phone' }, zonesLabel(p.zone_ids)),
     el('td', {}, el('span', { class: `prio prio-${p.priority}` }, p.priority)),
-    el('td', { class: 'hide-phone', testid: 'pin-validity' }, validityText(p), el('div', { class: 'muted small' }, status)),
+    el('td', { class: 'hide-phone', testid: 'pin-validity' }, validityText(p), el('div', { class: 'muted small' }, status), locked, weak),
     el('td', { class: 'hide-phone', testid: 'pin-last-used' }, p.last_used_at ? fmtTime(p.last_used_at) : el('span', { class: 'muted' }, 'never')),
     el('td', {}, el('label', { class: 'inline' }, toggle)),
-    el('td', {}, confirmButton('Delete', () => act(() => api('DELETE', `pins/${p.id}`), `PIN for “${p.label}” deleted`).then(loadPins))));
+    el('td', {},
+      p.locked_until ? el('button', { class: 'small', testid: 'pin-unlock',
+        onclick: () => act(() => api('POST', `pins/${p.id}/unlock`), `PIN for “${p.label}” unlocked`).then(loadPins) }, 'Unlock') : null,
+      confirmButton('New number', renumber),
+      confirmButton('Delete', () => act(() => api('DELETE', `pins/${p.id}`), `PIN for “${p.label}” deleted`).then(loadPins))));
 }
 
 async function createPin(ev) {
