@@ -484,7 +484,7 @@ def _run(opts: SipBenchOptions, wan: str, link: WanLink | None, fleet: Fleet, wo
         hub_prefix,
     )  # fmt: skip
     notes: list[str] = []
-    pin = f"{secrets.randbelow(10**4):04d}"
+    pin = f"{secrets.randbelow(10**6):06d}"
     latency: LatencyFigures | None = None
     if opts.latency:
         latency = _latency(opts, fleet, work, hub_prefix, caller_prefix, hub_ip, caller_ip, sip_port, http_port, pin)
