@@ -583,6 +583,13 @@ def bench_hub(
     changes: Annotated[int, typer.Option(min=1, help="Forced state changes to time.")] = 20,
     browser: Annotated[bool, typer.Option(help="Also measure the console in headless Chromium.")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    abuse: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: an address plays to --sites FULL sites, quietly and then while strangers hammer login, "
+            "PIN page, big bodies and heavy lists (--seconds each); underruns and publish lateness per phase."
+        ),
+    ] = False,
 ) -> None:
     """Measure the hub and its console under N sites' telemetry: page load, marker update delay, hub CPU and RSS.
 
@@ -590,6 +597,17 @@ def bench_hub(
     are real."""
     from citycast.bench.hub_bench import run_hub_bench
 
+    if abuse:
+        from citycast.bench.hub_abuse import run_abuse_bench
+
+        with console.status(f"abuse bench: {sites} sites, {seconds:g} s quiet then {seconds:g} s under abuse"):
+            abused = runtime.run(run_abuse_bench(sites=sites, seconds=seconds))
+        assert abused is not None
+        out = json.dumps(abused.as_dict(), indent=1)
+        if json_out:
+            json_out.write_text(out)
+        sys.stdout.write(out + "\n")
+        return
     with console.status(f"hub bench: {sites} light sites, {seconds:g} s window"):
         result = runtime.run(run_hub_bench(sites=sites, seconds=seconds, changes=changes, browser=browser))
     assert result is not None

@@ -72,8 +72,9 @@ def _pct(xs: list[float]) -> dict[str, float]:
 
 
 class _Hub:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *, verbose: bool = False) -> None:
         self.work = work
+        self.verbose = verbose  # INFO logs: each address's publish lateness when it ends
         self.http_port = free_port()
         self.nats_port = free_port()
         self.base = f"http://127.0.0.1:{self.http_port}"
@@ -84,6 +85,7 @@ class _Hub:
         log = open(self.work / "hub.log", "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             citycast_argv(
+                *(["-v"] if self.verbose else []),
                 "serve",
                 "--data-dir",
                 str(self.work / "hub"),

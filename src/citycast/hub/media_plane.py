@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,10 @@ from citycast.bus.connection import connect
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The media thread's CPU priority when the process may raise it (root or CAP_SYS_NICE, e.g. systemd's
+# CPUSchedulingPriority/AmbientCapabilities): the web side and anything else on the box at nice 0 then wait for it.
+MEDIA_NICE = -10
 
 # Python's default (5 ms) lets a busy control thread hold the GIL for 5 ms at a time, a quarter of a frame.
 SWITCH_INTERVAL_S = 0.001
@@ -89,6 +94,10 @@ class MediaPlane:
             raise MediaPlaneError(f"the media plane did not start within {timeout_s:.0f} s")
 
     def _main(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MEDIA_NICE)
+        except (AttributeError, OSError) as e:  # not permitted: the hash pool still yields to us (nice 19)
+            log.info("media plane: cannot raise its CPU priority (%s); running at the process's", e)
         try:
             import uvloop
 
