@@ -127,6 +127,23 @@ def serve(
             "limits, instead of all sharing the trunk's address; repeatable. Other peers' identities are ignored."
         ),
     ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another origin whose pages may open the console's live feed (the hub's own always may), e.g. "
+            "https://console.example behind a proxy that rewrites Host; repeatable."
+        ),
+    ] = None,
+    public_metrics: Annotated[
+        bool, typer.Option(help="Serve /metrics to anyone (default: a logged-in user or the scrape token).")
+    ] = False,
+    metrics_token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding a scrape token for /metrics (sent as Authorization: Bearer), 16+ characters."),
+    ] = None,
+    public_api_docs: Annotated[
+        bool, typer.Option(help="Serve /openapi.json to anyone (default: logged-in users only).")
+    ] = False,
     prefix: PrefixOpt = "citycast",
     duration: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
@@ -134,6 +151,8 @@ def serve(
     and with --sip the conference telephone.
 
     With --zone, run only a city's time responder beside a leafnode instead."""
+    from urllib.parse import urlsplit
+
     from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError
 
     host, _, port = listen.rpartition(":")
@@ -238,6 +257,18 @@ def serve(
     low, _, high = rtp_ports.partition("-")
     if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
         fail(f"--rtp-ports wants LOW-HIGH within 1024-65535, got {rtp_ports!r}")
+    metrics_token: str | None = None
+    if metrics_token_file is not None:
+        try:
+            metrics_token = metrics_token_file.read_text().strip()
+        except OSError as e:
+            fail(f"cannot read {metrics_token_file}: {e.strerror or e}")
+        if metrics_token is None or len(metrics_token) < 16 or any(c.isspace() for c in metrics_token):
+            fail(f"{metrics_token_file} must hold one token of 16 or more characters, no spaces")
+    for origin in allowed_origin or []:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            fail(f"--allowed-origin wants http(s)://HOST[:PORT], got {origin!r}")
     opts = HubOptions(
         data_dir=data_dir,
         sip=sip_addr,
@@ -259,6 +290,10 @@ def serve(
         public_nats_urls=public_nats or [],
         prefix=prefix,
         delay_ms=delay_ms,
+        allowed_origins=allowed_origin or [],
+        public_metrics=public_metrics,
+        metrics_token=metrics_token,
+        public_api_docs=public_api_docs,
     )
     try:
         runtime.run(run_full_hub(opts, console, duration=duration))

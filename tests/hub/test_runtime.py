@@ -130,8 +130,9 @@ async def _forged_audio_alerts_within_10_s(hub: Hub, api: httpx.AsyncClient) -> 
     """A stranger's audio (signed with a key no site trusts) is refused by the sites and raised as a critical
     alert on the console's live feed within 10 s."""
     token = api.headers["Authorization"].removeprefix("Bearer ")
-    ws_url = hub.http_url.replace("http://", "ws://") + f"/api/ws?token={token}"
-    async with websockets.connect(ws_url, max_size=None) as ws:
+    ws_url = hub.http_url.replace("http://", "ws://") + "/api/ws"
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with websockets.connect(ws_url, max_size=None, additional_headers=bearer) as ws:
         assert json.loads(await ws.recv())["type"] == "snapshot"
         assert hub.authority is not None
         nc = await nats.connect(hub.nats_url, user_credentials=str(hub.authority.hub_creds_path))

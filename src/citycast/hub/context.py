@@ -64,3 +64,10 @@ class HubContext:
     telemetry_counters: TelemetryCounters | None = None  # the monitor's, for /metrics
     sip_counters: Callable[[], dict[str, int]] | None = None  # the telephone's, for /metrics (when it runs)
     telephone_status: Callable[[], dict[str, Any]] | None = None  # Telephone.status, when it runs
+    # Web exposure (citycast.hub.api.headers): origins besides the hub's own that may open the console's
+    # WebSocket (e.g. "https://console.example" behind a proxy that rewrites Host); who may read /metrics and
+    # /openapi.json without a login (by default no one: a user's session, or the scrape token for /metrics).
+    allowed_origins: list[str] = field(default_factory=list)
+    public_metrics: bool = False
+    metrics_token: str | None = None
+    public_api_docs: bool = False

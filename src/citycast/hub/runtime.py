@@ -85,6 +85,11 @@ class HubOptions:
     sip_trusted_media: list[str] = field(default_factory=list)
     # SIP trunks (IP or CIDR) whose callers are told apart by identity (P-Asserted-Identity/From) for PIN limits.
     sip_trusted_trunks: list[str] = field(default_factory=list)
+    # Web exposure (citycast.hub.api.exposure, headers): closed unless the operator opens it.
+    allowed_origins: list[str] = field(default_factory=list)
+    public_metrics: bool = False
+    metrics_token: str | None = None
+    public_api_docs: bool = False
 
 
 class ServeError(RuntimeError):
@@ -241,6 +246,10 @@ class Hub:
             media_dir=self.media_dir,
             telemetry_counters=self.monitor.counters,
             talkback=self.talkback,
+            allowed_origins=self.opts.allowed_origins,
+            public_metrics=self.opts.public_metrics,
+            metrics_token=self.opts.metrics_token,
+            public_api_docs=self.opts.public_api_docs,
         )
         scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))

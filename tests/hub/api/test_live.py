@@ -124,13 +124,13 @@ async def test_settings_retention_applies_at_once(api: Api) -> None:
     _add_recording(api, name="old.ogg", ended_days_ago=40)
     _add_recording(api, name="new.ogg", ended_days_ago=1)
     viewer = await api.as_role(Role.viewer)
-    assert (await viewer.get("/api/settings")).json() == {"retention_days": 0}
+    assert (await viewer.get("/api/settings")).json() == {"retention_days": 0, "tile_url": ""}
     assert (await viewer.put("/api/settings", json={"retention_days": 30})).status_code == 403
     admin = await api.as_role(Role.admin)
     assert (await admin.put("/api/settings", json={"retention_days": -1})).status_code == 422
     r = await admin.put("/api/settings", json={"retention_days": 30})
-    assert r.status_code == 200 and r.json() == {"retention_days": 30}
-    assert (await viewer.get("/api/settings")).json() == {"retention_days": 30}
+    assert r.status_code == 200 and r.json() == {"retention_days": 30, "tile_url": ""}
+    assert (await viewer.get("/api/settings")).json() == {"retention_days": 30, "tile_url": ""}
     assert not (api.ctx.recordings_dir / "old.ogg").exists() and (api.ctx.recordings_dir / "new.ogg").exists()
     assert [x["title"] for x in (await viewer.get("/api/recordings")).json()] == ["speech new.ogg"]
     audit = (await admin.get("/api/audit?limit=1")).json()[0]
@@ -160,7 +160,7 @@ async def test_alerts_fleet_and_metrics(api: Api) -> None:
     fleet = (await viewer.get("/api/fleet")).json()
     assert fleet["sites_total"] == 2 and fleet["by_state"]["playing"] == 1 and fleet["by_state"]["offline"] == 1
 
-    m = await api.client().get("/metrics")
+    m = await viewer.get("/metrics")
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
     assert "citycast" in m.text and 'state="playing"' in m.text
 
@@ -173,7 +173,7 @@ async def test_websocket_snapshot_then_events(api: Api) -> None:
     admin = await api.as_role(Role.admin)
     await admin.post("/api/sites", json={"name": "s1", "lat": 1, "lon": 1})
     token = api.tokens["admin"]
-    async with websockets.connect(f"{api.ws_url}?token={token}") as ws:
+    async with websockets.connect(api.ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         snap = await _recv(ws)
         assert snap["type"] == "snapshot" and [s["name"] for s in snap["sites"]] == ["s1"]
         assert snap["addresses"] == [] and snap["alerts"] == []
@@ -188,14 +188,16 @@ async def test_websocket_snapshot_then_events(api: Api) -> None:
         await asyncio.sleep(0.02)
     assert api.ctx.events.subscribers == 0
 
-    # The session cookie works too.
-    async with websockets.connect(api.ws_url, additional_headers={"Cookie": f"citycast_session={token}"}) as ws:
+    # The session cookie works too, from a page of the hub's own origin.
+    async with websockets.connect(
+        api.ws_url, origin=api.base_url, additional_headers={"Cookie": f"citycast_session={token}"}
+    ) as ws:
         assert (await _recv(ws))["type"] == "snapshot"
 
 
 async def test_websocket_without_login_is_closed_with_policy_violation(api: Api) -> None:
-    for url in (api.ws_url, f"{api.ws_url}?token=nonsense"):
-        async with websockets.connect(url) as ws:
+    for headers in ({"Authorization": "Bearer nonsense"}, {"Cookie": "citycast_session=nonsense"}):
+        async with websockets.connect(api.ws_url, origin=api.base_url, additional_headers=headers) as ws:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
@@ -205,5 +207,5 @@ async def test_console_is_served_at_the_root_beside_the_api(api: Api) -> None:
     c = api.client()
     index = await c.get("/")
     assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
-    assert (await c.get("/openapi.json")).json()["info"]["title"] == "citycast hub"
+    assert (await (await api.as_role(Role.viewer)).get("/openapi.json")).json()["info"]["title"] == "citycast hub"
     assert (await c.get("/api/health")).json() == {"ok": True}

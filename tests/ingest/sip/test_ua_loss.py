@@ -81,7 +81,7 @@ def test_every_call_completes_over_a_lossy_path(tmp_path: Path) -> None:
             hub = subprocess.Popen(
                 [*hub_prefix, *citycast_argv("serve", "--data-dir", str(tmp_path / "hub"), "--listen", "127.0.0.1:4222",
                                              "--http", "127.0.0.1:8000", "--sip", f"{link.east_ip}:5060",
-                                             "--rtp-ports", "20000-20199")],
+                                             "--rtp-ports", "20000-20199", "--public-metrics")],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         try:

@@ -21,6 +21,7 @@ from citycast.hub.api import (
     alerts,
     auth,
     enrol,
+    exposure,
     fleet,
     golive,
     pins,
@@ -34,6 +35,7 @@ from citycast.hub.api import (
     zones,
 )
 from citycast.hub.api.deps import AccountGate, FailureLimiter
+from citycast.hub.api.headers import SecurityHeaders
 from citycast.hub.api.limits import BodyLimit
 from citycast.hub.api.schemas import ErrorOut, ValidationErrorOut
 from citycast.hub.context import HubContext
@@ -67,8 +69,13 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
         title="citycast hub",
         version="1",
         description="Sites, zones, addresses, schedules, recordings and the live fleet of a citycast hub.",
+        # /openapi.json is served by `exposure` (logged in, unless the operator made it public); no /docs page.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.console_policy = settings.ConsolePolicy(ctx)
     app.state.login_limiter = FailureLimiter(limit=LOGIN_FAILURES_PER_MINUTE, window_s=60.0)
     app.state.account_gate = AccountGate()  # login failures per account, whatever the address
     app.state.enrol_limiter = FailureLimiter(limit=ENROL_FAILURES_PER_MINUTE, window_s=60.0)
@@ -98,10 +105,13 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
     ):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)
+    app.include_router(exposure.router)
 
     if static_dir is not None and static_dir.is_dir():
         # Last, so every API route above wins; html=True serves index.html at "/".
         app.mount("/", StaticFiles(directory=static_dir, html=True), name="console")
     elif static_dir is not None:
         log.warning("console files not found at %s: serving the API only", static_dir)
+    # Added last, so it wraps everything else: every response carries the CSP, frame and sniffing headers.
+    app.add_middleware(SecurityHeaders, policy=app.state.console_policy)
     return app

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select
 
 from citycast.hub.api.deps import Ctx, Viewer
+from citycast.hub.api.exposure import require_metrics_reader
 from citycast.hub.api.schemas import ErrorOut, FleetOut
 from citycast.hub.db.models import Site
 from citycast.hub.fleet import STATES
@@ -37,7 +38,11 @@ async def fleet_summary(_: Viewer, ctx: Ctx) -> FleetOut:
     "/metrics",
     response_class=Response,
     tags=["metrics"],
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        401: {"model": ErrorOut, "description": "Not logged in and no scrape token (unless --public-metrics)"},
+    },
+    dependencies=[Depends(require_metrics_reader)],
 )
 async def metrics(ctx: Ctx) -> Response:
     return Response(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from citycast.hub.api.headers import TILE_URL_MAX, checked_tile_url
 from citycast.hub.db.models import Priority, Role, Site, Zone
 
 SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # also a NATS subject token: no dots, spaces or wildcards
@@ -288,10 +289,16 @@ class RecordingOut(BaseModel):
 class SettingsOut(BaseModel):
     retention_days: int
 
+    tile_url: str = ""  # the console map's tile server (a Leaflet URL template); empty: the offline base map
 
 class SettingsIn(Strict):
     retention_days: Annotated[int, Field(ge=0, le=36500, description="0 keeps recordings for ever")]
 
+    tile_url: Annotated[
+        str | None,
+        Field(max_length=TILE_URL_MAX, description="https://host/{z}/{x}/{y}.png; empty: none; absent: unchanged"),
+        AfterValidator(checked_tile_url),
+    ] = None
 
 class AlertOut(BaseModel):
     id: int

@@ -2,6 +2,13 @@
 
 A client that falls behind gets `{"type": "resync"}` from the event hub instead of a backlog; we answer it with a
 fresh snapshot. The session is checked again now and then, so a logout or a disabled account also ends the feed.
+
+Who may connect: a browser page of the hub's own origin (or one the operator allowed) with its session cookie, or
+a program with `Authorization: Bearer <token>`. Never a token in the URL (URLs end up in proxy logs and browser
+history). A browser always sends `Origin` with a WebSocket, and a page of another site gets the operator's
+cookie sent along (cross-site WebSocket hijacking), so a foreign Origin is refused before the handshake whatever
+it carries. A request without Origin is not a browser's: it is let in only with a bearer header, which a page
+cannot set on a WebSocket.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from fastapi.encoders import jsonable_encoder
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from citycast.hub.api.alerts import load_alerts
-from citycast.hub.api.deps import token_of, user_of_token
+from citycast.hub.api.deps import COOKIE_NAME, user_of_token
+from citycast.hub.api.headers import origin_allowed
 from citycast.hub.api.sites import all_sites
 from citycast.hub.context import HubContext
 from citycast.hub.events import Subscription
@@ -54,10 +62,26 @@ async def _until_closed(websocket: WebSocket, sub: Subscription) -> None:
         sub.close()
 
 
+def _credential(websocket: WebSocket, ctx: HubContext) -> tuple[str | None, str]:
+    """(token, why not) for this handshake; a reason refuses it before it is accepted."""
+    scheme, _, value = websocket.headers.get("authorization", "").partition(" ")
+    bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return (bearer, "") if bearer else (None, "no Origin: a program must send Authorization: Bearer")
+    if not origin_allowed(origin, websocket.headers.get("host"), ctx.allowed_origins):
+        return None, "origin not allowed"
+    return bearer or websocket.cookies.get(COOKIE_NAME) or None, ""
+
+
 @router.websocket("/api/ws")
 async def feed(websocket: WebSocket) -> None:
     ctx: HubContext = websocket.app.state.ctx
-    token = websocket.query_params.get("token") or token_of(websocket)
+    token, refused = _credential(websocket, ctx)
+    if refused:
+        # Before accepting: the handshake fails (HTTP 403), so a foreign page learns nothing, not even a snapshot.
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=refused)
+        return
     user = user_of_token(ctx, token)
     # Accept, then close with 1008: a browser sees the policy-violation code (a refused handshake is only 1006).
     await websocket.accept()

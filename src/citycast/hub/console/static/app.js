@@ -57,6 +57,7 @@ function el(tag, attrs = {}, ...children) {
     else if (key === 'text') node.textContent = value;
     else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
     else if (key === 'testid') node.dataset.testid = value;
+    else if (key === 'style') node.style.cssText = value; // CSSOM: the CSP forbids style attributes, not this
     else node.setAttribute(key, value === true ? '' : value);
   }
   for (const child of children.flat()) {
@@ -201,10 +202,11 @@ async function loadBaseMap() {
   if (!fittedToSites) map.fitBounds(L.geoJSON({ type: 'FeatureCollection', features: districts }).getBounds());
 }
 
-/** A tile server is optional: `?tiles=URL`, this browser's setting, or the hub's `tile_url` setting. */
+/** A tile server is optional and only ever the hub's `tile_url` setting (an admin's): never a page parameter,
+ * so a link cannot make the console load images from a server of someone else's choosing (the hub's CSP
+ * allows that one host only). */
 function tileUrl(settings) {
-  const fromQuery = new URLSearchParams(location.search).get('tiles');
-  return fromQuery || localStorage.getItem('citycast.tileUrl') || (settings && settings.tile_url) || '';
+  return (settings && settings.tile_url) || '';
 }
 
 function initMap() {
@@ -236,8 +238,11 @@ function initMap() {
   loadBaseMap().catch((err) => toast(`Base map not loaded: ${err.message}`, 'error'));
 }
 
+let appliedTiles = '';
+
 function applyTiles(url) {
   if (!map) return;
+  appliedTiles = url;
   if (map._citycastTiles) {
     map.removeLayer(map._citycastTiles);
     map._citycastTiles = null;
@@ -1051,15 +1056,20 @@ async function addZone(ev) {
 
 async function loadSettings() {
   const settings = await act(() => api('GET', 'settings'));
-  if (settings) $('#settings-form').retention_days.value = settings.retention_days ?? '';
-  $('#tile-url').value = localStorage.getItem('citycast.tileUrl') || '';
+  if (settings) {
+    $('#settings-form').retention_days.value = settings.retention_days ?? '';
+    $('#settings-form').tile_url.value = settings.tile_url || '';
+  }
   return settings;
 }
 
 async function saveSettings(ev) {
   ev.preventDefault();
   const days = Number(ev.target.retention_days.value);
-  await act(() => api('PUT', 'settings', { retention_days: days }), `Recordings are kept ${days} days`);
+  const body = { retention_days: days, tile_url: ev.target.tile_url.value.trim() };
+  const saved = await act(() => api('PUT', 'settings', body), days ? `Recordings are kept ${days} days` : 'Settings saved');
+  // The page's CSP names the tile host it was served with: a new one is allowed from the next page load.
+  if (saved && saved.tile_url !== appliedTiles) toast('The map tiles change when the console is reloaded', 'ok');
 }
 
 // ---------------------------------------------------------------- live updates
@@ -1074,7 +1084,7 @@ function connectWs() {
   if (!session.user) return;
   const url = new URL('api/ws', location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  if (session.token) url.searchParams.set('token', session.token);
+  // The HttpOnly session cookie authenticates the feed: a token in the URL would end up in logs and history.
   setConn('connecting', 'connecting…');
   const socket = new WebSocket(url);
   ws = socket;
@@ -1259,13 +1269,6 @@ function init() {
     if (typed) ev.target.form.pin.focus();
   });
   $('#pin-once-dismiss').addEventListener('click', dismissPin);
-  $('#tile-save').addEventListener('click', () => {
-    const url = $('#tile-url').value.trim();
-    if (url) localStorage.setItem('citycast.tileUrl', url);
-    else localStorage.removeItem('citycast.tileUrl');
-    applyTiles(tileUrl(null));
-    toast(url ? 'Map tiles on' : 'Offline base map only', 'ok');
-  });
   $('#alerts-active-only').addEventListener('change', renderAlerts);
   $('#site-filter').addEventListener('input', () => { sitePage = 0; renderSitesTable(); });
   $('#page-prev').addEventListener('click', () => { sitePage -= 1; renderSitesTable(); });
