@@ -25,9 +25,10 @@ from pathlib import Path
 import nats
 
 from citycast.bus import jwt
-from citycast.bus.jwt import KeyKind, Permissions
+from citycast.bus.jwt import KeyKind, Permissions, UserLimits
 from citycast.bus.server import EmbeddedNats, LeafRemote
 from citycast.bus.subjects import Subjects, time_request
+from citycast.bus.tls import TlsError, client_context, creds_context, creds_with_ca
 
 ACCOUNT_NAME = "CITYCAST"
 SYSTEM_ACCOUNT_NAME = "SYS"
@@ -37,7 +38,15 @@ INGEST_INBOX_PREFIX = "_INBOX_ingest"
 SITE_INBOX_ROOT = "_INBOX_site"
 CITY_TIME_INBOX_PREFIX = "_INBOX_citytime"
 CITY_BUNDLE_VERSION = 1
+HUB_CA_FILE = "hub-ca.pem"  # the hub's TLS CA, when its NATS runs TLS: carried in every creds file we write
 SITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A site's user JWT expires (a lost box's creds stop working by themselves) and is renewed over the bus
+# (citycast.hub.credentials) at half its life, so a site off the bus for up to half of it still renews in time.
+SITE_JWT_LIFETIME_S = 30 * 24 * 3600
+# What a site needs, with room: its biggest message is a talkback frame (≤ 5208 bytes) or telemetry (≈ 1 KB);
+# its subscriptions are audio, commands, desired state and nats-py's reply inbox (two of audio while a channel
+# changes). `data` stays -1: nats-server does not meter bytes per user (see jwt.UserLimits).
+SITE_LIMITS = UserLimits(subs=16, data=-1, payload=8192)
 
 
 class AuthorityError(RuntimeError):
@@ -72,6 +81,7 @@ def site_permissions(site: str, subjects: Subjects) -> Permissions:
             time_request(subjects.time(), site),
             time_request(f"{subjects.time()}.*", site),
             subjects.desired_get(site),
+            subjects.creds_renew(site),
         ),
         sub=(
             f"{subjects.prefix}.audio.*",
@@ -112,6 +122,7 @@ def leaf_permissions(subjects: Subjects) -> Permissions:
             subjects.time(),
             subjects.time_site_all(),
             subjects.desired_get_all(),
+            subjects.creds_renew_all(),
         ),
         sub=(
             f"{subjects.prefix}.audio.*",
@@ -144,6 +155,7 @@ class NatsAuthority:
     system_seed: str
     account_seed: str
     revocations: dict[str, int]
+    site_jwt_lifetime_s: int = SITE_JWT_LIFETIME_S
 
     # -- persistence ------------------------------------------------------------------------------------------
     @classmethod
@@ -161,17 +173,34 @@ class NatsAuthority:
             account_seed=cls._seed(dir / "account.nk", KeyKind.ACCOUNT),
             revocations=cls._load_revocations(dir / "revocations.json"),
         )
+        ca = auth.hub_ca
         sys_user = cls._seed(dir / "sys-user.nk", KeyKind.USER)
-        jwt.write_private(
-            auth.sys_creds_path,
-            jwt.creds_text(jwt.user_jwt(auth.system_seed, jwt.public_key(sys_user), "sys"), sys_user),
-        )
+        sys_jwt = jwt.user_jwt(auth.system_seed, jwt.public_key(sys_user), "sys")
+        jwt.write_private(auth.sys_creds_path, creds_with_ca(jwt.creds_text(sys_jwt, sys_user), ca))
         hub = cls._seed(dir / "hub.nk", KeyKind.USER)
-        jwt.write_private(auth.hub_creds_path, jwt.creds_text(jwt.user_jwt(auth.account_seed, _pub(hub), "hub"), hub))
+        hub_jwt = jwt.user_jwt(auth.account_seed, _pub(hub), "hub")
+        jwt.write_private(auth.hub_creds_path, creds_with_ca(jwt.creds_text(hub_jwt, hub), ca))
         ingest = cls._seed(dir / "ingest.nk", KeyKind.USER)
         ingest_jwt = jwt.user_jwt(auth.account_seed, _pub(ingest), "ingest", ingest_permissions(subjects))
-        jwt.write_private(auth.ingest_creds_path, jwt.creds_text(ingest_jwt, ingest))
+        jwt.write_private(auth.ingest_creds_path, creds_with_ca(jwt.creds_text(ingest_jwt, ingest), ca))
         return auth
+
+    @staticmethod
+    def trust_hub_ca(dir: Path, ca_pem: str | None) -> None:
+        """Record the hub's TLS CA (None: the hub's NATS is plaintext, `--insecure`) before `load_or_create`,
+        which puts it into every creds file it writes (citycast.bus.tls)."""
+        dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if ca_pem is None:
+            (dir / HUB_CA_FILE).unlink(missing_ok=True)
+        else:
+            jwt.write_private(dir / HUB_CA_FILE, ca_pem)
+
+    @property
+    def hub_ca(self) -> str | None:
+        try:
+            return (self.dir / HUB_CA_FILE).read_text() or None
+        except FileNotFoundError:
+            return None
 
     @staticmethod
     def _seed(path: Path, kind: KeyKind) -> str:
@@ -280,19 +309,32 @@ class NatsAuthority:
             leaf_creds=creds(self.account_seed, f"leaf:{zone}", leaf_permissions(self.subjects)),
             system_leaf_creds=creds(self.system_seed, f"sys-leaf:{zone}", system_leaf_permissions(self.subjects)),
             time_creds=creds(self.account_seed, f"time:{zone}", city_time_permissions(zone, self.subjects)),
+            hub_ca=self.hub_ca or "",
         )
         jwt.write_private(path, bundle.to_json())
         return bundle
 
     # -- users --------------------------------------------------------------------------------------------------
-    def mint_site_jwt(self, site: str, nkey_public: str, subjects: Subjects | None = None) -> str:
-        """A user JWT for the site's own key (the site keeps its seed). Raises ValueError on a bad name or key."""
+    def mint_site_jwt(
+        self, site: str, nkey_public: str, subjects: Subjects | None = None, *, now: int | None = None
+    ) -> str:
+        """A user JWT for the site's own key (the site keeps its seed), with the site's limits, expiring
+        `site_jwt_lifetime_s` after `now` (seconds). Raises ValueError on a bad name or key, or a revoked key."""
         subjects = subjects or self.subjects
         check_site_name(site)
         jwt.decode_public_key(nkey_public, KeyKind.USER)
         if nkey_public in self.revocations:
             raise ValueError(f"nkey {nkey_public[:8]}… was revoked: the site must enrol with a new key")
-        return jwt.user_jwt(self.account_seed, nkey_public, f"site:{site}", site_permissions(site, subjects))
+        iat = int(time.time()) if now is None else now
+        return jwt.user_jwt(
+            self.account_seed,
+            nkey_public,
+            f"site:{site}",
+            site_permissions(site, subjects),
+            limits=SITE_LIMITS,
+            expires=iat + self.site_jwt_lifetime_s,
+            iat=iat,
+        )
 
     async def revoke(self, nkey_public: str, nats_url: str, *, timeout: float = 5.0) -> None:
         """Revoke a user key now and for good: persisted first, then pushed to the running server."""
@@ -305,9 +347,11 @@ class NatsAuthority:
     async def push_account(self, nats_url: str, *, timeout: float = 5.0) -> None:
         """Send the current account JWT to the server's full resolver; raise unless it says it took it."""
         try:
+            tls = creds_context(self.sys_creds_path)
             nc = await nats.connect(
                 nats_url,
                 user_credentials=str(self.sys_creds_path),
+                **({"tls": tls, "tls_handshake_first": True} if tls is not None else {}),
                 connect_timeout=timeout,
                 allow_reconnect=False,
                 max_reconnect_attempts=1,  # 0 would mean "forever" to nats-py
@@ -347,6 +391,7 @@ class CityFiles:
     system_leaf_creds: Path
     time_creds: Path
     resolver_dir: Path
+    hub_ca: Path | None = None  # the hub's TLS CA: the leaf connections verify the hub against it alone
 
 
 @dataclass(frozen=True)
@@ -364,6 +409,7 @@ class CityBundle:
     leaf_creds: str
     system_leaf_creds: str
     time_creds: str
+    hub_ca: str = ""  # PEM of the hub's TLS CA; empty only for a hub that runs its NATS plaintext (--insecure)
 
     def to_json(self) -> str:
         return json.dumps({"version": CITY_BUNDLE_VERSION, **self.__dict__}, indent=1) + "\n"
@@ -389,18 +435,24 @@ class CityBundle:
         if not isinstance(data, dict) or data.get("version") != CITY_BUNDLE_VERSION:
             raise CityBundleError(f"not a city bundle of version {CITY_BUNDLE_VERSION} (export it again at the hub)")
         names = [f for f in cls.__dataclass_fields__]
-        missing = [n for n in names if not isinstance(data.get(n), str) or not data[n]]
+        optional = {"hub_ca"}
+        missing = [
+            n for n in names if not isinstance(data.get(n, "" if n in optional else None), str)
+            or (n not in optional and not data[n])
+        ]  # fmt: skip
         if missing:
             raise CityBundleError(f"city bundle lacks {', '.join(missing)}")
-        bundle = cls(**{n: data[n] for n in names})
+        bundle = cls(**{n: data.get(n, "") for n in names})
         try:
             bundle._check()
-        except (jwt.JwtError, ValueError) as e:
+        except (jwt.JwtError, ValueError, TlsError) as e:
             raise CityBundleError(f"city bundle is not valid: {e}") from None
         return bundle
 
     def _check(self) -> None:
         check_site_name(self.zone)
+        if self.hub_ca:
+            client_context(self.hub_ca)  # a PEM certificate, or TlsError
         operator = jwt.decode(self.operator_jwt)
         if operator["nats"].get("type") != "operator" or operator["iss"] != operator["sub"]:
             raise ValueError("operator_jwt is not a self-signed operator JWT")
@@ -426,7 +478,10 @@ class CityBundle:
 
     def install(self, dir: Path) -> CityFiles:
         """Write the creds files into `dir` (0700) for nats-server and the time responder."""
-        files = CityFiles(dir / "leaf.creds", dir / "sys-leaf.creds", dir / "time.creds", dir / "resolver")
+        hub_ca = dir / "hub-ca.pem" if self.hub_ca else None
+        files = CityFiles(dir / "leaf.creds", dir / "sys-leaf.creds", dir / "time.creds", dir / "resolver", hub_ca)
+        if hub_ca is not None:
+            jwt.write_private(hub_ca, self.hub_ca)
         jwt.write_private(files.leaf_creds, self.leaf_creds)
         jwt.write_private(files.system_leaf_creds, self.system_leaf_creds)
         jwt.write_private(files.time_creds, self.time_creds)
@@ -450,8 +505,10 @@ class CityBundle:
     def leaf_remotes(self, hub_leaf_url: str, files: CityFiles) -> list[LeafRemote]:
         """Two connections to the hub's leafnode port: the application account and the system account."""
         return [
-            LeafRemote(hub_leaf_url, credentials=files.leaf_creds, account=self.account),
-            LeafRemote(hub_leaf_url, credentials=files.system_leaf_creds, account=self.system_account),
+            LeafRemote(hub_leaf_url, credentials=files.leaf_creds, account=self.account, tls_ca=files.hub_ca),
+            LeafRemote(
+                hub_leaf_url, credentials=files.system_leaf_creds, account=self.system_account, tls_ca=files.hub_ca
+            ),
         ]
 
     def embedded_nats(
