@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -97,6 +98,7 @@ class _Hub:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "400"},  # one log record per line (Rich wraps at 80 without a terminal)
         )
         proc = self.proc
         if wait_http_ok(f"{self.base}/api/health", lambda: proc.poll() is None, 60):
