@@ -19,9 +19,7 @@ from .conftest import ConsoleHub
 
 pytestmark = pytest.mark.slow
 
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
-)
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
 # Recorded in the page before any of its own scripts run (an init script is not subject to the page's CSP).
 RECORD_VIOLATIONS = """
 window.__csp = [];
