@@ -35,6 +35,7 @@ from citycast.hub.api import create_app
 from citycast.hub.api.limits import uvicorn_limits
 from citycast.hub.auth import ensure_admin
 from citycast.hub.context import HubContext
+from citycast.hub.credentials import CredentialsService, enrolled_key
 from citycast.hub.db.engine import Database, default_sqlite_url
 from citycast.hub.db.models import Recording, Setting, Site, utcnow
 from citycast.hub.desired import DesiredStore
@@ -211,6 +212,11 @@ class Hub:
         # With per-site users, a site's request for its desired state is answered only on that site's own inbox.
         desired = DesiredStore(self.nc, self.subjects, reply_prefix=site_inbox_prefix if self.authority else None)
         await desired.open()
+        if self.authority is not None:  # site JWTs expire: re-minted on the site's request (hub/credentials.py)
+            self.credentials = CredentialsService(
+                self.nc, self.authority, self.subjects, lambda site: enrolled_key(self.db, site)
+            )
+            await self.credentials.start()
         self.addresses = AddressManager(
             db=self.db,
             nc=self.nc,

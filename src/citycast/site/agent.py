@@ -33,6 +33,7 @@ from citycast.media.playout import ClockMap, PlayoutEngine
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
 from citycast.media.sources import open_source
+from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
 from citycast.site.talkback import TalkbackSender
 from citycast.site.telemetry import Telemetry
@@ -76,6 +77,7 @@ class SiteConfig:
     watch_desired: bool = True  # follow the hub's desired state (channel, volume, mute, fallback) in NATS KV
     talkback_key: Ed25519PrivateKey | None = None  # the site's own key (from its NATS seed): enables talkback
     talkback_source: str = "line-in"  # the microphone: "line-in[:DEVICE]" or a file (tests)
+    renew_creds: bool = True  # ask the hub for fresh credentials before `creds` expire (citycast.hub.credentials)
 
 
 class StageTimer:
@@ -154,6 +156,11 @@ class SiteAgent:
         self._resubscribing: set[asyncio.Task[None]] = set()
         self._own_fallback = config.fallback
         self.talkback: TalkbackSender | None = None
+        self.renewer: CredentialsRenewer | None = None
+        self.swaps = 0  # connections replaced after a credentials renewal
+        self.swap_duplicates = 0  # frames that came on both connections while they overlapped (played once)
+        self._overlap = False
+        self._watch_task: asyncio.Task[None] | None = None
 
     # -- clock ---------------------------------------------------------------------------------------------
     def _estimate(self, local_ns: int) -> int | None:
@@ -237,7 +244,10 @@ class SiteAgent:
                 self.rejected["stale"] += 1
                 return
             if not self.replay.check_and_mark(frame.stream, frame.seq):
-                self.rejected["replayed"] += 1
+                if self._overlap:  # the same frame from the old and the new connection: no attack, no news
+                    self.swap_duplicates += 1
+                else:
+                    self.rejected["replayed"] += 1
                 return
         finally:
             self.timer.add("verify", t0)
@@ -356,14 +366,72 @@ class SiteAgent:
                 delay = min(delay * 2, SINK_RETRY_MAX_S)
 
     # -- life cycle ----------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def _connect(self) -> Client:
         cfg = self.config
         auth: dict[str, Any] = {}
         if cfg.creds is not None:
             auth["user_credentials"] = str(cfg.creds)
         if cfg.inbox_prefix:
             auth["inbox_prefix"] = cfg.inbox_prefix
-        self.nc = await connect(cfg.nats_url, name=f"site:{cfg.name}", **auth)
+        return await connect(cfg.nats_url, name=f"site:{cfg.name}", **auth)
+
+    async def _swap_connection(self) -> None:
+        """Move to a connection made with the renewed creds file, without a gap: the new connection hears the
+        channel before the old one stops (the replay window plays each frame once), then takes over commands,
+        desired state and reports, and the old one is drained before its JWT expires. The clock's own
+        connection re-reads the file when the server drops it at the old JWT's expiry."""
+        old = self.nc
+        try:
+            async with asyncio.timeout(30.0):
+                new = await self._connect()
+        except TimeoutError:
+            log.warning(
+                "%s: renewed credentials, but no new connection yet; the next renewal retries", self.config.name
+            )
+            return
+        cfg = self.config
+        self._overlap = True
+        try:
+            async with self._audio_lock:
+                try:
+                    sub = await new.subscribe(
+                        cfg.subjects.audio(cfg.channel), cb=self._on_audio, pending_msgs_limit=4096
+                    )
+                    await new.flush()  # the server holds the subscription: every frame from now on comes on `new`
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await new.close()  # never a second connection left behind
+                    raise
+                old_sub, self._audio_sub = self._audio_sub, sub
+                self.nc = new
+            if self.talkback is not None:
+                self.talkback.nc = new
+                await new.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+            watcher = self.desired_watcher
+            if watcher is not None:
+                fresh = DesiredWatcher(new, cfg.subjects, cfg.name, self.apply_desired)
+                fresh.current, fresh.revision = watcher.current, watcher.revision
+                self.desired_watcher = fresh
+                task = self._watch_task
+                self._watch_task = asyncio.create_task(fresh.run())
+                self._tasks = [t for t in self._tasks if t is not task] + [self._watch_task]
+                if task is not None:
+                    await cancel_and_wait(task)
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    if old_sub is not None:
+                        await old_sub.unsubscribe()
+                    async with asyncio.timeout(2.0):
+                        await old.drain()
+                with contextlib.suppress(Exception):
+                    await old.close()
+        finally:
+            self._overlap = False
+        self.swaps += 1
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.nc = await self._connect()
         if cfg.clock_mode == "sync":
             self.clock_sync = ClockSync(
                 cfg.nats_url,
@@ -385,7 +453,11 @@ class SiteAgent:
         ]
         if cfg.watch_desired:
             self.desired_watcher = DesiredWatcher(self.nc, cfg.subjects, cfg.name, self.apply_desired)
-            self._tasks.append(asyncio.create_task(self.desired_watcher.run()))
+            self._watch_task = asyncio.create_task(self.desired_watcher.run())
+            self._tasks.append(self._watch_task)
+        if cfg.creds is not None and cfg.renew_creds:
+            self.renewer = CredentialsRenewer(lambda: self.nc, cfg.subjects, cfg.name, cfg.creds, self._swap_connection)
+            self._tasks.append(asyncio.create_task(self.renewer.run(), name=f"creds:{cfg.name}"))
         if cfg.talkback_key is not None:
             spec = cfg.talkback_source
             self.talkback = TalkbackSender(self.nc, cfg.subjects, cfg.name, cfg.talkback_key, lambda: open_source(spec))
