@@ -9,7 +9,6 @@ a revoked site gets nothing; a site cannot have another's credentials sent anywh
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +30,7 @@ from citycast.clock.local import SystemClock
 from citycast.clock.service import TimeResponder
 from citycast.hub.credentials import CredentialsService, enrolled_key
 from citycast.hub.db.engine import Database
-from citycast.hub.db.models import Base, Site
+from citycast.hub.db.models import Base, Site, utcnow
 from citycast.hub.desired import DesiredStore
 from citycast.media.codec import OpusEncoder
 from citycast.media.frame import FrameSigner
@@ -39,6 +38,7 @@ from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.site.credentials import RenewalError, check_renewal
+from citycast.site.enrol import SiteCredentials
 
 SUBJECTS = Subjects()
 LIFETIME_S = 4
@@ -53,17 +53,18 @@ class Bus:
     tmp: Path
 
     def enrol(self, site: str) -> Path:
-        """What enrolment leaves on a box: its own seed and a JWT for it, and the site's row at the hub."""
+        """What enrolment leaves on a box (its own seed and a JWT for it in `<site>.json`, and the creds file
+        `citycast site` builds from it at each start), and the site's row at the hub."""
         seed = jwt.new_seed(KeyKind.USER)
-        path = self.tmp / f"{site}.creds"
-        jwt.write_private(path, jwt.creds_text(self.authority.mint_site_jwt(site, jwt.public_key(seed)), seed))
+        record = SiteCredentials(site=site, prefix=SUBJECTS.prefix, nats_urls=[self.server.url],
+                                 user_jwt=self.authority.mint_site_jwt(site, jwt.public_key(seed)), seed=seed,
+                                 trusted_keys=[], delay_ms=300, time_subject=SUBJECTS.time(),
+                                 inbox_prefix=site_inbox_prefix(site))  # fmt: skip
+        path = self.tmp / f"{site}.json"
+        record.save(path)
         with self.db.session() as s:
-            s.add(
-                Site(
-                    name=site, lat=24.8, lon=67.0, nkey_public=jwt.public_key(seed), enrolled_at=dt.datetime.now(dt.UTC)
-                )
-            )
-        return path
+            s.add(Site(name=site, lat=24.8, lon=67.0, nkey_public=jwt.public_key(seed), enrolled_at=utcnow()))
+        return record.creds_file(path)
 
 
 @pytest.fixture
@@ -141,6 +142,10 @@ async def test_a_site_plays_every_frame_across_expiries_and_one_that_does_not_re
         renewed = jwt.decode(jwt.load_creds(creds).jwt)
         assert renewed["exp"] > time.time() and jwt.load_creds(creds).jwt != first_jwt
         assert creds.stat().st_mode & 0o777 == 0o600
+        # a restart rebuilds the creds file from the enrolment record: it holds the renewed JWT too
+        record = creds.with_suffix(".json")
+        assert record.stat().st_mode & 0o777 == 0o600
+        assert jwt.load_creds(SiteCredentials.load(record).creds_file(record)).jwt == jwt.load_creds(creds).jwt
         # the desired state follows the site onto its new connection
         await desired.put("s1", DesiredState(channel=1, volume=0.3))
         await wait_until(lambda: site.desired is not None and site.desired.volume == 0.3, 10, "desired state after")
@@ -161,7 +166,7 @@ async def test_a_revoked_site_gets_no_renewal(bus: Bus) -> None:
     creds = bus.enrol("s1")
     with bus.db.session() as s:
         row = s.query(Site).filter_by(name="s1").one()
-        row.revoked_at = dt.datetime.now(dt.UTC)
+        row.revoked_at = utcnow()
     nc = await nats.connect(bus.server.url, user_credentials=str(creds), inbox_prefix=site_inbox_prefix("s1"))
     try:
         reply = await nc.request(SUBJECTS.creds_renew("s1"), b"", timeout=5)

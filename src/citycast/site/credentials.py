@@ -69,9 +69,23 @@ def check_renewal(answer: bytes, current: jwt.Credentials) -> str:
 
 
 def write_renewed(path: Path, token: str) -> None:
-    """Replace the creds file atomically (0600 from the start), keeping its seed and hub CA."""
+    """Replace the creds file atomically (0600 from the start), keeping its seed and hub CA.
+
+    The enrolment record beside it (`site.json` for `site.creds`, from which `citycast site` rebuilds the creds
+    file at each start) gets the new JWT first: a restart after the enrolment JWT expired must not bring it back.
+    """
     text = path.read_text()
     current = jwt.parse_creds(text)
+    record = path.with_suffix(".json")
+    try:
+        data = json.loads(record.read_text())
+    except FileNotFoundError:
+        data = None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OSError(f"cannot update the enrolment record {record}: {e}") from e
+    if isinstance(data, dict) and data.get("user_jwt") == current.jwt:
+        data["user_jwt"] = token
+        jwt.write_private(record, json.dumps(data, indent=1) + "\n")
     jwt.write_private(path, creds_with_ca(jwt.creds_text(token, current.seed), ca_in_creds(text)))
 
 
