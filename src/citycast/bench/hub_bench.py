@@ -98,7 +98,8 @@ class _Hub:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "COLUMNS": "400"},  # one log record per line (Rich wraps at 80 without a terminal)
+            # One log record per line (Rich wraps at 80 without a terminal), written at once (not block-buffered).
+            env={**os.environ, "COLUMNS": "400", "PYTHONUNBUFFERED": "1"},
         )
         proc = self.proc
         if wait_http_ok(f"{self.base}/api/health", lambda: proc.poll() is None, 60):
