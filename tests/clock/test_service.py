@@ -12,7 +12,7 @@ import pytest
 from tests.bus.test_authority import connect, nothing_arrives, site_creds
 
 from citycast.bus import jwt
-from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, NatsAuthority, site_inbox_prefix
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.bus.subjects import Subjects
@@ -226,4 +226,52 @@ async def test_a_site_cannot_aim_time_replies_at_another_inbox(tmp_path: Path) -
         await site.nc.close()
         await spy.nc.close()
         await service.stop()
+        server.stop()
+
+
+async def test_a_city_responder_answers_its_sites_only_on_their_own_inbox(tmp_path: Path) -> None:
+    """`serve --zone north` with the city bundle's time credentials, synced to the hub's responder: a site of the
+    city syncs through it on its own subject, and its credentials cannot aim the city's answers at another
+    site's inbox (the city's user may answer any request it gets, so the responder's own check is what stops it)."""
+    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
+    server.start()
+    files = authority.city_bundle(tmp_path / "north.bundle", "north").install(tmp_path / "city")
+    subjects = Subjects()
+    hub = TimeService(server.url, subjects, creds=authority.hub_creds_path)
+    city = TimeService(
+        server.url,
+        subjects,
+        zone="north",
+        upstream=subjects.time(),
+        creds=files.time_creds,
+        upstream_inbox_prefix=CITY_TIME_INBOX_PREFIX,
+    )
+    creds, _ = site_creds(authority, "a", tmp_path)
+    site_clock = SkewedClock(offset_ns=250_000_000, ppm=-20.0)
+    sync = ClockSync(
+        server.url, subjects.time("north"), site_clock, creds=creds, inbox_prefix=site_inbox_prefix("a"), site="a"
+    )
+    site = await connect(server.url, creds, site_inbox_prefix("a"))
+    spy = await connect(server.url, authority.hub_creds_path)
+    try:
+        await hub.start()
+        await city.start()
+        await sync.start()
+        est = sync.estimator
+        assert await wait_until(lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 2 * MS, 60)
+        stolen = await spy.nc.subscribe("_INBOX_site.b.>")
+        await spy.nc.flush()
+        before = city.responder.misdirected
+        for _ in range(3):
+            await site.nc.publish("citycast.time.north.site.a", b"12345678", reply="_INBOX_site.b.stolen")
+        await site.nc.flush()
+        assert await nothing_arrives(stolen, 1.0)
+        assert city.responder.misdirected == before + 3
+    finally:
+        await site.nc.close()
+        await spy.nc.close()
+        await sync.stop()
+        await city.stop()
+        await hub.stop()
         server.stop()
