@@ -100,8 +100,11 @@ def test_rtcp_before_the_rtp_latch_is_dropped() -> None:
 def test_a_reinvite_to_a_new_address_relatches_under_the_same_rules() -> None:
     latch = answered(MediaLatch("198.51.100.7", SdpMedia(("198.51.100.7", 4000), None, PTS)))
     assert latch.on_rtp(rtp(), ("198.51.100.7", 4000)).packet is not None
-    latch.renegotiate(SdpMedia(("198.51.100.7", 4000), None, PTS))  # same address (hold, resume): kept
-    assert latch.latched == ("198.51.100.7", 4000)
+    assert latch.on_rtp(rtp(0xB0B, seq=2), ("198.51.100.7", 4000)).reason == "foreign_ssrc"
+    latch.renegotiate(SdpMedia(("198.51.100.7", 4000), None, PTS))  # same address (hold, resume, a transfer)
+    assert latch.latched == ("198.51.100.7", 4000) and latch.ssrc is None
+    assert latch.on_rtp(rtp(0xB0B, seq=3), ("198.51.100.8", 4000)).reason == "foreign_source"
+    assert latch.on_rtp(rtp(0xB0B, seq=3), ("198.51.100.7", 4000)).packet is not None and latch.ssrc == 0xB0B
     latch.renegotiate(SdpMedia(("198.51.100.7", 5000), None, PTS))
     assert latch.latched is None
     assert latch.on_rtp(rtp(0xD00D), ("198.51.100.7", 4000)).reason == "foreign_source"

@@ -14,7 +14,8 @@ from what the signalling says (the SIP peer's IP, the SDP's ``c=``/``m=``/``a=rt
   (a caller behind NAT) is the first valid packet from the signalling IP taken from whatever port it comes from.
 * **After the latch**: a packet from any other (IP, port) or with another SSRC is counted and dropped — never
   decoded, never a DTMF digit. A re-INVITE that changes the SDP's address or port unlatches; the next packet
-  latches again under the same rules.
+  latches again under the same rules. Any re-INVITE re-opens the SSRC, to be set by the next valid packet from the
+  latched address (the only signalled way for a caller's stream to change its SSRC).
 * **RTCP** is taken only once RTP has latched, from the latched IP, from the SDP's ``a=rtcp`` port or the latched
   RTP port + 1, with a first sender SSRC equal to the latched one.
 * **Sending**: RTP and RTCP go to the latched address (RTCP to its RTCP port); before the latch, only after the
@@ -105,10 +106,12 @@ class MediaLatch:
         return frozenset(ips)
 
     def renegotiate(self, sdp: SdpMedia) -> None:
-        """A re-INVITE's offer: a new address or port unlatches (the caller moved); the same one keeps the latch."""
+        """A re-INVITE's offer: a new address or port unlatches (the caller moved); the same one keeps the latched
+        address but lets the next valid packet from it set the SSRC again (a PBX that transfers or bridges a call
+        starts a new stream, and says so with a re-INVITE)."""
         if sdp.address != self.sdp.address and sdp.address[1] != 0:
             self.latched = None
-            self.ssrc = None
+        self.ssrc = None
         self.sdp = sdp
 
     # -- receiving --------------------------------------------------------------------------------------------
@@ -146,7 +149,9 @@ class MediaLatch:
         if self.ssrc is not None and pkt.ssrc != self.ssrc:
             return self._drop("foreign_ssrc")
         if self.latched is None:
-            self.latched, self.ssrc = addr, pkt.ssrc
+            self.latched = addr
+        if self.ssrc is None:
+            self.ssrc = pkt.ssrc
         self.accepted += 1
         return Verdict(pkt)
 
