@@ -32,7 +32,7 @@ from citycast.demo import speech_asset
 from citycast.hub.runtime import ADMIN_PASSWORD_FILE
 
 MAX_GUESSES = 100_000  # every abuse loop is bounded in count as well as by its phase's time
-_LATENESS = re.compile(r"address (\d+) ended .*publish lateness p50 ([\d.]+) p99 ([\d.]+) max ([\d.]+) ms")
+_LATENESS = re.compile(r"address (\d+) ended .*?publish lateness p50 ([\d.]+) p99 ([\d.]+) max ([\d.]+) ms")
 
 
 @dataclass
@@ -64,10 +64,9 @@ async def _site_totals(api: httpx.AsyncClient) -> tuple[int, int]:
 
 
 def hub_lateness(log: Path, address_id: int) -> dict[str, float]:
-    # Rich wraps long log lines: join them before matching.
-    text = " ".join(log.read_text(errors="replace").split())
-    for m in _LATENESS.finditer(text):
-        if int(m.group(1)) == address_id:
+    for line in log.read_text(errors="replace").splitlines():  # one record a line (_Hub sets COLUMNS)
+        m = _LATENESS.search(line)
+        if m is not None and int(m.group(1)) == address_id:
             return {"p50": float(m.group(2)), "p99": float(m.group(3)), "max": float(m.group(4))}
     raise RuntimeError(f"the hub did not log the publish lateness of address {address_id}")
 
