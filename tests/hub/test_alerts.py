@@ -141,3 +141,18 @@ def test_a_refused_clock_step_is_critical_and_clears_when_the_clock_agrees() -> 
     assert rig.log[-1] == ("clear", "clock_step_refused", "critical")
     rig.report(4, clock_step_refused_ms="a lot")  # a site's bug: shown as nothing, never a crash
     assert rig.fleet.view("site-1")["clock_step_refused_ms"] is None
+
+
+def test_credentials_a_site_fails_to_renew_raise_a_warning_until_renewed() -> None:
+    rig = Rig()
+    day = 24 * 3600
+    now_s = T0 // S
+    rig.report(0, creds_expire_s=now_s + 20 * day)  # fresh: nothing
+    assert rig.log == []
+    rig.report(1, creds_expire_s=now_s + 6 * day)  # a week past its renewal: warn
+    assert rig.log == [("raise", "creds_expiring", "warning")]
+    assert "expire in 144 h" in rig.rules.open_alerts()[0].message
+    rig.report(2, creds_expire_s=now_s + 30 * day)
+    assert rig.log[-1] == ("clear", "creds_expiring", "warning")
+    rig.report(3, creds_expire_s="soon")  # a site's bug: ignored, never a crash
+    assert rig.fleet.view("site-1")["creds_expire_s"] is None

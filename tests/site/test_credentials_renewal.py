@@ -141,6 +141,7 @@ async def test_a_site_plays_every_frame_across_expiries_and_one_that_does_not_re
         assert site.nc is not None and site.nc.is_connected and site.nc.stats["reconnects"] == 0
         renewed = jwt.decode(jwt.load_creds(creds).jwt)
         assert renewed["exp"] > time.time() and jwt.load_creds(creds).jwt != first_jwt
+        assert site.telemetry().creds_expire_s == renewed["exp"]  # what the hub's `creds_expiring` rule watches
         assert creds.stat().st_mode & 0o777 == 0o600
         # a restart rebuilds the creds file from the enrolment record: it holds the renewed JWT too
         record = creds.with_suffix(".json")

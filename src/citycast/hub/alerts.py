@@ -14,6 +14,9 @@ that keeps misbehaving is one alert, not one a second:
 - `clock_step_refused` (critical): the site refuses to step its broadcast clock as its time responder says
   (beyond 1 s, see `citycast.clock.estimator.StepGuard`): the responder or the path to it lies (a replay of old
   audio needs exactly that), or the hub's clock was set. Cleared when the site's estimate agrees again.
+- `creds_expiring` (warning): the site's NATS credentials expire within 7 days: it renews them at half their
+  life (15 days of 30), so it has been failing to for a week (its creds file not writable, the hub refusing).
+  Cleared when it reports a later expiry.
 - `rejected_frames` (critical): frames refused as malformed, untrusted, badly signed, replayed or oversized went
   up: someone is putting foreign or tampered audio on the bus. Cleared after 60 s without a new one.
 
@@ -30,8 +33,9 @@ OFFLINE_ALERT_NS = 10_000_000_000
 QUIET_CLEAR_NS = 60_000_000_000
 SYNC_ALERT_MS = 5.0
 SYNC_CLEAR_MS = 4.0
+CREDS_WARN_NS = 7 * 24 * 3600 * 1_000_000_000
 
-KINDS = ("offline", "underruns", "sync_error", "sink_failed", "clock_step_refused", "rejected_frames")
+KINDS = ("offline", "underruns", "sync_error", "sink_failed", "clock_step_refused", "creds_expiring", "rejected_frames")
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,16 @@ class _SiteRules:
 
 
 class AlertRules:
-    def __init__(self, *, offline_after_ns: int = OFFLINE_ALERT_NS, quiet_clear_ns: int = QUIET_CLEAR_NS) -> None:
+    def __init__(
+        self,
+        *,
+        offline_after_ns: int = OFFLINE_ALERT_NS,
+        quiet_clear_ns: int = QUIET_CLEAR_NS,
+        creds_warn_ns: int = CREDS_WARN_NS,
+    ) -> None:
         self.offline_after_ns = offline_after_ns
         self.quiet_clear_ns = quiet_clear_ns
+        self.creds_warn_ns = creds_warn_ns
         self._sites: dict[str, _SiteRules] = {}
 
     def evaluate(self, view: dict[str, Any], now_ns: int) -> list[AlertEvent]:
@@ -137,6 +148,17 @@ class AlertRules:
                 )
             else:
                 self._clear(st, out, name, "clock_step_refused", "clock agrees again", now_ns)
+
+        # credentials the site is failing to renew (an offline site keeps its last word)
+        expire = view.get("creds_expire_s")
+        if isinstance(expire, int) and state != "offline":
+            left_ns = expire * 1_000_000_000 - now_ns
+            if left_ns < self.creds_warn_ns:
+                when = f"in {left_ns / 3.6e12:.0f} h" if left_ns > 0 else "already"
+                self._raise(st, out, name, "creds_expiring", "warning",
+                            f"its bus credentials expire {when}: it is not renewing them", now_ns)  # fmt: skip
+            else:
+                self._clear(st, out, name, "creds_expiring", "credentials renewed", now_ns)
 
         # forged or foreign frames
         forged = view.get("forged")

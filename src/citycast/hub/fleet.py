@@ -209,6 +209,7 @@ class FleetState:
             "clock_step_refused_ms": (
                 _num(float(t.clock_step_refused_ms), 1) if isinstance(t.clock_step_refused_ms, int | float) else None
             ),
+            "creds_expire_s": t.creds_expire_s if isinstance(t.creds_expire_s, int) else None,
             "last_seen_s": None,
         }
         old_view = site.view

@@ -324,6 +324,7 @@ class SiteAgent:
             sink_error=self.sink_error,
             clock_step_refused_ms=(step / 1e6) if (step := self.guard.reported_step_ns(self.monotonic())) else None,
             clock_steps_refused=self.guard.refused_steps,
+            creds_expire_s=self.renewer.expires_s if self.renewer is not None else None,
         )
 
     async def _report(self) -> None:

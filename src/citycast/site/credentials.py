@@ -114,6 +114,7 @@ class CredentialsRenewer:
         self.renewals = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.expires_s: int | None = None  # the current JWT's `exp`, once read
 
     def _times(self) -> tuple[float, int] | None:
         """(when to renew, when the current creds expire), unix seconds; None if they never expire."""
@@ -121,6 +122,7 @@ class CredentialsRenewer:
         exp, iat = claims.get("exp"), claims.get("iat")
         if not isinstance(exp, int) or not isinstance(iat, int):
             return None
+        self.expires_s = exp
         return renew_at(iat, exp), exp
 
     async def run(self) -> None:

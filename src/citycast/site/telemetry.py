@@ -40,6 +40,9 @@ class Telemetry:
     # its time responder or the path to it answers a time far from what the site has been keeping.
     clock_step_refused_ms: float | None = None
     clock_steps_refused: int = 0  # refusal episodes since start
+    # When the site's NATS credentials expire (unix seconds; null: none, or they never do). The site renews them at
+    # half their life: one still close to expiry is failing to (the hub says why not, the site's log too).
+    creds_expire_s: int | None = None
     v: int = TELEMETRY_VERSION
 
     def to_json(self) -> bytes:
