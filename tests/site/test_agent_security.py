@@ -106,3 +106,34 @@ def test_garbage_never_raises_and_is_never_played(data: bytes) -> None:
     agent.on_frame_bytes(data)
     assert agent.engine.stats.packets == 0
     assert sum(agent.rejected.values()) == 1
+
+
+class SetClock:
+    """The site's system clock, which whoever controls its NTP server sets (`--clock system` trusts chrony)."""
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+
+    def now_ns(self) -> int:
+        return time.time_ns() + self.offset_ns
+
+    def at(self, true_ns: int) -> int:
+        return true_ns + self.offset_ns
+
+
+def test_a_system_clock_set_back_an_hour_replays_nothing() -> None:
+    """A site on `--clock system` whose time daemon is lied to: its clock steps back an hour, and a genuine frame
+    signed an hour ago would look fresh. The raw monotonic clock, which no time daemon bends, says otherwise."""
+    clock = SetClock()
+    cfg = SiteConfig(name="test-site", nats_url="nats://127.0.0.1:1", trusted_keys=[TRUSTED.public_key()],
+                     clock_mode="system", delay_ns=100_000_000)  # fmt: skip
+    agent = SiteAgent(cfg, TimedSink(), clock=clock)
+    agent.on_frame_bytes(frame(seq=0))
+    assert agent.frames == 1
+    hour_ago = time.time_ns() - 3600 * 1_000_000_000
+    clock.offset_ns = -3600 * 1_000_000_000
+    agent.on_frame_bytes(frame(stream=10, seq=0, ts=hour_ago))
+    assert agent.frames == 1 and agent.rejected["stale"] == 1
+    agent.on_frame_bytes(frame(seq=1))  # the live stream plays on
+    assert agent.frames == 2
+    assert agent.guard.refused_steps == 1 and agent.guard.refused_step_ns < -3599 * 1_000_000_000
