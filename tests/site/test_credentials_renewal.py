@@ -19,6 +19,8 @@ import nats
 import numpy as np
 import pytest
 from nats.aio.msg import Msg
+from tests.bus.test_authority import site_creds
+from tests.bus.test_leaf_auth import Topology, topology  # noqa: F401 (the fixture, used by name)
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
@@ -244,3 +246,31 @@ def test_an_answer_for_another_key_account_or_a_shorter_life_is_not_taken(tmp_pa
         with pytest.raises(RenewalError):
             check_renewal(junk, current)
     assert check_renewal(answer(forged), current) == forged
+
+
+async def test_a_site_at_a_city_renews_through_the_leaf(topology: Topology) -> None:  # noqa: F811
+    """The request crosses the city's leaf up to the hub and the answer comes down to the site's inbox."""
+    t = topology
+    db = Database(f"sqlite:///{t.dir / 'hub.db'}")
+    Base.metadata.create_all(db.engine)
+    creds, key = site_creds(t.authority, "s1", t.dir)
+    with db.session() as s:
+        s.add(Site(name="s1", lat=24.8, lon=67.0, nkey_public=key, enrolled_at=utcnow()))
+    hub = await nats.connect(t.hub.url, user_credentials=str(t.authority.hub_creds_path))
+    service = CredentialsService(hub, t.authority, SUBJECTS, lambda site: enrolled_key(db, site))
+    await service.start()
+    site = await nats.connect(t.city.url, user_credentials=str(creds), inbox_prefix=site_inbox_prefix("s1"))
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # interest crosses the leaf a moment after the hub subscribes
+            try:
+                reply = await site.request(SUBJECTS.creds_renew("s1"), b"", timeout=0.5)
+                break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                assert time.monotonic() < deadline, "no renewal through the leaf"
+        token = check_renewal(reply.data, jwt.load_creds(creds))
+        assert jwt.decode(token)["sub"] == key and service.renewed == 1
+    finally:
+        await site.close()
+        await service.stop()
+        await hub.close()
