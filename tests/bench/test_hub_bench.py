@@ -22,3 +22,20 @@ def test_hub_bench_reports_every_figure() -> None:
     assert result.hub_idle_rss_mb > 20
     figures = result.as_dict()
     assert figures["hub_cpu_vs_idle"] > 0 and "marker_update_ms" in figures["console"]
+
+
+@pytest.mark.slow
+def test_hub_abuse_bench_reports_both_phases() -> None:
+    from citycast.bench.hub_abuse import run_abuse_bench
+
+    result = asyncio.run(run_abuse_bench(sites=1, seconds=5))
+    figures = result.as_dict()
+    for phase in ("quiet", "abuse"):
+        late = figures[phase]["publish_lateness_ms"]
+        assert 0 <= late["p50"] <= late["p99"] <= late["max"], late
+        assert figures[phase]["underruns"] >= 0 and figures[phase]["concealed"] >= 0
+    asked = result.abuse.requests
+    # Every kind of abuse really reached the hub, and each got its refusal.
+    assert asked.get("login:401", 0) > 0 and asked.get("body:413", 0) > 0, asked
+    assert any(k.startswith("pin:4") for k in asked) and asked.get("list:200", 0) > 0, asked
+    assert "p99_delta_ms" in figures
