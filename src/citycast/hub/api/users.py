@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session as DbSession
 from citycast.hub.api.auth import user_out
 from citycast.hub.api.deps import Admin, Ctx, PathId, not_found, record, utc
 from citycast.hub.api.schemas import AUTH_ERRORS, AuditOut, ErrorOut, OkOut, UserIn, UserOut, UserPatch
-from citycast.hub.auth.passwords import hash_password
+from citycast.hub.auth.hashing import HashPoolBusy
+from citycast.hub.auth.passwords import hash_password_off_loop
 from citycast.hub.auth.sessions import delete_user_sessions
 from citycast.hub.db.models import AuditEntry, Role, User
 
@@ -29,6 +30,16 @@ def _other_active_admins(s: DbSession, user: User) -> int:
     )
 
 
+async def _hash(password: str) -> str:
+    """Argon2 off the event loop, in the bounded pool every secret check shares."""
+    try:
+        return await hash_password_off_loop(password)
+    except HashPoolBusy:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the hub is busy checking passwords: try again", {"Retry-After": "2"}
+        ) from None
+
+
 @router.get("/api/users", response_model=list[UserOut])
 async def list_users(_: Admin, ctx: Ctx) -> list[UserOut]:
     with ctx.db.session() as s:
@@ -37,10 +48,11 @@ async def list_users(_: Admin, ctx: Ctx) -> list[UserOut]:
 
 @router.post("/api/users", response_model=UserOut, status_code=201, responses={409: {"model": ErrorOut}})
 async def create_user(body: UserIn, request: Request, admin: Admin, ctx: Ctx) -> UserOut:
+    password_hash = await _hash(body.password)
     with ctx.db.session() as s:
         if s.scalar(select(User.id).where(User.username == body.username)) is not None:
             raise HTTPException(status.HTTP_409_CONFLICT, f"user {body.username!r} already exists")
-        user = User(username=body.username, password_hash=hash_password(body.password), role=body.role)
+        user = User(username=body.username, password_hash=password_hash, role=body.role)
         s.add(user)
         s.flush()
         record(s, request, admin, "user.create", f"user:{user.username}", {"role": user.role.value})
@@ -51,6 +63,7 @@ async def create_user(body: UserIn, request: Request, admin: Admin, ctx: Ctx) ->
     "/api/users/{user_id}", response_model=UserOut, responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 )
 async def update_user(user_id: PathId, body: UserPatch, request: Request, admin: Admin, ctx: Ctx) -> UserOut:
+    password_hash = await _hash(body.password) if body.password is not None else None
     with ctx.db.session() as s:
         user = s.get(User, user_id)
         if user is None:
@@ -65,8 +78,8 @@ async def update_user(user_id: PathId, body: UserPatch, request: Request, admin:
         if body.disabled is not None and body.disabled != user.disabled:
             user.disabled = body.disabled
             changed["disabled"] = body.disabled
-        if body.password is not None:
-            user.password_hash = hash_password(body.password)
+        if password_hash is not None:
+            user.password_hash = password_hash
             changed["password"] = "changed"
         if changed:
             # A new password, a demotion or disabling takes effect now, not when old sessions expire.
