@@ -352,8 +352,9 @@ class StepGuard:
       here). The anchor is re-based on the estimate at most every ``rebase_ns``, so the estimate cannot walk
       the guard by more than ``follow_ns + drift·rebase`` per ``rebase_ns`` (≈ 370 ppm with the defaults);
     - a step up to ``max_step_ns`` (1 s: more than any honest correction of a synced city, whose sites agree to
-      milliseconds, and far less than the seconds a replay needs to be worth anything): taken, but at most one
-      per ``step_interval_ns``, so small steps cannot be chained into a big one;
+      milliseconds, and far less than the seconds a replay needs to be worth anything): taken while a budget
+      lasts, which holds ``max_step_ns`` and refills at ``max_step_ns`` per ``step_interval_ns`` (1 h): a WAN
+      site's few honest corrections of tens of ms pass, small steps cannot be chained into a big one;
     - anything else is refused: the reading is replaced by the own idea (the site keeps playing on its
       flywheel), counted, and its size reported (`refused_step_ns`) until the estimate comes back;
     - unless the evidence is overwhelming: the estimate has held the *same* refused offset against the
@@ -383,7 +384,8 @@ class StepGuard:
         self._episode: int | None = None  # monotonic time the current refusal began
         self._anchor: tuple[int, int] | None = None  # (monotonic, broadcast)
         self._rate = 0.0  # broadcast seconds per monotonic second, minus 1, learnt between re-bases
-        self._last_step: int | None = None  # monotonic time of the last step taken
+        self._budget = float(max_step_ns)  # of steps still allowed (ns), as of `_budget_at`
+        self._budget_at: int | None = None
         self._candidate: tuple[int, int] | None = None  # (monotonic since, broadcast - monotonic) being refused
         self.refused = 0  # readings refused
         self.refused_steps = 0  # refusal episodes (a step refused, until the estimate agrees again)
@@ -427,10 +429,10 @@ class StepGuard:
                 self._anchor = (mono_ns, broadcast_ns)
             self._agree()
             return True
-        if abs(own) <= self.max_step_ns and (
-            self._last_step is None or mono_ns - self._last_step >= self.step_interval_ns
-        ):
+        budget = self._budget_now(mono_ns)
+        if abs(own) <= min(self.max_step_ns, budget):
             self.taken_steps += 1
+            self._budget, self._budget_at = budget - abs(own), mono_ns
             self._take(mono_ns, broadcast_ns)
             return True
         offset = broadcast_ns - mono_ns
@@ -448,9 +450,14 @@ class StepGuard:
         self.refused_step_ns = own
         return False
 
+    def _budget_now(self, mono_ns: int) -> float:
+        if self._budget_at is None:
+            return self._budget
+        refill = self.max_step_ns * (mono_ns - self._budget_at) / self.step_interval_ns
+        return min(float(self.max_step_ns), self._budget + refill)
+
     def _take(self, mono_ns: int, broadcast_ns: int) -> None:
         self._anchor = (mono_ns, broadcast_ns)
-        self._last_step = mono_ns
         self._agree()
 
     def reported_step_ns(self, mono_ns: int) -> int | None:
