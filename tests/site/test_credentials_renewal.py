@@ -23,7 +23,7 @@ from tests.bus.test_authority import site_creds
 from tests.bus.test_leaf_auth import Topology, topology  # noqa: F401 (the fixture, used by name)
 
 from citycast.bus import jwt
-from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.authority import NatsAuthority, site_inbox_prefix, site_permissions
 from citycast.bus.desired import DesiredState
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
@@ -39,8 +39,9 @@ from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
 from citycast.site.agent import SiteAgent, SiteConfig
-from citycast.site.credentials import RenewalError, check_renewal
+from citycast.site.credentials import CredentialsRenewer, RenewalError, check_renewal
 from citycast.site.enrol import SiteCredentials
+from citycast.tasks import cancel_and_wait
 
 SUBJECTS = Subjects()
 LIFETIME_S = 4
@@ -274,3 +275,27 @@ async def test_a_site_at_a_city_renews_through_the_leaf(topology: Topology) -> N
         await site.close()
         await service.stop()
         await hub.close()
+
+
+async def test_credentials_from_before_expiry_are_renewed_onto_expiring_ones(bus: Bus) -> None:
+    """A site enrolled when JWTs never expired asks at once and from then on holds one that does."""
+    creds = bus.enrol("s1")
+    old = jwt.load_creds(creds)
+    forever = jwt.user_jwt(bus.authority.account_seed, jwt.public_key(old.seed), "site:s1",
+                           site_permissions("s1", SUBJECTS))  # fmt: skip
+    jwt.write_private(creds, jwt.creds_text(forever, old.seed))
+    nc = await nats.connect(bus.server.url, user_credentials=str(creds), inbox_prefix=site_inbox_prefix("s1"))
+    swapped: list[int] = []
+
+    async def on_renewed() -> None:
+        swapped.append(1)
+
+    renewer = CredentialsRenewer(lambda: nc, SUBJECTS, "s1", creds, on_renewed)
+    task = asyncio.create_task(renewer.run())
+    try:
+        await wait_until(lambda: renewer.renewals == 1, 10, "the renewal")
+        assert swapped == [1] and "exp" in jwt.decode(jwt.load_creds(creds).jwt)
+        assert renewer.expires_s is None or renewer.expires_s > time.time()
+    finally:
+        await cancel_and_wait(task)
+        await nc.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -116,12 +117,14 @@ class CredentialsRenewer:
         self.last_error: str | None = None
         self.expires_s: int | None = None  # the current JWT's `exp`, once read
 
-    def _times(self) -> tuple[float, int] | None:
-        """(when to renew, when the current creds expire), unix seconds; None if they never expire."""
+    def _times(self) -> tuple[float, float]:
+        """(when to renew, when the current creds expire), unix seconds. Creds that never expire (enrolled before
+        JWTs expired) are renewed at once, so an upgraded fleet moves onto expiring credentials by itself."""
         claims = jwt.decode(jwt.load_creds(self.creds).jwt, verify=False)
         exp, iat = claims.get("exp"), claims.get("iat")
         if not isinstance(exp, int) or not isinstance(iat, int):
-            return None
+            self.expires_s = None
+            return 0.0, math.inf
         self.expires_s = exp
         return renew_at(iat, exp), exp
 
@@ -133,8 +136,6 @@ class CredentialsRenewer:
                 self._failed(f"cannot read {self.creds}: {e}")
                 await asyncio.sleep(self.retry_s)
                 continue
-            if times is None:
-                return  # creds without expiry (an older hub): nothing to do
             due, exp = times
             wait = due - self.clock()
             if wait > 0:
