@@ -14,6 +14,7 @@ from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.subjects import Subjects, time_request
 from citycast.bus.wire import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.local import SkewedClock, SystemClock
 
@@ -94,12 +95,13 @@ async def test_wire_signs_the_nonce_with_its_creds(
     async def answer(msg: Msg) -> None:
         await msg.respond(b"t2t3")
 
-    await hub.subscribe("citycast.time", cb=answer)
+    # A site may ask the time only on its own request subject (its user may publish nothing else there).
+    await hub.subscribe(Subjects().time_site_all(), cb=answer)
     await hub.flush()
     wire = await open_wire(server.url, got.append, SystemClock(), creds=creds)
     inbox = new_inbox(site_inbox_prefix("s1"))
     wire.subscribe(inbox)
-    wire.publish("citycast.time", b"t1", reply=inbox)
+    wire.publish(time_request(Subjects().time(), "s1"), b"t1", reply=inbox)
     deadline = time.monotonic() + 5
     while not got and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
