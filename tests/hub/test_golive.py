@@ -66,9 +66,12 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         await hub.stop()
 
 
-def _service(s: Setup, guard: PinGuard | None = None) -> GoLive:
+def _service(s: Setup, guard: PinGuard | None = None, *, on_media_plane: bool = True) -> GoLive:
+    """As the hub makes it: the sessions' media on the hub's media plane (or, for the same code on one loop,
+    without it)."""
     assert s.hub.addresses is not None
-    return GoLive(s.hub.addresses, s.hub.db, s.hub.fleet, guard=guard)
+    media = s.hub.media if on_media_plane else None
+    return GoLive(s.hub.addresses, s.hub.db, s.hub.fleet, guard=guard, media=media)
 
 
 async def _client_offer(player: MediaPlayer | None = None) -> RTCPeerConnection:
@@ -89,10 +92,13 @@ def _addresses(s: Setup) -> list[Address]:
         return rows
 
 
-async def test_browser_audio_reaches_the_channel(setup: Setup) -> None:
+@pytest.mark.parametrize("on_media_plane", [True, False], ids=["media-plane", "one-loop"])
+async def test_browser_audio_reaches_the_channel(setup: Setup, on_media_plane: bool) -> None:
     hub = setup.hub
     assert hub.nc is not None and hub.addresses is not None
-    service = _service(setup)
+    service = _service(setup, on_media_plane=on_media_plane)
+    if on_media_plane:
+        assert hub.golive is not None and hub.golive.media is hub.media  # the hub's own service is on its plane
     player = MediaPlayer(str(SPEECH))
     client = await _client_offer(player)
     try:
@@ -123,6 +129,8 @@ async def test_browser_audio_reaches_the_channel(setup: Setup) -> None:
         sub = await hub.nc.subscribe(hub.subjects.audio(channel), cb=on_msg)
         await client.setRemoteDescription(answer)
         await _wait(lambda: service.status(setup.user_id)["on_air"], 10, "the hub never heard the browser")
+        receiving = session.media_tasks[0].get_loop()
+        assert receiving is (hub.media.loop if on_media_plane and hub.media else asyncio.get_running_loop())
         await _wait(lambda: len(heard) >= 300, 15, "fewer than 6 s of frames reached the channel")
         status = service.status(setup.user_id)
         assert status["live"] and status["address_id"] == session.address_id

@@ -9,6 +9,15 @@ paces the broadcast: a buffer that runs dry is concealed (the last block, faded)
 A session ends when the speaker stops, hangs up (the track ends), ICE fails or the connection closes, or the hub
 stops the address (an operator); the address is stopped with a reason in each case.
 
+Where it runs: the session's media (the peer connection with its ICE/DTLS/SRTP sockets and callbacks, the receive
+task that decodes into `BrowserAudio`, the `LiveBroadcaster` with the media plane's own NATS connection) lives on
+the hub's media plane (`media_plane.py`), so a flood of requests or a slow query on the control loop delays
+neither the speaker's voice nor its frames. The PIN gate, `AddressManager.start/stop`, the database and the
+console's events stay on the control loop. The two meet only through `MediaPlane.run` (control to media) and
+`_to_control` (media to control: a failed connection or a hang-up ends the session there); what the API reads
+of a session's audio is an immutable `AudioReading` the media loop replaces. Without a media plane (`media=None`)
+everything runs on the caller's loop, as a unit test may want.
+
 The PIN goes through the same rules as the telephone's: `PinGate` over a `PinStore` and a `PinGuard` (the hub's
 one guard, shared with the telephone), keyed by the client address (the socket's peer, or the X-Forwarded-For of
 a trusted proxy), so a browser guessing PINs is limited exactly as a caller is: one offer's PIN in flight per
@@ -25,9 +34,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import av
 import numpy as np
@@ -41,12 +50,16 @@ from citycast.ingest.pins import BLOCK_S, PinGate, PinGuard, PinStore
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.convert import AudioConverter
 from citycast.media.render import Samples
+from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from citycast.hub.db.engine import Database
     from citycast.hub.fleet import FleetState
+    from citycast.hub.media_plane import MediaPlane
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PRIME_SAMPLES = 3 * FRAME_SAMPLES  # 60 ms buffered before the first block (and after a dry spell) goes out
 MAX_SAMPLES = 15 * FRAME_SAMPLES  # 300 ms: past this, the oldest audio is dropped back to PRIME_SAMPLES
@@ -97,8 +110,24 @@ def dbfs(mean_square: float) -> float:
     return SILENCE_DBFS if mean_square <= 1e-12 else max(SILENCE_DBFS, 10.0 * math.log10(mean_square))
 
 
+@dataclass(frozen=True)
+class AudioReading:
+    """What the API may read of a `BrowserAudio` from another thread: replaced whole, never changed."""
+
+    received_at: float | None = None
+    level_dbfs: float = SILENCE_DBFS
+    underruns: int = 0
+
+    def fresh(self, now: float) -> bool:
+        return self.received_at is not None and now - self.received_at <= AUDIO_FRESH_S
+
+
 class BrowserAudio:
-    """The browser's voice as a `LiveSource` (sans-IO: `push` what arrived, `next_block` at each frame's time)."""
+    """The browser's voice as a `LiveSource` (sans-IO: `push` what arrived, `next_block` at each frame's time).
+
+    Used from one loop (the media plane's); other threads read only `reading`, a snapshot replaced at each push
+    and block (one reference assignment), so the reader never sees a deque in mid-change nor makes the media
+    loop wait on a lock."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -112,6 +141,7 @@ class BrowserAudio:
         self.underruns = 0
         self.concealed = 0
         self.dropped = 0
+        self.reading = AudioReading()
 
     @property
     def buffered(self) -> int:
@@ -126,6 +156,7 @@ class BrowserAudio:
         self.received_at = self.clock()
         if self._size > MAX_SAMPLES:
             self._drop(self._size - PRIME_SAMPLES)
+        self.reading = AudioReading(self.received_at, self.reading.level_dbfs, self.underruns)
 
     def _drop(self, n: int) -> None:
         self.dropped += n
@@ -171,6 +202,7 @@ class BrowserAudio:
             else:
                 block = np.zeros(FRAME_SAMPLES, np.float32)
         self._levels.append(float(np.mean(block.astype(np.float64) ** 2)))
+        self.reading = AudioReading(self.received_at, self.level_dbfs, self.underruns)
         return block
 
     @property
@@ -192,37 +224,46 @@ def to_mono48k(resampler: AudioConverter, frame: av.AudioFrame) -> Samples:
 
 @dataclass
 class GoLiveSession:
+    """One speaker's session. The control loop owns `ended`, `address_id`, `sites` and `tasks`; the media loop
+    owns `pc`, `broadcaster`, `media_tasks` and `audio`, and writes `connection` (one string, read by the API)."""
+
     user_id: int
     username: str
     remote: str
-    pc: RTCPeerConnection
     audio: BrowserAudio
     title: str
     zone_ids: tuple[int, ...]
+    pc: RTCPeerConnection | None = None
+    connection: str = "new"
     address_id: int | None = None
     broadcaster: LiveBroadcaster | None = None
     sites: int = 0
     started_at: dt.datetime = field(default_factory=utcnow)
     ended: str | None = None  # the reason, once over
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # on the control loop
+    media_tasks: list[asyncio.Task[None]] = field(default_factory=list)  # on the media loop
 
     def status(self, now: float) -> dict[str, Any]:
         live = self.ended is None and self.address_id is not None
+        audio = self.audio.reading
         return {
             "live": live,
-            "on_air": live and self.audio.fresh(now),
+            "on_air": live and audio.fresh(now),
             "address_id": self.address_id,
             "title": self.title,
             "sites_reached": self.sites,
-            "level_dbfs": round(self.audio.level_dbfs, 1) if live else SILENCE_DBFS,
-            "connection": self.pc.connectionState,
+            "level_dbfs": round(audio.level_dbfs, 1) if live else SILENCE_DBFS,
+            "connection": self.connection,
             "ended_reason": self.ended,
-            "underruns": self.audio.underruns,
+            "underruns": audio.underruns,
         }
 
 
 class GoLive:
-    """The hub's browser speakers: at most one live session per user."""
+    """The hub's browser speakers: at most one live session per user.
+
+    With `media`, each session's media runs on that plane (see the module's docstring); the hub passes its own.
+    Its public coroutines are called from the control loop."""
 
     def __init__(
         self,
@@ -233,6 +274,7 @@ class GoLive:
         publish: Callable[[dict[str, Any]], None] | None = None,
         guard: PinGuard | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        media: MediaPlane | None = None,
     ) -> None:
         self.addresses = addresses
         self.db = db
@@ -240,15 +282,41 @@ class GoLive:
         self.pins = PinStore(db, publish=publish)
         self.guard = guard if guard is not None else PinGuard()  # an empty guard is falsy (it has a len)
         self.monotonic = monotonic
+        self.media = media
         self.sessions: dict[int, GoLiveSession] = {}
         self._last: dict[int, GoLiveSession] = {}  # the last ended session per user, for its status
         self._lock = asyncio.Lock()
+        self._control: asyncio.AbstractEventLoop | None = None  # the loop offers come from
+        self._ending: set[asyncio.Task[None]] = set()
+
+    # -- crossing between the loops -----------------------------------------------------------------------------
+    async def _on_media(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` where the session's media lives, from the control loop."""
+        return await (self.media.run(coro) if self.media is not None else coro)
+
+    def _to_control(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Start `coro` on the control loop without waiting for it (from a media-loop callback or task)."""
+        control = self._control
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if control is None or control is here:
+            task = asyncio.ensure_future(coro)
+            self._ending.add(task)  # held, so the task is not collected before it ends
+            task.add_done_callback(self._ending.discard)
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(coro, control)
+        except RuntimeError:  # the control loop is closed: the hub is gone, and the session with it
+            coro.close()
 
     # -- going live -------------------------------------------------------------------------------------------
     async def offer(
         self, *, user_id: int, username: str, sdp: str, sdp_type: str, pin: str, title: str | None, remote: str
     ) -> tuple[RTCSessionDescription, GoLiveSession]:
         """Check the PIN, answer the browser's offer and put an address on air. Raises `GoLiveError`."""
+        self._control = asyncio.get_running_loop()
         if sdp_type != "offer":
             raise GoLiveError(400, f"expected an SDP offer, not {sdp_type!r}")
         if not sdp.strip() or len(sdp) > MAX_SDP_CHARS:
@@ -277,23 +345,21 @@ class GoLive:
             current = self.sessions.get(user_id)
             if current is not None and current.ended is None:
                 raise GoLiveError(409, "you are already live: stop first")
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             session = GoLiveSession(
                 user_id=user_id,
                 username=username,
                 remote=remote,
-                pc=pc,
                 audio=BrowserAudio(self.monotonic),
                 title=(title or "").strip() or f"Live: {grant.label or username}",
                 zone_ids=grant.zone_ids,
             )
             try:
-                answer = await self._answer(session, sdp)
+                answer = await self._on_media(self._answer(session, sdp))
             except GoLiveError:
-                await pc.close()
+                await self._on_media(self._close_media(session))
                 raise
             except Exception as e:  # aiortc's own parse errors: the browser sent something we cannot use
-                await pc.close()
+                await self._on_media(self._close_media(session))
                 raise GoLiveError(400, f"cannot use this SDP offer: {e}") from None
             try:
                 session.address_id = await self.addresses.start(
@@ -306,20 +372,18 @@ class GoLive:
                     external=True,
                 )
             except ValueError as e:
-                await pc.close()
+                await self._on_media(self._close_media(session))
                 raise GoLiveError(409, str(e)) from None
             except BaseException:
-                await pc.close()
+                await self._on_media(self._close_media(session))
                 raise
-            session.broadcaster = LiveBroadcaster(
-                self.addresses.nc,
-                channel=self.addresses.channel_of(session.address_id),
-                signer=self.addresses.signer,
-                source=session.audio,
-                subjects=self.addresses.subjects,
-            )
-            session.broadcaster.start()
+            channel = self.addresses.channel_of(session.address_id)
+            await self._on_media(self._broadcast(session, channel, self.addresses.signer, self.addresses.subjects))
             self.sessions[user_id] = session
+        if session.ended is not None:
+            # The connection failed while the address was starting: its end found no address to stop yet.
+            await self._release(session, session.ended, stop_address=True)
+            raise GoLiveError(409, f"the browser's connection ended while going live ({session.ended})")
         session.tasks.append(asyncio.create_task(self._watch(session), name=f"golive-watch:{user_id}"))
         session.sites = await self.sites_live(grant.zone_ids)
         log.info(
@@ -331,18 +395,21 @@ class GoLive:
         )
         return answer, session
 
+    # -- on the media loop ----------------------------------------------------------------------------------
     async def _answer(self, session: GoLiveSession, sdp: str) -> RTCSessionDescription:
-        pc = session.pc
+        # Made here, so its sockets, timers and callbacks belong to the loop it runs on.
+        pc = session.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio":
-                session.tasks.append(asyncio.create_task(self._receive(session, track), name="golive-audio"))
+            if track.kind == "audio" and session.ended is None:
+                session.media_tasks.append(asyncio.create_task(self._receive(session, track), name="golive-audio"))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            session.connection = pc.connectionState
             if pc.connectionState in ("failed", "closed"):
-                await self.end(session, f"connection {pc.connectionState}")
+                self._to_control(self.end(session, f"connection {pc.connectionState}"))
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if not any(t.kind == "audio" for t in pc.getTransceivers()):
@@ -351,6 +418,14 @@ class GoLive:
         await pc.setLocalDescription(answer)  # aiortc gathers every candidate here: the answer is complete
         local = pc.localDescription
         return RTCSessionDescription(sdp=local.sdp, type=local.type)
+
+    async def _broadcast(self, session: GoLiveSession, channel: int, signer: Any, subjects: Any) -> None:
+        # A nats-py client is used only from its own loop: on the media plane, the plane's connection.
+        nc = self.media.nc if self.media is not None else self.addresses.nc
+        session.broadcaster = LiveBroadcaster(
+            nc, channel=channel, signer=signer, source=session.audio, subjects=subjects
+        )
+        session.broadcaster.start()
 
     async def _receive(self, session: GoLiveSession, track: MediaStreamTrack) -> None:
         resampler = AudioConverter(format="flt", layout="mono", rate=SAMPLE_RATE)
@@ -364,8 +439,18 @@ class GoLive:
         except Exception as e:  # a frame PyAV cannot convert: end cleanly rather than broadcast garbage
             log.warning("browser speaker %s: audio failed: %s", session.username, e)
             reason = f"audio failed: {e}"
-        asyncio.create_task(self.end(session, reason))  # noqa: RUF006 -- end() cancels this very task
+        self._to_control(self.end(session, reason))
 
+    async def _close_media(self, session: GoLiveSession) -> None:
+        """Stop the receive task and the broadcaster and close the peer connection; safe to repeat."""
+        await cancel_and_wait(*session.media_tasks)
+        if session.broadcaster is not None:
+            await session.broadcaster.stop()
+        if session.pc is not None:
+            with contextlib.suppress(Exception):
+                await session.pc.close()
+
+    # -- on the control loop --------------------------------------------------------------------------------
     async def _watch(self, session: GoLiveSession) -> None:
         """The hub may stop the address (an operator, a shutdown): the session follows."""
         while session.ended is None:
@@ -374,7 +459,7 @@ class GoLive:
                 continue
             a = self.addresses.get(session.address_id)
             if a is None or getattr(a, "stopping", False):
-                asyncio.create_task(self.end(session, "stopped by the hub", stop_address=False))  # noqa: RUF006
+                self._to_control(self.end(session, "stopped by the hub", stop_address=False))
                 return
 
     # -- ending -----------------------------------------------------------------------------------------------
@@ -387,15 +472,18 @@ class GoLive:
         for t in session.tasks:
             if t is not me:
                 t.cancel()
-        if session.broadcaster is not None:
-            await session.broadcaster.stop()
+        await self._release(session, reason, stop_address=stop_address)
+
+    async def _release(self, session: GoLiveSession, reason: str, *, stop_address: bool) -> None:
+        try:
+            await self._on_media(self._close_media(session))
+        except Exception:  # the address is stopped whatever the media side did
+            log.exception("browser speaker %s: closing the media failed", session.username)
         if session.address_id is not None and stop_address:
             try:
                 await self.addresses.stop(session.address_id, reason)
             except Exception:
                 log.exception("browser speaker %s: cannot stop address %d", session.username, session.address_id)
-        with contextlib.suppress(Exception):
-            await session.pc.close()
         if self.sessions.get(session.user_id) is session:
             del self.sessions[session.user_id]
         self._last[session.user_id] = session
@@ -410,6 +498,8 @@ class GoLive:
     async def close(self) -> None:
         for session in list(self.sessions.values()):
             await self.end(session, "the hub is stopping")
+        if self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def status(self, user_id: int) -> dict[str, Any]:

@@ -275,7 +275,9 @@ class Hub:
             self.context.sip_counters = self.telephone.counters
             self.context.telephone_status = self.telephone.status
         app = create_app(self.context)
-        self.golive = GoLive(self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard)
+        self.golive = GoLive(
+            self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard, media=self.media
+        )  # the speakers' peer connections, audio and broadcasters run on the media plane
         app.state.golive = self.golive
         app.state.pin_guard = self.pin_guard  # the PINs page unlocks what the telephone and go-live count
         config = uvicorn.Config(

@@ -1,7 +1,8 @@
 """The console's "Go live" page: a speaker sends a WebRTC offer with their PIN and goes on air from the browser.
 
 The `GoLive` service is made on first use around the hub's address manager and kept on the app (the runtime
-may instead put one there at start, `app.state.golive`, to close its sessions at shutdown). Its PIN guard is the
+may instead put one there at start, `app.state.golive`, to close its sessions at shutdown); a session's media
+runs on the address manager's media plane when it has one. Its PIN guard is the
 app's (`app.state.pin_guard`), the one the PINs page unlocks. The PIN's source is `remote_of(request)`: the peer's
 address, or the X-Forwarded-For of a trusted proxy (uvicorn's `forwarded_allow_ips`), never a header from anyone
 else.
@@ -61,7 +62,14 @@ def golive_of(request: Request, ctx: Ctx) -> GoLive:
         addresses: Any = ctx.addresses
         if not all(hasattr(addresses, a) for a in ("nc", "signer", "subjects", "channel_of", "get")):
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this hub cannot take live audio from a browser")
-        service = GoLive(addresses, ctx.db, ctx.fleet, publish=ctx.events.publish, guard=pin_guard_of(request))
+        service = GoLive(
+            addresses,
+            ctx.db,
+            ctx.fleet,
+            publish=ctx.events.publish,
+            guard=pin_guard_of(request),
+            media=getattr(addresses, "media", None),  # the address manager's media plane, if it has one
+        )
         request.app.state.golive = service
     return service
 
