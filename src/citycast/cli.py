@@ -61,7 +61,30 @@ def keygen(
 @app.command()
 def serve(
     listen: Annotated[str, typer.Option(help="Where the embedded NATS listens, HOST:PORT.")] = "127.0.0.1:4222",
-    http: Annotated[str, typer.Option(help="Where the API and the console listen, HOST:PORT.")] = "127.0.0.1:8000",
+    http: Annotated[
+        str,
+        typer.Option(
+            help="Plain-HTTP API and console, HOST:PORT: loopback only (a local reverse proxy) unless --insecure."
+        ),
+    ] = "127.0.0.1:8000",
+    https: Annotated[
+        str | None,
+        typer.Option(
+            help="API, console and enrolment over HTTPS with the hub's own certificate, HOST:PORT (what sites "
+            "enrol at: --enrol https://HOST:PORT TOKEN). 'off' to serve none."
+        ),
+    ] = "127.0.0.1:8443",
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option(help="Another DNS name or IP the hub is reached by, for its certificate; repeatable."),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Run NATS without TLS and allow plain HTTP on a non-loopback --http. Anyone on the path can then "
+            "read and change what the loudspeakers get; the console and /metrics say so."
+        ),
+    ] = False,
     trusted_proxy: Annotated[
         list[str] | None,
         typer.Option(
@@ -214,6 +237,12 @@ def serve(
     http_host, _, http_port = http.rpartition(":")
     if not http_host or not http_port.isdigit():
         fail(f"--http wants HOST:PORT, got {http!r}")
+    https_addr: tuple[str, int] | None = None
+    if https is not None and https != "off":
+        https_host, _, https_port = https.rpartition(":")
+        if not https_host or not https_port.isdigit():
+            fail(f"--https wants HOST:PORT or off, got {https!r}")
+        https_addr = (https_host, int(https_port))
     sip_addr: tuple[str, int] | None = None
     if sip is not None:
         sip_host, _, sip_port = sip.rpartition(":")
@@ -288,6 +317,9 @@ def serve(
         leaf_listen_port=leaf_listen,
         leaf_remote=leaf_remote,
         public_nats_urls=public_nats or [],
+        https=https_addr,
+        tls_names=tls_name or [],
+        insecure=insecure,
         prefix=prefix,
         delay_ms=delay_ms,
         allowed_origins=allowed_origin or [],
@@ -306,9 +338,14 @@ def city_bundle_cmd(
     zone: Annotated[str, typer.Option(help="The city's zone name (its time subject time.ZONE).")],
     out: Annotated[Path, typer.Option(help="Where to write the bundle (0600): copy it to the city server.")],
     data_dir: Annotated[Path, typer.Option(help="The hub's --data-dir.")] = Path("citycast-data"),
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option(help="A DNS name or IP the city's sites dial the city server by (its certificate); repeatable."),
+    ] = None,
     prefix: PrefixOpt = "citycast",
 ) -> None:
-    """Make what a city server needs to join this hub's bus in JWT mode: accounts, leaf and time-responder users.
+    """Make what a city server needs to join this hub's bus in JWT mode: accounts, leaf and time-responder users,
+    and (a TLS hub) the hub's CA and a certificate of it for the city server's own NATS.
 
     On the city server: citycast serve --zone ZONE --city-bundle FILE --leaf-remote nats://HUB:LEAF_PORT"""
     from citycast.bus.authority import AuthorityError, NatsAuthority
@@ -317,9 +354,12 @@ def city_bundle_cmd(
     auth_dir = data_dir / "nats-auth"
     if not auth_dir.is_dir():
         fail(f"{auth_dir} does not exist: run `citycast serve --data-dir {data_dir}` once first")
+    from citycast.bus.tls import CA_KEY, HubTls, TlsError
+
+    tls = HubTls(data_dir / "tls") if (data_dir / "tls" / CA_KEY).exists() else None
     try:
-        NatsAuthority.load_or_create(auth_dir, Subjects(prefix)).city_bundle(out, zone)
-    except (AuthorityError, ValueError) as e:
+        NatsAuthority.load_or_create(auth_dir, Subjects(prefix)).city_bundle(out, zone, tls, tls_name or [])
+    except (AuthorityError, ValueError, TlsError) as e:
         fail(str(e))
     console.print(f"wrote {out} (0600, holds the city's NATS secrets) for zone {zone!r}")
 
@@ -407,9 +447,14 @@ def site(
         tuple[str, str] | None,
         typer.Option(
             metavar="HUB_URL TOKEN",
-            help="Enrol with the hub once (a one-time token from the console), store the credentials, then run.",
+            help="Enrol with the hub once (a one-time token from the console), store the credentials, then run. "
+            "HUB_URL is https://HOST:PORT; the token names the hub's certificate, so only that hub is trusted.",
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Allow enrolling over plain http:// to another machine, or with a hub without TLS."),
+    ] = False,
     talkback_source: Annotated[
         str,
         typer.Option(help="Microphone for talkback (enrolled sites): line-in[:DEVICE], or an audio file."),
@@ -435,7 +480,7 @@ def site(
     credentials: SiteCredentials | None = None
     if enrol is not None:
         try:
-            credentials = runtime.run(do_enrol(enrol[0], enrol[1], cred_path))
+            credentials = runtime.run(do_enrol(enrol[0], enrol[1], cred_path, insecure=insecure))
         except EnrolError as e:
             fail(f"enrolment failed: {e}")
         assert credentials is not None

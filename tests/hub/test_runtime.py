@@ -10,10 +10,10 @@ from pathlib import Path
 
 import av
 import httpx
-import nats
 import numpy as np
 import websockets
 
+from citycast.bus.connection import connect
 from citycast.bus.server import free_port
 from citycast.clock.local import SystemClock
 from citycast.demo import speech_asset
@@ -135,7 +135,8 @@ async def _forged_audio_alerts_within_10_s(hub: Hub, api: httpx.AsyncClient) -> 
     async with websockets.connect(ws_url, max_size=None, additional_headers=bearer) as ws:
         assert json.loads(await ws.recv())["type"] == "snapshot"
         assert hub.authority is not None
-        nc = await nats.connect(hub.nats_url, user_credentials=str(hub.authority.hub_creds_path))
+        # The hub's creds file carries its TLS CA: citycast's connect() dials TLS with it.
+        nc = await connect(hub.nats_url, name="stranger", creds=hub.authority.hub_creds_path, forever=False)
         stranger = FrameSigner(generate_private_key())
         t0 = time.monotonic()
         for seq in range(5):

@@ -15,6 +15,7 @@ Roles and what they may do (least privilege; `site_permissions` is the one that 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -26,9 +27,9 @@ import nats
 
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind, Permissions, UserLimits
-from citycast.bus.server import EmbeddedNats, LeafRemote
+from citycast.bus.server import EmbeddedNats, LeafRemote, ServerTls
 from citycast.bus.subjects import Subjects, time_request
-from citycast.bus.tls import TlsError, client_context, creds_context, creds_with_ca
+from citycast.bus.tls import HubTls, TlsError, client_context, creds_context, creds_with_ca
 
 ACCOUNT_NAME = "CITYCAST"
 SYSTEM_ACCOUNT_NAME = "SYS"
@@ -288,10 +289,14 @@ class NatsAuthority:
         )
 
     # -- city leafnodes -------------------------------------------------------------------------------------------
-    def city_bundle(self, path: Path, zone: str) -> CityBundle:
+    def city_bundle(
+        self, path: Path, zone: str, tls: HubTls | None = None, names: list[str] | None = None
+    ) -> CityBundle:
         """Write (0600) what a city server for `zone` needs to join this hub as a leafnode: the trust chain as it
         is now (revocations included) and fresh creds for its two leaf connections and its time responder. Each
-        call mints new users, so one city's identities can be revoked without touching another's."""
+        call mints new users, so one city's identities can be revoked without touching another's. With the hub's
+        `tls`, the city server gets a certificate of the hub's CA for `names` (and loopback): the sites there
+        verify it with the CA they pinned at enrolment."""
         check_site_name(zone)
 
         def creds(account_seed: str, name: str, permissions: Permissions) -> str:
@@ -311,6 +316,9 @@ class NatsAuthority:
             time_creds=creds(self.account_seed, f"time:{zone}", city_time_permissions(zone, self.subjects)),
             hub_ca=self.hub_ca or "",
         )
+        if tls is not None and self.hub_ca:
+            cert, key = tls.issue_server_cert(names or [], f"citycast city {zone}")
+            bundle = dataclasses.replace(bundle, city_cert=cert, city_key=key)
         jwt.write_private(path, bundle.to_json())
         return bundle
 
@@ -392,6 +400,7 @@ class CityFiles:
     time_creds: Path
     resolver_dir: Path
     hub_ca: Path | None = None  # the hub's TLS CA: the leaf connections verify the hub against it alone
+    server_tls: ServerTls | None = None  # the city server's own certificate (of the hub's CA) for its sites
 
 
 @dataclass(frozen=True)
@@ -410,6 +419,8 @@ class CityBundle:
     system_leaf_creds: str
     time_creds: str
     hub_ca: str = ""  # PEM of the hub's TLS CA; empty only for a hub that runs its NATS plaintext (--insecure)
+    city_cert: str = ""  # the city server's certificate and key (PEM), signed by the hub's CA
+    city_key: str = ""
 
     def to_json(self) -> str:
         return json.dumps({"version": CITY_BUNDLE_VERSION, **self.__dict__}, indent=1) + "\n"
@@ -435,7 +446,7 @@ class CityBundle:
         if not isinstance(data, dict) or data.get("version") != CITY_BUNDLE_VERSION:
             raise CityBundleError(f"not a city bundle of version {CITY_BUNDLE_VERSION} (export it again at the hub)")
         names = [f for f in cls.__dataclass_fields__]
-        optional = {"hub_ca"}
+        optional = {"hub_ca", "city_cert", "city_key"}
         missing = [
             n for n in names if not isinstance(data.get(n, "" if n in optional else None), str)
             or (n not in optional and not data[n])
@@ -479,12 +490,19 @@ class CityBundle:
     def install(self, dir: Path) -> CityFiles:
         """Write the creds files into `dir` (0700) for nats-server and the time responder."""
         hub_ca = dir / "hub-ca.pem" if self.hub_ca else None
-        files = CityFiles(dir / "leaf.creds", dir / "sys-leaf.creds", dir / "time.creds", dir / "resolver", hub_ca)
+        server_tls = ServerTls(dir / "city.pem", dir / "city.key") if self.city_cert and self.city_key else None
+        files = CityFiles(
+            dir / "leaf.creds", dir / "sys-leaf.creds", dir / "time.creds", dir / "resolver", hub_ca, server_tls
+        )
         if hub_ca is not None:
             jwt.write_private(hub_ca, self.hub_ca)
+        if server_tls is not None:
+            jwt.write_private(server_tls.cert_file, self.city_cert)
+            jwt.write_private(server_tls.key_file, self.city_key)
         jwt.write_private(files.leaf_creds, self.leaf_creds)
         jwt.write_private(files.system_leaf_creds, self.system_leaf_creds)
-        jwt.write_private(files.time_creds, self.time_creds)
+        # The time responder dials the city server, which is TLS with a certificate of the hub's CA when it has one.
+        jwt.write_private(files.time_creds, creds_with_ca(self.time_creds, self.hub_ca if server_tls else None))
         return files
 
     def server_config(self, resolver_dir: Path) -> str:
@@ -532,5 +550,6 @@ class CityBundle:
             leaf_remotes=self.leaf_remotes(hub_leaf_url, files),
             workdir=workdir / "nats",
             auth_config=self.server_config(files.resolver_dir),
+            tls=files.server_tls,
         )
         return server, files

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.aio.client import Client
+
+from citycast.bus.tls import creds_context
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +24,24 @@ async def connect(
     forever: bool = True,
     creds: Path | None = None,
     inbox_prefix: str | None = None,
+    tls: ssl.SSLContext | None = None,
     **options: Any,
 ) -> Client:
     """Connect, retrying the first connection too (a site may boot before its network), then let nats-py
     reconnect forever. Back-off is jittered so a thousand sites do not return at the same instant.
 
     `creds` is a NATS creds file (server in JWT mode); `inbox_prefix` is the reply-subject prefix the user's
-    permissions allow it to subscribe to (a site's is `_INBOX_site.<site>`)."""
+    permissions allow it to subscribe to (a site's is `_INBOX_site.<site>`).
+
+    TLS: `tls`, else the hub CA the creds file carries (citycast.bus.tls). With either, the TLS handshake comes
+    first and the server must hold a certificate of that CA alone; nats-py would otherwise talk plaintext to any
+    server whose INFO does not ask for TLS."""
+    if tls is None:
+        given = options.get("user_credentials")  # callers that pass nats-py's own option get the same rule
+        tls = creds_context(creds if creds is not None else Path(given) if isinstance(given, str | Path) else None)
+    if tls is not None:
+        options["tls"] = tls
+        options["tls_handshake_first"] = True
     if creds is not None:
         options["user_credentials"] = str(creds)
     if inbox_prefix is not None:
@@ -42,21 +56,26 @@ async def connect(
     async def error(e: Exception) -> None:
         log.debug("%s: NATS error: %r", name, e)
 
+    connect_timeout = float(options.pop("connect_timeout", 5.0))
+    attempt_s = 3 * (connect_timeout + 1.0) + 5.0  # nats-py tries 3 times when not `forever`
     delay = 0.2
     while True:
         try:
-            return await nats.connect(
-                url,
-                name=name,
-                max_reconnect_attempts=-1 if forever else 3,
-                reconnect_time_wait=1.0,
-                allow_reconnect=True,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-                connect_timeout=5,
-                **options,
-            )
+            # nats-py's first connect can wait forever after a failed TLS handshake (it awaits the closing of a
+            # transport that start_tls took over), e.g. against a man in the middle: each attempt is bounded here.
+            async with asyncio.timeout(attempt_s):
+                return await nats.connect(
+                    url,
+                    name=name,
+                    max_reconnect_attempts=-1 if forever else 3,
+                    reconnect_time_wait=1.0,
+                    allow_reconnect=True,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    error_cb=error,
+                    connect_timeout=connect_timeout,
+                    **options,
+                )
         except Exception as e:  # nats raises several unrelated types for "not there yet"
             if not forever:
                 raise

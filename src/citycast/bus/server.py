@@ -91,6 +91,9 @@ class LeafRemote:
     url: str
     credentials: Path | None = None
     account: str | None = None
+    # The hub's CA (PEM file): the link is TLS from its first byte and the hub must prove itself with a
+    # certificate of this CA, and no other (not the system store).
+    tls_ca: Path | None = None
 
     def config_text(self) -> str:
         parts = [f"url: {_quoted(self.url)}"]
@@ -98,7 +101,25 @@ class LeafRemote:
             parts.append(f"credentials: {_quoted(str(self.credentials))}")
         if self.account is not None:
             parts.append(f"account: {_quoted(self.account)}")
+        if self.tls_ca is not None:
+            parts.append(f"tls: {{ ca_file: {_quoted(str(self.tls_ca))}, timeout: 5, handshake_first: true }}")
         return "{ " + ", ".join(parts) + " }"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The certificate this server presents on its client and leafnode ports. TLS comes first on the wire
+    (`handshake_first`): a client that would speak plaintext, or read a plaintext INFO a man in the middle could
+    rewrite to "no TLS", gets nothing but a failed handshake."""
+
+    cert_file: Path
+    key_file: Path
+
+    def config_text(self) -> str:
+        return (
+            f"tls {{ cert_file: {_quoted(str(self.cert_file))}, key_file: {_quoted(str(self.key_file))}, "
+            "timeout: 5, handshake_first: true }"
+        )
 
 
 def _quoted(value: str) -> str:
@@ -125,13 +146,15 @@ class EmbeddedNats:
     # nats.conf text for operator (JWT) mode, from `NatsAuthority.server_config()`; None keeps the server
     # anonymous (benchmarks and local tests).
     auth_config: str | None = None
+    # TLS on the client and leafnode ports (the hub's certificate); None: plaintext (`--insecure`, benchmarks).
+    tls: ServerTls | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"nats://{host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -145,12 +168,16 @@ class EmbeddedNats:
             "write_deadline: 10s",
             "max_pending: 64MB",
         ]
+        if self.tls is not None:
+            lines.append(self.tls.config_text())
         if self.jetstream:
             lines.append(f'jetstream {{ store_dir: "{store_dir}" }}')
         if self.leaf_listen_port is not None or self.leaf_remotes:
             lines.append("leafnodes {")
             if self.leaf_listen_port is not None:
                 lines.append(f'  listen: "{self.host}:{self.leaf_listen_port}"')
+                if self.tls is not None:
+                    lines.append(f"  {self.tls.config_text()}")
             if self.leaf_remotes:
                 lines.append("  remotes: [")
                 lines.extend(f"    {r.config_text()}" for r in self.leaf_remotes)

@@ -10,6 +10,10 @@ Everything else uses nats-py.
 
 It waits for the server's INFO before it sends CONNECT: in operator (JWT) mode INFO carries a nonce, which the
 client signs with its user seed and sends back with its user JWT (`jwt`, `sig`).
+
+With TLS (a hub's creds file carries its CA, citycast.bus.tls) the handshake comes first and runs through an
+`ssl.SSLObject` over memory buffers: the socket stays ours, so `recvmsg` still yields the kernel's receive time of
+the encrypted bytes, which is the instant that matters.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import json
 import random
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -27,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from citycast.bus.jwt import Credentials, JwtError, load_creds
+from citycast.bus.tls import TlsError, creds_context
 from citycast.clock.local import Clock
 
 MAX_CONTROL_LINE = 16_384  # INFO lists the cluster's URLs and can be longer than any other line
@@ -59,6 +65,8 @@ class NatsWire:
         user: str | None = None,
         password: str | None = None,
         creds: Credentials | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
@@ -83,7 +91,36 @@ class NatsWire:
             sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         except OSError:
             self.kernel_timestamps = False
+        self._tls: ssl.SSLObject | None = None
+        self._tls_in = ssl.MemoryBIO()
+        self._tls_out = ssl.MemoryBIO()
+        self._tls_ready = tls is None
+        self._tls_waiting = bytearray()  # plaintext given before the handshake finished
+        if tls is not None:
+            self._tls = tls.wrap_bio(self._tls_in, self._tls_out, server_hostname=server_hostname)
         loop.add_reader(sock.fileno(), self._on_readable)
+        if self._tls is not None:
+            self._handshake()
+
+    def _handshake(self) -> None:
+        assert self._tls is not None
+        try:
+            self._tls.do_handshake()
+            self._tls_ready = True
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as e:  # a certificate not of our hub's CA lands here
+            self._flush_tls()
+            raise WireError(f"TLS handshake with the NATS server failed: {e}") from e
+        self._flush_tls()
+        if self._tls_ready and self._tls_waiting:
+            waiting, self._tls_waiting = bytes(self._tls_waiting), bytearray()
+            self._write(waiting)
+
+    def _flush_tls(self) -> None:
+        data = self._tls_out.read()
+        if data:
+            self._send_raw(data)
 
     def _send_connect(self, info_line: bytes) -> None:
         try:
@@ -130,13 +167,49 @@ class NatsWire:
                 sec, nsec = _TIMESPEC.unpack_from(value)
                 stamp = sec * 1_000_000_000 + nsec
         now = self.clock.at(stamp) if stamp is not None else self.clock.now_ns()
-        self._buf += data
         try:
+            if self._tls is not None:
+                data = self._decrypt(data)
+            self._buf += data
             self._parse(now)
         except WireError as e:
             self._fail(e)
 
+    def _decrypt(self, data: bytes) -> bytes:
+        assert self._tls is not None
+        self._tls_in.write(data)
+        if not self._tls_ready:
+            self._handshake()
+            if not self._tls_ready:
+                return b""
+        plain = bytearray()
+        while True:
+            try:
+                chunk = self._tls.read(262_144)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                raise WireError("connection closed by the server") from None
+            except ssl.SSLError as e:
+                raise WireError(f"TLS error: {e}") from e
+            if not chunk:
+                break
+            plain += chunk
+        self._flush_tls()  # a key update or session ticket may want an answer
+        return bytes(plain)
+
     def _write(self, data: bytes) -> None:
+        if self.closed.done():
+            raise WireError("not connected")
+        if self._tls is None:
+            self._send_raw(data)
+        elif not self._tls_ready:
+            self._tls_waiting += data
+        else:
+            self._tls.write(data)
+            self._flush_tls()
+
+    def _send_raw(self, data: bytes) -> None:
         if self.closed.done():
             raise WireError("not connected")
         if self._out:
@@ -278,12 +351,15 @@ async def open_wire(
     timeout: float = 5.0,
     name: str = "citycast-wire",
     creds: Path | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> NatsWire:
     """Connect and wait for the server's first PONG. `creds` is a NATS creds file (user JWT + seed), read
-    at each call so a re-enrolled site picks up its new identity on the next reconnect."""
+    at each call so a re-enrolled site picks up its new identity on the next reconnect. TLS: `tls`, else the hub
+    CA the creds file carries (the handshake first, the server verified against that CA alone)."""
     try:
         credentials = load_creds(creds) if creds is not None else None
-    except JwtError as e:
+        tls = tls or creds_context(creds)
+    except (JwtError, TlsError) as e:
         raise WireError(str(e)) from e
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 4222
@@ -298,7 +374,14 @@ async def open_wire(
     except BaseException:
         sock.close()
         raise
-    wire = NatsWire(sock, on_message, clock, name=name, user=u.username, password=u.password, creds=credentials)
+    try:
+        wire = NatsWire(
+            sock, on_message, clock, name=name, user=u.username, password=u.password, creds=credentials,
+            tls=tls, server_hostname=host,
+        )  # fmt: skip
+    except BaseException:
+        sock.close()
+        raise
     try:
         async with asyncio.timeout(timeout):
             await asyncio.shield(wire.ready)

@@ -55,6 +55,9 @@ class HubContext:
     authority: NatsAuthority | None = None
     nats_url: str = "nats://127.0.0.1:4222"  # the hub's own connection (revocations are pushed there)
     public_nats_urls: list[str] = field(default_factory=list)  # what an enrolling site is told to dial
+    hub_ca_pem: str | None = None  # the hub's TLS CA, handed to an enrolling site (None: plaintext NATS)
+    enrol_url: str | None = None  # the hub's HTTPS base URL, for the enrolment command shown to an admin
+    insecure: bool = False  # the operator allowed plaintext (--insecure): the console and /metrics say so
     trusted_keys_hex: list[str] = field(default_factory=list)  # ingest signing keys the sites must trust
     delay_ms: float = 80.0
     recordings_dir: Path = Path("recordings")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import uvicorn
 from nats.aio.client import Client
@@ -27,8 +28,9 @@ from sqlalchemy import select
 
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.connection import connect
-from citycast.bus.server import EmbeddedNats, LeafRemote, port_is_free
+from citycast.bus.server import EmbeddedNats, LeafRemote, ServerTls, port_is_free
 from citycast.bus.subjects import Subjects
+from citycast.bus.tls import HubTls, is_loopback
 from citycast.hub.addresses import AddressManager, RecordingHandle
 from citycast.hub.alerts import AlertRules
 from citycast.hub.api import create_app
@@ -86,6 +88,11 @@ class HubOptions:
     sip_trusted_media: list[str] = field(default_factory=list)
     # SIP trunks (IP or CIDR) whose callers are told apart by identity (P-Asserted-Identity/From) for PIN limits.
     sip_trusted_trunks: list[str] = field(default_factory=list)
+    # The API and console over HTTPS with the hub's own certificate (what `--enrol https://…` dials); None: off.
+    https: tuple[str, int] | None = None
+    tls_names: list[str] = field(default_factory=list)  # more names for the hub's certificate (--tls-name)
+    # Plaintext NATS and a plain-HTTP API on a non-loopback address: only when the operator says so.
+    insecure: bool = False
     # Web exposure (citycast.hub.api.exposure, headers): closed unless the operator opens it.
     allowed_origins: list[str] = field(default_factory=list)
     public_metrics: bool = False
@@ -146,6 +153,8 @@ class Hub:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self._uvicorn: uvicorn.Server | None = None
+        self._uvicorn_tls: uvicorn.Server | None = None
+        self.tls: HubTls | None = None
         self.time_service: TimeService | None = None
         self.monitor: FleetMonitor | None = None
         self.addresses: AddressManager | None = None
@@ -171,8 +180,36 @@ class Hub:
         host = "127.0.0.1" if self.opts.http_host in ("0.0.0.0", "") else self.opts.http_host
         return f"http://{host}:{self.opts.http_port}"
 
+    @property
+    def https_url(self) -> str | None:
+        if self.opts.https is None:
+            return None
+        host = "127.0.0.1" if self.opts.https[0] in ("0.0.0.0", "") else self.opts.https[0]
+        return f"https://{host}:{self.opts.https[1]}"
+
+    def _tls_names(self) -> list[str]:
+        """Every name a client may dial this hub by: the listen hosts, the public NATS URLs, --tls-name."""
+        names = [self.opts.nats_host, self.opts.http_host, *self.opts.tls_names]
+        names += [urlparse(u).hostname or "" for u in self.opts.public_nats_urls]
+        if self.opts.https is not None:
+            names.append(self.opts.https[0])
+        return [n for n in names if n]
+
+    def _public_nats_urls(self) -> list[str]:
+        urls = self.opts.public_nats_urls or [self.nats_url]
+        if self.authority is None or self.authority.hub_ca is None:
+            return urls
+        # A TLS hub tells its sites tls:// so the URL says what the connection is (the CA is what enforces it).
+        return [f"tls://{u.split('://', 1)[1]}" if u.startswith("nats://") else u for u in urls]
+
     # -- start --------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        if not self.opts.insecure and not is_loopback(self.opts.http_host):
+            raise ServeError(
+                f"--http {self.opts.http_host}:{self.opts.http_port} would serve logins and enrolment tokens in "
+                "plaintext to the network: serve them with --https HOST:PORT (the hub's own certificate), keep "
+                "--http on 127.0.0.1 for a local reverse proxy, or say --insecure"
+            )
         if not port_is_free(self.opts.http_host, self.opts.http_port):
             raise ServeError(
                 f"the HTTP server could not listen on {self.opts.http_host}:{self.opts.http_port}: the port is in "
@@ -190,7 +227,11 @@ class Hub:
             path.chmod(0o600)
         self.signer = FrameSigner(self._ingest_key())
         creds = self.opts.nats_creds
+        if self.opts.nats_url is None or self.opts.https is not None:
+            self.tls = await asyncio.to_thread(HubTls.load_or_create, self.data_dir / "tls", self._tls_names())
         if self.opts.nats_url is None:
+            nats_tls = self.tls if not self.opts.insecure else None
+            NatsAuthority.trust_hub_ca(self.data_dir / "nats-auth", nats_tls.ca_pem() if nats_tls else None)
             self.authority = NatsAuthority.load_or_create(self.data_dir / "nats-auth", self.subjects)
             self.server = EmbeddedNats(
                 host=self.opts.nats_host,
@@ -200,6 +241,7 @@ class Hub:
                 leaf_remotes=[LeafRemote(self.opts.leaf_remote)] if self.opts.leaf_remote else [],
                 workdir=self.data_dir / "nats",
                 auth_config=self.authority.server_config(),
+                tls=ServerTls(nats_tls.cert_path, nats_tls.key_path) if nats_tls else None,
             )
             await asyncio.to_thread(self.server.start)
             creds = self.authority.hub_creds_path
@@ -245,7 +287,10 @@ class Hub:
             addresses=self.addresses,
             authority=self.authority,
             nats_url=self.nats_url,
-            public_nats_urls=self.opts.public_nats_urls or [self.nats_url],
+            public_nats_urls=self._public_nats_urls(),
+            hub_ca_pem=self.authority.hub_ca if self.authority is not None else None,
+            enrol_url=self.https_url,
+            insecure=self.opts.insecure,
             trusted_keys_hex=[self.signer.public_key.public_bytes_raw().hex()],
             delay_ms=self.opts.delay_ms,
             recordings_dir=self.recordings_dir,
@@ -301,6 +346,30 @@ class Hub:
         if serving.done() or not self._uvicorn.started:
             await self.stop()
             raise ServeError(f"the HTTP server could not listen on {self.opts.http_host}:{self.opts.http_port}")
+        if self.opts.https is not None:
+            assert self.tls is not None
+            tls_config = uvicorn.Config(
+                app,
+                host=self.opts.https[0],
+                port=self.opts.https[1],
+                log_level="warning",
+                lifespan="off",
+                ws_ping_interval=20,
+                proxy_headers=True,
+                forwarded_allow_ips=self.opts.trusted_proxies,
+                ssl_certfile=str(self.tls.cert_path),
+                ssl_keyfile=str(self.tls.key_path),
+            )
+            self._uvicorn_tls = _QuietServer(tls_config)
+            serving_tls = asyncio.create_task(self._serve_http(self._uvicorn_tls))
+            self._tasks.append(serving_tls)
+            for _ in range(200):
+                if self._uvicorn_tls.started or serving_tls.done():
+                    break
+                await asyncio.sleep(0.05)
+            if serving_tls.done() or not self._uvicorn_tls.started:
+                await self.stop()
+                raise ServeError(f"the HTTPS server could not listen on {self.opts.https[0]}:{self.opts.https[1]}")
 
     @staticmethod
     async def _serve_http(server: uvicorn.Server) -> None:
@@ -390,6 +459,8 @@ class Hub:
                 await self.telephone.stop()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
+        if self._uvicorn_tls is not None:
+            self._uvicorn_tls.should_exit = True
         if self.golive is not None:
             with contextlib.suppress(Exception):
                 await self.golive.close()

@@ -11,6 +11,7 @@ import logging
 import time
 
 from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
 from citycast.bus.authority import site_inbox_prefix
@@ -25,6 +26,15 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["sites"])
 
 BAD_TOKEN = "unknown, used or expired enrolment token: ask an admin for a new one"
+
+
+@router.get("/api/enrol/ca", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}})
+async def hub_ca(ctx: Ctx) -> PlainTextResponse:
+    """The hub's TLS CA (PEM, public). An enrolling site accepts it only if it has the fingerprint its token
+    carries, and then trusts no other certificate for this hub's HTTPS and NATS."""
+    if not ctx.hub_ca_pem:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "this hub runs without TLS (--insecure)")
+    return PlainTextResponse(ctx.hub_ca_pem, media_type="application/x-pem-file")
 
 
 @router.post(
@@ -43,6 +53,9 @@ async def enrol(body: EnrolIn, request: Request, ctx: Ctx) -> EnrolOut:
     limiter: FailureLimiter = request.app.state.enrol_limiter
     remote = remote_of(request)
     limiter.check(remote, time.monotonic())
+    # The token as shown to an admin is SECRET.FINGERPRINT; a site sends the secret alone, a hand-made request
+    # may send both, and the fingerprint is no secret.
+    secret = body.token.partition(".")[0]
     if ctx.authority is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this hub runs without a NATS authority: no enrolment")
     if not is_public_key(body.nkey_public, KeyKind.USER):
@@ -51,7 +64,7 @@ async def enrol(body: EnrolIn, request: Request, ctx: Ctx) -> EnrolOut:
         )
     now = utcnow()
     with ctx.db.session() as s:
-        site = s.scalar(select(Site).where(Site.enrol_token_hash == token_hash(body.token)))
+        site = s.scalar(select(Site).where(Site.enrol_token_hash == token_hash(secret)))
         expires = utc(site.enrol_expires_at) if site is not None else None
         if site is None or expires is None or expires <= now:
             limiter.failed(remote, time.monotonic())
@@ -63,7 +76,7 @@ async def enrol(body: EnrolIn, request: Request, ctx: Ctx) -> EnrolOut:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_TOKEN)
 
     with ctx.db.session() as s:
-        site = s.scalar(select(Site).where(Site.enrol_token_hash == token_hash(body.token)))
+        site = s.scalar(select(Site).where(Site.enrol_token_hash == token_hash(secret)))
         if site is None:  # used by a concurrent request in between
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_TOKEN)
         revoked = s.scalar(select(RevokedKey.id).where(RevokedKey.nkey_public == body.nkey_public))
@@ -105,4 +118,5 @@ async def enrol(body: EnrolIn, request: Request, ctx: Ctx) -> EnrolOut:
         delay_ms=ctx.delay_ms,
         time_subject=ctx.subjects.time(),
         inbox_prefix=site_inbox_prefix(name),
+        hub_ca=ctx.hub_ca_pem,
     )

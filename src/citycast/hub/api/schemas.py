@@ -195,6 +195,7 @@ class EnrolOut(BaseModel):
     delay_ms: float
     time_subject: str
     inbox_prefix: str
+    hub_ca: str | None = None  # PEM of the hub's TLS CA: the site trusts it alone for NATS (None: plaintext hub)
 
 
 # -- addresses and sources
@@ -288,17 +289,17 @@ class RecordingOut(BaseModel):
 
 class SettingsOut(BaseModel):
     retention_days: int
-
     tile_url: str = ""  # the console map's tile server (a Leaflet URL template); empty: the offline base map
+
 
 class SettingsIn(Strict):
     retention_days: Annotated[int, Field(ge=0, le=36500, description="0 keeps recordings for ever")]
-
     tile_url: Annotated[
         str | None,
         Field(max_length=TILE_URL_MAX, description="https://host/{z}/{x}/{y}.png; empty: none; absent: unchanged"),
         AfterValidator(checked_tile_url),
     ] = None
+
 
 class AlertOut(BaseModel):
     id: int

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
+from citycast.bus.tls import fingerprint
 from citycast.hub.api.deps import Admin, Ctx, Operator, PathId, Viewer, not_found, record, utc
 from citycast.hub.api.schemas import (
     AUTH_ERRORS,
@@ -100,7 +101,11 @@ def _issue_token(site: Site, now: dt.datetime) -> str:
 
 
 def _enrol_out(request: Request, site: Site, token: str, fleet: FleetState) -> EnrolTokenOut:
-    hub = str(request.base_url).rstrip("/")
+    ctx: HubContext = request.app.state.ctx
+    hub = ctx.enrol_url or str(request.base_url).rstrip("/")
+    if ctx.hub_ca_pem:
+        # The site will trust the hub whose CA has this fingerprint, and no other (citycast.site.enrol).
+        token = f"{token}.{fingerprint(ctx.hub_ca_pem)}"
     return EnrolTokenOut(
         site=site_out(site, fleet),
         enrol_token=token,
