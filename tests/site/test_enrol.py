@@ -335,6 +335,9 @@ async def test_enrol_over_https_with_the_real_hub(tmp_path: Path) -> None:
         creds = await enrol(hub.https_url, token, path)
         assert creds.hub_ca == hub.tls.ca_pem() and creds.nats_urls[0].startswith("tls://")
         assert SiteCredentials.load(path).hub_ca == hub.tls.ca_pem()
+        async with httpx.AsyncClient(base_url=hub.http_url, timeout=20) as plain:
+            transport = (await plain.get("/api/transport")).json()
+            assert transport == {"insecure": False, "ca_fingerprint": hub.tls.fingerprint()}
         nc = await connect(creds.nats_urls[0], name="site:s1", creds=creds.creds_file(path), forever=False,
                            inbox_prefix=creds.inbox_prefix)  # fmt: skip
         await nc.publish("citycast.telemetry.s1", b"{}")
@@ -348,3 +351,27 @@ async def test_a_hub_serves_plain_http_off_loopback_only_when_told(tmp_path: Pat
     hub = Hub(HubOptions(data_dir=tmp_path / "hub", http_host="0.0.0.0", http_port=free_port(), nats_port=free_port()))
     with pytest.raises(ServeError, match="--insecure"):
         await hub.start()
+
+
+async def test_an_insecure_hub_says_so_and_its_sites_must_too(tmp_path: Path) -> None:
+    """--insecure: plaintext NATS, tokens without a pin (a site enrols only with --insecure), and the hub shows
+    it in /metrics (citycast_insecure 1) and to the console's banner (/api/transport, no login needed)."""
+    hub = Hub(HubOptions(data_dir=tmp_path / "hub", http_port=free_port(), nats_port=free_port(), insecure=True))
+    await hub.start()
+    try:
+        assert hub.nats_url.startswith("nats://") and hub.authority is not None and hub.authority.hub_ca is None
+        async with httpx.AsyncClient(base_url=hub.http_url, timeout=20) as api:
+            assert (await api.get("/api/transport")).json() == {"insecure": True, "ca_fingerprint": None}
+            r = await api.post("/api/login", json={"username": "admin", "password": hub.admin_password})
+            api.headers["Authorization"] = f"Bearer {r.json()['token']}"
+            assert "citycast_insecure 1.0" in (await api.get("/metrics")).text
+            token = (await api.post("/api/sites", json={"name": "s1", "lat": 24.86, "lon": 67.02})).json()[
+                "enrol_token"
+            ]
+        assert "." not in token
+        with pytest.raises(EnrolError, match="carries no fingerprint"):
+            await enrol(hub.http_url, token, tmp_path / "site.json")
+        creds = await enrol(hub.http_url, token, tmp_path / "site.json", insecure=True)
+        assert creds.hub_ca == "" and creds.nats_urls[0].startswith("nats://")
+    finally:
+        await hub.stop()

@@ -130,15 +130,31 @@ class SipCollector(Collector):
             yield rtp
 
 
+class _InsecureCollector(Collector):
+    """1 when the hub runs with --insecure (plaintext NATS, plain HTTP off loopback): alert on it."""
+
+    def __init__(self, insecure: bool) -> None:
+        self.insecure = insecure
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "citycast_insecure",
+            "1 if the hub was started with --insecure (no TLS on the wire)",
+            value=int(self.insecure),
+        )
+
+
 def render_metrics(
     fleet: FleetState,
     counters: TelemetryCounters | None = None,
     sites_reached: Callable[[], int] | None = None,
     sip: Callable[[], dict[str, int]] | None = None,
+    insecure: bool = False,
 ) -> bytes:
     """Prometheus text exposition of the fleet now; serve it with `CONTENT_TYPE`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(fleet, counters, sites_reached))
+    registry.register(_InsecureCollector(insecure))
     if sip is not None:
         registry.register(SipCollector(sip))
     return generate_latest(registry)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from citycast.bus.authority import site_inbox_prefix
 from citycast.bus.jwt import KeyKind, is_public_key
+from citycast.bus.tls import fingerprint
 from citycast.hub.api.deps import Ctx, FailureLimiter, record, remote_of, utc
 from citycast.hub.api.schemas import EnrolIn, EnrolOut, ErrorOut
 from citycast.hub.api.sites import revoke_key
@@ -26,6 +27,16 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["sites"])
 
 BAD_TOKEN = "unknown, used or expired enrolment token: ask an admin for a new one"
+
+
+@router.get("/api/transport")
+async def transport(ctx: Ctx) -> dict[str, object]:
+    """Whether this hub's wire is protected, for the console's banner (also on the login page, so no login):
+    `insecure` when the operator ran it with --insecure; the CA fingerprint the enrolment tokens carry."""
+    return {
+        "insecure": ctx.insecure,
+        "ca_fingerprint": fingerprint(ctx.hub_ca_pem) if ctx.hub_ca_pem else None,
+    }
 
 
 @router.get("/api/enrol/ca", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}})

@@ -47,7 +47,11 @@ async def fleet_summary(_: Viewer, ctx: Ctx) -> FleetOut:
 async def metrics(ctx: Ctx) -> Response:
     return Response(
         render_metrics(
-            ctx.fleet, ctx.telemetry_counters, sites_reached=ctx.addresses.sites_reached, sip=ctx.sip_counters
+            ctx.fleet,
+            ctx.telemetry_counters,
+            sites_reached=ctx.addresses.sites_reached,
+            sip=ctx.sip_counters,
+            insecure=ctx.insecure,
         ),
         media_type=CONTENT_TYPE_LATEST,
     )

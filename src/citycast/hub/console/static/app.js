@@ -1320,3 +1320,20 @@ window.citycast = {
 };
 
 init();
+
+// A hub started with --insecure says so on every page, the login page too: on a plaintext wire anyone on the
+// path can read the logins and change what the loudspeakers get.
+(async () => {
+  try {
+    const res = await fetch('api/transport');
+    if (!res.ok || !(await res.json()).insecure) return;
+    const banner = document.createElement('div');
+    banner.id = 'insecure-banner';
+    banner.setAttribute('role', 'alert');
+    banner.textContent = 'INSECURE: this hub runs with --insecure. NATS and HTTP are plaintext: anyone on the network '
+      + 'path can read logins and change what the loudspeakers play. Restart it without --insecure.';
+    document.body.prepend(banner);
+  } catch (e) {
+    // The console works without the banner; /metrics still shows citycast_insecure.
+  }
+})();
