@@ -122,6 +122,8 @@ async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec
     assert peak > 0.5, (peak, out.decode(errors="replace")[-3000:])
     if srtp:  # every packet of the call authenticated; none failed; baresip's SRTCP reports decoding ours
         assert call.media.latch.accepted > 400 and call.media.latch.dropped["srtp_auth"] == 0, call.media.latch.dropped
+        # baresip's RTCP BYE at hang-up may go out as its SRTP context is torn down: that one fails and is dropped.
+        assert call.media.latch.dropped["srtcp_auth"] <= 1, call.media.latch.dropped
         assert call.media.latch.rtcp_accepted > 0 and call.heard_report is not None
         behind = (call.media.back.seq - call.heard_report.highest_seq) & 0xFFFF  # ours it decoded, of ours sent
         assert behind < 500 and call.heard_report.cumulative_lost < 20, (behind, call.heard_report)

@@ -12,6 +12,7 @@ import random
 import re
 import shutil
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -414,3 +415,21 @@ async def test_malformed_requests_get_the_right_error_and_garbage_is_dropped(rig
         assert sip.refused == 2
     finally:
         transport.close()
+
+
+async def test_the_calls_broadcast_keeps_time_while_the_control_loop_stalls(rig: Rig, media: MediaPeer) -> None:
+    """The call's media runs on the hub's media plane: a control loop stuck for half a second (a slow request, a
+    big query, a PIN hash) does not stop the call's audio reaching the loudspeakers."""
+    run, call = await go_live(rig, "media_call.xml", media)
+    assert call.broadcaster is not None and rig.hub.media is not None
+    beats: list[tuple[float, threading.Thread]] = []
+    call.broadcaster.on_block = lambda _: beats.append((time.monotonic(), threading.current_thread()))
+    await wait_for(lambda: len(beats) > 10, 5, "no broadcast")
+    t0 = time.monotonic()
+    time.sleep(0.5)  # the point: this loop (the control plane) is blocked
+    t1 = time.monotonic()
+    await asyncio.sleep(0.3)
+    during = [t for t, _ in beats if t0 <= t <= t1]
+    assert len(during) >= 0.6 * (t1 - t0) / 0.02, len(during)  # blocks kept coming while the control loop slept
+    assert {thread for _, thread in beats} == {rig.hub.media.thread}
+    await hang_up_from_the_hub(rig, run)

@@ -41,6 +41,7 @@ DROP_REASONS = (
     "bad_packet",  # not RTP v2 / not RTCP, or an absurd size
     "payload_type",  # a payload type the SDP did not negotiate
     "srtp_auth",  # SRTP authentication (or replay check) failed
+    "srtcp_auth",  # SRTCP authentication (or replay check) failed
     "rtcp_foreign",  # RTCP from anywhere but the latched caller, or before the RTP latch
 )
 MIN_RTP = 12

@@ -12,6 +12,8 @@ from the first answer on: a continuous stream keeps NAT bindings open and lets t
 Only the caller's datagrams are taken, and the stream goes only to the caller, never faster than its pace: the
 `MediaLatch` (ingest/rtp/latch.py, rule in docs/sip-internals.md) decides both. SRTP when the offer is RTP/SAVP
 with SDES keys.
+The sockets, the latch, the jitter buffer and the call's broadcaster run on the hub's media plane (its own thread
+and loop, `CallHost.media_plane`); the conversation, signalling and the return stream stay on the control loop.
 While the call is live and the hub listens to a site (talkback), that site's microphone is mixed into the return
 stream under a limiter, so the speaker hears the crowd. A caller on hold (their offer sendonly or inactive) is
 sent no RTP and feeds silence to the broadcast.
@@ -33,7 +35,7 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -68,10 +70,14 @@ from citycast.media.render import Samples
 from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from citycast.hub.addresses import AddressManager
+    from citycast.hub.media_plane import MediaPlane
     from citycast.hub.talkback import TalkbackControl, TalkbackTap
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
@@ -119,6 +125,11 @@ class CallHost(Protocol):
 
     @property
     def addresses(self) -> AddressManager: ...
+
+    @property
+    def media_plane(self) -> MediaPlane | None:
+        """The hub's media thread and loop: the call's RTP sockets and its broadcast run there (None: here)."""
+        ...
 
     @property
     def nc(self) -> Any: ...
@@ -178,6 +189,11 @@ class CallAudio:
             block = np.zeros(FRAME_SAMPLES, np.float32)
         self.level = float(np.sqrt(np.mean(block.astype(np.float64) ** 2)))
         return block
+
+
+async def _start(broadcaster: LiveBroadcaster) -> None:
+    """Start `broadcaster` on the loop this runs on (its task belongs there)."""
+    broadcaster.start()
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -444,6 +460,7 @@ class Call:
         self._ended = asyncio.Event()
         self._cancelled = False
         self._rtcp_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the call's own (control) loop
         self._reporter = ReceptionReporter()
         self.rtcp_sent = 0
         self.heard_report: ReportBlock | None = None  # the caller's latest report on our stream (what it decodes)
@@ -451,7 +468,23 @@ class Call:
 
     # -- entry ----------------------------------------------------------------------------------------------
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=f"call:{self.call_id}")
+
+    # The call's media (RTP/RTCP sockets, latch, jitter buffer, DTMF, the broadcaster) lives on the media plane's
+    # loop, so no request handler or hash on the control loop delays what the loudspeakers play; the conversation,
+    # signalling and the return stream stay here and cross over only through these two.
+    async def _on_media_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        plane = self.host.media_plane
+        return await (plane.run(coro) if plane is not None else coro)
+
+    def _media_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        plane = self.host.media_plane
+        if plane is None:
+            fn(*args)
+            return
+        with contextlib.suppress(RuntimeError):  # the media plane already stopped (hub shutting down)
+            plane.call_soon(fn, *args)
 
     def _respond(self, tx: ServerTransaction, status: int, reason: str, **kw: Any) -> None:
         tx.respond(response_for(tx.request, status, reason, **kw), self.host.transport.clock())
@@ -525,8 +558,8 @@ class Call:
         return True
 
     async def _open_media(self, neg: Negotiated, decoder: Decoder, encoder: Encoder) -> None:
-        transport, rtcp, port = await self.host.open_rtp(
-            lambda: _RtpProtocol(self, rtcp=False), lambda: _RtpProtocol(self, rtcp=True)
+        transport, rtcp, port = await self._on_media_loop(
+            self.host.open_rtp(lambda: _RtpProtocol(self, rtcp=False), lambda: _RtpProtocol(self, rtcp=True))
         )
         receiver = RtpReceiver(neg.codec.clock_rate, neg.ptime_ms or 20, JITTER_TARGET_MS, decoder=decoder)
         latch = MediaLatch(self.flow.remote[0], _sdp_media(neg), trusted=self.host.trusted_media,
@@ -539,7 +572,7 @@ class Call:
             target = m.sending()
             if target is None or not m.rtp_budget.take(time.monotonic()):
                 return
-            transport.sendto(m.srtp.protect(data) if m.srtp is not None else data, target)
+            self._media_soon(transport.sendto, m.srtp.protect(data) if m.srtp is not None else data, target)
 
         back = ReturnStream(encoder, neg.codec.payload_type, send)
         now = time.monotonic()
@@ -640,9 +673,11 @@ class Call:
             await self._say_and_hang_up("ended")
             return
         channel = addresses.channel_of(self.address_id)
-        self.broadcaster = LiveBroadcaster(self.host.nc, channel=channel, signer=self.host.signer,
-                                           source=self.media.audio, subjects=self.host.subjects)  # fmt: skip
-        self.broadcaster.start()
+        plane = self.host.media_plane
+        self.broadcaster = LiveBroadcaster(plane.nc if plane is not None else self.host.nc, channel=channel,
+                                           signer=self.host.signer, source=self.media.audio,
+                                           subjects=self.host.subjects)  # fmt: skip
+        await self._on_media_loop(_start(self.broadcaster))
         self.state = CallState.live
         n = self.sites_live = await self.host.sites_live(grant.zone_ids)
         self.media.back.talkback = self._talkback_tap
@@ -802,8 +837,8 @@ class Call:
             return
         if m.neg.dtmf_pt is not None and pkt.payload_type == m.neg.dtmf_pt:
             digit = m.dtmf.push(pkt)
-            if digit is not None:
-                self.digits.put_nowait(digit)
+            if digit is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self.digits.put_nowait, digit)  # to the conversation's loop
         elif pkt.payload_type == m.neg.codec.payload_type:
             m.receiver.push(pkt, time.monotonic())
 
@@ -821,8 +856,8 @@ class Call:
                 data = m.srtp.unprotect_rtcp(data)
             packets = parse_compound(data)
         except SrtpError:
-            m.latch.dropped["srtp_auth"] += 1
-            self._dropped("srtp_auth", addr)
+            m.latch.dropped["srtcp_auth"] += 1
+            self._dropped("srtcp_auth", addr)
             return
         except RtcpError:
             m.latch.dropped["bad_packet"] += 1
@@ -863,14 +898,14 @@ class Call:
                 continue
             block = self._reporter.report_block(m.receiver.stats, time.monotonic())
             data = build_rr(m.back.ssrc, [block] if block is not None else [], cname)
-            m.rtcp.sendto(m.srtp.protect_rtcp(data) if m.srtp is not None else data, target)
+            self._media_soon(m.rtcp.sendto, m.srtp.protect_rtcp(data) if m.srtp is not None else data, target)
             self.rtcp_sent += 1
 
     # -- the end --------------------------------------------------------------------------------------------
     async def _teardown(self) -> None:
         self._end()
         if self.broadcaster is not None:
-            await self.broadcaster.stop()
+            await self._on_media_loop(self.broadcaster.stop())
         if self.address_id is not None:
             aid, self.address_id = self.address_id, None
             with contextlib.suppress(KeyError):
@@ -881,8 +916,8 @@ class Call:
             self.host.transport.unwatch(self.dialog)
         if self.media is not None:
             await self.media.back.stop()
-            self.media.transport.close()
-            self.media.rtcp.close()
+            self._media_soon(self.media.transport.close)
+            self._media_soon(self.media.rtcp.close)
         log.info("call %s from %s ended: %s", self.call_id, self.from_uri, self.end_reason or "ended")
         self.host.call_ended(self)
 

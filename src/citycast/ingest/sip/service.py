@@ -41,6 +41,7 @@ from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from citycast.hub.addresses import AddressManager
+    from citycast.hub.media_plane import MediaPlane
     from citycast.hub.runtime import Hub
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ class Telephone:
     @property
     def nc(self) -> Any:
         return self.hub.nc
+
+    @property
+    def media_plane(self) -> MediaPlane | None:
+        return self.hub.media
 
     @property
     def signer(self) -> Any:
