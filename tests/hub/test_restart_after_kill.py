@@ -32,7 +32,7 @@ def _start(data: Path, http: int, nats_port: int, log: Path) -> subprocess.Popen
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "citycast", "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{nats_port}",
-             "--http", f"127.0.0.1:{http}"],
+             "--http", f"127.0.0.1:{http}", "--https", "off"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     deadline = time.monotonic() + 60

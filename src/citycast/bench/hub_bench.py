@@ -94,6 +94,8 @@ class _Hub:
                 f"127.0.0.1:{self.nats_port}",
                 "--http",
                 f"127.0.0.1:{self.http_port}",
+                "--https",  # no fixed 8443 shared by concurrent runs; NATS is TLS all the same
+                "off",
             ),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -479,7 +479,7 @@ def _run(opts: SipBenchOptions, wan: str, link: WanLink | None, fleet: Fleet, wo
     hub = fleet.spawn(
         "hub", "hub",
         citycast_argv("serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{nats_port}",
-                      "--http", f"127.0.0.1:{http_port}", "--sip", f"{hub_ip}:{sip_port}",
+                      "--http", f"127.0.0.1:{http_port}", "--https", "off", "--sip", f"{hub_ip}:{sip_port}",
                       "--rtp-ports", f"{rtp_lo}-{rtp_lo + 999}", "--delay-ms", f"{delay_ms:g}"),
         hub_prefix,
     )  # fmt: skip

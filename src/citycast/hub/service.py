@@ -60,6 +60,10 @@ async def run_full_hub(opts: HubOptions, console: Console, *, duration: float | 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, hub.request_stop)
     console.print(f"[bold]citycast hub[/]: console and API at {hub.http_url}  (NATS {hub.nats_url})")
+    if hub.https_url and hub.tls is not None:
+        console.print(f"HTTPS (enrolment) at {hub.https_url}, CA fingerprint {hub.tls.fingerprint()}")
+    if opts.insecure:
+        console.print("[bold red]--insecure[/]: NATS and HTTP are plaintext; the console and /metrics say so")
     if hub.admin_password:
         console.print(
             f"first start: log in as [bold]admin[/] with password [bold]{hub.admin_password}[/] "
