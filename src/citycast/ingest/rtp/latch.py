@@ -94,7 +94,8 @@ class MediaLatch:
         self.acked = False
         self.latched: tuple[str, int] | None = None
         self.ssrc: int | None = None
-        self.dropped: Counter[str] = Counter()
+        # Every reason present from the start: another thread may copy the counts while this one adds to them.
+        self.dropped: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
         self.accepted = 0
         self.rtcp_accepted = 0
 

@@ -785,7 +785,8 @@ class Call:
         self.media.audio.held = held
         self.media.neg = neg
         if neg.remote_addr[1]:
-            self.media.latch.renegotiate(_sdp_media(neg))  # a new address unlatches; the same rules latch again
+            # A new address unlatches; the same rules latch again. On the media loop, between two datagrams.
+            self._media_soon(self.media.latch.renegotiate, _sdp_media(neg))
         ours = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}.get(neg.direction, "sendrecv")
         self.sdp_version += 1
         local_ip = self.host.local_ip(self.flow.remote[0])
@@ -881,7 +882,7 @@ class Call:
         total = sum(m.latch.dropped.values()) if m is not None else 0
         log.warning("call %s: dropped media from %s:%d (%s); %d dropped in this call so far (%s); taking media from %s",
                     self.call_id, addr[0], addr[1], reason, total,
-                    ", ".join(f"{k} {v}" for k, v in sorted(m.latch.dropped.items())) if m is not None else "",
+                    ", ".join(f"{k} {v}" for k, v in sorted(m.latch.dropped.items()) if v) if m is not None else "",
                     m.latch.latched if m is not None and m.latch.latched else "nobody yet")  # fmt: skip
         self._drop_logged = now
 
