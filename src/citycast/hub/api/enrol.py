@@ -11,7 +11,7 @@ import logging
 import time
 
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response
 from sqlalchemy import select
 
 from citycast.bus.authority import site_inbox_prefix
@@ -26,6 +26,7 @@ from citycast.hub.db.models import RevokedKey, Site, utcnow
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["sites"])
 
+PEM = "application/x-pem-file"
 BAD_TOKEN = "unknown, used or expired enrolment token: ask an admin for a new one"
 
 
@@ -39,13 +40,20 @@ async def transport(ctx: Ctx) -> dict[str, object]:
     }
 
 
-@router.get("/api/enrol/ca", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}})
-async def hub_ca(ctx: Ctx) -> PlainTextResponse:
+@router.get(
+    "/api/enrol/ca",
+    response_class=Response,
+    responses={
+        200: {"content": {PEM: {"schema": {"type": "string"}}}, "description": "The CA certificate (PEM)"},
+        404: {"model": ErrorOut, "content": {"application/json": {}}},
+    },
+)
+async def hub_ca(ctx: Ctx) -> Response:
     """The hub's TLS CA (PEM, public). An enrolling site accepts it only if it has the fingerprint its token
     carries, and then trusts no other certificate for this hub's HTTPS and NATS."""
     if not ctx.hub_ca_pem:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "this hub runs without TLS (--insecure)")
-    return PlainTextResponse(ctx.hub_ca_pem, media_type="application/x-pem-file")
+    return Response(ctx.hub_ca_pem, media_type=PEM)
 
 
 @router.post(
