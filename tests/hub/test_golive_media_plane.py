@@ -233,8 +233,9 @@ def test_the_abuse_bench_attacks_do_not_delay_a_browser_speaker(hub_process: _Hu
     assert counts.get("login:401", 0) >= 8 and counts.get("body:413", 0) >= 1, counts
     assert counts.get("list:200", 0) >= 10 and counts.get("pin:403", 0) + counts.get("pin:429", 0) >= 1, counts
     assert status["after"]["live"] and status["after"]["on_air"], heard
-    # With the speaker's broadcaster on the control loop it waited behind the strangers' requests: p99 69 ms,
-    # max 138 ms here (3 ms and 12 ms quiet), where the media plane kept p99 12 ms, max 20 ms.
+    # With the speaker's broadcaster on the control loop it waited behind the strangers' requests: p99 28-69 ms,
+    # max 64-138 ms on the shared 2-core box, so this may pass on that code on a quiet day (the held-loop test
+    # below is the one that always tells); on the media plane p99 12-21 ms, max 20-34 ms.
     assert abused.missing == 0, heard
     assert float(np.median(abused.late)) < 20, heard
     assert float(np.percentile(abused.late, 99)) < 40 and max(abused.late) < 100, heard
