@@ -388,3 +388,35 @@ async def test_many_addresses_guessing_one_pin_lock_it_alert_and_an_operator_unl
             assert (await api.post("/api/golive/stop")).json()["stopped"] is True
         finally:
             await client.close()
+
+
+async def test_the_hub_stopping_ends_a_live_browser_session(tmp_path: Path) -> None:
+    """The hub's own service, sessions on its media plane: `Hub.stop` ends the session (its media closed on the
+    plane before the plane itself stops) and the address, within a bound, and nothing is left on the plane."""
+    hub = Hub(HubOptions(data_dir=tmp_path / "hub", http_port=free_port(), nats_port=free_port()))
+    await hub.start()
+    client: RTCPeerConnection | None = None
+    try:
+        assert hub.golive is not None and hub.media is not None and hub.golive.media is hub.media
+        async with _admin(hub) as admin:
+            zone = (await admin.post("/api/zones", json={"name": "saddar", "channel": 1})).json()["id"]
+            r = await admin.post("/api/pins", json={"label": "Imam, Saddar", "pin": PIN, "zone_ids": [zone]})
+            assert r.status_code == 201, r.text
+        client = await _client_offer(MediaPlayer(str(SPEECH)))
+        answer, session = await hub.golive.offer(
+            user_id=1, username="admin", sdp=client.localDescription.sdp, sdp_type="offer", pin=PIN, title=None,
+            remote="127.0.0.1",
+        )  # fmt: skip
+        await client.setRemoteDescription(answer)
+        await _wait(lambda: hub.golive.status(1)["on_air"], 10, "the hub never heard the browser")  # type: ignore[union-attr]
+        plane = hub.media.thread
+        t0 = time.monotonic()
+    finally:
+        await hub.stop()
+        if client is not None:
+            await client.close()
+    assert time.monotonic() - t0 < 20
+    assert session.ended == "the hub is stopping" and session.connection == "closed"
+    assert plane is not None and not plane.is_alive()
+    row = next(a for a in _addresses(Setup(hub, 0, 0)) if a.id == session.address_id)
+    assert row.status != AddressStatus.live and row.end_reason in ("the hub is stopping", "hub stopped")
