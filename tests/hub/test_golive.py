@@ -99,7 +99,7 @@ async def test_browser_audio_reaches_the_channel(setup: Setup, on_media_plane: b
     service = _service(setup, on_media_plane=on_media_plane)
     if on_media_plane:
         assert hub.golive is not None and hub.golive.media is hub.media  # the hub's own service is on its plane
-    player = MediaPlayer(str(SPEECH))
+    player = MediaPlayer(str(SPEECH), loop=True)  # a slow box must not reach the clip's end (a hang-up) first
     client = await _client_offer(player)
     try:
         answer, session = await service.offer(

@@ -295,21 +295,25 @@ class GoLive:
         return await (self.media.run(coro) if self.media is not None else coro)
 
     def _to_control(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Start `coro` on the control loop without waiting for it (from a media-loop callback or task)."""
+        """Start `coro` on the control loop without waiting for it (from a media-loop callback or task, or from
+        the control loop itself); `close()` waits for it."""
         control = self._control
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             here = None
         if control is None or control is here:
-            task = asyncio.ensure_future(coro)
-            self._ending.add(task)  # held, so the task is not collected before it ends
-            task.add_done_callback(self._ending.discard)
+            self._spawn(coro)
             return
         try:
-            asyncio.run_coroutine_threadsafe(coro, control)
+            control.call_soon_threadsafe(self._spawn, coro)
         except RuntimeError:  # the control loop is closed: the hub is gone, and the session with it
             coro.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._ending.add(task)  # held, so the task is not collected before it ends, and close() can wait for it
+        task.add_done_callback(self._ending.discard)
 
     # -- going live -------------------------------------------------------------------------------------------
     async def offer(
@@ -467,6 +471,10 @@ class GoLive:
         if session.ended is not None:
             return
         session.ended = reason
+        # At once, not after the media is closed (a hop to the media loop): from here the user may go live again.
+        if self.sessions.get(session.user_id) is session:
+            del self.sessions[session.user_id]
+        self._last[session.user_id] = session
         log.info("browser speaker %s: session ended (%s)", session.username, reason)
         me = asyncio.current_task()
         for t in session.tasks:
@@ -498,8 +506,10 @@ class GoLive:
     async def close(self) -> None:
         for session in list(self.sessions.values()):
             await self.end(session, "the hub is stopping")
-        if self._ending:
-            await asyncio.gather(*self._ending, return_exceptions=True)
+        for _ in range(100):  # sessions that were ending already (a hang-up, a failed connection)
+            if not self._ending:
+                break
+            await asyncio.gather(*list(self._ending), return_exceptions=True)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def status(self, user_id: int) -> dict[str, Any]:
