@@ -145,8 +145,9 @@ async def _seed(api: httpx.AsyncClient, n: int) -> list[str]:
 
 
 async def _ws_events(base: str, token: str) -> AsyncIterator[dict[str, Any]]:
-    url = base.replace("http://", "ws://") + f"/api/ws?token={token}"
-    async with websockets.connect(url, max_size=None) as ws:
+    # A program, not a browser: no Origin, the session token as a bearer header (never in the URL).
+    url = base.replace("http://", "ws://") + "/api/ws"
+    async with websockets.connect(url, max_size=None, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         async for raw in ws:
             with contextlib.suppress(ValueError):
                 yield json.loads(raw)
