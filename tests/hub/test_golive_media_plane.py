@@ -2,7 +2,7 @@
 connection, its audio and its broadcaster run on the media plane, so a blocked or flooded control loop (the
 HTTP API's) delays neither the frames on the speaker's channel nor the reception of the speaker's audio.
 
-Both tests use a real hub and a real aiortc client offering through the HTTP API; how late each frame reached
+The test uses a real hub and a real aiortc client offering through the HTTP API; how late each frame reached
 the channel, and which never arrived, is measured by a listener in a process of its own, so nothing in this
 process can delay the measurement. A frame never sent counts as much as a late one: a live broadcaster whose loop
 was held for more than 10 frames skips the gap rather than burst old audio."""
@@ -14,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from sqlalchemy import select
 
-from citycast.bench.hub_abuse import _abuse
-from citycast.bench.hub_bench import _Hub
 from citycast.bus.server import free_port
-from citycast.hub.runtime import ADMIN_PASSWORD_FILE, Hub, HubOptions
+from citycast.hub.runtime import Hub, HubOptions
 
 SPEECH = Path(__file__).resolve().parents[2] / "src/citycast/assets/speech.opus"
 PIN = "593172"
@@ -184,63 +182,6 @@ async def _until_on_air(base: str, token: str) -> dict[str, Any]:
             return status
         assert time.monotonic() < deadline, f"the hub never heard the speaker: {status}"
         await asyncio.sleep(0.2)
-
-
-# -- a real hub process, abused as in `citycast bench-hub --abuse` ------------------------------------------------
-@pytest.fixture
-def hub_process(tmp_path: Path) -> Iterator[_Hub]:
-    h = _Hub(tmp_path, verbose=True)
-    h.start()
-    try:
-        yield h
-    finally:
-        h.stop()
-
-
-@pytest.mark.slow
-def test_the_abuse_bench_attacks_do_not_delay_a_browser_speaker(hub_process: _Hub) -> None:
-    """A speaker live from an aiortc "browser" while, for 6 s, strangers hammer the login (8 at once, each guess
-    an Argon2 check), wrong go-live PINs, 200 MB login bodies and list queries: every frame of the speaker's
-    channel arrives, nearly as on time as in the quiet 3 s before."""
-    hub = hub_process
-    admin_token = _seed(hub.base, (hub.work / "hub" / ADMIN_PASSWORD_FILE).read_text().strip())
-    token = _speaker_token(hub.base)
-    speaker = Speaker(hub.base, token)
-    counts: dict[str, int] = {}
-    try:
-        answer = speaker.start()
-        channel = _channel_of(hub.base, token, answer["address_id"])
-
-        async def measure() -> tuple[Heard, Heard, dict[str, Any]]:
-            await _until_on_air(hub.base, token)
-            quiet = await _listen(hub.nats_url, hub.creds, channel, 3, asyncio.Event())
-            ready = asyncio.Event()
-            listening = asyncio.create_task(_listen(hub.nats_url, hub.creds, channel, 7, ready))
-            await ready.wait()
-            before = await _status(hub.base, token)
-            await _abuse(hub, admin_token, 6, counts)
-            abused = await listening
-            after = await _status(hub.base, token)
-            return quiet, abused, {"before": before, "after": after}
-
-        quiet, abused, status = asyncio.run(measure())
-    finally:
-        speaker.stop()
-    heard = f"quiet: {quiet}; abused {counts}: {abused}; underruns {status}"
-    print(heard)
-    assert len(quiet.late) > 100 and len(abused.late) > 250, heard
-    # Every kind of abuse reached the hub and was refused (or, for the lists, served).
-    assert counts.get("login:401", 0) >= 8 and counts.get("body:413", 0) >= 1, counts
-    assert counts.get("list:200", 0) >= 10 and counts.get("pin:403", 0) + counts.get("pin:429", 0) >= 1, counts
-    assert status["after"]["live"] and status["after"]["on_air"], heard
-    # Measured against the quiet seconds of the same run, since the shared 2-core box itself makes a quiet p99
-    # anywhere from 4 to 39 ms. With the speaker's broadcaster on the control loop it waited behind the
-    # strangers' requests (p99 +10 to +61 ms over quiet, max +29 to +129 ms), so this fails on that code only on
-    # a bad day; the held-loop test below is the one that always tells. On the media plane: p99 +6 to +12 ms.
-    assert abused.missing == 0, heard
-    assert float(np.median(abused.late)) < 20, heard
-    assert float(np.percentile(abused.late, 99)) < float(np.percentile(quiet.late, 99)) + 30, heard
-    assert max(abused.late) < max(quiet.late) + 80, heard
 
 
 def _channel_of(base: str, token: str, address_id: int) -> int:
