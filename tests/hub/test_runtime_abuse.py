@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from tests.hub.channel_listener import listen
 
 from citycast.bench.hub_abuse import hub_lateness
 from citycast.bench.hub_bench import _Hub
@@ -52,45 +51,10 @@ def _rss_mb(hub: _Hub) -> float:
     return float(psutil.Process(hub.proc.pid).memory_info().rss) / 2**20
 
 
-LISTENER = """
-import asyncio, json, sys, time
-from pathlib import Path
-from citycast.bus.connection import connect
-from citycast.media.frame import parse_frame
-
-async def main(url, creds, channel, seconds):
-    nc = await connect(url, name="test-listener", creds=Path(creds), forever=False)
-    late = []
-
-    async def on_msg(msg):
-        now = time.time_ns()
-        frame, _ = parse_frame(msg.data)
-        late.append((now - frame.ts_ns - len(frame.packets) * frame.packet_ns) / 1e6)
-
-    await nc.subscribe(f"citycast.audio.{channel}", cb=on_msg)
-    print("ready", flush=True)
-    await asyncio.sleep(seconds)
-    await nc.close()
-    print(json.dumps(late), flush=True)
-
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
-"""
-
-
 async def _lateness_ms(hub: _Hub, channel: int, seconds: float) -> list[float]:
     """How late each of the address's messages reached a listener against its due time (the end of its audio),
-    in ms: the broadcaster's publish lateness plus a loopback hop. The listener is a process of its own, so the
-    attackers in this one cannot delay it."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", LISTENER, hub.nats_url, str(hub.creds), str(channel), str(seconds),
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    async with asyncio.timeout(seconds + 30):
-        assert (await proc.stdout.readline()).strip() == b"ready"
-        out, _ = await proc.communicate()
-    late: list[float] = json.loads(out)
-    return late
+    in ms: the broadcaster's publish lateness plus a loopback hop."""
+    return (await listen(hub.nats_url, hub.creds, channel, seconds)).late
 
 
 async def _wrong_logins(base: str, seconds: float, concurrency: int) -> int:

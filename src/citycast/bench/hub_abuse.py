@@ -29,7 +29,6 @@ import httpx
 from citycast.bench.fleet import citycast_argv
 from citycast.bench.hub_bench import _Hub
 from citycast.demo import speech_asset
-from citycast.hub.runtime import ADMIN_PASSWORD_FILE
 
 MAX_GUESSES = 100_000  # every abuse loop is bounded in count as well as by its phase's time
 _LATENESS = re.compile(r"address (\d+) ended .*?publish lateness p50 ([\d.]+) p99 ([\d.]+) max ([\d.]+) ms")
@@ -158,12 +157,8 @@ async def run_abuse_bench(*, sites: int, seconds: float, work: Path | None = Non
     procs: list[subprocess.Popen[bytes]] = []
     try:
         await asyncio.to_thread(hub.start)
-        password = (tmp / "hub" / ADMIN_PASSWORD_FILE).read_text().strip()
         async with httpx.AsyncClient(base_url=hub.base, timeout=60) as api:
-            r = await api.post("/api/login", json={"username": "admin", "password": password})
-            r.raise_for_status()
-            token = r.json()["token"]
-            api.headers["Authorization"] = f"Bearer {token}"
+            token = await hub.log_in_admin(api)
             zone = (await api.post("/api/zones", json={"name": "bench", "channel": 1})).json()["id"]
             for i in range(sites):
                 r = await api.post(

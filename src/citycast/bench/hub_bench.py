@@ -82,6 +82,15 @@ class _Hub:
         self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    async def log_in_admin(self, api: httpx.AsyncClient) -> str:
+        """Log `api` in as the hub's first admin (its one-time password file); returns the session token."""
+        password = (self.work / "hub" / ADMIN_PASSWORD_FILE).read_text().strip()
+        r = await api.post("/api/login", json={"username": "admin", "password": password})
+        r.raise_for_status()
+        token = str(r.json()["token"])
+        api.headers["Authorization"] = f"Bearer {token}"
+        return token
+
     def start(self) -> None:
         log = open(self.work / "hub.log", "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
@@ -209,12 +218,8 @@ async def run_hub_bench(
     hub = _Hub(tmp)
     try:
         await asyncio.to_thread(hub.start)
-        password = (tmp / "hub" / ADMIN_PASSWORD_FILE).read_text().strip()
         async with httpx.AsyncClient(base_url=hub.base, timeout=60) as api:
-            r = await api.post("/api/login", json={"username": "admin", "password": password})
-            r.raise_for_status()
-            token = r.json()["token"]
-            api.headers["Authorization"] = f"Bearer {token}"
+            token = await hub.log_in_admin(api)
             names = await _seed(api, sites)
         assert hub.proc is not None
         idle_cpu, idle_rss = await _idle(hub.proc.pid, idle_s)
