@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -210,19 +211,41 @@ async def test_a_failed_start_is_reported_and_not_retried(database: Database) ->
     assert _last_run(database, sid) == _utc(2025, 6, 13, 15)
 
 
+class CountingClock(Clock):
+    """Counts the reads: `Scheduler.tick` reads the clock once a pass, so this counts the loop's ticks."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        super().__init__(now)
+        self.reads = 0
+
+    def __call__(self) -> dt.datetime:
+        self.reads += 1
+        return self.now
+
+
+async def _until(cond: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not cond():
+            await asyncio.sleep(0.005)
+    assert cond(), what
+
+
 async def test_run_loop_starts_once_and_stops(database: Database) -> None:
     _add(database, _schedule(rrule="FREQ=DAILY;BYHOUR=20;BYMINUTE=0"))
     starter = RecordingStarter()
-    scheduler = Scheduler(database, starter, Clock(_utc(2025, 6, 10, 15, 0, 3)))
+    clock = CountingClock(_utc(2025, 6, 10, 15, 0, 3))
+    scheduler = Scheduler(database, starter, clock)
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop, period_s=0.02))
-    for _ in range(200):
-        if scheduler.started:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.1)  # several more ticks at the same instant
+    await _until(lambda: scheduler.started == 1, "the loop never started the due occurrence")
+    ticks_at_start = clock.reads
+    # Several more passes at the same instant: each sees the occurrence already claimed.
+    await _until(lambda: clock.reads >= ticks_at_start + 5, "the loop stopped ticking after the start")
     stop.set()
-    await asyncio.wait_for(task, 5)
+    async with asyncio.timeout(5):
+        await task
+    assert clock.reads >= ticks_at_start + 5
+    assert scheduler.started == 1
     assert len(starter.calls) == 1
 
 
