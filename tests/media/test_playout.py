@@ -173,9 +173,60 @@ def test_fallback_state_reported_during_gap() -> None:
     assert abs(states[-1][1] - 0.25) < 1e-6
 
 
-def test_sample_rate_mismatch_in_packet_sizes_is_rejected() -> None:
+def test_timestamp_that_disagrees_with_sequence_is_rejected() -> None:
     eng = PlayoutEngine(delay_ns=60_000_000, decoder_factory=RawDecoder)
     eng.set_clock(ClockMap(0, 0))
     assert eng.push(1, 0, 0, FRAME_NS, b"\0" * 3840) is not None
     assert eng.push(1, 1, 5 * FRAME_NS, FRAME_NS, b"\0" * 3840) is None  # ts disagrees with seq
     assert eng.stats.inconsistent == 1
+
+
+@pytest.mark.parametrize(
+    "packet_ns",
+    [
+        0,  # no samples at all
+        5_000,  # a quarter of a sample at 48 kHz: rounds to none
+        1_000_000_000 + 1_000_000,  # more than a second in one packet
+        -FRAME_NS,
+    ],
+)
+def test_a_new_stream_with_an_impossible_packet_size_is_rejected(packet_ns: int) -> None:
+    eng = PlayoutEngine(delay_ns=60_000_000, decoder_factory=RawDecoder)
+    eng.set_clock(ClockMap(0, 0))
+    assert eng.push(1, 0, 0, packet_ns, b"\0" * 3840) is None
+    assert eng.stats.inconsistent == 1
+    eng.render(480, 0)
+    assert eng.state is PlayoutState.IDLE  # no stream was set up from it
+
+
+def test_packet_size_limits_are_inclusive_of_one_sample_and_one_second() -> None:
+    for packet_ns in (round(1e9 / SAMPLE_RATE), 1_000_000_000):
+        eng = PlayoutEngine(delay_ns=60_000_000, decoder_factory=RawDecoder)
+        eng.set_clock(ClockMap(0, 0))
+        assert eng.push(1, 0, 0, packet_ns, b"\0" * 4) is not None, packet_ns
+        assert eng.stats.inconsistent == 0
+
+
+def test_a_packet_size_change_mid_stream_is_rejected() -> None:
+    eng = PlayoutEngine(delay_ns=60_000_000, decoder_factory=RawDecoder)
+    eng.set_clock(ClockMap(0, 0))
+    assert eng.push(1, 0, 0, FRAME_NS, b"\0" * 3840) is not None
+    # Seq and timestamp still agree with the stream's 20 ms step, but this packet says it is 40 ms long.
+    assert eng.push(1, 1, FRAME_NS, 2 * FRAME_NS, b"\0" * 7680) is None
+    assert eng.stats.inconsistent == 1
+
+
+def test_packets_that_decode_to_the_wrong_sample_count_keep_their_place_in_time() -> None:
+    """A sender at another sample rate: 20 ms packets that decode to 480 samples, not 960. Each packet is
+    stretched to its stamped length, so packet k still plays at k * 20 ms and the stream does not slide."""
+    t0 = 10**12
+    delay = 60_000_000
+    eng = PlayoutEngine(delay_ns=delay, decoder_factory=RawDecoder)
+    eng.set_clock(ClockMap(t0, t0))
+    for k in range(10):
+        eng.push(1, k, t0 + k * FRAME_NS, FRAME_NS, np.full(FRAME_SAMPLES // 2, k + 1, np.float32).tobytes())
+    out = np.concatenate([eng.render(FRAME_SAMPLES, t0 + delay + k * FRAME_NS) for k in range(8)])
+    assert eng.state is PlayoutState.PLAYING
+    for k in range(8):
+        middle = out[k * FRAME_SAMPLES + 100 : (k + 1) * FRAME_SAMPLES - 100]
+        assert np.allclose(middle, k + 1, atol=1e-3), (k, float(middle.min()), float(middle.max()))
