@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run every check CI runs: ruff, mypy, the test suite.
+# Set up, then run every check CI runs: ruff, mypy, the import-layering contracts, the test suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
@@ -9,6 +9,7 @@ eval "$(scripts/pg.sh)" || { echo "could not start PostgreSQL for the tests" >&2
 .venv/bin/ruff check . || exit 1
 .venv/bin/ruff format --check . || exit 1
 .venv/bin/mypy || exit 1
+.venv/bin/lint-imports || exit 1
 .venv/bin/python -m pytest -q -rs --durations=15 "$@"
 rc=$?
 if [ "$rc" = 5 ]; then
