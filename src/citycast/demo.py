@@ -231,6 +231,24 @@ def on_true_time(played: np.ndarray, dac_ppm: float) -> np.ndarray:
     return out
 
 
+def print_whole(console: Console, table: Table) -> None:
+    """Print a table uncut. Rich fits a table to the console's width, and a console that is not a terminal (a
+    pipe, a log file, CI) is 80 columns wide, so the figures and paths would end in "…" there; such output gets
+    the width the table needs. A terminal keeps its own width: that is what its user sees."""
+    needed = console.measure(table, options=console.options.update_width(10_000)).maximum  # unclamped
+    if console.is_terminal or needed <= console.width:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file,
+        width=needed,
+        color_system=console.color_system,  # type: ignore[arg-type]  # the same names the constructor takes
+        no_color=console.no_color,
+        highlight=False,
+    )
+    wide.print(table)
+
+
 def _report(
     out: Path,
     plan: list[tuple[PlannedSite, SkewedClock, float]],
@@ -266,7 +284,7 @@ def _report(
             f"{quality[name]:.3f}",
             str(out / f"{name}.wav"),
         )
-    console.print(table)
+    print_whole(console, table)
     console.print(
         f"latency = from the speaker's first sample to the loudspeaker's (includes Opus's 6.5 ms look-ahead); "
         f"largest sync error {worst * 1000:.1f} µs. What each site played: {out}/<site>.wav "
