@@ -627,9 +627,25 @@ function updateRow(site) {
   updateListen(site.name, cells);
 }
 
+/** A headphones icon drawn inline: an emoji would show a missing-glyph box where no emoji font is installed. */
+function headphonesIcon() {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  for (const [key, value] of Object.entries({
+    class: 'icon', viewBox: '0 0 24 24', width: '16', height: '16', 'aria-hidden': 'true', focusable: 'false',
+    fill: 'none', stroke: 'currentColor', 'stroke-width': '2', 'stroke-linecap': 'round', 'stroke-linejoin': 'round',
+  })) svg.setAttribute(key, value);
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', 'M3 18v-6a9 9 0 0 1 18 0v6'
+    + 'M21 19a2 2 0 0 1-2 2h-1a2 2 0 0 1-2-2v-3a2 2 0 0 1 2-2h3z'
+    + 'M3 19a2 2 0 0 0 2 2h1a2 2 0 0 0 2-2v-3a2 2 0 0 0-2-2H3z');
+  svg.append(path);
+  return svg;
+}
+
 function updatePopupListen(button) {
   const listening = talkbackSite === button.dataset.site;
-  button.textContent = listening ? '🎧 Stop listening' : '🎧 Listen';
+  button.replaceChildren(headphonesIcon(), listening ? ' Stop listening' : ' Listen');
   button.setAttribute('aria-pressed', listening ? 'true' : 'false');
   button.classList.toggle('on', listening);
   button.disabled = talkbackBusy;
@@ -638,7 +654,7 @@ function updatePopupListen(button) {
 
 function updateListen(name, cells) {
   const listening = talkbackSite === name;
-  cells.listen.textContent = listening ? '🎧 Stop' : '🎧 Listen';
+  cells.listen.replaceChildren(headphonesIcon(), listening ? ' Stop' : ' Listen');
   cells.listen.setAttribute('aria-pressed', listening ? 'true' : 'false');
   cells.listen.classList.toggle('on', listening);
   cells.listen.disabled = talkbackBusy;
@@ -668,7 +684,7 @@ function renderTalkback() {
   indicator.dataset.site = talkbackSite || '';
   if (talkbackSite) {
     const site = sites.get(talkbackSite);
-    indicator.replaceChildren(`🎧 listening to ${talkbackSite}`,
+    indicator.replaceChildren(headphonesIcon(), ` listening to ${talkbackSite}`,
       site ? el('button', { class: 'link', testid: 'listening-stop', onclick: () => setTalkback(site, false) }, 'stop') : null);
   }
   // An open popup's button is changed in place: rebuilding the popup under the click that is being handled would
