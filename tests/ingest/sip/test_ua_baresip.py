@@ -99,7 +99,10 @@ async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec
         assert call.media.neg.codec.name.lower() in offered, call.media.neg.codec
         # With srtp-mand baresip offers RTP/SAVP and a=crypto: the call runs SRTP both ways.
         assert (call.media.srtp is not None) == srtp and (call.media.neg.crypto is not None) == srtp
-        await asyncio.sleep(0.5)
+        # Type only once baresip's stream runs (the latch has taken its packets): under load its audio (SRTP
+        # above all) can take seconds to start (6 s seen in CI), and digits typed before then are never sent.
+        media = call.media
+        await wait_for(lambda: media.latch.latched is not None and media.latch.accepted >= 25, 20, "no RTP came")
         # Keys on baresip's UDP console: in a call, menu sends a typed digit as DTMF (RFC 4733 by our SDP).
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for key in f"{PIN}#":
