@@ -1,13 +1,13 @@
 #!/bin/sh
 # Speak the telephone prompts with espeak-ng into WAV files (run at set-up; nothing is fetched).
-# The list of prompts (name and text) comes from citycast.ingest.prompts, so code and files cannot drift apart.
+# The list of prompts (name and text) comes from citycast.hub.telephone.prompts, so code and files cannot drift apart.
 # Idempotent: a prompt is spoken again only if its file is missing or its text changed (kept in <name>.txt).
-# Usage: scripts/prompts.sh [output-dir]   (default: src/citycast/ingest/prompts_cache)
+# Usage: scripts/prompts.sh [output-dir]   (default: src/citycast/hub/telephone/prompts_cache)
 #        PYTHON=/path/to/python to use another interpreter than the repository's .venv
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-"$root/.venv/bin/python"}
-out=${1:-"$root/src/citycast/ingest/prompts_cache"}
+out=${1:-"$root/src/citycast/hub/telephone/prompts_cache"}
 voice=${CITYCAST_PROMPT_VOICE:-en-gb}
 
 if ! command -v espeak-ng >/dev/null 2>&1; then
@@ -17,7 +17,7 @@ fi
 mkdir -p "$out"
 list=$(mktemp)
 trap 'rm -f "$list" "$out"/.tmp-*' EXIT
-"$python" -m citycast.ingest.prompts --list >"$list"
+"$python" -m citycast.hub.telephone.prompts --list >"$list"
 
 made=0
 kept=0

@@ -251,7 +251,7 @@ def serve(
         sip_addr = (sip_host, int(sip_port))
     register = None
     if sip_register is not None:
-        from citycast.ingest.sip.register import RegisterConfig
+        from citycast.sip.register import RegisterConfig
 
         if sip_addr is None:
             fail("--sip-register needs --sip HOST:PORT")
@@ -349,7 +349,7 @@ def city_bundle_cmd(
 
     On the city server: citycast serve --zone ZONE --city-bundle FILE --leaf-remote nats://HUB:LEAF_PORT"""
     from citycast.bus.authority import AuthorityError, NatsAuthority
-    from citycast.bus.subjects import Subjects
+    from citycast.protocol.subjects import Subjects
 
     auth_dir = data_dir / "nats-auth"
     if not auth_dir.is_dir():
@@ -534,7 +534,7 @@ def simulate(
     block: Annotated[int, typer.Option(min=120, max=4800, help="Samples per DAC block (sound-card period).")] = 480,
 ) -> None:
     """Run N real site agents in this process, each with its own wrong clock and drifting DAC, into timed sinks."""
-    from citycast.site.simulate import SimOptions, run_simulate
+    from citycast.tooling.sim.simulate import SimOptions, run_simulate
 
     opts = SimOptions(
         sites=sites,
@@ -565,8 +565,8 @@ def probe(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write figures here.")] = None,
 ) -> None:
     """Light fan-out probes: subscribe and check sequence/timestamps only, to measure what the bus delivers."""
-    from citycast.bench.probe import probe_report, run_probes
-    from citycast.bus.subjects import Subjects
+    from citycast.protocol.subjects import Subjects
+    from citycast.tooling.bench.probe import probe_report, run_probes
 
     stats = runtime.run(run_probes(nats, Subjects(prefix).audio(channel), count, seconds))
     if stats is None:
@@ -596,7 +596,7 @@ def demo(
     """Run a hub with its console and N enrolled sites in Karachi; speak a clip to all; report latency and sync.
 
     Prints the console's address and a one-time admin password, then keeps the console up."""
-    from citycast.demo import run_demo
+    from citycast.tooling.demo import run_demo
 
     code = run_demo(sites=sites, out=out, delay_ms=delay_ms, source=source, console=console, http=http, linger=linger)
     raise typer.Exit(code)
@@ -625,10 +625,10 @@ def bench(
     ] = None,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
-    from citycast.bench.runner import BenchError, BenchOptions, run_bench
+    from citycast.tooling.bench.runner import BenchError, BenchOptions, run_bench
 
     if soak_hours is not None:
-        from citycast.bench.soak_report import soak_command
+        from citycast.tooling.bench.soak_report import soak_command
 
         soak_command(hours=soak_hours, sites=min(sites, 4) or 2, delay_ms=delay_ms or 80.0, json_out=json_out,
                      console=console)  # fmt: skip
@@ -675,10 +675,10 @@ def bench_hub(
 
     The sites are LIGHT simulated sites (telemetry every second, no audio); the hub, API, console and browser
     are real."""
-    from citycast.bench.hub_bench import run_hub_bench
+    from citycast.tooling.bench.hub_bench import run_hub_bench
 
     if abuse:
-        from citycast.bench.hub_abuse import run_abuse_bench
+        from citycast.tooling.bench.hub_abuse import run_abuse_bench
 
         with console.status(f"abuse bench: {sites} sites, {seconds:g} s quiet then {seconds:g} s under abuse"):
             abused = runtime.run(run_abuse_bench(sites=sites, seconds=seconds))
@@ -706,8 +706,8 @@ def bench_fuzz(
     """Throw random and mutated SIP, SDP, RTP, RTCP and DTMF input at the telephone's parsers; count crashes.
 
     A healthy run reports crashes = 0 and unstable = 0 (a message that parses must print back to itself)."""
-    from citycast.bench.fuzz import fuzz_sip
-    from citycast.ingest.rtp.fuzzing import fuzz_rtp
+    from citycast.tooling.bench.fuzz import fuzz_sip
+    from citycast.tooling.rtp_fuzz import fuzz_rtp
 
     results: dict[str, object] = {}
     with console.status(f"fuzzing SIP/SDP with {inputs:,} inputs"):
@@ -738,7 +738,7 @@ def bench_sip(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
 ) -> None:
     """The telephone's figures: SIP-call-to-loudspeaker latency and skew, and calls per second accepted."""
-    from citycast.bench.sip_bench import SipBenchError, SipBenchOptions, run_sip_bench
+    from citycast.tooling.bench.sip_bench import SipBenchError, SipBenchOptions, run_sip_bench
 
     result: dict[str, object] = {}
     try:

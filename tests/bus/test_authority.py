@@ -23,11 +23,11 @@ from citycast.bus.authority import (
     site_inbox_prefix,
     site_permissions,
 )
-from citycast.bus.desired import DesiredState, desired_bucket
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.hub.desired import DesiredStore
+from citycast.protocol.desired import DesiredState, desired_bucket
+from citycast.protocol.subjects import Subjects
 from citycast.site.desired import DesiredWatcher
 from citycast.tasks import cancel_and_wait
 
@@ -151,7 +151,7 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
     await site.nc.flush()
     await hub.nc.flush()
     # The publisher joins after the subscriber, as an address starts after its sites are up. (The other order
-    # loses the first message now and then on nats-server 2.15 in JWT mode; see tests/bus/test_wire.py.)
+    # loses the first message now and then on nats-server 2.15 in JWT mode; see tests/bus/test_rawnats.py.)
     ingest = await connect(server.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
     await ingest.nc.publish("citycast.audio.3", b"frame")
     await hub.nc.publish("citycast.cmd.s1", b"reload")

@@ -30,11 +30,11 @@ from citycast.bus.authority import (
     NatsAuthority,
     site_inbox_prefix,
 )
-from citycast.bus.desired import DesiredState, desired_bucket
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.hub.desired import DesiredStore
+from citycast.protocol.desired import DesiredState, desired_bucket
+from citycast.protocol.subjects import Subjects
 from citycast.site.desired import DesiredWatcher
 from citycast.tasks import cancel_and_wait
 

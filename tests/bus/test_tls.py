@@ -22,9 +22,9 @@ from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.connection import connect
 from citycast.bus.jwt import KeyKind
+from citycast.bus.rawnats import WireError, open_wire
 from citycast.bus.server import EmbeddedNats, ServerTls, free_port
 from citycast.bus.tls import CA_KEY, HubTls, ca_in_creds, creds_with_ca, fingerprint
-from citycast.bus.wire import WireError, open_wire
 from citycast.clock.local import SystemClock
 
 

@@ -15,11 +15,11 @@ from citycast.bus import jwt
 from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, NatsAuthority, site_inbox_prefix
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
 from citycast.hub.timeserver import TimeService
+from citycast.protocol.subjects import Subjects
 
 MS = 1_000_000
 

@@ -15,7 +15,7 @@ LISTENER = """
 import asyncio, json, sys, time
 from pathlib import Path
 from citycast.bus.connection import connect
-from citycast.media.frame import parse_frame
+from citycast.protocol.frame import parse_frame
 
 async def main(url, creds, channel, seconds):
     nc = await connect(url, name="test-listener", creds=Path(creds), forever=False)

@@ -12,18 +12,18 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from citycast.bus.desired import DesiredState
 from citycast.bus.server import EmbeddedNats
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
 from citycast.hub.addresses import NO_CHANNEL, AddressManager, OnAir, zone_owners
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Address, AddressStatus, Priority, Site, Zone
 from citycast.hub.desired import DesiredStore
 from citycast.hub.timeserver import TimeService
-from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
+from citycast.protocol.desired import DesiredState
+from citycast.protocol.frame import FrameSigner, FrameVerifier
+from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from citycast.hub.alerts import AlertRules
 from citycast.hub.fleet import FleetState
-from citycast.site.telemetry import Telemetry
+from citycast.protocol.telemetry import Telemetry
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from citycast.hub.fleet import FleetState
-from citycast.site.telemetry import Telemetry
+from citycast.protocol.telemetry import Telemetry
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # wall-clock ns, as the hub passes in

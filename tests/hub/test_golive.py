@@ -22,12 +22,12 @@ from citycast.bus.server import free_port
 from citycast.hub.db.models import Address, AddressStatus
 from citycast.hub.golive import PRIME_SAMPLES, BrowserAudio, GoLive, GoLiveError
 from citycast.hub.runtime import Hub, HubOptions
-from citycast.ingest.pins import PinGuard
+from citycast.hub.telephone.pins import PinGuard
 from citycast.media.audio import FRAME_SAMPLES
 from citycast.media.codec import OpusDecoder
-from citycast.media.frame import parse_frame
-from citycast.media.markers import correlate_lag
 from citycast.media.sources import read_audio
+from citycast.protocol.frame import parse_frame
+from citycast.tooling.markers import correlate_lag
 
 SPEECH = Path(__file__).resolve().parents[2] / "src/citycast/assets/speech.opus"
 PIN = "482915"

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from citycast.hub.fleet import FleetState
 from citycast.hub.metrics import CONTENT_TYPE, TelemetryCounters, render_metrics
-from citycast.site.telemetry import Telemetry
+from citycast.protocol.telemetry import Telemetry
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

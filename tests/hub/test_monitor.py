@@ -13,14 +13,14 @@ import nats
 from sqlalchemy import select
 
 from citycast.bus.server import EmbeddedNats
-from citycast.bus.subjects import Subjects
 from citycast.hub.alerts import AlertRules
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Alert, Base, FleetSample, Site, SiteStateChange
 from citycast.hub.events import EventHub, Subscription
 from citycast.hub.fleet import FleetState
 from citycast.hub.monitor import FleetMonitor, TelemetryError, parse_telemetry
-from citycast.site.light import LightFleet
+from citycast.protocol.subjects import Subjects
+from citycast.tooling.sim.light import LightFleet
 
 S = 1_000_000_000
 NAMES = [f"site-{i}" for i in range(5)]

@@ -24,7 +24,6 @@ from sqlalchemy import select
 
 import citycast
 from citycast.bus.server import EmbeddedNats
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
 from citycast.hub.db import Database
 from citycast.hub.db.models import Recording
@@ -32,9 +31,10 @@ from citycast.hub.recorder import ChannelRecorder, Recorder, apply_retention
 from citycast.ingest.broadcaster import Broadcaster
 from citycast.media.audio import FRAME_NS, FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.codec import OpusEncoder
-from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key
 from citycast.media.sources import read_audio
+from citycast.protocol.frame import FrameSigner, FrameVerifier
+from citycast.protocol.subjects import Subjects
 
 SPEECH = Path(citycast.__file__).parent / "assets" / "speech.opus"
 TS0 = 1_700_000_000_000_000_000
@@ -193,7 +193,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     from citycast.hub.recorder import Recorder
     from citycast.media.codec import OpusEncoder
-    from citycast.media.frame import FrameSigner
+    from citycast.protocol.frame import FrameSigner
     from citycast.media.keys import generate_private_key
 
     enc = OpusEncoder()

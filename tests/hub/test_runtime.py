@@ -16,17 +16,17 @@ import websockets
 from citycast.bus.connection import connect
 from citycast.bus.server import free_port
 from citycast.clock.local import SystemClock
-from citycast.demo import speech_asset
 from citycast.hub.runtime import Hub, HubOptions
 from citycast.ingest.run import IngestOptions, run_ingest
-from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key, load_private_key
-from citycast.media.markers import correlate_lag
 from citycast.media.sinks import TimedSink
 from citycast.media.sources import ToneSource, read_audio
+from citycast.protocol.frame import FrameSigner
 from citycast.site.agent import SiteAgent
 from citycast.site.enrol import enrol
 from citycast.site.run import SiteOptions, build_site
+from citycast.tooling.demo import speech_asset
+from citycast.tooling.markers import correlate_lag
 
 
 async def _wait(cond: object, timeout: float, what: str) -> None:

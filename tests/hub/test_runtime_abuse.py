@@ -20,10 +20,10 @@ import psutil
 import pytest
 from tests.hub.channel_listener import listen
 
-from citycast.bench.hub_abuse import hub_lateness
-from citycast.bench.hub_bench import _Hub
 from citycast.hub.api.limits import HEAD_TIMEOUT_S, MAX_CONNECTIONS_PER_CLIENT
 from citycast.hub.runtime import ADMIN_PASSWORD_FILE
+from citycast.tooling.bench.hub_abuse import hub_lateness
+from citycast.tooling.bench.hub_bench import _Hub
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from nats.aio.msg import Msg
 from citycast.bus.server import EmbeddedNats
 from citycast.ingest.live import LiveBroadcaster
 from citycast.media.audio import FRAME_NS, FRAME_SAMPLES
-from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key
+from citycast.protocol.frame import FrameSigner, FrameVerifier
 
 
 class Ramp:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from citycast.media.chirp import chirp
 from citycast.media.codec import OpusDecoder, OpusEncoder, parse_opus_head, toc_frame_samples
-from citycast.media.markers import chirp
 
 
 def _tone(seconds: float, freq: float = 440.0) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
-from citycast.media.markers import chirp, detect_markers
+from citycast.media.chirp import chirp
 from citycast.media.sources import (
     FileSource,
     LineInSource,
@@ -16,6 +16,7 @@ from citycast.media.sources import (
     open_source,
     read_audio,
 )
+from citycast.tooling.markers import detect_markers
 
 ASSET = Path(__file__).parents[2] / "src" / "citycast" / "assets" / "speech.opus"
 

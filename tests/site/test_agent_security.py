@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from citycast.media.codec import OpusEncoder
-from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
+from citycast.protocol.frame import FrameSigner
 from citycast.site.agent import SiteAgent, SiteConfig
 
 TRUSTED = generate_private_key()

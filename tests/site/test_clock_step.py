@@ -16,15 +16,15 @@ import nats
 import numpy as np
 
 from citycast.bus.server import EmbeddedNats
-from citycast.bus.subjects import Subjects
 from citycast.clock.estimator import StepGuard
 from citycast.clock.service import TimeResponder
 from citycast.media.codec import OpusEncoder
-from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
+from citycast.protocol.telemetry import Telemetry
 from citycast.site.agent import SiteAgent, SiteConfig
-from citycast.site.telemetry import Telemetry
 
 S = 1_000_000_000
 HOUR = 3600 * S

@@ -24,10 +24,8 @@ from tests.bus.test_leaf_auth import Topology, topology  # noqa: F401 (the fixtu
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix, site_permissions
-from citycast.bus.desired import DesiredState
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
 from citycast.clock.service import TimeResponder
 from citycast.hub.credentials import CredentialsService, enrolled_key
@@ -35,9 +33,11 @@ from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Base, Site, utcnow
 from citycast.hub.desired import DesiredStore
 from citycast.media.codec import OpusEncoder
-from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
+from citycast.protocol.desired import DesiredState
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.site.credentials import CredentialsRenewer, RenewalError, check_renewal
 from citycast.site.enrol import SiteCredentials

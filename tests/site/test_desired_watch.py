@@ -10,10 +10,10 @@ from pathlib import Path
 
 import nats
 
-from citycast.bus.desired import REVISION_HEADER, DesiredState, desired_bucket
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.hub.desired import DesiredStore
+from citycast.protocol.desired import REVISION_HEADER, DesiredState, desired_bucket
+from citycast.protocol.subjects import Subjects
 from citycast.site.desired import DesiredWatcher
 from citycast.tasks import cancel_and_wait
 

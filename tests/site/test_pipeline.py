@@ -11,17 +11,17 @@ from pathlib import Path
 
 import nats
 
-from citycast.bench.analysis import analyse, load_trace
 from citycast.bus.server import EmbeddedNats
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.hub.timeserver import TimeService
 from citycast.ingest.broadcaster import Broadcaster
-from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
 from citycast.media.sources import MarkerSource
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
+from citycast.tooling.bench.analysis import analyse, load_trace
 
 PERIOD_S = 0.5
 MARKERS = 12

@@ -11,14 +11,14 @@ import nats
 import pytest
 
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
 from citycast.hub.timeserver import TimeService
 from citycast.ingest.broadcaster import Broadcaster
-from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
 from citycast.media.sources import ToneSource
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 from citycast.site import agent as agent_module
 from citycast.site.agent import SiteAgent, SiteConfig
 

@@ -11,12 +11,12 @@ import nats
 import pytest
 
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import Renderer, SinkError, TimedSink
+from citycast.protocol.subjects import Subjects
+from citycast.protocol.telemetry import Telemetry
 from citycast.site import agent as agent_module
 from citycast.site.agent import SiteAgent, SiteConfig
-from citycast.site.telemetry import Telemetry
 
 
 class FlakySoundCard(TimedSink):

@@ -28,8 +28,8 @@ import nats
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind, Permissions, UserLimits
 from citycast.bus.server import EmbeddedNats, LeafRemote, ServerTls
-from citycast.bus.subjects import Subjects, time_request
 from citycast.bus.tls import HubTls, TlsError, client_context, creds_context, creds_with_ca
+from citycast.protocol.subjects import Subjects, time_request
 
 ACCOUNT_NAME = "CITYCAST"
 SYSTEM_ACCOUNT_NAME = "SYS"

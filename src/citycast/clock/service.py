@@ -6,7 +6,7 @@ Wire format (request/reply; a site asks on its own subject ``<time subject>.site
 - reply: 24 bytes, ``t2`` (request received) and ``t3`` (reply sent), big-endian i64 nanoseconds of the
   responder's clock, then the request's 8 bytes echoed, so a late answer is never taken for the current one.
 
-Both ends speak NATS through `citycast.bus.wire`, which timestamps a message as it comes off the socket and writes
+Both ends speak NATS through `citycast.bus.rawnats`, which timestamps a message as it comes off the socket and writes
 a request the moment it is stamped: with nats-py's task hops in between, loopback exchanges wander by hundreds of
 µs; without them, by tens.
 
@@ -24,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from citycast.bus.authority import site_inbox_prefix
-from citycast.bus.subjects import TIME_SITE_TOKEN, time_request
-from citycast.bus.wire import NatsWire, WireError, WireMessage, new_inbox, open_wire
+from citycast.bus.rawnats import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock
+from citycast.protocol.subjects import TIME_SITE_TOKEN, time_request
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

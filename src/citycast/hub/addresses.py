@@ -19,14 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nats.aio.client import Client
 from sqlalchemy import select
 
-from citycast.bus.desired import DesiredState
-from citycast.bus.subjects import Subjects
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import PRIORITY_RANK, Address, AddressStatus, Priority, Site, Zone, utcnow
 from citycast.hub.desired import DesiredStore
 from citycast.ingest.broadcaster import Broadcaster
 from citycast.media.audio import FRAME_NS
-from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
 from citycast.media.sources import (
     FileSource,
@@ -37,6 +34,9 @@ from citycast.media.sources import (
     ToneSource,
     open_source,
 )
+from citycast.protocol.desired import DesiredState
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:

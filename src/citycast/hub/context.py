@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from citycast.bus.subjects import Subjects
 from citycast.hub.scheduler import AddressStarter
+from citycast.protocol.subjects import Subjects
 
 if TYPE_CHECKING:
     from citycast.bus.authority import NatsAuthority

@@ -27,9 +27,9 @@ from nats.aio.subscription import Subscription
 from sqlalchemy import select
 
 from citycast.bus.authority import NatsAuthority, check_site_name, site_inbox_prefix
-from citycast.bus.subjects import Subjects
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Site
+from citycast.protocol.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

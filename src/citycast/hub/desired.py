@@ -22,8 +22,8 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from citycast.bus.desired import REVISION_HEADER, DesiredState, desired_bucket
-from citycast.bus.subjects import Subjects
+from citycast.protocol.desired import REVISION_HEADER, DesiredState, desired_bucket
+from citycast.protocol.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

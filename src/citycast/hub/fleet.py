@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from citycast.site.telemetry import Telemetry
+from citycast.protocol.telemetry import Telemetry
 
 OFFLINE_AFTER_NS = 10_000_000_000
 UNSYNCED_FAULT_AFTER_NS = 30_000_000_000

@@ -45,8 +45,8 @@ from aiortc.mediastreams import MediaStreamError
 from sqlalchemy import select
 
 from citycast.hub.db.models import Priority, Site, utcnow
+from citycast.hub.telephone.pins import BLOCK_S, PinGate, PinGuard, PinStore
 from citycast.ingest.live import LiveBroadcaster
-from citycast.ingest.pins import BLOCK_S, PinGate, PinGuard, PinStore
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.convert import AudioConverter
 from citycast.media.render import Samples

@@ -30,14 +30,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from sqlalchemy import select, update
 
-from citycast.bus.subjects import Subjects
 from citycast.hub.alerts import KINDS, AlertEvent, AlertRules
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Alert, FleetSample, Site, SiteStateChange
 from citycast.hub.events import EventHub
 from citycast.hub.fleet import Change, FleetState
 from citycast.hub.metrics import TelemetryCounters
-from citycast.site.telemetry import TELEMETRY_VERSION, Telemetry
+from citycast.protocol.subjects import Subjects
+from citycast.protocol.telemetry import TELEMETRY_VERSION, Telemetry
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -42,11 +42,11 @@ from nats.aio.subscription import Subscription
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from citycast.bus.subjects import Subjects
 from citycast.hub.db.models import Recording
 from citycast.media.audio import FRAME_NS, FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.codec import OpusEncoder, parse_opus_head, toc_frame_samples
-from citycast.media.frame import MAX_FRAME_SIZE, Frame, FrameError, FrameVerifier, is_fresh, parse_frame
+from citycast.protocol.frame import MAX_FRAME_SIZE, Frame, FrameError, FrameVerifier, is_fresh, parse_frame
+from citycast.protocol.subjects import Subjects
 
 __all__ = [
     "MAX_GAP_FILL_NS",

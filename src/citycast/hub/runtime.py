@@ -29,7 +29,6 @@ from sqlalchemy import select
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.connection import connect
 from citycast.bus.server import EmbeddedNats, LeafRemote, ServerTls, port_is_free
-from citycast.bus.subjects import Subjects
 from citycast.bus.tls import HubTls, is_loopback
 from citycast.hub.addresses import AddressManager, RecordingHandle
 from citycast.hub.alerts import AlertRules
@@ -49,12 +48,13 @@ from citycast.hub.monitor import FleetMonitor
 from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
 from citycast.hub.scheduler import Scheduler
 from citycast.hub.talkback import TalkbackControl
+from citycast.hub.telephone.pins import PinGuard
+from citycast.hub.telephone.service import Telephone
 from citycast.hub.timeserver import TimeService
-from citycast.ingest.pins import PinGuard
-from citycast.ingest.sip.register import RegisterConfig
-from citycast.ingest.sip.service import Telephone
-from citycast.media.frame import FrameSigner, FrameVerifier
 from citycast.media.keys import generate_private_key, load_private_key, public_key_text, save_private_key
+from citycast.protocol.frame import FrameSigner, FrameVerifier
+from citycast.protocol.subjects import Subjects
+from citycast.sip.register import RegisterConfig
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from pathlib import Path
 from rich.console import Console
 
 from citycast.bus.authority import CITY_TIME_INBOX_PREFIX
-from citycast.bus.subjects import Subjects
 from citycast.hub.db.engine import DatabaseError
 from citycast.hub.runtime import ADMIN_PASSWORD_FILE, Hub, HubOptions
 from citycast.hub.timeserver import TimeService
+from citycast.protocol.subjects import Subjects
 
 __all__ = ["HubOptions", "run_full_hub", "run_hub"]
 

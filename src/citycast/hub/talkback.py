@@ -22,13 +22,13 @@ from sqlalchemy import select
 
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind
-from citycast.bus.subjects import Subjects
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Site
 from citycast.media.audio import FRAME_SAMPLES
 from citycast.media.codec import OpusDecoder
-from citycast.media.frame import FrameError, FrameVerifier, ReplayWindow
 from citycast.media.render import Samples
+from citycast.protocol.frame import FrameError, FrameVerifier, ReplayWindow
+from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

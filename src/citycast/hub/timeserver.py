@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from citycast.bus.subjects import Subjects
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
+from citycast.protocol.subjects import Subjects
 
 
 class TimeService:

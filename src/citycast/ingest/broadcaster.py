@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
-from citycast.bus.subjects import Subjects
 from citycast.ingest.pacing import FramePacer
 from citycast.media.codec import OpusEncoder
-from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import Protocol
 
 from nats.aio.client import Client
 
-from citycast.bus.subjects import Subjects
 from citycast.ingest.pacing import FramePacer
 from citycast.media.audio import FRAME_NS, FRAME_SAMPLES
 from citycast.media.codec import OpusEncoder
-from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

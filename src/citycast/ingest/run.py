@@ -11,11 +11,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from citycast.bus.authority import INGEST_INBOX_PREFIX
 from citycast.bus.connection import connect
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
 from citycast.ingest.broadcaster import Broadcaster, IngestReport
-from citycast.media.frame import FrameSigner
 from citycast.media.sources import Source
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 
 
 @dataclass

@@ -19,8 +19,8 @@ import av.error
 import numpy as np
 
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from citycast.media.chirp import chirp
 from citycast.media.convert import AudioConverter
-from citycast.media.markers import chirp
 from citycast.media.render import Samples
 
 

@@ -22,21 +22,21 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from citycast.bus.connection import connect
-from citycast.bus.desired import DesiredState
-from citycast.bus.subjects import Subjects
 from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.service import ClockSync
 from citycast.media.codec import OpusDecoder
-from citycast.media.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
 from citycast.media.playout import ClockMap, PlayoutEngine
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
 from citycast.media.sources import open_source
+from citycast.protocol.desired import DesiredState
+from citycast.protocol.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
+from citycast.protocol.subjects import Subjects
+from citycast.protocol.telemetry import Telemetry
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
 from citycast.site.talkback import TalkbackSender
-from citycast.site.telemetry import Telemetry
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

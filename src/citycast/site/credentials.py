@@ -22,8 +22,8 @@ from nats.aio.client import Client
 
 from citycast.bus import jwt
 from citycast.bus.jwt import JwtError
-from citycast.bus.subjects import Subjects
 from citycast.bus.tls import ca_in_creds, creds_with_ca
+from citycast.protocol.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

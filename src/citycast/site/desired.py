@@ -19,8 +19,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from citycast.bus.desired import REVISION_HEADER, DesiredState, DesiredStateError
-from citycast.bus.subjects import Subjects
+from citycast.protocol.desired import REVISION_HEADER, DesiredState, DesiredStateError
+from citycast.protocol.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import Clock, SkewedClock, SystemClock
 from citycast.media.keys import load_trusted_keys
 from citycast.media.sinks import Sink, TimedSink, open_sink
+from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
 from citycast.site.enrol import SiteCredentials
 from citycast.site.talkback import key_from_seed

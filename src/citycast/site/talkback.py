@@ -20,12 +20,12 @@ import nkeys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 
-from citycast.bus.subjects import Subjects
 from citycast.media.audio import FRAME_NS
 from citycast.media.codec import OpusEncoder
-from citycast.media.frame import FrameSigner
 from citycast.media.render import Samples
 from citycast.media.sources import Source
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ from nats.aio.client import Client
 
 from citycast.bus.authority import NatsAuthority
 from citycast.bus.server import EmbeddedNats, free_port
-from citycast.bus.subjects import Subjects
 from citycast.hub.addresses import AddressManager
 from citycast.hub.api import create_app
 from citycast.hub.auth.passwords import hash_password
@@ -29,9 +28,10 @@ from citycast.hub.db.models import Role, User
 from citycast.hub.desired import DesiredStore
 from citycast.hub.events import EventHub
 from citycast.hub.fleet import FleetState
-from citycast.media.frame import FrameSigner
 from citycast.media.keys import generate_private_key
-from citycast.site.telemetry import Telemetry
+from citycast.protocol.frame import FrameSigner
+from citycast.protocol.subjects import Subjects
+from citycast.protocol.telemetry import Telemetry
 
 PASSWORD = "correct horse battery"
 ROLES = (Role.admin, Role.operator, Role.speaker, Role.viewer)

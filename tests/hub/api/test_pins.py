@@ -17,7 +17,7 @@ from citycast.hub.api import create_app
 from citycast.hub.api import pins as pins_api
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.db.models import Priority, Role, SpeakerPin, User
-from citycast.ingest.pins import PinGate, PinGuard, PinStore
+from citycast.hub.telephone.pins import PinGate, PinGuard, PinStore
 
 from .conftest import Api, serve
 

@@ -24,10 +24,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from citycast.bus.server import free_port
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
 from citycast.hub.runtime import Hub, HubOptions
 from citycast.media.sinks import TimedSink
+from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.site.enrol import enrol
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from citycast.hub.db.models import Site
-from citycast.ingest.pins import PinStore, SpeakerGrant
+from citycast.hub.telephone.pins import PinStore, SpeakerGrant
 
 if TYPE_CHECKING:  # the fixture's type, for readers and editors (conftest is not an importable module)
     from tests.hub.console.conftest import ConsoleHub

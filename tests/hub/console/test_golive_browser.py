@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from citycast.bus.subjects import Subjects
 from citycast.clock.local import SystemClock
-from citycast.media.markers import correlate_lag
 from citycast.media.sinks import TimedSink
 from citycast.media.sources import read_audio
+from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.site.enrol import enrol
+from citycast.tooling.markers import correlate_lag
 
 from .conftest import CHROMIUM, CHROMIUM_ARGS, ConsoleHub
 

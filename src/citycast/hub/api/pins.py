@@ -2,10 +2,10 @@
 generates it; afterwards only its last two digits (`pin_hint`) are ever shown.
 
 New PINs have 6 to 12 digits. Each row is listed with what the guard knows of it: `locked_until` (a PIN being
-guessed is locked, even against its right PIN, see `citycast.ingest.pins`), its recent failures, and `weak` (seen in
-use with fewer than 6 digits). An operator unlocks a PIN (`POST /api/pins/{id}/unlock`) or gives it a new generated
-number (`POST /api/pins/{id}/rotate`, shown once), which also moves it out of the last-two-digits group a guesser
-was working on."""
+guessed is locked, even against its right PIN, see `citycast.hub.telephone.pins`), its recent failures, and
+`weak` (seen in use with fewer than 6 digits). An operator unlocks a PIN (`POST /api/pins/{id}/unlock`) or gives
+it a new generated number (`POST /api/pins/{id}/rotate`, shown once), which also moves it out of the
+last-two-digits group a guesser was working on."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from citycast.hub.api.schemas import AUTH_ERRORS, DbId, ErrorOut, OkOut, Strict
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.auth.roles import allows
 from citycast.hub.db.models import Priority, Role, SpeakerPin, User, Zone, utcnow
-from citycast.ingest.pins import NEW_PIN_MIN_DIGITS, PIN_MAX_DIGITS, PinGuard, PinStore, hint_of, new_pin_problem
+from citycast.hub.telephone.pins import NEW_PIN_MIN_DIGITS, PIN_MAX_DIGITS, PinGuard, PinStore, hint_of, new_pin_problem
 
 GENERATED_DIGITS = 6
 GENERATE_ATTEMPTS = 20

@@ -1,1 +1,0 @@
-"""RTP media for the conference telephone: packets, jitter buffer, RTCP, DTMF and the telephony codecs."""

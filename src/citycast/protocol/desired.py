@@ -1,0 +1,78 @@
+"""Desired site state: what the hub wants each site to do (channel, volume, mute, fallback).
+
+A state rather than commands because a site that was offline must converge when it returns: it asks for the
+latest value, not for a queue of orders it missed. The hub keeps it in a KV bucket and hands it to sites over
+plain NATS (citycast.hub.desired, citycast.site.desired).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from citycast.protocol.subjects import Subjects
+
+DESIRED_VERSION = 1
+MAX_VOLUME = 2.0
+FALLBACK_CHOICES = ("default", "silence")
+
+
+class DesiredStateError(ValueError):
+    pass
+
+
+# The KV revision of the value a message carries: a site keeps the newest it has seen.
+REVISION_HEADER = "Citycast-Revision"
+
+
+def desired_bucket(subjects: Subjects) -> str:
+    """The hub's own KV bucket (sites never read it: see citycast.hub.desired)."""
+    return f"{subjects.prefix}-desired"
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    channel: int
+    volume: float = 1.0  # linear gain, 0..2
+    muted: bool = False
+    fallback: str = "default"  # "default": the site's own fallback audio; "silence": none
+    v: int = DESIRED_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.channel, int) or isinstance(self.channel, bool) or not 0 <= self.channel < 2**16:
+            raise DesiredStateError(f"channel must be an integer 0..65535, got {self.channel!r}")
+        vol = self.volume
+        if (
+            not isinstance(vol, (int, float))
+            or isinstance(vol, bool)
+            or not math.isfinite(vol)
+            or not 0 <= vol <= MAX_VOLUME
+        ):
+            raise DesiredStateError(f"volume must be a number 0..{MAX_VOLUME}, got {vol!r}")
+        if not isinstance(self.muted, bool):
+            raise DesiredStateError(f"muted must be true or false, got {self.muted!r}")
+        if self.fallback not in FALLBACK_CHOICES:
+            raise DesiredStateError(f"fallback must be one of {FALLBACK_CHOICES}, got {self.fallback!r}")
+
+    @property
+    def gain(self) -> float:
+        return 0.0 if self.muted else float(self.volume)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DesiredState:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DesiredStateError(f"desired state is not JSON: {e}") from None
+        if not isinstance(obj, dict) or obj.get("v") != DESIRED_VERSION:
+            raise DesiredStateError("not a citycast desired state v1")
+        unknown = set(obj) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise DesiredStateError(f"unknown desired-state fields: {sorted(unknown)}")
+        if "channel" not in obj:
+            raise DesiredStateError("desired state has no channel")
+        return cls(**obj)

@@ -1,0 +1,1 @@
+"""citycast.tooling.bench"""

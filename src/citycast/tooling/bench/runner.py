@@ -1,0 +1,407 @@
+"""`citycast bench`: markers through the real path (ingest → NATS → site agents → timed sinks), then figures.
+
+Loopback: one embedded nats-server. With `--wan PROFILE`: the hub side (nats-server, time service, ingest) in
+one network namespace, the city side (a leafnode nats-server, the city's time responder, the sites and probes)
+in another, joined by the emulated long-haul link of `citycast.tooling.bench.wan`; every process is real and separate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, free_port
+from citycast.media.keys import generate_private_key, public_key_text, save_private_key
+from citycast.tooling.bench.analysis import SiteTrace, analyse, load_trace
+from citycast.tooling.bench.fleet import Fleet, citycast_argv
+from citycast.tooling.bench.wan import PROFILES, WanError, WanLink, get_profile, ns_command, require_root
+
+MAX_DELAY_MS = 1900.0
+
+
+def marker_period_s(delay_ms: float) -> float:
+    """A marker every second, or every two when D is so long that a marker would be heard after the next one
+    was sent (each heard marker is paired with the last one sent before it)."""
+    return 1.0 if delay_ms < 900 else 2.0
+
+
+SITES_PER_PROCESS = 10  # more per process and one burst of late frames (20× verify) starves their DACs
+CITY = "karachi"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class BenchOptions:
+    sites: int = 20
+    seconds: float = 60.0
+    delay_ms: float | None = None
+    wan: str = "none"
+    probe_sites: int = 0
+    packets_per_message: int = 1
+    fast_site_ppm: float | None = 100.0
+    processes: int | None = None
+    json_out: Path | None = None
+    out: Path = Path("citycast-out/bench")
+    keep_wav: bool = False
+    seed: int = 1
+    probes_per_process: int = 500
+    warmup: float = 60.0
+    dac_block: int = 480
+
+
+def default_delay_ms(wan: str) -> float:
+    """D per profile; docs/benchmarks.md explains each from measurements."""
+    return {"none": 80.0, "london-karachi": 490.0, "cellular-bad": 900.0}.get(wan, 500.0)
+
+
+def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
+    try:
+        profile = get_profile(opts.wan)
+    except (WanError, KeyError) as e:
+        raise BenchError(f"unknown --wan {opts.wan!r}: choose from {', '.join(PROFILES)}") from e
+    delay_ms = opts.delay_ms if opts.delay_ms is not None else default_delay_ms(opts.wan)
+    if not 0 < delay_ms < MAX_DELAY_MS:
+        raise BenchError(f"--delay must be between 0 and {MAX_DELAY_MS:.0f} ms")
+    if opts.out.exists():
+        shutil.rmtree(opts.out)
+    opts.out.mkdir(parents=True)
+    key = generate_private_key()
+    save_private_key(key, opts.out / "ingest.key")
+    (opts.out / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
+    with contextlib.ExitStack() as stack:
+        link: WanLink | None = None
+        if profile.emulated:
+            try:
+                require_root()
+            except WanError as e:
+                raise BenchError(str(e)) from e
+            link = stack.enter_context(WanLink(profile, seed=opts.seed))
+        fleet = stack.enter_context(Fleet(opts.out / "logs"))
+        return _run(opts, profile.name, delay_ms, link, fleet, stack, console)
+    raise AssertionError("unreachable")
+
+
+def _start_bus(
+    link: WanLink | None, fleet: Fleet, stack: contextlib.ExitStack, out: Path
+) -> tuple[str, str, list[str], list[str], str | None]:
+    """Returns (hub url, site-side url, hub-side command prefix, site-side prefix, city time zone)."""
+    try:
+        if link is None:
+            server = EmbeddedNats(port=free_port(), workdir=out / "nats")
+            server.start()
+            stack.callback(server.stop)
+            assert server.pid is not None
+            fleet.adopt("nats", "nats", server.pid)
+            return server.url, server.url, [], [], None
+        west, east = ns_command(link.west_ns, []), ns_command(link.east_ns, [])
+        hub = EmbeddedNats(
+            host=link.west_ip, port=4222, leaf_listen_port=7422, command_prefix=west, workdir=out / "nats-hub"
+        )
+        hub.start()
+        stack.callback(hub.stop)
+        city = EmbeddedNats(
+            host="127.0.0.1",
+            port=4222,
+            leaf_remotes=[LeafRemote(f"nats://{link.west_ip}:7422")],
+            command_prefix=east,
+            workdir=out / "nats-city",
+            jetstream=False,
+        )
+        city.start()
+        stack.callback(city.stop)
+        deadline = time.monotonic() + 20
+        while "Leafnode connection created" not in city.log_text():
+            if time.monotonic() > deadline:
+                raise BenchError(f"the city leafnode did not connect over the WAN: {city.log_tail()}")
+            time.sleep(0.1)
+        assert hub.pid is not None and city.pid is not None
+        fleet.adopt("nats", "nats-hub", hub.pid)
+        fleet.adopt("nats-city", "nats-city", city.pid)
+        return hub.url, city.url, west, east, CITY
+    except NatsServerError as e:
+        raise BenchError(str(e)) from e
+
+
+def _run(
+    opts: BenchOptions,
+    wan: str,
+    delay_ms: float,
+    link: WanLink | None,
+    fleet: Fleet,
+    stack: contextlib.ExitStack,
+    console: Console,
+) -> dict[str, object]:
+    out = opts.out
+    hub_url, site_url, west, east, zone = _start_bus(link, fleet, stack, out)
+    fleet.spawn("hub", "hub", citycast_argv("serve", "--nats", hub_url), west)
+    if zone is not None:
+        fleet.spawn(
+            "time-city",
+            "time-city",
+            citycast_argv("serve", "--nats", site_url, "--zone", zone, "--time-upstream"),
+            east,
+        )
+    total_s = opts.warmup + 30 + opts.seconds + delay_ms / 1000 + 3
+    wav_dir = out / "wav"
+    procs = opts.processes or max(1, math.ceil(opts.sites / SITES_PER_PROCESS)) if opts.sites else 0
+    ready_files = []
+    first = 0
+    for p in range(procs):
+        n = opts.sites // procs + (1 if p < opts.sites % procs else 0)
+        if n == 0:
+            continue
+        ready = out / f"sites-{p}.ready"
+        ready_files.append(ready)
+        argv = citycast_argv(
+            "simulate", "--sites", str(n), "--first", str(first), "--seed", str(opts.seed),
+            "--nats", site_url, "--trust", str(out / "trusted.keys"), "--delay-ms", str(delay_ms),
+            "--seconds", f"{total_s:.1f}", "--out", str(wav_dir), "--ready-file", str(ready),
+            "--block", str(opts.dac_block),
+        )  # fmt: skip
+        if zone:
+            argv += ["--time-zone", zone]
+        if opts.fast_site_ppm is not None:
+            argv += ["--fast-site-ppm", str(opts.fast_site_ppm)]
+        fleet.spawn("sites", f"sites-{p}", argv, east)
+        first += n
+    probe_files = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("site processes synced", total=len(ready_files))
+        deadline = time.monotonic() + 30
+        while sum(f.exists() for f in ready_files) < len(ready_files):
+            _check_alive(fleet)
+            if time.monotonic() > deadline:
+                raise BenchError("sites did not sync their clocks in time; see " + str(fleet.workdir))
+            progress.update(task, completed=sum(f.exists() for f in ready_files))
+            time.sleep(0.2)
+        progress.update(task, completed=len(ready_files))
+        # Sites run for months; what we measure is a site whose clock estimate has settled (the first
+        # minute's convergence is in docs/benchmarks.md separately).
+        task = progress.add_task("clock estimates settling (s)", total=opts.warmup)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < opts.warmup:
+            _check_alive(fleet)
+            progress.update(task, completed=time.monotonic() - t0)
+            time.sleep(0.2)
+        progress.update(task, completed=opts.warmup)
+        if opts.probe_sites:
+            pprocs = math.ceil(opts.probe_sites / opts.probes_per_process)
+            for p in range(pprocs):
+                n = opts.probe_sites // pprocs + (1 if p < opts.probe_sites % pprocs else 0)
+                f = out / f"probes-{p}.json"
+                probe_files.append(f)
+                argv = citycast_argv(
+                    "probe", "--count", str(n), "--nats", site_url,
+                    "--seconds", f"{opts.seconds + 8:.0f}", "--json", str(f),
+                )  # fmt: skip
+                fleet.spawn("probes", f"probes-{p}", argv, east)
+            time.sleep(3 + opts.probe_sites / 500)  # connections up before the first frame
+        report = out / "ingest.json"
+        ingest = fleet.spawn(
+            "ingest", "ingest",
+            citycast_argv(
+                "ingest", f"marker:{marker_period_s(delay_ms)}", "--key", str(out / "ingest.key"), "--nats", hub_url,
+                "--seconds", str(opts.seconds), "--report", str(report),
+                "--packets-per-message", str(opts.packets_per_message),
+            ),
+            west,
+        )  # fmt: skip
+        fleet.start_window()
+        task = progress.add_task("markers sent (s)", total=opts.seconds)
+        t0 = time.monotonic()
+        while ingest.popen is not None and ingest.popen.poll() is None:
+            _check_alive(fleet)
+            fleet.sample()
+            progress.update(task, completed=min(opts.seconds, time.monotonic() - t0))
+            if time.monotonic() - t0 > opts.seconds + 30:
+                raise BenchError("ingest did not finish in time")
+            time.sleep(0.2)
+        fleet.end_window()
+        progress.update(task, completed=opts.seconds)
+        if ingest.popen is None or ingest.popen.returncode != 0:
+            raise BenchError("ingest failed:\n" + fleet.log_tail(ingest))
+        task = progress.add_task("sites finishing", total=1)
+        time.sleep(delay_ms / 1000 + 1.5)  # the last marker reaches every DAC, then the sites may go
+        fleet.stop("sites", timeout=60)
+        if any(m.popen is not None and m.popen.returncode not in (0, None) for m in fleet.members if m.role == "sites"):
+            raise BenchError("a site process failed; see " + str(fleet.workdir))
+        fleet.wait("probes", timeout=30)
+        progress.update(task, completed=1)
+    ingest_report = json.loads(report.read_text())
+    return _figures(opts, wan, delay_ms, fleet, ingest_report, wav_dir, probe_files, console)
+
+
+def _check_alive(fleet: Fleet) -> None:
+    bad = fleet.failed()
+    if bad:
+        m = bad[0]
+        raise BenchError(f"{m.name} exited with an error:\n{fleet.log_tail(m)}")
+
+
+def _figures(
+    opts: BenchOptions,
+    wan: str,
+    delay_ms: float,
+    fleet: Fleet,
+    ingest: dict[str, object],
+    wav_dir: Path,
+    probe_files: list[Path],
+    console: Console,
+) -> dict[str, object]:
+    traces: list[SiteTrace] = []
+    site_results: list[dict[str, object]] = []
+    if opts.sites:
+        with Progress(TextColumn("{task.description}"), BarColumn(), console=console) as progress:
+            wavs = sorted(wav_dir.glob("*.wav"))
+            task = progress.add_task("finding markers in what each site played", total=len(wavs))
+            for w in wavs:
+                traces.append(load_trace(w))
+                progress.advance(task)
+        for f in sorted(wav_dir.glob("*.results.json")):
+            site_results.extend(json.loads(f.read_text()))
+    period = marker_period_s(delay_ms)
+    markers = int(opts.seconds / period)
+    sync = analyse(traces, ts0_ns=int(str(ingest["ts0_ns"])), period_ns=int(period * 1e9), markers_sent=markers)
+    tele: list[dict[str, Any]] = [r["telemetry"] for r in site_results if isinstance(r.get("telemetry"), dict)]  # type: ignore[misc]
+
+    def total(key: str) -> int:
+        return sum(int(t.get(key, 0)) for t in tele)
+
+    rejected = sum(sum(dict(t.get("rejected", {})).values()) for t in tele)
+    xruns = total("sink_xruns")
+    cpu, rss, counts = fleet.figures()
+    stage: dict[str, float] = {}
+    for t in tele:
+        for k, v in dict(t.get("cpu", {})).items():
+            stage[k] = stage.get(k, 0.0) + float(v)
+    fast = next((r for r in site_results if r.get("name") == "site-0000"), None)
+    figures: dict[str, object] = {
+        "command": "citycast bench " + _argline(opts),
+        "wan": wan,
+        "delay_ms": delay_ms,
+        "sites": opts.sites,
+        "seconds": opts.seconds,
+        "packets_per_message": opts.packets_per_message,
+        "markers": sync.markers_sent,
+        "latency_ms": sync.latency_ms,
+        "skew_ms": sync.skew_ms,
+        "deviation_from_median_ms": sync.per_site_deviation_ms,
+        "missing_markers": sync.missing,
+        "underruns": total("underruns"),
+        "concealed": total("concealed"),
+        "late": total("late"),
+        "rejected": rejected,
+        "resyncs": total("resyncs"),
+        "sink_xruns": xruns,
+        "cpu_percent": cpu,
+        "rss_mb": rss,
+        "processes": counts,
+        "site_cpu_percent_per_site": (cpu.get("sites", 0.0) / opts.sites) if opts.sites else None,
+        "site_stage_seconds_per_site": {k: v / max(1, len(tele)) for k, v in stage.items()},
+        "ingest": ingest,
+    }
+    if fast is not None and opts.fast_site_ppm is not None:
+        figures["fast_site"] = {
+            "dac_ppm": fast.get("dac_ppm"),
+            "max_deviation_from_median_ms": sync.max_abs_deviation_by_site_ms.get("site-0000"),
+        }
+    if probe_files:
+        probes = [json.loads(f.read_text()) for f in probe_files if f.exists()]
+        delays = _pool_probe(probes)
+        figures["probe_sites"] = opts.probe_sites
+        figures["probe_delivery_ms"] = delays
+        figures["probe_gaps"] = sum(int(p["gaps"]) for p in probes)
+        figures["probe_received"] = sum(int(p["received"]) for p in probes)
+        n = opts.probe_sites + opts.sites
+        figures["nats_cpu_percent_per_1000_sites"] = cpu.get("nats-city", cpu.get("nats", 0.0)) / n * 1000
+    _print(figures, console)
+    if opts.json_out is not None:
+        opts.json_out.write_text(json.dumps(figures, indent=1, default=str))
+    if not opts.keep_wav:
+        shutil.rmtree(wav_dir, ignore_errors=True)
+    return figures
+
+
+def _pool_probe(probes: list[dict[str, object]]) -> dict[str, float]:
+    # Each probe process reports its own percentiles over similar counts; pool conservatively.
+    if not probes:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    d = [dict(p["delivery_ms"]) for p in probes]  # type: ignore[call-overload]
+    return {
+        "p50": max(float(x["p50"]) for x in d),
+        "p99": max(float(x["p99"]) for x in d),
+        "max": max(float(x["max"]) for x in d),
+    }
+
+
+def _argline(opts: BenchOptions) -> str:
+    parts = [f"--sites {opts.sites}", f"--seconds {opts.seconds:g}", f"--wan {opts.wan}"]
+    if opts.warmup != 60.0:
+        parts.append(f"--warmup {opts.warmup:g}")
+    if opts.dac_block != 480:
+        parts.append(f"--dac-block {opts.dac_block}")
+    if opts.delay_ms is not None:
+        parts.append(f"--delay {opts.delay_ms:g}")
+    if opts.probe_sites:
+        parts.append(f"--probe-sites {opts.probe_sites}")
+    if opts.packets_per_message != 1:
+        parts.append(f"--packets-per-message {opts.packets_per_message}")
+    if opts.fast_site_ppm is not None and opts.fast_site_ppm != 100.0:
+        parts.append(f"--fast-site-ppm {opts.fast_site_ppm:g}")
+    return " ".join(parts)
+
+
+def _print(f: dict[str, object], console: Console) -> None:
+    def ms3(d: object) -> str:
+        dd = dict(d) if isinstance(d, dict) else {}
+        return " / ".join(f"{float(dd.get(k, float('nan'))):.3f}" for k in ("p50", "p99", "max"))
+
+    t = Table(title=f"citycast bench — {f['command']}")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("playout delay D", f"{f['delay_ms']} ms")
+    t.add_row("full sites / markers", f"{f['sites']} / {f['markers']}")
+    t.add_row("latency p50 / p99 / max (ms)", ms3(f["latency_ms"]))
+    t.add_row("inter-site skew p50 / p99 / max (ms)", ms3(f["skew_ms"]))
+    t.add_row(
+        "underruns / concealed / late / rejected",
+        f"{f['underruns']} / {f['concealed']} / {f['late']} / {f['rejected']}",
+    )
+    t.add_row("resyncs / sink xruns", f"{f['resyncs']} / {f['sink_xruns']}")
+    if f.get("missing_markers"):
+        t.add_row("sites with missing markers", str(len(dict(f["missing_markers"]))))  # type: ignore[call-overload]
+    if "fast_site" in f:
+        fs = dict(f["fast_site"])  # type: ignore[call-overload]
+        t.add_row(f"site-0000 (DAC {fs['dac_ppm']} ppm) max off median", f"{fs['max_deviation_from_median_ms']} ms")
+    cpu = dict(f["cpu_percent"])  # type: ignore[call-overload]
+    rss = dict(f["rss_mb"])  # type: ignore[call-overload]
+    for role in cpu:
+        t.add_row(f"CPU % / peak RSS MB: {role}", f"{cpu[role]:.1f} % / {rss[role]:.0f} MB")
+    if f.get("site_cpu_percent_per_site") is not None:
+        t.add_row("CPU per full site", f"{float(f['site_cpu_percent_per_site']):.3f} % of a core")  # type: ignore[arg-type]
+        stages = dict(f["site_stage_seconds_per_site"])  # type: ignore[call-overload]
+        t.add_row("  per-site stage time (s)", ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+    if "probe_delivery_ms" in f:
+        t.add_row(
+            f"[probes] {f['probe_sites']} light receivers: delivery p50 / p99 / max (ms)",
+            ms3(f["probe_delivery_ms"]),
+        )
+        t.add_row("[probes] frames received / gaps", f"{f['probe_received']} / {f['probe_gaps']}")
+        t.add_row("NATS CPU per 1,000 sites", f"{float(f['nats_cpu_percent_per_1000_sites']):.1f} % of a core")  # type: ignore[arg-type]
+    console.print(t)

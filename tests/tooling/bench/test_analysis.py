@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from citycast.media.chirp import chirp
+from citycast.tooling.bench.analysis import SiteTrace, analyse, load_trace
+
+S = 1_000_000_000
+
+
+def test_latency_and_skew_from_heard_times() -> None:
+    ts0 = 1_000 * S
+    a = SiteTrace("a", [ts0 + k * S + 80_000_000 for k in range(10)])
+    b = SiteTrace("b", [ts0 + k * S + 80_100_000 for k in range(10)])
+    c = SiteTrace("c", [ts0 + k * S + 80_050_000 for k in range(10) if k != 4])
+    f = analyse([a, b, c], ts0_ns=ts0, period_ns=S, markers_sent=10, skip_first=1)
+    assert abs(f.latency_ms["p50"] - 80.05) < 1e-6
+    assert abs(f.skew_ms["max"] - 0.1) < 1e-9
+    assert f.missing == {"c": 1}
+    assert abs(f.max_abs_deviation_by_site_ms["a"] - 0.05) < 1e-9
+
+
+def test_a_wav_and_its_sidecar_give_true_times(tmp_path: Path) -> None:
+    sr = 48_000
+    audio = np.zeros(sr * 3, np.float32)
+    marker = chirp()
+    for start in (12_000, 60_000, 108_000):
+        audio[start : start + marker.size] += marker
+    wav = tmp_path / "s.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((audio * 32767).astype("<i2").tobytes())
+    start_true = 5 * S
+    (tmp_path / "s.wav.json").write_text(
+        json.dumps({"start_true_ns": start_true, "block": 480, "dac_ppm": 100.0, "sample_rate": sr})
+    )
+    trace = load_trace(wav)
+    ns_per_sample = 1e9 / (sr * (1 + 100e-6))
+    expected = [start_true + p * ns_per_sample for p in (12_000, 60_000, 108_000)]
+    assert len(trace.heard_ns) == 3
+    assert max(abs(h - e) for h, e in zip(trace.heard_ns, expected, strict=True)) < 2_000  # < 0.1 sample
