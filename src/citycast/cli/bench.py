@@ -1,0 +1,175 @@
+"""The benchmarks a user runs against their own machine and network: the media path (`bench`), the hub and
+its console (`bench-hub`), the telephone (`bench-sip`) and its parsers under random input (`bench-fuzz`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from citycast import runtime
+from citycast.cli.common import console, fail
+
+app = typer.Typer()
+
+
+@app.command()
+def bench(
+    sites: Annotated[int, typer.Option(min=0, help="Full site agents.")] = 20,
+    seconds: Annotated[float, typer.Option(min=5, help="Seconds of marker signal.")] = 60.0,
+    delay_ms: Annotated[
+        float | None, typer.Option("--delay", help="Playout delay D in ms (default per profile).")
+    ] = None,
+    wan: Annotated[str, typer.Option(help="none, london-karachi or cellular-bad (needs root).")] = "none",
+    probe_sites: Annotated[int, typer.Option(help="Light fan-out probes (bus delivery only).")] = 0,
+    packets_per_message: Annotated[int, typer.Option(min=1, max=4, help="Opus packets per bus message.")] = 1,
+    fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs this many ppm fast.")] = 100.0,
+    processes: Annotated[int | None, typer.Option(help="Processes to spread the sites over.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures as one JSON object.")] = None,
+    out: Annotated[Path, typer.Option(help="Working folder (WAVs, logs).")] = Path("citycast-out/bench"),
+    keep_wav: Annotated[bool, typer.Option(help="Keep the sites' WAV files.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the sites' clock errors.")] = 1,
+    warmup: Annotated[float, typer.Option(help="Seconds the sites' clock estimates settle before markers.")] = 60.0,
+    dac_block: Annotated[int, typer.Option(min=120, max=4800, help="Samples per simulated DAC block.")] = 480,
+    soak_hours: Annotated[
+        float | None, typer.Option(help="Instead: a long address in simulated time (sans-IO clock and playout).")
+    ] = None,
+) -> None:
+    """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
+    from citycast.tooling.bench.runner import BenchError, BenchOptions, run_bench
+
+    if soak_hours is not None:
+        from citycast.tooling.bench.soak_report import soak_command
+
+        soak_command(hours=soak_hours, sites=min(sites, 4) or 2, delay_ms=delay_ms or 80.0, json_out=json_out,
+                     console=console)  # fmt: skip
+        return
+
+    opts = BenchOptions(
+        sites=sites,
+        seconds=seconds,
+        delay_ms=delay_ms,
+        wan=wan,
+        probe_sites=probe_sites,
+        packets_per_message=packets_per_message,
+        fast_site_ppm=fast_site_ppm,
+        processes=processes,
+        json_out=json_out,
+        out=out,
+        keep_wav=keep_wav,
+        seed=seed,
+        warmup=warmup,
+        dac_block=dac_block,
+    )
+    try:
+        run_bench(opts, console)
+    except BenchError as e:
+        fail(str(e))
+
+
+@app.command("bench-hub")
+def bench_hub(
+    sites: Annotated[int, typer.Option(min=1, max=20_000, help="LIGHT simulated sites (telemetry only).")] = 500,
+    seconds: Annotated[float, typer.Option(min=5, help="Seconds of the CPU/memory window.")] = 30.0,
+    changes: Annotated[int, typer.Option(min=1, help="Forced state changes to time.")] = 20,
+    browser: Annotated[bool, typer.Option(help="Also measure the console in headless Chromium.")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    abuse: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: an address plays to --sites FULL sites, quietly and then while strangers hammer login, "
+            "PIN page, big bodies and heavy lists (--seconds each); underruns and publish lateness per phase."
+        ),
+    ] = False,
+) -> None:
+    """Measure the hub and its console under N sites' telemetry: page load, marker update delay, hub CPU and RSS.
+
+    The sites are LIGHT simulated sites (telemetry every second, no audio); the hub, API, console and browser
+    are real."""
+    from citycast.tooling.bench.hub_bench import run_hub_bench
+
+    if abuse:
+        from citycast.tooling.bench.hub_abuse import run_abuse_bench
+
+        with console.status(f"abuse bench: {sites} sites, {seconds:g} s quiet then {seconds:g} s under abuse"):
+            abused = runtime.run(run_abuse_bench(sites=sites, seconds=seconds))
+        assert abused is not None
+        out = json.dumps(abused.as_dict(), indent=1)
+        if json_out:
+            json_out.write_text(out)
+        sys.stdout.write(out + "\n")
+        return
+    with console.status(f"hub bench: {sites} light sites, {seconds:g} s window"):
+        result = runtime.run(run_hub_bench(sites=sites, seconds=seconds, changes=changes, browser=browser))
+    assert result is not None
+    text = json.dumps(result.as_dict(), indent=1)
+    if json_out:
+        json_out.write_text(text)
+    sys.stdout.write(text + "\n")
+
+
+@app.command("bench-fuzz")
+def bench_fuzz(
+    inputs: Annotated[int, typer.Option(min=1, help="Inputs per parser family (SIP/SDP, RTP/RTCP/DTMF).")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed (a run is reproducible).")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """Throw random and mutated SIP, SDP, RTP, RTCP and DTMF input at the telephone's parsers; count crashes.
+
+    A healthy run reports crashes = 0 and unstable = 0 (a message that parses must print back to itself)."""
+    from citycast.tooling.bench.fuzz import fuzz_sip
+    from citycast.tooling.rtp_fuzz import fuzz_rtp
+
+    results: dict[str, object] = {}
+    with console.status(f"fuzzing SIP/SDP with {inputs:,} inputs"):
+        results["sip"] = fuzz_sip(inputs, seed)
+    with console.status(f"fuzzing RTP/RTCP/DTMF with {inputs:,} inputs"):
+        try:
+            results["rtp"] = fuzz_rtp(inputs, seed)
+        except Exception as e:  # an escaped exception is the finding: report it, fail the run
+            results["rtp"] = {"crash": repr(e)}
+    text = json.dumps(results, indent=1, default=str)
+    if json_out:
+        json_out.write_text(text)
+    sys.stdout.write(text + "\n")
+    sip = results["sip"]
+    crashed = (isinstance(sip, dict) and (sip.get("crashes") or sip.get("unstable"))) or "crash" in str(results["rtp"])
+    raise typer.Exit(1 if crashed else 0)
+
+
+@app.command("bench-sip")
+def bench_sip(
+    sites: Annotated[int, typer.Option(min=1, help="Enrolled site agents in the PIN's zone.")] = 20,
+    markers: Annotated[int, typer.Option(min=1, help="Marker chirps sent in the call.")] = 20,
+    wan: Annotated[str, typer.Option(help="none, london-karachi or cellular-bad (caller ↔ hub; needs root).")] = "none",
+    rates: Annotated[str, typer.Option(help="Calls-per-second steps, comma-separated.")] = "10,20,40,80",
+    step_seconds: Annotated[float, typer.Option(help="Length of each load step.")] = 6.0,
+    pause_ms: Annotated[int, typer.Option(help="How long each load call stays up after the ACK.")] = 500,
+    delay: Annotated[float | None, typer.Option(help="Playout delay D (ms).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """The telephone's figures: SIP-call-to-loudspeaker latency and skew, and calls per second accepted."""
+    from citycast.tooling.bench.sip_bench import SipBenchError, SipBenchOptions, run_sip_bench
+
+    result: dict[str, object] = {}
+    try:
+        opts = SipBenchOptions(
+            sites=sites,
+            markers=markers,
+            wan=wan,
+            step_s=step_seconds,
+            pause_ms=pause_ms,
+            delay_ms=delay,
+            rates=tuple(float(r) for r in rates.split(",") if r.strip()),
+        )
+        with console.status(f"telephone bench: {sites} sites, {markers} markers, wan {wan}"):
+            result = run_sip_bench(opts).as_dict()
+    except (SipBenchError, ValueError) as e:
+        fail(str(e))
+    text = json.dumps(result, indent=1)
+    if json_out is not None:
+        json_out.write_text(text)
+    sys.stdout.write(text + "\n")

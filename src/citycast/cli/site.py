@@ -1,0 +1,110 @@
+"""The loudspeaker site (`citycast site`): enrol once, then receive, verify, sync and play."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from citycast import runtime
+from citycast.cli.common import DEFAULT_NATS, ChannelOpt, NatsOpt, PrefixOpt, console, fail
+
+app = typer.Typer()
+
+
+@app.command()
+def site(
+    name: Annotated[str, typer.Option(help="This site's name (its telemetry subject).")] = "site-1",
+    nats: NatsOpt = DEFAULT_NATS,
+    trust: Annotated[Path, typer.Option(help="File of trusted ingest public keys.")] = Path("keys/trusted.keys"),
+    channel: ChannelOpt = 1,
+    prefix: PrefixOpt = "citycast",
+    delay_ms: Annotated[float, typer.Option(help="Playout delay D: frame T plays at broadcast time T + D.")] = 80.0,
+    sink: Annotated[str, typer.Option(help="device[:NAME], timed[:PPM] or wav:PATH.")] = "device",
+    clock: Annotated[
+        str,
+        typer.Option(help="sync (estimate the broadcast clock over the bus) or system (trust chrony/PTP)."),
+    ] = "sync",
+    time_zone: Annotated[
+        str | None, typer.Option(help="Sync to this city's time responder instead of the hub's.")
+    ] = None,
+    fallback: Annotated[
+        Path | None, typer.Option(help="Audio to play when the stream stops (default: silence).")
+    ] = None,
+    fallback_after_s: Annotated[float, typer.Option(help="How long a stream may be silent before fallback.")] = 2.0,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    wav: Annotated[Path | None, typer.Option(help="With a timed sink: also write what it played to this WAV.")] = None,
+    sim_clock_offset_ms: Annotated[float, typer.Option(hidden=True)] = 0.0,
+    sim_clock_ppm: Annotated[float, typer.Option(hidden=True)] = 0.0,
+    enrol: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            metavar="HUB_URL TOKEN",
+            help="Enrol with the hub once (a one-time token from the console), store the credentials, then run. "
+            "HUB_URL is https://HOST:PORT; the token names the hub's certificate, so only that hub is trusted.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Allow enrolling over plain http:// to another machine, or with a hub without TLS."),
+    ] = False,
+    talkback_source: Annotated[
+        str,
+        typer.Option(help="Microphone for talkback (enrolled sites): line-in[:DEVICE], or an audio file."),
+    ] = "line-in",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="This site's credentials file (default /etc/citycast/site.json as root, else "
+            "~/.config/citycast/site.json). When it exists, name, bus, keys and D come from it."
+        ),
+    ] = None,
+) -> None:
+    """Run a loudspeaker site: receive, verify, sync, play at T + D, report telemetry every second.
+
+    Once enrolled (--enrol HUB_URL TOKEN), `citycast site` needs no arguments."""
+    from citycast.site.enrol import CredentialsFileError, EnrolError, SiteCredentials, default_path
+    from citycast.site.enrol import enrol as do_enrol
+    from citycast.site.run import SiteOptions, run_site
+
+    if clock not in ("sync", "system"):
+        fail("--clock must be 'sync' or 'system'")
+    cred_path = config or default_path()
+    credentials: SiteCredentials | None = None
+    if enrol is not None:
+        try:
+            credentials = runtime.run(do_enrol(enrol[0], enrol[1], cred_path, insecure=insecure))
+        except EnrolError as e:
+            fail(f"enrolment failed: {e}")
+        assert credentials is not None
+        console.print(f"enrolled as site {credentials.site!r}; credentials stored in {cred_path} (0600)")
+    elif config is not None or cred_path.exists():
+        try:
+            credentials = SiteCredentials.load(cred_path)
+        except CredentialsFileError as e:
+            fail(str(e))
+    opts = SiteOptions(
+        name=name,
+        nats_url=nats,
+        trust=trust,
+        channel=channel,
+        prefix=prefix,
+        delay_ms=delay_ms,
+        sink=sink,
+        clock=clock,
+        time_zone=time_zone,
+        fallback=fallback,
+        fallback_after_s=fallback_after_s,
+        duration=duration,
+        wav=wav,
+        sim_clock_offset_ms=sim_clock_offset_ms,
+        sim_clock_ppm=sim_clock_ppm,
+        credentials=credentials,
+        credentials_path=cred_path,
+        talkback_source=talkback_source,
+    )
+    try:
+        runtime.run(run_site(opts))
+    except (ValueError, RuntimeError) as e:
+        fail(str(e), code=1 if isinstance(e, RuntimeError) else 2)
