@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from tests.helpers import (
+    SUBJECTS,
+    Watched,
+    connect,
+    let_time_pass,
+    nothing_arrives,
+    site_creds,
+    start_auth_nats,
+    wait_until,
+)
 
 from citycast.bus import jwt
 from citycast.bus.authority import (
@@ -31,104 +38,19 @@ from citycast.protocol.subjects import Subjects
 from citycast.site.desired import DesiredWatcher
 from citycast.tasks import cancel_and_wait
 
-SUBJECTS = Subjects()
-
 
 @pytest.fixture
-def authority(tmp_path: Path) -> NatsAuthority:
-    return NatsAuthority.load_or_create(tmp_path / "auth")
-
-
-def start_server(authority: NatsAuthority, workdir: Path, port: int | None = None) -> EmbeddedNats:
-    server = EmbeddedNats(port=port or free_port(), workdir=workdir, auth_config=authority.server_config())
-    server.start()
-    return server
-
-
-@pytest.fixture
-def server(authority: NatsAuthority, tmp_path: Path) -> Iterator[EmbeddedNats]:
-    srv = start_server(authority, tmp_path / "nats")
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@dataclass
-class Watched:
-    """A client connection whose async errors (permission violations) and closing are recorded."""
-
-    nc: Client
-    errors: list[str] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def violations(self) -> list[str]:
-        return [e for e in self.errors if "permissions violation" in e.lower()]
-
-
-async def connect(url: str, creds: Path, inbox_prefix: str | None = None) -> Watched:
-    errors: list[str] = []
-    closed = asyncio.Event()
-
-    async def on_error(e: Exception) -> None:
-        errors.append(str(e))
-
-    async def on_closed() -> None:
-        closed.set()
-
-    options: dict[str, object] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
-    nc = await nats.connect(
-        url,
-        user_credentials=str(creds),
-        error_cb=on_error,
-        closed_cb=on_closed,
-        allow_reconnect=False,
-        max_reconnect_attempts=1,
-        reconnect_time_wait=0.2,
-        connect_timeout=3,
-        **options,
-    )
-    return Watched(nc, errors, closed)
-
-
-async def nothing_arrives(sub: Subscription, wait: float = 0.5) -> bool:
-    try:
-        msg = await sub.next_msg(timeout=wait)
-    except nats.errors.TimeoutError:
-        return True
-    raise AssertionError(f"unexpected message on {msg.subject}: {msg.data[:60]!r}")
-
-
-def site_creds(authority: NatsAuthority, site: str, dir: Path) -> tuple[Path, str]:
-    """What enrolment gives a site: its own seed, a JWT minted for its public key, as a creds file."""
-    seed = jwt.new_seed(KeyKind.USER)
-    token = authority.mint_site_jwt(site, jwt.public_key(seed), SUBJECTS)
-    path = dir / f"{site}.creds"
-    jwt.write_private(path, jwt.creds_text(token, seed))
-    return path, jwt.public_key(seed)
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(0.02)
-    return cond()
-
-
-@pytest.fixture
-async def hub(server: EmbeddedNats, authority: NatsAuthority) -> AsyncIterator[Watched]:
-    conn = await connect(server.url, authority.hub_creds_path)
+async def hub(auth_nats: EmbeddedNats, authority: NatsAuthority) -> AsyncIterator[Watched]:
+    conn = await connect(auth_nats.url, authority.hub_creds_path)
     yield conn
     await conn.nc.close()
 
 
 async def test_anonymous_and_unknown_users_are_refused(
-    server: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
 ) -> None:
     with pytest.raises(Exception, match=r"(?i)authorization"):
-        await nats.connect(server.url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=1)
+        await nats.connect(auth_nats.url, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=1)
     # A user signed by some other account key is not trusted either.
     seed = jwt.new_seed(KeyKind.USER)
     stranger = tmp_path / "stranger.creds"
@@ -136,15 +58,15 @@ async def test_anonymous_and_unknown_users_are_refused(
         stranger, jwt.creds_text(jwt.user_jwt(jwt.new_seed(KeyKind.ACCOUNT), jwt.public_key(seed), "x"), seed)
     )
     with pytest.raises(Exception, match=r"(?i)authorization"):
-        await nats.connect(server.url, user_credentials=str(stranger), allow_reconnect=False, connect_timeout=3)
-    assert server.log_text().count("authentication error") >= 2
+        await nats.connect(auth_nats.url, user_credentials=str(stranger), allow_reconnect=False, connect_timeout=3)
+    assert auth_nats.log_text().count("authentication error") >= 2
 
 
 async def test_site_can_hear_audio_and_its_commands_and_report(
-    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
     creds, _ = site_creds(authority, "s1", tmp_path)  # minted while the server runs: no restart needed
-    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     audio = await site.nc.subscribe("citycast.audio.*")
     cmd = await site.nc.subscribe("citycast.cmd.s1")
     telemetry = await hub.nc.subscribe("citycast.telemetry.*")
@@ -152,7 +74,7 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
     await hub.nc.flush()
     # The publisher joins after the subscriber, as an address starts after its sites are up. (The other order
     # loses the first message now and then on nats-server 2.15 in JWT mode; see tests/bus/test_rawnats.py.)
-    ingest = await connect(server.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
+    ingest = await connect(auth_nats.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
     await ingest.nc.publish("citycast.audio.3", b"frame")
     await hub.nc.publish("citycast.cmd.s1", b"reload")
     await site.nc.publish("citycast.telemetry.s1", b"{}")
@@ -175,24 +97,24 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
 
 
 async def test_site_follows_its_own_desired_state_and_no_one_elses(
-    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
     store = DesiredStore(hub.nc, SUBJECTS, reply_prefix=site_inbox_prefix)
     await store.open()
     await store.put("s1", DesiredState(channel=1))
     await store.put("s2", DesiredState(channel=2, volume=0.5))
     creds, _ = site_creds(authority, "s1", tmp_path)
-    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     seen: list[DesiredState] = []
     watcher = DesiredWatcher(site.nc, SUBJECTS, "s1", seen.append, retry_s=0.5)
     task = asyncio.create_task(watcher.run())
     try:
-        assert await wait_for(lambda: len(seen) == 1, 5)  # asked for at start
+        await wait_until(lambda: len(seen) == 1, "the desired state asked for at start", timeout=5)
         assert seen == [DesiredState(channel=1)]
         await store.put("s1", DesiredState(channel=7, muted=True))  # published on change
         await store.put("s2", DesiredState(channel=8))  # another site's change is not delivered here
-        assert await wait_for(lambda: len(seen) == 2, 5)
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: len(seen) == 2, "s1's changed desired state", timeout=5)
+        await let_time_pass(0.5)  # room for s2's change to arrive, were it delivered
         assert seen == [DesiredState(channel=1), DesiredState(channel=7, muted=True)]
     finally:
         await cancel_and_wait(task)
@@ -203,48 +125,53 @@ async def test_site_follows_its_own_desired_state_and_no_one_elses(
         await site.nc.jetstream(timeout=2).key_value(desired_bucket(SUBJECTS))
     # The server's own refusal, not a timeout, is the proof: it names the JetStream API subject it denied.
     js_api = f'publish to "$js.api.stream.info.kv_{desired_bucket(SUBJECTS)}"'
-    assert await wait_for(lambda: any(js_api in v.lower() for v in site.violations())), site.errors
+    await wait_until(
+        lambda: any(js_api in v.lower() for v in site.violations()),
+        "the server to refuse the JetStream API",
+        timeout=5,
+        detail=lambda: site.errors,
+    )
     # Its own get with the answer aimed at an audio subject: the hub does not answer.
     audio = await hub.nc.subscribe("citycast.audio.1")
     await hub.nc.flush()
     await site.nc.publish("citycast.desired-get.s1", b"", reply="citycast.audio.1")
     await site.nc.flush()
     assert await nothing_arrives(audio)
-    assert await wait_for(lambda: store.refused == 1, 5)
+    await wait_until(lambda: store.refused == 1, "the store to refuse the get aimed at audio", timeout=5)
     assert len(site.violations()) >= 3
     await site.nc.close()
     await store.close()
 
 
 async def test_site_cannot_publish_audio(
-    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
     creds, _ = site_creds(authority, "s1", tmp_path)
-    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     audio = await hub.nc.subscribe("citycast.audio.>")
     await hub.nc.flush()
     await site.nc.publish("citycast.audio.1", b"a voice that is not ours")
     await site.nc.flush()
-    assert await wait_for(lambda: bool(site.violations()))
+    await wait_until(lambda: site.violations(), "the server to refuse the site's audio", timeout=5)
     assert 'publish to "citycast.audio.1"' in site.violations()[0]
     with pytest.raises(nats.errors.TimeoutError):
         await audio.next_msg(timeout=0.5)
     # Ingest may.
-    ingest = await connect(server.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
+    ingest = await connect(auth_nats.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
     await ingest.nc.publish("citycast.audio.1", b"ok")
     assert (await audio.next_msg(timeout=3)).data == b"ok"
     await ingest.nc.publish("citycast.cmd.s1", b"no")  # but not commands
     await ingest.nc.flush()
-    assert await wait_for(lambda: bool(ingest.violations()))
+    await wait_until(lambda: ingest.violations(), "the server to refuse ingest's command", timeout=5)
     await site.nc.close()
     await ingest.nc.close()
 
 
 async def test_site_cannot_read_or_write_another_sites_subjects(
-    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
     creds, _ = site_creds(authority, "s1", tmp_path)
-    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     theirs = await site.nc.subscribe("citycast.cmd.s2")
     everything = await site.nc.subscribe("citycast.>")
     inboxes = await site.nc.subscribe("_INBOX.>")  # the hub's replies
@@ -263,7 +190,7 @@ async def test_site_cannot_read_or_write_another_sites_subjects(
             await sub.next_msg(timeout=0.3)
     with pytest.raises(nats.errors.TimeoutError):
         await telemetry.next_msg(timeout=0.3)
-    assert await wait_for(lambda: len(site.violations()) >= 4)
+    await wait_until(lambda: len(site.violations()) >= 4, "4 refusals", timeout=5, detail=lambda: site.violations())
     text = " ".join(site.violations()).lower()  # nats-py lower-cases the server's message
     assert '"citycast.cmd.s2"' in text and '"citycast.>"' in text and '"_inbox.>"' in text
     assert '"citycast.telemetry.s2"' in text
@@ -271,16 +198,16 @@ async def test_site_cannot_read_or_write_another_sites_subjects(
 
 
 async def test_revoked_site_is_dropped_refused_and_stays_refused_after_restart(
-    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
     bad_creds, bad_key = site_creds(authority, "bad", tmp_path)
     good_creds, _ = site_creds(authority, "good", tmp_path)
-    bad = await connect(server.url, bad_creds, site_inbox_prefix("bad"))
-    good = await connect(server.url, good_creds, site_inbox_prefix("good"))
-    await authority.revoke(bad_key, server.url)
+    bad = await connect(auth_nats.url, bad_creds, site_inbox_prefix("bad"))
+    good = await connect(auth_nats.url, good_creds, site_inbox_prefix("good"))
+    await authority.revoke(bad_key, auth_nats.url)
     await asyncio.wait_for(bad.closed.wait(), 5)  # the live connection is dropped
     with pytest.raises(Exception, match=r"(?i)authorization|revoked"):
-        await connect(server.url, bad_creds, site_inbox_prefix("bad"))
+        await connect(auth_nats.url, bad_creds, site_inbox_prefix("bad"))
     await good.nc.publish("citycast.telemetry.good", b"{}")
     await good.nc.flush(timeout=3)
     assert good.nc.is_connected
@@ -291,12 +218,12 @@ async def test_revoked_site_is_dropped_refused_and_stays_refused_after_restart(
 
     # The hub restarts: its authority reloads from disk and the server starts from a fresh state (the
     # resolver's own copy of the pushed JWT removed), so only our persisted revocations can keep it out.
-    server.stop()
+    auth_nats.stop()
     reloaded = NatsAuthority.load_or_create(authority.dir)
     assert reloaded.revocations.keys() == {bad_key}
     assert reloaded.account_public == authority.account_public
     shutil.rmtree(reloaded.resolver_dir)
-    restarted = start_server(reloaded, tmp_path / "nats2")
+    restarted = start_auth_nats(reloaded, tmp_path / "nats2")
     try:
         with pytest.raises(Exception, match=r"(?i)authorization|revoked"):
             await connect(restarted.url, bad_creds, site_inbox_prefix("bad"))
@@ -362,31 +289,31 @@ def test_site_permissions_are_narrow() -> None:
 
 
 async def test_a_site_jwt_expires_the_server_drops_the_connection_and_refuses_it(
-    server: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
 ) -> None:
     authority.site_jwt_lifetime_s = 2
     creds, _ = site_creds(authority, "s1", tmp_path)
     claims = jwt.decode(jwt.load_creds(creds).jwt)
     assert claims["exp"] - claims["iat"] == 2
-    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     await site.nc.publish("citycast.telemetry.s1", b"{}")
     await site.nc.flush(timeout=3)
     async with asyncio.timeout(10):  # the server closes it at the second the JWT expires
         await site.closed.wait()
     assert "expired" in str(site.nc.last_error).lower(), site.nc.last_error
     # the server drops the connection at `exp` but judges a new one by whole seconds (valid while now <= exp)
-    await asyncio.sleep(max(0.0, claims["exp"] + 1.05 - time.time()))
+    await let_time_pass(max(0.0, claims["exp"] + 1.05 - time.time()))
     with pytest.raises(Exception, match=r"(?i)authorization|expired"):
-        await connect(server.url, creds, site_inbox_prefix("s1"))
+        await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
 
 
 async def test_a_site_is_held_to_its_payload_and_subscription_limits(
-    server: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
 ) -> None:
     creds, _ = site_creds(authority, "s1", tmp_path)
     limits = jwt.decode(jwt.load_creds(creds).jwt)["nats"]
     assert (limits["payload"], limits["subs"]) == (8192, 16)
-    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     # as many subscriptions as it needs, and more, but not without bound
     for channel in range(1, 17):
         await site.nc.subscribe(SUBJECTS.audio(channel))
@@ -402,7 +329,7 @@ async def test_a_site_is_held_to_its_payload_and_subscription_limits(
         await site.closed.wait()
     assert "maximum subscriptions" in str(site.nc.last_error).lower(), site.nc.last_error
     # one byte over the payload limit and the server closes the connection
-    site = await connect(server.url, creds, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     await site.nc.publish("citycast.telemetry.s1", b"x" * 8193)
     async with asyncio.timeout(5):
         await site.closed.wait()
@@ -410,7 +337,7 @@ async def test_a_site_is_held_to_its_payload_and_subscription_limits(
 
 
 async def test_the_data_limit_of_a_user_jwt_is_not_enforced(
-    server: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, hub: Watched, tmp_path: Path
 ) -> None:
     """Measured, not assumed: nats-server reads `payload` and `subs` from a user JWT but meters no bytes per
     user, so `data` gives no data-rate limit (that is why site JWTs leave it at -1)."""
@@ -426,10 +353,10 @@ async def test_the_data_limit_of_a_user_jwt_is_not_enforced(
 
     await hub.nc.subscribe("citycast.telemetry.s1", cb=count)
     await hub.nc.flush()
-    site = await connect(server.url, path, site_inbox_prefix("s1"))
+    site = await connect(auth_nats.url, path, site_inbox_prefix("s1"))
     for _ in range(100):
         await site.nc.publish("citycast.telemetry.s1", b"x" * 1000)
     await site.nc.flush(timeout=3)
-    assert await wait_for(lambda: sum(got) == 100_000)
+    await wait_until(lambda: sum(got) == 100_000, "all 100 kB at the hub", timeout=5, detail=lambda: sum(got))
     assert site.nc.is_connected and not site.errors
     await site.nc.close()

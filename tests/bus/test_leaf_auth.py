@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -18,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
-from tests.bus.test_authority import connect, nothing_arrives, site_creds, wait_for
+from tests.helpers import SUBJECTS, Topology, connect, nothing_arrives, site_creds, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import (
@@ -26,61 +25,14 @@ from citycast.bus.authority import (
     INGEST_INBOX_PREFIX,
     CityBundle,
     CityBundleError,
-    CityFiles,
     NatsAuthority,
     site_inbox_prefix,
 )
 from citycast.bus.jwt import KeyKind
-from citycast.bus.server import EmbeddedNats, free_port
 from citycast.hub.desired import DesiredStore
 from citycast.protocol.desired import DesiredState, desired_bucket
-from citycast.protocol.subjects import Subjects
 from citycast.site.desired import DesiredWatcher
 from citycast.tasks import cancel_and_wait
-
-SUBJECTS = Subjects()
-
-
-@dataclass
-class Topology:
-    authority: NatsAuthority
-    hub: EmbeddedNats
-    city: EmbeddedNats
-    bundle: CityBundle
-    files: CityFiles
-    dir: Path
-
-
-def wait_for_log(server: EmbeddedNats, text: str, count: int = 1, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while server.log_text().count(text) < count:
-        assert time.monotonic() < deadline, f"{text!r} not in the log: {server.log_tail(12)}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    leaf_port = free_port()
-    hub = EmbeddedNats(
-        port=free_port(), workdir=tmp_path / "hub", leaf_listen_port=leaf_port, auth_config=authority.server_config()
-    )
-    hub.start()
-    city: EmbeddedNats | None = None
-    try:
-        bundle = authority.city_bundle(tmp_path / "north.bundle", "north")
-        city, files = CityBundle.load(tmp_path / "north.bundle").embedded_nats(
-            f"nats://127.0.0.1:{leaf_port}", tmp_path / "city", port=free_port()
-        )
-        city.start()
-        # Both leaf connections up, and the system account's one extending the hub's JetStream.
-        await asyncio.to_thread(wait_for_log, city, "Leafnode connection created for account", 2)
-        await asyncio.to_thread(wait_for_log, city, "Extending JetStream domain")
-        yield Topology(authority, hub, city, bundle, files, tmp_path)
-    finally:
-        if city is not None:
-            city.stop()
-        hub.stop()
 
 
 async def receive_while(send: Callable[[], Awaitable[None]], sub: Subscription, timeout: float = 5.0) -> Msg:
@@ -157,7 +109,7 @@ async def test_site_at_the_city_hears_hub_audio_and_reports_to_the_hub(topology:
     await drain(hub_audio)  # ingest's frames
     await site.nc.publish("citycast.audio.1", b"a voice that is not ours")
     await site.nc.flush()
-    assert await wait_for(lambda: bool(site.violations()))
+    await wait_until(lambda: site.violations(), "the city server to refuse the site's audio", timeout=5)
     assert 'publish to "citycast.audio.1"' in site.violations()[0]
     assert await nothing_arrives(hub_audio)
     for c in (site, ingest, hub):
@@ -215,9 +167,9 @@ async def test_site_at_the_city_follows_the_hubs_desired_state(topology: Topolog
     try:
         # Asked for over the leaf and answered down it; then published at the hub and heard at the city (10 s for both).
         deadline = time.monotonic() + 10
-        assert await wait_for(lambda: len(seen) >= 1, 10), "no desired state through the leaf"
+        await wait_until(lambda: len(seen) >= 1, "desired state through the leaf", timeout=10)
         await store.put("s1", DesiredState(channel=2))
-        assert await wait_for(lambda: len(seen) >= 2, deadline - time.monotonic()), "no update through the leaf"
+        await wait_until(lambda: len(seen) >= 2, "an update through the leaf", timeout=deadline - time.monotonic())
         assert seen == [DesiredState(channel=1), DesiredState(channel=2)]
     finally:
         await cancel_and_wait(task)
@@ -226,7 +178,12 @@ async def test_site_at_the_city_follows_the_hubs_desired_state(topology: Topolog
         await site.nc.jetstream(timeout=2).publish(f"$KV.{desired_bucket(SUBJECTS)}.s1", b'{"channel": 666}')
     # The city server's own refusal, not the missing ack, is the proof: it names the subject it denied.
     kv_put = f'publish to "$kv.{desired_bucket(SUBJECTS)}.s1"'
-    assert await wait_for(lambda: any(kv_put in v.lower() for v in site.violations())), site.errors
+    await wait_until(
+        lambda: any(kv_put in v.lower() for v in site.violations()),
+        "the city server to refuse the KV put",
+        timeout=5,
+        detail=lambda: site.errors,
+    )
     await site.nc.publish("citycast.desired.s1", b'{"channel": 666}')
     await site.nc.flush()
     assert (await store.get("s1")) == DesiredState(channel=2)
@@ -280,7 +237,7 @@ async def test_city_time_responder_answers_its_zone_and_syncs_to_the_hub(topolog
     await responder.nc.publish("citycast.audio.1", b"x")
     await responder.nc.subscribe("citycast.time.south")
     await responder.nc.flush()
-    assert await wait_for(lambda: len(responder.violations()) >= 2)
+    await wait_until(lambda: len(responder.violations()) >= 2, "2 refusals", timeout=5, detail=lambda: responder.errors)
     assert responder.errors and site.errors == []
     for c in (responder, site, hub):
         await c.nc.close()

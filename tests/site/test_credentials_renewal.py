@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +19,12 @@ import nats
 import numpy as np
 import pytest
 from nats.aio.msg import Msg
-from tests.bus.test_authority import site_creds
-from tests.bus.test_leaf_auth import Topology, topology  # noqa: F401 (the fixture, used by name)
+from tests.helpers import Topology, let_time_pass, site_creds, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix, site_permissions
 from citycast.bus.jwt import KeyKind
-from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.server import EmbeddedNats
 from citycast.clock.local import SystemClock
 from citycast.clock.service import TimeResponder
 from citycast.hub.credentials import CredentialsService, enrolled_key
@@ -71,11 +70,9 @@ class Bus:
 
 
 @pytest.fixture
-async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+async def bus(authority: NatsAuthority, auth_nats: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Bus]:
     authority.site_jwt_lifetime_s = LIFETIME_S
-    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
-    server.start()
+    server = auth_nats
     db = Database(f"sqlite:///{tmp_path / 'hub.db'}")
     Base.metadata.create_all(db.engine)
     hub = await nats.connect(server.url, user_credentials=str(authority.hub_creds_path))
@@ -86,14 +83,6 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     finally:
         await service.stop()
         await hub.close()
-        server.stop()
-
-
-async def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def agent_for(bus: Bus, site: str, key_public: object, creds: Path, *, renew: bool = True) -> SiteAgent:
@@ -120,8 +109,10 @@ async def test_a_site_plays_every_frame_across_expiries_and_one_that_does_not_re
     await site.start()
     await stale.start()
     try:
-        await wait_until(lambda: site.broadcast_now() is not None and stale.broadcast_now() is not None, 20, "sync")
-        await wait_until(lambda: site.desired is not None and site.desired.volume == 0.8, 10, "desired state")
+        await wait_until(
+            lambda: site.broadcast_now() is not None and stale.broadcast_now() is not None, "sync", timeout=20
+        )
+        await wait_until(lambda: site.desired is not None and site.desired.volume == 0.8, "desired state", timeout=10)
         # 11 s of audio, a frame every 20 ms: the 4 s JWTs are renewed (and the connection swapped) several times
         sent = 0
         start, ts0 = time.monotonic(), time.time_ns()
@@ -131,7 +122,7 @@ async def test_a_site_plays_every_frame_across_expiries_and_one_that_does_not_re
             sent += 1
             await asyncio.sleep(max(0.0, start + sent * 0.02 - time.monotonic()))
         await ingest.flush()
-        await wait_until(lambda: site.frames >= sent, 5, "the last frames")
+        await wait_until(lambda: site.frames >= sent, "the last frames", timeout=5)
         # every frame played once: none lost in a swap, none doubled, none taken for a replay
         assert site.frames == sent
         assert not site.rejected, site.rejected
@@ -152,7 +143,9 @@ async def test_a_site_plays_every_frame_across_expiries_and_one_that_does_not_re
         assert jwt.load_creds(SiteCredentials.load(record).creds_file(record)).jwt == jwt.load_creds(creds).jwt
         # the desired state follows the site onto its new connection
         await desired.put("s1", DesiredState(channel=1, volume=0.3))
-        await wait_until(lambda: site.desired is not None and site.desired.volume == 0.3, 10, "desired state after")
+        await wait_until(
+            lambda: site.desired is not None and site.desired.volume == 0.3, "desired state after", timeout=10
+        )
         # the site that did not renew was cut off at its JWT's expiry and cannot come back with it
         assert stale.frames < sent / 2
         assert stale.nc is not None and not stale.nc.is_connected
@@ -208,10 +201,15 @@ async def test_a_site_cannot_have_credentials_sent_elsewhere_or_ask_for_another(
         for reply in ("_INBOX_site.s2.x", "_INBOX.x", "citycast.audio.1"):
             await nc.publish(SUBJECTS.creds_renew("s1"), b"", reply=reply)
         await nc.flush()
-        await wait_until(lambda: bus.service.misdirected == 3, 5, "the misdirected requests")
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: bus.service.misdirected == 3, "the misdirected requests", timeout=5)
+        await let_time_pass(0.3)  # room for an answer to go astray, were one sent
         assert seen == [] and bus.service.renewed == 0
-        assert any("permissions violation" in e.lower() for e in errors), errors
+        await wait_until(
+            lambda: any("permissions violation" in e.lower() for e in errors),
+            "the server to refuse the request for s2",
+            timeout=5,
+            detail=lambda: errors,
+        )
         # its own inbox is answered
         reply_msg = await nc.request(SUBJECTS.creds_renew("s1"), b"", timeout=5)
         token = check_renewal(reply_msg.data, jwt.load_creds(creds))
@@ -249,7 +247,7 @@ def test_an_answer_for_another_key_account_or_a_shorter_life_is_not_taken(tmp_pa
     assert check_renewal(answer(forged), current) == forged
 
 
-async def test_a_site_at_a_city_renews_through_the_leaf(topology: Topology) -> None:  # noqa: F811
+async def test_a_site_at_a_city_renews_through_the_leaf(topology: Topology) -> None:
     """The request crosses the city's leaf up to the hub and the answer comes down to the site's inbox."""
     t = topology
     db = Database(f"sqlite:///{t.dir / 'hub.db'}")
@@ -293,7 +291,7 @@ async def test_credentials_from_before_expiry_are_renewed_onto_expiring_ones(bus
     renewer = CredentialsRenewer(lambda: nc, SUBJECTS, "s1", creds, on_renewed)
     task = asyncio.create_task(renewer.run())
     try:
-        await wait_until(lambda: renewer.renewals == 1, 10, "the renewal")
+        await wait_until(lambda: renewer.renewals == 1, "the renewal", timeout=10)
         assert swapped == [1] and "exp" in jwt.decode(jwt.load_creds(creds).jwt)
         assert renewer.expires_s is None or renewer.expires_s > time.time()
     finally:

@@ -1,0 +1,238 @@
+"""What tests share: waiting for a condition, clients on an authenticated bus, a city leaf topology, a listener in
+a process of its own. Tests import this module, never each other (fixtures live in the conftest files).
+
+Waiting: `wait_until` (async) and `wait_until_sync` poll a condition and fail with an `AssertionError` naming what
+was awaited. A sleep that is the point of a test (letting time pass to show that nothing arrives) is spelt
+`let_time_pass`, so that every other sleep in a test stands out as a synchronisation to be replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import numpy as np
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from citycast.bus import jwt
+from citycast.bus.authority import CityBundle, CityFiles, NatsAuthority
+from citycast.bus.jwt import KeyKind
+from citycast.bus.server import EmbeddedNats, free_port
+from citycast.protocol.subjects import Subjects
+
+SUBJECTS = Subjects()
+
+# -- waiting -------------------------------------------------------------------------------------------------------
+
+
+def _failure(what: str, timeout: float, detail: Callable[[], object] | None) -> AssertionError:
+    message = f"timed out after {timeout:g} s waiting for {what}"
+    if detail is not None:
+        message += f" ({detail()})"
+    return AssertionError(message)
+
+
+async def wait_until(
+    cond: Callable[[], object],
+    what: str,
+    *,
+    timeout: float = 10.0,
+    every: float = 0.02,
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """Poll `cond` until it is truthy; fail naming `what` (and `detail()`, evaluated then) after `timeout` s.
+
+    The condition is checked once more at the deadline, so a slow loop never fails a condition that holds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            if cond():
+                return
+            raise _failure(what, timeout, detail)
+        await asyncio.sleep(every)
+
+
+def wait_until_sync(
+    cond: Callable[[], object],
+    what: str,
+    *,
+    timeout: float = 10.0,
+    every: float = 0.05,
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """`wait_until` for a test that runs no event loop in its thread (browser tests, threads, subprocesses)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            if cond():
+                return
+            raise _failure(what, timeout, detail)
+        time.sleep(every)
+
+
+async def let_time_pass(seconds: float) -> None:
+    """Let `seconds` pass on purpose: what a test then checks is that nothing happened meanwhile (no message, no
+    second tick). Not a synchronisation: wait on the event with `wait_until` for that."""
+    await asyncio.sleep(seconds)
+
+
+async def wait_for_log(server: EmbeddedNats, text: str, count: int = 1, timeout: float = 10.0) -> None:
+    """Wait until the server's log holds `text` at least `count` times."""
+    await wait_until(
+        lambda: server.log_text().count(text) >= count,
+        f"{text!r} {count}x in the nats-server log",
+        timeout=timeout,
+        every=0.05,
+        detail=lambda: server.log_tail(12),
+    )
+
+
+# -- an authenticated bus (operator/JWT mode) ----------------------------------------------------------------------
+
+
+def start_auth_nats(authority: NatsAuthority, workdir: Path, port: int | None = None, **options: Any) -> EmbeddedNats:
+    """A started nats-server in operator mode trusting `authority` (stop it yourself; fixtures do)."""
+    server = EmbeddedNats(port=port or free_port(), workdir=workdir, auth_config=authority.server_config(), **options)
+    server.start()
+    return server
+
+
+@dataclass
+class Watched:
+    """A client connection whose async errors (permission violations) and closing are recorded."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def violations(self) -> list[str]:
+        return [e for e in self.errors if "permissions violation" in e.lower()]
+
+
+async def connect(url: str, creds: Path, inbox_prefix: str | None = None) -> Watched:
+    """A connection that does not reconnect, so a server's refusal shows as an error and a close."""
+    errors: list[str] = []
+    closed = asyncio.Event()
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e))
+
+    async def on_closed() -> None:
+        closed.set()
+
+    options: dict[str, object] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+    nc = await nats.connect(
+        url,
+        user_credentials=str(creds),
+        error_cb=on_error,
+        closed_cb=on_closed,
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.2,
+        connect_timeout=3,
+        **options,
+    )
+    return Watched(nc, errors, closed)
+
+
+async def nothing_arrives(sub: Subscription, wait: float = 0.5) -> bool:
+    """True if no message arrives on `sub` for `wait` s (the wait is the point); fails naming one that does."""
+    try:
+        msg = await sub.next_msg(timeout=wait)
+    except nats.errors.TimeoutError:
+        return True
+    raise AssertionError(f"unexpected message on {msg.subject}: {msg.data[:60]!r}")
+
+
+def site_creds(authority: NatsAuthority, site: str, dir: Path, subjects: Subjects = SUBJECTS) -> tuple[Path, str]:
+    """What enrolment gives a site: its own seed, a JWT minted for its public key, as a creds file.
+
+    Returns the creds file and the site's public key."""
+    seed = jwt.new_seed(KeyKind.USER)
+    token = authority.mint_site_jwt(site, jwt.public_key(seed), subjects)
+    path = dir / f"{site}.creds"
+    jwt.write_private(path, jwt.creds_text(token, seed))
+    return path, jwt.public_key(seed)
+
+
+@dataclass
+class Topology:
+    """A hub nats-server listening for leafnodes and a city server run from the hub's city bundle, dialling it
+    (the `topology` fixture)."""
+
+    authority: NatsAuthority
+    hub: EmbeddedNats
+    city: EmbeddedNats
+    bundle: CityBundle
+    files: CityFiles
+    dir: Path
+
+
+# -- a listener in a process of its own ----------------------------------------------------------------------------
+
+LISTENER = """
+import asyncio, json, sys, time
+from pathlib import Path
+from citycast.bus.connection import connect
+from citycast.protocol.frame import parse_frame
+
+async def main(url, creds, channel, seconds):
+    nc = await connect(url, name="test-listener", creds=Path(creds), forever=False)
+    heard = []
+
+    async def on_msg(msg):
+        now = time.time_ns()
+        frame, _ = parse_frame(msg.data)
+        heard.append((frame.stream, frame.seq, len(frame.packets), (now - frame.end_ns) / 1e6))
+
+    await nc.subscribe(f"citycast.audio.{channel}", cb=on_msg)
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    await nc.close()
+    print(json.dumps(heard), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+class Heard:
+    """What the listener heard on a channel: each message's lateness (ms after the end of its audio) and the
+    packets missing between the first and the last it heard."""
+
+    def __init__(self, rows: list[list[Any]]) -> None:
+        assert rows, "the listener heard nothing"
+        assert len({r[0] for r in rows}) == 1, "more than one stream on the channel"
+        self.late = [float(r[3]) for r in rows]
+        first, last = min(r[1] for r in rows), max(r[1] + r[2] for r in rows)
+        self.missing = (last - first) - sum(int(r[2]) for r in rows)
+
+    def __str__(self) -> str:
+        late = self.late
+        return (
+            f"{len(late)} messages, {self.missing} packets missing, lateness p50 {np.median(late):.1f} "
+            f"p99 {np.percentile(late, 99):.1f} max {max(late):.1f} ms"
+        )
+
+
+async def listen(nats_url: str, creds: Path, channel: int, seconds: float, ready: asyncio.Event | None = None) -> Heard:
+    """Listen to `channel` for `seconds` from a process of its own (nothing a test does to the hub's loop, or its
+    own, can delay the measurement); `ready` is set once it is subscribed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LISTENER, nats_url, str(creds), str(channel), str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(seconds + 30):
+        assert (await proc.stdout.readline()).strip() == b"ready"
+        if ready is not None:
+            ready.set()
+        out, _ = await proc.communicate()
+    return Heard(json.loads(out))
