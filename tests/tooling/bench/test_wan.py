@@ -1,4 +1,6 @@
-"""WAN emulation: profiles and helpers everywhere; real namespaces + TUN + relay when root.
+"""WAN emulation: profiles, netem command construction and helpers everywhere; real namespaces when root, with
+the userspace relay (TUN) always and with netem where the kernel has it (the development machine's has not: there
+the netem link tests skip, and the tests that forcing netem fails cleanly and that `auto` falls back run instead).
 
 Traffic in these tests stays inside the namespaces a test creates (10.77.0.0/24) or on loopback.
 """
@@ -16,12 +18,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import FrozenInstanceError
+from functools import cache
 from typing import TypeVar
 
 import pytest
 
 from citycast.tooling.bench import wan
-from citycast.tooling.bench.wan import PROFILES, WanError, WanLink, WanProfile, list_namespaces, ns_command
+from citycast.tooling.bench.wan import (
+    PROFILES,
+    WanError,
+    WanLink,
+    WanProfile,
+    choose_emulator,
+    list_namespaces,
+    netem_available,
+    netem_commands,
+    netem_qdisc_args,
+    netem_stats,
+    ns_command,
+    veth_command,
+)
 
 IS_ROOT = os.geteuid() == 0 and os.path.exists("/dev/net/tun")
 F = TypeVar("F", bound=Callable[..., object])
@@ -35,6 +51,19 @@ def root(test: F) -> F:
 
 PY = sys.executable
 PORT = 7777
+
+
+@cache
+def kernel_has_netem() -> bool:
+    return netem_available()
+
+
+def needs_emulator(emulator: str) -> None:
+    if emulator == "netem" and not kernel_has_netem():
+        pytest.skip("this kernel has no netem (sch_netem): the relay stands in, tested below")
+
+
+EMULATORS = pytest.mark.parametrize("emulator", ["relay", "netem"])
 
 # -- tiny TCP peers run inside the namespaces (all loops bounded by count and socket timeouts) ---------------
 
@@ -190,6 +219,81 @@ def test_ns_command() -> None:
     ]
 
 
+def test_netem_args_built_from_the_profile() -> None:
+    assert netem_qdisc_args(PROFILES["london-karachi"]) == [
+        "qdisc", "add", "dev", "wan0", "root", "netem", "limit", "10000",
+        "delay", "70000us", "10000us", "loss", "random", "1%",
+    ]  # fmt: skip
+    assert netem_qdisc_args(PROFILES["cellular-bad"], dev="veth9", limit=500) == [
+        "qdisc", "add", "dev", "veth9", "root", "netem", "limit", "500",
+        "delay", "120000us", "40000us", "loss", "random", "5%",
+    ]  # fmt: skip
+    # No jitter, no loss: neither keyword (an empty jitter or a "0%" loss would be a different command).
+    assert netem_qdisc_args(WanProfile("fixed", 12.5, 0.0, 0.0)) == [
+        "qdisc", "add", "dev", "wan0", "root", "netem", "limit", "10000", "delay", "12500us",
+    ]  # fmt: skip
+    assert netem_qdisc_args(WanProfile("odd", 10, 1, 0.00125))[-1] == "0.125%"
+    with pytest.raises(ValueError, match="emulates nothing"):
+        netem_qdisc_args(PROFILES["loopback"])
+    with pytest.raises(ValueError):
+        netem_qdisc_args(PROFILES["london-karachi"], limit=0)
+
+
+def test_netem_shapes_each_direction_once_on_the_veth() -> None:
+    lk = PROFILES["london-karachi"]
+    west, east = netem_commands(lk, "cc-1-ab-london", "cc-1-ab-karachi")
+    assert west == ["tc", "-n", "cc-1-ab-london", *netem_qdisc_args(lk)]
+    assert east == ["tc", "-n", "cc-1-ab-karachi", *netem_qdisc_args(lk)]
+    assert veth_command("cc-1-ab-london", "cc-1-ab-karachi") == [
+        "ip", "-n", "cc-1-ab-london", "link", "add", "name", "wan0",
+        "type", "veth", "peer", "name", "wan0", "netns", "cc-1-ab-karachi",
+    ]  # fmt: skip
+
+
+def test_netem_stats_read_from_tc_json() -> None:
+    # The shape `tc -s -j qdisc show dev wan0` prints (keys as iproute2 6.1 prints them for any qdisc).
+    shown = json.dumps(
+        [
+            {"kind": "netem", "handle": "8001:", "root": True, "refcnt": 2, "options": {"limit": 10000},
+             "bytes": 91234, "packets": 812, "drops": 9, "overlimits": 0, "requeues": 0, "backlog": 0, "qlen": 3},
+        ]
+    )  # fmt: skip
+    assert netem_stats(shown) == {"forwarded": 812, "dropped": 9}
+    other = '[{"kind":"noqueue","handle":"0:","root":true,"bytes":0,"packets":5,"drops":0}]'
+    assert netem_stats(other) == {"forwarded": 0, "dropped": 0}
+    assert (
+        netem_stats("")
+        == netem_stats("not json")
+        == netem_stats('{"kind": "netem"}')
+        == {
+            "forwarded": 0,
+            "dropped": 0,
+        }
+    )
+
+
+def test_choose_emulator_asks_the_kernel_only_for_auto() -> None:
+    asked: list[bool] = []
+
+    def kernel(answer: bool) -> Callable[[], bool]:
+        def probe() -> bool:
+            asked.append(answer)
+            return answer
+
+        return probe
+
+    assert choose_emulator("relay", kernel(True)) == "relay"
+    assert choose_emulator("netem", kernel(False)) == "netem"
+    assert asked == []
+    assert choose_emulator("auto", kernel(True)) == "netem"
+    assert choose_emulator("auto", kernel(False)) == "relay"
+    assert asked == [True, False]
+    with pytest.raises(WanError, match="unknown WAN emulator 'tc'"):
+        choose_emulator("tc", kernel(True))
+    with pytest.raises(WanError, match="unknown WAN emulator"):
+        WanLink(PROFILES["london-karachi"], emulator="ebpf")
+
+
 def test_require_root_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(WanError, match=r"--wan needs root \(network namespaces and TUN devices\)"):
@@ -202,8 +306,51 @@ def test_require_root_message(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @root
-def test_rtt_over_london_karachi() -> None:
-    with WanLink(PROFILES["london-karachi"], seed=11) as link:
+def test_netem_detection_agrees_with_the_kernel() -> None:
+    before = set(list_namespaces())
+    detected = netem_available()
+    assert set(list_namespaces()) == before  # the throwaway namespace is gone
+    # Ask the kernel another way: a netem qdisc on the loopback device of a namespace of our own.
+    ns = f"cc-test-{os.getpid()}-netem"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    try:
+        tc = ["tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
+        accepted = subprocess.run(tc, capture_output=True, timeout=10, check=False).returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10, check=False)
+    assert detected is accepted
+
+
+@root
+def test_auto_uses_netem_if_the_kernel_has_it_else_the_relay() -> None:
+    expected = "netem" if kernel_has_netem() else "relay"
+    with WanLink(PROFILES["london-karachi"], seed=3) as link:
+        assert link.emulator == expected
+        assert link.stats()["emulator"] == expected
+        # The fallback is a working link, not just a label: the far side answers.
+        with server_in(link.east_ns, ECHO_SERVER, str(PORT)):
+            rtts = json.loads(run_in(link.west_ns, RTT_CLIENT, link.east_ip, str(PORT), "3"))
+    assert len(rtts) == 3 and min(rtts) >= 119
+    assert link.stats()["emulator"] == expected and link.stats()["running"] is False
+
+
+@root
+def test_forcing_netem_on_a_kernel_without_it_fails_clearly() -> None:
+    if kernel_has_netem():
+        pytest.skip("this kernel has netem: the netem link tests run instead")
+    before = set(list_namespaces())
+    link = WanLink(PROFILES["london-karachi"], emulator="netem")
+    with pytest.raises(WanError, match=r"tc -n cc-\d+-[0-9a-f]+-london qdisc add dev wan0 root netem .* failed"), link:
+        pass
+    assert set(list_namespaces()) == before
+
+
+@root
+@EMULATORS
+def test_rtt_over_london_karachi(emulator: str) -> None:
+    needs_emulator(emulator)
+    with WanLink(PROFILES["london-karachi"], seed=11, emulator=emulator) as link:
+        assert link.emulator == emulator
         assert link.west_ns in list_namespaces() and link.east_ns in list_namespaces()
         with server_in(link.east_ns, ECHO_SERVER, str(PORT)):
             rtts = json.loads(run_in(link.west_ns, RTT_CLIENT, link.east_ip, str(PORT), "50"))
@@ -218,9 +365,11 @@ def test_rtt_over_london_karachi() -> None:
 
 
 @root
-def test_bulk_tcp_survives_loss_and_reordering() -> None:
+@EMULATORS
+def test_bulk_tcp_survives_loss_and_reordering(emulator: str) -> None:
+    needs_emulator(emulator)
     size = 2 * 1024 * 1024
-    with WanLink(PROFILES["london-karachi"], seed=12) as link:
+    with WanLink(PROFILES["london-karachi"], seed=12, emulator=emulator) as link:
         with server_in(link.east_ns, HASH_SERVER, str(PORT)):
             result = json.loads(run_in(link.west_ns, BULK_CLIENT, link.east_ip, str(PORT), str(size), timeout=40))
         st = link.stats()
@@ -231,7 +380,7 @@ def test_bulk_tcp_survives_loss_and_reordering() -> None:
 
 @root
 def test_relay_scheduling_lateness_at_1000_pps() -> None:
-    link = WanLink(PROFILES["london-karachi"], seed=13)
+    link = WanLink(PROFILES["london-karachi"], seed=13, emulator="relay")  # lateness is the relay's own figure
     with link, server_in(link.east_ns, UDP_SINK, str(PORT)) as sink:
         run_in(link.west_ns, UDP_SOURCE, link.east_ip, str(PORT), "1000", "3000", timeout=20)
         time.sleep(0.2)

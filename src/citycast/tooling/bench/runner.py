@@ -244,7 +244,8 @@ def _run(
         fleet.wait("probes", timeout=30)
         progress.update(task, completed=1)
     ingest_report = json.loads(report.read_text())
-    return _figures(opts, wan, delay_ms, fleet, ingest_report, wav_dir, probe_files, console)
+    emulator = link.emulator if link is not None else "none"
+    return _figures(opts, wan, emulator, delay_ms, fleet, ingest_report, wav_dir, probe_files, console)
 
 
 def _check_alive(fleet: Fleet) -> None:
@@ -257,6 +258,7 @@ def _check_alive(fleet: Fleet) -> None:
 def _figures(
     opts: BenchOptions,
     wan: str,
+    emulator: str,
     delay_ms: float,
     fleet: Fleet,
     ingest: dict[str, object],
@@ -294,6 +296,7 @@ def _figures(
     figures: dict[str, object] = {
         "command": "citycast bench " + _argline(opts),
         "wan": wan,
+        "emulator": emulator,  # netem, relay (userspace, where the kernel has no netem), or none (loopback)
         "delay_ms": delay_ms,
         "sites": opts.sites,
         "seconds": opts.seconds,
@@ -375,6 +378,7 @@ def _print(f: dict[str, object], console: Console) -> None:
     t = Table(title=f"citycast bench — {f['command']}")
     t.add_column("figure")
     t.add_column("value", justify="right")
+    t.add_row("WAN / emulator", f"{f['wan']} / {f['emulator']}")
     t.add_row("playout delay D", f"{f['delay_ms']} ms")
     t.add_row("full sites / markers", f"{f['sites']} / {f['markers']}")
     t.add_row("latency p50 / p99 / max (ms)", ms3(f["latency_ms"]))

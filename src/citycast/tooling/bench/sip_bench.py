@@ -108,6 +108,7 @@ class SipBenchResult:
     hub_rss_mb: float
     command: str = ""
     notes: list[str] = field(default_factory=list)
+    emulator: str = "none"  # the WAN emulator that ran: netem, relay (no netem in the kernel), none (loopback)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -509,7 +510,8 @@ def _run(opts: SipBenchOptions, wan: str, link: WanLink | None, fleet: Fleet, wo
             notes.append(f"no step failed: the telephone accepts at least {opts.rates[-1]:g} calls/s")
     fleet.sample()
     rss = hub.peak_rss_mb()
-    return SipBenchResult(wan, delay_ms, latency, cps, round(rss, 1), _argline(opts), notes)
+    emulator = link.emulator if link is not None else "none"
+    return SipBenchResult(wan, delay_ms, latency, cps, round(rss, 1), _argline(opts), notes, emulator)
 
 
 def _wait_health(fleet: Fleet, work: Path, prefix: list[str], http_port: int) -> None:

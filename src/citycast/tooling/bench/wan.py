@@ -1,20 +1,26 @@
-"""WAN emulation for `citycast bench --wan PROFILE` without `tc netem`.
+"""WAN emulation for `citycast bench --wan PROFILE`: kernel netem where the kernel has it, a userspace relay otherwise.
 
-Topology (see docs/benchmarks.md, "WAN emulation")::
+Two network namespaces, "london" (the hub side) and "karachi" (the city side), each with a device `wan0`
+(10.77.0.1/24 and 10.77.0.2/24), joined by one of two emulators (see docs/benchmarks.md, "WAN emulation"):
 
-    netns <run>-london                  relay child process                  netns <run>-karachi
-    wan0 10.77.0.1/24  ◄──TUN fd──►  DelayLine west→east / east→west  ◄──TUN fd──►  wan0 10.77.0.2/24
+- **netem**: a veth pair, one end in each namespace, and on each end's egress
+  `tc qdisc add dev wan0 root netem limit N delay D J loss random L%` (`netem_commands`), so each direction gets
+  the profile's delay, uniform jitter and independent loss from the kernel.
+- **relay**: where the kernel has no `sch_netem` (the development machine has none), one TUN device per
+  namespace. The TUN devices are opened in the root namespace (so this process holds their file descriptors) and
+  then moved into their namespaces. A relay child process owns both descriptors: it reads each IP packet from one,
+  and writes it to the other after a delay drawn uniformly from the profile's range, dropping a share of packets,
+  independently in each direction (the sans-IO core is `citycast.tooling.bench.relay.DelayLine`). The relay runs
+  in its own process, not a thread, so the GIL of a busy benchmark process cannot delay packets.
 
-Each namespace holds one TUN device. The TUN devices are opened in the root namespace (so this process holds
-their file descriptors) and then moved into their namespaces. A relay child process owns both descriptors: it
-reads each IP packet from one, and writes it to the other after a delay drawn uniformly from the profile's
-range, dropping a share of packets, independently in each direction. The relay runs in its own process, not a
-thread, so the GIL of a busy benchmark process cannot delay packets.
+`WanLink(emulator="auto")` picks netem when `netem_available()` (a netem qdisc added on a veth in a throwaway
+namespace) says the kernel accepts it, the relay otherwise; `WanLink.emulator` and `stats()["emulator"]` say
+which one ran.
 
-Cleanup: `WanLink.__exit__` stops the relay and deletes the namespaces, also after exceptions; an `atexit`
-hook and SIGTERM/SIGHUP handlers do the same when the benchmark is killed; `cleanup_stale()` removes
-namespaces left behind by runs that died harder (SIGKILL). Namespace names carry the owning PID:
-`cc-<pid>-<rand>-london`.
+Cleanup: `WanLink.__exit__` stops the relay and deletes the namespaces (the veth or TUN devices vanish with them),
+also after exceptions; an `atexit` hook and SIGTERM/SIGHUP handlers do the same when the benchmark is killed;
+`cleanup_stale()` removes namespaces left behind by runs that died harder (SIGKILL). Namespace names carry the
+owning PID: `cc-<pid>-<rand>-london`.
 """
 
 from __future__ import annotations
@@ -110,6 +116,93 @@ def get_profile(name: str) -> WanProfile:
 def ns_command(ns: str, argv: list[str]) -> list[str]:
     """The argv that runs `argv` inside network namespace `ns`."""
     return ["ip", "netns", "exec", ns, *argv]
+
+
+EMULATORS = ("auto", "netem", "relay")
+
+
+def netem_qdisc_args(profile: WanProfile, dev: str = DEV_NAME, limit: int = DEFAULT_MAX_QUEUED) -> list[str]:
+    """The `tc` arguments that give `dev`'s egress the profile's one-way delay, jitter and loss.
+
+    Times in whole microseconds, so no float formatting reaches `tc`. No `distribution` keyword: without a table
+    the kernel draws the jitter uniformly, as the relay does (iproute2 ships no `uniform.dist` to name).
+    `limit` is the relay's queue bound: netem's default (1,000 packets) would tail-drop a busy 70 ms path.
+    """
+    if not profile.emulated:
+        raise ValueError(f"profile {profile.name!r} emulates nothing")
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
+    args = ["qdisc", "add", "dev", dev, "root", "netem", "limit", str(limit)]
+    args += ["delay", f"{round(profile.delay_ms * 1000)}us"]
+    if profile.jitter_ms:
+        args.append(f"{round(profile.jitter_ms * 1000)}us")
+    if profile.loss:
+        args += ["loss", "random", f"{profile.loss * 100:.6g}%"]
+    return args
+
+
+def netem_commands(
+    profile: WanProfile, west_ns: str, east_ns: str, dev: str = DEV_NAME, limit: int = DEFAULT_MAX_QUEUED
+) -> list[list[str]]:
+    """The `tc` argvs for both ends of the veth: each end shapes what leaves its namespace, so each direction
+    gets the profile once (west's egress is west → east, east's is east → west)."""
+    return [["tc", "-n", ns, *netem_qdisc_args(profile, dev, limit)] for ns in (west_ns, east_ns)]
+
+
+def veth_command(west_ns: str, east_ns: str, dev: str = DEV_NAME) -> list[str]:
+    """The `ip` argv that creates the veth pair with one end `dev` in each namespace (no end ever sits in the
+    root namespace, so deleting the namespaces removes it whatever happened)."""
+    return ["ip", "-n", west_ns, "link", "add", "name", dev, "type", "veth", "peer", "name", dev, "netns", east_ns]
+
+
+def netem_stats(tc_json: str) -> dict[str, int]:
+    """`forwarded`/`dropped` of the netem qdisc in `tc -s -j qdisc show` output (packets sent, packets dropped
+    by loss or a full queue); zeros when there is none."""
+    try:
+        qdiscs = json.loads(tc_json)
+    except ValueError:
+        qdiscs = []
+    for q in qdiscs if isinstance(qdiscs, list) else []:
+        if isinstance(q, dict) and q.get("kind") == "netem":
+            return {"forwarded": int(q.get("packets", 0)), "dropped": int(q.get("drops", 0))}
+    return {"forwarded": 0, "dropped": 0}
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except FileNotFoundError:
+        raise WanError(f"the `{argv[0]}` command (iproute2) is not installed") from None
+
+
+def netem_available(prefix: str = DEFAULT_PREFIX) -> bool:
+    """Whether this kernel accepts a netem qdisc: try one on a veth in a throwaway namespace, then delete it.
+
+    Needs root. False when `tc` is missing or the kernel refuses (no `sch_netem`, as on the development
+    machine); the namespace is named like a run's (`<prefix><pid>-<hex>-probe`), so `cleanup_stale` removes it
+    should this process die in between.
+    """
+    require_root()
+    ns = f"{prefix}{os.getpid()}-{secrets.token_hex(2)}-probe"
+    _ip("netns", "add", ns)
+    try:
+        _ip("-n", ns, "link", "add", "name", "probe0", "type", "veth", "peer", "name", "probe1")
+        try:
+            proc = _run(["tc", "-n", ns, "qdisc", "add", "dev", "probe0", "root", "netem", "delay", "1ms"])
+        except WanError:
+            return False
+        return proc.returncode == 0
+    finally:
+        _delete_ns(ns)
+
+
+def choose_emulator(requested: str, netem_ok: Callable[[], bool] = netem_available) -> str:
+    """`netem` or `relay` for a requested `auto`/`netem`/`relay`; only `auto` asks the kernel."""
+    if requested not in EMULATORS:
+        raise WanError(f"unknown WAN emulator {requested!r}; known: {', '.join(EMULATORS)}")
+    if requested != "auto":
+        return requested
+    return "netem" if netem_ok() else "relay"
 
 
 def require_root() -> None:
@@ -211,7 +304,10 @@ class WanLink:
     """Two namespaces joined by an emulated WAN path; a synchronous context manager.
 
     `west_ns` is the ingest/hub side ("london"), `east_ns` the sites side ("karachi"). Run processes inside
-    them with `ns_command(link.east_ns, argv)`. `seed` makes the delay and loss draws reproducible.
+    them with `ns_command(link.east_ns, argv)`. `emulator` is `auto` (netem if the kernel has it, else the
+    relay), `netem` or `relay`; after entering, `link.emulator` says which one runs. `seed` makes the relay's
+    delay and loss draws reproducible (netem draws from the kernel's generator); `max_queued` bounds the packets
+    waiting in either.
     """
 
     def __init__(
@@ -223,8 +319,12 @@ class WanLink:
         max_seconds: float = 24 * 3600.0,
         max_queued: int = DEFAULT_MAX_QUEUED,
         realtime: bool = True,
+        emulator: str = "auto",
     ) -> None:
+        if emulator not in EMULATORS:
+            raise WanError(f"unknown WAN emulator {emulator!r}; known: {', '.join(EMULATORS)}")
         self.profile = profile
+        self.emulator = emulator
         self.realtime = realtime
         self.seed = seed if seed is not None else secrets.randbits(63)
         self.max_seconds = max_seconds
@@ -256,6 +356,7 @@ class WanLink:
             raise WanError("a WanLink can be entered only once")
         self._entered = True
         require_root()
+        self.emulator = choose_emulator(self.emulator)
         self._install_cleanup_hooks()
         try:
             self._setup()
@@ -279,16 +380,25 @@ class WanLink:
         for _, ns, _ in sides:
             _ip("netns", "add", ns)
             self._created_ns.append(ns)
+        if self.emulator == "netem":
+            _ip(*veth_command(self.west_ns, self.east_ns, self.dev)[1:])
         for side, ns, addr in sides:
-            tun = self._tun_names[side]
-            self._fds.append(_open_tun(tun))
-            _ip("link", "set", "dev", tun, "netns", ns)
-            _ip("-n", ns, "link", "set", "dev", tun, "name", self.dev)
+            if self.emulator == "relay":
+                tun = self._tun_names[side]
+                self._fds.append(_open_tun(tun))
+                _ip("link", "set", "dev", tun, "netns", ns)
+                _ip("-n", ns, "link", "set", "dev", tun, "name", self.dev)
             _ip("-n", ns, "link", "set", "dev", self.dev, "mtu", str(MTU))
             _ip("-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", self.dev)
             _ip("-n", ns, "link", "set", "dev", self.dev, "up")
             _ip("-n", ns, "link", "set", "dev", "lo", "up")
-        self._start_relay()
+        if self.emulator == "netem":
+            for argv in netem_commands(self.profile, self.west_ns, self.east_ns, self.dev, self.max_queued):
+                proc = _run(argv)
+                if proc.returncode != 0:
+                    raise WanError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+        else:
+            self._start_relay()
 
     def _start_relay(self) -> None:
         ctrl_r, ctrl_w = os.pipe()
@@ -360,20 +470,32 @@ class WanLink:
     # -- stats -----------------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Packets forwarded/dropped per direction and the relay's scheduling lateness (µs).
+        """Packets forwarded/dropped per direction, and with the relay its scheduling lateness (µs).
 
-        Keys: `west_to_east` and `east_to_west` (each `pushed`, `forwarded`, `dropped`, `overflow`), `queued`,
-        `write_errors`, `max_lateness_us`, `lateness_us` (`p50`, `p99`, `max`, `count`), `profile`, `seed`.
-        After the link is closed, the final figures.
+        Keys: `emulator`, `profile`, `seed`, `running`, `west_to_east` and `east_to_west` (each `forwarded` and
+        `dropped`; the relay adds `pushed` and `overflow`); the relay also gives `queued`, `write_errors`,
+        `max_lateness_us`, `lateness_us` (`p50`, `p99`, `max`, `count`). After the link is closed, the final
+        figures.
         """
         with self._lock:
             if self._relay is not None and self._relay.poll() is None:
                 line = self._ask(b"s\n", timeout_s=5.0)
                 if line:
                     self._last_stats = json.loads(line)
+            elif self.emulator == "netem" and self._created_ns and not self._closed:
+                self._last_stats = self._netem_stats()
+            base = {"emulator": self.emulator, "profile": self.profile.name, "seed": self.seed}
             if self._last_stats is None:
-                return {"profile": self.profile.name, "seed": self.seed, "running": False}
-            return {**self._last_stats, "profile": self.profile.name, "seed": self.seed}
+                return {**base, "running": False}
+            return {**self._last_stats, **base}
+
+    def _netem_stats(self) -> dict[str, Any]:
+        sides = {"west_to_east": self.west_ns, "east_to_west": self.east_ns}
+        out: dict[str, Any] = {"running": True}
+        for key, ns in sides.items():
+            proc = _run(["tc", "-n", ns, "-s", "-j", "qdisc", "show", "dev", self.dev])
+            out[key] = netem_stats(proc.stdout if proc.returncode == 0 else "")
+        return out
 
     # -- teardown --------------------------------------------------------------------------------------------
 
@@ -382,8 +504,13 @@ class WanLink:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
             errors: list[str] = []
+            if self.emulator == "netem" and self._created_ns:
+                try:
+                    self._last_stats = {**self._netem_stats(), "running": False}
+                except Exception as exc:
+                    errors.append(f"netem stats: {exc}")
+            self._closed = True
             try:
                 self._stop_relay()
             except Exception as exc:
