@@ -1,12 +1,14 @@
 #!/bin/sh
-# Speak the telephone prompts with espeak-ng into WAV files (run at set-up; nothing is fetched).
-# The list of prompts (name and text) comes from citycast.hub.telephone.prompts, so code and files cannot drift apart.
+# Speak the telephone prompts with espeak-ng into WAV files (run by scripts/build-assets.sh, at set-up and when a
+# wheel is built; nothing is fetched). The list of prompts (name and text) is citycast.hub.telephone.prompts's
+# PROMPT_TEXTS, read by scripts/prompt_texts.py with the standard library alone (a wheel's isolated build
+# environment has no numpy to import the module with), so code and files cannot drift apart.
 # Idempotent: a prompt is spoken again only if its file is missing or its text changed (kept in <name>.txt).
 # Usage: scripts/prompts.sh [output-dir]   (default: src/citycast/hub/telephone/prompts_cache)
-#        PYTHON=/path/to/python to use another interpreter than the repository's .venv
+#        PYTHON=/path/to/python to use another interpreter (default: python3)
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-python=${PYTHON:-"$root/.venv/bin/python"}
+python=${PYTHON:-python3}
 out=${1:-"$root/src/citycast/hub/telephone/prompts_cache"}
 voice=${CITYCAST_PROMPT_VOICE:-en-gb}
 
@@ -17,7 +19,7 @@ fi
 mkdir -p "$out"
 list=$(mktemp)
 trap 'rm -f "$list" "$out"/.tmp-*' EXIT
-"$python" -m citycast.hub.telephone.prompts --list >"$list"
+"$python" "$root/scripts/prompt_texts.py" >"$list"
 
 made=0
 kept=0

@@ -31,8 +31,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-# The console's front-end libraries come from the npm registry (never pasted into the repository).
-scripts/console-assets.sh
-# The telephone's spoken prompts are made here, by espeak-ng, not fetched (a tone stands in if one is missing).
-if [ -x scripts/prompts.sh ]; then scripts/prompts.sh; fi
+# The console's front-end libraries (from the npm registry, never pasted into the repository) and the telephone's
+# prompts (spoken by espeak-ng, not fetched). The editable install above made them already (setup.py's build step
+# runs the same script); run again here, where its messages are seen, it does nothing when they are up to date.
+PYTHON=.venv/bin/python scripts/build-assets.sh
 .venv/bin/python -c "import citycast, av, nats" # fail here, loudly, if the install did not work
