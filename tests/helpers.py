@@ -9,6 +9,7 @@ was awaited. A sleep that is the point of a test (letting time pass to show that
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import sys
 import time
@@ -50,11 +51,19 @@ async def wait_until(
 ) -> None:
     """Poll `cond` until it is truthy; fail naming `what` (and `detail()`, evaluated then) after `timeout` s.
 
-    The condition is checked once more at the deadline, so a slow loop never fails a condition that holds."""
+    `cond` may return an awaitable (an API call), which is awaited. The condition is checked once more at the
+    deadline, so a slow loop never fails a condition that holds."""
+
+    async def holds() -> bool:
+        result = cond()
+        if inspect.isawaitable(result):
+            result = await result
+        return bool(result)
+
     deadline = time.monotonic() + timeout
-    while not cond():
+    while not await holds():
         if time.monotonic() >= deadline:
-            if cond():
+            if await holds():
                 return
             raise _failure(what, timeout, detail)
         await asyncio.sleep(every)
@@ -93,6 +102,21 @@ async def wait_for_log(server: EmbeddedNats, text: str, count: int = 1, timeout:
         every=0.05,
         detail=lambda: server.log_tail(12),
     )
+
+
+class SetClock:
+    """A clock someone else sets: the wall clock plus `offset_ns`. A site's system clock when its time daemon is
+    lied to, or the clock a hostile time responder serves."""
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+
+    def now_ns(self) -> int:
+        return time.time_ns() + self.offset_ns
+
+    def at(self, true_ns: int) -> int:
+        """What this clock reads when the wall clock reads `true_ns`."""
+        return true_ns + self.offset_ns
 
 
 # -- an authenticated bus (operator/JWT mode) ----------------------------------------------------------------------

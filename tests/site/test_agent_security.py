@@ -8,6 +8,7 @@ import time
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers import SetClock
 
 from citycast.media.codec import OpusEncoder
 from citycast.media.keys import generate_private_key
@@ -106,19 +107,6 @@ def test_garbage_never_raises_and_is_never_played(data: bytes) -> None:
     agent.on_frame_bytes(data)
     assert agent.engine.stats.packets == 0
     assert sum(agent.rejected.values()) == 1
-
-
-class SetClock:
-    """The site's system clock, which whoever controls its NTP server sets (`--clock system` trusts chrony)."""
-
-    def __init__(self) -> None:
-        self.offset_ns = 0
-
-    def now_ns(self) -> int:
-        return time.time_ns() + self.offset_ns
-
-    def at(self, true_ns: int) -> int:
-        return true_ns + self.offset_ns
 
 
 def test_a_system_clock_set_back_an_hour_replays_nothing() -> None:

@@ -8,12 +8,11 @@ the recording passed freshness and the replay window: yesterday's emergency play
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
 
 import nats
 import numpy as np
+from tests.helpers import SetClock, let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats
 from citycast.clock.estimator import StepGuard
@@ -30,33 +29,13 @@ S = 1_000_000_000
 HOUR = 3600 * S
 
 
-class AttackerClock:
-    """The responder's clock, which the attacker sets at will."""
-
-    def __init__(self) -> None:
-        self.offset_ns = 0
-
-    def now_ns(self) -> int:
-        return time.time_ns() + self.offset_ns
-
-    def at(self, true_ns: int) -> int:
-        return true_ns + self.offset_ns
-
-
-async def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_stepped_clock_is_refused_and_an_hour_old_frame_never_plays(nats_server: EmbeddedNats) -> None:
     url = nats_server.url
     key = generate_private_key()
     signer = FrameSigner(key)
     packet = OpusEncoder().encode(np.zeros(960, np.float32))
 
-    attacker = AttackerClock()
+    attacker = SetClock()  # the responder's clock, which the attacker sets at will
     responder = TimeResponder(url, Subjects().time(), attacker)
     await responder.start()
     cfg = SiteConfig(name="s1", nats_url=url, trusted_keys=[key.public_key()], watch_desired=False,
@@ -72,12 +51,14 @@ async def test_a_stepped_clock_is_refused_and_an_hour_old_frame_never_plays(nats
     await nc.subscribe(Subjects().telemetry("s1"), cb=on_telemetry)
     await agent.start()
     try:
-        await wait_until(lambda: agent.broadcast_now() is not None, 30, "the first sync")
-        await asyncio.sleep(2)  # a few more exchanges: a settled, synced site
+        await wait_until(lambda: agent.broadcast_now() is not None, "the first sync", timeout=30)
+        await let_time_pass(2)  # a few more exchanges: a settled, synced site
         assert agent.guard.anchored and agent.estimator.resets == 0
 
         attacker.offset_ns = -HOUR
-        await wait_until(lambda: agent.estimator.resets >= 1 and agent.estimator.synced, 60, "the re-lock on the lie")
+        await wait_until(
+            lambda: agent.estimator.resets >= 1 and agent.estimator.synced, "the re-lock on the lie", timeout=60
+        )
         # the estimator believes the responder ...
         assert abs(agent.estimator.to_broadcast(agent.clock.now_ns()) - time.time_ns() + HOUR) < S
         # the recording: frames the hub really signed an hour ago (to the second), on a stream of their own
@@ -87,7 +68,9 @@ async def test_a_stepped_clock_is_refused_and_an_hour_old_frame_never_plays(nats
         for data in recorded:
             await nc.publish(Subjects().audio(1), data)
         await nc.flush()
-        await wait_until(lambda: agent.rejected["stale"] + agent.frames >= len(recorded), 10, "the recording to arrive")
+        await wait_until(
+            lambda: agent.rejected["stale"] + agent.frames >= len(recorded), "the recording to arrive", timeout=10
+        )
         assert agent.frames == 0 and agent.engine.stats.packets == 0  # yesterday's recording does not play
         assert agent.rejected["stale"] == len(recorded)
         # ... the site does not
@@ -96,9 +79,9 @@ async def test_a_stepped_clock_is_refused_and_an_hour_old_frame_never_plays(nats
         # a live frame still plays: the site flies on its own clock rather than going silent
         await nc.publish(Subjects().audio(1), signer.sign(channel=1, stream=78, seq=0, ts_ns=time.time_ns(),
                                                           packets=[packet]))  # fmt: skip
-        await wait_until(lambda: agent.frames == 1, 10, "the live frame")
+        await wait_until(lambda: agent.frames == 1, "the live frame", timeout=10)
         # and it tells the hub
-        await wait_until(lambda: any(r.clock_step_refused_ms for r in reports), 10, "the refusal in telemetry")
+        await wait_until(lambda: any(r.clock_step_refused_ms for r in reports), "the refusal in telemetry", timeout=10)
         step = next(r.clock_step_refused_ms for r in reports if r.clock_step_refused_ms)
         assert step is not None and abs(step + HOUR / 1e6) < 1000
         assert reports[-1].clock_steps_refused == 1
