@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from citycast.media.audio import FRAME_NS
 from citycast.media.keys import key_id, parse_public_key
+from citycast.protocol.channel import CHANNEL_MAX
 from citycast.protocol.frame import (
     MAX_FRAME_SIZE,
     MIN_FRAME_SIZE,
@@ -114,7 +115,7 @@ def test_signing_is_deterministic() -> None:
     ("field", "value"),
     [
         ("channel", 0),
-        ("channel", 2**32 - 1),
+        ("channel", CHANNEL_MAX),
         ("stream", 0),
         ("stream", 2**32 - 1),
         ("seq", 0),
@@ -191,7 +192,8 @@ def test_accepts_bytearray_and_memoryview() -> None:
         ({"packets": [b""]}, "packet 0 is 0 bytes"),
         ({"packets": [b"x" * 1276]}, "1276 bytes"),
         ({"channel": -1}, "channel"),
-        ({"channel": 2**32}, "channel"),
+        ({"channel": CHANNEL_MAX + 1}, "channel"),
+        ({"channel": 2**32 - 1}, "channel"),
         ({"stream": 2**32}, "stream"),
         ({"seq": -1}, "seq"),
         ({"seq": 2**64 - 1, "packets": [SILENCE] * 2}, "seq"),
@@ -224,7 +226,10 @@ def test_payload_and_header_changes_are_bad_signatures() -> None:
     for pos in [*range(4, 40), *range(42, 45), *range(47, 52)]:
         data = bytearray(VALID)
         data[pos] ^= 0x01
-        if 32 <= pos < 40:  # key_id: now names a key nobody trusts
+        if pos in (4, 5):  # the channel's high bytes: above CHANNEL_MAX, refused before the signature
+            with pytest.raises(MalformedFrame, match="channel"):
+                VERIFIER.verify(bytes(data))
+        elif 32 <= pos < 40:  # key_id: now names a key nobody trusts
             with pytest.raises(UntrustedKey):
                 VERIFIER.verify(bytes(data))
         else:
@@ -553,7 +558,7 @@ def forgeries(draw: st.DrawFn) -> bytes:
     """Well-formed frames naming the trusted key but carrying a made-up signature."""
     packets = draw(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=4))
     frame = Frame(
-        channel=draw(st.integers(0, 2**32 - 1)),
+        channel=draw(st.integers(0, CHANNEL_MAX)),
         stream=draw(st.integers(0, 2**32 - 1)),
         seq=draw(st.integers(0, 2**64 - 4)),
         ts_ns=draw(st.integers(-(2**62), 2**62)),

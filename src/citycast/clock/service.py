@@ -1,10 +1,9 @@
 """The time service over NATS: a responder that stamps requests, and a client that keeps an estimator fed.
 
-Wire format (request/reply; a site asks on its own subject ``<time subject>.site.<site>``, see `time_request`):
-
-- request: 8 bytes, the client's ``t1`` (big-endian i64); anything else is ignored;
-- reply: 24 bytes, ``t2`` (request received) and ``t3`` (reply sent), big-endian i64 nanoseconds of the
-  responder's clock, then the request's 8 bytes echoed, so a late answer is never taken for the current one.
+The messages (an 8-byte request carrying ``t1``, a 24-byte reply carrying ``t2``, ``t3`` and the request echoed)
+are `citycast.protocol.time` (docs/protocol.md "Time service"); a site asks on its own subject
+``<time subject>.site.<site>`` (see `time_request`). This module decides when to stamp and what to do with the
+stamps.
 
 Both ends speak NATS through `citycast.bus.rawnats`, which timestamps a message as it comes off the socket and writes
 a request the moment it is stamped: with nats-py's task hops in between, loopback exchanges wander by hundreds of
@@ -19,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,12 +26,11 @@ from citycast.bus.rawnats import NatsWire, WireError, WireMessage, new_inbox, op
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock
 from citycast.protocol.subjects import TIME_SITE_TOKEN, time_request
+from citycast.protocol.time import TimeMessageError, TimeReply, TimeRequest
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-_REPLY = struct.Struct(">qq")
-_REQUEST = struct.Struct(">q")
 # Every client of ours asks with a reply subject under an inbox prefix (_INBOX, _INBOX_site.<site>, …). A requester
 # chooses its reply subject freely and the responder (the hub's user) may publish almost anywhere, so a reply
 # to anything else would let a site's credentials put our bytes on an audio or command subject. A site asks on its
@@ -152,9 +149,10 @@ class TimeResponder:
     def _on_request(self, msg: WireMessage) -> None:
         t2 = msg.received_ns
         try:
-            if not msg.reply or len(msg.payload) != _REQUEST.size or (self._ready and not self._ready()):
+            if not msg.reply or (self._ready and not self._ready()):
                 self.ignored += 1
                 return
+            request = TimeRequest.decode(msg.payload)
             if msg.subject.startswith(self._site_request):
                 allowed = f"{self._reply_prefix(msg.subject[len(self._site_request) :])}."
             else:
@@ -168,8 +166,11 @@ class TimeResponder:
                 self.ignored += 1
                 return
             t3 = self._clock.now_ns()
-            wire.publish(msg.reply, _REPLY.pack(t2, t3) + msg.payload)
+            wire.publish(msg.reply, request.reply(t2, t3).encode())
             self.answered += 1
+        except TimeMessageError as e:  # a request of another size: not ours to answer
+            self.ignored += 1
+            log.debug("time request ignored: %s", e)
         except Exception:  # a bad request or a closing connection must never take the responder down
             self.ignored += 1
             log.debug("time request not answered", exc_info=True)
@@ -208,7 +209,7 @@ class ClockSync:
         self._inbox = new_inbox(inbox_prefix or "_INBOX")
         self._conn = _Connection(url, clock, self._on_reply, "clock-sync", creds)
         self._conn.subjects = [self._inbox]
-        self._pending: tuple[int, asyncio.Future[WireMessage]] | None = None
+        self._pending: tuple[int, asyncio.Future[tuple[TimeReply, int]]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -223,12 +224,17 @@ class ClockSync:
 
     def _on_reply(self, msg: WireMessage) -> None:
         pending = self._pending
-        if pending is None or msg.subject != self._inbox or len(msg.payload) != _REPLY.size + _REQUEST.size:
+        if pending is None or msg.subject != self._inbox:
+            return
+        try:
+            reply = TimeReply.decode(msg.payload)
+        except TimeMessageError as e:
+            log.debug("time reply dropped: %s", e)
             return
         t1, fut = pending
-        if _REQUEST.unpack_from(msg.payload, _REPLY.size)[0] != t1 or fut.done():
+        if reply.t1 != t1 or fut.done():
             return  # the answer to an exchange that already timed out
-        fut.set_result(msg)
+        fut.set_result((reply, msg.received_ns))
 
     async def exchange(self) -> bool:
         """One exchange; True if it produced a sample."""
@@ -238,13 +244,13 @@ class ClockSync:
         except TimeoutError:
             self.failures += 1
             return False
-        fut: asyncio.Future[WireMessage] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[TimeReply, int]] = asyncio.get_running_loop().create_future()
         t1 = self.clock.now_ns()
         self._pending = (t1, fut)
         try:
-            wire.publish(self.subject, _REQUEST.pack(t1), reply=self._inbox)
+            wire.publish(self.subject, TimeRequest(t1).encode(), reply=self._inbox)
             async with asyncio.timeout(self.timeout_s):
-                msg = await fut
+                reply, t4 = await fut
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # timeout, no responder, reconnecting: count it, try again later
@@ -253,11 +259,9 @@ class ClockSync:
             return False
         finally:
             self._pending = None
-        t4 = msg.received_ns
-        t2, t3 = _REPLY.unpack_from(msg.payload)
         self.exchanges += 1
         self.last_rtt_ns = t4 - t1
-        self.estimator.add_sample(t1, t2, t3, t4)
+        self.estimator.add_sample(t1, reply.t2, reply.t3, t4)
         return True
 
     async def _run(self) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from citycast.protocol.telemetry import Telemetry
+from citycast.protocol.telemetry import FORGED, Telemetry
 
 OFFLINE_AFTER_NS = 10_000_000_000
 UNSYNCED_FAULT_AFTER_NS = 30_000_000_000
@@ -33,7 +33,7 @@ SYNC_ERROR_CLEAR_MS = 4.0
 STATES = ("playing", "idle", "fallback", "muted", "fault", "offline")
 ENGINE_STATES = frozenset({"syncing", "idle", "playing", "fallback"})
 # Rejection reasons that mean someone put foreign or tampered audio on the bus (not a late or early frame).
-FORGED_REASONS = frozenset({"malformedframe", "untrustedkey", "badsignature", "replayed", "oversized"})
+FORGED_REASONS = FORGED
 LEVEL_FLOOR_DBFS = -180.0  # what the engine reports for silence
 
 SiteView = dict[str, Any]

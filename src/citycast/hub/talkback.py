@@ -1,14 +1,14 @@
 """Talkback, the hub side: hear the crowd at one chosen site (its microphone), to mix into a caller's return audio.
 
-One site at a time. While open, the hub renews its request every `renew_s` (the site stops by itself when the
-renewals stop); frames are accepted only if signed with that site's own key (from its enrolment).
+One site at a time. While open, the hub renews its request (`citycast.protocol.commands.TalkbackCommand` on the
+site's command subject) every `renew_s` (the site stops by itself when the renewals stop); frames are accepted only
+if signed with that site's own key (from its enrolment).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from typing import Any
@@ -27,6 +27,7 @@ from citycast.hub.db.models import Site
 from citycast.media.audio import FRAME_SAMPLES
 from citycast.media.codec import OpusDecoder
 from citycast.media.render import Samples
+from citycast.protocol.commands import TalkbackCommand
 from citycast.protocol.frame import FrameError, FrameVerifier, ReplayWindow
 from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
@@ -65,7 +66,7 @@ class TalkbackTap:
             await cancel_and_wait(self._task)
             self._task = None
         with contextlib.suppress(Exception):
-            await self.nc.publish(self.subjects.commands(self.site), json.dumps({"talkback": "off"}).encode())
+            await self.nc.publish(self.subjects.commands(self.site), TalkbackCommand(on=False).encode())
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -74,7 +75,7 @@ class TalkbackTap:
     async def _renew(self) -> None:
         while True:
             try:
-                await self.nc.publish(self.subjects.commands(self.site), json.dumps({"talkback": "on"}).encode())
+                await self.nc.publish(self.subjects.commands(self.site), TalkbackCommand(on=True).encode())
             except Exception as e:  # the bus is reconnecting; the next renewal goes out
                 log.debug("talkback %s: renewal failed: %s", self.site, e)
             await asyncio.sleep(self.renew_s)

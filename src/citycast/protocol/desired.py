@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from citycast.protocol.channel import CHANNEL_MAX, CHANNEL_MIN, is_channel
 from citycast.protocol.subjects import Subjects
 
 DESIRED_VERSION = 1
@@ -40,8 +41,8 @@ class DesiredState:
     v: int = DESIRED_VERSION
 
     def __post_init__(self) -> None:
-        if not isinstance(self.channel, int) or isinstance(self.channel, bool) or not 0 <= self.channel < 2**16:
-            raise DesiredStateError(f"channel must be an integer 0..65535, got {self.channel!r}")
+        if not is_channel(self.channel):
+            raise DesiredStateError(f"channel must be an integer {CHANNEL_MIN}..{CHANNEL_MAX}, got {self.channel!r}")
         vol = self.volume
         if (
             not isinstance(vol, (int, float))

@@ -6,7 +6,7 @@ Wire format (big-endian; see docs/protocol.md, which a test decodes against this
     0   2    magic b"CC"
     2   1    version = 1
     3   1    packet_count (1..4)
-    4   4    channel (u32)
+    4   4    channel (u32 field; a channel is 0..CHANNEL_MAX = 65535, see citycast.protocol.channel)
     8   4    stream (u32): random per ingest session
     12  8    seq (u64) of the first packet; packet i has seq + i
     20  8    ts_ns (i64): broadcast-clock time of the first sample of the first packet
@@ -33,6 +33,7 @@ from nacl.signing import VerifyKey
 
 from citycast.media.audio import FRAME_NS
 from citycast.media.keys import KEY_ID_SIZE, key_id
+from citycast.protocol.channel import CHANNEL_MAX, CHANNEL_MIN
 
 __all__ = [
     "HEADER_SIZE",
@@ -133,8 +134,8 @@ def _field_problem(frame: Frame) -> str | None:
     n = len(frame.packets)
     if not 1 <= n <= MAX_PACKETS:
         return f"packet_count {n} outside 1..{MAX_PACKETS}"
-    if not 0 <= frame.channel <= _U32_MAX:
-        return f"channel {frame.channel} outside u32"
+    if not CHANNEL_MIN <= frame.channel <= CHANNEL_MAX:
+        return f"channel {frame.channel} outside {CHANNEL_MIN}..{CHANNEL_MAX}"
     if not 0 <= frame.stream <= _U32_MAX:
         return f"stream {frame.stream} outside u32"
     if not 0 <= frame.seq <= _U64_MAX - (n - 1):

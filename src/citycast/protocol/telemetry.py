@@ -1,11 +1,51 @@
-"""What a site tells the hub every second. JSON on the bus: small, readable in `nats sub`, versioned."""
+"""What a site tells the hub every second on `<prefix>.telemetry.<site>` (docs/protocol.md "Telemetry").
+
+JSON on the bus: small, readable in `nats sub`, versioned. The keys of `rejected` are `Rejection` values, spelled
+here once (never derived from an exception's class name), so renaming a class cannot change what the hub reads.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from citycast.protocol.frame import BadSignature, FrameError, MalformedFrame, UntrustedKey
 
 TELEMETRY_VERSION = 1
+
+
+class Rejection(StrEnum):
+    """Why a site (or the hub's recorder) refused a frame: the keys of `Telemetry.rejected`."""
+
+    MALFORMED = "malformedframe"  # not a well-formed frame (`MalformedFrame`)
+    UNTRUSTED_KEY = "untrustedkey"  # signed by a key the site does not trust (`UntrustedKey`)
+    BAD_SIGNATURE = "badsignature"  # the signature does not match (`BadSignature`)
+    STALE = "stale"  # too old or too far in the future for the site's clock
+    REPLAYED = "replayed"  # already played, or older than the replay window
+    WRONG_CHANNEL = "wrong_channel"  # a frame for another channel
+    OVERSIZED = "oversized"  # bigger than any frame, dropped before parsing
+    UNSYNCED = "unsynced"  # the site has no broadcast clock yet
+
+
+# Rejections that mean someone put foreign or tampered audio on the bus (not a late or early frame).
+FORGED = frozenset(
+    {Rejection.MALFORMED, Rejection.UNTRUSTED_KEY, Rejection.BAD_SIGNATURE, Rejection.REPLAYED, Rejection.OVERSIZED}
+)
+
+_FRAME_ERRORS: tuple[tuple[type[FrameError], Rejection], ...] = (
+    (MalformedFrame, Rejection.MALFORMED),
+    (UntrustedKey, Rejection.UNTRUSTED_KEY),
+    (BadSignature, Rejection.BAD_SIGNATURE),
+)
+
+
+def frame_rejection(error: FrameError) -> Rejection:
+    """The telemetry key for a frame the verifier refused. A `FrameError` of no listed kind counts as malformed."""
+    for kind, reason in _FRAME_ERRORS:
+        if isinstance(error, kind):
+            return reason
+    return Rejection.MALFORMED
 
 
 @dataclass
@@ -24,7 +64,7 @@ class Telemetry:
     underruns: int
     concealed: int
     late: int
-    rejected: dict[str, int]
+    rejected: dict[str, int]  # by `Rejection` value; reasons with no refusal are left out
     level_rms_dbfs: float
     level_peak_dbfs: float
     link_rtt_ms: float

@@ -30,10 +30,11 @@ from citycast.media.playout import ClockMap, PlayoutEngine
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
 from citycast.media.sources import open_source
+from citycast.protocol.commands import CommandError, TalkbackCommand, decode_command
 from citycast.protocol.desired import DesiredState
 from citycast.protocol.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
 from citycast.protocol.subjects import Subjects
-from citycast.protocol.telemetry import Telemetry
+from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
 from citycast.site.talkback import TalkbackSender
@@ -138,8 +139,9 @@ class SiteAgent:
         self.guard = StepGuard()
         self.monotonic = raw_monotonic_ns
         self.timer = StageTimer()
-        self.rejected: Counter[str] = Counter()
+        self.rejected: Counter[Rejection] = Counter()
         self.frames = 0
+        self.bad_commands = 0  # messages on the command subject that are no command (see citycast.protocol.commands)
         self.nc: Client | None = None
         self.clock_sync: ClockSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -217,19 +219,19 @@ class SiteAgent:
         t0 = self.timer.now()
         try:
             if len(data) > MAX_FRAME_SIZE:  # dropped before any parsing
-                self.rejected["oversized"] += 1
+                self.rejected[Rejection.OVERSIZED] += 1
                 return
             try:
                 frame = self.verifier.verify(data)
             except FrameError as e:
-                self.rejected[type(e).__name__.lower()] += 1
+                self.rejected[frame_rejection(e)] += 1
                 return
             if frame.channel != self.config.channel:
-                self.rejected["wrong_channel"] += 1
+                self.rejected[Rejection.WRONG_CHANNEL] += 1
                 return
             now = self.broadcast_now()
             if now is None:
-                self.rejected["unsynced"] += 1
+                self.rejected[Rejection.UNSYNCED] += 1
                 return
             if not is_fresh(
                 frame,
@@ -237,17 +239,17 @@ class SiteAgent:
                 max_age_ns=self.config.delay_ns + REPLAY_HORIZON_NS,
                 max_future_ns=self.config.max_future_ns,
             ):
-                self.rejected["stale"] += 1
+                self.rejected[Rejection.STALE] += 1
                 return
             floor = self.horizon_floor()
             if floor is not None and frame.end_ns <= floor:
-                self.rejected["stale"] += 1
+                self.rejected[Rejection.STALE] += 1
                 return
             if not self.replay.check_and_mark(frame.stream, frame.seq):
                 if self._overlap:  # the same frame from the old and the new connection: no attack, no news
                     self.swap_duplicates += 1
                 else:
-                    self.rejected["replayed"] += 1
+                    self.rejected[Rejection.REPLAYED] += 1
                 return
         finally:
             self.timer.add("verify", t0)
@@ -311,7 +313,7 @@ class SiteAgent:
             underruns=st.underruns,
             concealed=st.concealed,
             late=st.late,
-            rejected=dict(self.rejected),
+            rejected={str(reason): n for reason, n in self.rejected.items()},
             level_rms_dbfs=round(rms, 1),
             level_peak_dbfs=round(peak, 1),
             link_rtt_ms=(self.clock_sync.last_rtt_ns / 1e6) if self.clock_sync and self.clock_sync.last_rtt_ns else 0.0,
@@ -465,8 +467,18 @@ class SiteAgent:
             await self.nc.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
 
     async def _on_command(self, msg: Msg) -> None:
-        if self.talkback is not None:
-            self.talkback.on_command(msg.data)
+        self.on_command_bytes(msg.data)
+
+    def on_command_bytes(self, data: bytes) -> None:
+        """Act on one message from the site's command subject. Never raises: a bad command is counted and logged."""
+        try:
+            command = decode_command(data)
+        except CommandError as e:
+            self.bad_commands += 1
+            log.warning("%s: command refused: %s", self.config.name, e)
+            return
+        if isinstance(command, TalkbackCommand) and self.talkback is not None:
+            self.talkback.on_command(command)
 
     async def stop(self) -> None:
         if self.talkback is not None:

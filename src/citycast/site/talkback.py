@@ -1,7 +1,8 @@
 """Talkback, the site side: the box's microphone goes up to the hub only while the hub keeps asking.
 
-The hub asks on the site's command subject and must renew the request within `lease_s`; a hub that crashes or a
-link that drops cannot leave a microphone open in the street. Frames use the audio frame format, signed with the
+The hub asks on the site's command subject (`citycast.protocol.commands.TalkbackCommand`, decoded by the agent)
+and must renew the request within `lease_s`; a hub that crashes or a link that drops cannot leave a microphone
+open in the street. Frames use the audio frame format, signed with the
 site's own NATS key (its seed never left the box; the hub knows the public half from enrolment), so the hub can
 tell this site's voice from anyone else's even on a shared bus.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -24,6 +24,7 @@ from citycast.media.audio import FRAME_NS
 from citycast.media.codec import OpusEncoder
 from citycast.media.render import Samples
 from citycast.media.sources import Source
+from citycast.protocol.commands import TalkbackCommand
 from citycast.protocol.frame import FrameSigner
 from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
@@ -37,18 +38,6 @@ def key_from_seed(seed: str) -> Ed25519PrivateKey:
     """The Ed25519 key inside an nkey seed (`SU...`)."""
     _, raw = nkeys.decode_seed(seed.encode())
     return Ed25519PrivateKey.from_private_bytes(bytes(raw))
-
-
-def parse_command(data: bytes) -> bool | None:
-    """`{"talkback": "on"}` → True, `"off"` → False; anything else → None (ignored)."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(obj, dict):
-        return None
-    value = obj.get("talkback")
-    return True if value == "on" else False if value == "off" else None
 
 
 class TalkbackSender:
@@ -78,11 +67,8 @@ class TalkbackSender:
     def active(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def on_command(self, data: bytes) -> None:
-        on = parse_command(data)
-        if on is None:
-            return
-        if on:
+    def on_command(self, command: TalkbackCommand) -> None:
+        if command.on:
             self.expires = time.monotonic() + self.lease_s
             if not self.active:
                 self._task = asyncio.create_task(self._run(), name=f"talkback:{self.subject}")

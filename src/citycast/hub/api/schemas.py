@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from citycast.hub.api.headers import TILE_URL_MAX, checked_tile_url
 from citycast.hub.db.models import Priority, Role, Site, Zone
+from citycast.protocol.channel import CHANNEL_MAX, CHANNEL_MIN
 
 SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # also a NATS subject token: no dots, spaces or wildcards
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
@@ -82,13 +83,13 @@ class UserPatch(Strict):
 
 class ZoneIn(Strict):
     name: Annotated[str, Field(min_length=1, max_length=64)]
-    channel: Annotated[int, Field(ge=0, le=65535)]
+    channel: Annotated[int, Field(ge=CHANNEL_MIN, le=CHANNEL_MAX)]
     color: Annotated[str, Field(pattern=COLOR_PATTERN)] = "#3b82f6"
 
 
 class ZonePatch(Strict):
     name: Annotated[str | None, Field(min_length=1, max_length=64)] = None
-    channel: Annotated[int | None, Field(ge=0, le=65535)] = None
+    channel: Annotated[int | None, Field(ge=CHANNEL_MIN, le=CHANNEL_MAX)] = None
     color: Annotated[str | None, Field(pattern=COLOR_PATTERN)] = None
 
 
