@@ -27,7 +27,7 @@ async def run_hub(
     duration: float | None = None,
     creds: Path | None = None,
 ) -> None:
-    """A city's time responder (`serve --zone`): with `creds` (from a city bundle) it runs under the hub's
+    """A city's time responder (`citycast city`): with `creds` (from a city bundle) it runs under the hub's
     accounts, its upstream sync replying on the inbox its NATS user may use."""
     subjects = Subjects(prefix)
     service = TimeService(
