@@ -1,5 +1,5 @@
 """A city server joins the hub's bus in JWT mode as a user runs it: `citycast city-bundle` at the hub,
-`citycast serve --zone … --city-bundle …` in the city, and a site enrolled at the hub that plays through the city
+`citycast city --zone … --city-bundle …` in the city, and a site enrolled at the hub that plays through the city
 server (audio down the leaf, telemetry and desired state across it, time from the city's responder)."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ async def _scenario(tmp: Path) -> None:
         city_port = free_port()
         city = subprocess.Popen(
             _citycast(
-                "serve",
+                "city",
                 "--zone",
                 "north",
                 "--city-bundle",
@@ -107,7 +107,7 @@ def test_a_bad_city_bundle_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     bad.chmod(0o600)
-    p = subprocess.run(_citycast("serve", "--zone", "north", "--city-bundle", str(bad), "--leaf-remote",
+    p = subprocess.run(_citycast("city", "--zone", "north", "--city-bundle", str(bad), "--leaf-remote",
                                  "nats://127.0.0.1:1", "--listen", f"127.0.0.1:{free_port()}"),
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert p.returncode == 2 and "Traceback" not in p.stderr and "bad.json" in p.stderr, p.stderr
