@@ -3,18 +3,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.msg import Msg
+from tests.helpers import site_creds, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.jwt import KeyKind
 from citycast.bus.rawnats import NatsWire, WireError, WireMessage, new_inbox, open_wire
-from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.server import EmbeddedNats
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.protocol.subjects import Subjects, time_request
 
@@ -24,16 +24,14 @@ async def test_messages_carry_the_kernel_receive_time(nats_server: EmbeddedNats)
     wire = await open_wire(nats_server.url, got.append, SystemClock())
     assert wire.kernel_timestamps
     wire.subscribe("t.>")
+    await wire.flush()
     nc = await nats.connect(nats_server.url)
     await nc.flush()
-    await asyncio.sleep(0.05)
     before = time.time_ns()
     await nc.publish("t.a", b"one", reply="r.1")
     await nc.publish("t.b", b"x" * 70_000)
     await nc.flush()
-    deadline = time.monotonic() + 5
-    while len(got) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(got) >= 2, "both messages on the wire", timeout=5)
     after = time.time_ns()
     assert [m.subject for m in got] == ["t.a", "t.b"]
     assert got[0].reply == "r.1" and got[0].payload == b"one"
@@ -49,9 +47,7 @@ async def test_receive_time_is_read_on_the_sites_own_clock(nats_server: Embedded
     wire = await open_wire(nats_server.url, got.append, skewed)
     wire.subscribe("t")
     wire.publish("t", b"me")  # loops back through the server
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: got, "the message on the wire", timeout=5)
     assert abs(got[0].received_ns - skewed.now_ns()) < 1_000_000_000
     wire.close()
 
@@ -65,28 +61,11 @@ async def test_server_closing_is_noticed(nats_server: EmbeddedNats) -> None:
 # -- JWT mode --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def auth_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, NatsAuthority]]:
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
-    server.start()
-    try:
-        yield server, authority
-    finally:
-        server.stop()
-
-
-def _site_creds(authority: NatsAuthority, site: str, path: Path) -> Path:
-    seed = jwt.new_seed(KeyKind.USER)
-    jwt.write_private(path, jwt.creds_text(authority.mint_site_jwt(site, jwt.public_key(seed)), seed))
-    return path
-
-
 async def test_wire_signs_the_nonce_with_its_creds(
-    auth_server: tuple[EmbeddedNats, NatsAuthority], tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
 ) -> None:
-    server, authority = auth_server
-    creds = _site_creds(authority, "s1", tmp_path / "s1.creds")
+    server = auth_nats
+    creds, _ = site_creds(authority, "s1", tmp_path)
     got: list[WireMessage] = []
     # The responder is up first, as in service. (With the order reversed, nats-server 2.15 in JWT mode now and
     # then drops the wire's first request after the responder joins: ~1 in 10 here; clock sync simply asks again.)
@@ -102,18 +81,16 @@ async def test_wire_signs_the_nonce_with_its_creds(
     inbox = new_inbox(site_inbox_prefix("s1"))
     wire.subscribe(inbox)
     wire.publish(time_request(Subjects().time(), "s1"), b"t1", reply=inbox)
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: got, "the message on the wire", timeout=5)
     assert [(m.subject, m.payload) for m in got] == [(inbox, b"t2t3")]
     await hub.close()
     wire.close()
 
 
 async def test_wire_without_valid_creds_is_refused(
-    auth_server: tuple[EmbeddedNats, NatsAuthority], tmp_path: Path
+    auth_nats: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
 ) -> None:
-    server, authority = auth_server
+    server = auth_nats
     with pytest.raises(WireError, match="Authorization Violation"):
         await open_wire(server.url, lambda m: None, SystemClock())
     # A JWT for someone else's key: the nonce signature does not match it.
@@ -143,8 +120,6 @@ async def test_commands_given_before_the_servers_info_are_sent_after_connect(nat
     wire.subscribe("early")  # INFO has not been read yet
     wire.publish("early", b"first")
     await asyncio.wait_for(wire.ready, 5)
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: got, "the message on the wire", timeout=5)
     assert [m.payload for m in got] == [b"first"]
     wire.close()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.contrib.media import MediaPlayer
+from tests.helpers import wait_until
 
 from citycast.bus.server import free_port
 from citycast.hub.db.models import Address, AddressStatus
@@ -31,13 +32,6 @@ from citycast.tooling.markers import correlate_lag
 
 SPEECH = Path(__file__).resolve().parents[2] / "src/citycast/assets/speech.opus"
 PIN = "482915"
-
-
-async def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
 
 
 @dataclass
@@ -128,10 +122,10 @@ async def test_browser_audio_reaches_the_channel(setup: Setup, on_media_plane: b
 
         sub = await hub.nc.subscribe(hub.subjects.audio(channel), cb=on_msg)
         await client.setRemoteDescription(answer)
-        await _wait(lambda: service.status(setup.user_id)["on_air"], 10, "the hub never heard the browser")
+        await wait_until(lambda: service.status(setup.user_id)["on_air"], "the hub to hear the browser", timeout=10)
         receiving = session.media_tasks[0].get_loop()
         assert receiving is (hub.media.loop if on_media_plane and hub.media else asyncio.get_running_loop())
-        await _wait(lambda: len(heard) >= 300, 15, "fewer than 6 s of frames reached the channel")
+        await wait_until(lambda: len(heard) >= 300, "6 s of frames on the channel", timeout=15)
         status = service.status(setup.user_id)
         assert status["live"] and status["address_id"] == session.address_id
         assert status["level_dbfs"] > -60, status  # speech, not silence
@@ -251,9 +245,13 @@ async def test_hang_up_ends_the_address(setup: Setup) -> None:
             remote="127.0.0.1",
         )
         await client.setRemoteDescription(answer)
-        await _wait(lambda: service.status(setup.user_id)["on_air"], 10, "the hub never heard the browser")
+        await wait_until(lambda: service.status(setup.user_id)["on_air"], "the hub to hear the browser", timeout=10)
         await client.close()
-        await _wait(lambda: hub.addresses.live() == [], 40, "the address outlived the hang-up")  # type: ignore[union-attr]
+        await wait_until(
+            lambda: hub.addresses.live() == [],  # type: ignore[union-attr]
+            "the address to end with the hang-up",
+            timeout=40,
+        )
         assert session.ended in ("the speaker hung up", "connection closed"), session.ended
         assert service.status(setup.user_id)["live"] is False
     finally:
@@ -279,7 +277,7 @@ async def test_operator_stop_ends_the_session(setup: Setup) -> None:
         await client.setRemoteDescription(answer)
         assert session.address_id is not None
         await hub.addresses.stop(session.address_id, "operator")
-        await _wait(lambda: session.ended is not None, 5, "the session ignored the operator's stop")
+        await wait_until(lambda: session.ended is not None, "the session to end at the operator's stop", timeout=5)
         assert session.ended == "stopped by the hub"
         assert service.sessions == {}
     finally:
@@ -408,7 +406,7 @@ async def test_the_hub_stopping_ends_a_live_browser_session(tmp_path: Path) -> N
             remote="127.0.0.1",
         )  # fmt: skip
         await client.setRemoteDescription(answer)
-        await _wait(lambda: hub.golive.status(1)["on_air"], 10, "the hub never heard the browser")  # type: ignore[union-attr]
+        await wait_until(lambda: hub.golive.status(1)["on_air"], "the hub to hear the browser", timeout=10)  # type: ignore[union-attr]
         plane = hub.media.thread
         t0 = time.monotonic()
     finally:

@@ -22,7 +22,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from sqlalchemy import select
-from tests.hub.channel_listener import listen
+from tests.helpers import let_time_pass, listen, wait_until
 
 from citycast.bus.server import free_port
 from citycast.hub.runtime import Hub, HubOptions
@@ -115,14 +115,11 @@ async def _status(base: str, token: str) -> dict[str, Any]:
         return out
 
 
-async def _until_on_air(base: str, token: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
-    while True:
-        status = await _status(base, token)
-        if status["on_air"]:
-            return status
-        assert time.monotonic() < deadline, f"the hub never heard the speaker: {status}"
-        await asyncio.sleep(0.2)
+async def _until_on_air(base: str, token: str) -> None:
+    async def on_air() -> bool:
+        return bool((await _status(base, token))["on_air"])
+
+    await wait_until(on_air, "the hub to hear the speaker", timeout=20, every=0.2)
 
 
 def _channel_of(base: str, token: str, address_id: int) -> int:
@@ -162,11 +159,11 @@ async def test_a_blocked_control_loop_neither_delays_nor_starves_a_browser_speak
         ready = asyncio.Event()
         listening = asyncio.create_task(listen(hub.nats_url, hub.authority.hub_creds_path, channel, 5, ready))
         await ready.wait()
-        await asyncio.sleep(0.5)
+        await let_time_pass(0.5)  # the listener hears the speech before the first block
         before = hub.golive.status(user_id)
         for block_s in BLOCKS_S:
-            time.sleep(block_s)
-            await asyncio.sleep(0.3)
+            time.sleep(block_s)  # the point: the hub's control loop held
+            await let_time_pass(0.3)  # and free again between blocks
         heard = await listening
         after = hub.golive.status(user_id)
     finally:

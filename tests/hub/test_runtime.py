@@ -12,6 +12,7 @@ import av
 import httpx
 import numpy as np
 import websockets
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.bus.connection import connect
 from citycast.bus.server import free_port
@@ -27,13 +28,6 @@ from citycast.site.enrol import enrol
 from citycast.site.run import SiteOptions, build_site
 from citycast.tooling.demo import speech_asset
 from citycast.tooling.markers import correlate_lag
-
-
-async def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
 
 
 async def _scenario(tmp: Path) -> None:
@@ -78,27 +72,28 @@ async def _scenario(tmp: Path) -> None:
             async def states() -> dict[str, str]:
                 return {s["name"]: s["state"] for s in (await api.get("/api/sites")).json()}
 
-            deadline = time.monotonic() + 30
-            while set((await states()).values()) != {"idle"}:
-                assert time.monotonic() < deadline, await states()
-                await asyncio.sleep(0.3)
+            async def all_idle() -> bool:
+                return set((await states()).values()) == {"idle"}
+
+            await wait_until(all_idle, "every site idle", timeout=30, every=0.3)
             await _forged_audio_alerts_within_10_s(hub, api)
             await _talkback_hears_the_sites_microphone(hub, api, agents["saddar-1"])
             # A separate `citycast ingest` plays with the hub's key and the ingest user's credentials.
             before = agents["saddar-1"].frames
             opts = IngestOptions(nats_url=hub.nats_url, channel=1, seconds=1.0, creds=hub.authority.ingest_creds_path)  # type: ignore[union-attr]
             await run_ingest(ToneSource(), load_private_key(tmp / "hub" / "ingest.key"), opts)
-            await _wait(lambda: agents["saddar-1"].frames >= before + 40, 5, "the ingest was not heard")
+            await wait_until(lambda: agents["saddar-1"].frames >= before + 40, "the ingest to be heard", timeout=5)
             r = await api.post(
                 "/api/addresses", json={"title": "t", "source": "tone", "zone_ids": [zones[0]], "priority": "live"}
             )
             assert r.status_code in (200, 201), r.text
             address = r.json()
-            deadline = time.monotonic() + 15
-            while (await states()) != {"saddar-1": "playing", "clifton-1": "idle"}:
-                assert time.monotonic() < deadline, await states()
-                await asyncio.sleep(0.3)
-            await asyncio.sleep(2)
+
+            async def only_saddar_plays() -> bool:
+                return (await states()) == {"saddar-1": "playing", "clifton-1": "idle"}
+
+            await wait_until(only_saddar_plays, "saddar-1 playing, clifton-1 idle", timeout=15, every=0.3)
+            await let_time_pass(2)  # the address runs ≈ 2 s: its recording is checked below
             r = await api.post(f"/api/addresses/{address['id']}/stop")
             assert r.status_code == 200, r.text
             recs = (await api.get("/api/recordings")).json()
@@ -116,7 +111,11 @@ async def _scenario(tmp: Path) -> None:
             assert r.status_code == 200, r.text
             victim = agents["clifton-1"]
             assert victim.nc is not None
-            await _wait(lambda: not victim.nc.is_connected, 10, "revoked site still connected")  # type: ignore[union-attr]
+            await wait_until(
+                lambda: not victim.nc.is_connected,  # type: ignore[union-attr]
+                "the revoked site to be dropped",
+                timeout=10,
+            )
             for a in agents.values():
                 await a.stop()
             audit = (await api.get("/api/audit")).json()
@@ -167,7 +166,7 @@ async def _talkback_hears_the_sites_microphone(hub: Hub, api: httpx.AsyncClient,
     assert r.status_code == 200, r.text
     assert hub.talkback is not None and hub.talkback.current is not None
     tap = hub.talkback.current
-    await _wait(lambda: tap.frames >= 100, 10, "no talkback audio arrived")
+    await wait_until(lambda: tap.frames >= 100, "talkback audio", timeout=10)
     heard = np.concatenate([tap.next_block() for _ in range(100)])
     clip = read_audio(speech_asset())
     _, peak = correlate_lag(heard, clip[: 5 * 48_000])
@@ -175,7 +174,7 @@ async def _talkback_hears_the_sites_microphone(hub: Hub, api: httpx.AsyncClient,
     assert tap.rejected == 0
     r = await api.post(f"/api/sites/{site_id}/talkback", json={"on": False})
     assert r.status_code == 200 and r.json()["site"] is None
-    await _wait(lambda: not agent.talkback.active, 8, "the microphone stayed on")  # type: ignore[union-attr]
+    await wait_until(lambda: not agent.talkback.active, "the microphone to go off", timeout=8)  # type: ignore[union-attr]
 
 
 def test_hub_end_to_end(tmp_path: Path) -> None:
