@@ -1,89 +1,18 @@
-"""Trunk registration: the digest against the RFC examples, the `Registration` state machine in simulated time,
-and the `Telephone` registering with sipp acting as the trunk's registrar (401 challenge, verifyauth, refreshes,
-unregister; a wrong password ends in a "failed" status after two REGISTERs)."""
+"""Trunk registration: the `Registration` state machine in simulated time, sans-IO. The digest is tested in
+test_digest.py; the `Telephone` registering with sipp as the registrar in tests/hub/telephone/test_trunk_register.py."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
-import shutil
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
-import httpx
 import pytest
 
-from citycast.bus.server import free_port
-from citycast.hub.runtime import Hub, HubOptions
-from citycast.hub.telephone.service import Telephone
+from citycast.sip.digest import best_challenge, digest_response
 from citycast.sip.message import SipMessage, parse, response_for
-from citycast.sip.register import (
-    Challenge,
-    DigestError,
-    RegisterConfig,
-    Registration,
-    best_challenge,
-    digest_response,
-)
+from citycast.sip.register import RegisterConfig, Registration
 
-SCENARIOS = Path(__file__).parents[1] / "hub" / "telephone" / "scenarios"
 AOR = "sip:4711@trunk.example"
 CHALLENGE = 'Digest realm="trunk.example", nonce="abc123", qop="auth", algorithm=MD5, opaque="xyz"'
-
-
-# -- the digest ------------------------------------------------------------------------------------------------
-def test_md5_digest_matches_rfc2617_example() -> None:
-    # RFC 2617 §3.5.
-    r = digest_response(algorithm="MD5", username="Mufasa", realm="testrealm@host.com", password="Circle Of Life",
-                        method="GET", uri="/dir/index.html", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", qop="auth",
-                        nc="00000001", cnonce="0a4f113b")  # fmt: skip
-    assert r == "6629fae49393a05397450978507c4ef1"
-
-
-@pytest.mark.parametrize(
-    ("algorithm", "expected"),
-    [
-        ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
-        ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
-    ],
-)
-def test_digest_matches_rfc7616_examples(algorithm: str, expected: str) -> None:
-    # RFC 7616 §3.9.1.
-    r = digest_response(algorithm=algorithm, username="Mufasa", realm="http-auth@example.org",
-                        password="Circle of Life", method="GET", uri="/dir/index.html",
-                        nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", qop="auth", nc="00000001",
-                        cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ")  # fmt: skip
-    assert r == expected
-
-
-def test_digest_variants_differ_and_bad_ones_are_refused() -> None:
-    base = dict(username="u", realm="r", password="p", method="REGISTER", uri="sip:r", nonce="n")
-    plain = digest_response(algorithm="MD5", **base)  # RFC 2069 form: no qop
-    sess = digest_response(algorithm="MD5-sess", qop="auth", nc="00000001", cnonce="c", **base)
-    auth = digest_response(algorithm="MD5", qop="auth", nc="00000001", cnonce="c", **base)
-    auth_int = digest_response(algorithm="MD5", qop="auth-int", nc="00000001", cnonce="c", body=b"x", **base)
-    assert len({plain, sess, auth, auth_int}) == 4
-    with pytest.raises(DigestError, match="not supported"):
-        digest_response(algorithm="SHA-512-256", **base)
-    with pytest.raises(DigestError, match="cnonce"):
-        digest_response(algorithm="MD5", qop="auth", **base)
-
-
-def test_challenge_parsing() -> None:
-    ch = Challenge.parse('Digest realm="a, \\"b\\"", nonce="n1", qop="auth,auth-int", stale=TRUE, algorithm=sha-256')
-    assert (ch.realm, ch.nonce, ch.qop, ch.stale, ch.algorithm) == ('a, "b"', "n1", ("auth", "auth-int"), True,
-                                                                     "SHA-256")  # fmt: skip
-    for bad, why in [
-        ('Basic realm="x"', "not Digest"),
-        ('Digest realm="x"', "without a nonce"),
-        ('Digest realm="x", nonce="n", algorithm=SHA-512', "not supported"),
-        ('Digest realm="x", nonce="n", qop="auth-conf"', "no supported qop"),
-        ('Digest realm="x", nonce="n" garbage', "malformed"),
-    ]:
-        with pytest.raises(DigestError, match=why):
-            Challenge.parse(bad)
 
 
 # -- the state machine in simulated time ---------------------------------------------------------------------
@@ -270,109 +199,3 @@ def test_config_is_validated() -> None:
     cfg = RegisterConfig("sip:4711@trunk.example:5080", "x", username="auth-4711")
     assert (cfg.user, cfg.auth_user, cfg.registrar_address()) == ("4711", "auth-4711", ("trunk.example", 5080))
     assert RegisterConfig(AOR, "x", registrar="[::1]:5070").registrar_address() == ("::1", 5070)
-
-
-# -- the Telephone against sipp as the registrar -------------------------------------------------------------
-needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
-
-
-async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    h = Hub(HubOptions(data_dir=tmp_path / "hub", http_port=free_port(), nats_port=free_port(), delay_ms=120))
-    await h.start()
-    try:
-        yield h
-    finally:
-        await h.stop()
-
-
-async def registrar(tmp: Path, port: int, password: str, expires: int) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        "sipp", "-sf", str(SCENARIOS / "registrar.xml"), "-i", "127.0.0.1", "-p", str(port), "-t", "u1",
-        "-m", "1", "-key", "user", "4711", "-key", "pass", password, "-key", "expires", str(expires),
-        "-timeout", "40s", "-timeout_error", "-nostdin", "-trace_msg", "-message_file", str(tmp / "registrar.log"),
-        "-trace_err", "-error_file", str(tmp / "registrar.err"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp,
-    )  # fmt: skip
-    await asyncio.sleep(0.5)  # let it bind; a REGISTER sent earlier is retransmitted by Timer E anyway
-    return proc
-
-
-async def finish(proc: asyncio.subprocess.Process, tmp: Path) -> tuple[int, str, str]:
-    out, _ = await asyncio.wait_for(proc.communicate(), 50)
-    text = out.decode(errors="replace")
-    err = tmp / "registrar.err"
-    text += err.read_text(errors="replace") if err.exists() else ""
-    log = tmp / "registrar.log"
-    return proc.returncode or 0, text, log.read_text(errors="replace") if log.exists() else ""
-
-
-@pytest.mark.slow
-@needs_sipp
-async def test_telephone_registers_refreshes_and_unregisters(hub: Hub, tmp_path: Path) -> None:
-    port = free_port()
-    proc = await registrar(tmp_path, port, "s3cret", expires=2)
-    cfg = RegisterConfig(f"sip:4711@127.0.0.1:{port}", "s3cret", min_refresh_s=1.0, retry_s=1.0)
-    phone = Telephone(hub, "127.0.0.1", free_port(), register=cfg)
-    try:
-        await phone.start()
-        reg = phone.registration
-        assert reg is not None
-        await wait_for(lambda: reg.status == "registered", 15, f"never registered: {phone.registration_status()}")
-        assert reg.granted == 2
-        # Two refreshes of the 2 s binding (at 1 s each), both accepted by verifyauth.
-        await wait_for(lambda: reg.sent >= 4 and reg.status == "registered", 15, "never refreshed")
-        status = phone.registration_status()
-        assert status is not None and status["status"] == "registered" and status["error"] is None
-        # The console's view of it: GET /api/telephone on the hub that runs this telephone.
-        hub.context.telephone_status = phone.status
-        async with httpx.AsyncClient(base_url=hub.http_url, timeout=10) as api:
-            r = await api.post("/api/login", json={"username": "admin", "password": hub.admin_password})
-            api.headers["Authorization"] = f"Bearer {r.json()['token']}"
-            shown = (await api.get("/api/telephone")).json()
-        assert shown["enabled"] and shown["sip"] == f"127.0.0.1:{phone.port}" and shown["calls"] == 0
-        assert shown["registration"]["status"] == "registered" and shown["registration"]["aor"] == cfg.aor
-        assert "password" not in json.dumps(shown) and "s3cret" not in json.dumps(shown)
-        assert shown["signalling"]["unparseable"] == 0
-    finally:
-        await phone.stop()
-    code, out, trace = await finish(proc, tmp_path)
-    assert code == 0, out  # the scenario reached its end: our Expires: 0 was authenticated and answered
-    assert reg.status == "stopped" and reg.error is None
-    received = [m for m in re.split(r"^-{20,}.*$", trace, flags=re.M) if "message received" in m]
-    registers = [m for m in received if re.search(r"^\s*REGISTER sip:", m, re.M)]
-    assert len(registers) >= 4, trace[-3000:]
-    assert "Authorization" not in registers[0] and "nc=00000002" in trace  # the nonce reused on refresh
-    assert re.search(r"^\s*Expires: 0\s*$", registers[-1], re.M), registers[-1]
-    assert "SIP/2.0 403" not in trace
-
-
-@pytest.mark.slow
-@needs_sipp
-async def test_wrong_password_ends_in_failed_status_without_hammering(hub: Hub, tmp_path: Path) -> None:
-    port = free_port()
-    proc = await registrar(tmp_path, port, "right-one", expires=60)
-    cfg = RegisterConfig(f"sip:4711@127.0.0.1:{port}", "wrong-one", min_refresh_s=1.0, retry_s=0.5)
-    phone = Telephone(hub, "127.0.0.1", free_port(), register=cfg)
-    try:
-        await phone.start()
-        reg = phone.registration
-        assert reg is not None
-        await wait_for(lambda: reg.status == "failed", 15, f"did not fail: {phone.registration_status()}")
-        assert "403" in (reg.error or "")
-        await asyncio.sleep(2.0)  # four back-off periods of a transient failure: nothing more is sent
-        assert reg.sent == 2 and reg.status == "failed"
-        status = phone.registration_status()
-        assert status is not None and status["next_attempt_in_s"] > 3000
-    finally:
-        await phone.stop()
-    code, out, trace = await finish(proc, tmp_path)
-    assert code == 0, out
-    assert "SIP/2.0 403" in trace and "Expires: 0" not in trace  # never bound: nothing to unregister

@@ -48,6 +48,7 @@ from citycast.hub.monitor import FleetMonitor
 from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
 from citycast.hub.scheduler import Scheduler
 from citycast.hub.talkback import TalkbackControl
+from citycast.hub.telephone.hub_services import TelephoneServices, telephone_services
 from citycast.hub.telephone.pins import PinGuard
 from citycast.hub.telephone.service import Telephone
 from citycast.hub.timeserver import TimeService
@@ -202,6 +203,22 @@ class Hub:
         # A TLS hub tells its sites tls:// so the URL says what the connection is (the CA is what enforces it).
         return [f"tls://{u.split('://', 1)[1]}" if u.startswith("nats://") else u for u in urls]
 
+    def telephone_services(self) -> TelephoneServices:
+        """What a telephone may use of this started hub (hub/telephone/hub_services.py), and nothing more."""
+        if self.addresses is None or self.nc is None or self.signer is None:
+            raise RuntimeError("start the hub before its telephone")
+        return telephone_services(
+            db=self.db,
+            fleet_snapshot=self.fleet.snapshot,
+            publish=self.events.publish,
+            addresses=self.addresses,
+            nc=self.nc,
+            signer=self.signer,
+            subjects=self.subjects,
+            talkback=lambda: self.talkback.current if self.talkback is not None else None,
+            media_plane=self.media,
+        )
+
     # -- start --------------------------------------------------------------------------------------------
     async def start(self) -> None:
         if not self.opts.insecure and not is_loopback(self.opts.http_host):
@@ -307,7 +324,7 @@ class Hub:
         self._tasks.append(asyncio.create_task(self._retention()))
         if self.opts.sip is not None:
             self.telephone = Telephone(
-                self,
+                self.telephone_services(),
                 self.opts.sip[0],
                 self.opts.sip[1],
                 self.opts.rtp_ports,

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from citycast.hub.metrics import render_metrics
-from citycast.hub.telephone.call import CallState, Pacer
+from citycast.hub.telephone.call import CallState
+from citycast.hub.telephone.return_stream import Pacer
 from citycast.media.sources import read_audio
 from citycast.rtp.codecs import encoder_for
 from citycast.rtp.latch import parse_networks

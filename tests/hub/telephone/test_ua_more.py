@@ -28,7 +28,8 @@ from citycast.clock.local import SystemClock
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.db.models import Address, Priority, SpeakerPin
 from citycast.hub.runtime import Hub, HubOptions
-from citycast.hub.telephone.call import Call, Limiter
+from citycast.hub.telephone.call import Call
+from citycast.hub.telephone.limiter import Limiter
 from citycast.hub.telephone.pins import PinGuard, hint_of
 from citycast.hub.telephone.service import Telephone
 from citycast.media.sinks import TimedSink
@@ -137,8 +138,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
                              zone_ids=[zones[0]], priority=Priority.live))  # fmt: skip
         await wait_for(lambda: sum(v["state"] == "idle" for v in hub.fleet.snapshot()) == 2, 30, "sites never came up")
         rtp = free_port() & ~1
-        phone = Telephone(hub, "127.0.0.1", free_port(), (max(rtp, 10_000), max(rtp, 10_000) + 40), ring_s=0.2,
-                          guard=PinGuard())  # fmt: skip
+        ports = (max(rtp, 10_000), max(rtp, 10_000) + 40)
+        phone = Telephone(hub.telephone_services(), "127.0.0.1", free_port(), ports, ring_s=0.2, guard=PinGuard())
         await phone.start()
         yield Rig(hub, phone, api, site_ids, agents, tmp_path)
     finally:

@@ -93,7 +93,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             s.add(SpeakerPin(label="Imam Saddar", pin_hash=hash_password(PIN), pin_hint=hint_of(PIN),
                              zone_ids=[zones[0]], priority=Priority.live))  # fmt: skip
         await wait_for(lambda: any(v["state"] == "idle" for v in hub.fleet.snapshot()), 30, "the site never came up")
-        phone = Telephone(hub, "127.0.0.1", free_port(), free_rtp_range(), ring_s=0.3, guard=PinGuard())
+        phone = Telephone(
+            hub.telephone_services(), "127.0.0.1", free_port(), free_rtp_range(), ring_s=0.3, guard=PinGuard()
+        )
         await phone.start()
         yield Rig(hub, phone, zones[0], zones[1], agent, tmp_path)
     finally:

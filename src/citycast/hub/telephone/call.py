@@ -1,22 +1,17 @@
-"""One telephone call: answer, PIN, on air, hang up.
+"""One telephone call: answer, PIN, on air, hang up (the call's state machine and its SIP dialog).
 
-The SIP side (offer/answer, the dialog, in-dialog requests) is driven by `SipService` through `on_*` methods; the
-call's own coroutine runs the conversation: ring, answer, play the welcome, collect DTMF digits, check the PIN,
-put the address on air and tell the caller how many sites hear them, then wait for either side to hang up.
+The SIP side (offer/answer, the dialog, in-dialog requests) is driven by the `Telephone` (service.py) through
+`on_*` methods; the call's own coroutine runs the conversation: ring, answer, play the welcome, collect DTMF
+digits, check the PIN, put the address on air and tell the caller how many sites hear them, then wait for either
+side to hang up. Everything it needs from outside comes through its `CallHost` (the telephone, or a host built by
+a test), whose hub side is `hub_services.TelephoneServices`.
 
-Media: one UDP socket per call on an even port of the RTP range (RTCP on the next, odd one). Incoming packets of
-the negotiated codec go to the jitter buffer; the broadcaster takes one 20 ms block per frame from it
-(`CallAudio.next_block`), so the caller's clock never paces the broadcast. Telephone-events go to the RFC 4733
-decoder. The return stream (prompts, else silence) is encoded with the negotiated codec and runs at a 20 ms pace
-from the first answer on: a continuous stream keeps NAT bindings open and lets the caller's jitter buffer settle.
-Only the caller's datagrams are taken, and the stream goes only to the caller, never faster than its pace: the
-`MediaLatch` (ingest/rtp/latch.py, rule in docs/sip-internals.md) decides both. SRTP when the offer is RTP/SAVP
-with SDES keys.
-The sockets, the latch, the jitter buffer and the call's broadcaster run on the hub's media plane (its own thread
-and loop, `CallHost.media_plane`); the conversation, signalling and the return stream stay on the control loop.
-While the call is live and the hub listens to a site (talkback), that site's microphone is mixed into the return
-stream under a limiter, so the speaker hears the crowd. A caller on hold (their offer sendonly or inactive) is
-sent no RTP and feeds silence to the broadcast.
+Its parts, one module each: the media (sockets, latch, SRTP, jitter buffer, RTCP: media.py) runs on the hub's
+media plane (its own thread and loop, `CallHost.media_plane`) with the call's broadcaster; the conversation,
+signalling and what the caller hears (return_stream.py: prompts, else silence, from the first answer on, at a
+20 ms pace) stay on the control loop. While the call is live and the hub listens to a site (talkback), that site's
+microphone (talkback_feed.py) is mixed into the return stream under a limiter (limiter.py), so the speaker hears
+the crowd. A caller on hold (their offer sendonly or inactive) is sent no RTP and feeds silence to the broadcast.
 
 A source refused by the PIN guard gets 403 before any answer (no media, no prompt: the cheapest refusal we can
 make to someone guessing PINs); a caller blocked during the call hears "too many" and gets our BYE.
@@ -31,50 +26,43 @@ import enum
 import logging
 import random
 import time
-import weakref
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import numpy as np
-
 from citycast.hub.db.models import Priority
-from citycast.hub.telephone.pins import PinGate, SpeakerGrant
-from citycast.hub.telephone.prompts import Prompts
-from citycast.ingest.live import LiveBroadcaster
-from citycast.media.audio import FRAME_SAMPLES
-from citycast.media.render import Samples
+from citycast.hub.telephone.hub_services import Addresses, PromptBook
+from citycast.hub.telephone.media import (
+    JITTER_TARGET_MS,
+    RTCP_SEND_BURST,
+    RTCP_SEND_RATE,
+    RTP_SEND_BURST,
+    RTP_SEND_RATE,
+    CallAudio,
+    CallMedia,
+    DatagramSink,
+    sdp_media,
+)
+from citycast.hub.telephone.pins import PinResult, SpeakerGrant
+from citycast.hub.telephone.return_stream import ReturnStream
+from citycast.ingest.live import LiveBroadcaster, LiveSource
 from citycast.rtp.codecs import CodecError, Decoder, Encoder, decoder_for, encoder_for
 from citycast.rtp.dtmf import DtmfError, Rfc4733Decoder, parse_sip_info
 from citycast.rtp.jitter import RtpReceiver
-from citycast.rtp.latch import IpNetwork, MediaLatch, SdpMedia, SendBudget
-from citycast.rtp.packet import RtpPacket
-from citycast.rtp.rtcp import (
-    Bye,
-    ReceiverReport,
-    ReceptionReporter,
-    ReportBlock,
-    RtcpError,
-    SenderReport,
-    SourceDescription,
-    build_rr,
-    parse_compound,
-)
-from citycast.rtp.srtp import SrtpContext, SrtpError, answer_crypto
+from citycast.rtp.latch import IpNetwork, MediaLatch, SendBudget
+from citycast.rtp.rtcp import ReportBlock
+from citycast.rtp.srtp import SrtpContext, answer_crypto
 from citycast.sip.dialog import Dialog, DialogError
 from citycast.sip.message import SipMessage, response_for
 from citycast.sip.sdp import Negotiated, SdpError, build_answer, negotiate, parse_sdp
 from citycast.sip.transaction import ServerTransaction, new_tag
 from citycast.sip.transport import Flow, SipTransport
-from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
-    from citycast.hub.addresses import AddressManager
     from citycast.hub.media_plane import MediaPlane
-    from citycast.hub.talkback import TalkbackControl, TalkbackTap
+    from citycast.hub.talkback import TalkbackTap
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,16 +72,6 @@ ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
 DIGIT_TIMEOUT_S = 10.0
 MAX_DIGITS = 12
 IDLE_PROMPTS = 3  # welcomes replayed to a silent caller before we hang up
-RTCP_INTERVAL_S = 5.0
-JITTER_TARGET_MS = 60
-LIMIT = 0.98  # the return mix's ceiling (full scale is 1.0)
-RELEASE = 1.06  # limiter gain recovery per 20 ms block (about 0.5 dB): fast enough to follow speech, no pumping
-TALKBACK_BACKLOG = 25  # blocks (0.5 s) a slower call may lag behind the fastest one on the same talkback
-FRAME_S = 0.02  # the return stream's packet period
-# Hard ceilings on what one call may send, whatever the pacing does: 50 RTP packets a second plus a little
-# slack for timer jitter, and RTCP at most once a second (its schedule is ~5 s).
-RTP_SEND_RATE, RTP_SEND_BURST = 55.0, 4
-RTCP_SEND_RATE, RTCP_SEND_BURST = 1.0, 2
 DROP_LOG_S = 10.0  # at most one "dropped foreign media" warning per call this often
 
 
@@ -104,43 +82,40 @@ class CallState(enum.Enum):
     ended = "ended"
 
 
-class TalkbackHub(Protocol):
-    """The part of the hub a call listens to: which site's microphone is open, if any."""
+class PinCheck(Protocol):
+    """One call's PIN entry (`pins.PinGate`): one `attempt` per typed PIN, limits and audit included."""
 
-    @property
-    def talkback(self) -> TalkbackControl | None: ...
+    async def attempt(self, pin: str, *, now_s: float, now: dt.datetime) -> PinResult: ...
 
 
 class CallHost(Protocol):
     """What a call needs from the telephone service."""
 
     transport: SipTransport
-    prompts: Prompts
     ring_s: float
     trusted_media: tuple[IpNetwork, ...]  # operator-trusted trunk ranges whose SDP c= may differ from signalling
     rtp_dropped: Counter[str]  # the telephone's total of dropped media datagrams, by reason (for /metrics)
 
     @property
-    def hub(self) -> TalkbackHub: ...
+    def prompts(self) -> PromptBook: ...
 
     @property
-    def addresses(self) -> AddressManager: ...
+    def addresses(self) -> Addresses: ...
 
     @property
     def media_plane(self) -> MediaPlane | None:
         """The hub's media thread and loop: the call's RTP sockets and its broadcast run there (None: here)."""
         ...
 
-    @property
-    def nc(self) -> Any: ...
+    def broadcaster(self, channel: int, source: LiveSource) -> LiveBroadcaster:
+        """The signed broadcast of `source` on `channel`, not yet started."""
+        ...
 
-    @property
-    def signer(self) -> Any: ...
+    def talkback_tap(self) -> TalkbackTap | None:
+        """The site whose microphone the hub listens to now, if any."""
+        ...
 
-    @property
-    def subjects(self) -> Any: ...
-
-    def pin_gate(self, source: str) -> PinGate: ...
+    def pin_gate(self, source: str) -> PinCheck: ...
 
     def caller_source(self, invite: SipMessage, flow: Flow) -> str: ...
 
@@ -159,280 +134,9 @@ class CallHost(Protocol):
     def call_ended(self, call: Call) -> None: ...
 
 
-# -- media ----------------------------------------------------------------------------------------------------
-class CallAudio:
-    """The caller's voice as a `LiveSource`: one 48 kHz block per broadcast frame, concealed where packets are
-    missing, silence while the caller holds."""
-
-    def __init__(self, receiver: RtpReceiver, clock: Callable[[], float] = time.monotonic) -> None:
-        self.receiver = receiver
-        self.clock = clock
-        self.held = False
-        self._buf = np.zeros(0, np.float32)
-        self.level = 0.0
-
-    def next_block(self, now: float) -> Samples:
-        # Held or not, the jitter buffer is drained at the broadcast's pace, so that music on hold does not pile
-        # up in it and play after the resume.
-        t = self.clock()
-        parts = [self._buf]
-        have = self._buf.size
-        while have < FRAME_SAMPLES:
-            pcm = self.receiver.pop_audio(t)
-            if pcm.size == 0:
-                pcm = np.zeros(FRAME_SAMPLES, np.float32)
-            parts.append(pcm)
-            have += pcm.size
-        buf = np.concatenate(parts).astype(np.float32, copy=False)
-        block, self._buf = buf[:FRAME_SAMPLES], buf[FRAME_SAMPLES:]
-        if self.held:
-            block = np.zeros(FRAME_SAMPLES, np.float32)
-        self.level = float(np.sqrt(np.mean(block.astype(np.float64) ** 2)))
-        return block
-
-
 async def _start(broadcaster: LiveBroadcaster) -> None:
     """Start `broadcaster` on the loop this runs on (its task belongs there)."""
     broadcaster.start()
-
-
-class _RtpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, call: Call, *, rtcp: bool) -> None:
-        self.call = call
-        self.rtcp = rtcp
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.rtcp:
-            self.call._on_rtcp(data, (addr[0], addr[1]))
-        else:
-            self.call._on_rtp(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("rtp: %s", exc)
-
-
-class Limiter:
-    """Keeps a mix under `LIMIT`: the gain drops at once to what the loudest sample of a block allows (no sample
-    ever clips) and recovers by `RELEASE` per block, ramped within the block so the recovery does not click."""
-
-    def __init__(self, ceiling: float = LIMIT, release: float = RELEASE) -> None:
-        if not 0 < ceiling <= 1 or release < 1:
-            raise ValueError(f"bad limiter: ceiling {ceiling} (0..1], release {release} (>= 1)")
-        self.ceiling = ceiling
-        self.release = release
-        self.gain = 1.0
-
-    def process(self, block: Samples) -> Samples:
-        if block.size == 0:
-            return block.astype(np.float32, copy=False)
-        peak = float(np.max(np.abs(block)))
-        allowed = self.ceiling / peak if peak > self.ceiling else 1.0
-        gain = min(1.0, self.gain * self.release, allowed)
-        # Attack: the whole block at the lower gain. Release: a ramp whose every gain is between the old gain and
-        # the new one, both at most `allowed`, so no sample clips either.
-        ramp = gain if gain < self.gain else np.linspace(self.gain, gain, block.size, dtype=np.float32)
-        self.gain = gain
-        out: Samples = np.clip(block * ramp, -self.ceiling, self.ceiling).astype(np.float32)  # float rounding only
-        return out
-
-
-class TalkbackFeed:
-    """One site's microphone shared by every call that mixes it: a tap's `next_block` consumes its audio, so two
-    calls reading the tap directly would each hear every other block. The fastest reader pulls from the tap;
-    the others get the same blocks from a short backlog (a reader further behind skips to the newest)."""
-
-    def __init__(self, tap: TalkbackTap) -> None:
-        self.tap = tap
-        self._blocks: deque[Samples] = deque()
-        self._first = 0  # index of _blocks[0] in the tap's sequence of blocks
-
-    @classmethod
-    def of(cls, tap: TalkbackTap) -> TalkbackFeed:
-        feed = _FEEDS.get(tap)
-        if feed is None:
-            feed = _FEEDS[tap] = cls(tap)
-        return feed
-
-    def read(self, cursor: int | None) -> tuple[Samples, int]:
-        """The block at `cursor` (None: a new reader) and the reader's next cursor."""
-        end = self._first + len(self._blocks)
-        if cursor is None or not self._first <= cursor <= end:
-            cursor = end
-        if cursor == end:
-            self._blocks.append(self.tap.next_block(FRAME_SAMPLES))
-            if len(self._blocks) > TALKBACK_BACKLOG:
-                self._blocks.popleft()
-                self._first += 1
-        return self._blocks[cursor - self._first], cursor + 1
-
-
-_FEEDS: weakref.WeakKeyDictionary[TalkbackTap, TalkbackFeed] = weakref.WeakKeyDictionary()
-
-
-class ReturnStream:
-    """What the caller hears: queued prompts, else silence, plus the talkback site's microphone when
-    `talkback` names one, limited, encoded and sent as RTP every 20 ms."""
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        payload_type: int,
-        send: Callable[[bytes], None],
-        talkback: Callable[[], TalkbackTap | None] | None = None,
-    ) -> None:
-        self.encoder = encoder
-        self.payload_type = payload_type
-        self.send = send
-        self.talkback = talkback  # set when the call goes live
-        self.limiter = Limiter()
-        self._feed: TalkbackFeed | None = None
-        self._cursor: int | None = None
-        self.ssrc = random.getrandbits(32)
-        self.seq = random.getrandbits(16)
-        self.ts = random.getrandbits(32)
-        self.packets = 0
-        self.octets = 0
-        self._queue: deque[Samples] = deque()
-        self._current = np.zeros(0, np.float32)
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._task: asyncio.Task[None] | None = None
-        self._first = True
-
-    def play(self, pcm: Samples) -> None:
-        self._queue.append(pcm)
-        self._drained.clear()
-
-    def clear(self) -> None:
-        self._queue.clear()
-        self._current = np.zeros(0, np.float32)
-        self._drained.set()
-
-    async def played(self) -> None:
-        await self._drained.wait()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="rtp-return")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait(task)
-
-    def _block(self) -> Samples:
-        """The next 20 ms the caller hears."""
-        block = self._prompt_block()
-        tap = self.talkback() if self.talkback is not None else None
-        if tap is None:
-            self._feed = self._cursor = None
-            return block
-        if self._feed is None or self._feed.tap is not tap:
-            self._feed, self._cursor = TalkbackFeed.of(tap), None
-        mic, self._cursor = self._feed.read(self._cursor)
-        if mic.size != FRAME_SAMPLES:
-            mic = np.pad(mic[:FRAME_SAMPLES], (0, max(0, FRAME_SAMPLES - mic.size)))
-        return self.limiter.process(block + mic)
-
-    def _prompt_block(self) -> Samples:
-        while self._current.size < FRAME_SAMPLES and self._queue:
-            self._current = np.concatenate([self._current, self._queue.popleft()])
-        if self._current.size == 0:
-            self._drained.set()
-            return np.zeros(FRAME_SAMPLES, np.float32)
-        block = self._current[:FRAME_SAMPLES]
-        self._current = self._current[FRAME_SAMPLES:]
-        if block.size < FRAME_SAMPLES:
-            block = np.concatenate([block, np.zeros(FRAME_SAMPLES - block.size, np.float32)])
-        if self._current.size == 0 and not self._queue:
-            self._drained.set()
-        return block
-
-    async def _run(self) -> None:
-        pacer = Pacer(time.monotonic())
-        while True:
-            delay, skipped = pacer.next(time.monotonic())
-            if delay > 0:
-                await asyncio.sleep(delay)
-            # Late ticks are skipped, never sent in a burst; the RTP clock still moves on by their duration so the
-            # caller's jitter buffer sees a gap, not a time warp.
-            self.ts = (self.ts + skipped * self.encoder.timestamp_step()) & 0xFFFFFFFF
-            for payload in self.encoder.encode(self._block()):
-                pkt = RtpPacket(
-                    payload_type=self.payload_type,
-                    seq=self.seq,
-                    timestamp=self.ts,
-                    ssrc=self.ssrc,
-                    payload=payload,
-                    marker=self._first,
-                )
-                self._first = False
-                self.seq = (self.seq + 1) & 0xFFFF
-                self.ts = (self.ts + self.encoder.timestamp_step()) & 0xFFFFFFFF
-                self.packets += 1
-                self.octets += len(payload)
-                self.send(pkt.build())
-
-
-class Pacer:
-    """One tick every `period` from `t0`, sans-IO: `next(now)` gives how long to sleep before the next tick and
-    how many ticks were missed (skipped, so a late loop never sends a burst)."""
-
-    def __init__(self, t0: float, period: float = FRAME_S) -> None:
-        self.t0 = t0
-        self.period = period
-        self.n = 0
-
-    def next(self, now: float) -> tuple[float, int]:
-        self.n += 1
-        due = self.t0 + self.n * self.period
-        if now - due < self.period:
-            return max(0.0, due - now), 0
-        skipped = int((now - due) // self.period)
-        self.n += skipped
-        return 0.0, skipped
-
-
-# -- the call -------------------------------------------------------------------------------------------------
-def _sdp_media(neg: Negotiated) -> SdpMedia:
-    pts = {neg.codec.payload_type} | ({neg.dtmf_pt} if neg.dtmf_pt is not None else set())
-    return SdpMedia((neg.remote_addr[0], neg.remote_addr[1]), neg.rtcp_port, frozenset(pts))
-
-
-def _rtcp_sender(packets: list[Any]) -> int | None:
-    """The SSRC that sent an RTCP compound (its first packet's), or None."""
-    if not packets:
-        return None
-    first = packets[0]
-    if isinstance(first, (SenderReport, ReceiverReport)):
-        return first.ssrc
-    if isinstance(first, SourceDescription) and first.chunks:
-        return first.chunks[0].ssrc
-    if isinstance(first, Bye) and first.ssrcs:
-        return first.ssrcs[0]
-    return None
-
-
-@dataclass
-class _Media:
-    neg: Negotiated
-    transport: asyncio.DatagramTransport
-    rtcp: asyncio.DatagramTransport
-    port: int
-    latch: MediaLatch
-    receiver: RtpReceiver
-    audio: CallAudio
-    back: ReturnStream
-    dtmf: Rfc4733Decoder
-    srtp: SrtpContext | None
-    rtp_budget: SendBudget
-    rtcp_budget: SendBudget
-
-    def sending(self) -> tuple[str, int] | None:
-        """Where our RTP goes now, or None: nothing to a caller who holds, and nothing to an address the latch
-        does not allow."""
-        if self.neg.direction in ("sendonly", "inactive"):
-            return None
-        return self.latch.rtp_target()
 
 
 class Call:
@@ -447,7 +151,7 @@ class Call:
         self.from_uri = self.invite.from_.uri
         self.source = host.caller_source(self.invite, flow)  # the trunk's caller, not the trunk, if trusted
         self.dialog: Dialog | None = None
-        self.media: _Media | None = None
+        self.media: CallMedia | None = None
         self.address_id: int | None = None
         self.broadcaster: LiveBroadcaster | None = None
         self.digits: asyncio.Queue[str] = asyncio.Queue()
@@ -461,10 +165,13 @@ class Call:
         self._cancelled = False
         self._rtcp_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the call's own (control) loop
-        self._reporter = ReceptionReporter()
         self.rtcp_sent = 0
-        self.heard_report: ReportBlock | None = None  # the caller's latest report on our stream (what it decodes)
         self._drop_logged = -DROP_LOG_S
+
+    @property
+    def heard_report(self) -> ReportBlock | None:
+        """The caller's latest RTCP report on our stream (what it decodes), if any."""
+        return self.media.heard_report if self.media is not None else None
 
     # -- entry ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -559,10 +266,10 @@ class Call:
 
     async def _open_media(self, neg: Negotiated, decoder: Decoder, encoder: Encoder) -> None:
         transport, rtcp, port = await self._on_media_loop(
-            self.host.open_rtp(lambda: _RtpProtocol(self, rtcp=False), lambda: _RtpProtocol(self, rtcp=True))
+            self.host.open_rtp(lambda: DatagramSink(self._on_rtp), lambda: DatagramSink(self._on_rtcp))
         )
         receiver = RtpReceiver(neg.codec.clock_rate, neg.ptime_ms or 20, JITTER_TARGET_MS, decoder=decoder)
-        latch = MediaLatch(self.flow.remote[0], _sdp_media(neg), trusted=self.host.trusted_media,
+        latch = MediaLatch(self.flow.remote[0], sdp_media(neg), trusted=self.host.trusted_media,
                            srtp=neg.crypto is not None)  # fmt: skip
         srtp = SrtpContext(answer_crypto(neg.crypto), neg.crypto) if neg.crypto is not None else None
 
@@ -576,7 +283,7 @@ class Call:
 
         back = ReturnStream(encoder, neg.codec.payload_type, send)
         now = time.monotonic()
-        self.media = _Media(neg, transport, rtcp, port, latch, receiver, CallAudio(receiver), back, Rfc4733Decoder(),
+        self.media = CallMedia(neg, transport, rtcp, port, latch, receiver, CallAudio(receiver), back, Rfc4733Decoder(),
                             srtp, SendBudget(RTP_SEND_RATE, RTP_SEND_BURST, now),
                             SendBudget(RTCP_SEND_RATE, RTCP_SEND_BURST, now))  # fmt: skip
 
@@ -673,10 +380,7 @@ class Call:
             await self._say_and_hang_up("ended")
             return
         channel = addresses.channel_of(self.address_id)
-        plane = self.host.media_plane
-        self.broadcaster = LiveBroadcaster(plane.nc if plane is not None else self.host.nc, channel=channel,
-                                           signer=self.host.signer, source=self.media.audio,
-                                           subjects=self.host.subjects)  # fmt: skip
+        self.broadcaster = self.host.broadcaster(channel, self.media.audio)
         await self._on_media_loop(_start(self.broadcaster))
         self.state = CallState.live
         n = self.sites_live = await self.host.sites_live(grant.zone_ids)
@@ -690,8 +394,7 @@ class Call:
         """The site the hub listens to, while this call is on air."""
         if self.state is not CallState.live:
             return None
-        control = self.host.hub.talkback
-        return control.current if control is not None else None
+        return self.host.talkback_tap()
 
     async def _say_and_hang_up(self, prompt: str) -> None:
         assert self.media is not None
@@ -786,7 +489,7 @@ class Call:
         self.media.neg = neg
         if neg.remote_addr[1]:
             # A new address unlatches; the same rules latch again. On the media loop, between two datagrams.
-            self._media_soon(self.media.latch.renegotiate, _sdp_media(neg))
+            self._media_soon(self.media.latch.renegotiate, sdp_media(neg))
         ours = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}.get(neg.direction, "sendrecv")
         self.sdp_version += 1
         local_ip = self.host.local_ip(self.flow.remote[0])
@@ -831,46 +534,19 @@ class Call:
         m = self.media
         if m is None or self.state is CallState.ended:
             return
-        verdict = m.latch.on_rtp(data, addr, m.srtp.unprotect if m.srtp is not None else None)
-        pkt = verdict.packet
-        if pkt is None:
-            self._dropped(verdict.reason, addr)
-            return
-        if m.neg.dtmf_pt is not None and pkt.payload_type == m.neg.dtmf_pt:
-            digit = m.dtmf.push(pkt)
-            if digit is not None and self._loop is not None:
-                self._loop.call_soon_threadsafe(self.digits.put_nowait, digit)  # to the conversation's loop
-        elif pkt.payload_type == m.neg.codec.payload_type:
-            m.receiver.push(pkt, time.monotonic())
+        got = m.receive_rtp(data, addr, time.monotonic())
+        if got.dropped is not None:
+            self._dropped(got.dropped, addr)
+        elif got.digit is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.digits.put_nowait, got.digit)  # to the conversation's loop
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         m = self.media
         if m is None or self.state is CallState.ended:
             return
-        # The source is checked before anything is parsed or decrypted: a stranger never reaches the SRTCP state.
-        if not m.latch.rtcp_source_ok(addr):
-            m.latch.on_rtcp(addr, None)
-            self._dropped("rtcp_foreign", addr)
-            return
-        try:
-            if m.srtp is not None:
-                data = m.srtp.unprotect_rtcp(data)
-            packets = parse_compound(data)
-        except SrtpError:
-            m.latch.dropped["srtcp_auth"] += 1
-            self._dropped("srtcp_auth", addr)
-            return
-        except RtcpError:
-            m.latch.dropped["bad_packet"] += 1
-            self._dropped("bad_packet", addr)
-            return
-        if not m.latch.on_rtcp(addr, _rtcp_sender(packets)):
-            self._dropped("rtcp_foreign", addr)
-            return
-        for packet in packets:
-            self._reporter.on_packet(packet, time.monotonic())
-            if isinstance(packet, (SenderReport, ReceiverReport)):
-                self.heard_report = next((b for b in packet.reports if b.ssrc == m.back.ssrc), self.heard_report)
+        dropped = m.receive_rtcp(data, addr, time.monotonic())
+        if dropped is not None:
+            self._dropped(dropped, addr)
 
     def _dropped(self, reason: str, addr: tuple[str, int]) -> None:
         """Count a dropped datagram for /metrics and say so in the log, at most once per DROP_LOG_S per call."""
@@ -890,16 +566,14 @@ class Call:
         """Receiver reports (RFC 3550 §6.4.2) to the caller's RTCP port, about every 5 s, once the latch allows."""
         cname = f"citycast@{self.host.local_ip(self.flow.remote[0])}"
         while True:
-            await asyncio.sleep(self._reporter.next_interval())
             m = self.media
             if m is None:
                 return
-            target = m.latch.rtcp_target()
-            if target is None or not m.rtcp_budget.take(time.monotonic()):
+            await asyncio.sleep(m.reporter.next_interval())
+            report = m.receiver_report(cname, time.monotonic())
+            if report is None:
                 continue
-            block = self._reporter.report_block(m.receiver.stats, time.monotonic())
-            data = build_rr(m.back.ssrc, [block] if block is not None else [], cname)
-            self._media_soon(m.rtcp.sendto, m.srtp.protect_rtcp(data) if m.srtp is not None else data, target)
+            self._media_soon(m.rtcp.sendto, *report)
             self.rtcp_sent += 1
 
     # -- the end --------------------------------------------------------------------------------------------

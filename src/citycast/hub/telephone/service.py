@@ -1,5 +1,5 @@
-"""The conference telephone inside the hub: `Telephone(hub, host, port)` answers SIP calls and puts the right
-callers on air.
+"""The conference telephone inside the hub: `Telephone(services, host, port)` answers SIP calls and puts the right
+callers on air. `services` (hub_services.py, built by `Hub.telephone_services()`) is all it knows of the hub.
 
 It routes each request the transaction layer lets through: a new INVITE makes a `Call`; in-dialog requests, ACKs
 and CANCELs go to the call with that Call-ID; OPTIONS outside a dialog is answered here (a trunk's keep-alive).
@@ -20,11 +20,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
-from citycast.hub.db.models import Site
 from citycast.hub.telephone.call import ACCEPT, ALLOW, Call
-from citycast.hub.telephone.pins import PinGate, PinGuard, PinStore
+from citycast.hub.telephone.hub_services import Addresses, TelephoneServices
+from citycast.hub.telephone.pins import PinGate, PinGuard
 from citycast.hub.telephone.prompts import Prompts
 from citycast.rtp.latch import DROP_REASONS, IpNetwork, parse_networks
 from citycast.sip.identity import caller_source, parse_trunks
@@ -40,9 +38,9 @@ from citycast.sip.transport import Flow, SipTransport
 from citycast.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
-    from citycast.hub.addresses import AddressManager
     from citycast.hub.media_plane import MediaPlane
-    from citycast.hub.runtime import Hub
+    from citycast.hub.talkback import TalkbackTap
+    from citycast.ingest.live import LiveBroadcaster, LiveSource
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ class Telephone:
 
     def __init__(
         self,
-        hub: Hub,
+        services: TelephoneServices,
         host: str,
         port: int,
         rtp_ports: tuple[int, int] = (20000, 20999),
@@ -73,7 +71,7 @@ class Telephone:
         lo, hi = rtp_ports
         if not 1024 <= lo < hi <= 65535:
             raise ValueError(f"bad RTP port range {lo}-{hi}: need 1024 <= low < high <= 65535")
-        self.hub = hub
+        self.services = services
         self.host = host
         self.rtp_ports = (lo + lo % 2, hi)
         self.ring_s = ring_s
@@ -87,7 +85,6 @@ class Telephone:
         self.rtp_dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
         self.transport = SipTransport(host, port, self, t1=t1)
         self.calls: dict[str, Call] = {}
-        self.pins: PinStore | None = None
         self._watch: asyncio.Task[None] | None = None
         self._next_port = random.randrange(self.rtp_ports[0], self.rtp_ports[1], 2)
         self.register = register
@@ -99,33 +96,25 @@ class Telephone:
 
     # -- what calls use -------------------------------------------------------------------------------------
     @property
-    def addresses(self) -> AddressManager:
-        assert self.hub.addresses is not None, "the hub is not started"
-        return self.hub.addresses
-
-    @property
-    def nc(self) -> Any:
-        return self.hub.nc
+    def addresses(self) -> Addresses:
+        return self.services.addresses
 
     @property
     def media_plane(self) -> MediaPlane | None:
-        return self.hub.media
+        return self.services.media_plane
 
-    @property
-    def signer(self) -> Any:
-        return self.hub.signer
+    def broadcaster(self, channel: int, source: LiveSource) -> LiveBroadcaster:
+        return self.services.broadcaster(channel, source)
 
-    @property
-    def subjects(self) -> Any:
-        return self.hub.subjects
+    def talkback_tap(self) -> TalkbackTap | None:
+        return self.services.talkback()
 
     @property
     def port(self) -> int:
         return self.transport.port
 
     def pin_gate(self, source: str) -> PinGate:
-        assert self.pins is not None
-        return PinGate(self.pins, self.guard, source)
+        return PinGate(self.services.pins, self.guard, source)
 
     def caller_source(self, invite: SipMessage, flow: Flow) -> str:
         """What the PIN guard counts a call under: the signalling IP, or the caller's identity via a trusted trunk."""
@@ -167,15 +156,7 @@ class Telephone:
 
     async def sites_live(self, zone_ids: tuple[int, ...]) -> int:
         """Enrolled sites of those zones (all zones when empty) that the fleet does not see offline."""
-
-        def names() -> set[str]:
-            with self.hub.db.session() as s:
-                q = select(Site.name).where(Site.enrolled_at.is_not(None), Site.revoked_at.is_(None))
-                q = q.where(Site.zone_id.in_(zone_ids)) if zone_ids else q.where(Site.zone_id.is_not(None))
-                return set(s.scalars(q))
-
-        enrolled = await asyncio.to_thread(names)
-        return sum(1 for v in self.hub.fleet.snapshot() if v.get("name") in enrolled and v.get("state") != "offline")
+        return await self.services.sites_live(zone_ids)
 
     def counters(self) -> dict[str, int]:
         """Signalling counters and dropped media datagrams by reason (``rtp_dropped_<reason>``), for /metrics."""
@@ -189,9 +170,6 @@ class Telephone:
 
     # -- life -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.hub.addresses is None or self.hub.nc is None or self.hub.signer is None:
-            raise RuntimeError("start the hub before its telephone")
-        self.pins = PinStore(self.hub.db, publish=self.hub.events.publish)
         await self.transport.start()
         self._watch = asyncio.create_task(self._watch_addresses(), name="sip-watch")
         if self.register is not None:
