@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from tests.helpers import Topology, start_auth_nats, wait_for_log
 
-from citycast.bus.authority import CityBundle, NatsAuthority
+from citycast.bus.authority import NatsAuthority
+from citycast.bus.city_bundle import CityBundle
 from citycast.bus.server import EmbeddedNats, free_port
 
 

@@ -24,7 +24,8 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from citycast.bus import jwt
-from citycast.bus.authority import CityBundle, CityFiles, NatsAuthority
+from citycast.bus.authority import NatsAuthority
+from citycast.bus.city_bundle import CityBundle, CityFiles
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.protocol.subjects import Subjects

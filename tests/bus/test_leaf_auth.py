@@ -1,15 +1,13 @@
 """A city leafnode under the hub's JWT accounts: two real nats-servers in operator mode on loopback.
 
-The hub listens for leafnodes; the city server runs from `NatsAuthority.city_bundle` and dials it with the
-bundle's leaf creds. Sites enrolled at the hub connect to the city server with the same JWTs."""
+The hub listens for leafnodes; the city server runs from the city bundle (`citycast.bus.city_bundle`) and dials
+it with the bundle's leaf creds. Sites enrolled at the hub connect to the city server with the same JWTs."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import nats
 import pytest
@@ -20,15 +18,7 @@ from nats.js.api import KeyValueConfig
 from tests.helpers import SUBJECTS, Topology, connect, nothing_arrives, site_creds, wait_until
 
 from citycast.bus import jwt
-from citycast.bus.authority import (
-    CITY_TIME_INBOX_PREFIX,
-    INGEST_INBOX_PREFIX,
-    CityBundle,
-    CityBundleError,
-    NatsAuthority,
-    site_inbox_prefix,
-)
-from citycast.bus.jwt import KeyKind
+from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, INGEST_INBOX_PREFIX, site_inbox_prefix
 from citycast.hub.desired import DesiredStore
 from citycast.protocol.desired import DesiredState, desired_bucket
 from citycast.site.desired import DesiredWatcher
@@ -241,43 +231,3 @@ async def test_city_time_responder_answers_its_zone_and_syncs_to_the_hub(topolog
     assert responder.errors and site.errors == []
     for c in (responder, site, hub):
         await c.nc.close()
-
-
-def test_bundle_is_private_and_refused_clearly_when_bad(tmp_path: Path) -> None:
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    path = tmp_path / "city.bundle"
-    bundle = authority.city_bundle(path, "north")
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert CityBundle.load(path) == bundle
-    operator = jwt.decode(bundle.operator_jwt)  # verifies the signature against its issuer
-    assert operator["iss"] == operator["sub"] == authority.operator_public  # self-signed by the hub's operator
-    assert operator["nats"]["system_account"] == authority.system_public
-    leaf = jwt.decode(jwt.parse_creds(bundle.leaf_creds).jwt)
-    assert "citycast.audio.*" not in leaf["nats"]["pub"]["allow"]
-    assert "citycast.audio.*" in leaf["nats"]["sub"]["allow"]
-    files = bundle.install(tmp_path / "city")
-    for p in (files.leaf_creds, files.system_leaf_creds, files.time_creds):
-        assert p.stat().st_mode & 0o777 == 0o600
-    assert "extension_hint: will_extend" in bundle.server_config(files.resolver_dir)
-
-    def refused(text: str, match: str) -> None:
-        path.write_text(text)
-        with pytest.raises(CityBundleError, match=match):
-            CityBundle.load(path)
-
-    good = json.loads(bundle.to_json())
-    refused("{not json", "not JSON")
-    refused(json.dumps({**good, "version": 99}), "version 1")
-    refused(json.dumps({k: v for k, v in good.items() if k != "leaf_creds"}), "lacks leaf_creds")
-    head, body, sig = good["account_jwt"].split(".")
-    refused(json.dumps({**good, "account_jwt": f"{head}.{body}.{sig[::-1]}"}), "not valid")
-    other = NatsAuthority.load_or_create(tmp_path / "other")
-    refused(json.dumps({**good, "account_jwt": other.account_jwt()}), "not valid")
-    stranger = jwt.new_seed(KeyKind.USER)
-    foreign = jwt.creds_text(jwt.user_jwt(other.account_seed, jwt.public_key(stranger), "x"), stranger)
-    refused(json.dumps({**good, "leaf_creds": foreign}), "leaf_creds is not a user")
-    refused(json.dumps({**good, "zone": "a.b"}), "zone|site name")
-    with pytest.raises(CityBundleError, match="cannot read"):
-        CityBundle.load(tmp_path / "missing.bundle")
-    with pytest.raises(ValueError, match="site name"):
-        authority.city_bundle(tmp_path / "x.bundle", "no spaces")

@@ -37,7 +37,7 @@ def run_city(
     url = nats
     time_creds: Path | None = None
     if city_bundle is not None:
-        from citycast.bus.authority import CityBundle, CityBundleError
+        from citycast.bus.city_bundle import CityBundle, CityBundleError
 
         try:
             bundle = CityBundle.load(city_bundle)
@@ -95,7 +95,8 @@ def city(
     ),
     leaf_listen: Annotated[int | None, typer.Option(help="Also accept leafnode connections on this port.")] = None,
     data_dir: Annotated[
-        Path, typer.Option(help="The city server's own files (with --city-bundle: its NATS accounts and TLS).")
+        Path,
+        typer.Option(help="With --city-bundle: where its credentials and the city's NATS files go (DATA_DIR/city)."),
     ] = Path("citycast-data"),
     nats: Annotated[
         str | None, typer.Option("--nats", help="Use this existing NATS instead of starting one (no leafnode).")
