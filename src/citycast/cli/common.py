@@ -9,12 +9,16 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from citycast.protocol.channel import CHANNEL_MAX, CHANNEL_MIN
+
 console = Console(stderr=True)
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 NatsOpt = Annotated[str, typer.Option("--nats", help="URL of the NATS server (or cluster/leafnode) to use.")]
 PrefixOpt = Annotated[str, typer.Option("--prefix", help="Subject prefix shared by every part.")]
-ChannelOpt = Annotated[int, typer.Option("--channel", min=0, help="Audio channel number.")]
+ChannelOpt = Annotated[
+    int, typer.Option("--channel", min=CHANNEL_MIN, max=CHANNEL_MAX, help="Audio channel number (0-65535).")
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -1,5 +1,7 @@
 """Desired site state: what the hub wants each site to do (channel, volume, mute, fallback).
 
+On the bus: JSON on `<prefix>.desired.<site>` (each change) and in answer to `<prefix>.desired-get.<site>`, with
+the KV revision in the `Citycast-Revision` header (docs/protocol.md "Desired state", subjects in "Subjects").
 A state rather than commands because a site that was offline must converge when it returns: it asks for the
 latest value, not for a queue of orders it missed. The hub keeps it in a KV bucket and hands it to sites over
 plain NATS (citycast.hub.desired, citycast.site.desired).

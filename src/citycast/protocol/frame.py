@@ -1,6 +1,7 @@
 """The audio frame: one NATS message carrying 1–4 Opus packets, a small header and an Ed25519 signature.
 
-Wire format (big-endian; see docs/protocol.md, which a test decodes against this module)::
+On the bus: `<prefix>.audio.<channel>` from ingest to the sites, `<prefix>.talkback.<site>` from a site's microphone
+to the hub. Wire format (big-endian; docs/protocol.md "Frame", whose example a test decodes against this module)::
 
     off size field
     0   2    magic b"CC"

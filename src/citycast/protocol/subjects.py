@@ -1,4 +1,8 @@
-"""NATS subject names. One place, so that permissions and documentation cannot drift from the code."""
+"""NATS subject names. One place, so that permissions and documentation cannot drift from the code.
+
+Every subject that crosses the bus, with who publishes and who subscribes: docs/protocol.md "Subjects" (a test
+holds that table and this class to the same set, both ways).
+"""
 
 from __future__ import annotations
 
