@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run every check CI runs: ruff, mypy, the import-layering contracts, the test suite.
+# The suite includes tests/test_wheel.py: it builds the wheel, installs it in a fresh venv and serves from it
+# (dependencies from build/wheelhouse, filled from the package index on the first run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || exit 1
