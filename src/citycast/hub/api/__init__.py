@@ -7,6 +7,7 @@ Routes live in one module per resource; `docs/hub-internals.md` lists them with 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 from citycast.hub.api import (
     addresses,
@@ -45,6 +48,20 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "console" / "static"
 LOGIN_FAILURES_PER_MINUTE = 10
 ENROL_FAILURES_PER_MINUTE = 10
+
+
+class ConsoleFiles(StaticFiles):
+    """The console's files. Its scripts are ES modules, which a browser runs only when served as JavaScript (the
+    hub also sends nosniff); StaticFiles takes the type from the platform's MIME table, which may say text/plain
+    or nothing for `.js` (the Windows registry, an old /etc/mime.types), so `.js` is named here."""
+
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if os.fspath(full_path).endswith(".js") and "content-type" in response.headers:
+            response.headers["content-type"] = "text/javascript; charset=utf-8"
+        return response
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -109,7 +126,7 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
 
     if static_dir is not None and static_dir.is_dir():
         # Last, so every API route above wins; html=True serves index.html at "/".
-        app.mount("/", StaticFiles(directory=static_dir, html=True), name="console")
+        app.mount("/", ConsoleFiles(directory=static_dir, html=True), name="console")
     elif static_dir is not None:
         log.warning("console files not found at %s: serving the API only", static_dir)
     # Added last, so it wraps everything else: every response carries the CSP, frame and sniffing headers.

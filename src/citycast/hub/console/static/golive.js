@@ -1,6 +1,5 @@
 // The "Go live" page: the speaker's microphone over WebRTC into the hub. Plain JS, no libraries.
 // The level the speaker can trust is the hub's (what actually goes on air); the local meter only shows the mic works.
-"use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = { pc: null, stream: null, audioCtx: null, poll: null, meterRaf: null };

@@ -1,10 +1,10 @@
 // Helpers that build and describe the RFC 5545 recurrence rules the hub's scheduler reads (with dateutil).
 // Pure functions: no DOM, so the browser tests can call them directly.
 
-export const WEEKDAYS = [
+export const WEEKDAYS = Object.freeze([
   ['MO', 'Monday'], ['TU', 'Tuesday'], ['WE', 'Wednesday'], ['TH', 'Thursday'],
   ['FR', 'Friday'], ['SA', 'Saturday'], ['SU', 'Sunday'],
-];
+]);
 
 const DAY_NAMES = Object.fromEntries(WEEKDAYS);
 

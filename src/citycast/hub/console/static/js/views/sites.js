@@ -1,0 +1,125 @@
+// Sites view: the paged, filterable table of every site with its live state, level, sync, volume, mute and
+// Listen; rows are updated in place as the live feed reports. Also the site list's loading and site control.
+import { api } from '../api.js';
+import { fmtMs } from '../format.js';
+import { mergeSite, notify, removeSite, state, subscribe, zoneName } from '../store.js';
+import { $, act, el, meter, setMeter, stateBadge } from '../ui.js';
+import { listenButton, setTalkback } from './talkback.js';
+
+const PAGE_SIZE = 50;
+const REFETCH_DELAY_MS = 1000;
+
+/** Fetches every site (positions, zones, settings) and drops those the hub no longer has. */
+export async function loadSites() {
+  const list = await api('GET', 'sites');
+  const seen = new Set();
+  for (const site of list) {
+    seen.add(site.name);
+    mergeSite(site);
+  }
+  for (const name of [...state.sites.keys()]) {
+    if (!seen.has(name)) removeSite(name);
+  }
+  notify('sites-loaded');
+}
+
+export async function controlSite(site, change) {
+  const result = await act(() => api('POST', `sites/${site.id}/control`, change),
+    change.muted === undefined ? `${site.name}: volume ${Math.round(change.volume * 100)}%` : `${site.name} ${change.muted ? 'muted' : 'unmuted'}`);
+  if (result) {
+    // The hub answers with the site (or at least accepted the change): show the desired state at once.
+    mergeSite({ ...(result && typeof result === 'object' && result.name === site.name ? result : {}), name: site.name, ...change });
+  }
+}
+
+function filteredSites() {
+  const q = $('#site-filter').value.trim().toLowerCase();
+  const all = [...state.sites.values()].sort((a, b) => a.name.localeCompare(b.name));
+  if (!q) return all;
+  return all.filter((s) => [s.name, s.label, s.zone, s.state].some((v) => v && String(v).toLowerCase().includes(q)));
+}
+
+export function mountSites() {
+  const rows = new Map(); // name -> the cells of the site's row, while it is on the visible page
+  let page = 0;
+  let refetchTimer = null;
+
+  function updateRow(site) {
+    const cells = rows.get(site.name);
+    if (!cells) return;
+    if (cells.state.dataset.state !== site.state) {
+      cells.state.dataset.state = site.state;
+      cells.state.replaceChildren(stateBadge(site.state));
+    }
+    cells.state.title = site.sink_error ? `Audio output failed: ${site.sink_error}` : '';
+    if (!cells.level.firstChild) cells.level.append(meter(site.level_rms_dbfs, 'site-level'));
+    else setMeter(cells.level.firstChild, site.level_rms_dbfs);
+    cells.sync.textContent = fmtMs(site.sync_error_ms);
+    if (document.activeElement !== cells.volume) cells.volume.value = String(site.volume ?? 1);
+    cells.volumeText.textContent = `${Math.round((site.volume ?? 1) * 100)}%`;
+    cells.mute.textContent = site.muted ? 'Unmute' : 'Mute';
+    cells.mute.setAttribute('aria-pressed', site.muted ? 'true' : 'false');
+    cells.mute.classList.toggle('on', Boolean(site.muted));
+    listenButton(cells.listen, ' Stop', site.name);
+  }
+
+  function siteRow(site) {
+    const cells = {
+      state: el('td', {}),
+      level: el('td', {}),
+      sync: el('td', { class: 'num hide-phone' }),
+      volume: el('input', {
+        type: 'range', min: '0', max: '2', step: '0.05', testid: 'site-volume',
+        onchange: (ev) => controlSite(site, { volume: Number(ev.target.value) }),
+      }),
+      volumeText: el('span', { class: 'small muted' }),
+      mute: el('button', { class: 'small', testid: 'site-mute', onclick: () => controlSite(site, { muted: !site.muted }) }),
+      listen: el('button', {
+        class: 'small listen', testid: 'site-listen', title: 'Hear this site\'s microphone in a live caller\'s return audio',
+        onclick: () => setTalkback(site, state.talkback.site !== site.name),
+      }),
+    };
+    const tr = el('tr', { testid: 'site-row', 'data-site': site.name },
+      el('td', {}, el('strong', {}, site.name), site.label ? el('div', { class: 'muted small' }, site.label) : null),
+      el('td', { class: 'hide-phone' }, site.zone || zoneName(site.zone_id)),
+      cells.state, cells.level, cells.sync,
+      el('td', { class: 'needs-operator' }, cells.volume, ' ', cells.volumeText),
+      el('td', { class: 'needs-operator' }, cells.mute),
+      el('td', { class: 'needs-operator' }, cells.listen));
+    rows.set(site.name, cells);
+    updateRow(site);
+    return tr;
+  }
+
+  function renderTable() {
+    const list = filteredSites();
+    const pages = Math.max(1, Math.ceil(list.length / PAGE_SIZE));
+    page = Math.min(page, pages - 1);
+    const shown = list.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+    rows.clear();
+    $('#sites-body').replaceChildren(...shown.map(siteRow));
+    $('#page-info').textContent = `${list.length ? page * PAGE_SIZE + 1 : 0}–${page * PAGE_SIZE + shown.length} of ${list.length}`;
+    $('#page-prev').disabled = page === 0;
+    $('#page-next').disabled = page >= pages - 1;
+  }
+
+  $('#site-filter').addEventListener('input', () => { page = 0; renderTable(); });
+  $('#page-prev').addEventListener('click', () => { page -= 1; renderTable(); });
+  $('#page-next').addEventListener('click', () => { page += 1; renderTable(); });
+  subscribe('site', updateRow);
+  subscribe('talkback', () => {
+    for (const [name, cells] of rows) listenButton(cells.listen, ' Stop', name);
+  });
+  subscribe('route', () => {
+    if (state.route !== 'sites') rows.clear();
+    else if (state.session.user) renderTable();
+  });
+  // Asked at most once a second, however many unknown sites or zone changes arrive in between.
+  subscribe('sites-stale', () => {
+    if (refetchTimer) return;
+    refetchTimer = setTimeout(() => {
+      refetchTimer = null;
+      loadSites().catch(() => {});
+    }, REFETCH_DELAY_MS);
+  });
+}
