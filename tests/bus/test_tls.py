@@ -11,12 +11,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import pytest
+from tests.helpers import start_auth_nats, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
@@ -42,14 +43,9 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
     NatsAuthority.trust_hub_ca(tmp_path / "auth", tls.ca_pem())
     authority = NatsAuthority.load_or_create(tmp_path / "auth")
     leaf_port = free_port()
-    server = EmbeddedNats(
-        port=free_port(),
-        leaf_listen_port=leaf_port,
-        workdir=tmp_path / "nats",
-        auth_config=authority.server_config(),
-        tls=ServerTls(tls.cert_path, tls.key_path),
+    server = start_auth_nats(
+        authority, tmp_path / "nats", leaf_listen_port=leaf_port, tls=ServerTls(tls.cert_path, tls.key_path)
     )
-    server.start()
     try:
         yield Bus(server, authority, tls, leaf_port)
     finally:
@@ -226,7 +222,12 @@ async def test_a_man_in_the_middle_gets_no_site_connection(bus: Bus, tmp_path: P
         with pytest.raises((WireError, OSError)):
             async with asyncio.timeout(10):
                 await open_wire(mitm.url, lambda m: None, SystemClock(), creds=site_creds, timeout=3)
-        assert _until(lambda: mitm.refused_handshakes >= 2, 5), mitm.refused_handshakes
+        await wait_until(
+            lambda: mitm.refused_handshakes >= 2,
+            "both handshakes refused at the interceptor",
+            timeout=5,
+            detail=lambda: mitm.refused_handshakes,
+        )
         assert b"CONNECT" not in mitm.from_clients and mitm.relayed_sessions == 0
         # Control: a client that trusts the attacker is relayed to the real hub and logs in.
         async with asyncio.timeout(30):
@@ -237,24 +238,6 @@ async def test_a_man_in_the_middle_gets_no_site_connection(bus: Bus, tmp_path: P
         assert mitm.relayed_sessions == 1 and b"CONNECT" in mitm.from_clients
     finally:
         mitm.close()
-
-
-def _until(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _wait_log(server: EmbeddedNats, text: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if text in server.log_text():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 async def _leaf_carries_audio(bus: Bus, city: EmbeddedNats, site_creds: Path) -> bool:
@@ -295,7 +278,7 @@ async def test_the_city_leaf_verifies_the_hub(bus: Bus, tmp_path: Path) -> None:
     try:
         assert not await _leaf_carries_audio(bus, city, site_creds)
         assert "TLS leafnode handshake error" in city.log_text(), city.log_tail()
-        assert _until(lambda: mitm.refused_handshakes >= 1, 5)
+        await wait_until(lambda: mitm.refused_handshakes >= 1, "the handshake refused at the interceptor", timeout=5)
         assert mitm.relayed_sessions == 0 and not mitm.from_clients
     finally:
         city.stop()

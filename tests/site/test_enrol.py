@@ -9,7 +9,6 @@ import json
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
+from tests.helpers import wait_until_sync
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
@@ -79,28 +79,13 @@ class FakeHub:
 
 
 @pytest.fixture
-def nats_auth(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, NatsAuthority]]:
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
-    server.start()
-    try:
-        yield server, authority
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def hub(nats_auth: tuple[EmbeddedNats, NatsAuthority]) -> Iterator[tuple[str, FakeHub]]:
-    server, authority = nats_auth
-    fake = FakeHub(authority, server.url)
+def hub(authority: NatsAuthority, auth_nats: EmbeddedNats) -> Iterator[tuple[str, FakeHub]]:
+    fake = FakeHub(authority, auth_nats.url)
     port = free_port()
     web = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=web.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not web.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert web.started
+    wait_until_sync(lambda: web.started, "uvicorn to start", timeout=10, every=0.02)
     try:
         yield f"http://127.0.0.1:{port}", fake
     finally:
@@ -268,10 +253,7 @@ def _serve(app: FastAPI, tls: HubTls | None = None) -> Iterator[str]:
     web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **extra))  # type: ignore[arg-type]
     thread = threading.Thread(target=web.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not web.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert web.started
+    wait_until_sync(lambda: web.started, "uvicorn to start", timeout=10, every=0.02)
     try:
         yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
