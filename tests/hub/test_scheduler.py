@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
+from tests.helpers import wait_until
 
 from citycast.hub.db import Database
 from citycast.hub.db.models import Priority, Schedule
@@ -223,13 +223,6 @@ class CountingClock(Clock):
         return self.now
 
 
-async def _until(cond: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not cond():
-            await asyncio.sleep(0.005)
-    assert cond(), what
-
-
 async def test_run_loop_starts_once_and_stops(database: Database) -> None:
     _add(database, _schedule(rrule="FREQ=DAILY;BYHOUR=20;BYMINUTE=0"))
     starter = RecordingStarter()
@@ -237,10 +230,12 @@ async def test_run_loop_starts_once_and_stops(database: Database) -> None:
     scheduler = Scheduler(database, starter, clock)
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop, period_s=0.02))
-    await _until(lambda: scheduler.started == 1, "the loop never started the due occurrence")
+    await wait_until(lambda: scheduler.started == 1, "the loop to start the due occurrence", every=0.005)
     ticks_at_start = clock.reads
     # Several more passes at the same instant: each sees the occurrence already claimed.
-    await _until(lambda: clock.reads >= ticks_at_start + 5, "the loop stopped ticking after the start")
+    await wait_until(
+        lambda: clock.reads >= ticks_at_start + 5, "5 more passes of the loop after the start", every=0.005
+    )
     stop.set()
     async with asyncio.timeout(5):
         await task
