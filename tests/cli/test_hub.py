@@ -61,7 +61,10 @@ def test_serve_with_a_bad_database_url_or_a_taken_http_port_is_a_clear_error(tmp
     ],
 )
 def test_a_malformed_option_is_a_clear_error_before_anything_starts(tmp_path: Path, args: list[str], says: str) -> None:
-    result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path / "hub"), *args], env={"COLUMNS": "250"})
+    # Free ports and a short life, so that were a check missing the hub would start, stop and fail the test.
+    safe = ["--listen", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{free_port()}", "--https", "off"]
+    hub = ["serve", "--data-dir", str(tmp_path / "hub"), "--duration", "1", *safe]
+    result = runner.invoke(app, [*hub, *args], env={"COLUMNS": "250"})
     assert result.exit_code == 2, result.output
     assert says in result.stderr
     assert not (tmp_path / "hub").exists()  # nothing started, nothing written
@@ -70,7 +73,8 @@ def test_a_malformed_option_is_a_clear_error_before_anything_starts(tmp_path: Pa
 def test_a_bad_metrics_token_file_is_a_clear_error(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("short")
-    hub = ["serve", "--data-dir", str(tmp_path / "hub"), "--metrics-token-file"]
+    safe = ["--listen", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{free_port()}", "--https", "off"]
+    hub = ["serve", "--data-dir", str(tmp_path / "hub"), "--duration", "1", *safe, "--metrics-token-file"]
     result = runner.invoke(app, [*hub, str(token)], env={"COLUMNS": "250"})
     assert result.exit_code == 2 and "16 or more characters" in result.stderr
     result = runner.invoke(app, [*hub, str(tmp_path / "none")], env={"COLUMNS": "250"})
