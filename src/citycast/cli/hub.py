@@ -136,7 +136,9 @@ def serve(
     host, port = host_port(listen, "--listen")
     if zone is not None:
         # Kept so existing deployments and scripts keep running; the city server has its own command now.
-        console.print(f"note: `serve --zone` is deprecated: use `citycast city --zone {zone} …` (same options)")
+        console.print(
+            f"note: `serve --zone` is deprecated: use `citycast city --zone {zone} …` (same options)", soft_wrap=True
+        )
         run_city(
             zone=zone,
             listen=listen,
