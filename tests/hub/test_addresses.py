@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.msg import Msg
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats
 from citycast.clock.local import SystemClock
@@ -99,7 +99,7 @@ async def _scenario(url: str, db: Database, media: Path) -> None:
     )
     assert await _channels(store) == {"s1": 1001, "s2": 1001, "s3": 1001, "s4": NO_CHANNEL}
     assert {a["id"]: a["status"] for a in mgr.live()} == {sched: "preempted", emerg: "live"}
-    await asyncio.sleep(0.5)
+    await let_time_pass(0.5)  # the emergency is on the air a while before the all-clear
     await mgr.stop(emerg, "all clear")
     assert await _channels(store) == {"s1": 1000, "s2": 1000, "s3": 2, "s4": NO_CHANNEL}
     assert {a["id"]: a["status"] for a in mgr.live()} == {sched: "live"}
@@ -132,16 +132,13 @@ async def _scenario(url: str, db: Database, media: Path) -> None:
         title="short", source="tone", zone_ids=[zones["clifton"]], priority=Priority.live, speaker="", user_id=None,
         duration_s=0.3,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
 
     def ended() -> bool:  # the row is written after the address leaves the air: wait for the row
         with db.session() as s:
             row = s.get(Address, short)
             return row is not None and row.ended_at is not None
 
-    while mgr.get(short) is not None or not ended():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: mgr.get(short) is None and ended(), "the short address to end and its row written")
     with db.session() as s:
         assert s.get(Address, short).end_reason == "source ended"  # type: ignore[union-attr]
     for bad in ("file:../etc/passwd", "file:nothere.wav", "http://x", "file:"):
@@ -185,33 +182,25 @@ async def _agent_follows(url: str, db: Database, media: Path) -> None:
         await agent.start()
         agents.append(agent)
     s1, s3 = agents
-    deadline = time.monotonic() + 20
-    while not (s1.config.channel == 1 and s3.config.channel == 2 and s1.broadcast_now() and s3.broadcast_now()):
-        assert time.monotonic() < deadline, "agents did not take their idle channels"
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: s1.config.channel == 1 and s3.config.channel == 2 and s1.broadcast_now() and s3.broadcast_now(),
+        "the agents synced, on their idle channels",
+        timeout=20,
+    )
     zone_a = next(z.id for z in _zones(db) if z.name == "saddar")
     aid = await mgr.start(title="t", source="tone", zone_ids=[zone_a], priority=Priority.live, speaker="", user_id=None)
-    deadline = time.monotonic() + 10
-    while s1.engine.state.value != "playing":
-        assert time.monotonic() < deadline, "the addressed site never played"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: s1.engine.state.value == "playing", "the addressed site to play", timeout=10)
     assert s1.config.channel == 1000 and s3.config.channel == 2
     assert s3.engine.state.value != "playing" and s3.frames == 0
     # The operator turns s1 down: the site's gain and telemetry follow.
     with db.session() as s:
         s.query(Site).filter_by(name="s1").one().volume = 0.25
     await mgr.refresh_sites(["s1"])
-    deadline = time.monotonic() + 5
-    while s1.renderer.gain != 0.25:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: s1.renderer.gain == 0.25, "s1's gain at 0.25", timeout=5)
     assert s1.telemetry().volume == 0.25
     await mgr.stop(aid)
-    deadline = time.monotonic() + 5
-    while s1.config.channel != 1:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: s1.config.channel == 1, "s1 back on its idle channel", timeout=5)
+    await let_time_pass(0.3)  # s1 stays idle rather than reporting a lost stream
     assert s1.engine.state.value == "idle"  # moved on purpose: idle, not "lost the stream"
     # Offline while its wish changes: a restarted agent converges on the latest value.
     await s3.stop()
@@ -221,10 +210,9 @@ async def _agent_follows(url: str, db: Database, media: Path) -> None:
     cfg = SiteConfig(name="s3", nats_url=url, trusted_keys=[key.public_key()], delay_ns=120_000_000)
     again = SiteAgent(cfg, TimedSink(clock, block=480), clock=clock)
     await again.start()
-    deadline = time.monotonic() + 10
-    while again.desired is None or not again.desired.muted:
-        assert time.monotonic() < deadline, "a returning site did not converge"
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: again.desired is not None and again.desired.muted, "the returning site to converge", timeout=10
+    )
     assert again.renderer.gain == 0.0
     for a in (s1, again):
         await a.stop()
