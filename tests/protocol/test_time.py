@@ -31,6 +31,7 @@ def test_the_documented_example_is_what_the_code_writes_and_reads() -> None:
     reply = TimeReply.decode(reply_bytes)
     assert reply == TimeReply(t1=stamps["t1"], t2=stamps["t2"], t3=stamps["t3"])
     assert request.reply(stamps["t2"], stamps["t3"]).encode() == reply_bytes
+    assert request.reply_bytes(stamps["t2"], stamps["t3"]) == reply_bytes
     assert reply_bytes[16:] == request_bytes  # the request's bytes, echoed
 
 
@@ -53,7 +54,7 @@ def test_round_trip_and_the_wire_bytes_are_big_endian_i64(t1: int, t2: int, t3: 
     assert request.encode() == struct.pack(">q", t1)
     assert TimeRequest.decode(request.encode()) == request
     reply = request.reply(t2, t3)
-    assert reply.encode() == struct.pack(">qq", t2, t3) + request.encode()
+    assert reply.encode() == struct.pack(">qq", t2, t3) + request.encode() == request.reply_bytes(t2, t3)
     assert TimeReply.decode(reply.encode()) == reply
 
 
@@ -77,3 +78,7 @@ def test_a_stamp_that_is_no_i64_is_refused_before_it_is_sent(value: object) -> N
         TimeRequest(0).reply(value, 0)  # type: ignore[arg-type]
     with pytest.raises(TimeMessageError, match="i64"):
         TimeReply(t1=0, t2=0, t3=value)  # type: ignore[arg-type]
+    if isinstance(value, bool):  # struct packs a bool as 0/1; only the dataclasses refuse it
+        return
+    with pytest.raises(TimeMessageError, match="i64"):
+        TimeRequest(0).reply_bytes(0, value)

@@ -166,7 +166,7 @@ class TimeResponder:
                 self.ignored += 1
                 return
             t3 = self._clock.now_ns()
-            wire.publish(msg.reply, request.reply(t2, t3).encode())
+            wire.publish(msg.reply, request.reply_bytes(t2, t3))
             self.answered += 1
         except TimeMessageError as e:  # a request of another size: not ours to answer
             self.ignored += 1
