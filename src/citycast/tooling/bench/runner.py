@@ -151,7 +151,7 @@ def _run(
         fleet.spawn(
             "time-city",
             "time-city",
-            citycast_argv("serve", "--nats", site_url, "--zone", zone, "--time-upstream"),
+            citycast_argv("city", "--nats", site_url, "--zone", zone, "--time-upstream"),
             east,
         )
     total_s = opts.warmup + 30 + opts.seconds + delay_ms / 1000 + 3
