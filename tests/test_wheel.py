@@ -4,7 +4,8 @@ fresh venv without pip, the repository, a set-up script or dev extras, runs a hu
 script and whose telephone speaks its prompts.
 
 Dependencies are installed from a wheelhouse kept in build/wheelhouse (git-ignored) with `--no-index`; it is filled
-from the package registry the first time, or when a dependency it lacks is added (about a minute more).
+from the package registry the first time, or when a dependency it lacks is added (about a minute more). The asset
+scripts alone are also run without npm or espeak-ng on PATH: the build must fail, or warn, as documented.
 """
 
 from __future__ import annotations
@@ -178,3 +179,50 @@ def test_the_installed_telephone_speaks_its_prompts(installed_hub: InstalledHub)
     assert Path(found["dir"]).is_relative_to(installed_hub.python.parent.parent)
     assert found["missing"] == []  # none fell back to a tone
     assert 2.0 < found["welcome"] < 8.0  # speech, some seconds of it (the welcome tone lasts a third of a second)
+
+
+def _asset_tree(dest: Path, with_leaflet: bool) -> dict[str, str]:
+    """The asset scripts and the console's npm files in `dest`, and an environment whose PATH has a shell and
+    the few tools the scripts use, but neither npm nor espeak-ng."""
+    for script in ("build-assets.sh", "console-assets.sh", "prompts.sh", "prompt_texts.py"):
+        (dest / "scripts").mkdir(exist_ok=True)
+        shutil.copy2(ROOT / "scripts" / script, dest / "scripts" / script)
+    console = dest / "src/citycast/hub/console"
+    console.mkdir(parents=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy2(ROOT / "src/citycast/hub/console" / name, console / name)
+    if with_leaflet:  # as npm left it, newer than the lock file
+        shutil.copytree(
+            ROOT / "src/citycast/hub/console/node_modules/leaflet/dist", console / "node_modules/leaflet/dist"
+        )
+    tools = dest / "bin"
+    tools.mkdir()
+    for tool in ("bash", "sh", "dirname", "mkdir", "cp", "cat", "rm", "mktemp"):
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (tools / tool).symlink_to(found)
+    return {"PATH": str(tools), "HOME": str(dest)}
+
+
+def test_assets_without_espeak_warn_or_fail_as_asked(tmp_path: Path) -> None:
+    env = _asset_tree(tmp_path, with_leaflet=True)
+    script = str(tmp_path / "scripts" / "build-assets.sh")
+    warned = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert warned.returncode == 0, warned.stderr
+    assert "WARNING: espeak-ng is not installed" in warned.stderr
+    assert (tmp_path / "src/citycast/hub/console/static/vendor/leaflet.js").stat().st_size > 10_000
+    strict = subprocess.run(
+        [script], env=env | {"CITYCAST_REQUIRE_PROMPTS": "1"}, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert strict.returncode == 1
+    assert "espeak-ng is not installed and CITYCAST_REQUIRE_PROMPTS=1" in strict.stderr
+
+
+def test_assets_without_npm_fail(tmp_path: Path) -> None:
+    env = _asset_tree(tmp_path, with_leaflet=False)
+    done = subprocess.run(
+        [str(tmp_path / "scripts" / "build-assets.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "npm is not installed" in done.stderr
+    assert not (tmp_path / "src/citycast/hub/console/static/vendor/leaflet.js").exists()
