@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from tests.helpers import wait_until
 
 from citycast.bus.server import EmbeddedNats
 from citycast.hub.media_plane import MediaPlane, MediaPlaneError
@@ -45,17 +46,18 @@ async def test_runs_on_its_own_thread_and_publishes(nats_server: EmbeddedNats) -
 async def test_cancelling_the_caller_cancels_on_the_media_loop(nats_server: EmbeddedNats) -> None:
     plane = MediaPlane(nats_server.url)
     await plane.start()
-    ended = threading.Event()
+    started, ended = threading.Event(), threading.Event()
 
     async def forever() -> None:
+        started.set()
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # until cancelled
         finally:
             ended.set()
 
     try:
         task = asyncio.create_task(plane.run(forever()))
-        await asyncio.sleep(0.1)
+        await wait_until(started.is_set, "the coroutine to run on the media loop")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

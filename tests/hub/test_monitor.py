@@ -11,6 +11,7 @@ from typing import Any
 
 import nats
 from sqlalchemy import select
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats
 from citycast.hub.alerts import AlertRules
@@ -24,13 +25,6 @@ from citycast.tooling.sim.light import LightFleet
 
 S = 1_000_000_000
 NAMES = [f"site-{i}" for i in range(5)]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def next_event(
@@ -77,7 +71,7 @@ async def test_monitor_end_to_end(nats_server: EmbeddedNats, tmp_path: Path) -> 
     rogue = await nats.connect(nats_server.url)
     try:
         await light.start()
-        await until(lambda: fleet.counts()["idle"] == 5)
+        await wait_until(lambda: fleet.counts()["idle"] == 5, "5 sites idle", detail=fleet.counts)
 
         # A forced change reaches the console as a "sites" event.
         await light.force("site-1", state="playing")
@@ -99,7 +93,7 @@ async def test_monitor_end_to_end(nats_server: EmbeddedNats, tmp_path: Path) -> 
         for payload in bad:
             await rogue.publish(subjects.telemetry("site-0"), payload)
         await rogue.flush()
-        await until(lambda: monitor.counters.bad == len(bad))
+        await wait_until(lambda: monitor.counters.bad == len(bad), "every bad report counted")
         assert monitor.counters.received > monitor.counters.bad
 
         # Still alive: a sync error makes a fault and raises one alert, with its database id.
@@ -120,8 +114,12 @@ async def test_monitor_end_to_end(nats_server: EmbeddedNats, tmp_path: Path) -> 
         )
         await light.force("site-3", silent=False)
         await next_event(sub, lambda e: site_in(e, "site-3", "idle"))
-        await until(lambda: fleet.counts()["fault"] == 0 and fleet.counts()["offline"] == 1)  # only the ghost
-        await asyncio.sleep(0.6)  # one more fleet sample
+        await wait_until(
+            lambda: fleet.counts()["fault"] == 0 and fleet.counts()["offline"] == 1,
+            "no fault and only the ghost offline",
+            detail=fleet.counts,
+        )
+        await let_time_pass(0.6)  # one more fleet sample
     finally:
         await light.stop()
         await monitor.stop()

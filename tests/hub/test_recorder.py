@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from nats.aio.client import Client
 from sqlalchemy import select
+from tests.helpers import wait_until
 
 import citycast
 from citycast.bus.server import EmbeddedNats
@@ -311,7 +312,12 @@ async def test_channel_recorder_records_only_trusted_frames(nats_server: Embedde
         report = await caster.run(blocks)
         forged = await forged_task
         await ingest_nc.flush()
-        await asyncio.sleep(0.3)
+        await wait_until(
+            lambda: writer.frames == report.messages and recorder.rejected["untrustedkey"] == forged,
+            "the recorder to take every message sent",
+            timeout=10,
+            detail=lambda: (writer.frames, report.messages, dict(recorder.rejected)),
+        )
         await recorder.stop()
     finally:
         for nc in (hub_nc, ingest_nc, spy_nc):
