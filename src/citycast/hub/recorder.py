@@ -47,6 +47,7 @@ from citycast.media.audio import FRAME_NS, FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.codec import OpusEncoder, parse_opus_head, toc_frame_samples
 from citycast.protocol.frame import MAX_FRAME_SIZE, Frame, FrameError, FrameVerifier, is_fresh, parse_frame
 from citycast.protocol.subjects import Subjects
+from citycast.protocol.telemetry import frame_rejection
 
 __all__ = [
     "MAX_GAP_FILL_NS",
@@ -375,7 +376,7 @@ class ChannelRecorder:
         try:
             frame = self.verifier.verify(data)
         except FrameError as e:
-            self.rejected[type(e).__name__.lower()] += 1
+            self.rejected[frame_rejection(e).value] += 1
             return False
         if frame.channel != self.writer.channel:
             self.rejected["wrong_channel"] += 1
