@@ -8,6 +8,7 @@ import time
 import nats
 import numpy as np
 from nats.aio.msg import Msg
+from tests.helpers import let_time_pass
 
 from citycast.bus.server import EmbeddedNats
 from citycast.ingest.live import LiveBroadcaster
@@ -41,7 +42,7 @@ async def _run(url: str) -> None:
     live = LiveBroadcaster(nc, channel=5, signer=FrameSigner(key), source=Ramp(), packets_per_message=2)
     t0 = time.monotonic()
     live.start()
-    await asyncio.sleep(1.0)
+    await let_time_pass(1.0)  # a second of live audio: its pacing is what is checked
     await live.stop()
     elapsed = time.monotonic() - t0
     await asyncio.sleep(0.1)

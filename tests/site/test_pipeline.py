@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import time
 from pathlib import Path
 
 import nats
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats
 from citycast.clock.local import SkewedClock, SystemClock
@@ -44,16 +44,15 @@ async def _pipeline(url: str, out: Path) -> tuple[int, list[SiteAgent]]:
         agent = SiteAgent(cfg, sink, clock=clock)
         await agent.start()
         agents.append(agent)
-    deadline = time.monotonic() + 30
-    while not all(a.broadcast_now() is not None for a in agents):
-        assert time.monotonic() < deadline, "sites never synced their clocks"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(3)
+    await wait_until(
+        lambda: all(a.broadcast_now() is not None for a in agents), "the sites to sync their clocks", timeout=30
+    )
+    await let_time_pass(3)  # the clocks settle: sync is what the test measures
     ingest_nc = await nats.connect(url)
     caster = Broadcaster(ingest_nc, channel=1, signer=FrameSigner(key), clock=SystemClock().now_ns)
     source = MarkerSource(PERIOD_S, count=MARKERS)
     report = await caster.run(itertools.islice(source.blocks(), 10_000))
-    await asyncio.sleep(DELAY_NS / 1e9 + 0.5)
+    await let_time_pass(DELAY_NS / 1e9 + 0.5)  # the last marker plays out, the playout delay after it was sent
     for a in agents:
         await a.stop()
     await ingest_nc.close()

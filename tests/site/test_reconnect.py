@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from pathlib import Path
 
 import nats
 import pytest
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.clock.local import SystemClock
@@ -41,24 +41,18 @@ async def _scenario(tmp: Path) -> tuple[int, int, str]:
     cfg = SiteConfig(name="s1", nats_url=server.url, trusted_keys=[key.public_key()], delay_ns=150_000_000)
     agent = SiteAgent(cfg, TimedSink(block=480))
     await agent.start()
-    deadline = time.monotonic() + 20
-    while agent.broadcast_now() is None:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: agent.broadcast_now() is not None, "the site to sync", timeout=20)
     await _speak(server.url, signer, 1.0)
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: agent.engine.stats.decoded >= 40, "the first second played", timeout=10)
     before = agent.engine.stats.decoded
     server.stop()  # the broker goes away...
-    await asyncio.sleep(2.0)
+    await let_time_pass(2.0)  # ...for a while: the site notices and keeps trying
     server = EmbeddedNats(port=port, workdir=tmp / "n2")  # ...and comes back on the same address
     server.start()
-    deadline = time.monotonic() + 30
-    while not (agent.nc is not None and agent.nc.is_connected):
-        assert time.monotonic() < deadline, "the site never reconnected"
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)
+    await wait_until(lambda: agent.nc is not None and agent.nc.is_connected, "the site to reconnect", timeout=30)
+    await asyncio.sleep(1.0)  # its subscriptions and clock sync re-established (the agent exposes no event for it)
     await _speak(server.url, signer, 1.0)
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: agent.engine.stats.decoded >= before + 40, "the second second played", timeout=10)
     after = agent.engine.stats.decoded
     state = agent.engine.state.value
     await agent.stop()

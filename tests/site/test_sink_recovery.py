@@ -4,11 +4,11 @@ clock, says why it is silent, and plays again by itself once the output is back.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import nats
 import pytest
+from tests.helpers import wait_until
 
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.media.keys import generate_private_key
@@ -59,13 +59,22 @@ async def test_failing_output_is_reported_retried_and_recovers(tmp_path: Path, m
         agent = SiteAgent(cfg, sink)
         await agent.start()
         try:
-            deadline = time.monotonic() + 20
             # Missing twice, plays, dies (TimeoutError: its error text is empty, its type is the reason), plays.
-            while not (sink.opens >= 4 and agent.sink_error is None and sink.blocks > 150):
-                assert time.monotonic() < deadline, (sink.opens, agent.sink_error, sink.blocks)
-                await asyncio.sleep(0.05)
+            await wait_until(
+                lambda: sink.opens >= 4 and agent.sink_error is None and sink.blocks > 150,
+                "the sink to reopen and play again",
+                timeout=20,
+                detail=lambda: (sink.opens, agent.sink_error, sink.blocks),
+            )
             assert agent.sink_task is not None and not agent.sink_task.done()
             assert agent.sink_failures == 3
+
+            def recovery_reported() -> bool:
+                errors = [r.sink_error for r in reports]
+                return "TimeoutError" in errors and errors[-1] is None
+
+            # Telemetry goes out on its own period: wait for the report that follows the recovery.
+            await wait_until(recovery_reported, "telemetry saying the output works again", timeout=10)
         finally:
             await agent.stop()
         errors = [r.sink_error for r in reports]
