@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import nats
 import pytest
 import uvicorn
 from nats.aio.client import Client
+from tests.helpers import wait_until
 
 from citycast.bus.authority import NatsAuthority
 from citycast.bus.server import EmbeddedNats, free_port
@@ -109,41 +110,23 @@ def add_user(db: Database, username: str, role: Role, password: str = PASSWORD) 
         return int(user.id)
 
 
-@pytest.fixture
-def hub_authority(tmp_path: Path) -> NatsAuthority:
-    return NatsAuthority.load_or_create(tmp_path / "authority")
-
-
-@pytest.fixture
-def jwt_nats(hub_authority: NatsAuthority, tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=hub_authority.server_config())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: server.started or task.done(), "uvicorn to start", timeout=5)
+    if task.done():
+        task.result()  # its error, if it failed to start
     assert server.started, "uvicorn did not start"
     return server, task, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
 async def api(
-    sqlite_database: Database, jwt_nats: EmbeddedNats, hub_authority: NatsAuthority, tmp_path: Path
+    sqlite_database: Database, auth_nats: EmbeddedNats, authority: NatsAuthority, tmp_path: Path
 ) -> AsyncIterator[Api]:
     subjects = Subjects()
-    nc: Client = await nats.connect(jwt_nats.url, user_credentials=str(hub_authority.hub_creds_path))
+    nc: Client = await nats.connect(auth_nats.url, user_credentials=str(authority.hub_creds_path))
     desired = DesiredStore(nc, subjects)
     await desired.open()
     events = EventHub()
@@ -169,9 +152,9 @@ async def api(
         fleet=fleet,
         events=events,
         addresses=manager,
-        authority=hub_authority,
-        nats_url=jwt_nats.url,
-        public_nats_urls=[jwt_nats.url],
+        authority=authority,
+        nats_url=auth_nats.url,
+        public_nats_urls=[auth_nats.url],
         trusted_keys_hex=["00" * 32],
         delay_ms=80.0,
         recordings_dir=recordings,
@@ -181,7 +164,7 @@ async def api(
     for role in ROLES:
         add_user(sqlite_database, role.value, role)
     server, task, base_url = await serve(create_app(ctx))
-    a = Api(ctx=ctx, base_url=base_url, nats=jwt_nats, authority=hub_authority)
+    a = Api(ctx=ctx, base_url=base_url, nats=auth_nats, authority=authority)
     try:
         yield a
     finally:
