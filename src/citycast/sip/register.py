@@ -7,10 +7,11 @@ Proxy-Authorization, keeps the binding alive by refreshing at half the granted e
 `min_refresh_s`), backs off after failures and unbinds (Expires: 0) at stop. The owner (the `Telephone`) sends
 what it returns over its transport and calls `tick(now)` at `next_deadline()`.
 
-The digest itself (parsing challenges, computing the answer) is `sip.digest`. A second challenge right after we answered one means the credentials are wrong (unless it says
-``stale=true``: only the nonce aged): that, and a 403, stop the registration with a clear error rather than
-hammering the trunk; it tries again only after `auth_retry_s` (an hour by default), in case the provider side
-was fixed. Other failures (timeouts, 5xx, 480…) retry with exponential back-off, honouring Retry-After.
+The digest itself (parsing challenges, computing the answer) is `sip.digest`. A second challenge right after we
+answered one means the credentials are wrong (unless it says ``stale=true``: only the nonce aged): that, and a
+403, stop the registration with a clear error rather than hammering the trunk; it tries again only after
+`auth_retry_s` (an hour by default), in case the provider side was fixed. Other failures (timeouts, 5xx, 480…)
+retry with exponential back-off, honouring Retry-After.
 """
 
 from __future__ import annotations
