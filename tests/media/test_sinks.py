@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import let_time_pass
 
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.media.render import Samples
@@ -121,7 +122,7 @@ async def test_cancellation_is_prompt_and_closes_wav(tmp_path: Path) -> None:
     wav_path = tmp_path / "cut.wav"
     sink = TimedSink(wav_path=wav_path)  # unbounded
     task = asyncio.create_task(sink.run(RecordingRenderer()))
-    await asyncio.sleep(0.15)
+    await let_time_pass(0.15)  # some blocks rendered into the file
     t0 = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

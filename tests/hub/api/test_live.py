@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import websockets
 from sqlalchemy import select
+from tests.helpers import wait_until
 
 from citycast.hub.db.models import Address, Alert, Recording, Role, Site
 
@@ -182,11 +183,7 @@ async def test_websocket_snapshot_then_events(api: Api) -> None:
         assert event["type"] == "alert" and event["alert"]["kind"] == "offline"
         api.ctx.events.publish({"type": "resync"})  # a slow client gets a fresh snapshot instead of a backlog
         assert (await _recv(ws))["type"] == "snapshot"
-    for _ in range(100):  # the server notices the close and drops the subscription
-        if api.ctx.events.subscribers == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert api.ctx.events.subscribers == 0
+    await wait_until(lambda: api.ctx.events.subscribers == 0, "the server to drop the closed socket's subscription")
 
     # The session cookie works too, from a page of the hub's own origin.
     async with websockets.connect(

@@ -11,6 +11,7 @@ import nats
 import pytest
 from nats.errors import NoServersError
 from sqlalchemy import select
+from tests.helpers import wait_until
 
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind
@@ -209,10 +210,7 @@ async def test_enrol_connect_reuse_revoke_and_reenrol(api: Api, tmp_path: Path) 
 
     r = await admin.post(f"/api/sites/{site_id}/revoke")
     assert r.status_code == 200 and r.json()["nkey_public"] == pub and r.json()["site"]["revoked"] is True
-    for _ in range(100):  # the server drops the live connection
-        if nc.is_closed or not nc.is_connected:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: nc.is_closed or not nc.is_connected, "the server to drop the live connection", timeout=5)
     assert not nc.is_connected
     with pytest.raises((NoServersError, OSError, nats.errors.Error)):
         await connect_as_site(api, enrolled, seed, tmp_path)

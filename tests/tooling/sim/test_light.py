@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 
 import nats
 import pytest
 from nats.aio.msg import Msg
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats
 from citycast.hub.monitor import parse_telemetry
@@ -31,7 +31,7 @@ async def test_light_sites_publish_real_telemetry(nats_server: EmbeddedNats) -> 
     fleet = LightFleet(nats_server.url, names, subjects=subjects, per_connection=10, sync_after_s=(0.2, 0.6))
     assert fleet.stats.connections == 3
     async with fleet:
-        await asyncio.sleep(2.6)
+        await let_time_pass(2.6)  # 2 to 4 reports each, one a second
         assert set(got) == set(names)
         assert all(2 <= len(v) <= 4 for v in got.values())  # one report a second each
         first = got["s-0"][0]
@@ -40,7 +40,9 @@ async def test_light_sites_publish_real_telemetry(nats_server: EmbeddedNats) -> 
 
         t0 = time.monotonic()
         await fleet.force("s-5", state="playing", muted=False, volume=1.5, underruns=2, rejected={"badsignature": 1})
-        await asyncio.sleep(0.2)
+        await wait_until(
+            lambda: arrival["s-5"] >= t0 and got["s-5"][-1].state == "playing", "s-5's forced report", timeout=5
+        )
         last = got["s-5"][-1]
         assert arrival["s-5"] >= t0 and last.state == "playing" and last.volume == 1.5
         assert last.underruns == 2 and last.rejected == {"badsignature": 1} and -40 < last.level_rms_dbfs < -3
@@ -48,7 +50,7 @@ async def test_light_sites_publish_real_telemetry(nats_server: EmbeddedNats) -> 
 
         await fleet.force("s-6", silent=True)
         n6 = len(got["s-6"])
-        await asyncio.sleep(1.3)
+        await let_time_pass(1.3)  # s-6 stays silent while the others report
         assert len(got["s-6"]) == n6 and len(got["s-7"]) > n6 - 1
         with pytest.raises(ValueError, match="state must be"):
             await fleet.force("s-1", state="dancing")
