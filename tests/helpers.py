@@ -9,15 +9,18 @@ was awaited. A sleep that is the point of a test (letting time pass to show that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import nats
 import numpy as np
 from nats.aio.client import Client
@@ -29,6 +32,12 @@ from citycast.bus.city_bundle import CityBundle, CityFiles
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.protocol.subjects import Subjects
+
+if TYPE_CHECKING:  # the console hub's types only: importing the hub here would load it for every test
+    from citycast.hub.runtime import Hub
+    from citycast.site.agent import SiteAgent
+
+T = TypeVar("T")
 
 SUBJECTS = Subjects()
 
@@ -199,6 +208,52 @@ class Topology:
     bundle: CityBundle
     files: CityFiles
     dir: Path
+
+
+# -- the console in a browser --------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@dataclass
+class ConsoleHub:
+    """The hub the console tests drive (the `console_hub` fixture): it runs on a loop in a thread of its own, so
+    that a browser can own the test's thread; `call(coro)` runs a coroutine there."""
+
+    url: str
+    admin_password: str
+    zone_ids: dict[str, int]
+    sites_by_zone: dict[str, list[str]]
+    loop: asyncio.AbstractEventLoop
+    hub: Hub
+    agents: list[SiteAgent] = field(default_factory=list)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    @property
+    def site_names(self) -> list[str]:
+        return [n for names in self.sites_by_zone.values() for n in names]
+
+    @contextlib.contextmanager
+    def api(self) -> Iterator[httpx.Client]:
+        """An admin HTTP client on the hub (to check what the console did, from the API's side)."""
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            r = client.post("/api/login", json={"username": "admin", "password": self.admin_password})
+            r.raise_for_status()
+            client.headers["Authorization"] = f"Bearer {r.json()['token']}"
+            yield client
 
 
 # -- a listener in a process of its own ----------------------------------------------------------------------------

@@ -13,15 +13,14 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ConsoleHub
 
 from citycast.bus.server import free_port
 from citycast.clock.local import SystemClock
@@ -31,19 +30,6 @@ from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.site.enrol import enrol
 
-T = TypeVar("T")
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 
 # zone -> (channel, colour, [(site name, label, lat, lon)])
@@ -74,34 +60,6 @@ LAYOUT: dict[str, tuple[int, str, list[tuple[str, str, float, float]]]] = {
         ],
     ),
 }
-
-
-@dataclass
-class ConsoleHub:
-    url: str
-    admin_password: str
-    zone_ids: dict[str, int]
-    sites_by_zone: dict[str, list[str]]
-    loop: asyncio.AbstractEventLoop
-    hub: Hub
-    agents: list[SiteAgent] = field(default_factory=list)
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout)
-
-    @property
-    def site_names(self) -> list[str]:
-        return [n for names in self.sites_by_zone.values() for n in names]
-
-    @contextlib.contextmanager
-    def api(self) -> Iterator[httpx.Client]:
-        """An admin HTTP client on the hub (to check what the console did, from the API's side)."""
-        with httpx.Client(base_url=self.url, timeout=10.0) as client:
-            r = client.post("/api/login", json={"username": "admin", "password": self.admin_password})
-            r.raise_for_status()
-            client.headers["Authorization"] = f"Bearer {r.json()['token']}"
-            yield client
 
 
 async def _populate(hub: Hub, work: Path) -> tuple[dict[str, int], dict[str, list[str]], list[SiteAgent]]:

@@ -5,31 +5,18 @@ phone size in test-artifacts/; and no request ever leaves 127.0.0.1."""
 from __future__ import annotations
 
 import datetime as dt
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
-
-if TYPE_CHECKING:  # the fixture's type, for readers and editors (conftest is not an importable module)
-    from tests.hub.console.conftest import ConsoleHub
+from tests.helpers import ConsoleHub, wait_until_sync
 
 pytestmark = pytest.mark.slow
 
 LAPTOP = {"width": 1366, "height": 800}
 PHONE = {"width": 390, "height": 844}
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def marker_states(page: Any, names: list[str]) -> dict[str, str | None]:
@@ -173,7 +160,9 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     others = [n for n in names if n not in saddar]
 
     # The map: one marker per site, every site synced and idle, the counts and legend agree.
-    wait_for("every site idle on the map", lambda: set(marker_states(page, names).values()) == {"idle"}, timeout=45)
+    wait_until_sync(
+        lambda: set(marker_states(page, names).values()) == {"idle"}, "every site idle on the map", timeout=45
+    )
     assert page.evaluate("window.citycast.markerCount()") == len(names)
     assert page.get_by_test_id("count-idle").locator(".count").text_content() == str(len(names))
     assert page.get_by_test_id("sites-total").text_content() == str(len(names))
@@ -192,10 +181,8 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     item = page.get_by_test_id("onair-list").get_by_test_id("onair-item").filter(has_text="Saddar only")
     item.wait_for(state="visible", timeout=10_000)
     assert "saddar" in item.text_content()
-    wait_for(
-        "Saddar's sites playing",
-        lambda: all(s == "playing" for s in marker_states(page, saddar).values()),
-        timeout=20,
+    wait_until_sync(
+        lambda: all(s == "playing" for s in marker_states(page, saddar).values()), "Saddar's sites playing", timeout=20
     )
     before = page.evaluate("name => window.citycast.markerState(name).updatedAt", saddar[0])
     page.wait_for_timeout(1500)  # level updates keep flowing while on air; the other zones stay quiet
@@ -220,27 +207,29 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     target = "clifton-seaview"
     page.get_by_test_id("nav-sites").click()
     playing_row = page.locator(f'[data-testid="site-row"][data-site="{saddar[0]}"]')
-    wait_for("a level in the playing site's meter", lambda: _meter_width(playing_row) > 0)
+    wait_until_sync(lambda: _meter_width(playing_row) > 0, "a level in the playing site's meter", timeout=30.0)
     page.get_by_test_id("site-filter").fill(target)
     row = page.locator(f'[data-testid="site-row"][data-site="{target}"]')
     row.get_by_test_id("site-mute").click()
-    wait_for(
-        "the mute button to show muted", lambda: row.get_by_test_id("site-mute").get_attribute("aria-pressed") == "true"
+    wait_until_sync(
+        lambda: row.get_by_test_id("site-mute").get_attribute("aria-pressed") == "true",
+        "the mute button to show muted",
+        timeout=30.0,
     )
     with hub.api() as api:
         site = next(s for s in api.get("/api/sites").json() if s["name"] == target)
     assert site["muted"] is True
-    wait_for("the muted site reported muted", lambda: marker_states(page, [target])[target] == "muted", timeout=20)
+    wait_until_sync(
+        lambda: marker_states(page, [target])[target] == "muted", "the muted site reported muted", timeout=20
+    )
     page.get_by_test_id("site-filter").fill("")
     shot(page, artifacts, "sites-laptop")
 
     # Stop the address from the on-air panel: Saddar goes back to idle.
     page.get_by_test_id("nav-onair").click()
     item.get_by_test_id("onair-stop").click()
-    wait_for(
-        "Saddar's sites idle again",
-        lambda: all(s == "idle" for s in marker_states(page, saddar).values()),
-        timeout=20,
+    wait_until_sync(
+        lambda: all(s == "idle" for s in marker_states(page, saddar).values()), "Saddar's sites idle again", timeout=20
     )
     page.get_by_test_id("onair-list").get_by_text("Nothing on air.").wait_for()
 
@@ -269,7 +258,7 @@ def test_console_end_to_end(page: Any, console_hub: ConsoleHub, artifacts: Path)
     shot(page, artifacts, "schedule-laptop")
     # Disable it from the list; the hub keeps it, disabled.
     entry.get_by_test_id("sched-toggle").uncheck()
-    wait_for("the schedule disabled", lambda: "disabled" in (entry.get_attribute("class") or ""))
+    wait_until_sync(lambda: "disabled" in (entry.get_attribute("class") or ""), "the schedule disabled", timeout=30.0)
     with hub.api() as api:
         assert [s["enabled"] for s in api.get("/api/schedules").json() if s["title"] == "Friday bulletin"] == [False]
 
@@ -334,7 +323,11 @@ def test_zone_volume_and_mute_are_kept_by_the_hub(page: Any, console_hub: Consol
     row.get_by_test_id("zone-mute").check()
     names = console_hub.sites_by_zone[zone]
     try:
-        wait_for("the zone's sites muted", lambda: all(s == "muted" for s in marker_states(page, names).values()))
+        wait_until_sync(
+            lambda: all(s == "muted" for s in marker_states(page, names).values()),
+            "the zone's sites muted",
+            timeout=30.0,
+        )
         page.reload()  # the session cookie keeps the operator signed in
         page.wait_for_function("() => window.citycast.status().wsConnected", timeout=15_000)
         page.get_by_test_id("nav-sites").click()

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from tests.helpers import ConsoleHub, wait_until_sync
 
 from citycast.bus.server import free_port
-
-from .conftest import ConsoleHub
 
 pytestmark = pytest.mark.slow
 
@@ -60,15 +58,6 @@ class TileServer:
         self.server.server_close()
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def sign_in(page: Any, hub: ConsoleHub) -> None:
     page.get_by_test_id("login-view").wait_for(state="visible")
     page.get_by_test_id("login-username").fill("admin")
@@ -104,9 +93,10 @@ def test_console_works_under_its_csp(csp_page: tuple[Any, list[str]], console_hu
     sign_in(page, console_hub)
     # The live feed works (cookie-authenticated WebSocket) and the map shows every site.
     names = console_hub.site_names
-    wait_for(
-        "every site on the map",
+    wait_until_sync(
         lambda: all(page.evaluate("n => window.citycast.markerState(n) != null", n) for n in names),
+        "every site on the map",
+        timeout=30.0,
     )
     for view in ("map", "onair", "sites", "schedule", "alerts", "recordings", "admin"):
         page.goto(f"{console_hub.url}/#/{view}")
@@ -121,7 +111,9 @@ def test_console_works_under_its_csp(csp_page: tuple[Any, list[str]], console_hu
                    document.body.appendChild(s); return window.__pwned === 1; }"""
     )
     assert ran is False
-    wait_for("the violation report", lambda: any("script-src" in v for v in page.evaluate("window.__csp")), 5)
+    wait_until_sync(
+        lambda: any("script-src" in v for v in page.evaluate("window.__csp")), "the violation report", timeout=5
+    )
 
 
 def test_a_tiles_link_loads_nothing_and_only_the_admins_tile_server_is_used(
@@ -142,9 +134,9 @@ def test_a_tiles_link_loads_nothing_and_only_the_admins_tile_server_is_used(
         page.get_by_test_id("settings-tiles").fill(f"{tiles.origin}/{{z}}/{{x}}/{{y}}.png")
         form.locator("button[type=submit]").click()
         with console_hub.api() as api:
-            wait_for("the setting saved", lambda: api.get("/api/settings").json()["tile_url"] != "", 10)
+            wait_until_sync(lambda: api.get("/api/settings").json()["tile_url"] != "", "the setting saved", timeout=10)
         page.goto(f"{console_hub.url}/?tiles={attacker.origin}/{{z}}/{{x}}/{{y}}.png#/map")
-        wait_for("tiles from the admin's server", lambda: len(tiles.requests) > 0)
+        wait_until_sync(lambda: len(tiles.requests) > 0, "tiles from the admin's server", timeout=30.0)
         assert f"img-src 'self' data: {tiles.origin}" in page.evaluate(
             "async () => (await fetch('/')).headers.get('content-security-policy')"
         )

@@ -7,31 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import select
+from tests.helpers import ConsoleHub, wait_until_sync
 
 from citycast.hub.db.models import Site
 from citycast.hub.telephone.pins import PinStore, SpeakerGrant
 
-if TYPE_CHECKING:  # the fixture's type, for readers and editors (conftest is not an importable module)
-    from tests.hub.console.conftest import ConsoleHub
-
 pytestmark = pytest.mark.slow
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0, every: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def sign_in(page: Any, username: str, password: str) -> None:
@@ -161,9 +148,10 @@ def test_speaker_pin_is_shown_once_listed_by_hint_disabled_and_deleted(
 
     # Disable the generated PIN: the hub keeps it, disabled, and the telephone no longer accepts it.
     row.get_by_test_id("pin-toggle").uncheck()
-    wait_for(
-        "the PIN disabled in the hub",
+    wait_until_sync(
         lambda: [p["enabled"] for p in api_pins(hub) if p["id"] == created["id"]] == [False],
+        "the PIN disabled in the hub",
+        timeout=20.0,
     )
     page.wait_for_function(
         'id => { const r = document.querySelector(`[data-testid=pin-row][data-pin-id="${id}"]`);'
@@ -196,7 +184,7 @@ def test_listen_opens_talkback_on_one_site_at_a_time(page: Any, console_hub: Con
     # The fixture's sites are enrolled, so the hub can trust their microphones: talkback opens.
     assert enrolled(hub, first) and enrolled(hub, second)
     listen1.click()
-    wait_for(f"the hub listening to {first}", lambda: hub_talkback(hub) == first)
+    wait_until_sync(lambda: hub_talkback(hub) == first, f"the hub listening to {first}", timeout=20.0)
     page.wait_for_function("name => window.citycast.talkbackSite() === name", arg=first)
     assert listen1.get_attribute("aria-pressed") == "true"
     indicator.wait_for(state="visible")
@@ -204,7 +192,7 @@ def test_listen_opens_talkback_on_one_site_at_a_time(page: Any, console_hub: Con
 
     # Another site: the hub drops the first (one at a time), and the page says so.
     listen2.click()
-    wait_for(f"the hub listening to {second}", lambda: hub_talkback(hub) == second)
+    wait_until_sync(lambda: hub_talkback(hub) == second, f"the hub listening to {second}", timeout=20.0)
     page.wait_for_function("name => window.citycast.talkbackSite() === name", arg=second)
     assert listen1.get_attribute("aria-pressed") == "false" and listen2.get_attribute("aria-pressed") == "true"
     assert second in indicator.text_content() and first not in indicator.text_content()
@@ -216,7 +204,7 @@ def test_listen_opens_talkback_on_one_site_at_a_time(page: Any, console_hub: Con
     popup_listen.wait_for(state="visible")
     assert popup_listen.get_attribute("aria-pressed") == "true"
     popup_listen.click()
-    wait_for("the hub listening to no site", lambda: hub_talkback(hub) is None)
+    wait_until_sync(lambda: hub_talkback(hub) is None, "the hub listening to no site", timeout=20.0)
     page.wait_for_function("() => window.citycast.talkbackSite() === null")
     indicator.wait_for(state="hidden")
     page.wait_for_function(

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ConsoleHub
 
 from citycast.clock.local import SystemClock
 from citycast.media.sinks import TimedSink
@@ -23,8 +24,6 @@ from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.site.enrol import enrol
 from citycast.tooling.markers import correlate_lag
-
-from .conftest import CHROMIUM, CHROMIUM_ARGS, ConsoleHub
 
 SPEECH = Path(__file__).resolve().parents[3] / "src/citycast/assets/speech.opus"
 PIN = "730461"
