@@ -4,6 +4,7 @@ import logging
 import time
 
 import pytest
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.tasks import cancel_and_wait
 
@@ -21,11 +22,11 @@ async def _loop_on_wait_for(box: list[asyncio.Future[int]]) -> None:
 async def test_a_task_that_swallowed_its_cancellation_is_stopped_anyway() -> None:
     box: list[asyncio.Future[int]] = []
     task = asyncio.create_task(_loop_on_wait_for(box))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: box, "the worker waiting for an answer")
     # The answer and the stop land in the same loop turn: 3.11's wait_for returns the answer, the cancel is lost.
     box[-1].set_result(1)
     task.cancel()
-    await asyncio.sleep(0.05)
+    await let_time_pass(0.05)  # room for the worker to stop, were the cancel not lost
     assert not task.done()  # the hazard is real on this Python
     started = time.monotonic()
     await cancel_and_wait(task)
@@ -62,7 +63,7 @@ async def test_failures_are_logged_not_raised_and_none_and_self_are_skipped(capl
 
     failed = asyncio.create_task(fails())
     running = asyncio.create_task(runs())
-    await asyncio.sleep(0.01)
+    await wait_until(failed.done, "the failing worker to fail")
     with caplog.at_level(logging.WARNING, logger="citycast.tasks"):
         await cancel_and_wait(failed, None, running, asyncio.current_task())
     assert running.cancelled() and "worker broke" in caplog.text

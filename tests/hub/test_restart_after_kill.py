@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from tests.helpers import wait_until_sync
 
 from citycast.bus.server import free_port
 
@@ -35,15 +35,22 @@ def _start(data: Path, http: int, nats_port: int, log: Path) -> subprocess.Popen
              "--http", f"127.0.0.1:{http}", "--https", "off"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def healthy() -> bool:
         try:
-            if httpx.get(f"http://127.0.0.1:{http}/api/health", timeout=2).status_code == 200:
-                return proc
+            return httpx.get(f"http://127.0.0.1:{http}/api/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"the hub did not come up (exit {proc.poll()}): {log.read_text(errors='replace')[-2000:]}")
+            return False
+
+    wait_until_sync(
+        lambda: proc.poll() is not None or healthy(),
+        "the hub to come up",
+        timeout=60,
+        every=0.25,
+        detail=lambda: f"exit {proc.poll()}: {log.read_text(errors='replace')[-2000:]}",
+    )
+    assert proc.poll() is None, f"the hub exited ({proc.poll()}): {log.read_text(errors='replace')[-2000:]}"
+    return proc
 
 
 def test_a_killed_hub_restarts_on_the_same_data_directory(tmp_path: Path) -> None:
