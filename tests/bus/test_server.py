@@ -60,8 +60,7 @@ def test_refuses_a_taken_port_with_a_clear_message() -> None:
             EmbeddedNats(port=port).start()
 
 
-def test_auth_config_puts_the_server_in_operator_mode(tmp_path: Path) -> None:
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
+def test_auth_config_puts_the_server_in_operator_mode(authority: NatsAuthority, tmp_path: Path) -> None:
     server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
     assert server.config_text(tmp_path / "js").endswith(authority.server_config())
     assert "operator:" not in EmbeddedNats(port=1).config_text(tmp_path / "js")  # anonymous by default
