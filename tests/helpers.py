@@ -1,5 +1,6 @@
-"""What tests share: waiting for a condition, clients on an authenticated bus, a city leaf topology, a listener in
-a process of its own. Tests import this module, never each other (fixtures live in the conftest files).
+"""What tests share: waiting for a condition, clients on an authenticated bus, a city leaf topology, the hub API
+and the console hub the fixtures serve, a listener in a process of its own. Tests import this module, never each
+other or a conftest (fixtures live in the conftest files, the classes and functions they use live here).
 
 Waiting: `wait_until` (async) and `wait_until_sync` poll a condition and fail with an `AssertionError` naming what
 was awaited. A sleep that is the point of a test (letting time pass to show that nothing arrives) is spelt
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import nats
 import numpy as np
+import uvicorn
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
@@ -32,8 +34,11 @@ from citycast.bus.city_bundle import CityBundle, CityFiles
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.protocol.subjects import Subjects
+from citycast.protocol.telemetry import Telemetry
 
-if TYPE_CHECKING:  # the console hub's types only: importing the hub here would load it for every test
+if TYPE_CHECKING:  # types only: importing the hub here would load it for every test
+    from citycast.hub.context import HubContext
+    from citycast.hub.db.models import Role
     from citycast.hub.runtime import Hub
     from citycast.site.agent import SiteAgent
 
@@ -208,6 +213,90 @@ class Topology:
     bundle: CityBundle
     files: CityFiles
     dir: Path
+
+
+# -- the hub API --------------------------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"  # every user the `api` fixture makes has it
+
+
+@dataclass
+class Api:
+    """The hub API the `api` fixture (tests/hub/api/conftest.py) serves, and clients for it."""
+
+    ctx: HubContext
+    base_url: str
+    nats: EmbeddedNats
+    authority: NatsAuthority
+    tokens: dict[str, str] = field(default_factory=dict)
+    _clients: list[httpx.AsyncClient] = field(default_factory=list)
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/api/ws"
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=15.0)
+        self._clients.append(c)
+        return c
+
+    async def login(self, username: str, password: str = PASSWORD) -> str:
+        r = await self.client().post("/api/login", json={"username": username, "password": password})
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
+
+    async def as_role(self, role: Role | str) -> httpx.AsyncClient:
+        """A client logged in as the fixture's user of that role (named after it)."""
+        from citycast.hub.db.models import Role  # here: importing the hub's models would load them for every test
+
+        name = Role(role).value
+        if name not in self.tokens:
+            self.tokens[name] = await self.login(name)
+        return self.client(self.tokens[name])
+
+    async def close(self) -> None:
+        for c in self._clients:
+            await c.aclose()
+
+
+def telemetry(site: str, **over: Any) -> Telemetry:
+    """A healthy site's report; override what the test is about."""
+    base: dict[str, Any] = {
+        "site": site,
+        "ts_ns": 1,
+        "state": "idle",
+        "channel": 0,
+        "buffer_ms": 80.0,
+        "clock_offset_ms": 0.0,
+        "clock_drift_ppm": 0.0,
+        "clock_error_ms": 0.1,
+        "sync_error_ms": 0.2,
+        "tracking_error_ms": 0.1,
+        "resample_ppm": 0.0,
+        "underruns": 0,
+        "concealed": 0,
+        "late": 0,
+        "rejected": {},
+        "level_rms_dbfs": -30.0,
+        "level_peak_dbfs": -10.0,
+        "link_rtt_ms": 5.0,
+        "sink_xruns": 0,
+        "resyncs": 0,
+        "frames": 0,
+    }
+    return Telemetry(**(base | over))
+
+
+async def serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started or task.done(), "uvicorn to start", timeout=5)
+    if task.done():
+        task.result()  # its error, if it failed to start
+    assert server.started, "uvicorn did not start"
+    return server, task, f"http://127.0.0.1:{port}"
 
 
 # -- the console in a browser --------------------------------------------------------------------------------------

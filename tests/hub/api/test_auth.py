@@ -5,11 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 from sqlalchemy import select
+from tests.helpers import PASSWORD, Api
 
 from citycast.hub.api.deps import FailureLimiter
 from citycast.hub.db.models import AuditEntry, Role
-
-from .conftest import PASSWORD, Api
 
 
 def audit_rows(api: Api, action: str) -> list[AuditEntry]:

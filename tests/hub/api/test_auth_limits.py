@@ -9,8 +9,7 @@ import socket
 from urllib.parse import urlsplit
 
 import httpx
-
-from .conftest import PASSWORD, Api
+from tests.helpers import PASSWORD, Api
 
 
 def from_address(api: Api, host: str) -> httpx.AsyncClient:

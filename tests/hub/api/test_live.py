@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 import websockets
 from sqlalchemy import select
-from tests.helpers import wait_until
+from tests.helpers import Api, telemetry, wait_until
 
 from citycast.hub.db.models import Address, Alert, Recording, Role, Site
-
-from .conftest import Api, telemetry
 
 SPEECH = Path(__file__).resolve().parents[3] / "src" / "citycast" / "assets" / "speech.opus"
 

@@ -12,14 +12,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests.helpers import Api, serve
 
 from citycast.hub.api import create_app
 from citycast.hub.api import pins as pins_api
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.db.models import Priority, Role, SpeakerPin, User
 from citycast.hub.telephone.pins import PinGate, PinGuard, PinStore
-
-from .conftest import Api, serve
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
-from citycast.hub.db.models import Role
+from tests.helpers import Api
 
-from .conftest import Api
+from citycast.hub.db.models import Role
 
 
 async def test_schedule_crud_with_next_runs(api: Api) -> None:

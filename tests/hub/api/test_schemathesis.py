@@ -15,10 +15,9 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from tests.helpers import Api
 
 from citycast.hub.db.models import Role
-
-from .conftest import Api
 
 MAX_EXAMPLES = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -11,13 +11,11 @@ import nats
 import pytest
 from nats.errors import NoServersError
 from sqlalchemy import select
-from tests.helpers import wait_until
+from tests.helpers import Api, telemetry, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind
 from citycast.hub.db.models import AuditEntry, RevokedKey, Role, Site
-
-from .conftest import Api, telemetry
 
 
 def new_key() -> tuple[str, str]:

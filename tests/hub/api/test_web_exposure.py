@@ -5,10 +5,9 @@ cannot smuggle anything into the Content-Security-Policy."""
 from __future__ import annotations
 
 import pytest
+from tests.helpers import Api
 
 from citycast.hub.db.models import Role
-
-from .conftest import Api
 
 SCRAPE = "scrape-token-0123456789abcdef"
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 import websockets
+from tests.helpers import Api
 from websockets.exceptions import InvalidStatus
 
 from citycast.hub.db.models import Role
-
-from .conftest import Api
 
 
 async def _first(ws: Any) -> dict[str, Any]:
