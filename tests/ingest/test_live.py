@@ -8,7 +8,7 @@ import time
 import nats
 import numpy as np
 from nats.aio.msg import Msg
-from tests.helpers import let_time_pass
+from tests.helpers import let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats
 from citycast.ingest.live import LiveBroadcaster
@@ -45,7 +45,7 @@ async def _run(url: str) -> None:
     await let_time_pass(1.0)  # a second of live audio: its pacing is what is checked
     await live.stop()
     elapsed = time.monotonic() - t0
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: len(got) >= live.frames, "every published message back at the subscriber", timeout=5)
     await nc.close()
     verifier = FrameVerifier([key.public_key()])
     frames = [verifier.verify(d) for d in got]
