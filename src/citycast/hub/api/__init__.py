@@ -99,9 +99,12 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodyLimit)  # bodies over a route's limit: 413 before they are read (limits.py)
 
-    # Every route may refuse a body it cannot parse (400) or that fails validation (422).
+    # Every route may refuse a body it cannot parse (400) or that fails validation (422), and the body limits
+    # (limits.py) answer before any route: too large (413) or not arrived in time (408).
     validation: dict[int | str, dict[str, Any]] = {
         400: {"model": ErrorOut, "description": "Unreadable request"},
+        408: {"model": ErrorOut, "description": "The request body did not arrive in time"},
+        413: {"model": ErrorOut, "description": "The request body is larger than this route takes"},
         422: {"model": ValidationErrorOut, "description": "Invalid request"},
     }
     for module in (
