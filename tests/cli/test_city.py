@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from citycast.bus.authority import NatsAuthority
+from citycast.bus.city_bundle import export_city_bundle
 from citycast.cli import app
 
 runner = CliRunner()
@@ -21,7 +22,7 @@ def test_the_city_server_needs_its_zone() -> None:
 
 def test_a_city_bundle_needs_the_hubs_leafnode_and_must_be_for_this_zone(tmp_path: Path) -> None:
     bundle = tmp_path / "north.bundle.json"
-    NatsAuthority.load_or_create(tmp_path / "auth").city_bundle(bundle, "north")
+    export_city_bundle(NatsAuthority.load_or_create(tmp_path / "auth"), bundle, "north")
     common = ["--city-bundle", str(bundle), "--data-dir", str(tmp_path / "city"), "--listen", "127.0.0.1:4999"]
     result = runner.invoke(app, ["city", "--zone", "north", *common], env=WIDE)
     assert result.exit_code == 2 and "--city-bundle needs --leaf-remote" in result.stderr

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
-from tests.bus.test_authority import connect, nothing_arrives, site_creds
+from tests.helpers import connect, nothing_arrives, site_creds, wait_until
 
-from citycast.bus import jwt
 from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, NatsAuthority, site_inbox_prefix
-from citycast.bus.jwt import KeyKind
-from citycast.bus.server import EmbeddedNats, free_port
+from citycast.bus.city_bundle import export_city_bundle
+from citycast.bus.server import EmbeddedNats
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock, SystemClock
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
@@ -41,15 +40,6 @@ def sync_error_ns(est: ClockEstimator, clock: SkewedClock) -> int:
     return est.to_broadcast(clock.at(true)) - true
 
 
-async def wait_until(cond: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(0.05)
-    return cond()
-
-
 async def test_clock_sync_converges_against_system_clock(nats_url: str) -> None:
     hub = TimeResponder(nats_url, "citycast.time", SystemClock())
     await hub.start()
@@ -58,7 +48,9 @@ async def test_clock_sync_converges_against_system_clock(nats_url: str) -> None:
     await sync.start()
     try:
         est = sync.estimator
-        assert await wait_until(lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 1 * MS, 10)
+        await wait_until(
+            lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 1 * MS, "the site clock within 1 ms"
+        )
         await asyncio.sleep(2)  # stays there
         errors = []
         for _ in range(20):
@@ -118,10 +110,10 @@ async def test_failures_are_counted_and_retried(nats_url: str) -> None:
     sync = ClockSync(nats_url, "citycast.time.nobody", SystemClock(), timeout_s=0.1, retry_interval_s=0.1)
     await sync.start()
     try:
-        assert await wait_until(lambda: sync.failures >= 2, 5)
+        await wait_until(lambda: sync.failures >= 2, "two failed exchanges", timeout=5)
         hub = TimeResponder(nats_url, "citycast.time.nobody", SystemClock())
         await hub.start()
-        assert await wait_until(lambda: sync.estimator.synced, 10)
+        await wait_until(lambda: sync.estimator.synced, "sync once a responder answers")
         await hub.stop()
     finally:
         await sync.stop()
@@ -146,7 +138,11 @@ async def test_site_syncs_to_city_responder_that_syncs_to_hub(nats_url: str) -> 
     await site_sync.start()
     try:
         site_est = site_sync.estimator
-        assert await wait_until(lambda: site_est.synced and abs(sync_error_ns(site_est, site_clock)) < 1 * MS, 20)
+        await wait_until(
+            lambda: site_est.synced and abs(sync_error_ns(site_est, site_clock)) < 1 * MS,
+            "the site clock within 1 ms through the city",
+            timeout=20,
+        )
         await asyncio.sleep(2)
         errors = []
         for _ in range(20):
@@ -162,13 +158,11 @@ async def test_site_syncs_to_city_responder_that_syncs_to_hub(nats_url: str) -> 
         await hub.stop()
 
 
-async def test_site_syncs_over_a_server_in_jwt_mode(tmp_path: Path) -> None:
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
-    server.start()
-    seed = jwt.new_seed(KeyKind.USER)
-    creds = tmp_path / "s1.creds"
-    jwt.write_private(creds, jwt.creds_text(authority.mint_site_jwt("s1", jwt.public_key(seed)), seed))
+async def test_site_syncs_over_a_server_in_jwt_mode(
+    authority: NatsAuthority, auth_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    server = auth_nats
+    creds, _ = site_creds(authority, "s1", tmp_path)
     hub = TimeResponder(server.url, "citycast.time", SystemClock(), creds=authority.hub_creds_path)
     site_clock = SkewedClock(offset_ns=-400_000_000, ppm=30.0)
     sync = ClockSync(
@@ -183,23 +177,24 @@ async def test_site_syncs_over_a_server_in_jwt_mode(tmp_path: Path) -> None:
         await sync.start()
         await wrong.start()
         est = sync.estimator
-        assert await wait_until(lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 1 * MS, 10)
-        assert await wait_until(lambda: wrong.failures >= 3, 5)
+        await wait_until(
+            lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 1 * MS, "the site clock within 1 ms"
+        )
+        await wait_until(lambda: wrong.failures >= 3, "three failures on the default inbox", timeout=5)
         assert wrong.exchanges == 0
     finally:
         await wrong.stop()
         await sync.stop()
         await hub.stop()
-        server.stop()
 
 
-async def test_a_site_cannot_aim_time_replies_at_another_inbox(tmp_path: Path) -> None:
+async def test_a_site_cannot_aim_time_replies_at_another_inbox(
+    authority: NatsAuthority, auth_nats: EmbeddedNats, tmp_path: Path
+) -> None:
     """Site a's own credentials against the hub's real time service: replies aimed at site b's inbox, the hub's
     inbox or an audio subject are never sent (counted there by an eavesdropper with the hub's rights), asking as
     another site or on the bare subject is refused by the server; its own inbox is answered."""
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
-    server.start()
+    server = auth_nats
     service = TimeService(server.url, Subjects(), creds=authority.hub_creds_path)
     creds, _ = site_creds(authority, "a", tmp_path)
     site = await connect(server.url, creds, site_inbox_prefix("a"))
@@ -226,17 +221,16 @@ async def test_a_site_cannot_aim_time_replies_at_another_inbox(tmp_path: Path) -
         await site.nc.close()
         await spy.nc.close()
         await service.stop()
-        server.stop()
 
 
-async def test_a_city_responder_answers_its_sites_only_on_their_own_inbox(tmp_path: Path) -> None:
+async def test_a_city_responder_answers_its_sites_only_on_their_own_inbox(
+    authority: NatsAuthority, auth_nats: EmbeddedNats, tmp_path: Path
+) -> None:
     """`serve --zone north` with the city bundle's time credentials, synced to the hub's responder: a site of the
     city syncs through it on its own subject, and its credentials cannot aim the city's answers at another
     site's inbox (the city's user may answer any request it gets, so the responder's own check is what stops it)."""
-    authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "nats", auth_config=authority.server_config())
-    server.start()
-    files = authority.city_bundle(tmp_path / "north.bundle", "north").install(tmp_path / "city")
+    server = auth_nats
+    files = export_city_bundle(authority, tmp_path / "north.bundle", "north").install(tmp_path / "city")
     subjects = Subjects()
     hub = TimeService(server.url, subjects, creds=authority.hub_creds_path)
     city = TimeService(
@@ -259,7 +253,11 @@ async def test_a_city_responder_answers_its_sites_only_on_their_own_inbox(tmp_pa
         await city.start()
         await sync.start()
         est = sync.estimator
-        assert await wait_until(lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 2 * MS, 60)
+        await wait_until(
+            lambda: est.synced and abs(sync_error_ns(est, site_clock)) < 2 * MS,
+            "the site clock within 2 ms through the city",
+            timeout=60,
+        )
         stolen = await spy.nc.subscribe("_INBOX_site.b.>")
         await spy.nc.flush()
         before = city.responder.misdirected
@@ -274,4 +272,3 @@ async def test_a_city_responder_answers_its_sites_only_on_their_own_inbox(tmp_pa
         await sync.stop()
         await city.stop()
         await hub.stop()
-        server.stop()
