@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -82,9 +83,25 @@ class Broadcaster:
         max_packets: int | None = None,
         on_start: Callable[[IngestReport], None] | None = None,
         on_publish: Callable[[int], None] | None = None,
+        captured_ns: Callable[[], int | None] | None = None,
     ) -> IngestReport:
-        """`on_publish(lag_ns)` is told, after each message, how late it left against its schedule."""
-        ts0 = ts0_ns if ts0_ns is not None else FramePacer.aligned_start(self.clock(), margin_ns=50_000_000)
+        """`on_publish(lag_ns)` is told, after each message, how late it left against its schedule.
+
+        A live source (line-in) passes `captured_ns`, which tells, right after a block was taken, when that
+        block's first sample was captured on the broadcast clock. Each frame is then stamped with its capture
+        time to within one frame (`FramePacer.live_seq`): the stream starts at the first block's capture time,
+        not on a grid ahead of now, which would only add delay. The report counts `skipped_frames` (audio the
+        card never delivered), `dropped_blocks` and the `max_stamp_error_ms` against capture time.
+        """
+        it = iter(blocks)
+        first = next(it, None)
+        captured = captured_ns() if captured_ns is not None and first is not None else None
+        if ts0_ns is not None:
+            ts0 = ts0_ns
+        elif captured is not None:
+            ts0 = captured
+        else:
+            ts0 = FramePacer.aligned_start(self.clock(), margin_ns=50_000_000)
         pacer = FramePacer(ts0, self.packets_per_message)
         report = IngestReport(
             channel=self.channel,
@@ -96,7 +113,24 @@ class Broadcaster:
             on_start(report)
         seq = 0
         pending: list[bytes] = []
-        for pcm in blocks:
+        stamp_error = skipped = dropped = 0
+        for pcm in itertools.chain(() if first is None else (first,), it):
+            if captured_ns is not None and (at := captured_ns()) is not None:
+                slot = pacer.live_seq(seq + len(pending), at)
+                if slot is None:
+                    dropped += 1
+                    report.extra["dropped_blocks"] = dropped
+                    continue
+                if slot != seq + len(pending):
+                    if pending:  # a message holds consecutive packets: send what came before the gap
+                        await self._publish(report, pacer, seq, pending, on_publish)
+                        seq += len(pending)
+                        pending = []
+                    skipped += slot - seq
+                    report.extra["skipped_frames"] = skipped
+                    seq = slot
+                stamp_error = max(stamp_error, abs(pacer.ts_of(slot) - at))
+                report.extra["max_stamp_error_ms"] = stamp_error / 1e6
             t = time.perf_counter_ns()
             pending.append(self.encoder.encode(pcm))
             report.encode_ns += time.perf_counter_ns() - t
@@ -124,6 +158,8 @@ class Broadcaster:
         wait = (due - self.clock()) / 1e9
         if wait > 0:
             await asyncio.sleep(wait)
+        else:  # a live source is never ahead of its schedule: still let the bus's flusher run
+            await asyncio.sleep(0)
         t = time.perf_counter_ns()
         data = self.signer.sign(
             channel=self.channel, stream=report.stream, seq=seq, ts_ns=pacer.ts_of(seq), packets=packets

@@ -31,3 +31,20 @@ class FramePacer:
         """The next grid instant after now + margin: streams start on round times, which keeps logs readable."""
         t = now_ns + margin_ns
         return (t // grid_ns + 1) * grid_ns
+
+    def live_seq(self, next_seq: int, captured_ns: int) -> int | None:
+        """The sequence number for a live block whose first sample was captured at `captured_ns`, when
+        `next_seq` is the next free one; None when the block must be dropped.
+
+        A sound card keeps its own time: its stream can stall or lose samples (PulseAudio's input does for
+        about a second after it starts) and its clock drifts from the broadcast clock. Counting samples alone
+        would then stamp frames ever further from when they were spoken. So a block whose capture time is a
+        whole frame or more after its slot takes a later slot (the gap is audio that never came), and one a
+        whole frame or more before it is dropped: every stamp stays within one frame of its capture time.
+        """
+        slip = captured_ns - self.ts_of(next_seq)
+        if slip >= self.packet_ns:
+            return next_seq + slip // self.packet_ns
+        if slip <= -self.packet_ns:
+            return None
+        return next_seq

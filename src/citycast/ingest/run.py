@@ -13,7 +13,7 @@ from citycast.bus.authority import INGEST_INBOX_PREFIX
 from citycast.bus.connection import connect
 from citycast.clock.local import SystemClock
 from citycast.ingest.broadcaster import Broadcaster, IngestReport
-from citycast.media.sources import Source
+from citycast.media.sources import LineInSource, Source
 from citycast.protocol.frame import FrameSigner
 from citycast.protocol.subjects import Subjects
 
@@ -39,6 +39,8 @@ async def run_ingest(source: Source, key: Ed25519PrivateKey, opts: IngestOptions
         inbox_prefix=INGEST_INBOX_PREFIX if opts.creds else None,
     )
     clock = SystemClock()  # ingest runs beside the hub, whose clock *is* the broadcast clock
+    if isinstance(source, LineInSource):
+        source.clock = clock.now_ns
     caster = Broadcaster(
         nc,
         channel=opts.channel,
@@ -58,7 +60,8 @@ async def run_ingest(source: Source, key: Ed25519PrivateKey, opts: IngestOptions
             opts.report_path.write_text(json.dumps(data, indent=1))
 
     try:
-        report = await caster.run(blocks, on_start=lambda r: write(r, False))
+        captured_ns = source.capture_ns if isinstance(source, LineInSource) else None
+        report = await caster.run(blocks, on_start=lambda r: write(r, False), captured_ns=captured_ns)
         write(report, True)
         return report
     finally:

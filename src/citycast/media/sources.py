@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import queue
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -215,9 +216,20 @@ class LineInSource:
     """The sound card's input (sounddevice/PortAudio), 48 kHz mono; paced by the card itself.
 
     Checks at construction that an input device exists. `overflows` counts blocks the card dropped.
+
+    `last_capture_ns` is when the first sample of the block last yielded reached the ADC, on `clock` (the
+    broadcast clock on the hub): PortAudio's `inputBufferAdcTime` seen from the callback's own reading of the
+    clock, so the host's capture buffering is measured, not guessed. Where the host gives no ADC time,
+    `adc_time_fallbacks` counts the blocks stamped at the callback's time minus one block instead.
     """
 
-    def __init__(self, device: int | str | None = None, *, queue_blocks: int = 50) -> None:
+    def __init__(
+        self,
+        device: int | str | None = None,
+        *,
+        queue_blocks: int = 50,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         try:
             import sounddevice as sd
         except (OSError, ImportError) as exc:  # PortAudio library missing
@@ -232,18 +244,32 @@ class LineInSource:
         self._sd = sd
         self.device = device
         self.queue_blocks = queue_blocks
+        self.clock = clock
         self.overflows = 0
+        self.adc_time_fallbacks = 0
+        self.last_capture_ns: int | None = None
         self.description = f"line-in {info['name']}"
+
+    def capture_ns(self) -> int | None:
+        """When the first sample of the block last yielded was captured (None before the first block)."""
+        return self.last_capture_ns
 
     def blocks(self) -> Iterator[Samples]:
         sd = self._sd
-        pending: queue.Queue[Samples] = queue.Queue(maxsize=self.queue_blocks)
+        pending: queue.Queue[tuple[Samples, int]] = queue.Queue(maxsize=self.queue_blocks)
 
-        def callback(indata: Any, frames: int, _time: Any, status: Any) -> None:
+        def callback(indata: Any, frames: int, time_info: Any, status: Any) -> None:
+            now = self.clock()
             if status.input_overflow:
                 self.overflows += 1
+            age = float(time_info.currentTime) - float(time_info.inputBufferAdcTime)
+            if time_info.inputBufferAdcTime > 0 and 0.0 <= age < 1.0:
+                captured = now - round(age * 1e9)
+            else:  # no ADC time from this host API: the block's first sample is at least a block old
+                self.adc_time_fallbacks += 1
+                captured = now - frames * 1_000_000_000 // SAMPLE_RATE
             try:
-                pending.put_nowait(np.array(indata[:, 0], dtype=np.float32))
+                pending.put_nowait((np.array(indata[:, 0], dtype=np.float32), captured))
             except queue.Full:
                 self.overflows += 1
 
@@ -261,7 +287,8 @@ class LineInSource:
             raise SourceError(f"line-in unavailable: {exc}") from exc
         try:
             while True:
-                yield pending.get()  # blocksize=FRAME_SAMPLES: PortAudio hands us whole blocks
+                block, self.last_capture_ns = pending.get()  # blocksize=FRAME_SAMPLES: whole blocks
+                yield block
         finally:
             stream.stop()
             stream.close()
