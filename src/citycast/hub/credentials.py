@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,11 +28,11 @@ from sqlalchemy import select
 from citycast.bus.authority import NatsAuthority, check_site_name, site_inbox_prefix
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Site
+from citycast.protocol.credentials import RenewalAnswer
 from citycast.protocol.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
-RENEWAL_VERSION = 1
 # One answer per site per this many seconds: a site renews at half its JWT's life and retries after a minute, so
 # anything faster is a broken or hostile site making the hub sign in a loop.
 MIN_INTERVAL_S = 10.0
@@ -94,27 +93,27 @@ class CredentialsService:
             return
         try:
             answer = await self._answer(site)
-            await self.nc.publish(msg.reply, json.dumps(answer, separators=(",", ":")).encode())
+            await self.nc.publish(msg.reply, answer.encode())
         except Exception:  # a closing connection or a database hiccup: the site asks again
             log.warning("credentials of %s not renewed", site, exc_info=True)
 
-    async def _answer(self, site: str) -> dict[str, object]:
+    async def _answer(self, site: str) -> RenewalAnswer:
         now = time.monotonic()
         last = self._last.get(site)
         if last is not None and now - last < self.min_interval_s:
             self.refused += 1
-            return {"v": RENEWAL_VERSION, "error": f"asked again within {self.min_interval_s:g} s"}
+            return RenewalAnswer(error=f"asked again within {self.min_interval_s:g} s")
         key = await asyncio.to_thread(self.site_key, site)
         if key is None:
             self.refused += 1
             log.warning("credentials of %s asked, but the site is not enrolled or was revoked", site)
-            return {"v": RENEWAL_VERSION, "error": "not enrolled or revoked: enrol again"}
+            return RenewalAnswer(error="not enrolled or revoked: enrol again")
         try:
             token = self.authority.mint_site_jwt(site, key, self.subjects)
         except ValueError as e:  # revoked in the authority's own list
             self.refused += 1
-            return {"v": RENEWAL_VERSION, "error": str(e)}
+            return RenewalAnswer(error=str(e))
         self._last[site] = now
         self.renewed += 1
         log.info("credentials of %s renewed", site)
-        return {"v": RENEWAL_VERSION, "jwt": token}
+        return RenewalAnswer(jwt=token)

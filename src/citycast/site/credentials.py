@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from citycast.bus import jwt
 from citycast.bus.jwt import JwtError
 from citycast.bus.tls import ca_in_creds, creds_with_ca
+from citycast.protocol.credentials import RenewalAnswerError, decode_renewal
 from citycast.protocol.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,13 @@ def renew_at(iat: int, exp: int) -> float:
 def check_renewal(answer: bytes, current: jwt.Credentials) -> str:
     """The new JWT from the hub's answer, or RenewalError saying why it is not taken."""
     try:
-        obj = json.loads(answer)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RenewalError("the answer is not JSON") from e
-    if not isinstance(obj, dict) or obj.get("v") != 1:
-        raise RenewalError("not a citycast renewal v1 answer")
-    if "error" in obj:
-        raise RenewalError(f"the hub refused: {str(obj['error'])[:200]}")
-    token = obj.get("jwt")
-    if not isinstance(token, str):
+        decoded = decode_renewal(answer)
+    except RenewalAnswerError as e:
+        raise RenewalError(str(e)) from e
+    if decoded.error is not None:
+        raise RenewalError(f"the hub refused: {decoded.error}")
+    token = decoded.jwt
+    if token is None:  # unreachable by RenewalAnswer's invariant; said plainly rather than asserted
         raise RenewalError("the answer carries no JWT")
     try:
         new = jwt.decode(token)  # signature checked against its issuer
