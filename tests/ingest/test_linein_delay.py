@@ -119,6 +119,7 @@ def test_line_in_frames_are_stamped_when_the_voice_was_captured(
     tmp_path: Path,
 ) -> None:
     extra_ms, frames = asyncio.run(_stamp_minus_mouth(nats_server.url, pulse_env, tmp_path))
+    print(f"line-in stamp - mouth, ms: {[round(e, 2) for e in extra_ms]}")  # `pytest -s`: docs/benchmarks.md
     assert frames >= 300, frames
     lookahead_ms = OpusEncoder().lookahead_samples / 48
     frame_ms = FRAME_NS / 1e6
