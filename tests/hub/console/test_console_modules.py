@@ -9,17 +9,14 @@ import mimetypes
 import re
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from tests.helpers import wait_until_sync
+from tests.helpers import ConsoleHub, wait_until_sync
 
 from citycast.hub.api import ConsoleFiles
-
-if TYPE_CHECKING:  # the fixture's type, for readers and editors (conftest is not an importable module)
-    from tests.hub.console.conftest import ConsoleHub
 
 STATIC = Path(__file__).resolve().parents[3] / "src/citycast/hub/console/static"
 STORE = STATIC / "js/store.js"

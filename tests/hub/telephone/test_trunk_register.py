@@ -9,11 +9,12 @@ import json
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.helpers import wait_until
 
 from citycast.bus.server import free_port
 from citycast.hub.runtime import Hub, HubOptions
@@ -22,13 +23,6 @@ from citycast.sip.register import RegisterConfig
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
-
-
-async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -73,10 +67,12 @@ async def test_telephone_registers_refreshes_and_unregisters(hub: Hub, tmp_path:
         await phone.start()
         reg = phone.registration
         assert reg is not None
-        await wait_for(lambda: reg.status == "registered", 15, f"never registered: {phone.registration_status()}")
+        await wait_until(
+            lambda: reg.status == "registered", "the registration", timeout=15, detail=phone.registration_status
+        )
         assert reg.granted == 2
         # Two refreshes of the 2 s binding (at 1 s each), both accepted by verifyauth.
-        await wait_for(lambda: reg.sent >= 4 and reg.status == "registered", 15, "never refreshed")
+        await wait_until(lambda: reg.sent >= 4 and reg.status == "registered", "a refreshed registration", timeout=15)
         status = phone.registration_status()
         assert status is not None and status["status"] == "registered" and status["error"] is None
         # The console's view of it: GET /api/telephone on the hub that runs this telephone.
@@ -118,7 +114,9 @@ async def test_wrong_password_ends_in_failed_status_without_hammering(hub: Hub, 
         await phone.start()
         reg = phone.registration
         assert reg is not None
-        await wait_for(lambda: reg.status == "failed", 15, f"did not fail: {phone.registration_status()}")
+        await wait_until(
+            lambda: reg.status == "failed", "the registration to fail", timeout=15, detail=phone.registration_status
+        )
         assert "403" in (reg.error or "")
         await asyncio.sleep(2.0)  # four back-off periods of a transient failure: nothing more is sent
         assert reg.sent == 2 and reg.status == "failed"

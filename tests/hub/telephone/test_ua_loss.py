@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import wait_until_sync
 
 from citycast.tooling.bench.fleet import citycast_argv
 from citycast.tooling.bench.sip_bench import parse_sipp_stats
@@ -33,17 +34,22 @@ pytestmark = [
 
 
 def _wait_health(prefix: list[str], hub: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until the hub answers /api/health inside its namespace (each probe a process there), or has exited."""
     probe = (
-        "import httpx, sys, time\n"
-        "for _ in range(120):\n"
-        " try:\n"
-        "  if httpx.get('http://127.0.0.1:8000/api/health').status_code == 200: sys.exit(0)\n"
-        " except httpx.HTTPError: pass\n"
-        " time.sleep(0.5)\n"
-        "sys.exit(1)"
+        "import httpx, sys\n"
+        "try:\n"
+        "    sys.exit(0 if httpx.get('http://127.0.0.1:8000/api/health', timeout=2).status_code == 200 else 1)\n"
+        "except httpx.HTTPError:\n"
+        "    sys.exit(1)"
     )
-    r = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, check=False, timeout=90)
-    assert r.returncode == 0 and hub.poll() is None, log.read_text(errors="replace")[-3000:]
+
+    def healthy() -> bool:
+        r = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, check=False, timeout=30)
+        return r.returncode == 0
+
+    wait_until_sync(lambda: hub.poll() is not None or healthy(), "the hub's health in its namespace", timeout=90,
+                    every=0.5, detail=lambda: log.read_text(errors="replace")[-3000:])  # fmt: skip
+    assert hub.poll() is None, log.read_text(errors="replace")[-3000:]
 
 
 def _metrics(prefix: list[str]) -> dict[str, float]:
