@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -94,7 +93,14 @@ class Broadcaster:
         card never delivered), `dropped_blocks` and the `max_stamp_error_ms` against capture time.
         """
         it = iter(blocks)
-        first = next(it, None)
+
+        async def take() -> Samples | None:
+            if captured_ns is None:
+                return next(it, None)
+            # a sound card's blocks come when it has them: wait for one off the loop, which keeps serving
+            return await asyncio.to_thread(next, it, None)
+
+        first = await take()
         captured = captured_ns() if captured_ns is not None and first is not None else None
         if ts0_ns is not None:
             ts0 = ts0_ns
@@ -114,7 +120,14 @@ class Broadcaster:
         seq = 0
         pending: list[bytes] = []
         stamp_error = skipped = dropped = 0
-        for pcm in itertools.chain(() if first is None else (first,), it):
+
+        async def taken() -> AsyncIterator[Samples]:
+            pcm = first
+            while pcm is not None:
+                yield pcm
+                pcm = await take()
+
+        async for pcm in taken():
             if captured_ns is not None and (at := captured_ns()) is not None:
                 slot = pacer.live_seq(seq + len(pending), at)
                 if slot is None:

@@ -212,6 +212,11 @@ class ToneSource:
             b += 1
 
 
+# A card that delivers nothing for this long is gone (unplugged, its server dead): say so rather than wait forever.
+# PulseAudio's input takes ≈ 1.3 s to deliver its first block; a loaded box, longer.
+STALL_S = 5.0
+
+
 class LineInSource:
     """The sound card's input (sounddevice/PortAudio), 48 kHz mono; paced by the card itself.
 
@@ -287,7 +292,12 @@ class LineInSource:
             raise SourceError(f"line-in unavailable: {exc}") from exc
         try:
             while True:
-                block, self.last_capture_ns = pending.get()  # blocksize=FRAME_SAMPLES: whole blocks
+                try:  # blocksize=FRAME_SAMPLES: PortAudio hands us whole blocks
+                    block, self.last_capture_ns = pending.get(timeout=STALL_S)
+                except queue.Empty:
+                    raise SourceError(
+                        f"line-in stalled: no audio from {self.description!r} for {STALL_S:g} s"
+                    ) from None
                 yield block
         finally:
             stream.stop()
