@@ -24,6 +24,13 @@ def bench(
         float | None, typer.Option("--delay", help="Playout delay D in ms (default per profile).")
     ] = None,
     wan: Annotated[str, typer.Option(help="none, london-karachi or cellular-bad (needs root).")] = "none",
+    topology: Annotated[
+        str,
+        typer.Option(
+            help="With --wan: 'city' (sites behind a city server: leafnode + city time responder) or 'direct' "
+            "(sites dial the hub's NATS and time service across the WAN)."
+        ),
+    ] = "city",
     probe_sites: Annotated[int, typer.Option(help="Light fan-out probes (bus delivery only).")] = 0,
     packets_per_message: Annotated[int, typer.Option(min=1, max=4, help="Opus packets per bus message.")] = 1,
     fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs this many ppm fast.")] = 100.0,
@@ -63,6 +70,7 @@ def bench(
         seed=seed,
         warmup=warmup,
         dac_block=dac_block,
+        topology=topology,
     )
     try:
         run_bench(opts, console)

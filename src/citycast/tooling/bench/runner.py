@@ -3,6 +3,8 @@
 Loopback: one embedded nats-server. With `--wan PROFILE`: the hub side (nats-server, time service, ingest) in
 one network namespace, the city side (a leafnode nats-server, the city's time responder, the sites and probes)
 in another, joined by the emulated long-haul link of `citycast.tooling.bench.wan`; every process is real and separate.
+With `--topology direct` the city side has no city server: every site dials the hub's NATS and syncs to the hub's
+time service across the long haul itself (the cheapest deployment: sites on cellular, a hub abroad).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def marker_period_s(delay_ms: float) -> float:
 
 SITES_PER_PROCESS = 10  # more per process and one burst of late frames (20× verify) starves their DACs
 CITY = "karachi"
+TOPOLOGIES = ("city", "direct")
 
 
 class BenchError(RuntimeError):
@@ -60,6 +63,7 @@ class BenchOptions:
     probes_per_process: int = 500
     warmup: float = 60.0
     dac_block: int = 480
+    topology: str = "city"  # with --wan: "city" (leafnode + city time responder) or "direct" (sites on the hub)
 
 
 def default_delay_ms(wan: str) -> float:
@@ -72,6 +76,8 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
         profile = get_profile(opts.wan)
     except (WanError, KeyError) as e:
         raise BenchError(f"unknown --wan {opts.wan!r}: choose from {', '.join(PROFILES)}") from e
+    if opts.topology not in TOPOLOGIES:
+        raise BenchError(f"unknown --topology {opts.topology!r}: choose from {', '.join(TOPOLOGIES)}")
     delay_ms = opts.delay_ms if opts.delay_ms is not None else default_delay_ms(opts.wan)
     if not 0 < delay_ms < MAX_DELAY_MS:
         raise BenchError(f"--delay must be between 0 and {MAX_DELAY_MS:.0f} ms")
@@ -95,9 +101,11 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
 
 
 def _start_bus(
-    link: WanLink | None, fleet: Fleet, stack: contextlib.ExitStack, out: Path
+    link: WanLink | None, fleet: Fleet, stack: contextlib.ExitStack, out: Path, topology: str = "city"
 ) -> tuple[str, str, list[str], list[str], str | None]:
-    """Returns (hub url, site-side url, hub-side command prefix, site-side prefix, city time zone)."""
+    """Returns (hub url, site-side url, hub-side command prefix, site-side prefix, city time zone).
+
+    `direct`: no city server; the sites (in the city namespace) dial the hub across the link, no time zone."""
     try:
         if link is None:
             server = EmbeddedNats(port=free_port(), workdir=out / "nats")
@@ -112,6 +120,10 @@ def _start_bus(
         )
         hub.start()
         stack.callback(hub.stop)
+        assert hub.pid is not None
+        if topology == "direct":
+            fleet.adopt("nats", "nats-hub", hub.pid)
+            return hub.url, hub.url, west, east, None
         city = EmbeddedNats(
             host="127.0.0.1",
             port=4222,
@@ -145,7 +157,7 @@ def _run(
     console: Console,
 ) -> dict[str, object]:
     out = opts.out
-    hub_url, site_url, west, east, zone = _start_bus(link, fleet, stack, out)
+    hub_url, site_url, west, east, zone = _start_bus(link, fleet, stack, out, opts.topology)
     fleet.spawn("hub", "hub", citycast_argv("serve", "--nats", hub_url), west)
     if zone is not None:
         fleet.spawn(
@@ -296,6 +308,8 @@ def _figures(
     figures: dict[str, object] = {
         "command": "citycast bench " + _argline(opts),
         "wan": wan,
+        # city: sites behind a city server (leafnode + time responder); direct: sites on the hub across the WAN
+        "topology": opts.topology if wan not in ("none", "loopback") else "loopback",
         "emulator": emulator,  # netem, relay (userspace, where the kernel has no netem), or none (loopback)
         "delay_ms": delay_ms,
         "sites": opts.sites,
@@ -355,6 +369,8 @@ def _pool_probe(probes: list[dict[str, object]]) -> dict[str, float]:
 
 def _argline(opts: BenchOptions) -> str:
     parts = [f"--sites {opts.sites}", f"--seconds {opts.seconds:g}", f"--wan {opts.wan}"]
+    if opts.topology != "city":
+        parts.append(f"--topology {opts.topology}")
     if opts.warmup != 60.0:
         parts.append(f"--warmup {opts.warmup:g}")
     if opts.dac_block != 480:
@@ -378,7 +394,7 @@ def _print(f: dict[str, object], console: Console) -> None:
     t = Table(title=f"citycast bench — {f['command']}")
     t.add_column("figure")
     t.add_column("value", justify="right")
-    t.add_row("WAN / emulator", f"{f['wan']} / {f['emulator']}")
+    t.add_row("WAN / emulator / topology", f"{f['wan']} / {f['emulator']} / {f['topology']}")
     t.add_row("playout delay D", f"{f['delay_ms']} ms")
     t.add_row("full sites / markers", f"{f['sites']} / {f['markers']}")
     t.add_row("latency p50 / p99 / max (ms)", ms3(f["latency_ms"]))
