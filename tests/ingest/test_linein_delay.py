@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import nats
 import numpy as np
+import pytest
 from nats.aio.msg import Msg
 from tests.media.test_sounddevice_pulse import pulse_env  # noqa: F401  (the private PulseAudio fixture)
 
@@ -37,6 +39,7 @@ asyncio.run(run_ingest(source, generate_private_key(), opts))
 PLAYER = r"""
 import asyncio, json, sys, time
 import numpy as np
+import pytest
 from citycast.media.chirp import chirp
 from citycast.media.sinks import SoundDeviceSink
 
@@ -127,3 +130,31 @@ def test_line_in_frames_are_stamped_when_the_voice_was_captured(
     # audio comes out that late); 3 ms for PulseAudio's own DAC/ADC time reports. Stamped on a grid after the
     # start instead, or by sample count across the card's start-up stall, it is hundreds of ms off.
     assert all(-frame_ms - 3 < e - lookahead_ms < frame_ms + 3 for e in extra_ms), extra_ms
+
+
+STALL = r"""
+import subprocess, sys, time
+from citycast.media.sources import LineInSource, SourceError
+source = LineInSource("pulse", stall_s=3.0)  # PulseAudio takes ~1.3 s to deliver its first block
+blocks = source.blocks()
+for _ in range(50):  # a second of audio: the card is running
+    next(blocks)
+subprocess.run(["pactl", "suspend-sink", "cc_null", "1"], check=True)  # its monitor, our line-in, goes quiet
+t = time.monotonic()
+try:
+    for _ in range(500):
+        next(blocks)
+except SourceError as e:
+    print(round(time.monotonic() - t, 2), e)
+"""
+
+
+def test_a_line_in_that_goes_quiet_fails_in_bounded_time(pulse_env: dict[str, str]) -> None:  # noqa: F811
+    if shutil.which("pactl") is None:
+        pytest.skip("`pactl` not installed (Debian pulseaudio-utils)")
+    run = subprocess.run([sys.executable, "-c", STALL], env=pulse_env, capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # the error, within its bound plus the stream's abort (a stop() would wait ~40 s on a suspended source)
+    seconds, _, message = run.stdout.strip().partition(" ")
+    assert "line-in stalled" in message, run.stdout
+    assert 3.0 <= float(seconds) < 6.0, run.stdout

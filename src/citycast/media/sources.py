@@ -212,11 +212,6 @@ class ToneSource:
             b += 1
 
 
-# A card that delivers nothing for this long is gone (unplugged, its server dead): say so rather than wait forever.
-# PulseAudio's input takes ≈ 1.3 s to deliver its first block; a loaded box, longer.
-STALL_S = 5.0
-
-
 class LineInSource:
     """The sound card's input (sounddevice/PortAudio), 48 kHz mono; paced by the card itself.
 
@@ -234,6 +229,7 @@ class LineInSource:
         *,
         queue_blocks: int = 50,
         clock: Callable[[], int] = time.time_ns,
+        stall_s: float = 5.0,
     ) -> None:
         try:
             import sounddevice as sd
@@ -250,6 +246,9 @@ class LineInSource:
         self.device = device
         self.queue_blocks = queue_blocks
         self.clock = clock
+        # A card that delivers nothing for this long is gone (unplugged, its server dead): say so rather than
+        # wait forever. PulseAudio's input takes ≈ 1.3 s to deliver its first block; a loaded box, longer.
+        self.stall_s = stall_s
         self.overflows = 0
         self.adc_time_fallbacks = 0
         self.last_capture_ns: int | None = None
@@ -293,14 +292,16 @@ class LineInSource:
         try:
             while True:
                 try:  # blocksize=FRAME_SAMPLES: PortAudio hands us whole blocks
-                    block, self.last_capture_ns = pending.get(timeout=STALL_S)
+                    block, self.last_capture_ns = pending.get(timeout=self.stall_s)
                 except queue.Empty:
                     raise SourceError(
-                        f"line-in stalled: no audio from {self.description!r} for {STALL_S:g} s"
+                        f"line-in stalled: no audio from {self.description!r} for {self.stall_s:g} s"
                     ) from None
                 yield block
         finally:
-            stream.stop()
+            # abort, not stop: nothing captured is wanted any more, and a stalled host can take tens of
+            # seconds to drain (a suspended PulseAudio source: ≈ 40 s in stop())
+            stream.abort()
             stream.close()
 
 
