@@ -11,13 +11,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from tests.helpers import wait_until
+from tests.hub.telephone.rig import PIN, Rig
 
 from citycast.bus.server import free_port
 from citycast.hub.telephone.call import CallState
 from citycast.media.sources import read_audio
 from citycast.tooling.markers import correlate_lag
-
-from .test_ua_sipp import PIN, Rig, rig, wait_for  # noqa: F401 - the fixture is shared
 
 CLIP = Path(__file__).resolve().parents[3] / "src" / "citycast" / "assets" / "speech.opus"
 LEAD_S = 4.0  # silence before the speech: the PIN is typed and the address on air by then
@@ -77,7 +77,7 @@ def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int, codec: str
 
 
 @pytest.mark.parametrize("codec, srtp", [*((c, False) for c in CODECS), ("g711", True)])
-async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec: str, srtp: bool) -> None:  # noqa: F811
+async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec: str, srtp: bool) -> None:
     wav = tmp_path / "mic.wav"
     write_wav(wav, *CODECS[codec][2:])
     sip_port, cons_port = free_port(), free_port()
@@ -88,10 +88,10 @@ async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        await wait_for(
+        await wait_until(
             lambda: any(c.state is CallState.answered for c in rig.phone.calls.values()),
-            15,
-            "baresip never got through",
+            "baresip's call to be answered",
+            timeout=15,
         )
         call = next(c for c in rig.phone.calls.values() if c.state is CallState.answered)
         assert call.media is not None
@@ -102,21 +102,27 @@ async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec
         # Type only once baresip's stream runs (the latch has taken its packets): under load its audio (SRTP
         # above all) can take seconds to start (6 s seen in CI), and digits typed before then are never sent.
         media = call.media
-        await wait_for(lambda: media.latch.latched is not None and media.latch.accepted >= 25, 20, "no RTP came")
+        await wait_until(
+            lambda: media.latch.latched is not None and media.latch.accepted >= 25,
+            "25 RTP packets from baresip",
+            timeout=20,
+        )
         # Keys on baresip's UDP console: in a call, menu sends a typed digit as DTMF (RFC 4733 by our SDP).
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for key in f"{PIN}#":
                 s.sendto(key.encode(), ("127.0.0.1", cons_port))
                 await asyncio.sleep(0.3)
-        await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 10, "never went on air")
+        await wait_until(
+            lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), "the call to go on air", timeout=10
+        )
         await asyncio.sleep(LEAD_S + 8.4 + 1.0)  # the clip plays out
     finally:
         if proc.returncode is None:
             proc.terminate()
         out, _ = await asyncio.wait_for(proc.communicate(), 10)
         print(out.decode(errors="replace")[-4000:])  # shown by pytest when the test fails
-    await wait_for(lambda: not rig.phone.calls, 10, "the call did not end when baresip quit")
-    await wait_for(lambda: rig.addresses()[-1].ended_at is not None, 10, "the address did not end")
+    await wait_until(lambda: not rig.phone.calls, "the call to end when baresip quits", timeout=10)
+    await wait_until(lambda: rig.addresses()[-1].ended_at is not None, "the address to end", timeout=10)
     await asyncio.sleep(0.6)  # the sink rewrites its WAV header every half second
     heard = read_audio(rig.tmp / "saddar-1.wav")
     sent = read_audio(wav)[int(LEAD_S * 48_000) :]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import wait_until
+from tests.hub.telephone.rig import Rig, free_rtp_range, run_sipp
 
 from citycast.hub.metrics import render_metrics
 from citycast.hub.telephone.call import CallState
@@ -31,8 +33,6 @@ from citycast.rtp.rtcp import SenderInfo, build_sr
 from citycast.sip.sdp import CodecSpec
 from citycast.tooling.demo import speech_asset
 from citycast.tooling.markers import correlate_lag
-
-from .test_ua_sipp import Rig, free_rtp_range, rig, run_sipp, wait_for  # noqa: F401 - the fixture is shared
 
 PCMA = CodecSpec("PCMA", 8, 8000)
 CALLER_SSRC = 0x5EED5EED
@@ -144,7 +144,7 @@ def tone_level(x: np.ndarray, rate: int = 48_000) -> float:
 
 # -- tests --------------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(os.geteuid() != 0, reason="forging the caller's address needs a raw socket (root)")
-async def test_strangers_spraying_a_live_call_are_never_heard_nor_answered(rig: Rig) -> None:  # noqa: F811
+async def test_strangers_spraying_a_live_call_are_never_heard_nor_answered(rig: Rig) -> None:
     speech = read_audio(speech_asset())[: int(SPEECH_S * 48_000)]
     assert tone_level(speech) < 0.02  # the clip itself has no strong 1 kHz: a tone heard would be the stranger's
     length = write_caller_pcap(rig.tmp / "caller.pcap", speech)
@@ -171,7 +171,11 @@ async def test_strangers_spraying_a_live_call_are_never_heard_nor_answered(rig: 
     seen: dict[str, object] = {}
     after_burst: tuple[str, int] | None = None
     try:
-        await wait_for(lambda: any(c.state is CallState.answered for c in rig.phone.calls.values()), 20, "no answer")
+        await wait_until(
+            lambda: any(c.state is CallState.answered for c in rig.phone.calls.values()),
+            "the call to be answered",
+            timeout=20,
+        )
         call = next(iter(rig.phone.calls.values()))
         assert call.media is not None
         latch, port = call.media.latch, call.media.port
@@ -212,7 +216,9 @@ async def test_strangers_spraying_a_live_call_are_never_heard_nor_answered(rig: 
     # Not one packet back to a stranger (no talkback, no RTCP).
     assert other_host.got == [] and same_host.got == [], (len(other_host.got), len(same_host.got))
     # The site played the caller's speech, and no tone.
-    await wait_for(lambda: rig.addresses() and rig.addresses()[-1].ended_at is not None, 10, "the address lingers")
+    await wait_until(
+        lambda: rig.addresses() and rig.addresses()[-1].ended_at is not None, "the address to end", timeout=10
+    )
     await asyncio.sleep(0.6)  # the sink rewrites its WAV header every half second
     heard = read_audio(rig.tmp / "saddar-1.wav")
     _, peak = correlate_lag(speech[: 5 * 48_000], heard)
@@ -237,7 +243,7 @@ async def test_strangers_spraying_a_live_call_are_never_heard_nor_answered(rig: 
     assert n >= dropped["foreign_ssrc"] and f'citycast_rtp_dropped_total{{reason="foreign_ssrc"}} {n}' in text, text
 
 
-async def test_a_foreign_c_line_gets_nothing_sent_to_it(rig: Rig) -> None:  # noqa: F811
+async def test_a_foreign_c_line_gets_nothing_sent_to_it(rig: Rig) -> None:
     victim_rtp = await Stranger("127.0.0.3").open()
     assert victim_rtp.transport is not None
     victim_port = victim_rtp.transport.get_extra_info("sockname")[1]
@@ -253,7 +259,9 @@ async def test_a_foreign_c_line_gets_nothing_sent_to_it(rig: Rig) -> None:  # no
     run = asyncio.create_task(run_sipp(rig.tmp, rig.phone.port, "media_call.xml", "u1", media_port=free_rtp_range()[0],
                                        timeout_s=30, grace_s=10, keys=keys))  # fmt: skip
     try:
-        await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 20, "never went on air")
+        await wait_until(
+            lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), "the call to go on air", timeout=20
+        )
         call = next(iter(rig.phone.calls.values()))
         assert call.media is not None and call.media.latch.acked
         t0 = time.monotonic()
@@ -288,7 +296,7 @@ def test_the_return_pacer_skips_late_ticks_instead_of_bursting() -> None:
     assert pacer.next(0.25) == (pytest.approx(0.01), 0)  # and the next one waits for its time
 
 
-async def test_a_trusted_trunk_range_gets_media_at_its_c_address_and_nobody_else(rig: Rig) -> None:  # noqa: F811
+async def test_a_trusted_trunk_range_gets_media_at_its_c_address_and_nobody_else(rig: Rig) -> None:
     """The trunk signals from 127.0.0.1 and carries media on 127.0.0.5, both inside the operator's range: the return
     stream reaches the c= address after the ACK, within the call's own rate; another address in the range that was
     not named (127.0.0.6) gets nothing and is not heard."""
@@ -301,11 +309,13 @@ async def test_a_trusted_trunk_range_gets_media_at_its_c_address_and_nobody_else
     run = asyncio.create_task(run_sipp(rig.tmp, rig.phone.port, "media_call.xml", "u1", media_port=free_rtp_range()[0],
                                        timeout_s=30, grace_s=10, keys=keys))  # fmt: skip
     try:
-        await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 20, "never went on air")
+        await wait_until(
+            lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), "the call to go on air", timeout=20
+        )
         call = next(iter(rig.phone.calls.values()))
         assert call.media is not None
         rtp_to = ("127.0.0.1", call.media.port)
-        await wait_for(lambda: len(trunk_media.got) > 25, 5, "no return stream at the trunk's c= address")
+        await wait_until(lambda: len(trunk_media.got) > 25, "the return stream at the trunk's c= address", timeout=5)
         assert call.media.latch.latched is None  # sent to before it spoke: the range vouches for it
         tone = tone_packets(0x7777)
         for i in range(150):  # the trunk speaks from its c= address while its neighbour sprays

@@ -14,7 +14,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,8 @@ import httpx
 import numpy as np
 import pytest
 from sqlalchemy import select
+from tests.helpers import wait_until
+from tests.hub.telephone.rig import PIN, run_sipp
 
 from citycast.bus.server import free_port
 from citycast.clock.local import SystemClock
@@ -45,19 +47,9 @@ from citycast.site.run import SiteOptions, build_site
 from citycast.tooling.demo import speech_asset
 from citycast.tooling.markers import correlate_lag
 
-from .test_ua_sipp import run_sipp
-
-PIN = "2468"
 PCMA = CodecSpec("PCMA", 8, 8000)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")]
-
-
-async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
 
 
 def free_pair() -> int:
@@ -136,7 +128,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         with hub.db.session() as s:
             s.add(SpeakerPin(label="Imam Saddar", pin_hash=hash_password(PIN), pin_hint=hint_of(PIN),
                              zone_ids=[zones[0]], priority=Priority.live))  # fmt: skip
-        await wait_for(lambda: sum(v["state"] == "idle" for v in hub.fleet.snapshot()) == 2, 30, "sites never came up")
+        await wait_until(
+            lambda: sum(v["state"] == "idle" for v in hub.fleet.snapshot()) == 2, "both sites to come up", timeout=30
+        )
         rtp = free_port() & ~1
         ports = (max(rtp, 10_000), max(rtp, 10_000) + 40)
         phone = Telephone(hub.telephone_services(), "127.0.0.1", free_port(), ports, ring_s=0.2, guard=PinGuard())
@@ -226,7 +220,9 @@ async def hang_up_from_the_hub(rig: Rig, run: asyncio.Task[tuple[int, str, str]]
 async def go_live(rig: Rig, scenario: str, media: MediaPeer) -> tuple[asyncio.Task[tuple[int, str, str]], Call]:
     run = asyncio.create_task(sipp(rig, scenario, media=media))
     try:
-        await wait_for(lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), 30, "never went on air")
+        await wait_until(
+            lambda: rig.hub.addresses is not None and rig.hub.addresses.live(), "the call to go on air", timeout=30
+        )
     except AssertionError:
         # Say what the call was doing, so a failure on a loaded CI box explains itself.
         calls = [(c.state, c.failed_pins, c.end_reason) for c in rig.phone.calls.values()]
@@ -234,7 +230,9 @@ async def go_live(rig: Rig, scenario: str, media: MediaPeer) -> tuple[asyncio.Ta
         raise AssertionError(f"never went on air; calls {calls}; sipp: {sipp_out}") from None
     call = rig.the_call()
     # On air once the broadcaster runs and the caller is told how many sites hear them.
-    await wait_for(lambda: call.broadcaster is not None and call.sites_live is not None, 10, "the call never settled")
+    await wait_until(
+        lambda: call.broadcaster is not None and call.sites_live is not None, "the call to settle", timeout=10
+    )
     return run, call
 
 
@@ -245,7 +243,7 @@ async def test_talkback_is_heard_in_the_callers_ear(rig: Rig, media: MediaPeer) 
     assert r.status_code == 200, r.text
     assert rig.hub.talkback is not None and rig.hub.talkback.current is not None
     tap = rig.hub.talkback.current
-    await wait_for(lambda: tap.frames >= 25, 10, "no talkback audio reached the hub")
+    await wait_until(lambda: tap.frames >= 25, "talkback audio at the hub", timeout=10)
     assert call.media is not None
     await asyncio.wait_for(call.media.back.played(), 15)  # "you are live to one site" is over
     t0 = time.monotonic()
@@ -315,7 +313,11 @@ async def test_rtcp_receiver_reports_reach_the_callers_rtcp_port(rig: Rig, media
     assert call.media is not None
     talking = asyncio.create_task(media.talk(read_audio(speech_asset()), ("127.0.0.1", call.media.port), ssrc=0xC0FFEE))
     try:
-        await wait_for(lambda: any(isinstance(p, ReceiverReport) and p.reports for p in media.rtcp), 15, "no RR")
+        await wait_until(
+            lambda: any(isinstance(p, ReceiverReport) and p.reports for p in media.rtcp),
+            "an RTCP receiver report",
+            timeout=15,
+        )
     finally:
         talking.cancel()
     rr = next(p for p in media.rtcp if isinstance(p, ReceiverReport) and p.reports)
@@ -328,7 +330,7 @@ async def test_rtcp_receiver_reports_reach_the_callers_rtcp_port(rig: Rig, media
 
 async def test_the_spoken_count_is_the_pins_zone_sites_that_are_up(rig: Rig, media: MediaPeer) -> None:
     run, call = await go_live(rig, "media_call.xml", media)
-    await wait_for(lambda: call.sites_live is not None, 5, "no count")
+    await wait_until(lambda: call.sites_live is not None, "the count of sites live", timeout=5)
     # saddar-1 is up; saddar-2 never connected; clifton-1 is up but in another zone.
     assert call.sites_live == 1
     assert call.media is not None
@@ -345,7 +347,7 @@ async def test_a_blocked_source_gets_403_before_any_answer(rig: Rig) -> None:
     assert re.search(r"^SIP/2\.0 403", trace, re.M)
     assert not re.search(r"^SIP/2\.0 (180|200)", trace, re.M)
     assert rig.addresses() == []
-    await wait_for(lambda: not rig.phone.calls, 5, "the refused call lingers")
+    await wait_until(lambda: not rig.phone.calls, "the refused call to be gone", timeout=5)
 
 
 # -- raw datagrams --------------------------------------------------------------------------------------------------
@@ -425,7 +427,7 @@ async def test_the_calls_broadcast_keeps_time_while_the_control_loop_stalls(rig:
     assert call.broadcaster is not None and rig.hub.media is not None
     beats: list[tuple[float, threading.Thread]] = []
     call.broadcaster.on_block = lambda _: beats.append((time.monotonic(), threading.current_thread()))
-    await wait_for(lambda: len(beats) > 10, 5, "no broadcast")
+    await wait_until(lambda: len(beats) > 10, "the broadcast", timeout=5)
     t0 = time.monotonic()
     time.sleep(0.5)  # the point: this loop (the control plane) is blocked
     t1 = time.monotonic()

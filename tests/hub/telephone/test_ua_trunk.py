@@ -10,15 +10,12 @@ import re
 from pathlib import Path
 
 from sqlalchemy import select
+from tests.helpers import wait_until
+from tests.hub.telephone.rig import SCENARIOS, Rig, free_rtp_range, run_sipp
 
 from citycast.hub.db.models import AuditEntry
 from citycast.hub.telephone.pins import PinGuard
 from citycast.sip.identity import parse_trunks
-
-from . import test_ua_sipp
-from .test_ua_sipp import SCENARIOS, Rig, free_rtp_range, run_sipp, wait_for
-
-rig = test_ua_sipp.rig  # the same hub, site agent, telephone and PIN 2468 as test_ua_sipp
 
 PAI_LINE = "      P-Asserted-Identity: <sip:[pai]@trunk.example;user=phone>\n"
 
@@ -69,7 +66,7 @@ async def test_behind_a_trusted_trunk_one_callers_wrong_pins_do_not_block_anothe
     assert not re.search(r"^SIP/2\.0 403", trace, re.M)
     rows = rig.addresses()
     assert len(rows) == 1 and rows[0].zone_ids == [rig.zone_id]
-    await wait_for(lambda: not rig.phone.calls, 10, "the calls were not cleaned up")
+    await wait_until(lambda: not rig.phone.calls, "the calls to be cleaned up", timeout=10)
 
 
 async def test_p_asserted_identity_counts_only_from_a_trusted_trunk(rig: Rig) -> None:
