@@ -266,7 +266,8 @@ class AddressManager:
         if spec == "tone":
             return ToneSource(440.0)
         if spec == "line-in":
-            return LineInSource()
+            # Stamped from the card's capture times on the hub's broadcast clock (see _broadcast)
+            return LineInSource(clock=self.clock)
         if spec.startswith("file:"):
             name = spec[5:]
             if not name or "/" in name or "\\" in name or name.startswith("."):
@@ -352,7 +353,8 @@ class AddressManager:
                 assert audio is not None
                 if isinstance(src, FileSource):
                     audio = PrefetchedBlocks(audio)
-                a.task = asyncio.create_task(self._broadcast(a, audio))
+                captured = src.capture_ns if isinstance(src, LineInSource) else None
+                a.task = asyncio.create_task(self._broadcast(a, audio, captured))
             elif duration_s is not None:
                 a.task = asyncio.create_task(self._stop_after(a, duration_s))
             await self._apply()
@@ -409,7 +411,11 @@ class AddressManager:
             late["max"],
         )
 
-    async def _broadcast(self, a: OnAir, blocks: Iterator[Samples]) -> None:
+    async def _broadcast(
+        self, a: OnAir, blocks: Iterator[Samples], captured_ns: Callable[[], int | None] | None = None
+    ) -> None:
+        """Pace, encode, sign and publish `blocks`; a live source's frames are stamped from `captured_ns` (the
+        capture time of the block just read), so a voice costs D plus a frame, not a grid slot after start."""
         caster = Broadcaster(
             self.media.nc if self.media is not None else self.nc,
             channel=a.channel,
@@ -420,7 +426,10 @@ class AddressManager:
         )
         status, reason = AddressStatus.ended, "source ended"
         run = caster.run(
-            blocks, on_start=lambda report: setattr(a, "ts0_ns", report.ts0_ns), on_publish=a.lateness.record
+            blocks,
+            on_start=lambda report: setattr(a, "ts0_ns", report.ts0_ns),
+            on_publish=a.lateness.record,
+            captured_ns=captured_ns,
         )
         try:
             # On the media plane the frames are paced, encoded, signed and published on its loop; this task only
