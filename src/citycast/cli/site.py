@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from citycast import runtime
-from citycast.cli.common import DEFAULT_NATS, ChannelOpt, NatsOpt, PrefixOpt, console, fail
+from citycast.cli.common import DEFAULT_NATS, ChannelOpt, PrefixOpt, console, fail
 
 app = typer.Typer()
 
@@ -16,7 +16,24 @@ app = typer.Typer()
 @app.command()
 def site(
     name: Annotated[str, typer.Option(help="This site's name (its telemetry subject).")] = "site-1",
-    nats: NatsOpt = DEFAULT_NATS,
+    nats: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--nats",
+            help="URL of a NATS server (city server, leafnode or the hub's). Repeat it, or give a comma list, to "
+            "connect to every city server of the zone at once: each frame comes once per path and the first copy "
+            f"plays. Default: {DEFAULT_NATS}, or the city servers enrolment stored.",
+        ),
+    ] = None,
+    uplink_bind: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--uplink-bind",
+            metavar="ADDR|%IFACE|ADDR%IFACE",
+            help="The local address and/or interface the i-th --nats connection leaves by (a box with two SIMs, "
+            "or fibre and cellular: one uplink per connection). Repeat in --nats order; '-' leaves one unbound.",
+        ),
+    ] = None,
     trust: Annotated[Path, typer.Option(help="File of trusted ingest public keys.")] = Path("keys/trusted.keys"),
     channel: ChannelOpt = 1,
     prefix: PrefixOpt = "citycast",
@@ -67,9 +84,14 @@ def site(
     from citycast.site.enrol import CredentialsFileError, EnrolError, SiteCredentials, default_path
     from citycast.site.enrol import enrol as do_enrol
     from citycast.site.run import SiteOptions, run_site
+    from citycast.site.uplinks import parse_uplinks
 
     if clock not in ("sync", "system"):
         fail("--clock must be 'sync' or 'system'")
+    try:
+        uplinks = parse_uplinks(nats or [DEFAULT_NATS], uplink_bind if nats else None)
+    except ValueError as e:
+        fail(f"--nats/--uplink-bind: {e}")
     cred_path = config or default_path()
     credentials: SiteCredentials | None = None
     if enrol is not None:
@@ -86,7 +108,9 @@ def site(
             fail(str(e))
     opts = SiteOptions(
         name=name,
-        nats_url=nats,
+        nats_url=uplinks[0].url,
+        nats_urls=[u.url for u in uplinks] if nats else [],
+        uplink_binds=list(uplink_bind or []),
         trust=trust,
         channel=channel,
         prefix=prefix,

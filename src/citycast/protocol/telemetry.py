@@ -83,6 +83,10 @@ class Telemetry:
     # When the site's NATS credentials expire (unix seconds; null: none, or they never do). The site renews them at
     # half their life: one still close to expiry is failing to (the hub says why not, the site's log too).
     creds_expire_s: int | None = None
+    # Dual-path delivery (a site on every city server of its zone): second copies of frames already played, heard
+    # on another path (expected, never an alert), and each path (city server host:port) with whether it is up.
+    duplicates: int = 0
+    paths: dict[str, bool] = field(default_factory=dict)
     v: int = TELEMETRY_VERSION
 
     def to_json(self) -> bytes:

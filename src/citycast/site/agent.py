@@ -38,6 +38,7 @@ from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
 from citycast.site.talkback import TalkbackSender
+from citycast.site.uplinks import ClockFailover, Copy, FrameMerge, Uplink, UplinkSet
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class SiteConfig:
     talkback_key: Ed25519PrivateKey | None = None  # the site's own key (from its NATS seed): enables talkback
     talkback_source: str = "line-in"  # the microphone: "line-in[:DEVICE]" or a file (tests)
     renew_creds: bool = True  # ask the hub for fresh credentials before `creds` expire (citycast.hub.credentials)
+    # Every city server of the zone, one connection each (citycast.site.uplinks): frames come once per path and the
+    # first copy plays. Empty: one connection to `nats_url`.
+    uplinks: list[Uplink] = field(default_factory=list)
 
 
 class StageTimer:
@@ -143,7 +147,11 @@ class SiteAgent:
         self.frames = 0
         self.bad_commands = 0  # messages on the command subject that are no command (see citycast.protocol.commands)
         self.nc: Client | None = None
-        self.clock_sync: ClockSync | None = None
+        self.clock_sync: ClockSync | ClockFailover | None = None
+        self.merge = FrameMerge()  # first copy of a frame plays, whichever uplink brought it
+        self.duplicates = 0  # second copies from another uplink: expected with two paths, never an alert
+        self.uplinks: UplinkSet | None = None
+        self._command_sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.sink_task: asyncio.Task[None] | None = None
         self.sink_error: str | None = None
@@ -214,8 +222,9 @@ class SiteAgent:
     async def _on_audio(self, msg: Msg) -> None:
         self.on_frame_bytes(msg.data)
 
-    def on_frame_bytes(self, data: bytes) -> None:
-        """Verify and queue one message from the bus. Never raises: bad input is counted, not played."""
+    def on_frame_bytes(self, data: bytes, uplink: int = 0) -> None:
+        """Verify and queue one message from the bus (from connection `uplink`). Never raises: bad input is
+        counted, not played."""
         t0 = self.timer.now()
         try:
             if len(data) > MAX_FRAME_SIZE:  # dropped before any parsing
@@ -232,6 +241,16 @@ class SiteAgent:
             now = self.broadcast_now()
             if now is None:
                 self.rejected[Rejection.UNSYNCED] += 1
+                return
+            copy = self.merge.offer(frame.stream, frame.seq, uplink)
+            if copy is Copy.DUPLICATE:
+                self.duplicates += 1
+                return
+            if copy is Copy.REPLAY:
+                if self._overlap:  # the same frame from a connection and its renewed successor
+                    self.swap_duplicates += 1
+                else:
+                    self.rejected[Rejection.REPLAYED] += 1
                 return
             if not is_fresh(
                 frame,
@@ -278,6 +297,9 @@ class SiteAgent:
         assert self.nc is not None
         async with self._audio_lock:  # two quick changes must not leave two subscriptions behind
             subject = self.config.subjects.audio(self.config.channel)
+            if self.uplinks is not None:
+                await self.uplinks.subscribe(subject)
+                return
             if self._audio_sub is not None and self._audio_sub.subject == subject:
                 return
             old, self._audio_sub = self._audio_sub, None
@@ -327,6 +349,8 @@ class SiteAgent:
             clock_step_refused_ms=(step / 1e6) if (step := self.guard.reported_step_ns(self.monotonic())) else None,
             clock_steps_refused=self.guard.refused_steps,
             creds_expire_s=self.renewer.expires_s if self.renewer is not None else None,
+            duplicates=self.duplicates,
+            paths=self.uplinks.up() if self.uplinks is not None else {},
         )
 
     async def _report(self) -> None:
@@ -434,8 +458,30 @@ class SiteAgent:
 
     async def start(self) -> None:
         cfg = self.config
-        self.nc = await self._connect()
-        if cfg.clock_mode == "sync":
+        if cfg.uplinks:
+            self.uplinks = UplinkSet(
+                cfg.uplinks,
+                self.on_frame_bytes,
+                self._move_control,
+                name=cfg.name,
+                creds=cfg.creds,
+                inbox_prefix=cfg.inbox_prefix,
+            )
+            self.nc = await self.uplinks.start(cfg.subjects.audio(cfg.channel))
+        else:
+            self.nc = await self._connect()
+        if cfg.clock_mode == "sync" and self.uplinks is not None:
+            self.clock_sync = ClockFailover(
+                [u.url for u in cfg.uplinks],
+                cfg.time_subject or cfg.subjects.time(),
+                self.clock,
+                self.estimator,
+                creds=cfg.creds,
+                inbox_prefix=cfg.inbox_prefix,
+                site=cfg.name if cfg.creds is not None else None,
+            )
+            await self.clock_sync.start()
+        elif cfg.clock_mode == "sync":
             self.clock_sync = ClockSync(
                 cfg.nats_url,
                 cfg.time_subject or cfg.subjects.time(),
@@ -459,12 +505,56 @@ class SiteAgent:
             self._watch_task = asyncio.create_task(self.desired_watcher.run())
             self._tasks.append(self._watch_task)
         if cfg.creds is not None and cfg.renew_creds:
-            self.renewer = CredentialsRenewer(lambda: self.nc, cfg.subjects, cfg.name, cfg.creds, self._swap_connection)
+            swap = self._swap_connection if self.uplinks is None else self._renew_uplinks
+            self.renewer = CredentialsRenewer(lambda: self.nc, cfg.subjects, cfg.name, cfg.creds, swap)
             self._tasks.append(asyncio.create_task(self.renewer.run(), name=f"creds:{cfg.name}"))
         if cfg.talkback_key is not None:
             spec = cfg.talkback_source
             self.talkback = TalkbackSender(self.nc, cfg.subjects, cfg.name, cfg.talkback_key, lambda: open_source(spec))
-            await self.nc.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+            self._command_sub = await self.nc.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+
+    async def _move_control(self, new: Client) -> None:
+        """Carry control (telemetry, desired state, commands, renewal) on `new`, another uplink, because the one
+        that carried it dropped. Audio is untouched: every uplink hears the channel all along."""
+        cfg = self.config
+        self.nc = new
+        if self.talkback is not None:
+            self.talkback.nc = new
+            old_sub, self._command_sub = self._command_sub, None
+            if old_sub is not None:  # the old connection comes back some day: it must not deliver commands twice
+                with contextlib.suppress(Exception):
+                    await old_sub.unsubscribe()
+            self._command_sub = await new.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+        watcher = self.desired_watcher
+        if watcher is not None:
+            fresh = DesiredWatcher(new, cfg.subjects, cfg.name, self.apply_desired)
+            fresh.current, fresh.revision = watcher.current, watcher.revision
+            self.desired_watcher = fresh
+            task = self._watch_task
+            self._watch_task = asyncio.create_task(fresh.run())
+            self._tasks = [t for t in self._tasks if t is not task] + [self._watch_task]
+            if task is not None:
+                await cancel_and_wait(task)
+
+    async def _renew_uplinks(self) -> None:
+        """Renewed credentials with several uplinks: replace one uplink's connection at a time, so the others
+        carry the channel meanwhile; control follows its connection."""
+        assert self.uplinks is not None
+
+        async def swapped(old: Client, new: Client) -> None:
+            if old is self.nc:
+                await self._move_control(new)
+
+        self._overlap = True
+        try:
+            for index in range(len(self.uplinks.uplinks)):
+                try:
+                    await self.uplinks.replace(index, swapped)
+                except TimeoutError:
+                    log.warning("%s: renewed credentials, but uplink %d did not reconnect yet", self.config.name, index)
+        finally:
+            self._overlap = False
+        self.swaps += 1
 
     async def _on_command(self, msg: Msg) -> None:
         self.on_command_bytes(msg.data)
@@ -487,6 +577,9 @@ class SiteAgent:
         await cancel_and_wait(*tasks)
         if self.clock_sync is not None:
             await self.clock_sync.stop()
+        if self.uplinks is not None:
+            await self.uplinks.stop()  # every connection, the control one (self.nc) among them
+            self.nc = None
         if self.nc is not None:
             # A site publishes nothing that matters at shutdown; never let a slow drain hold it up.
             with contextlib.suppress(Exception):

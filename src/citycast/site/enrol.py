@@ -17,7 +17,7 @@ import json
 import os
 import ssl
 import stat
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -58,6 +58,9 @@ class SiteCredentials:
     time_subject: str
     inbox_prefix: str
     hub_ca: str = ""  # PEM of the hub's TLS CA, the only one trusted for NATS; empty: a plaintext (--insecure) hub
+    # Every city server of the site's zone (NATS URLs): the site connects to each and plays the first copy of every
+    # frame (citycast.site.uplinks). Empty: the zone has none listed; the site uses `nats_urls`.
+    city_servers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -70,7 +73,7 @@ class SiteCredentials:
                         client_context(value)
                     except (TlsError, ssl.SSLError) as e:
                         raise ValueError(f"hub_ca: {e}") from None
-            elif f.name in ("nats_urls", "trusted_keys"):
+            elif f.name in ("nats_urls", "trusted_keys", "city_servers"):
                 if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                     raise ValueError(f"{f.name} must be a list of strings")
             elif f.name == "delay_ms":
@@ -104,7 +107,7 @@ class SiteCredentials:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - data.keys() - {"hub_ca"})
+        missing = sorted(names - data.keys() - {"hub_ca", "city_servers"})
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
         return cls(**{k: data[k] for k in names if k in data})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -14,6 +14,7 @@ from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
 from citycast.site.enrol import SiteCredentials
 from citycast.site.talkback import key_from_seed
+from citycast.site.uplinks import Uplink, parse_uplinks
 
 
 @dataclass
@@ -36,6 +37,19 @@ class SiteOptions:
     credentials: SiteCredentials | None = None  # from enrolment: name, bus, NATS user, trusted keys, D
     credentials_path: Path | None = None
     talkback_source: str = "line-in"
+    # More than one: one connection per city server (dual-path delivery, citycast.site.uplinks); `nats_url` may be a
+    # comma list too. `uplink_binds[i]` is the i-th connection's local address or interface.
+    nats_urls: list[str] = field(default_factory=list)
+    uplink_binds: list[str] = field(default_factory=list)
+
+
+def uplinks_of(opts: SiteOptions, enrolled: list[str] | None = None) -> list[Uplink]:
+    """The connections the site makes: the URLs given on the command line, else those enrolment stored (every
+    city server of the zone), each with its bind. One unbound URL: [] (the agent's one connection, as ever)."""
+    given = opts.nats_urls or ([opts.nats_url] if opts.nats_url else [])
+    urls = enrolled if enrolled and not opts.nats_urls else given
+    uplinks = parse_uplinks(urls, opts.uplink_binds)
+    return [] if len(uplinks) == 1 and uplinks[0].bind is None else uplinks
 
 
 def build_site(opts: SiteOptions) -> SiteAgent:
@@ -53,9 +67,11 @@ def build_site(opts: SiteOptions) -> SiteAgent:
     if cred is not None:
         assert opts.credentials_path is not None
         subjects = Subjects(cred.prefix)
+        uplinks = uplinks_of(opts, cred.city_servers or cred.nats_urls[:1])
         config = SiteConfig(
             name=cred.site,
-            nats_url=cred.nats_urls[0],
+            nats_url=uplinks[0].url if uplinks else (opts.nats_urls or cred.city_servers or cred.nats_urls)[0],
+            uplinks=uplinks,
             trusted_keys=[Ed25519PublicKey.from_public_bytes(bytes.fromhex(k)) for k in cred.trusted_keys],
             channel=opts.channel,
             delay_ns=round(cred.delay_ms * 1e6),
@@ -70,9 +86,11 @@ def build_site(opts: SiteOptions) -> SiteAgent:
             talkback_source=opts.talkback_source,
         )
     else:
+        uplinks = uplinks_of(opts)
         config = SiteConfig(
             name=opts.name,
-            nats_url=opts.nats_url,
+            nats_url=uplinks[0].url if uplinks else parse_uplinks(opts.nats_urls or [opts.nats_url])[0].url,
+            uplinks=uplinks,
             trusted_keys=load_trusted_keys(opts.trust),
             channel=opts.channel,
             delay_ns=round(opts.delay_ms * 1e6),
