@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tests.helpers import Topology, start_auth_nats, wait_for_log
+from tests.helpers import Topology, private_pulseaudio, start_auth_nats, wait_for_log
 
 from citycast.bus.authority import NatsAuthority
 from citycast.bus.city_bundle import CityBundle
@@ -60,3 +60,11 @@ async def topology(authority: NatsAuthority, tmp_path: Path) -> AsyncIterator[To
         if city is not None:
             city.stop()
         hub.stop()
+
+
+@pytest.fixture
+def pulse_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A private PulseAudio daemon with a 48 kHz null sink `cc_null` (its monitor is the default source); yields
+    the client environment."""
+    with private_pulseaudio(tmp_path) as env:
+        yield env

@@ -16,7 +16,6 @@ import nats
 import numpy as np
 import pytest
 from nats.aio.msg import Msg
-from tests.media.test_sounddevice_pulse import pulse_env  # noqa: F401  (the private PulseAudio fixture)
 
 from citycast.bus.server import EmbeddedNats
 from citycast.media.audio import FRAME_NS, FRAME_SAMPLES
@@ -117,7 +116,7 @@ async def _stamp_minus_mouth(url: str, env: dict[str, str], tmp: Path) -> tuple[
 
 
 def test_line_in_frames_are_stamped_when_the_voice_was_captured(
-    pulse_env: dict[str, str],  # noqa: F811
+    pulse_env: dict[str, str],
     nats_server: EmbeddedNats,
     tmp_path: Path,
 ) -> None:
@@ -149,7 +148,7 @@ except SourceError as e:
 """
 
 
-def test_a_line_in_that_goes_quiet_fails_in_bounded_time(pulse_env: dict[str, str]) -> None:  # noqa: F811
+def test_a_line_in_that_goes_quiet_fails_in_bounded_time(pulse_env: dict[str, str]) -> None:
     if shutil.which("pactl") is None:
         pytest.skip("`pactl` not installed (Debian pulseaudio-utils)")
     run = subprocess.run([sys.executable, "-c", STALL], env=pulse_env, capture_output=True, text=True, timeout=90)

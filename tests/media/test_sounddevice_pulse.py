@@ -21,11 +21,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -133,64 +131,6 @@ def _sweep() -> np.ndarray:
     sweep[-fade:] *= ramp[::-1]
     pad = np.zeros(int(0.1 * RATE))
     return np.concatenate([pad, sweep, pad]).astype(np.float32)
-
-
-def _need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        reason = f"`{binary}` not installed (Debian pulseaudio / pulseaudio-utils)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
-@pytest.fixture
-def pulse_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A private PulseAudio daemon with a 48 kHz null sink `cc_null`; yields the client environment."""
-    pulseaudio = _need("pulseaudio")
-    runtime = tmp_path / "pulse-runtime"
-    runtime.mkdir(mode=0o700)
-    socket = tmp_path / "native"
-    env = dict(os.environ)
-    env.update(PULSE_RUNTIME_PATH=str(runtime), XDG_RUNTIME_DIR=str(runtime), HOME=str(tmp_path))
-    env.pop("PULSE_SERVER", None)
-    log = (tmp_path / "pulseaudio.log").open("wb")
-    daemon = subprocess.Popen(
-        [
-            pulseaudio,
-            "--daemonize=no",
-            "--system=false",
-            "--exit-idle-time=-1",
-            "--disallow-exit",
-            "-n",
-            "--load=module-null-sink sink_name=cc_null rate=48000 channels=2",
-            f"--load=module-native-protocol-unix socket={socket} auth-anonymous=1",
-            "--log-target=stderr",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not socket.exists():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"pulseaudio did not start:\n{(tmp_path / 'pulseaudio.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        env.update(PULSE_SERVER=f"unix:{socket}", PULSE_SINK="cc_null", PULSE_SOURCE="cc_null.monitor")
-        yield env
-    finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-        log.close()
 
 
 def _normalised_peak(source: np.ndarray, recorded: np.ndarray) -> tuple[float, int]:
