@@ -181,3 +181,38 @@ def bench_sip(
     if json_out is not None:
         json_out.write_text(text)
     sys.stdout.write(text + "\n")
+
+
+@app.command("bench-city")
+def bench_city(
+    sites: Annotated[int, typer.Option(min=2, max=60, help="Full site agents (each its own process).")] = 6,
+    cut_seconds: Annotated[float, typer.Option(min=2, help="How long each fault lasts.")] = 30.0,
+    drills: Annotated[
+        str,
+        typer.Option(help="Drills, in order: city-kill, path-cut-one, path-cut-both, hub-restart, site-restart."),
+    ] = "city-kill,path-cut-one,path-cut-both,hub-restart,site-restart",
+    wan: Annotated[str, typer.Option(help="Profile of each long-haul path (london-karachi, cellular-bad).")] = (
+        "london-karachi"
+    ),
+    delay_ms: Annotated[float, typer.Option("--delay", help="Playout delay D (ms).")] = 490.0,
+    uplinks: Annotated[
+        int | None, typer.Option(help="City servers each site dials (default: 2 if `citycast site` can, else 1).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    out: Annotated[Path, typer.Option(help="Working folder (logs, WAVs, the hub's data).")] = Path(
+        "citycast-out/bench-city"
+    ),
+    keep_wav: Annotated[bool, typer.Option(help="Keep what each site played.")] = False,
+) -> None:
+    """Fault drills on the deployed shape (needs root): a hub in "london", two city servers behind two emulated
+    long-haul paths, N enrolled sites, an address of real speech; kill a city server, cut one path, cut both, restart
+    the hub, restart a site. Per drill: underruns, concealed frames, resync time, recording lost, alerts."""
+    from citycast.tooling.bench.city_drills import DrillError, DrillOptions, run_drills
+
+    try:
+        chosen = tuple(d.strip() for d in drills.split(",") if d.strip())
+        opts = DrillOptions(sites=sites, cut_s=cut_seconds, drills=chosen, wan=wan, delay_ms=delay_ms,
+                            uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav)  # fmt: skip
+        run_drills(opts, console)
+    except DrillError as e:
+        fail(str(e))

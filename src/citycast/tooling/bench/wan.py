@@ -307,7 +307,9 @@ class WanLink:
     them with `ns_command(link.east_ns, argv)`. `emulator` is `auto` (netem if the kernel has it, else the
     relay), `netem` or `relay`; after entering, `link.emulator` says which one runs. `seed` makes the relay's
     delay and loss draws reproducible (netem draws from the kernel's generator); `max_queued` bounds the packets
-    waiting in either.
+    waiting in either. `join_west` names an existing namespace (another link's `west_ns`) to use as this link's
+    west side instead of making one: a second path from the same "london", on its own `subnet` (`A.B.C`, the
+    ends get .1 and .2) and device `dev` there, and an east namespace named `east_name`.
     """
 
     def __init__(
@@ -320,6 +322,10 @@ class WanLink:
         max_queued: int = DEFAULT_MAX_QUEUED,
         realtime: bool = True,
         emulator: str = "auto",
+        join_west: str | None = None,
+        east_name: str = "karachi",
+        subnet: str = "10.77.0",
+        dev: str = DEV_NAME,
     ) -> None:
         if emulator not in EMULATORS:
             raise WanError(f"unknown WAN emulator {emulator!r}; known: {', '.join(EMULATORS)}")
@@ -330,11 +336,14 @@ class WanLink:
         self.max_seconds = max_seconds
         self.max_queued = max_queued
         run = f"{prefix}{os.getpid()}-{secrets.token_hex(2)}"
-        self.west_ns = f"{run}-london"
-        self.east_ns = f"{run}-karachi"
-        self.west_ip = WEST_IP
-        self.east_ip = EAST_IP
-        self.dev = DEV_NAME
+        # A second path into the same "london" (`join_west`: a namespace another link made and will delete)
+        # needs its own subnet and device name there, so the two paths are two routes, not one address twice.
+        self._join_west = join_west
+        self.west_ns = join_west or f"{run}-london"
+        self.east_ns = f"{run}-{east_name}"
+        self.west_ip = f"{subnet}.1"
+        self.east_ip = f"{subnet}.2"
+        self.dev = dev
         self._tun_names = {"west": f"cc{secrets.token_hex(4)}w", "east": f"cc{secrets.token_hex(4)}e"}
         self._created_ns: list[str] = []
         self._fds: list[int] = []
@@ -378,6 +387,8 @@ class WanLink:
     def _setup(self) -> None:
         sides = (("west", self.west_ns, self.west_ip), ("east", self.east_ns, self.east_ip))
         for _, ns, _ in sides:
+            if ns == self._join_west:
+                continue
             _ip("netns", "add", ns)
             self._created_ns.append(ns)
         if self.emulator == "netem":
