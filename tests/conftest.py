@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import Topology, private_pulseaudio, start_auth_nats, wait_for_log
 
 from citycast.bus.authority import NatsAuthority
-from citycast.bus.city_bundle import CityBundle
+from citycast.bus.city_bundle import CityBundle, export_city_bundle
 from citycast.bus.server import EmbeddedNats, free_port
 
 
@@ -47,7 +47,7 @@ async def topology(authority: NatsAuthority, tmp_path: Path) -> AsyncIterator[To
     hub = start_auth_nats(authority, tmp_path / "hub", leaf_listen_port=leaf_port)
     city: EmbeddedNats | None = None
     try:
-        bundle = authority.city_bundle(tmp_path / "north.bundle", "north")
+        bundle = export_city_bundle(authority, tmp_path / "north.bundle", "north")
         city, files = CityBundle.load(tmp_path / "north.bundle").embedded_nats(
             f"nats://127.0.0.1:{leaf_port}", tmp_path / "city", port=free_port()
         )

@@ -54,10 +54,9 @@ def test_bundle_is_private_and_refused_clearly_when_bad(tmp_path: Path) -> None:
         export_city_bundle(authority, tmp_path / "x.bundle", "no spaces")
 
 
-def test_the_authority_exports_the_same_bundle(tmp_path: Path) -> None:
-    """`NatsAuthority.city_bundle` (what `citycast city-bundle` calls) writes a bundle of the same chain."""
+def test_an_exported_bundle_loads_as_written_with_the_hubs_chain(tmp_path: Path) -> None:
     authority = NatsAuthority.load_or_create(tmp_path / "auth")
-    bundle = authority.city_bundle(tmp_path / "a.bundle", "north")
+    bundle = export_city_bundle(authority, tmp_path / "a.bundle", "north")
     assert CityBundle.load(tmp_path / "a.bundle") == bundle
     assert (bundle.zone, bundle.account, bundle.account_jwt) == (
         "north",

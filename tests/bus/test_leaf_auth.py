@@ -19,6 +19,7 @@ from tests.helpers import SUBJECTS, Topology, connect, nothing_arrives, site_cre
 
 from citycast.bus import jwt
 from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, INGEST_INBOX_PREFIX, site_inbox_prefix
+from citycast.bus.city_bundle import export_city_bundle
 from citycast.hub.desired import DesiredStore
 from citycast.protocol.desired import DesiredState, desired_bucket
 from citycast.site.desired import DesiredWatcher
@@ -198,7 +199,7 @@ async def test_site_revoked_at_the_hub_is_dropped_and_refused_at_the_city(topolo
     assert good.nc.is_connected
     await good.nc.close()
     # A city server started later from a bundle exported after the revocation refuses it from the start.
-    later = t.authority.city_bundle(t.dir / "later.bundle", "north")
+    later = export_city_bundle(t.authority, t.dir / "later.bundle", "north")
     assert bad_key in jwt.decode(later.account_jwt)["nats"]["revocations"]
 
 

@@ -21,6 +21,7 @@ from tests.helpers import start_auth_nats, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.city_bundle import export_city_bundle
 from citycast.bus.connection import connect
 from citycast.bus.jwt import KeyKind
 from citycast.bus.rawnats import WireError, open_wire
@@ -271,7 +272,7 @@ async def test_the_city_leaf_verifies_the_hub(bus: Bus, tmp_path: Path) -> None:
     attacker, _ = _attacker_context(tmp_path)
     mitm = Interceptor(bus.leaf_port, attacker, bus.tls.client_context())
     site_creds = _site_creds(bus, tmp_path / "site.creds")
-    bundle = bus.authority.city_bundle(tmp_path / "north.json", "north", bus.tls)
+    bundle = export_city_bundle(bus.authority, tmp_path / "north.json", "north", bus.tls)
     assert bundle.hub_ca == bus.tls.ca_pem() and bundle.city_cert
     city, _ = bundle.embedded_nats(f"nats://127.0.0.1:{mitm.port}", tmp_path / "city-mitm", port=free_port())
     city.start()

@@ -23,17 +23,13 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import nats
 
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind, Permissions, UserLimits
-from citycast.bus.tls import HubTls, creds_context, creds_with_ca
+from citycast.bus.tls import creds_context, creds_with_ca
 from citycast.protocol.subjects import Subjects, time_request
-
-if TYPE_CHECKING:
-    from citycast.bus.city_bundle import CityBundle
 
 ACCOUNT_NAME = "CITYCAST"
 SYSTEM_ACCOUNT_NAME = "SYS"
@@ -249,17 +245,6 @@ class NatsAuthority:
             f"  {self.account_public}: {nats_conf_string(self.account_jwt())}\n"
             "}\n"
         )
-
-    # -- city leafnodes -------------------------------------------------------------------------------------------
-    def city_bundle(
-        self, path: Path, zone: str, tls: HubTls | None = None, names: list[str] | None = None
-    ) -> CityBundle:
-        """Write what a city server for `zone` needs to join this hub as a leafnode (see
-        `citycast.bus.city_bundle.export_city_bundle`, which this calls)."""
-        # Imported here: the bundle module builds on this one (it mints users with these keys), not the reverse.
-        from citycast.bus.city_bundle import export_city_bundle
-
-        return export_city_bundle(self, path, zone, tls, names)
 
     # -- users --------------------------------------------------------------------------------------------------
     def mint_site_jwt(

@@ -144,6 +144,7 @@ def city_bundle_cmd(
 
     On the city server: citycast city --zone ZONE --city-bundle FILE --leaf-remote nats://HUB:LEAF_PORT"""
     from citycast.bus.authority import AuthorityError, NatsAuthority
+    from citycast.bus.city_bundle import export_city_bundle
     from citycast.protocol.subjects import Subjects
 
     auth_dir = data_dir / "nats-auth"
@@ -153,7 +154,7 @@ def city_bundle_cmd(
 
     tls = HubTls(data_dir / "tls") if (data_dir / "tls" / CA_KEY).exists() else None
     try:
-        NatsAuthority.load_or_create(auth_dir, Subjects(prefix)).city_bundle(out, zone, tls, tls_name or [])
+        export_city_bundle(NatsAuthority.load_or_create(auth_dir, Subjects(prefix)), out, zone, tls, tls_name or [])
     except (AuthorityError, ValueError, TlsError) as e:
         fail(str(e))
     console.print(f"wrote {out} (0600, holds the city's NATS secrets) for zone {zone!r}")
