@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from citycast.media.audio import FRAME_NS
 from citycast.media.keys import key_id, parse_public_key
 from citycast.protocol.channel import CHANNEL_MAX
+from citycast.protocol.delay import DelaySchedule
 from citycast.protocol.frame import (
     MAX_FRAME_SIZE,
     MIN_FRAME_SIZE,
@@ -167,8 +168,14 @@ def test_multi_packet_frames(packets: list[bytes]) -> None:
 
 def test_largest_frame_is_accepted() -> None:
     data = SIGNER.sign(channel=1, stream=1, seq=1, ts_ns=1, packets=[b"\x55" * 1275] * 4)
-    assert len(data) == MAX_FRAME_SIZE == 40 + 4 * (2 + 1275) + 64
+    assert len(data) == 40 + 4 * (2 + 1275) + 64
     assert VERIFIER.verify(data).packets == (b"\x55" * 1275,) * 4
+    # The largest of all carries its channel's delay schedule (citycast.protocol.delay) too.
+    scheduled = FrameSigner(KEY)
+    scheduled.delays[1] = DelaySchedule(1, 80_000_000, 100_000_000, 2_000_000_000)
+    data = scheduled.sign(channel=1, stream=1, seq=1, ts_ns=1, packets=[b"\x55" * 1275] * 4)
+    assert len(data) == MAX_FRAME_SIZE == 40 + 24 + 4 * (2 + 1275) + 64
+    assert VERIFIER.verify(data).delay == scheduled.delays[1]
 
 
 def test_smallest_frame_is_accepted() -> None:

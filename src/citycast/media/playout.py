@@ -10,6 +10,12 @@ stalled host) makes it jump, and that is counted as a resync.
 
 Positions are in samples since the engine's epoch (its first target), kept as float64: four hours is ~7e8
 samples, far inside float64's exact range for sub-sample work.
+
+D itself may change during a stream, but only as the channel's signed `DelayCurve` says (carried in the
+frames, see citycast.protocol.delay): the sample stamped m plays at m + D(m), D moving linearly over a ramp of
+stream time. The target read position follows that schedule exactly (integer ns, the same on every site) and the
+ramp's rate (ramp / (ramp + change), within 5 % of 1) is fed forward into the resampling ratio, so the stream is
+stretched or squeezed gently: no jump, no gap, and every site at the same sample at the same instant.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +55,55 @@ class ClockMap:
 
     def to_broadcast(self, local_ns: int) -> int:
         return self.ref_bt_ns + round((local_ns - self.ref_local_ns) * self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class DelayCurve:
+    """D as a function of stream time: `old_delay_ns` up to `from_ts_ns`, `new_delay_ns` from `from_ts_ns +
+    ramp_ns`, linear between (docs/protocol.md "Delay schedule"; on the wire: citycast.protocol.delay)."""
+
+    from_ts_ns: int  # stream time at which D starts to move from `old_delay_ns`
+    old_delay_ns: int
+    new_delay_ns: int
+    ramp_ns: int  # stream time over which D moves; 0 only when old == new
+
+    @classmethod
+    def steady(cls, delay_ns: int) -> Self:
+        """D constant: what a site runs before any schedule reaches it."""
+        return cls(0, delay_ns, delay_ns, 0)
+
+    @property
+    def end_ts_ns(self) -> int:
+        """Stream time from which D is `new_delay_ns`."""
+        return self.from_ts_ns + self.ramp_ns
+
+    @property
+    def max_delay_ns(self) -> int:
+        return max(self.old_delay_ns, self.new_delay_ns)
+
+    def delay_at(self, ts_ns: int) -> int:
+        """D for the sample stamped `ts_ns`."""
+        if ts_ns <= self.from_ts_ns or self.ramp_ns == 0:
+            return self.old_delay_ns if ts_ns <= self.from_ts_ns else self.new_delay_ns
+        if ts_ns >= self.end_ts_ns:
+            return self.new_delay_ns
+        return self.old_delay_ns + (self.new_delay_ns - self.old_delay_ns) * (ts_ns - self.from_ts_ns) // self.ramp_ns
+
+    def stream_at(self, bt_ns: int) -> int:
+        """The stream time that plays at broadcast time `bt_ns`: the inverse of m -> m + D(m)."""
+        if bt_ns - self.old_delay_ns <= self.from_ts_ns:
+            return bt_ns - self.old_delay_ns
+        if bt_ns - self.new_delay_ns >= self.end_ts_ns:
+            return bt_ns - self.new_delay_ns
+        # Inside the ramp: m + old + change * (m - from) / ramp = bt.
+        change = self.new_delay_ns - self.old_delay_ns
+        return self.from_ts_ns + (bt_ns - self.old_delay_ns - self.from_ts_ns) * self.ramp_ns // (self.ramp_ns + change)
+
+    def rate_at(self, bt_ns: int) -> float:
+        """d(stream time)/d(broadcast time) at `bt_ns`: 1 outside the ramp, ramp / (ramp + change) inside."""
+        if bt_ns - self.old_delay_ns <= self.from_ts_ns or bt_ns - self.new_delay_ns >= self.end_ts_ns:
+            return 1.0
+        return self.ramp_ns / (self.ramp_ns + self.new_delay_ns - self.old_delay_ns)
 
 
 class PlayoutState(Enum):
@@ -113,7 +168,9 @@ class PlayoutEngine:
         rate_window_points: int = 20,
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
-        self.delay_ns = delay_ns
+        self.delay_ns = delay_ns  # the configured D, until a schedule says otherwise
+        self._schedule = DelayCurve.steady(delay_ns)
+        self._stream_ns: int | None = None  # stream time at the last block's first sample
         self._decoder_factory = decoder_factory
         self._fallback = fallback if fallback is not None and len(fallback) else None
         self._fallback_after = fallback_after_ns * sample_rate / 1e9
@@ -147,6 +204,29 @@ class PlayoutEngine:
     def set_clock(self, clock: ClockMap | None) -> None:
         with self._lock:
             self._clock = clock
+
+    def set_delay_schedule(self, schedule: DelayCurve) -> bool:
+        """Follow the channel's (verified) delay schedule. A schedule older than the one followed is ignored: a
+        straggler frame must not take D back. True if the schedule changed."""
+        with self._lock:
+            current = self._schedule
+            if schedule == current or schedule.from_ts_ns < current.from_ts_ns:
+                return False
+            self._schedule = schedule
+            return True
+
+    @property
+    def delay_schedule(self) -> DelayCurve:
+        return self._schedule
+
+    def delay_at(self, ts_ns: int) -> int:
+        """D for the sample stamped `ts_ns` under the schedule followed now."""
+        return self._schedule.delay_at(ts_ns)
+
+    def current_delay_ns(self) -> int:
+        """D at the sample playing now (the configured D before anything played)."""
+        at = self._stream_ns
+        return self._schedule.delay_at(at) if at is not None else self._schedule.new_delay_ns
 
     def set_fallback(self, fallback: Samples | None) -> None:
         with self._lock:
@@ -217,9 +297,12 @@ class PlayoutEngine:
             self.state = PlayoutState.SYNCING
             return np.zeros(n, np.float32)
         bt = self._clock.to_broadcast(dac_local_ns)
+        schedule = self._schedule
+        stream_ns = schedule.stream_at(bt)
+        self._stream_ns = stream_ns
         if self._epoch_ns is None:
-            self._epoch_ns = bt - self.delay_ns
-        target = (bt - self.delay_ns - self._epoch_ns) * self.sr / 1e9
+            self._epoch_ns = stream_ns
+        target = (stream_ns - self._epoch_ns) * self.sr / 1e9
         if self._pos is None:
             self._pos = target
         err = self._pos - target
@@ -234,7 +317,11 @@ class PlayoutEngine:
         dt = n / self.sr
         self._rate_i = _clamp(self._rate_i - self._ki * e_s * dt, -self._max_slew, self._max_slew)
         correction = _clamp(self._rate_i - self._kp * e_s, -self._max_slew, self._max_slew)
-        self.ratio = self._ff * (1 + correction)
+        # Inside a change of D the stream itself is read at the schedule's rate over this very block (a block
+        # that straddles a ramp's edge gets the mix): fed forward, so the PI loop still only trims phase.
+        span = round(n * 1e9 / self.sr)
+        stretch = 1.0 if stream_ns == bt - schedule.new_delay_ns else (schedule.stream_at(bt + span) - stream_ns) / span
+        self.ratio = self._ff * (1 + correction) * stretch
         self.tracking_error_ns += (e_s * 1e9 - self.tracking_error_ns) * min(1.0, dt / 1.0)
         out = self._produce(n, self.ratio)
         self._pos += n * self.ratio

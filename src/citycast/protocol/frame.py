@@ -6,14 +6,15 @@ to the hub. Wire format (big-endian; docs/protocol.md "Frame", whose example a t
     off size field
     0   2    magic b"CC"
     2   1    version = 1
-    3   1    packet_count (1..4)
+    3   1    packet_count (1..4); bit 0x80: a delay schedule follows the header
     4   4    channel (u32 field; a channel is 0..CHANNEL_MAX = 65535, see citycast.protocol.channel)
     8   4    stream (u32): random per ingest session
     12  8    seq (u64) of the first packet; packet i has seq + i
     20  8    ts_ns (i64): broadcast-clock time of the first sample of the first packet
     28  4    packet_ns (u32): duration of one packet
     32  8    key_id: SHA-256(raw public key)[:8]
-    40  ...  packet_count x (u16 length, 1..1275, then the Opus packet)
+    40  24   only with flag 0x80: the channel's delay schedule (citycast.protocol.delay)
+    ..  ...  packet_count x (u16 length, 1..1275, then the Opus packet)
     end-64 64 Ed25519 signature over every byte before it
 
 `parse_frame` checks structure only; `FrameVerifier.verify` adds the key and signature checks. What a receiver
@@ -35,8 +36,10 @@ from nacl.signing import VerifyKey
 from citycast.media.audio import FRAME_NS
 from citycast.media.keys import KEY_ID_SIZE, key_id
 from citycast.protocol.channel import CHANNEL_MAX, CHANNEL_MIN
+from citycast.protocol.delay import DELAY_SCHEDULE_SIZE, DelaySchedule
 
 __all__ = [
+    "DELAY_FLAG",
     "HEADER_SIZE",
     "MAGIC",
     "MAX_FRAME_SIZE",
@@ -65,12 +68,13 @@ MAX_PACKETS = 4
 MAX_PACKET_BYTES = 1275  # RFC 6716: the largest Opus frame
 MAX_PACKET_NS = 120_000_000  # RFC 6716: the longest Opus packet
 SIGNATURE_SIZE = 64
+DELAY_FLAG = 0x80  # in the packet_count byte: the frame carries its channel's delay schedule
 
 _HEADER = struct.Struct(">2sBBIIQqI8s")
 _U16 = struct.Struct(">H")
 HEADER_SIZE = _HEADER.size  # 40
 MIN_FRAME_SIZE = HEADER_SIZE + 2 + 1 + SIGNATURE_SIZE  # 107
-MAX_FRAME_SIZE = HEADER_SIZE + MAX_PACKETS * (2 + MAX_PACKET_BYTES) + SIGNATURE_SIZE  # 5208
+MAX_FRAME_SIZE = HEADER_SIZE + DELAY_SCHEDULE_SIZE + MAX_PACKETS * (2 + MAX_PACKET_BYTES) + SIGNATURE_SIZE  # 5236
 
 _U32_MAX = (1 << 32) - 1
 _U64_MAX = (1 << 64) - 1
@@ -105,6 +109,7 @@ class Frame:
     packet_ns: int
     key_id: bytes
     packets: tuple[bytes, ...]
+    delay: DelaySchedule | None = None  # the channel's playout delay schedule, signed with the audio
 
     @property
     def end_ns(self) -> int:
@@ -147,6 +152,8 @@ def _field_problem(frame: Frame) -> str | None:
         return f"ts_ns {frame.ts_ns} (end {frame.end_ns}) outside i64"
     if len(frame.key_id) != KEY_ID_SIZE:
         return f"key_id must be {KEY_ID_SIZE} bytes, got {len(frame.key_id)}"
+    if frame.delay is not None:
+        return frame.delay.problem()
     return None
 
 
@@ -163,7 +170,7 @@ def pack_frame_body(frame: Frame) -> bytes:
         _HEADER.pack(
             MAGIC,
             VERSION,
-            len(frame.packets),
+            len(frame.packets) | (DELAY_FLAG if frame.delay is not None else 0),
             frame.channel,
             frame.stream,
             frame.seq,
@@ -172,6 +179,8 @@ def pack_frame_body(frame: Frame) -> bytes:
             frame.key_id,
         )
     ]
+    if frame.delay is not None:
+        parts.append(frame.delay.pack())
     for i, packet in enumerate(frame.packets):
         if not 1 <= len(packet) <= MAX_PACKET_BYTES:
             raise ValueError(f"cannot encode frame: packet {i} is {len(packet)} bytes, outside 1..1275")
@@ -195,15 +204,30 @@ def parse_frame(data: bytes) -> tuple[Frame, bytes]:
         raise MalformedFrame(f"too short: {size} bytes, a frame has at least {MIN_FRAME_SIZE}")
     if size > MAX_FRAME_SIZE:
         raise MalformedFrame(f"too long: {size} bytes, a frame has at most {MAX_FRAME_SIZE}")
-    magic, version, count, channel, stream, seq, ts_ns, packet_ns, kid = _HEADER.unpack_from(data)
+    magic, version, count_byte, channel, stream, seq, ts_ns, packet_ns, kid = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise MalformedFrame(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise MalformedFrame(f"unsupported version {version}, expected {VERSION}")
+    count = count_byte & ~DELAY_FLAG
     if not 1 <= count <= MAX_PACKETS:
-        raise MalformedFrame(f"packet_count {count} outside 1..{MAX_PACKETS}")
+        raise MalformedFrame(f"packet_count {count_byte} outside 1..{MAX_PACKETS} (or those + {DELAY_FLAG:#04x})")
+    if not count_byte & DELAY_FLAG and size > MAX_FRAME_SIZE - DELAY_SCHEDULE_SIZE:
+        raise MalformedFrame(
+            f"too long: {size} bytes, a frame without a delay schedule has at most "
+            f"{MAX_FRAME_SIZE - DELAY_SCHEDULE_SIZE}"
+        )
     body_end = size - SIGNATURE_SIZE
     off = HEADER_SIZE
+    delay: DelaySchedule | None = None
+    if count_byte & DELAY_FLAG:
+        if off + DELAY_SCHEDULE_SIZE > body_end:
+            raise MalformedFrame("truncated: no room for the delay schedule the flag announces")
+        try:
+            delay = DelaySchedule.unpack(data[off : off + DELAY_SCHEDULE_SIZE])
+        except ValueError as e:
+            raise MalformedFrame(f"delay schedule: {e}") from None
+        off += DELAY_SCHEDULE_SIZE
     packets: list[bytes] = []
     for i in range(count):
         if off + 2 > body_end:
@@ -218,7 +242,7 @@ def parse_frame(data: bytes) -> tuple[Frame, bytes]:
         off += length
     if off != body_end:
         raise MalformedFrame(f"{body_end - off} unexpected bytes between the last packet and the signature")
-    frame = Frame(channel, stream, seq, ts_ns, packet_ns, kid, tuple(packets))
+    frame = Frame(channel, stream, seq, ts_ns, packet_ns, kid, tuple(packets), delay)
     problem = _field_problem(frame)
     if problem is not None:
         raise MalformedFrame(problem)
@@ -226,14 +250,19 @@ def parse_frame(data: bytes) -> tuple[Frame, bytes]:
 
 
 class FrameSigner:
-    """Signs frames with one Ed25519 private key (ingest side)."""
+    """Signs frames with one Ed25519 private key (ingest side).
 
-    __slots__ = ("_key", "key_id", "public_key")
+    `delays` holds each channel's playout delay schedule (set by the hub's delay tuner): every frame signed for
+    that channel carries it, so a site learns a change of D from the audio itself, under the same signature.
+    """
+
+    __slots__ = ("_key", "delays", "key_id", "public_key")
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._key = private_key
         self.public_key: Ed25519PublicKey = private_key.public_key()
         self.key_id: bytes = key_id(self.public_key)
+        self.delays: dict[int, DelaySchedule] = {}
 
     def sign(
         self,
@@ -246,7 +275,16 @@ class FrameSigner:
         packet_ns: int = FRAME_NS,
     ) -> bytes:
         """The wire bytes of one signed frame. Raises `ValueError` for out-of-range fields or packets."""
-        frame = Frame(channel, stream, seq, ts_ns, packet_ns, self.key_id, tuple(bytes(p) for p in packets))
+        frame = Frame(
+            channel,
+            stream,
+            seq,
+            ts_ns,
+            packet_ns,
+            self.key_id,
+            tuple(bytes(p) for p in packets),
+            self.delays.get(channel),
+        )
         body = pack_frame_body(frame)
         return body + self._key.sign(body)
 
