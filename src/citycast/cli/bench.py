@@ -31,6 +31,19 @@ def bench(
             "(sites dial the hub's NATS and time service across the WAN)."
         ),
     ] = "city",
+    paths: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=2,
+            help="With --wan: long-haul paths, each to its own city server; with 2 every site connects to both "
+            "and plays the first copy of each frame.",
+        ),
+    ] = 1,
+    shared_loss: Annotated[
+        float,
+        typer.Option(help="With --paths 2: the share of each path's loss taken in one relay stage both cross."),
+    ] = 0.0,
     probe_sites: Annotated[int, typer.Option(help="Light fan-out probes (bus delivery only).")] = 0,
     packets_per_message: Annotated[int, typer.Option(min=1, max=4, help="Opus packets per bus message.")] = 1,
     fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs this many ppm fast.")] = 100.0,
@@ -71,6 +84,8 @@ def bench(
         warmup=warmup,
         dac_block=dac_block,
         topology=topology,
+        paths=paths,
+        shared_loss=shared_loss,
     )
     try:
         run_bench(opts, console)

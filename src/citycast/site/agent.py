@@ -38,7 +38,7 @@ from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
 from citycast.site.talkback import TalkbackSender
-from citycast.site.uplinks import ClockFailover, Copy, FrameMerge, Uplink, UplinkSet
+from citycast.site.uplinks import ClockFailover, Copy, FrameMerge, Uplink, UplinkSet, parse_uplinks
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,12 @@ class SiteConfig:
     # Every city server of the zone, one connection each (citycast.site.uplinks): frames come once per path and the
     # first copy plays. Empty: one connection to `nats_url`.
     uplinks: list[Uplink] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # A comma list in `nats_url` (`citycast simulate --nats A,B`, the benchmark's two paths) is one uplink each.
+        if not self.uplinks and "," in self.nats_url:
+            self.uplinks = parse_uplinks([self.nats_url])
+            self.nats_url = self.uplinks[0].url
 
 
 class StageTimer:

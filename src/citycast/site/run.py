@@ -44,8 +44,9 @@ class SiteOptions:
 
 
 def uplinks_of(opts: SiteOptions, enrolled: list[str] | None = None) -> list[Uplink]:
-    """The connections the site makes: the URLs given on the command line, else those enrolment stored (every
-    city server of the zone), each with its bind. One unbound URL: [] (the agent's one connection, as ever)."""
+    """The connections the site makes: the URLs given on the command line, else those enrolment stored (the
+    zone's city servers, else every URL the hub names), each with its bind. One unbound URL: [] (the agent's one
+    connection, as ever)."""
     given = opts.nats_urls or ([opts.nats_url] if opts.nats_url else [])
     urls = enrolled if enrolled and not opts.nats_urls else given
     uplinks = parse_uplinks(urls, opts.uplink_binds)
@@ -67,7 +68,7 @@ def build_site(opts: SiteOptions) -> SiteAgent:
     if cred is not None:
         assert opts.credentials_path is not None
         subjects = Subjects(cred.prefix)
-        uplinks = uplinks_of(opts, cred.city_servers or cred.nats_urls[:1])
+        uplinks = uplinks_of(opts, cred.city_servers or cred.nats_urls)
         config = SiteConfig(
             name=cred.site,
             nats_url=uplinks[0].url if uplinks else (opts.nats_urls or cred.city_servers or cred.nats_urls)[0],

@@ -5,6 +5,9 @@ one network namespace, the city side (a leafnode nats-server, the city's time re
 in another, joined by the emulated long-haul link of `citycast.tooling.bench.wan`; every process is real and separate.
 With `--topology direct` the city side has no city server: every site dials the hub's NATS and syncs to the hub's
 time service across the long haul itself (the cheapest deployment: sites on cellular, a hub abroad).
+With `--paths 2` the city has two city servers, each behind its own emulated long-haul path (two `WanLink`s into
+one "london"), and every site connects to both and plays the first copy of each frame (`citycast.site.uplinks`);
+`--shared-loss F` puts the share F of each path's loss in one relay stage both paths cross (see `TwoPaths`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,15 @@ from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, free_
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
 from citycast.tooling.bench.analysis import SiteTrace, analyse, load_trace
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
-from citycast.tooling.bench.wan import PROFILES, WanError, WanLink, get_profile, ns_command, require_root
+from citycast.tooling.bench.wan import (
+    PROFILES,
+    WanError,
+    WanLink,
+    WanProfile,
+    get_profile,
+    ns_command,
+    require_root,
+)
 
 MAX_DELAY_MS = 1900.0
 
@@ -64,6 +77,69 @@ class BenchOptions:
     warmup: float = 60.0
     dac_block: int = 480
     topology: str = "city"  # with --wan: "city" (leafnode + city time responder) or "direct" (sites on the hub)
+    paths: int = 1  # with --wan and the city topology: 2 = two city servers on two long-haul paths, sites on both
+    shared_loss: float = 0.0  # with 2 paths: the share of each path's loss in one stage both paths cross
+
+
+CITY_LAN = ("10.80.0.1", "10.80.0.2")  # the city's LAN between the two city servers' namespaces
+
+
+class TwoPaths:
+    """Two long-haul paths from one "london" to a city with two city servers (`--paths 2`).
+
+        london ──[shared stage]── exchange ─┬─ path A ── karachia: city server A, its time responder, the sites
+                                            └─ path B ── karachib: city server B, its time responder
+        karachia ── veth (the city's LAN) ── karachib
+
+    Without `shared_loss` there is no exchange: both paths start in london and their losses are independent.
+    With it, the share `shared_loss` of the profile's loss moves from each path to one relay stage (no delay)
+    that both cross, so each path still loses the profile's total. The stage drops packets independently of one
+    another (the relay's loss is per packet), so what it shares between the paths is the place, not the instant:
+    a burst that silences both at once is a cut, which `citycast bench-city` drills.
+    Duck-types the parts of `WanLink` the benchmark uses (`west_ns`, `east_ns`, `west_ip`, `emulator`)."""
+
+    def __init__(self, profile: WanProfile, *, seed: int, shared_loss: float, stack: contextlib.ExitStack) -> None:
+        own = WanProfile(profile.name, profile.delay_ms, profile.jitter_ms, profile.loss * (1 - shared_loss))
+        self.links: list[WanLink] = []
+        west: str | None = None
+        self.exchange: WanLink | None = None
+        if shared_loss > 0:
+            stage = WanProfile("shared", 0.0, 0.0, profile.loss * shared_loss)
+            self.exchange = stack.enter_context(
+                WanLink(stage, seed=seed + 7, east_name="exchange", subnet="10.76.0", dev="wanS")
+            )
+            west = self.exchange.east_ns
+        for i, name in enumerate(("a", "b")):
+            link = WanLink(own, seed=seed + i, join_west=west, east_name=f"karachi{name}", subnet=f"10.77.{i + 1}",
+                           dev=f"wan{name.upper()}")  # fmt: skip
+            self.links.append(stack.enter_context(link))
+            west = west or link.west_ns
+        a, b = self.links
+        lan = f"cl{os.getpid() % 100000}"
+        _ip_run("-n", a.east_ns, "link", "add", "name", lan, "type", "veth", "peer", "name", lan, "netns", b.east_ns)
+        for ns, ip in ((a.east_ns, CITY_LAN[0]), (b.east_ns, CITY_LAN[1])):
+            _ip_run("-n", ns, "addr", "add", f"{ip}/30", "dev", lan)
+            _ip_run("-n", ns, "link", "set", "dev", lan, "up")
+        if self.exchange is not None:
+            x = self.exchange
+            subprocess.run(ns_command(x.east_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]), check=True, timeout=10)
+            for link in self.links:
+                _ip_run("-n", x.west_ns, "route", "add", f"{link.east_ip.rsplit('.', 1)[0]}.0/24", "via", x.east_ip)
+                _ip_run("-n", link.east_ns, "route", "add", f"{x.west_ip.rsplit('.', 1)[0]}.0/24", "via", link.west_ip)
+        hub_side = self.exchange or a
+        self.west_ns = hub_side.west_ns
+        # the hub's address as each city server dials it: over its own path, or routed through the exchange
+        self.leaf_ips = [hub_side.west_ip] * 2 if self.exchange is not None else [a.west_ip, b.west_ip]
+        self.west_ip = self.leaf_ips[0]
+        self.east_ns = a.east_ns
+        self.east_b_ns = b.east_ns
+        self.emulator = a.emulator
+
+
+def _ip_run(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
 def default_delay_ms(wan: str) -> float:
@@ -78,6 +154,12 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
         raise BenchError(f"unknown --wan {opts.wan!r}: choose from {', '.join(PROFILES)}") from e
     if opts.topology not in TOPOLOGIES:
         raise BenchError(f"unknown --topology {opts.topology!r}: choose from {', '.join(TOPOLOGIES)}")
+    if opts.paths not in (1, 2):
+        raise BenchError("--paths is 1 or 2")
+    if opts.paths == 2 and (not profile.emulated or opts.topology != "city"):
+        raise BenchError("--paths 2 needs --wan PROFILE and the city topology (two city servers)")
+    if not 0 <= opts.shared_loss < 1 or (opts.shared_loss and opts.paths != 2):
+        raise BenchError("--shared-loss is a share in [0, 1) of each path's loss, with --paths 2")
     delay_ms = opts.delay_ms if opts.delay_ms is not None else default_delay_ms(opts.wan)
     if not 0 < delay_ms < MAX_DELAY_MS:
         raise BenchError(f"--delay must be between 0 and {MAX_DELAY_MS:.0f} ms")
@@ -88,24 +170,29 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
     save_private_key(key, opts.out / "ingest.key")
     (opts.out / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
     with contextlib.ExitStack() as stack:
-        link: WanLink | None = None
+        link: WanLink | TwoPaths | None = None
         if profile.emulated:
             try:
                 require_root()
             except WanError as e:
                 raise BenchError(str(e)) from e
-            link = stack.enter_context(WanLink(profile, seed=opts.seed))
+            if opts.paths == 2:
+                link = TwoPaths(profile, seed=opts.seed, shared_loss=opts.shared_loss, stack=stack)
+            else:
+                link = stack.enter_context(WanLink(profile, seed=opts.seed))
         fleet = stack.enter_context(Fleet(opts.out / "logs"))
         return _run(opts, profile.name, delay_ms, link, fleet, stack, console)
     raise AssertionError("unreachable")
 
 
 def _start_bus(
-    link: WanLink | None, fleet: Fleet, stack: contextlib.ExitStack, out: Path, topology: str = "city"
+    link: WanLink | TwoPaths | None, fleet: Fleet, stack: contextlib.ExitStack, out: Path, topology: str = "city"
 ) -> tuple[str, str, list[str], list[str], str | None]:
     """Returns (hub url, site-side url, hub-side command prefix, site-side prefix, city time zone).
 
-    `direct`: no city server; the sites (in the city namespace) dial the hub across the link, no time zone."""
+    `direct`: no city server; the sites (in the city namespace) dial the hub across the link, no time zone.
+    Two paths: the site-side url is both city servers' (a comma list); city server B's time responder runs here,
+    A's as with one path."""
     try:
         if link is None:
             server = EmbeddedNats(port=free_port(), workdir=out / "nats")
@@ -116,8 +203,9 @@ def _start_bus(
             return server.url, server.url, [], [], None
         west, east = ns_command(link.west_ns, []), ns_command(link.east_ns, [])
         hub = EmbeddedNats(
-            host=link.west_ip, port=4222, leaf_listen_port=7422, command_prefix=west, workdir=out / "nats-hub"
-        )
+            host="0.0.0.0" if isinstance(link, TwoPaths) else link.west_ip,  # two paths arrive on two addresses
+            port=4222, leaf_listen_port=7422, command_prefix=west, workdir=out / "nats-hub",
+        )  # fmt: skip
         hub.start()
         stack.callback(hub.stop)
         assert hub.pid is not None
@@ -134,15 +222,37 @@ def _start_bus(
         )
         city.start()
         stack.callback(city.stop)
+        cities = [city]
+        site_url = city.url
+        if isinstance(link, TwoPaths):
+            east_b = ns_command(link.east_b_ns, [])
+            city_b = EmbeddedNats(
+                host="0.0.0.0",
+                port=4222,
+                leaf_remotes=[LeafRemote(f"nats://{link.leaf_ips[1]}:7422")],
+                command_prefix=east_b,
+                workdir=out / "nats-city-b",
+                jetstream=False,
+            )
+            city_b.start()
+            stack.callback(city_b.stop)
+            cities.append(city_b)
+            url_b = f"nats://{CITY_LAN[1]}:4222"
+            site_url = f"{city.url},{url_b}"
+            responder_b = citycast_argv("city", "--nats", city_b.url, "--zone", CITY, "--time-upstream")
+            fleet.spawn("time-city", "time-city-b", responder_b, east_b)
         deadline = time.monotonic() + 20
-        while "Leafnode connection created" not in city.log_text():
-            if time.monotonic() > deadline:
-                raise BenchError(f"the city leafnode did not connect over the WAN: {city.log_tail()}")
-            time.sleep(0.1)
+        for c in cities:
+            while "Leafnode connection created" not in c.log_text():
+                if time.monotonic() > deadline:
+                    raise BenchError(f"a city leafnode did not connect over the WAN: {c.log_tail()}")
+                time.sleep(0.1)
         assert hub.pid is not None and city.pid is not None
         fleet.adopt("nats", "nats-hub", hub.pid)
-        fleet.adopt("nats-city", "nats-city", city.pid)
-        return hub.url, city.url, west, east, CITY
+        for i, c in enumerate(cities):
+            assert c.pid is not None
+            fleet.adopt("nats-city", "nats-city" + ("-b" if i else ""), c.pid)
+        return hub.url, site_url, west, east, CITY
     except NatsServerError as e:
         raise BenchError(str(e)) from e
 
@@ -151,7 +261,7 @@ def _run(
     opts: BenchOptions,
     wan: str,
     delay_ms: float,
-    link: WanLink | None,
+    link: WanLink | TwoPaths | None,
     fleet: Fleet,
     stack: contextlib.ExitStack,
     console: Console,
@@ -163,7 +273,7 @@ def _run(
         fleet.spawn(
             "time-city",
             "time-city",
-            citycast_argv("city", "--nats", site_url, "--zone", zone, "--time-upstream"),
+            citycast_argv("city", "--nats", site_url.split(",")[0], "--zone", zone, "--time-upstream"),
             east,
         )
     total_s = opts.warmup + 30 + opts.seconds + delay_ms / 1000 + 3
@@ -219,7 +329,7 @@ def _run(
                 f = out / f"probes-{p}.json"
                 probe_files.append(f)
                 argv = citycast_argv(
-                    "probe", "--count", str(n), "--nats", site_url,
+                    "probe", "--count", str(n), "--nats", site_url.split(",")[0],
                     "--seconds", f"{opts.seconds + 8:.0f}", "--json", str(f),
                 )  # fmt: skip
                 fleet.spawn("probes", f"probes-{p}", argv, east)
@@ -311,6 +421,9 @@ def _figures(
         # city: sites behind a city server (leafnode + time responder); direct: sites on the hub across the WAN
         "topology": opts.topology if wan not in ("none", "loopback") else "loopback",
         "emulator": emulator,  # netem, relay (userspace, where the kernel has no netem), or none (loopback)
+        # long-haul paths, each to its own city server; with 2 every site hears each frame twice and plays the first
+        "paths": opts.paths,
+        "shared_loss": opts.shared_loss,
         "delay_ms": delay_ms,
         "sites": opts.sites,
         "seconds": opts.seconds,
@@ -323,6 +436,7 @@ def _figures(
         "underruns": total("underruns"),
         "concealed": total("concealed"),
         "late": total("late"),
+        "duplicates": total("duplicates"),  # second copies over the other path (expected with 2 paths)
         "rejected": rejected,
         "resyncs": total("resyncs"),
         "sink_xruns": xruns,
@@ -371,6 +485,10 @@ def _argline(opts: BenchOptions) -> str:
     parts = [f"--sites {opts.sites}", f"--seconds {opts.seconds:g}", f"--wan {opts.wan}"]
     if opts.topology != "city":
         parts.append(f"--topology {opts.topology}")
+    if opts.paths != 1:
+        parts.append(f"--paths {opts.paths}")
+    if opts.shared_loss:
+        parts.append(f"--shared-loss {opts.shared_loss:g}")
     if opts.warmup != 60.0:
         parts.append(f"--warmup {opts.warmup:g}")
     if opts.dac_block != 480:
@@ -395,6 +513,8 @@ def _print(f: dict[str, object], console: Console) -> None:
     t.add_column("figure")
     t.add_column("value", justify="right")
     t.add_row("WAN / emulator / topology", f"{f['wan']} / {f['emulator']} / {f['topology']}")
+    t.add_row("long-haul paths (shared loss)", f"{f['paths']} ({f['shared_loss']:g})")
+    t.add_row("duplicates (second copies)", str(f["duplicates"]))
     t.add_row("playout delay D", f"{f['delay_ms']} ms")
     t.add_row("full sites / markers", f"{f['sites']} / {f['markers']}")
     t.add_row("latency p50 / p99 / max (ms)", ms3(f["latency_ms"]))
