@@ -21,7 +21,7 @@ from citycast.hub.api.deps import Ctx, FailureLimiter, record, remote_of, utc
 from citycast.hub.api.schemas import EnrolIn, EnrolOut, ErrorOut
 from citycast.hub.api.sites import revoke_key
 from citycast.hub.auth.sessions import token_hash
-from citycast.hub.db.models import RevokedKey, Site, utcnow
+from citycast.hub.db.models import RevokedKey, Site, Zone, utcnow
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["sites"])
@@ -119,6 +119,8 @@ async def enrol(body: EnrolIn, request: Request, ctx: Ctx) -> EnrolOut:
         site.enrol_expires_at = None
         record(s, request, None, "site.enrol", f"site:{site.name}", {"nkey_public": body.nkey_public})
         name = site.name
+        zone = s.get(Zone, site.zone_id) if site.zone_id is not None else None
+        city_servers = list(zone.city_servers or []) if zone is not None else []
     ctx.fleet.known([name])
     if old_key is not None:
         try:
@@ -138,4 +140,5 @@ async def enrol(body: EnrolIn, request: Request, ctx: Ctx) -> EnrolOut:
         time_subject=ctx.subjects.time(),
         inbox_prefix=site_inbox_prefix(name),
         hub_ca=ctx.hub_ca_pem,
+        city_servers=city_servers,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -21,6 +22,38 @@ Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
 Title = Annotated[str, Field(min_length=1, max_length=200)]
 Source = Annotated[str, Field(min_length=1, max_length=500)]
+MAX_CITY_SERVERS = 8
+
+
+def _city_server_url(value: str) -> str:
+    """A city server's NATS URL as a site dials it: nats:// or tls://, a host, a port."""
+    try:
+        parsed = urlparse(value)
+        port = parsed.port
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not a NATS URL: {e}") from None
+    if parsed.scheme not in ("nats", "tls") or not parsed.hostname or port is None:
+        raise ValueError(f"{value!r} is not a NATS URL (nats://HOST:PORT or tls://HOST:PORT)")
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username or parsed.password:
+        raise ValueError(f"{value!r}: a city server URL is scheme, host and port only")
+    return value
+
+
+def _distinct(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("a city server is listed twice")
+    return values
+
+
+CityServerUrl = Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_city_server_url)]
+CityServers = Annotated[
+    list[CityServerUrl],
+    Field(
+        max_length=MAX_CITY_SERVERS,
+        description="The zone's city servers (NATS URLs); an enrolling site connects to every one",
+    ),
+    AfterValidator(_distinct),
+]
 
 
 class Strict(BaseModel):
@@ -85,12 +118,14 @@ class ZoneIn(Strict):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     channel: Annotated[int, Field(ge=CHANNEL_MIN, le=CHANNEL_MAX)]
     color: Annotated[str, Field(pattern=COLOR_PATTERN)] = "#3b82f6"
+    city_servers: CityServers = []
 
 
 class ZonePatch(Strict):
     name: Annotated[str | None, Field(min_length=1, max_length=64)] = None
     channel: Annotated[int | None, Field(ge=CHANNEL_MIN, le=CHANNEL_MAX)] = None
     color: Annotated[str | None, Field(pattern=COLOR_PATTERN)] = None
+    city_servers: CityServers | None = None
 
 
 class ZoneOut(BaseModel):
@@ -100,6 +135,7 @@ class ZoneOut(BaseModel):
     color: str
     volume: float
     muted: bool
+    city_servers: list[str] = []
 
 
 class ControlIn(Strict):
@@ -197,6 +233,8 @@ class EnrolOut(BaseModel):
     time_subject: str
     inbox_prefix: str
     hub_ca: str | None = None  # PEM of the hub's TLS CA: the site trusts it alone for NATS (None: plaintext hub)
+    # Every city server of the site's zone: the site connects to each (dual-path delivery); empty: it dials nats_urls
+    city_servers: list[str] = []
 
 
 # -- addresses and sources

@@ -14,7 +14,15 @@ router = APIRouter(tags=["zones"], responses=AUTH_ERRORS)
 
 
 def zone_out(z: Zone) -> ZoneOut:
-    return ZoneOut(id=z.id, name=z.name, channel=z.channel, color=z.color, volume=z.volume, muted=z.muted)
+    return ZoneOut(
+        id=z.id,
+        name=z.name,
+        channel=z.channel,
+        color=z.color,
+        volume=z.volume,
+        muted=z.muted,
+        city_servers=list(z.city_servers or []),
+    )
 
 
 def _check_unique(s: DbSession, name: str | None, channel: int | None, zone_id: int | None = None) -> None:
@@ -42,7 +50,7 @@ async def list_zones(_: Viewer, ctx: Ctx) -> list[ZoneOut]:
 async def create_zone(body: ZoneIn, request: Request, user: Admin, ctx: Ctx) -> ZoneOut:
     with ctx.db.session() as s:
         _check_unique(s, body.name, body.channel)
-        zone = Zone(name=body.name, channel=body.channel, color=body.color)
+        zone = Zone(name=body.name, channel=body.channel, color=body.color, city_servers=list(body.city_servers))
         s.add(zone)
         s.flush()
         record(s, request, user, "zone.create", f"zone:{zone.name}", body.model_dump())

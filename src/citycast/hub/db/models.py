@@ -132,6 +132,9 @@ class Zone(Base):
     # The last volume/mute set for the whole zone: what the console shows, and what a site joining the zone takes.
     volume: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The zone's city servers (NATS URLs, each a leafnode over its own long-haul path): an enrolling site is handed
+    # all of them and connects to each, playing the first copy of every frame (citycast.site.uplinks).
+    city_servers: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
