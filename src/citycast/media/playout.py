@@ -215,6 +215,11 @@ class PlayoutEngine:
             self._schedule = schedule
             return True
 
+    def reset_delay(self) -> None:
+        """Back to the configured D (the site moved to another channel, whose schedule is not this one's)."""
+        with self._lock:
+            self._schedule = DelayCurve.steady(self.delay_ns)
+
     @property
     def delay_schedule(self) -> DelayCurve:
         return self._schedule

@@ -48,6 +48,21 @@ def frame_rejection(error: FrameError) -> Rejection:
     return Rejection.MALFORMED
 
 
+MARGIN_QUANTILES = (("min", 0.0), ("p5", 0.05), ("p50", 0.5), ("max", 1.0))
+
+
+def margin_summary(margins_ms: list[float]) -> dict[str, float] | None:
+    """The `margin_ms` of a report: `n` frames, and the `min`, `p5`, `p50`, `max` of their margins (ms; the
+    nearest-rank quantiles, so every figure is one a frame really had), or None for no frame."""
+    if not margins_ms:
+        return None
+    ordered = sorted(margins_ms)
+    last = len(ordered) - 1
+    summary = {name: round(ordered[round(q * last)], 2) for name, q in MARGIN_QUANTILES}
+    summary["n"] = float(len(ordered))
+    return summary
+
+
 @dataclass
 class Telemetry:
     site: str
@@ -87,6 +102,11 @@ class Telemetry:
     # on another path (expected, never an alert), and each path (city server host:port) with whether it is up.
     duplicates: int = 0
     paths: dict[str, bool] = field(default_factory=dict)
+    # The playout delay D the site plays with now (ms; the channel's signed delay schedule, else its own setting).
+    delay_ms: float | None = None
+    # How early the frames accepted over the last report came before their play time (`margin_summary`): null when
+    # none came. What the hub's delay tuner reads: a minimum near 0 means frames are about to come too late.
+    margin_ms: dict[str, float] | None = None
     v: int = TELEMETRY_VERSION
 
     def to_json(self) -> bytes:

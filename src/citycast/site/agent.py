@@ -34,7 +34,7 @@ from citycast.protocol.commands import CommandError, TalkbackCommand, decode_com
 from citycast.protocol.desired import DesiredState
 from citycast.protocol.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
 from citycast.protocol.subjects import Subjects
-from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection
+from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection, margin_summary
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
 from citycast.site.talkback import TalkbackSender
@@ -151,6 +151,7 @@ class SiteAgent:
         self.timer = StageTimer()
         self.rejected: Counter[Rejection] = Counter()
         self.frames = 0
+        self._margins_ms: list[float] = []  # how early each frame came before its play time, since the last report
         self.bad_commands = 0  # messages on the command subject that are no command (see citycast.protocol.commands)
         self.nc: Client | None = None
         self.clock_sync: ClockSync | ClockFailover | None = None
@@ -210,13 +211,17 @@ class SiteAgent:
         bt_later = self.estimator.to_broadcast(ref + 1_000_000_000)
         return ClockMap(ref, bt, (bt_later - bt) / 1e9)
 
+    def _longest_delay_ns(self) -> int:
+        """The longest D a frame may be waiting for: the site's own, or its channel's signed delay schedule's."""
+        return max(self.config.delay_ns, self.engine.delay_schedule.max_delay_ns)
+
     def horizon_floor(self) -> int | None:
         """Frames ending before this broadcast time are too old by the site's monotonic clock, whatever the
         estimate: the guard's own idea of now, less the replay horizon and everything the guard allows for."""
         own = self.guard.now(mono := self.monotonic())
         if own is None:
             return None
-        return own - self.config.delay_ns - REPLAY_HORIZON_NS - self.guard.tolerance(mono)
+        return own - self._longest_delay_ns() - REPLAY_HORIZON_NS - self.guard.tolerance(mono)
 
     async def _follow_clock(self) -> None:
         # The estimator moves once per exchange; the engine slews to each new line, so polling is enough.
@@ -261,7 +266,7 @@ class SiteAgent:
             if not is_fresh(
                 frame,
                 now,
-                max_age_ns=self.config.delay_ns + REPLAY_HORIZON_NS,
+                max_age_ns=self._longest_delay_ns() + REPLAY_HORIZON_NS,
                 max_future_ns=self.config.max_future_ns,
             ):
                 self.rejected[Rejection.STALE] += 1
@@ -280,6 +285,10 @@ class SiteAgent:
             self.timer.add("verify", t0)
         t1 = self.timer.now()
         self.frames += 1
+        if frame.delay is not None:  # the channel's D, signed with the audio (protocol.delay)
+            self.engine.set_delay_schedule(frame.delay)
+        if len(self._margins_ms) < 1000:  # 50 a second; bounded if reports stall
+            self._margins_ms.append((frame.ts_ns + self.engine.delay_at(frame.ts_ns) - now) / 1e6)
         for i, packet in enumerate(frame.packets):
             self.engine.push(frame.stream, frame.packet_seq(i), frame.packet_ts(i), frame.packet_ns, packet)
         self.timer.add("queue", t1)
@@ -294,6 +303,7 @@ class SiteAgent:
         if state.channel != self.config.channel:
             self.config.channel = state.channel
             self.engine.drop_stream()
+            self.engine.reset_delay()  # another channel's delay schedule is not this one's
             if self.nc is not None:
                 task = asyncio.create_task(self._subscribe_audio())
                 self._resubscribing.add(task)
@@ -326,6 +336,7 @@ class SiteAgent:
         clock_err_ms = 0.0 if self.config.clock_mode == "system" else est.error_bound_ns / 1e6
         tracking_ms = self.engine.tracking_error_ns / 1e6
         now = self.broadcast_now()
+        margins, self._margins_ms = self._margins_ms, []
         return Telemetry(
             site=self.config.name,
             ts_ns=now or 0,
@@ -357,6 +368,8 @@ class SiteAgent:
             creds_expire_s=self.renewer.expires_s if self.renewer is not None else None,
             duplicates=self.duplicates,
             paths=self.uplinks.up() if self.uplinks is not None else {},
+            delay_ms=self.engine.current_delay_ns() / 1e6,
+            margin_ms=margin_summary(margins),
         )
 
     async def _report(self) -> None:
