@@ -370,7 +370,9 @@ def test_a_lie_held_for_an_hour_is_adopted_and_a_wavering_one_never() -> None:
 def test_small_steps_pass_within_a_budget_and_cannot_be_chained() -> None:
     honest = GuardedSim(wan_path, 17, S, 10.0)
     honest.play(10 * 60)
-    for shift in (-80, -100, 70):  # a few honest corrections of tens of ms (a re-routed WAN path), 10 min apart
+    # a few honest corrections of a hundred ms or so (a re-routed WAN path), 10 min apart: each larger than the
+    # guard's tolerance (50 ms + 200 ppm x 300 s between re-bases), so each must pass as a step within the budget
+    for shift in (-120, -150, 130):
         honest.lie_ns += shift * MS
         errors = honest.play(10 * 60)
         assert abs(errors[-1] - honest.lie_ns) < 5 * MS

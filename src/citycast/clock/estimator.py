@@ -31,11 +31,14 @@ Housekeeping:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import deque
 
 _MS = 1_000_000
 _S = 1_000_000_000
+_US = 1_000
 
 
 class _Bucket:
@@ -76,6 +79,69 @@ def _envelope_slope(points: list[tuple[int, int]]) -> float:
     return (y2 - y1) / (x2 - x1)
 
 
+def _contact_x(hull: list[tuple[int, int]], slopes: list[float], b: float) -> int:
+    """x of the lower hull's vertex where a line of slope `b` touches it from below (`slopes`: its edges')."""
+    return hull[bisect.bisect_left(slopes, b)][0]
+
+
+def _lower_hull(points: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[float]]:
+    """Lower convex hull of `points` (any order) and its edge slopes (increasing)."""
+    hull: list[tuple[int, int]] = []
+    for p in sorted(points):
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:
+                hull.pop()
+            else:
+                break
+        if hull and hull[-1][0] == p[0]:
+            continue  # same x, higher y (sorted): not on the lower hull
+        hull.append(p)
+    slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in itertools.pairwise(hull)]
+    return hull, slopes
+
+
+def _joint_slope(fs: list[tuple[int, int]], gs: list[tuple[int, int]]) -> float:
+    """The drift b minimising the summed heights of the up points over their envelope (slope b) and of the down
+    points over theirs (slope -b): the linear program of Moon et al. with one slope for both directions.
+
+    The objective is convex and piecewise linear in b; its derivative ``n_f (x_f(b) - mean x_f) - n_g (x_g(b) -
+    mean x_g)`` (x_f, x_g: where each envelope touches) only changes at the hulls' edge slopes, so the optimum
+    is the breakpoint where it changes sign. O(n log n) for a window's ~128 buckets."""
+    hf, sf = _lower_hull(fs)
+    # g + b x touches at slope -b: the hull of (-x, g) has slope b there
+    hg, sg = _lower_hull([(-x, y) for x, y in gs])
+    mf = sum(x for x, _ in fs) / len(fs)
+    mg = sum(-x for x, _ in gs) / len(gs)
+
+    def derivative(b: float) -> float:
+        return len(fs) * (_contact_x(hf, sf, b) - mf) + len(gs) * (_contact_x(hg, sg, b) - mg)
+
+    candidates = sorted(set(sf) | set(sg))
+    if not candidates:
+        return 0.0
+    # the derivative is non-decreasing in b: the first breakpoint at which it turns non-negative (just above it)
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if derivative(math.nextafter(candidates[mid], math.inf)) >= 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return candidates[lo]
+
+
+def _floor_gap(residuals: list[float]) -> float:
+    """How far above the path's true floor an envelope may still sit: the gap between the lowest and the
+    next-lowest residual (for samples drawn above a floor, the lowest lies about one such spacing above it).
+    Two or fewer points say nothing yet: the largest residual stands in."""
+    if len(residuals) < 3:
+        return max(residuals, default=0.0)
+    lo = sorted(residuals)[:3]
+    # the envelope touches two points (residual ~0): the third one's height is the spacing
+    return max(lo[2] - lo[0], 0.0)
+
+
 class ClockEstimator:
     """Estimates the broadcast clock from a local clock and NTP-style samples. Pure: never reads a clock."""
 
@@ -96,6 +162,9 @@ class ClockEstimator:
         wander_ppm: float = 1.0,
         drift_prior_ppm: float = 150.0,
         causality_slack_ns: int = 2 * _MS,
+        refine_interval_ns: int = 250 * _MS,
+        refine_until_ns: int = 100 * _US,
+        refine_period_ns: int = 10 * 60 * _S,
     ) -> None:
         self.window_ns = window_ns
         self.bucket_ns = bucket_ns
@@ -113,6 +182,13 @@ class ClockEstimator:
         # How far a one-way delay may come out negative before the sample counts as a clock step. An upstream
         # responder that is itself slewing moves by up to its slew rate between fits; that is not a step.
         self.causality_slack_ns = causality_slack_ns
+        # After the fast start, exchanges come every `refine_interval_ns` until the estimate is known to within
+        # `refine_until_ns` (at most `refine_period_ns` after a (re)start): over a 60-80 ms path the envelopes'
+        # floors and the drift need hundreds of samples, and at one a second that takes many minutes, during
+        # which sites on their own paths sit up to a millisecond apart. On a LAN it ends within seconds.
+        self.refine_interval_ns = refine_interval_ns
+        self.refine_until_ns = refine_until_ns
+        self.refine_period_ns = refine_period_ns
         self.rejected = 0  # samples refused as malformed or violating causality
         self.resets = 0  # times the estimator started over (local or server clock stepped)
         self.steps = 0  # times the served estimate was stepped instead of slewed after the first lock
@@ -135,6 +211,7 @@ class ClockEstimator:
         self._lever = 0
         self._span = 0
         self._min_delay = 0
+        self._floor = 0.0  # how far the envelopes may still sit above the path's true floors (offset ns)
         # slew: served(t) = fit(t) + g0 * max(0, 1 - (t - g_t0) / g_dur) (g0 held before g_t0)
         self._g0 = 0.0
         self._g_t0 = 0
@@ -178,12 +255,16 @@ class ClockEstimator:
         self._reset()
 
     def _causal(self, t1: int, f: int, t4: int, g: int) -> bool:
-        """True unless a one-way delay comes out clearly negative against the current fit.
+        """True unless a one-way delay comes out clearly below that direction's envelope (the path's minimum).
 
-        Against the fit, not the served (slewed) estimate: a responder that slews gently lags its own fit on
-        purpose, and samples that agree with the fit must not count as a clock step."""
+        Against each envelope, not only "no delay below zero": over a 60-80 ms path a responder stepped by 70 ms
+        leaves every delay positive, so a zero test would let it pull the fit halfway, for the whole window.
+        A path that got faster (re-routed) fails it too, and starting over is right then as well. Against the
+        fit, not the served (slewed) estimate: a responder that slews gently lags its own fit on purpose, and
+        samples that agree with the fit must not count as a clock step."""
         slack = self._uncertainty(t4) + self.causality_slack_ns
-        return f - self._fit(t1) >= -slack and g + self._fit(t4) >= -slack
+        floor = self._width / 2
+        return f - self._fit(t1) - floor >= -slack and g + self._fit(t4) - floor >= -slack
 
     def _insert(self, mid: int, t1: int, f: int, t4: int, g: int, delay: int) -> None:
         buckets = self._buckets
@@ -209,12 +290,19 @@ class ClockEstimator:
 
     def _refit(self, now: int) -> None:
         buckets = self._buckets
-        bf = _envelope_slope([(b.tf, b.f) for b in buckets])
-        bg = _envelope_slope([(b.tg, b.g) for b in buckets])
-        # the two envelopes' slopes should be b and -b: their disagreement measures how well the drift is
-        # known (young estimates, few points); a doubtful drift is shrunk toward zero, not extrapolated
-        b_hat = (bf - bg) / 2
-        sigma_b = abs(bf + bg) / 2 + 0.1e-6
+        fs = [(b_.tf - now, b_.f) for b_ in buckets]
+        gs = [(b_.tg - now, b_.g) for b_ in buckets]
+        # One drift for both directions (the clocks' rate is what both envelopes share): the slope whose two
+        # envelopes sit closest to all the points, instead of two separate slopes averaged. Over a long, jittery
+        # path each envelope alone wanders by tens of ppm for minutes; together they pin each other.
+        b_hat = _joint_slope(fs, gs)
+        b_hat = min(max(b_hat, -self.max_drift), self.max_drift)
+        gap_f = _floor_gap([y - b_hat * x for x, y in fs])
+        gap_g = _floor_gap([y + b_hat * x for x, y in gs])
+        # How well the drift is known: both ends of the window may sit one floor gap off the floor. A doubtful
+        # drift (a young estimate, few points) is shrunk toward zero, not extrapolated; a known one is not biased.
+        span = max(max(x for x, _ in fs) - min(x for x, _ in fs), max(x for x, _ in gs) - min(x for x, _ in gs))
+        sigma_b = (gap_f + gap_g) / max(span, 1) + 0.1e-6
         prior = self.drift_prior
         b = b_hat * prior * prior / (prior * prior + sigma_b * sigma_b)
         b = min(max(b, -self.max_drift), self.max_drift)
@@ -224,6 +312,7 @@ class ClockEstimator:
         lf = yf + b * (now - xf)
         lg = yg - b * (now - xg)
         lever = max(abs(now - xf), abs(now - xg))
+        floor = (gap_f + gap_g) / 2
         old_served = self._served(now) if self._locked else None
         self._ref = now
         self._a = (lf - lg) / 2
@@ -231,6 +320,7 @@ class ClockEstimator:
         self._sigma_b = min(sigma_b, self.max_drift)
         self._lever = lever
         self._width = max(lf + lg, 0.0)
+        self._floor = floor
         self._span = now - min(buckets[0].tf, buckets[0].tg)
         self._min_delay = min(b.delay for b in buckets)
         if old_served is None:
@@ -258,11 +348,12 @@ class ClockEstimator:
         return self._fit(t) + g
 
     def _uncertainty(self, t: int) -> float:
-        """Everything but the path asymmetry: slew still to come, and the drift's uncertainty times how far
-        the estimate is carried from the envelopes' contact points (plus oscillator wander since the fit)."""
+        """Everything but the path asymmetry: slew still to come, the envelopes' floors not yet reached, and the
+        drift's uncertainty times how far the estimate is carried from the envelopes' contact points (plus
+        oscillator wander since the fit)."""
         g = abs(self._served(t) - self._fit(t))
         away = abs(t - self._ref)
-        return g + self._sigma_b * (self._lever + away) + self.wander * away
+        return g + self._floor + self._sigma_b * (self._lever + away) + self.wander * away
 
     # ---------------------------------------------------------------- output
 
@@ -308,6 +399,30 @@ class ClockEstimator:
         """`error_bound_at` the last sample."""
         return self.error_bound_at(self._last_mid) if self._last_mid is not None else 2**62
 
+    def precision_at(self, local_ns: int) -> int:
+        """Estimated |to_broadcast(local_ns) - truth| *beyond* the path's constant asymmetry: what the site's own
+        exchanges can tell. Slew still to come, drift carried from the contact points, and how far the
+        envelopes may still sit above the path's true minimum delays (the gap from each envelope's lowest point
+        to the next lowest: where samples crowd the floor it is tiny, where few have come it is large).
+
+        The asymmetry (half the difference of the two minimum one-way delays) is invisible to any exchange; it
+        is the same for every exchange on a path, so it shifts the estimate by a constant and
+        `asymmetry_bound_ns` bounds it. `error_bound_at` is the sum of the two."""
+        if self._last_mid is None:
+            return 2**62
+        return math.ceil(self._uncertainty(local_ns))
+
+    @property
+    def precision_ns(self) -> int:
+        """`precision_at` the last sample."""
+        return self.precision_at(self._last_mid) if self._last_mid is not None else 2**62
+
+    @property
+    def asymmetry_bound_ns(self) -> int:
+        """Half the minimum round trip in the window: the most the path's unobservable asymmetry can shift the
+        estimate (≈ 60 ms for a site straight on a hub 60-80 ms away; µs on a city LAN)."""
+        return math.ceil(self._width / 2) if self._last_mid is not None else 2**62
+
     @property
     def min_delay_ns(self) -> int:
         """Lowest round trip (server hold time excluded) in the window."""
@@ -324,11 +439,15 @@ class ClockEstimator:
         return len(self._buckets)
 
     def next_interval_ns(self) -> int:
-        """How long to wait before the next exchange: short while acquiring or re-acquiring, then slow."""
+        """How long to wait before the next exchange: short while acquiring or re-acquiring, shorter than slow
+        while the estimate is still imprecise (a long, jittery path), then slow."""
         if not self._locked or self._last_mid is None:
             return self.fast_interval_ns
         if self._fast_until is not None and self._last_mid < self._fast_until:
             return self.fast_interval_ns
+        first = self._first_mid if self._first_mid is not None else self._last_mid
+        if self._last_mid - first < self.refine_period_ns and self.precision_ns > self.refine_until_ns:
+            return self.refine_interval_ns
         return self.slow_interval_ns
 
 

@@ -3,8 +3,12 @@
 The console shows each site in one of six states, derived from what the site last reported and how long ago:
 
 - `offline`: no telemetry for more than 10 s (or never, for an enrolled site);
-- `fault`: not synced for more than 30 s, or an estimated sync error above 5 ms (left below 4 ms, so a site
-  hovering at the limit does not flap);
+- `fault`: not synced for more than 30 s, or a sync error above 5 ms (left below 4 ms, so a site hovering at the
+  limit does not flap). The sync error (`Telemetry.sync_error_ms`) is how far the site may play from the instant
+  its time source names: its clock estimate's own error plus its DAC's tracking error. The asymmetry of the path
+  to the time source is not in it: no exchange can see it, it is constant for a path, and across a long haul its
+  bound (half the round trip, ≈ 60 ms) would call every site straight on a hub abroad a fault while it plays in
+  step; the view shows that bound apart (`clock_asymmetry_ms`);
 - `fallback`: the stream stopped and the site plays its fallback audio;
 - `muted`: muted by an operator while otherwise playing or idle;
 - `playing`, `idle`: as the site's engine says. A site still syncing within its 30 s grace counts as `idle`:
@@ -94,6 +98,7 @@ def _empty_view(name: str) -> SiteView:
         "level_peak_dbfs": None,
         "buffer_ms": None,
         "sync_error_ms": None,
+        "clock_asymmetry_ms": None,
         "underruns": 0,
         "concealed": 0,
         "rejected": 0,
@@ -211,6 +216,11 @@ class FleetState:
             ),
             "creds_expire_s": t.creds_expire_s if isinstance(t.creds_expire_s, int) else None,
             "last_seen_s": None,
+            "clock_asymmetry_ms": (
+                _num(float(t.clock_asymmetry_ms), 2)
+                if t.state != "syncing" and isinstance(t.clock_asymmetry_ms, int | float)
+                else None
+            ),
         }
         old_view = site.view
         old_view["last_seen_s"] = None  # a heartbeat alone is no news to the console; compare the rest

@@ -72,8 +72,8 @@ class Telemetry:
     buffer_ms: float
     clock_offset_ms: float
     clock_drift_ppm: float
-    clock_error_ms: float  # the estimator's own uncertainty
-    sync_error_ms: float  # estimated distance from the true broadcast instant: clock error + tracking error
+    clock_error_ms: float  # the estimate's own error, beyond the path's constant asymmetry (below)
+    sync_error_ms: float  # how far this site may play from its time source's instant: clock error + tracking error
     tracking_error_ms: float
     resample_ppm: float
     underruns: int
@@ -98,6 +98,9 @@ class Telemetry:
     # When the site's NATS credentials expire (unix seconds; null: none, or they never do). The site renews them at
     # half their life: one still close to expiry is failing to (the hub says why not, the site's log too).
     creds_expire_s: int | None = None
+    # Half the minimum round trip to the site's time source: the most the path's asymmetry (invisible to any time
+    # exchange) can shift its clock estimate. Constant for a path; ~60 ms straight across a long haul.
+    clock_asymmetry_ms: float = 0.0
     # Dual-path delivery (a site on every city server of its zone): second copies of frames already played, heard
     # on another path (expected, never an alert), and each path (city server host:port) with whether it is up.
     duplicates: int = 0

@@ -4,6 +4,7 @@ import { fmtMs, levelFraction, STATE_COLORS, STATES } from '../format.js';
 import { can, countByState, state, subscribe, zoneName } from '../store.js';
 import { $, el, meter, stateBadge, toast } from '../ui.js';
 import { controlSite } from './sites.js';
+import { syncHelp } from './sites.js';
 import { listenButton, setTalkback } from './talkback.js';
 
 /** A tile server is optional and only ever the hub's `tile_url` setting (an admin's): never a page parameter,
@@ -21,7 +22,7 @@ function sitePopup(name) {
     site.label ? el('div', { class: 'muted' }, site.label) : null,
     el('div', {}, stateBadge(site.state), ' ', site.zone || zoneName(site.zone_id)),
     el('div', {}, 'level ', meter(site.level_rms_dbfs)),
-    el('div', { class: 'muted small' },
+    el('div', { class: 'muted small', title: syncHelp(site) },
       `ch ${site.channel ?? '–'} · buffer ${site.buffer_ms ?? '–'} ms · sync ${fmtMs(site.sync_error_ms)}`),
     site.sink_error ? el('div', { class: 'small', testid: 'popup-sink-error' }, `Audio output failed: ${site.sink_error}`) : null,
   );

@@ -9,6 +9,17 @@ import { listenButton, setTalkback } from './talkback.js';
 const PAGE_SIZE = 50;
 const REFETCH_DELAY_MS = 1000;
 
+// What the Sync figure means (docs/console.md "Sync error"): the site's own estimate, not counting the path's
+// asymmetry that no site can measure (shown beside it, as a bound).
+export function syncHelp(site) {
+  const asym = site.clock_asymmetry_ms
+    ? ` Not included: the asymmetry of the path to its time source, at most ${fmtMs(site.clock_asymmetry_ms)} ` +
+      '(half the round trip); it is constant, so it shifts the site without making it wander.'
+    : '';
+  return 'Sync error: how far this loudspeaker may play from the instant its time source names ' +
+    '(the clock estimate\'s own error plus the sound card\'s tracking error). Fault above 5 ms.' + asym;
+}
+
 /** Fetches every site (positions, zones, settings) and drops those the hub no longer has. */
 export async function loadSites() {
   const list = await api('GET', 'sites');
@@ -55,6 +66,7 @@ export function mountSites() {
     if (!cells.level.firstChild) cells.level.append(meter(site.level_rms_dbfs, 'site-level'));
     else setMeter(cells.level.firstChild, site.level_rms_dbfs);
     cells.sync.textContent = fmtMs(site.sync_error_ms);
+    cells.sync.title = syncHelp(site);
     if (document.activeElement !== cells.volume) cells.volume.value = String(site.volume ?? 1);
     cells.volumeText.textContent = `${Math.round((site.volume ?? 1) * 100)}%`;
     cells.mute.textContent = site.muted ? 'Unmute' : 'Mute';
