@@ -118,6 +118,18 @@ def _delta(old: int, new: int) -> int:
     return new - old if new >= old else new
 
 
+MAX_PATHS_SHOWN = 8
+
+
+def _paths(value: object) -> dict[str, bool]:
+    """The paths a site reports (`Telemetry.paths`), as the console may show them: a site's telemetry is its own
+    word, so at most a few, named briefly, each up or not."""
+    if not isinstance(value, dict):
+        return {}
+    items = [(k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, bool)]
+    return {k[:80]: v for k, v in items[:MAX_PATHS_SHOWN]}
+
+
 def _level(x: float) -> float:
     return round(max(x, LEVEL_FLOOR_DBFS), 1) if math.isfinite(x) else LEVEL_FLOOR_DBFS
 
@@ -204,6 +216,11 @@ class FleetState:
             "buffer_ms": _num(t.buffer_ms, 1),
             # While syncing the estimate means nothing (and is large): show none rather than a false alarm.
             "sync_error_ms": None if t.state == "syncing" else _num(err, 3),
+            "clock_asymmetry_ms": (
+                _num(float(t.clock_asymmetry_ms), 2)
+                if t.state != "syncing" and isinstance(t.clock_asymmetry_ms, int | float)
+                else None
+            ),
             "underruns": t.underruns,
             "concealed": t.concealed,
             "rejected": site.rejected,
@@ -215,12 +232,9 @@ class FleetState:
                 _num(float(t.clock_step_refused_ms), 1) if isinstance(t.clock_step_refused_ms, int | float) else None
             ),
             "creds_expire_s": t.creds_expire_s if isinstance(t.creds_expire_s, int) else None,
+            # each long-haul path (city server) the site is on, up or not: {} for a site on one connection
+            "paths": _paths(t.paths),
             "last_seen_s": None,
-            "clock_asymmetry_ms": (
-                _num(float(t.clock_asymmetry_ms), 2)
-                if t.state != "syncing" and isinstance(t.clock_asymmetry_ms, int | float)
-                else None
-            ),
         }
         old_view = site.view
         old_view["last_seen_s"] = None  # a heartbeat alone is no news to the console; compare the rest

@@ -189,6 +189,7 @@ class SiteOut(BaseModel):
     rejected: int | None = None
     last_seen_s: float | None = None
     sink_error: str | None = None  # the site's audio output failed (it retries): why its loudspeaker is silent
+    paths: dict[str, bool] | None = None  # each city server the site is connected through, up or not
 
 
 class SiteIn(Strict):

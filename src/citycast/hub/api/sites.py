@@ -43,6 +43,7 @@ LIVE_FIELDS = (
     "concealed",
     "rejected",
     "last_seen_s",
+    "paths",
 )
 
 router = APIRouter(tags=["sites"], responses=AUTH_ERRORS)

@@ -3,7 +3,7 @@
 import { fmtMs, levelFraction, STATE_COLORS, STATES } from '../format.js';
 import { can, countByState, state, subscribe, zoneName } from '../store.js';
 import { $, el, meter, stateBadge, toast } from '../ui.js';
-import { controlSite } from './sites.js';
+import { controlSite, pathsSummary } from './sites.js';
 import { syncHelp } from './sites.js';
 import { listenButton, setTalkback } from './talkback.js';
 
@@ -25,6 +25,7 @@ function sitePopup(name) {
     el('div', { class: 'muted small', title: syncHelp(site) },
       `ch ${site.channel ?? '–'} · buffer ${site.buffer_ms ?? '–'} ms · sync ${fmtMs(site.sync_error_ms)}`),
     site.sink_error ? el('div', { class: 'small', testid: 'popup-sink-error' }, `Audio output failed: ${site.sink_error}`) : null,
+    popupPaths(site.paths),
   );
   if (can('operator')) {
     lines.append(el('div', { class: 'row' },
@@ -39,6 +40,13 @@ function sitePopup(name) {
       }), ' Stop listening')));
   }
   return lines;
+}
+
+function popupPaths(paths) {
+  const summary = pathsSummary(paths);
+  if (!summary) return null;
+  return el('div', { class: 'small', testid: 'popup-paths' }, summary.text,
+    ...Object.entries(paths).map(([name, ok]) => el('div', { class: ok ? 'muted' : 'warn' }, `${ok ? '✓' : '✗'} ${name}`)));
 }
 
 function renderCounts() {

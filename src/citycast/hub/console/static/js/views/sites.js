@@ -43,6 +43,19 @@ export async function controlSite(site, change) {
   }
 }
 
+/** The long-haul paths (city servers) a site hears its channel through, from its telemetry's `paths`: a short
+ * text ("paths 1/2"), each path named in the title, and whether one is down. Null for a site on one connection. */
+export function pathsSummary(paths) {
+  const entries = Object.entries(paths || {});
+  if (!entries.length) return null;
+  const up = entries.filter(([, ok]) => ok === true).length;
+  return {
+    text: `paths ${up}/${entries.length}`,
+    title: entries.map(([name, ok]) => `${name}: ${ok ? 'up' : 'down'}`).join('\n'),
+    degraded: up < entries.length,
+  };
+}
+
 function filteredSites() {
   const q = $('#site-filter').value.trim().toLowerCase();
   const all = [...state.sites.values()].sort((a, b) => a.name.localeCompare(b.name));
@@ -67,6 +80,10 @@ export function mountSites() {
     else setMeter(cells.level.firstChild, site.level_rms_dbfs);
     cells.sync.textContent = fmtMs(site.sync_error_ms);
     cells.sync.title = syncHelp(site);
+    const paths = pathsSummary(site.paths);
+    cells.paths.textContent = paths ? paths.text : '';
+    cells.paths.title = paths ? paths.title : '';
+    cells.paths.classList.toggle('warn', Boolean(paths && paths.degraded));
     if (document.activeElement !== cells.volume) cells.volume.value = String(site.volume ?? 1);
     cells.volumeText.textContent = `${Math.round((site.volume ?? 1) * 100)}%`;
     cells.mute.textContent = site.muted ? 'Unmute' : 'Mute';
@@ -79,7 +96,8 @@ export function mountSites() {
     const cells = {
       state: el('td', {}),
       level: el('td', {}),
-      sync: el('td', { class: 'num hide-phone' }),
+      sync: el('span', {}),
+      paths: el('div', { class: 'small muted', testid: 'site-paths' }),
       volume: el('input', {
         type: 'range', min: '0', max: '2', step: '0.05', testid: 'site-volume',
         onchange: (ev) => controlSite(site, { volume: Number(ev.target.value) }),
@@ -94,7 +112,7 @@ export function mountSites() {
     const tr = el('tr', { testid: 'site-row', 'data-site': site.name },
       el('td', {}, el('strong', {}, site.name), site.label ? el('div', { class: 'muted small' }, site.label) : null),
       el('td', { class: 'hide-phone' }, site.zone || zoneName(site.zone_id)),
-      cells.state, cells.level, cells.sync,
+      cells.state, cells.level, el('td', { class: 'num hide-phone' }, cells.sync, cells.paths),
       el('td', { class: 'needs-operator' }, cells.volume, ' ', cells.volumeText),
       el('td', { class: 'needs-operator' }, cells.mute),
       el('td', { class: 'needs-operator' }, cells.listen));
