@@ -181,6 +181,7 @@ class DelayTuner:
         self.channels: dict[int, ChannelTuner] = {}
         self.auto_all = False  # the global switch; a channel's own setting wins (`set_auto`)
         self._auto: dict[int, bool] = {}
+        self._seen: dict[str, int] = {}  # each site's last report taken (its ts_ns), so a report counts once
 
     def channel(self, channel: int) -> ChannelTuner:
         tuner = self.channels.get(channel)
@@ -203,10 +204,18 @@ class DelayTuner:
     def auto_of(self, channel: int) -> bool:
         return self._auto.get(channel, self.auto_all)
 
+    def auto_settings(self) -> dict[str, object]:
+        """The switches as stored and shown: `auto` (global) and `channels` (channel -> its own setting)."""
+        return {"auto": self.auto_all, "channels": {str(ch): on for ch, on in sorted(self._auto.items())}}
+
+    def forget_site(self, site: str) -> None:
+        self._seen.pop(site, None)
+
     def on_telemetry(self, t: Telemetry, now_ns: int) -> None:
         """A site's report. Channel 0 carries nothing; a site without margins (no frames) tells nothing."""
-        if t.channel <= 0 or t.margin_ms is None or t.delay_ms is None:
+        if t.channel <= 0 or t.margin_ms is None or t.delay_ms is None or self._seen.get(t.site) == t.ts_ns:
             return
+        self._seen[t.site] = t.ts_ns
         low = t.margin_ms.get("min")
         if not isinstance(low, int | float):
             return

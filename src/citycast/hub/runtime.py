@@ -34,11 +34,13 @@ from citycast.hub.addresses import AddressManager, RecordingHandle
 from citycast.hub.alerts import AlertRules
 from citycast.hub.api import create_app
 from citycast.hub.api.limits import uvicorn_limits
+from citycast.hub.api.settings import load_delay_auto
 from citycast.hub.auth import ensure_admin
 from citycast.hub.context import HubContext
 from citycast.hub.credentials import CredentialsService, enrolled_key
 from citycast.hub.db.engine import Database, default_sqlite_url
 from citycast.hub.db.models import Recording, Setting, Site, utcnow
+from citycast.hub.delay_tuner import DelayTuner, TunerSettings
 from citycast.hub.desired import DesiredStore
 from citycast.hub.events import EventHub
 from citycast.hub.fleet import FleetState
@@ -99,6 +101,8 @@ class HubOptions:
     public_metrics: bool = False
     metrics_token: str | None = None
     public_api_docs: bool = False
+    # The self-tuning playout delay (hub/delay_tuner.py): bounds, thresholds, windows; "auto" is a setting (API).
+    delay_tuner: TunerSettings = field(default_factory=TunerSettings)
 
 
 class ServeError(RuntimeError):
@@ -166,6 +170,7 @@ class Hub:
         # One count of wrong PINs per caller address, whether they come by phone or from a browser.
         self.pin_guard = PinGuard()
         self.signer: FrameSigner | None = None
+        self.delay_tuner = DelayTuner(opts.delay_tuner, round(opts.delay_ms * 1e6))
         # The city's audio runs on its own thread and loop (see media_plane.py and docs/hub-internals.md).
         self.media: MediaPlane | None = None
 
@@ -322,6 +327,7 @@ class Hub:
         scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._retention()))
+        self._tasks.append(asyncio.create_task(self._tune_delay()))
         if self.opts.sip is not None:
             self.telephone = Telephone(
                 self.telephone_services(),
@@ -341,6 +347,7 @@ class Hub:
             self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard, media=self.media
         )  # the speakers' peer connections, audio and broadcasters run on the media plane
         app.state.golive = self.golive
+        app.state.delay_tuner = self.delay_tuner  # the delay settings route (api/settings.py)
         app.state.pin_guard = self.pin_guard  # the PINs page unlocks what the telephone and go-live count
         config = uvicorn.Config(
             app,
@@ -452,6 +459,36 @@ class Hub:
             except Exception as e:
                 log.error("recording retention failed: %s", e)
             await asyncio.sleep(3600)
+
+    async def _tune_delay(self) -> None:
+        """Feed the fleet's margins to the delay tuner each second; a change of a channel's D goes into every frame
+        the hub signs for it from now on (the schedule starts a second later, so every site has it in time)."""
+        with self.db.session() as s:
+            load_delay_auto(s, self.delay_tuner)
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self._tune_delay_once(time.time_ns())  # the hub's clock is the broadcast clock
+            except Exception:
+                log.exception("the delay tuner failed this second; it goes on")
+
+    def _tune_delay_once(self, now: int) -> None:
+        for name in self.fleet.names():
+            report = self.fleet.telemetry(name)
+            if report is not None:
+                self.delay_tuner.on_telemetry(report, now)
+        for channel, schedule in self.delay_tuner.decide(now).items():
+            assert self.signer is not None
+            self.signer.delays[channel] = schedule
+            log.info(
+                "channel %d: D %.0f -> %.0f ms over %.1f s of stream from %d",
+                channel,
+                schedule.old_delay_ns / 1e6,
+                schedule.new_delay_ns / 1e6,
+                schedule.ramp_ns / 1e9,
+                schedule.from_ts_ns,
+            )
+            self.events.publish({"type": "delay", "channel": channel, "delay_ms": schedule.new_delay_ns / 1e6})
 
     def _apply_retention(self) -> None:
         with self.db.session() as s:
