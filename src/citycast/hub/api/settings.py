@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session as DbSession
 
@@ -20,7 +20,7 @@ from citycast.hub.api.headers import content_security_policy, tile_source
 from citycast.hub.api.schemas import AUTH_ERRORS, SettingsIn, SettingsOut
 from citycast.hub.context import HubContext
 from citycast.hub.db.models import Setting, utcnow
-from citycast.hub.delay_tuner import DelayTuner
+from citycast.hub.delay_tuner import DelayTuner, TunerSettings
 from citycast.hub.recorder import apply_retention
 from citycast.protocol.channel import CHANNEL_MAX
 
@@ -154,10 +154,14 @@ def load_delay_auto(s: DbSession, tuner: DelayTuner) -> None:
         log.warning("the stored delay setting is not used: %s", e)
 
 
-def _tuner(request: Request) -> DelayTuner:
+def _tuner(request: Request, ctx: HubContext) -> DelayTuner:
     tuner = getattr(request.app.state, "delay_tuner", None)
     if not isinstance(tuner, DelayTuner):
-        raise HTTPException(503, "this hub runs no delay tuner")
+        # An API served without the hub's runtime (tests, tools): the switches are still kept; nothing tunes.
+        tuner = DelayTuner(TunerSettings(), round(ctx.delay_ms * 1e6))
+        with ctx.db.session() as s:
+            load_delay_auto(s, tuner)
+        request.app.state.delay_tuner = tuner
     return tuner
 
 
@@ -170,17 +174,17 @@ def _delay_out(tuner: DelayTuner) -> DelayOut:
     )
 
 
-@router.get("/api/settings/delay", response_model=DelayOut, responses={503: {"description": "no delay tuner"}})
-async def get_delay(_: Viewer, request: Request) -> DelayOut:
+@router.get("/api/settings/delay", response_model=DelayOut)
+async def get_delay(_: Viewer, request: Request, ctx: Ctx) -> DelayOut:
     """Each channel's D, what the fleet's margins recommend, and whether the hub tunes it ("auto")."""
-    return _delay_out(_tuner(request))
+    return _delay_out(_tuner(request, ctx))
 
 
-@router.put("/api/settings/delay", response_model=DelayOut, responses={503: {"description": "no delay tuner"}})
+@router.put("/api/settings/delay", response_model=DelayOut)
 async def put_delay(body: DelayAutoIn, request: Request, user: Admin, ctx: Ctx) -> DelayOut:
     """Turn "auto" on or off, for every channel or one. With auto on the hub raises D before sites would
     conceal and lowers it when the margin allows; every site of the channel switches at the same sample."""
-    tuner = _tuner(request)
+    tuner = _tuner(request, ctx)
     old = tuner.auto_settings()
     tuner.set_auto(body.auto, body.channel)
     new = tuner.auto_settings()

@@ -5,6 +5,7 @@ import { fmtTime } from '../format.js';
 import { can, set, state, subscribe, zonesLabel } from '../store.js';
 import { $, act, checkedZones, el, fillSources, zoneChecks } from '../ui.js';
 import { loadTelephone } from './telephone.js';
+import { mountDelay } from './delay.js';
 
 function render() {
   const addresses = state.addresses;
@@ -72,6 +73,7 @@ export function mountOnAir() {
   subscribe('addresses', render);
   subscribe('zones', () => zoneChecks($('fieldset.zones', form), 'start'));
   subscribe('sources', () => fillSources(form.source));
+  mountDelay($('#onair-main').closest('.card'));
   subscribe('route', () => {
     if (state.route === 'onair' && state.session.user) loadAddresses();
   });
