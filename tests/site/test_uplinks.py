@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import random
+import signal
 from pathlib import Path
 
 import nats
@@ -149,7 +151,7 @@ async def _agent(name: str, uplinks: list[Uplink], url: str, key_pub: object) ->
         name=name,
         nats_url=url,
         trusted_keys=[key_pub],  # type: ignore[list-item]
-        delay_ns=300_000_000,
+        delay_ns=1_000_000_000,  # the test process also speaks: a stall of its loop on a loaded box is no path fault
         uplinks=uplinks,
         watch_desired=False,
         fallback_after_ns=10_000_000_000,
@@ -159,16 +161,24 @@ async def _agent(name: str, uplinks: list[Uplink], url: str, key_pub: object) ->
     return agent
 
 
-async def test_a_city_server_dies_mid_address_and_the_dual_path_site_plays_every_frame(tmp_path: Path) -> None:
-    """Hub, two city servers (leafnodes), a site on both and a site on city server A only. A is killed two
-    seconds into a five-second address: the dual-path site plays all 250 frames with nothing concealed, counts
-    the second copies as duplicates and none as a replay, and its clock keeps syncing through B; the site on A
-    alone loses the rest of the address (the kill matters)."""
+FRAMES = 400  # an eight-second address
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_every_frame(
+    tmp_path: Path, fault: str
+) -> None:
+    """Hub, two city servers (leafnodes), a site on both and a site on city server A only. Two seconds into an
+    eight-second address A is killed, or hangs (SIGSTOP: its connections stay open and carry nothing, as over a
+    silently cut path): the dual-path site plays all 400 frames with nothing concealed, counts the second copies
+    as duplicates and none as a replay, moves control (telemetry) to B and says A is down, and its clock syncs
+    through B's side; the site on A alone loses the rest of the address (the fault matters)."""
     leaf = free_port()
     hub = EmbeddedNats(port=free_port(), leaf_listen_port=leaf, workdir=tmp_path / "hub")
     hub.start()
     city_a, city_b = _city(leaf, tmp_path / "a"), _city(leaf, tmp_path / "b")
     agents: list[SiteAgent] = []
+    hung: list[int] = []
     service = TimeService(hub.url, Subjects())
     try:
         for city in (city_a, city_b):
@@ -207,31 +217,44 @@ async def test_a_city_server_dies_mid_address_and_the_dual_path_site_plays_every
             await w.close()
 
         caster = Broadcaster(probe, channel=1, signer=FrameSigner(key), clock=SystemClock().now_ns)
-        speak = asyncio.create_task(caster.run(itertools.islice(ToneSource(440).blocks(), 250)))
+        speak = asyncio.create_task(caster.run(itertools.islice(ToneSource(440).blocks(), FRAMES)))
         await wait_until(lambda: dual.frames >= 100, "two seconds heard", timeout=20)
-        city_a.stop()  # city server A dies mid-address (its path with it)
+        if fault == "killed":
+            await asyncio.to_thread(city_a.stop)  # A dies mid-address (its path with it); the loop plays on
+        else:
+            assert city_a.pid is not None
+            os.kill(city_a.pid, signal.SIGSTOP)
+            hung.append(city_a.pid)
+        paths_then = {f"127.0.0.1:{city_a.port}": False, f"127.0.0.1:{city_b.port}": True}
+        # while the address goes on: control on B, and the console told that A is down
+        await wait_until(lambda: dual.nc is dual.uplinks.conns[1] if dual.uplinks else False, "control on B", timeout=6)
+        await wait_until(lambda: dual.telemetry().paths == paths_then, "telemetry to say A is down", timeout=6,
+                         detail=lambda: dual.telemetry().paths)  # fmt: skip
         await speak
         await wait_until(
-            lambda: dual.frames >= 250, "every frame on the dual-path site", timeout=20, detail=lambda: dual.telemetry()
+            lambda: dual.frames >= FRAMES, "every frame heard", timeout=20, detail=lambda: dual.telemetry()
         )
         await wait_until(
-            lambda: dual.engine.stats.decoded >= 250, "every frame played", timeout=20, detail=lambda: dual.engine.stats
+            lambda: dual.engine.stats.decoded >= FRAMES,
+            "every frame played",
+            timeout=20,
+            detail=lambda: dual.engine.stats,
         )
         await probe.close()
         t = dual.telemetry()
         assert dual.engine.stats.concealed == 0 and dual.engine.stats.underruns == 0, dual.engine.stats
-        assert t.frames == 250
-        assert 90 <= t.duplicates < 250  # the copies A delivered too, until it died
+        assert t.frames == FRAMES
+        assert 90 <= t.duplicates < FRAMES  # the copies A delivered too, until it failed
         assert Rejection.REPLAYED not in dual.rejected and not dual.rejected, dual.rejected
-        assert t.paths == {f"127.0.0.1:{city_a.port}": False, f"127.0.0.1:{city_b.port}": True}
-        assert dual.nc is dual.uplinks.conns[1]  # control moved to B
         # the clock is fed through B now
         clock = dual.clock_sync
         assert isinstance(clock, ClockFailover)
         await wait_until(lambda: clock.index == 1 and clock.current.exchanges > 0, "clock sync through B", timeout=20)
         # the site on A alone lost the rest of the address
-        assert single.frames < 200, single.frames
+        assert single.frames < FRAMES - 100, single.frames
     finally:
+        for pid in hung:
+            os.kill(pid, signal.SIGCONT)
         for agent in agents:
             await agent.stop()
         await service.stop()

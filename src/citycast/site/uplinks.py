@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import random
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 
 MERGE_WIDTH = 1024  # sequence numbers remembered per stream: 20 s of 20 ms frames, far beyond D + 1 s
 MERGE_STREAMS = 16  # streams remembered at once (least recently heard forgotten first)
+# A connection that has heard no frame for this long while another has is not fit to carry control: a path cut
+# silently (a black hole) leaves its TCP connection "connected" until pings fail, which takes far longer.
+QUIET_S = 2.0
+UPLINK_PING_S = 10  # nats-py's ping interval on an uplink (2 unanswered: reconnect); its default is 120 s
 
 
 # -- the merge (sans-IO) ------------------------------------------------------------------------------------------
@@ -251,6 +256,8 @@ async def connect_uplink(
                     name=name,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
+                    ping_interval=UPLINK_PING_S,
+                    max_outstanding_pings=2,
                     allow_reconnect=True,
                     disconnected_cb=disconnected,
                     reconnected_cb=reconnected,
@@ -304,16 +311,19 @@ class UplinkSet:
         self.subject: str | None = None
         self.control: int | None = None  # index of the connection carrying control
         self.failovers = 0
+        self.last_heard: list[float] = [-1e18] * len(uplinks)  # monotonic time of each connection's last frame
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._first = asyncio.Event()
 
     def up(self) -> dict[str, bool]:
-        """Each path by its label: connected now or not."""
-        return {u.label: bool(c is not None and c.is_connected) for u, c in zip(self.uplinks, self.conns, strict=True)}
+        """Each path by its label: connected now, and hearing the channel unless no path does."""
+        fit = self.fit(time.monotonic())
+        return {u.label: ok for u, ok in zip(self.uplinks, fit, strict=True)}
 
     def _callback(self, index: int) -> Callable[[Msg], Awaitable[None]]:
         async def on_msg(msg: Msg) -> None:
+            self.last_heard[index] = time.monotonic()
             self.on_audio(msg.data, index)
 
         return on_msg
@@ -360,20 +370,25 @@ class UplinkSet:
                         await old.unsubscribe()
                 self._subs[i] = await nc.subscribe(subject, cb=self._callback(i), pending_msgs_limit=4096)
 
-    def pick_control(self) -> int | None:
-        """The connection control should use now: the current one while it is up, else the first that is."""
+    def fit(self, now: float) -> list[bool]:
+        """Which connections may carry control at monotonic time `now`: connected, and not quiet while another hears
+        the channel (a silently cut path)."""
+        up = [c is not None and c.is_connected for c in self.conns]
+        hearing = [u and now - t < QUIET_S for u, t in zip(up, self.last_heard, strict=True)]
+        return hearing if any(hearing) else up
+
+    def pick_control(self, now: float) -> int | None:
+        """The connection control should use now: the current one while it is fit, else the first that is."""
+        fit = self.fit(now)
         current = self.control
-        if current is not None and (c := self.conns[current]) is not None and c.is_connected:
+        if current is not None and fit[current]:
             return current
-        for i, c in enumerate(self.conns):
-            if c is not None and c.is_connected:
-                return i
-        return current
+        return next((i for i, ok in enumerate(fit) if ok), current)
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.check_interval_s)
-            best = self.pick_control()
+            best = self.pick_control(time.monotonic())
             if best is not None and best != self.control:
                 conn = self.conns[best]
                 assert conn is not None
