@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from tests.media.test_playout import PULSE_EVERY, RawDecoder, find_pulses, pulse_train
+from tests.media.pulses import PULSE_EVERY, RawDecoder, find_pulses, pulse_train
 
 from citycast.clock.local import SkewedClock
 from citycast.media.audio import FRAME_NS, FRAME_SAMPLES, SAMPLE_RATE

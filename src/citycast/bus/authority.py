@@ -43,7 +43,7 @@ SITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A site's user JWT expires (a lost box's creds stop working by themselves) and is renewed over the bus
 # (citycast.hub.credentials) at half its life, so a site off the bus for up to half of it still renews in time.
 SITE_JWT_LIFETIME_S = 30 * 24 * 3600
-# What a site needs, with room: its biggest message is a talkback frame (≤ 5208 bytes) or telemetry (≈ 1 KB);
+# What a site needs, with room: its biggest message is a talkback frame (≤ 5236 bytes) or telemetry (≈ 1 KB);
 # its subscriptions are audio, commands, desired state and nats-py's reply inbox (two of audio while a channel
 # changes). `data` stays -1: nats-server does not meter bytes per user (see jwt.UserLimits).
 SITE_LIMITS = UserLimits(subs=16, data=-1, payload=8192)
