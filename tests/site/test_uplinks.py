@@ -219,6 +219,7 @@ async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_ever
         caster = Broadcaster(probe, channel=1, signer=FrameSigner(key), clock=SystemClock().now_ns)
         speak = asyncio.create_task(caster.run(itertools.islice(ToneSource(440).blocks(), FRAMES)))
         await wait_until(lambda: dual.frames >= 100, "two seconds heard", timeout=20)
+        first_estimator = dual.estimator  # fed by A's side
         if fault == "killed":
             await asyncio.to_thread(city_a.stop)  # A dies mid-address (its path with it); the loop plays on
         else:
@@ -250,6 +251,9 @@ async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_ever
         clock = dual.clock_sync
         assert isinstance(clock, ClockFailover)
         await wait_until(lambda: clock.index == 1 and clock.current.exchanges > 0, "clock sync through B", timeout=20)
+        # B's samples went to an estimator of their own, which the site took once it was synced
+        await wait_until(lambda: dual.estimator is clock.feeding and dual.estimator.synced, "B's estimator", timeout=20)
+        assert dual.estimator is not first_estimator and dual.broadcast_now() is not None
         # the site on A alone lost the rest of the address
         assert single.frames < FRAMES - 100, single.frames
     finally:

@@ -500,6 +500,7 @@ class SiteAgent:
                 cfg.time_subject or cfg.subjects.time(),
                 self.clock,
                 self.estimator,
+                on_estimator=self._take_estimator,
                 creds=cfg.creds,
                 inbox_prefix=cfg.inbox_prefix,
                 site=cfg.name if cfg.creds is not None else None,
@@ -536,6 +537,11 @@ class SiteAgent:
             spec = cfg.talkback_source
             self.talkback = TalkbackSender(self.nc, cfg.subjects, cfg.name, cfg.talkback_key, lambda: open_source(spec))
             self._command_sub = await self.nc.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+
+    def _take_estimator(self, estimator: ClockEstimator) -> None:
+        """Clock sync moved to another city server's responder, whose own estimator is now synced: use it. The
+        engine slews to the new line; the step guard still refuses a jump beyond its tolerance."""
+        self.estimator = estimator
 
     async def _move_control(self, new: Client) -> None:
         """Carry control (telemetry, desired state, commands, renewal) on `new`, another uplink, because the one

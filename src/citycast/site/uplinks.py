@@ -454,11 +454,14 @@ class UplinkSet:
 
 
 class ClockFailover:
-    """One `ClockSync` at a time against the time responder beside one city server, feeding the site's one
-    estimator; after `give_up_after` failed exchanges in a row it moves to the next city server's responder.
+    """One `ClockSync` at a time against the time responder beside one city server; after `give_up_after` failed
+    exchanges in a row it moves to the next city server's responder.
 
-    One responder at a time, not all at once: the two responders each carry their own long-haul path's
-    asymmetry, and alternating samples between them would bend the estimate back and forth."""
+    Samples of two responders never meet in one estimator: each responder carries its own long-haul path's
+    asymmetry, and mixing them would bend the estimate back and forth. After a move the new responder feeds a
+    fresh estimator while the site keeps playing on the one it has (its drift carries it for minutes); once the
+    fresh one is synced it replaces it (`on_estimator`), a step of the two responders' difference that the
+    site's playout slews through."""
 
     def __init__(
         self,
@@ -469,6 +472,7 @@ class ClockFailover:
         *,
         give_up_after: int = 3,
         check_interval_s: float = 0.5,
+        on_estimator: Callable[[ClockEstimator], None] | None = None,
         **options: Any,
     ) -> None:
         if not urls:
@@ -480,13 +484,22 @@ class ClockFailover:
         self.give_up_after = give_up_after
         self.check_interval_s = check_interval_s
         self.options = options
+        self.on_estimator = on_estimator
         self.index = 0
         self.switches = 0
+        self.feeding = estimator  # the estimator the current responder feeds: `estimator`, or a fresh one
         self.current = self._sync(0)
         self._task: asyncio.Task[None] | None = None
 
     def _sync(self, index: int) -> ClockSync:
-        return ClockSync(self.urls[index], self.subject, self.clock, estimator=self.estimator, **self.options)
+        return ClockSync(self.urls[index], self.subject, self.clock, estimator=self.feeding, **self.options)
+
+    def _adopt(self) -> None:
+        """Once the fresh estimator is synced, the site takes it."""
+        if self.feeding is not self.estimator and self.feeding.synced:
+            self.estimator = self.feeding
+            if self.on_estimator is not None:
+                self.on_estimator(self.feeding)
 
     @property
     def last_rtt_ns(self) -> int | None:
@@ -501,6 +514,7 @@ class ClockFailover:
         mark = (self.current.exchanges, self.current.failures)
         while True:
             await asyncio.sleep(self.check_interval_s)
+            self._adopt()
             cs = self.current
             if cs.exchanges != mark[0]:
                 mark = (cs.exchanges, cs.failures)
@@ -509,6 +523,8 @@ class ClockFailover:
                 self.index = (self.index + 1) % len(self.urls)
                 self.switches += 1
                 log.warning("clock sync moves to the time responder at %s", self.urls[self.index])
+                # a responder's samples stay with its own estimator (see the class)
+                self.feeding = self.estimator if not self.estimator.sample_count else ClockEstimator()
                 self.current = self._sync(self.index)
                 await self.current.start()
                 mark = (0, 0)
