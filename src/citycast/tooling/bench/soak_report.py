@@ -1,17 +1,23 @@
-"""`citycast bench --soak-hours H`: run the soak with a progress bar and print what it found."""
+"""`citycast bench --soak-hours H`: run a soak with a progress bar and print what it found.
+
+With `--wan none` the LAN soak (the clock and the playout over hours); with a WAN profile the deployed shape over
+that profile's long-haul paths, merged, with scripted faults: a table per 10 minutes, JSON and an SVG plot."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from citycast.tooling.bench.soak import SoakSite, run_soak
+from citycast.tooling.bench.soak import CitySoak, LongHaul, SoakSite, run_city_soak, run_soak
 
 
 def soak_command(*, hours: float, sites: int, delay_ms: float, json_out: Path | None, console: Console) -> None:
@@ -69,3 +75,166 @@ def _site_json(s: SoakSite) -> dict[str, object]:
         "checkpoints": [asdict(c) for c in s.checkpoints],
         "stats": asdict(s.engine.stats),
     }
+
+
+# -- the deployed shape: `citycast bench --soak-hours H --wan PROFILE [--paths 2] [--shared-loss F]` -------------
+
+ROW_COLUMNS = ("minute", "underruns", "concealed", "late", "duplicates", "old", "fallback_s", "sync_error_p99_us",
+               "marker_error_p99_us", "skew_p99_us", "rss_mb", "jitter_buffer_max", "merge_streams",
+               "estimator_kept")  # fmt: skip
+
+
+def city_soak_command(
+    *,
+    hours: float,
+    sites: int,
+    wan: str,
+    paths: int,
+    shared_loss: float,
+    delay_ms: float,
+    seed: int,
+    json_out: Path | None,
+    plot_out: Path | None,
+    console: Console,
+) -> CitySoak:
+    from citycast.tooling.bench.wan import get_profile
+
+    profile = get_profile(wan)
+    link = LongHaul(profile.delay_ms, profile.jitter_ms, profile.loss)
+    started = time.monotonic()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.2f}/{task.total:.2f} h"),
+        TimeElapsedColumn(), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task(f"simulated address over {paths} path(s), {sites} sites", total=hours * sites)
+        done = [0.0, -1.0]
+
+        def tick(seconds: float) -> None:
+            if seconds < done[1]:
+                done[0] += hours  # the next site started
+            done[1] = seconds
+            progress.update(task, completed=done[0] + seconds / 3600)
+
+        result = run_city_soak(hours=hours, sites=sites, paths=paths, link=link, shared_loss=shared_loss,
+                               delay_ns=round(delay_ms * 1e6), seed=seed, progress=tick)  # fmt: skip
+    ran_s = time.monotonic() - started
+    command = (f"citycast bench --soak-hours {hours:g} --wan {wan} --paths {paths} --shared-loss {shared_loss:g} "
+               f"--delay {delay_ms:g} --sites {sites}")  # fmt: skip
+    print_city_soak(result, command, console)
+    console.print(f"ran in {ran_s:.0f} s; load {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    figures = city_soak_json(result, command, ran_s)
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=1))
+    if plot_out is not None:
+        plot_out.write_text(soak_svg(figures))
+    return result
+
+
+def city_soak_json(result: CitySoak, command: str, ran_s: float) -> dict[str, Any]:
+    return {
+        "command": command,
+        "hours": result.hours,
+        "paths": result.paths,
+        "shared_loss": result.shared_loss,
+        "delay_ms": result.delay_ms,
+        "link": asdict(result.link),
+        "ran_s": round(ran_s, 1),
+        "load": [round(x, 2) for x in os.getloadavg()],
+        "rows": [{k: _num(v) for k, v in asdict(r).items()} for r in result.rows],
+        "faults": [{k: _num(v) for k, v in asdict(f).items()} for f in result.faults],
+        "late_copies_per_path": result.retransmissions,
+        "sites": [
+            {
+                "dac_ppm": s.dac_ppm,
+                "clock_ppm": s.clock.ppm,
+                "stats": asdict(s.engine.stats),
+                "first_by_uplink": s.merge.first_by_uplink,
+            }
+            for s in result.sites
+        ],
+    }
+
+
+def _num(v: object) -> object:
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 3)
+    return v
+
+
+def print_city_soak(result: CitySoak, command: str, console: Console) -> None:
+    table = Table(title=f"{command}: per 10 simulated minutes (fleet: counters summed, p99s the worst site's)")
+    for col in ("min", "underruns", "concealed", "late", "dup", "fallback s", "sync err p99 µs", "marker err p99 µs",
+                "skew p99 µs", "RSS MB", "jb max", "merge", "est kept"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row(f"{r.minute:.0f}", str(r.underruns), str(r.concealed), str(r.late), str(r.duplicates),
+                      f"{r.fallback_s:.1f}", f"{r.sync_error_p99_us:.2f}", f"{r.marker_error_p99_us:.2f}",
+                      f"{r.skew_p99_us:.2f}", f"{r.rss_mb:.0f}", str(r.jitter_buffer_max), str(r.merge_streams),
+                      str(r.estimator_kept))  # fmt: skip
+    console.print(table)
+    faults = Table(title="faults (worst site; fallback and counters from the fault's start to 60 s after its end)")
+    for col in ("fault", "at min", "s", "concealed", "underruns", "fallback s", "frames back s", "resync s",
+                "sync err max µs", "responder switches"):  # fmt: skip
+        faults.add_column(col, justify="right")
+    for f in result.faults:
+        faults.add_row(f.kind, f"{f.start_s / 60:.1f}", f"{f.duration_s:g}", str(f.concealed), str(f.underruns),
+                       f"{f.fallback_s:.1f}", _opt(f.frames_back_s), _opt(f.resync_s), f"{f.sync_error_max_us:.1f}",
+                       str(f.responder_switches))  # fmt: skip
+    console.print(faults)
+
+
+def _opt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
+def soak_svg(figures: dict[str, Any], width: int = 900) -> str:
+    """Three panels over the address's minutes: sync error and skew p99 (µs), RSS (MB), and the seconds of
+    fallback and concealed frames per row; the faults as shaded bands. Plain SVG: no plotting library here."""
+    rows = figures["rows"]
+    panels = [
+        ("sync error p99 / marker skew p99 (µs)", [("sync_error_p99_us", "#1f77b4"), ("skew_p99_us", "#d62728")]),
+        ("RSS of the process (MB)", [("rss_mb", "#2ca02c")]),
+        ("per row: fallback s / concealed frames", [("fallback_s", "#ff7f0e"), ("concealed", "#9467bd")]),
+    ]
+    left, right, top, ph, gap = 70, 20, 40, 150, 45
+    height = top + len(panels) * (ph + gap)
+    x_max = max((r["minute"] for r in rows), default=1.0) or 1.0
+    pw = width - left - right
+
+    def x(m: float) -> float:
+        return left + pw * m / x_max
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{left}" y="20" font-size="13">{_esc(figures["command"])}</text>']  # fmt: skip
+    for p, (title, series) in enumerate(panels):
+        y0 = top + p * (ph + gap)
+        vals = [r[k] for k, _ in series for r in rows if r.get(k) is not None]
+        y_max = max(vals, default=1.0) * 1.15 or 1.0
+        for f in figures["faults"]:
+            a, b = x(f["start_s"] / 60), x((f["start_s"] + f["duration_s"]) / 60)
+            out.append(f'<rect x="{a:.1f}" y="{y0}" width="{max(b - a, 2):.1f}" height="{ph}" fill="#eee"/>')
+            if p == 0:
+                out.append(f'<text x="{a:.1f}" y="{y0 - 3}" fill="#777">{_esc(f["kind"])}</text>')
+        out.append(f'<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+        out.append(f'<text x="{left}" y="{y0 + ph + 28}">{_esc(title)}; x: minutes into the address</text>')
+        for frac in (0.0, 0.5, 1.0):
+            out.append(f'<text x="{left - 5}" y="{y0 + ph - frac * ph + 4:.1f}" text-anchor="end">'
+                       f"{y_max * frac:.3g}</text>")  # fmt: skip
+        for m in range(0, int(x_max) + 1, 30 if x_max > 60 else 5):
+            out.append(f'<text x="{x(m):.1f}" y="{y0 + ph + 13}" text-anchor="middle">{m}</text>')
+        for key, colour in series:
+            pts = [(x(r["minute"]), y0 + ph - ph * r[key] / y_max) for r in rows if r.get(key) is not None]
+            if pts:
+                path = " ".join(f"{px:.1f},{py:.1f}" for px, py in pts)
+                out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+                out.extend(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2" fill="{colour}"/>' for px, py in pts)
+        for i, (key, colour) in enumerate(series):
+            out.append(f'<text x="{left + pw - 10}" y="{y0 + 14 + 13 * i}" text-anchor="end" fill="{colour}">'
+                       f"{_esc(key)}</text>")  # fmt: skip
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
