@@ -55,24 +55,12 @@ def bench(
     warmup: Annotated[float, typer.Option(help="Seconds the sites' clock estimates settle before markers.")] = 60.0,
     dac_block: Annotated[int, typer.Option(min=120, max=4800, help="Samples per simulated DAC block.")] = 480,
     soak_hours: Annotated[
-        float | None,
-        typer.Option(
-            help="Instead: a long address in simulated time (sans-IO clock and playout); with --wan, the deployed "
-            "shape: --paths long-haul paths merged, path cuts and a lost time responder scripted."
-        ),
+        float | None, typer.Option(help="Instead: a long address in simulated time (sans-IO clock and playout).")
     ] = None,
-    soak_plot: Annotated[Path | None, typer.Option(help="With --soak-hours and --wan: write an SVG plot here.")] = None,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
     from citycast.tooling.bench.runner import BenchError, BenchOptions, run_bench
 
-    if soak_hours is not None and wan != "none":
-        from citycast.tooling.bench.soak_report import city_soak_command
-
-        city_soak_command(hours=soak_hours, sites=min(sites, 4) or 2, wan=wan, paths=paths, shared_loss=shared_loss,
-                          delay_ms=delay_ms or 340.0, seed=seed, json_out=json_out, plot_out=soak_plot,
-                          console=console)  # fmt: skip
-        return
     if soak_hours is not None:
         from citycast.tooling.bench.soak_report import soak_command
 
@@ -222,6 +210,9 @@ def bench_city(
         "london-karachi"
     ),
     delay_ms: Annotated[float, typer.Option("--delay", help="Playout delay D (ms).")] = 490.0,
+    resync_limit: Annotated[
+        float, typer.Option(min=5, max=600, help="How long a drill waits for every site to play in sync again.")
+    ] = 60.0,
     uplinks: Annotated[
         int | None, typer.Option(help="City servers each site dials (default: 2 if `citycast site` can, else 1).")
     ] = None,
@@ -239,7 +230,8 @@ def bench_city(
     try:
         chosen = tuple(d.strip() for d in drills.split(",") if d.strip())
         opts = DrillOptions(sites=sites, cut_s=cut_seconds, drills=chosen, wan=wan, delay_ms=delay_ms,
-                            uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav)  # fmt: skip
+                            uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav,
+                            resync_limit_s=resync_limit)  # fmt: skip
         run_drills(opts, console)
     except DrillError as e:
         fail(str(e))

@@ -73,6 +73,7 @@ class DrillOptions:
     keep_wav: bool = False
     seed: int = 1
     uplinks: int | None = None  # None: both city servers if `citycast site` dials several, else one
+    resync_limit_s: float = RESYNC_LIMIT_S
 
     def check(self) -> None:
         if not 2 <= self.sites <= 60:
@@ -88,6 +89,8 @@ class DrillOptions:
             )
         if not 0 < self.delay_ms < 1900:
             raise DrillError("--delay must be between 0 and 1900 ms")
+        if not 5 <= self.resync_limit_s <= 600:
+            raise DrillError("--resync-limit must be between 5 and 600 s")
         if self.uplinks not in (None, 1, 2):
             raise DrillError("--uplinks must be 1 or 2")
 
@@ -102,6 +105,8 @@ class SiteSample:
     last_seen_s: float | None
     underruns: int | None
     concealed: int | None
+    channel: int | None = None  # what the site plays (the console's view), for the timeline
+    rejected: int | None = None
 
 
 def in_sync(s: SiteSample, after_s: float) -> bool:
@@ -196,10 +201,13 @@ def fallback_step(heard: dict[str, list[float]], start_s: float, end_s: float) -
             if start_s <= t <= end_s:
                 slots.setdefault(round(t), {})[site] = t
     sites = sorted({s for got in slots.values() for s in got})
+    per_site = {s: sum(1 for got in slots.values() if s in got) for s in sites}
     spreads = [(max(g.values()) - min(g.values())) * 1000 for g in slots.values() if len(g) >= 2]
     worst = max(spreads) if spreads else None
     return {
         "sites": sites,
+        # Each fallback chirp is one second of fallback (or of silence, for a site that played none).
+        "seconds_by_site": per_site,
         "chirps_compared": len(spreads),
         "spread_max_ms": round(worst, 3) if worst is not None else None,
         "in_step": (worst <= FALLBACK_STEP_MS) if worst is not None else None,
@@ -254,7 +262,13 @@ class Drills:
             return None
         return {
             str(s["name"]): SiteSample(
-                str(s["state"]), s.get("sync_error_ms"), s.get("last_seen_s"), s.get("underruns"), s.get("concealed")
+                str(s["state"]),
+                s.get("sync_error_ms"),
+                s.get("last_seen_s"),
+                s.get("underruns"),
+                s.get("concealed"),
+                s.get("channel"),
+                s.get("rejected"),
             )
             for s in got
         }
@@ -356,7 +370,7 @@ class Drills:
             rig.start_site(sp, self.fallback)
         rec.back_s = time.time()
         self.wait(f"{name}: every site back in sync", lambda: self.all_playing_in_sync(rec.back_s),
-                  RESYNC_LIMIT_S, rec)  # fmt: skip
+                  self.opts.resync_limit_s, rec)  # fmt: skip
         self.wait(f"{name}: settling", lambda: False, self.opts.settle_s, rec)
         rec.end_s = time.time()
         rec.after = self.sites_now() or {}
@@ -407,7 +421,9 @@ class Drills:
             timeline = [
                 {
                     "t": round(t - rec.fault_s, 2),
-                    "sites": {n: [s.state, s.sync_error_ms, s.last_seen_s] for n, s in v.items()},
+                    "sites": {
+                        n: [s.state, s.sync_error_ms, s.last_seen_s, s.channel, s.rejected] for n, s in v.items()
+                    },
                 }
                 for t, v in rec.polls
             ]
@@ -455,7 +471,7 @@ def run_drills(opts: DrillOptions, console: Console) -> dict[str, Any]:
     opts.out.mkdir(parents=True)
     uplinks = opts.uplinks or (2 if site_takes_several_uplinks() else 1)
     # Enough speech for every drill at its longest (the fault, a resync at the limit, the settling) and set-up.
-    total_s = 120 + len(opts.drills) * (opts.cut_s + RESYNC_LIMIT_S + opts.settle_s + 10)
+    total_s = 120 + len(opts.drills) * (opts.cut_s + opts.resync_limit_s + opts.settle_s + 10)
     started = time.time()
     with (
         CityRig(get_profile(opts.wan), opts.sites, opts.out, opts.delay_ms, seed=opts.seed,
@@ -513,6 +529,8 @@ def argline(opts: DrillOptions) -> str:
     ]
     if tuple(opts.drills) != DRILLS:
         parts.append("--drills " + ",".join(opts.drills))
+    if opts.resync_limit_s != RESYNC_LIMIT_S:
+        parts.append(f"--resync-limit {opts.resync_limit_s:g}")
     if opts.uplinks is not None:
         parts.append(f"--uplinks {opts.uplinks}")
     return "citycast bench-city " + " ".join(parts)

@@ -290,6 +290,11 @@ class CityRig:
         r = self.api.post("/api/zones", json={"name": ZONE, "channel": 1})
         r.raise_for_status()
         self.zone_id = int(r.json()["id"])
+        if self.multi_uplink:
+            # As an operator lists a zone's city servers: enrolment then hands each site all of them.
+            urls = [self.city_url(0), self.city_url(1)]
+            r = self.api.patch(f"/api/zones/{self.zone_id}", json={"city_servers": urls})
+            r.raise_for_status()
         tokens = []
         for i in range(self.sites):
             name = f"site-{i:03d}"
@@ -316,6 +321,8 @@ class CityRig:
         data: dict[str, Any] = json.loads(sp.config.read_text())
         own, other = self.city_url(sp.city), self.city_url(1 - sp.city)
         data["nats_urls"] = [own, other] if self.multi_uplink else [own]
+        if "city_servers" in data:
+            data["city_servers"] = data["nats_urls"]
         sp.config.write_text(json.dumps(data, indent=1))
         os.chmod(sp.config, 0o600)
 
