@@ -55,12 +55,24 @@ def bench(
     warmup: Annotated[float, typer.Option(help="Seconds the sites' clock estimates settle before markers.")] = 60.0,
     dac_block: Annotated[int, typer.Option(min=120, max=4800, help="Samples per simulated DAC block.")] = 480,
     soak_hours: Annotated[
-        float | None, typer.Option(help="Instead: a long address in simulated time (sans-IO clock and playout).")
+        float | None,
+        typer.Option(
+            help="Instead: a long address in simulated time (sans-IO clock and playout); with --wan, the deployed "
+            "shape: --paths long-haul paths merged, path cuts and a lost time responder scripted."
+        ),
     ] = None,
+    soak_plot: Annotated[Path | None, typer.Option(help="With --soak-hours and --wan: write an SVG plot here.")] = None,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
     from citycast.tooling.bench.runner import BenchError, BenchOptions, run_bench
 
+    if soak_hours is not None and wan != "none":
+        from citycast.tooling.bench.soak_report import city_soak_command
+
+        city_soak_command(hours=soak_hours, sites=min(sites, 4) or 2, wan=wan, paths=paths, shared_loss=shared_loss,
+                          delay_ms=delay_ms or 340.0, seed=seed, json_out=json_out, plot_out=soak_plot,
+                          console=console)  # fmt: skip
+        return
     if soak_hours is not None:
         from citycast.tooling.bench.soak_report import soak_command
 
