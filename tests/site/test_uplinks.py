@@ -264,3 +264,21 @@ async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_ever
         await service.stop()
         for server in (city_a, city_b, hub):
             server.stop()
+
+
+def test_the_site_command_refuses_bad_uplinks_clearly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "citycast", "site", "--sink", "timed", "--config", str(tmp_path / "none.json")]
+
+    def site(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=60)
+
+    for args, says in (
+        (["--nats", "nats://a:4222", "--nats", "nats://a:4222"], "given twice"),
+        (["--nats", "nats://a:4222,nats://b:4222", "--uplink-bind", "eth0"], "not an IP address"),
+        (["--nats", "nats://a:4222", "--uplink-bind", "10.0.0.1", "--uplink-bind", "10.0.0.2"], "2 --uplink-bind"),
+    ):
+        p = site(*args)
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
