@@ -60,6 +60,19 @@ def test_fault_on_sync_error_with_hysteresis() -> None:
     assert fleet.view("site-1")["state"] == "fault" and fleet.view("site-1")["sync_error_ms"] is None
 
 
+def test_a_site_straight_on_a_hub_abroad_shows_its_asymmetry_bound_apart_and_plays() -> None:
+    """Across a 60-80 ms long haul the path's asymmetry bound is ~60 ms; it is no sync error (it cannot make a
+    site wander), so it is shown apart and never makes the site a fault."""
+    fleet = FleetState()
+    fleet.on_telemetry(tele(sync_error_ms=0.31, clock_asymmetry_ms=60.337), T0)
+    v = fleet.view("site-1")
+    assert v["state"] == "playing" and v["sync_error_ms"] == 0.31 and v["clock_asymmetry_ms"] == 60.34
+    fleet.on_telemetry(tele(clock_asymmetry_ms=float("inf")), T0 + S)
+    assert fleet.view("site-1")["clock_asymmetry_ms"] is None  # never Infinity in the console's JSON
+    fleet.on_telemetry(tele(state="syncing", clock_asymmetry_ms=61.0), T0 + 2 * S)
+    assert fleet.view("site-1")["clock_asymmetry_ms"] is None  # nothing measured yet
+
+
 def test_fault_when_not_synced_for_thirty_seconds() -> None:
     fleet = FleetState()
     first = fleet.on_telemetry(tele(state="syncing", sync_error_ms=900.0), T0)
