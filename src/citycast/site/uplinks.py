@@ -49,6 +49,7 @@ MERGE_STREAMS = 16  # streams remembered at once (least recently heard forgotten
 # A connection that has heard no frame for this long while another has is not fit to carry control: a path cut
 # silently (a black hole) leaves its TCP connection "connected" until pings fail, which takes far longer.
 QUIET_S = 2.0
+NEVER_ANSWERED_PATIENCE = 5  # times `give_up_after`, for a responder that has never answered
 UPLINK_PING_S = 10  # nats-py's ping interval on an uplink (2 unanswered: reconnect); its default is 120 s
 
 
@@ -488,6 +489,7 @@ class ClockFailover:
         self.index = 0
         self.switches = 0
         self.feeding = estimator  # the estimator the current responder feeds: `estimator`, or a fresh one
+        self.answered: set[int] = set()  # responders that have answered at least once
         self.current = self._sync(0)
         self._task: asyncio.Task[None] | None = None
 
@@ -516,15 +518,25 @@ class ClockFailover:
             await asyncio.sleep(self.check_interval_s)
             self._adopt()
             cs = self.current
+            if cs.exchanges:
+                self.answered.add(self.index)
+            # A responder that has never answered may just not be synced to the hub yet (city responders stay
+            # silent until they are): give it longer before moving, or a fleet booting with its city flaps.
+            patience = self.give_up_after * (1 if self.index in self.answered else NEVER_ANSWERED_PATIENCE)
             if cs.exchanges != mark[0]:
                 mark = (cs.exchanges, cs.failures)
-            elif cs.failures - mark[1] >= self.give_up_after:
+            elif cs.failures - mark[1] >= patience:
                 await cs.stop()
                 self.index = (self.index + 1) % len(self.urls)
                 self.switches += 1
                 log.warning("clock sync moves to the time responder at %s", self.urls[self.index])
-                # a responder's samples stay with its own estimator (see the class)
-                self.feeding = self.estimator if not self.estimator.sample_count else ClockEstimator()
+                # a responder's samples stay with its own estimator (see the class); a site not synced yet plays
+                # nothing by its estimate, so it starts afresh at once
+                self.feeding = ClockEstimator()
+                if not self.estimator.synced:
+                    self.estimator = self.feeding
+                    if self.on_estimator is not None:
+                        self.on_estimator(self.feeding)
                 self.current = self._sync(self.index)
                 await self.current.start()
                 mark = (0, 0)
