@@ -233,10 +233,28 @@ def bench_city(
         "citycast-out/bench-city"
     ),
     keep_wav: Annotated[bool, typer.Option(help="Keep what each site played.")] = False,
+    soak_minutes: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            max=1440,
+            help="Instead of drills: the address runs this long with no fault (speech with a marker each second); "
+            "every minute the RSS of every process and the sites' counters; at the end skew and the recording.",
+        ),
+    ] = None,
 ) -> None:
     """Fault drills on the deployed shape (needs root): a hub in "london", two city servers behind two emulated
     long-haul paths, N enrolled sites, an address of real speech; kill a city server, cut one path, cut both, restart
     the hub, restart a site. Per drill: underruns, concealed frames, resync time, recording lost, alerts."""
+    if soak_minutes is not None:
+        from citycast.tooling.bench.city_soak import SoakError, SoakOptions, run_city_soak
+
+        try:
+            run_city_soak(SoakOptions(minutes=soak_minutes, sites=sites, wan=wan, delay_ms=delay_ms, uplinks=uplinks,
+                                      json_out=json_out, out=out, keep_wav=keep_wav), console)  # fmt: skip
+        except SoakError as e:
+            fail(str(e))
+        return
     from citycast.tooling.bench.city_drills import DrillError, DrillOptions, run_drills
 
     try:

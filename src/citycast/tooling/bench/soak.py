@@ -187,6 +187,7 @@ MS = 1_000_000
 REORDER_NS = 40 * MS  # RACK's reordering window and the delayed ACK: fast recovery's cost beyond one RTT
 RTO_MIN_NS = 200 * MS  # Linux's minimum retransmission timeout, added to the RTT
 RTO_MAX_NS = 120 * S
+RECONNECT_NS = 1_400 * MS  # a dropped leafnode's way back: reconnect wait 1 s, then TCP, TLS and CONNECT
 ROW_S = 600.0  # one row of the report per 10 simulated minutes
 FAULT_KINDS = ("cut-a", "cut-b", "cut-both", "responder")
 
@@ -199,6 +200,10 @@ class Fault:
     kind: str
     start_s: float
     duration_s: float
+    # A cut whose connection is dropped and made again (a ping timeout, a city server restarted) rather than
+    # kept: what was published meanwhile is gone (NATS core stores nothing), and the stream resumes RECONNECT_NS
+    # after the path returns, far ahead of where it stopped.
+    drop: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -245,10 +250,17 @@ class TcpPath:
     A cut stalls the whole connection: its first segment lost at the cut's start is retried on the backoff
     schedule, and nothing gets through until the first retry after the cut ends; then the backlog follows."""
 
-    def __init__(self, link: LongHaul, cuts: list[tuple[int, int]], rng: random.Random) -> None:
+    def __init__(
+        self,
+        link: LongHaul,
+        cuts: list[tuple[int, int]],
+        rng: random.Random,
+        drops: list[tuple[int, int]] | None = None,
+    ) -> None:
         self.link = link
         self.rng = rng
         self.stalls = [(a, a + self.stall_ns(z - a)) for a, z in cuts]
+        self.drops = [(a, z + RECONNECT_NS) for a, z in drops or []]
         self.last_ns = 0
         self.retransmissions = 0
 
@@ -272,6 +284,9 @@ class TcpPath:
         return round((link.delay_ms + self.rng.uniform(-link.jitter_ms, link.jitter_ms)) * MS)
 
     def arrival(self, send_ns: int, first_lost: bool) -> int:
+        """Arrival time in ns, or -1 for a frame that never arrives (published while the connection was down)."""
+        if any(a <= send_ns < z for a, z in self.drops):
+            return -1
         t = self._unstall(send_ns)
         lost = first_lost
         gap = self.link.rtt_ns + REORDER_NS
@@ -304,7 +319,12 @@ def path_arrivals(
     path's loss hits the same frame on both paths (a common congested stage, the worst case for the merge)."""
     rng = random.Random(seed)
     tcp = [
-        TcpPath(link, [f.window_ns(t0) for f in faults if f.cuts(p)], random.Random(seed * 7919 + p))
+        TcpPath(
+            link,
+            [f.window_ns(t0) for f in faults if f.cuts(p) and not f.drop],
+            random.Random(seed * 7919 + p),
+            [f.window_ns(t0) for f in faults if f.cuts(p) and f.drop],
+        )
         for p in range(paths)
     ]
     shared, own = link.loss * shared_loss, link.loss * (1 - shared_loss)
@@ -419,6 +439,7 @@ def run_city_soak(
     seqs = np.concatenate([np.arange(frames, dtype=np.int64)] * paths)
     ups = np.concatenate([np.full(frames, p, np.int64) for p in range(paths)])
     order = np.argsort(when, kind="stable")
+    order = order[when[order] >= 0]  # frames that never arrived
     events = (when[order], seqs[order], ups[order])
     del when, seqs, ups, order
     out: list[CitySite] = []

@@ -230,8 +230,7 @@ def soak_svg(figures: dict[str, Any], width: int = 900) -> str:
                 out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
                 out.extend(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2" fill="{colour}"/>' for px, py in pts)
         for i, (key, colour) in enumerate(series):
-            out.append(f'<text x="{left + pw - 10}" y="{y0 + 14 + 13 * i}" text-anchor="end" fill="{colour}">'
-                       f"{_esc(key)}</text>")  # fmt: skip
+            out.append(f'<text x="{left + 8}" y="{y0 + 14 + 13 * i}" fill="{colour}">{_esc(key)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
