@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.clock.test_estimator import MS, US, S, Sim, quantile
+from tests.clock.sim import MS, US, S, Sim, quantile
 
 from citycast.clock.estimator import ClockEstimator
 
