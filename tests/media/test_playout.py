@@ -120,6 +120,19 @@ def test_stream_gap_falls_back_and_rejoins_in_sync() -> None:
     assert len(run.errors_ms) >= 10 * 9  # pulses before and after the gap
 
 
+def test_a_stream_back_after_an_outage_longer_than_the_jitter_window_plays_again_in_sync() -> None:
+    # 12 s without a frame is more than the jitter buffer's 512-packet (10.24 s) window: the same stream, when it
+    # comes back, must be placed where playout reads now, not refused as too far ahead of where it stopped.
+    run = simulate(seconds=20, gap=(4.0, 16.0))
+    st = run.engine.stats
+    assert st.too_far == 0
+    assert st.resyncs == 0 and st.underruns == 0
+    after_gap = [e for e in run.errors_ms if e is not None][-30:]
+    assert len(run.errors_ms) >= 10 * 4 + 10 * 3  # pulses before the gap and in the last seconds after it
+    assert max(abs(e) for e in after_gap) < 0.05
+    assert run.engine.state is PlayoutState.PLAYING
+
+
 def test_fallback_state_reported_during_gap() -> None:
     t0 = 10**12
     clock = ClockMap(t0, t0)

@@ -277,6 +277,8 @@ class PlayoutEngine:
                 self.stats.late += 1
                 return Put.LATE
             result = st.jb.put(seq, packet)
+            if result is Put.TOO_FAR and not st.started and self._rebase_window(st):
+                result = st.jb.put(seq, packet)
             if result is Put.OK:
                 st.newest_ts_ns = max(st.newest_ts_ns, ts_ns)
             elif result is Put.DUPLICATE:
@@ -286,6 +288,18 @@ class PlayoutEngine:
             elif result is Put.LATE:
                 self.stats.late += 1
             return result
+
+    def _rebase_window(self, st: _Stream) -> bool:
+        """A stream that went dead keeps the jitter window where it stopped; after an outage longer than the
+        window (512 packets, 10.24 s) every frame of its return would be "too far" ahead of that, and the site
+        would stay in fallback for good. Move the window to the packet playout needs now; True if it moved."""
+        if self._pos is None:
+            return False
+        due = st.seq0 + math.floor((self._pos - st.base) / st.spp)
+        if st.jb.next_seq is not None and due <= st.jb.next_seq:
+            return False
+        st.jb.discard_before(due)
+        return True
 
     # -- output -------------------------------------------------------------------------------------------
     def render(self, n: int, dac_local_ns: int) -> Samples:

@@ -123,12 +123,6 @@ def test_a_short_outage_of_both_connections_plays_again_within_2_s_of_the_reconn
     assert both.resync_s is not None and both.resync_s <= 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PlayoutEngine: a stream that went dead keeps its jitter buffer's next_seq, and every frame more than "
-    "512 (10.24 s) ahead of it is refused as too_far, so after a longer outage the site stays in fallback "
-    "(bench-city path-cut-both finds the same). Remove this mark when the engine restarts such a stream.",
-)
 def test_a_long_outage_of_both_connections_plays_again_within_2_s_of_the_reconnection() -> None:
     both = _outage(30).faults[0]
     assert both.frames_back_s is not None and both.resync_s is not None and both.resync_s <= 2.0
