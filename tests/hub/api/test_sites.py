@@ -49,6 +49,7 @@ async def test_zone_crud_and_conflicts(api: Api) -> None:
         "color": "#ff0000",
         "volume": 1.0,
         "muted": False,
+        "city_servers": [],
     }
     assert (await admin.post("/api/zones", json={"name": "saddar", "channel": 11})).status_code == 409
     taken = await admin.post("/api/zones", json={"name": "clifton", "channel": 10})
