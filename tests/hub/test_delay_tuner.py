@@ -7,8 +7,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -29,9 +28,11 @@ from citycast.media.sources import MarkerSource
 from citycast.protocol.delay import DelaySchedule
 from citycast.protocol.frame import FrameSigner
 from citycast.protocol.subjects import Subjects
-from citycast.protocol.telemetry import Telemetry, margin_summary
+from citycast.protocol.telemetry import Telemetry
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.tooling.bench.analysis import load_trace
+from citycast.tooling.bench.delay_trace import simulate as run
+from citycast.tooling.bench.delay_trace import site_report, worsening
 
 T0 = 1_700_000_000_000_000_000
 S = 1_000_000_000
@@ -39,67 +40,7 @@ CHANNEL = 3
 
 
 def report(site: str, margins_ms: list[float], delay_ms: float, ts_ns: int) -> Telemetry:
-    return Telemetry(
-        site=site, ts_ns=ts_ns, state="playing", channel=CHANNEL, buffer_ms=0.0, clock_offset_ms=0.0,
-        clock_drift_ppm=0.0, clock_error_ms=0.0, sync_error_ms=0.0, tracking_error_ms=0.0, resample_ppm=0.0,
-        underruns=0, concealed=0, late=0, rejected={}, level_rms_dbfs=0.0, level_peak_dbfs=0.0, link_rtt_ms=0.0,
-        sink_xruns=0, resyncs=0, frames=0, delay_ms=delay_ms, margin_ms=margin_summary(margins_ms),
-    )  # fmt: skip
-
-
-@dataclass
-class Trace:
-    delays_ms: list[float]  # D the channel is heading for, each second
-    too_late: list[int]  # frames that came after their play time, each second (what a site conceals)
-    changes: list[tuple[int, DelaySchedule]]
-
-
-def run(path_ms: Callable[[float], float], seconds: int, *, auto: bool = True, sites: int = 5, seed: int = 1,
-        start_delay_ns: int = 200_000_000) -> Trace:  # fmt: skip
-    """Each second, 50 frames per site arrive `path_ms(t)` + 0..10 ms jitter (a rare 30 ms spike) after their
-    stamp; each frame's margin is D(stamp) − lateness under the schedule in force; the sites report, the tuner
-    decides, and what it decides is what the next frames are played with."""
-    rng = random.Random(seed)
-    tuner = DelayTuner(TunerSettings(), start_delay_ns)
-    tuner.set_auto(auto)
-    schedule = DelaySchedule.steady(start_delay_ns)
-    trace = Trace([], [], [])
-    for sec in range(seconds):
-        now = T0 + sec * S
-        late = 0
-        for site in range(sites):
-            margins = []
-            for k in range(50):
-                ts = now + k * 20_000_000
-                lateness = path_ms(sec) + rng.uniform(0, 10) + (30 if rng.random() < 0.002 else 0)
-                margin = schedule.delay_at(ts) / 1e6 - lateness
-                late += margin < 0
-                margins.append(margin)
-            tuner.on_telemetry(
-                report(f"s{site}", margins, schedule.delay_at(now + S - schedule.new_delay_ns) / 1e6, now), now + S
-            )
-        for channel, new in tuner.decide(now + S).items():
-            assert channel == CHANNEL
-            assert new.from_ts_ns >= now + S + 1 * S - 1  # scheduled ahead: every site has it in time
-            assert new.old_delay_ns == schedule.new_delay_ns  # continues where the last one ended
-            schedule = new
-            trace.changes.append((sec, new))
-        trace.delays_ms.append(schedule.new_delay_ns / 1e6)
-        trace.too_late.append(late)
-    return trace
-
-
-def worsening(t: float) -> float:
-    """70 ms one way; from 120 s it degrades by 3 ms a second to 250 ms, holds, recovers from 400 s to 70 ms."""
-    if t < 120:
-        return 70.0
-    if t < 180:
-        return 70.0 + 3.0 * (t - 120)
-    if t < 400:
-        return 250.0
-    if t < 460:
-        return 250.0 - 3.0 * (t - 400)
-    return 70.0
+    return site_report(site, margins_ms, delay_ms, ts_ns, channel=CHANNEL)
 
 
 def test_d_rises_before_any_frame_comes_too_late_and_falls_when_the_path_recovers() -> None:

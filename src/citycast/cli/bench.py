@@ -1,5 +1,6 @@
 """The benchmarks a user runs against their own machine and network: the media path (`bench`), the hub and
-its console (`bench-hub`), the telephone (`bench-sip`) and its parsers under random input (`bench-fuzz`)."""
+its console (`bench-hub`), the telephone (`bench-sip`) and its parsers under random input (`bench-fuzz`), the
+deployed shape through faults (`bench-city`) and the self-tuning playout delay (`bench-delay`)."""
 
 from __future__ import annotations
 
@@ -265,3 +266,42 @@ def bench_city(
         run_drills(opts, console)
     except DrillError as e:
         fail(str(e))
+
+
+@app.command("bench-delay")
+def bench_delay(
+    seconds: Annotated[
+        int, typer.Option(min=480, help="Simulated seconds (the path worsens at 120 s, recovers by 460 s).")
+    ] = 900,
+    sites: Annotated[int, typer.Option(min=1, max=1000, help="Sites on the channel.")] = 5,
+    start_delay_ms: Annotated[float, typer.Option("--delay", min=80, max=2000, help="D at the start (ms).")] = 200.0,
+    seed: Annotated[int, typer.Option(help="Random seed (a run is reproducible).")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """The self-tuning playout delay on a long-haul path that worsens and recovers, in simulated time.
+
+    The hub's real delay tuner reads the sites' per-second margins and signs new delay schedules; the same path
+    with D fixed runs beside it. Prints D, the smallest margin and the frames that came too late, per 30 s."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from citycast.tooling.bench.delay_trace import run_delay_trace
+
+    out = Console()  # the figures go to standard output (the shared console is for errors)
+
+    result = run_delay_trace(seconds=seconds, sites=sites, seed=seed, start_delay_ms=start_delay_ms)
+    table = Table(title=f"self-tuning D: {sites} sites, {seconds} s simulated, D starts at {start_delay_ms:g} ms")
+    for name in ("t (s)", "path (ms)", "D auto (ms)", "margin min (ms)", "too late, auto", "too late, fixed D"):
+        table.add_column(name, justify="right")
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    for row in rows:
+        table.add_row(*(f"{row[k]:g}" for k in row))
+    out.print(table)
+    out.print(
+        f"frames too late: {result['too_late_auto']} with the tuner, {result['too_late_fixed']} with D fixed "
+        f"(of {result['frames']}); D rose to {result['delay_max_ms']:g} ms and ended at {result['delay_end_ms']:g} ms"
+    )
+    text = json.dumps(result, indent=1)
+    if json_out is not None:
+        json_out.write_text(text)
