@@ -271,7 +271,7 @@ def bench_city(
 @app.command("bench-delay")
 def bench_delay(
     seconds: Annotated[
-        int, typer.Option(min=480, help="Simulated seconds (the path worsens at 120 s, recovers by 460 s).")
+        int, typer.Option(min=600, help="Simulated seconds (the path worsens at 120 s, recovers by 460 s).")
     ] = 900,
     sites: Annotated[int, typer.Option(min=1, max=1000, help="Sites on the channel.")] = 5,
     start_delay_ms: Annotated[float, typer.Option("--delay", min=80, max=2000, help="D at the start (ms).")] = 200.0,
