@@ -21,6 +21,7 @@ from citycast.media.chirp import chirp
 from citycast.tooling.bench.analysis import load_trace
 from citycast.tooling.bench.city_soak import (
     Sample,
+    SampleLog,
     chirp_clusters,
     counter_rise,
     heard_in_wav,
@@ -143,3 +144,13 @@ def test_markers_read_a_minute_at_a_time_are_those_of_the_whole_file_across_the_
     whole = load_trace(wav).heard_ns
     assert len(chunked) == len(whole) == 129
     assert max(abs(a - b) for a, b in zip(sorted(chunked), sorted(whole), strict=True)) < 1.0
+
+
+def test_every_sample_is_on_disk_the_moment_it_is_taken(tmp_path: Path) -> None:
+    log = SampleLog(tmp_path / "samples.jsonl")
+    log.append(_sample(60.0, {"hub": 160.0}, {"site-000": 0}))
+    first = (tmp_path / "samples.jsonl").read_text().splitlines()
+    log.append(_sample(120.0, {"hub": 161.5}, {"site-000": 2}))
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    assert len(first) == 1 and lines[0] == first[0] and len(lines) == 2 == len(log)
+    assert [Sample(**json.loads(line)) for line in lines] == list(log)

@@ -357,6 +357,20 @@ def recording_figures(rig: CityRig, address_id: int) -> dict[str, Any]:
     return {"error": "no recording of the address"}
 
 
+class SampleLog(list[Sample]):
+    """The samples of a run, each also appended to a JSON-lines file the moment it is taken: an hour-long run that
+    is stopped (its shell gone, the machine rebooted) keeps every minute it measured."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, sample: Sample) -> None:
+        super().append(sample)
+        with self.path.open("a") as f:
+            f.write(json.dumps(asdict(sample)) + "\n")
+
+
 def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
     opts.check()
     try:
@@ -369,7 +383,7 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
     uplinks = opts.uplinks or (2 if site_takes_several_uplinks() else 1)
     load_start = [round(x, 2) for x in os.getloadavg()]
     started = time.time()
-    samples: list[Sample] = []
+    samples = SampleLog(opts.out / "samples.jsonl")
     with (
         CityRig(get_profile(opts.wan), opts.sites, opts.out, opts.delay_ms, seed=opts.seed,
                 multi_uplink=uplinks == 2) as rig,
