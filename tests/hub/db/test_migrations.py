@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, func, inspect, select, text
 
 from citycast.hub.db import Database, DatabaseError, default_sqlite_url
-from citycast.hub.db.models import Base, Setting
+from citycast.hub.db.models import Base, Setting, Zone
 
 
 def _diff(db: Database, metadata: MetaData) -> list[Any]:
@@ -48,6 +48,24 @@ def test_zones_made_before_0003_read_as_full_volume_unmuted(db_url: str) -> None
         with db.engine.connect() as conn:
             row = conn.execute(text("SELECT volume, muted FROM zones WHERE name = 'old'")).one()
         assert (row.volume, bool(row.muted)) == (1.0, False)
+    finally:
+        db.dispose()
+
+
+def test_zones_made_before_0004_list_no_city_server_and_new_ones_get_theirs_from_the_model(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        db.upgrade("0003")
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO zones (name, channel, color, created_at) VALUES ('old', 3, '#fff', :t)"),
+                         {"t": "2026-01-01 00:00:00+00:00"})  # fmt: skip
+        db.upgrade()
+        with db.session() as s:
+            old = s.scalars(select(Zone).where(Zone.name == "old")).one()
+            assert old.city_servers == []
+            s.add(Zone(name="new", channel=4))
+        with db.session() as s:
+            assert s.scalars(select(Zone).where(Zone.name == "new")).one().city_servers == []
     finally:
         db.dispose()
 

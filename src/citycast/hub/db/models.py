@@ -134,7 +134,7 @@ class Zone(Base):
     muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The zone's city servers (NATS URLs, each a leafnode over its own long-haul path): an enrolling site is handed
     # all of them and connects to each, playing the first copy of every frame (citycast.site.uplinks).
-    city_servers: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    city_servers: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
