@@ -45,7 +45,13 @@ async def test_pin_call_goes_on_air_and_ends_with_the_callers_bye(rig: Rig, tran
     assert rig.agent.frames > frames_before + 100  # > 2 s of the call's frames reached the site
     # sipp's stock g711a.pcap carries another SSRC than the DTMF captures that latched the call, with no re-INVITE:
     # its 236 packets are dropped as a foreign stream, not mixed in (test_ua_bleed.py plays one stream and hears it).
-    assert rig.phone.rtp_dropped["foreign_ssrc"] >= 200, rig.phone.rtp_dropped
+    # Read once the media plane has taken the last of them (it runs on its own loop; sipp may exit first).
+    await wait_until(
+        lambda: rig.phone.rtp_dropped["foreign_ssrc"] >= 200,
+        "the pcap's packets to be dropped as a foreign stream",
+        timeout=5,
+        detail=lambda: rig.phone.rtp_dropped,
+    )
     # The caller's BYE ended the address.
     await wait_until(lambda: rig.addresses()[-1].ended_at is not None, "the address to end", timeout=10)
     row = rig.addresses()[-1]
