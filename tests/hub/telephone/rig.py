@@ -56,17 +56,23 @@ async def run_sipp(
     output with sipp's error file, the message trace). sipp gets `timeout_s`, the wait for it `grace_s` more."""
     trace = tmp / f"{scenario}-{transport}-messages.log"
     err = tmp / f"{scenario}.err"
-    proc = await asyncio.create_subprocess_exec(
-        "sipp", f"127.0.0.1:{sip_port}", "-sf", str(SCENARIOS / scenario), "-s", "citycast", *keys,
-        "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(media_port), "-t", transport,
-        "-m", "1", "-l", "1", "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
-        "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file", str(err),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + grace_s)
-    text = out.decode(errors="replace")
-    if err.exists():
-        text += err.read_text(errors="replace")
+    for _attempt in range(3):
+        # A port free when chosen can be taken before sipp binds it (the hub's RTP range, other tests): sipp then
+        # exits at once, having sent nothing, and is started again on another port.
+        err.unlink(missing_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            "sipp", f"127.0.0.1:{sip_port}", "-sf", str(SCENARIOS / scenario), "-s", "citycast", *keys,
+            "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(media_port), "-t", transport,
+            "-m", "1", "-l", "1", "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
+            "-trace_msg", "-message_file", str(trace), "-trace_err", "-error_file", str(err),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s + grace_s)
+        text = out.decode(errors="replace")
+        if err.exists():
+            text += err.read_text(errors="replace")
+        if "Unable to bind main socket" not in text:
+            break
     return proc.returncode or 0, text, trace.read_text(errors="replace") if trace.exists() else ""
 
 
