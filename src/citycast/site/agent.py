@@ -458,16 +458,7 @@ class SiteAgent:
             if self.talkback is not None:
                 self.talkback.nc = new
                 await new.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
-            watcher = self.desired_watcher
-            if watcher is not None:
-                fresh = DesiredWatcher(new, cfg.subjects, cfg.name, self.apply_desired)
-                fresh.current, fresh.revision = watcher.current, watcher.revision
-                self.desired_watcher = fresh
-                task = self._watch_task
-                self._watch_task = asyncio.create_task(fresh.run())
-                self._tasks = [t for t in self._tasks if t is not task] + [self._watch_task]
-                if task is not None:
-                    await cancel_and_wait(task)
+            await self._rewatch_desired(new)
             if old is not None:
                 with contextlib.suppress(Exception):
                     if old_sub is not None:
@@ -555,16 +546,23 @@ class SiteAgent:
                 with contextlib.suppress(Exception):
                     await old_sub.unsubscribe()
             self._command_sub = await new.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+        await self._rewatch_desired(new)
+
+    async def _rewatch_desired(self, nc: Client) -> None:
+        """Move the desired-state watch to connection `nc`, keeping what it already knows (value and revision), so
+        an answer from before the move is never taken over a newer one."""
         watcher = self.desired_watcher
-        if watcher is not None:
-            fresh = DesiredWatcher(new, cfg.subjects, cfg.name, self.apply_desired)
-            fresh.current, fresh.revision = watcher.current, watcher.revision
-            self.desired_watcher = fresh
-            task = self._watch_task
-            self._watch_task = asyncio.create_task(fresh.run())
-            self._tasks = [t for t in self._tasks if t is not task] + [self._watch_task]
-            if task is not None:
-                await cancel_and_wait(task)
+        if watcher is None:
+            return
+        cfg = self.config
+        fresh = DesiredWatcher(nc, cfg.subjects, cfg.name, self.apply_desired)
+        fresh.current, fresh.revision = watcher.current, watcher.revision
+        self.desired_watcher = fresh
+        task = self._watch_task
+        self._watch_task = asyncio.create_task(fresh.run())
+        self._tasks = [t for t in self._tasks if t is not task] + [self._watch_task]
+        if task is not None:
+            await cancel_and_wait(task)
 
     async def _renew_uplinks(self) -> None:
         """Renewed credentials with several uplinks: replace one uplink's connection at a time, so the others
