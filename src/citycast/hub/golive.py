@@ -44,7 +44,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from sqlalchemy import select
 
-from citycast.hub.db.models import Priority, Site, utcnow
+from citycast.hub.db.models import Site, utcnow
+from citycast.hub.telephone.hub_services import Addresses
 from citycast.hub.telephone.pins import BLOCK_S, PinGate, PinGuard, PinStore
 from citycast.ingest.live import LiveBroadcaster
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
@@ -80,30 +81,12 @@ class GoLiveError(Exception):
         self.retry_after = retry_after
 
 
-class LiveAddresses(Protocol):
-    """What a session needs of the hub's `AddressManager`."""
+class LiveAddresses(Addresses, Protocol):
+    """What a session needs of the hub's `AddressManager`: what a phone call needs, and its bus to publish on."""
 
     nc: Any
     signer: Any
     subjects: Any
-
-    async def start(
-        self,
-        *,
-        title: str,
-        source: str,
-        zone_ids: list[int],
-        priority: Priority,
-        speaker: str,
-        user_id: int | None,
-        external: bool = False,
-    ) -> int: ...
-
-    async def stop(self, address_id: int, reason: str = "stopped") -> None: ...
-
-    def channel_of(self, address_id: int) -> int: ...
-
-    def get(self, address_id: int) -> Any: ...
 
 
 def dbfs(mean_square: float) -> float:
