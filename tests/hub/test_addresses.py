@@ -100,6 +100,7 @@ async def _scenario(url: str, db: Database, media: Path) -> None:
     assert await _channels(store) == {"s1": 1001, "s2": 1001, "s3": 1001, "s4": NO_CHANNEL}
     assert {a["id"]: a["status"] for a in mgr.live()} == {sched: "preempted", emerg: "live"}
     await let_time_pass(0.5)  # the emergency is on the air a while before the all-clear
+    asked_stop = dt.datetime.now(dt.UTC)
     await mgr.stop(emerg, "all clear")
     assert await _channels(store) == {"s1": 1000, "s2": 1000, "s3": 2, "s4": NO_CHANNEL}
     assert {a["id"]: a["status"] for a in mgr.live()} == {sched: "live"}
@@ -116,6 +117,11 @@ async def _scenario(url: str, db: Database, media: Path) -> None:
         rows = {r.id: r for r in s.query(Address)}
         assert rows[emerg].status is AddressStatus.ended and rows[emerg].end_reason == "all clear"
         assert rows[emerg].zone_ids == sorted(zones.values())
+        # It ended when it left the air, not D + 0.3 s later when the sites had drained: its logged length is
+        # what was said, as its recording's is.
+        ended_at = rows[emerg].ended_at
+        assert ended_at is not None
+        assert (ended_at.replace(tzinfo=dt.UTC) - asked_stop).total_seconds() < 0.2
         assert rows[sched].ended_at is not None
     assert any(e["type"] == "addresses" for e in events)
 

@@ -384,6 +384,9 @@ class AddressManager:
         if a.stopping:
             return
         a.stopping = True
+        # The address ends when it leaves the air (stop asked, source ended), not after the sites' drain below:
+        # its logged length is then the length of what was said, as its recording is.
+        ended = utcnow()
         task, a.task = a.task, None
         if task is not None and task is not asyncio.current_task():
             await cancel_and_wait(task)
@@ -398,7 +401,7 @@ class AddressManager:
                 await a.recording.close()
             except Exception as e:
                 log.error("address %d: closing its recording failed: %s", a.id, e)
-        await asyncio.to_thread(self._end_row, a.id, status, reason, a.reached)
+        await asyncio.to_thread(self._end_row, a.id, status, reason, a.reached, ended)
         self._announce()
         late = a.lateness.summary()
         log.info(
@@ -572,12 +575,12 @@ class AddressManager:
             if row is not None:
                 row.status = status
 
-    def _end_row(self, address_id: int, status: AddressStatus, reason: str, reached: int) -> None:
+    def _end_row(self, address_id: int, status: AddressStatus, reason: str, reached: int, ended: dt.datetime) -> None:
         with self.db.session() as s:
             row = s.get(Address, address_id)
             if row is not None:
                 row.status = status
-                row.ended_at = utcnow()
+                row.ended_at = ended
                 row.end_reason = reason[:200]
                 row.sites_reached = max(row.sites_reached, reached)
 
