@@ -123,3 +123,15 @@ async def test_commands_given_before_the_servers_info_are_sent_after_connect(nat
     await wait_until(lambda: got, "the message on the wire", timeout=5)
     assert [m.payload for m in got] == [b"first"]
     wire.close()
+
+
+async def test_wire_leaves_by_the_local_address_it_is_given(nats_server: EmbeddedNats) -> None:
+    """A site with two SIMs asks the time over each path's own SIM: the server sees the bound address."""
+    for addr in ("127.0.0.2", "127.0.0.3"):
+        wire = await open_wire(nats_server.url, lambda m: None, SystemClock(), bind=(addr, None))
+        try:
+            assert wire.server_info.get("client_ip") == addr
+        finally:
+            wire.close()
+    with pytest.raises(WireError, match="no address reachable"):
+        await open_wire(nats_server.url, lambda m: None, SystemClock(), bind=("::1", None))

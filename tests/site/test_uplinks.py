@@ -137,6 +137,23 @@ async def test_each_uplink_leaves_by_its_own_local_address(nats_server: Embedded
     assert seen == ["127.0.0.2", "127.0.0.3"]
 
 
+async def test_clock_sync_asks_over_each_uplinks_own_local_address(nats_server: EmbeddedNats) -> None:
+    """The time exchanges of the i-th responder leave by the i-th uplink's bind, as that path's audio does."""
+    from citycast.clock.estimator import ClockEstimator
+    from citycast.clock.local import SystemClock
+
+    binds: list[tuple[str | None, str | None]] = [("127.0.0.2", None), ("127.0.0.3", None)]
+    fo = ClockFailover([nats_server.url] * 2, "citycast.time", SystemClock(), ClockEstimator(), binds=binds)
+    for i, (addr, _) in enumerate(binds):
+        wire = await fo._sync(i)._conn.get()
+        try:
+            assert wire.server_info.get("client_ip") == addr
+        finally:
+            wire.close()
+    with pytest.raises(ValueError, match="1 local binds for 2"):
+        ClockFailover([nats_server.url] * 2, "citycast.time", SystemClock(), ClockEstimator(), binds=binds[:1])
+
+
 def _city(hub_leaf_port: int, workdir: Path) -> EmbeddedNats:
     return EmbeddedNats(
         port=free_port(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import random
 import socket
@@ -76,6 +77,7 @@ class NatsWire:
         self._creds = creds
         self._connect_sent = False
         self._early = bytearray()  # commands given before the server's INFO let us send CONNECT
+        self.server_info: dict[str, object] = {}  # the server's first INFO (client_ip: the address it saw)
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -129,6 +131,7 @@ class NatsWire:
             raise WireError("unreadable INFO from the server") from e
         if not isinstance(info, dict):
             raise WireError("unreadable INFO from the server")
+        self.server_info = info
         opts: dict[str, object] = {"verbose": False, "pedantic": False, "name": self.name, "lang": "python",
                                    "protocol": 1, "headers": True, "no_responders": False, **self._auth}  # fmt: skip
         if self._creds is not None:
@@ -352,10 +355,12 @@ async def open_wire(
     name: str = "citycast-wire",
     creds: Path | None = None,
     tls: ssl.SSLContext | None = None,
+    bind: tuple[str | None, str | None] | None = None,
 ) -> NatsWire:
     """Connect and wait for the server's first PONG. `creds` is a NATS creds file (user JWT + seed), read
     at each call so a re-enrolled site picks up its new identity on the next reconnect. TLS: `tls`, else the hub
-    CA the creds file carries (the handshake first, the server verified against that CA alone)."""
+    CA the creds file carries (the handshake first, the server verified against that CA alone). `bind`: the local
+    (address, interface) the connection must leave by, as a site's uplink names it (one SIM per path)."""
     try:
         credentials = load_creds(creds) if creds is not None else None
         tls = tls or creds_context(creds)
@@ -365,10 +370,20 @@ async def open_wire(
     host, port = u.hostname or "127.0.0.1", u.port or 4222
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    local_addr, dev = bind or (None, None)
+    if local_addr is not None:  # the source address decides the family
+        family = socket.AF_INET6 if ipaddress.ip_address(local_addr).version == 6 else socket.AF_INET
+        infos = [i for i in infos if i[0] == family]
+        if not infos:
+            raise WireError(f"{host} has no address reachable from {local_addr}")
     family, kind, proto, _, addr = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setblocking(False)
     try:
+        if dev is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+        if local_addr is not None:
+            sock.bind((local_addr, 0))
         async with asyncio.timeout(timeout):
             await loop.sock_connect(sock, addr)
     except BaseException:

@@ -49,9 +49,11 @@ class _Connection:
         on_message: Callable[[WireMessage], None],
         name: str,
         creds: Path | None = None,
+        bind: tuple[str | None, str | None] | None = None,
     ) -> None:
         self.url = url
         self.creds = creds
+        self.bind = bind
         self.clock = clock
         self.on_message = on_message
         self.name = name
@@ -62,7 +64,9 @@ class _Connection:
     async def get(self) -> NatsWire:
         while self.wire is None or self.wire.closed.done():
             try:
-                wire = await open_wire(self.url, self.on_message, self.clock, name=self.name, creds=self.creds)
+                wire = await open_wire(
+                    self.url, self.on_message, self.clock, name=self.name, creds=self.creds, bind=self.bind
+                )
                 try:
                     for subject in self.subjects:
                         wire.subscribe(subject)
@@ -197,6 +201,7 @@ class ClockSync:
         creds: Path | None = None,
         inbox_prefix: str | None = None,
         site: str | None = None,
+        bind: tuple[str | None, str | None] | None = None,
     ) -> None:
         self.subject = subject if site is None else time_request(subject, site)
         self.clock = clock
@@ -207,7 +212,7 @@ class ClockSync:
         self.exchanges = 0
         self.failures = 0
         self._inbox = new_inbox(inbox_prefix or "_INBOX")
-        self._conn = _Connection(url, clock, self._on_reply, "clock-sync", creds)
+        self._conn = _Connection(url, clock, self._on_reply, "clock-sync", creds, bind)
         self._conn.subjects = [self._inbox]
         self._pending: tuple[int, asyncio.Future[tuple[TimeReply, int]]] | None = None
         self._task: asyncio.Task[None] | None = None

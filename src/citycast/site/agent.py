@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,11 @@ from citycast.bus.connection import connect
 from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.service import ClockSync
+from citycast.media.audio import FRAME_SAMPLES, NS_PER_SAMPLE
 from citycast.media.codec import OpusDecoder
-from citycast.media.playout import ClockMap, PlayoutEngine
+from citycast.media.playout import ClockMap, PlayoutEngine, PlayoutState
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
-from citycast.media.sources import open_source
 from citycast.protocol.commands import CommandError, TalkbackCommand, decode_command
 from citycast.protocol.desired import DesiredState
 from citycast.protocol.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
@@ -37,6 +38,7 @@ from citycast.protocol.subjects import Subjects
 from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection, margin_summary
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
+from citycast.site.receipts import PlayLog, ReceiptSender
 from citycast.site.talkback import TalkbackSender
 from citycast.site.uplinks import ClockFailover, Copy, FrameMerge, Uplink, UplinkSet, parse_uplinks
 from citycast.tasks import cancel_and_wait
@@ -49,6 +51,7 @@ REPLAY_HORIZON_NS = 1_000_000_000
 SINK_HEALTHY_AFTER_S = 2.0  # a sink that runs this long is working again
 SINK_RETRY_FIRST_S = 1.0
 SINK_RETRY_MAX_S = 30.0
+RENDER_GAP_NS = 10_000_000  # a DAC instant this far from where the last block ended: the sink restarted
 
 
 def raw_monotonic_ns() -> int:
@@ -79,6 +82,8 @@ class SiteConfig:
     watch_desired: bool = True  # follow the hub's desired state (channel, volume, mute, fallback) in NATS KV
     talkback_key: Ed25519PrivateKey | None = None  # the site's own key (from its NATS seed): enables talkback
     talkback_source: str = "line-in"  # the microphone: "line-in[:DEVICE]" or a file (tests)
+    # The site's own key (from its NATS seed): sign proof-of-play receipts for the hub (citycast.site.receipts).
+    receipt_key: Ed25519PrivateKey | None = None
     renew_creds: bool = True  # ask the hub for fresh credentials before `creds` expire (citycast.hub.credentials)
     # Every city server of the zone, one connection each (citycast.site.uplinks): frames come once per path and the
     # first copy plays. Empty: one connection to `nats_url`.
@@ -114,16 +119,36 @@ class StageTimer:
 
 class TimedRenderer:
     """Wraps the engine so the render stage (decode + resample) is timed like the others, and applies the
-    operator's volume. Muting scales to zero rather than stopping playout, so unmuting is instant and in sync."""
+    operator's volume. Muting scales to zero rather than stopping playout, so unmuting is instant and in sync.
 
-    def __init__(self, engine: PlayoutEngine, timer: StageTimer) -> None:
+    It renders at least a frame (20 ms, one Opus packet) per call to the engine: a sink that asks for 10 ms blocks
+    gets the second half of the frame from the first call, at half the engine's per-call cost (clock map, control
+    loop, resampler set-up, which cost as much as the samples themselves at 10 ms). The sink's DAC plays its blocks
+    back to back, so the rest of a frame is due exactly where the last block ended; only a jump of the DAC instant
+    beyond the engine's resync threshold (a sink that restarted) drops it, and the engine then places playout anew.
+    The DAC instants of the blocks served from the rest are not read; the control loop sees one per frame."""
+
+    def __init__(self, engine: PlayoutEngine, timer: StageTimer, *, min_samples: int = FRAME_SAMPLES) -> None:
         self.engine = engine
         self.timer = timer
         self.gain = 1.0
+        self.min_samples = min_samples
+        self._rest: Samples = np.zeros(0, np.float32)
+        self._rest_dac_ns = 0.0  # local-clock DAC instant of the rest's first sample
 
     def render(self, n: int, dac_local_ns: int) -> Samples:
         t0 = self.timer.now()
-        out = self.engine.render(n, dac_local_ns)
+        have = len(self._rest)
+        if have and abs(dac_local_ns - self._rest_dac_ns) > RENDER_GAP_NS:
+            self._rest, have = self._rest[:0], 0  # the DAC did not continue where it was: the rest is not due
+        if n <= have:
+            out, self._rest = self._rest[:n], self._rest[n:]
+        else:
+            need = n - have
+            fresh = self.engine.render(max(need, self.min_samples), dac_local_ns + round(have * NS_PER_SAMPLE))
+            out = np.concatenate((self._rest, fresh[:need])) if have else fresh[:need]
+            self._rest = fresh[need:]
+        self._rest_dac_ns = dac_local_ns + n * NS_PER_SAMPLE
         if self.gain != 1.0:
             out = (out * self.gain).astype(np.float32, copy=False)
         self.timer.add("render", t0)
@@ -178,6 +203,10 @@ class SiteAgent:
         self.swap_duplicates = 0  # frames that came on both connections while they overlapped (played once)
         self._overlap = False
         self._watch_task: asyncio.Task[None] | None = None
+        self.play_log = PlayLog(config.name)  # what played, for proof-of-play receipts
+        self.receipts: ReceiptSender | None = None
+        if config.receipt_key is not None:
+            self.renderer.on_block = self._played
 
     # -- clock ---------------------------------------------------------------------------------------------
     def _estimate(self, local_ns: int) -> int | None:
@@ -293,6 +322,16 @@ class SiteAgent:
             self.engine.push(frame.stream, frame.packet_seq(i), frame.packet_ts(i), frame.packet_ns, packet)
         self.timer.add("queue", t1)
 
+    def _played(self, out: Samples) -> None:
+        engine = self.engine
+        self.play_log.on_block(
+            self.config.channel,
+            engine.playing(),
+            out,
+            fallback=engine.state is PlayoutState.FALLBACK,
+            concealed=engine.stats.concealed,
+        )
+
     # -- desired state -------------------------------------------------------------------------------------
     def apply_desired(self, state: DesiredState) -> None:
         """Take the hub's wish for this site. Volume and mute act on the next block; a new channel is
@@ -341,6 +380,7 @@ class SiteAgent:
         tracking_ms = self.engine.tracking_error_ns / 1e6
         now = self.broadcast_now()
         margins, self._margins_ms = self._margins_ms, []
+        self.play_log.note_sync_error(clock_err_ms + abs(tracking_ms))
         return Telemetry(
             site=self.config.name,
             ts_ns=now or 0,
@@ -492,6 +532,7 @@ class SiteAgent:
                 self.clock,
                 self.estimator,
                 on_estimator=self._take_estimator,
+                binds=[u.local() for u in cfg.uplinks],
                 creds=cfg.creds,
                 inbox_prefix=cfg.inbox_prefix,
                 site=cfg.name if cfg.creds is not None else None,
@@ -525,9 +566,16 @@ class SiteAgent:
             self.renewer = CredentialsRenewer(lambda: self.nc, cfg.subjects, cfg.name, cfg.creds, swap)
             self._tasks.append(asyncio.create_task(self.renewer.run(), name=f"creds:{cfg.name}"))
         if cfg.talkback_key is not None:
+            from citycast.media.sources import open_source  # PyAV: mapped only by sites that may talk back
+
             spec = cfg.talkback_source
             self.talkback = TalkbackSender(self.nc, cfg.subjects, cfg.name, cfg.talkback_key, lambda: open_source(spec))
             self._command_sub = await self.nc.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
+        if cfg.receipt_key is not None:
+            self.receipts = ReceiptSender(
+                lambda: self.nc, cfg.subjects, cfg.name, cfg.receipt_key, self.play_log, self.broadcast_now
+            )
+            self._tasks.append(asyncio.create_task(self.receipts.run(), name=f"receipts:{cfg.name}"))
 
     def _take_estimator(self, estimator: ClockEstimator) -> None:
         """Clock sync moved to another city server's responder, whose own estimator is now synced: use it. The
@@ -601,6 +649,8 @@ class SiteAgent:
     async def stop(self) -> None:
         if self.talkback is not None:
             await self.talkback.stop()
+        if self.receipts is not None:  # what played until now: the hub hears of it before the site goes
+            await self.receipts.flush()
         tasks = [*self._tasks, *self._resubscribing]
         await cancel_and_wait(*tasks)
         if self.clock_sync is not None:

@@ -474,11 +474,16 @@ class ClockFailover:
         give_up_after: int = 3,
         check_interval_s: float = 0.5,
         on_estimator: Callable[[ClockEstimator], None] | None = None,
+        binds: list[tuple[str | None, str | None]] | None = None,
         **options: Any,
     ) -> None:
         if not urls:
             raise ValueError("no time responder to sync to")
+        if binds is not None and len(binds) != len(urls):
+            raise ValueError(f"{len(binds)} local binds for {len(urls)} time responders")
         self.urls = urls
+        # Each responder is asked over its own path: the exchanges measure that path, as its audio takes it.
+        self.binds = binds
         self.subject = subject
         self.clock = clock
         self.estimator = estimator
@@ -494,7 +499,8 @@ class ClockFailover:
         self._task: asyncio.Task[None] | None = None
 
     def _sync(self, index: int) -> ClockSync:
-        return ClockSync(self.urls[index], self.subject, self.clock, estimator=self.feeding, **self.options)
+        bind = self.binds[index] if self.binds is not None else None
+        return ClockSync(self.urls[index], self.subject, self.clock, estimator=self.feeding, bind=bind, **self.options)
 
     def _adopt(self) -> None:
         """Once the fresh estimator is synced, the site takes it."""
