@@ -13,6 +13,7 @@ from citycast.cli.city import run_city
 from citycast.cli.common import PrefixOpt, check_networks, console, fail, host_port
 
 if TYPE_CHECKING:
+    from citycast.hub.icecast.service import IcecastOptions
     from citycast.sip.register import RegisterConfig
 
 app = typer.Typer()
@@ -124,6 +125,19 @@ def serve(
     public_api_docs: Annotated[
         bool, typer.Option(help="Serve /openapi.json to anyone (default: logged-in users only).")
     ] = False,
+    icecast: Annotated[
+        str | None,
+        typer.Option(
+            help="Also stream every address to this Icecast server as its source, http://(USER@)HOST(:PORT)(/PREFIX): "
+            "mounts all.ogg, all.mp3 and zone-ID.ogg (Ogg Opus as sent, MP3 for old receivers). USER default source."
+        ),
+    ] = None,
+    icecast_password_file: Annotated[
+        Path | None, typer.Option(help="File holding the Icecast source password (never on the command line).")
+    ] = None,
+    icecast_public: Annotated[
+        bool, typer.Option(help="Let the Icecast server list the mounts in public directories (Ice-Public: 1).")
+    ] = False,
     prefix: PrefixOpt = "citycast",
     duration: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
@@ -200,6 +214,7 @@ def serve(
         public_metrics=public_metrics,
         metrics_token=metrics_token,
         public_api_docs=public_api_docs,
+        icecast=None if icecast is None else _icecast_options(icecast, icecast_password_file, icecast_public),
     )
     try:
         runtime.run(run_full_hub(opts, console, duration=duration))
@@ -242,3 +257,19 @@ def _check_origin(origin: str) -> None:
     parts = urlsplit(origin)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
         fail(f"--allowed-origin wants http(s)://HOST[:PORT], got {origin!r}")
+
+
+def _icecast_options(url: str, password_file: Path | None, public: bool) -> IcecastOptions:
+    from citycast.hub.icecast.service import IcecastOptions
+    from citycast.hub.icecast.source import parse_icecast_url
+
+    if password_file is None:
+        fail("--icecast needs --icecast-password-file PATH")
+    try:
+        password = password_file.read_text().rstrip("\r\n")
+    except OSError as e:
+        fail(f"cannot read {password_file}: {e.strerror or e}")
+    try:
+        return IcecastOptions(parse_icecast_url(url, password), public=public)
+    except ValueError as e:
+        fail(str(e))

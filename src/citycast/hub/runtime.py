@@ -45,10 +45,12 @@ from citycast.hub.desired import DesiredStore
 from citycast.hub.events import EventHub
 from citycast.hub.fleet import FleetState
 from citycast.hub.golive import GoLive
+from citycast.hub.icecast.service import IcecastOptions, IcecastService, start_icecast
 from citycast.hub.media_plane import MediaPlane
 from citycast.hub.monitor import FleetMonitor
 from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
 from citycast.hub.scheduler import Scheduler
+from citycast.hub.receipts import ReceiptService
 from citycast.hub.talkback import TalkbackControl
 from citycast.hub.telephone.hub_services import TelephoneServices, telephone_services
 from citycast.hub.telephone.pins import PinGuard
@@ -103,6 +105,8 @@ class HubOptions:
     public_api_docs: bool = False
     # The self-tuning playout delay (hub/delay_tuner.py): bounds, thresholds, windows; "auto" is a setting (API).
     delay_tuner: TunerSettings = field(default_factory=TunerSettings)
+    # Every address also on an Icecast server's mounts (hub/icecast): None, off.
+    icecast: IcecastOptions | None = None
 
 
 class ServeError(RuntimeError):
@@ -165,6 +169,7 @@ class Hub:
         self.addresses: AddressManager | None = None
         self.context: HubContext | None = None
         self.talkback: TalkbackControl | None = None
+        self.receipts: ReceiptService | None = None
         self.golive: GoLive | None = None
         self.telephone: Telephone | None = None
         # One count of wrong PINs per caller address, whether they come by phone or from a browser.
@@ -173,6 +178,7 @@ class Hub:
         self.delay_tuner = DelayTuner(opts.delay_tuner, round(opts.delay_ms * 1e6))
         # The city's audio runs on its own thread and loop (see media_plane.py and docs/hub-internals.md).
         self.media: MediaPlane | None = None
+        self.icecast: IcecastService | None = None  # the Icecast side tap, on a thread of its own
 
     @property
     def nats_url(self) -> str:
@@ -297,10 +303,26 @@ class Hub:
         await self._close_interrupted()
         await self.addresses.refresh_sites()
         self.talkback = TalkbackControl(self.nc, self.subjects, self.db)
+        self.receipts = ReceiptService(self.nc, self.subjects, self.db)  # proof of play from the sites
+        await self.receipts.start()
         self.monitor = FleetMonitor(
             self.nc, self.subjects, self.fleet, AlertRules(), self.events, self.db, site_ids=self._site_ids
         )
         await self.monitor.start()
+        if self.opts.icecast is not None:
+            assert self.signer is not None
+            self.icecast, follow = await start_icecast(
+                self.opts.icecast,
+                nats_url=self.nats_url,
+                authority=self.authority,
+                creds=creds,
+                subjects=self.subjects,
+                trusted=[self.signer.public_key],
+                db=self.db,
+                live=self.addresses.live,
+                events=self.events,
+            )
+            self._tasks.append(follow)
         self.context = HubContext(
             db=self.db,
             subjects=self.subjects,
@@ -323,6 +345,7 @@ class Hub:
             public_metrics=self.opts.public_metrics,
             metrics_token=self.opts.metrics_token,
             public_api_docs=self.opts.public_api_docs,
+            receipts=self.receipts,
         )
         scheduler = Scheduler(self.db, self.addresses, clock=lambda: dt.datetime.now(dt.UTC))
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
@@ -527,6 +550,9 @@ class Hub:
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 await self.monitor.stop()
+        if self.receipts is not None:
+            with contextlib.suppress(Exception):
+                await self.receipts.stop()
         # uvicorn was told to exit and shuts its connections down itself; the others are cancelled.
         http_tasks = [t for t in self._tasks if t.get_name() == "uvicorn"]
         await cancel_and_wait(*(t for t in self._tasks if t.get_name() != "uvicorn"))
@@ -536,6 +562,9 @@ class Hub:
                     await t
             await cancel_and_wait(t)  # still serving after 5 s: cancelled
         self._tasks.clear()
+        if self.icecast is not None:
+            with contextlib.suppress(Exception):
+                await self.icecast.stop()
         if self.time_service is not None:
             with contextlib.suppress(Exception):
                 stopping = self.time_service.stop()
