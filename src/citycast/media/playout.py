@@ -233,6 +233,14 @@ class PlayoutEngine:
         at = self._stream_ns
         return self._schedule.delay_at(at) if at is not None else self._schedule.new_delay_ns
 
+    def playing(self) -> tuple[int, int] | None:
+        """(stream id, stream time of the last block's first sample) when the last block came from a stream; None
+        when it was silence or fallback. Read right after `render` (the site's proof of play, site.receipts)."""
+        st, at = self._stream, self._stream_ns
+        if self.state is not PlayoutState.PLAYING or st is None or at is None:
+            return None
+        return st.id, at
+
     def set_fallback(self, fallback: Samples | None) -> None:
         with self._lock:
             self._fallback = fallback if fallback is not None and len(fallback) else None

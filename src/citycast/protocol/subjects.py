@@ -64,6 +64,13 @@ class Subjects:
     def creds_renew_all(self) -> str:
         return f"{self.prefix}.creds-renew.*"
 
+    def receipts(self, site: str) -> str:
+        """A site's signed proof of play (citycast.protocol.receipts), a request the hub answers on its inbox."""
+        return f"{self.prefix}.receipts.{site}"
+
+    def receipts_all(self) -> str:
+        return f"{self.prefix}.receipts.*"
+
 
 TIME_SITE_TOKEN = "site"
 

@@ -135,6 +135,8 @@ class TimedRenderer:
         self.min_samples = min_samples
         self._rest: Samples = np.zeros(0, np.float32)
         self._rest_dac_ns = 0.0  # local-clock DAC instant of the rest's first sample
+        # Sees what the engine renders, after volume (proof of play: citycast.site.receipts), in the render thread.
+        self.on_block: Callable[[Samples], None] | None = None
 
     def render(self, n: int, dac_local_ns: int) -> Samples:
         t0 = self.timer.now()
@@ -146,6 +148,8 @@ class TimedRenderer:
         else:
             need = n - have
             fresh = self.engine.render(max(need, self.min_samples), dac_local_ns + round(have * NS_PER_SAMPLE))
+            if self.on_block is not None:
+                self.on_block(fresh if self.gain == 1.0 else (fresh * self.gain).astype(np.float32, copy=False))
             out = np.concatenate((self._rest, fresh[:need])) if have else fresh[:need]
             self._rest = fresh[need:]
         self._rest_dac_ns = dac_local_ns + n * NS_PER_SAMPLE

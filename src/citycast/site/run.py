@@ -84,6 +84,7 @@ def build_site(opts: SiteOptions) -> SiteAgent:
             creds=cred.creds_file(opts.credentials_path),
             inbox_prefix=cred.inbox_prefix,
             talkback_key=key_from_seed(cred.seed),
+            receipt_key=key_from_seed(cred.seed),
             talkback_source=opts.talkback_source,
         )
     else:
