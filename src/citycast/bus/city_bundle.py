@@ -59,6 +59,7 @@ def leaf_permissions(subjects: Subjects) -> Permissions:
             subjects.time_site_all(),
             subjects.desired_get_all(),
             subjects.creds_renew_all(),
+            subjects.receipts_all(),
         ),
         sub=(
             f"{subjects.prefix}.audio.*",
