@@ -1,4 +1,4 @@
-"""Opus for the data path: one 20 ms float frame in, one packet out, and back (libopus through PyAV).
+"""Opus for the data path: one 20 ms float frame in, one packet out (PyAV), and back (libopus itself).
 
 Delay. libopus looks ahead: the first sample fed to the encoder comes out of the decoder `lookahead_samples`
 later (312 at 48 kHz with the "audio" application, read from the OpusHead pre-skip, never assumed). The
@@ -6,10 +6,12 @@ encoder is otherwise strictly 1:1 (one packet per 20 ms frame, no buffering), so
 packet stamped T is heard at T + lookahead. Whoever stamps frames decides whether to compensate; the codec
 only reports it.
 
-Loss. `OpusDecoder.conceal()` runs Opus packet-loss concealment. libopus treats a packet of length ≤ 1 as
-lost and conceals for the frame duration coded in its TOC byte, so a 1-byte packet is how PLC is reached
-through FFmpeg (an *empty* packet would be taken as end-of-stream and kill the decoder). A packet that fails
-to decode never raises: it is concealed and counted in `decode_errors`.
+Loss. `OpusDecoder.conceal()` runs Opus packet-loss concealment: libopus given no packet continues the last
+decoded audio for the duration asked, in the last packet's mode. A packet shorter than 2 bytes is taken as lost;
+a packet that fails to decode never raises: it is concealed and counted in `decode_errors`.
+
+The decoder calls libopus directly (citycast.media.libopus), so a site never imports PyAV; the encoder (ingest,
+talkback, recordings) goes through PyAV, imported when the first encoder is made.
 """
 
 from __future__ import annotations
@@ -18,20 +20,17 @@ import struct
 from fractions import Fraction
 from typing import Any
 
-import av
-import av.error
 import numpy as np
 
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from citycast.media.libopus import LibOpusDecoder
 from citycast.media.render import Samples
 
 APPLICATIONS = ("audio", "voip", "lowdelay")
 VBR_MODES = ("constrained", "on", "off")
 
-# Frame sizes (48 kHz samples) reachable with a one-frame TOC, and the CELT fullband config for each.
-_CELT_FB_CONFIG = {120: 28, 240: 29, 480: 30, 960: 31}
-_SILK_WB_CONFIG = {1920: 10, 2880: 11}
-_PLC_SIZES = (2880, 1920, 960, 480, 240, 120)
+# The longest concealment asked of libopus at once (120 ms, its longest frame); longer ones are made of these.
+_PLC_MAX = 5760
 
 
 def toc_frame_samples(toc: int) -> int:
@@ -73,6 +72,9 @@ class OpusEncoder:
             raise ValueError(f"application must be one of {APPLICATIONS}, not {application!r}")
         if vbr not in VBR_MODES:
             raise ValueError(f"vbr must be one of {VBR_MODES}, not {vbr!r}")
+        import av  # only encoders need FFmpeg: a site (decode only) never maps it
+
+        self._av = av
         ctx: Any = av.CodecContext.create("libopus", "w")
         ctx.sample_rate = SAMPLE_RATE
         ctx.layout = "mono"
@@ -98,7 +100,7 @@ class OpusEncoder:
         data = np.ascontiguousarray(pcm, dtype=np.float32)
         if data.shape != (FRAME_SAMPLES,):
             raise ValueError(f"expected {FRAME_SAMPLES} mono samples, got shape {data.shape}")
-        frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="flt", layout="mono")
+        frame = self._av.AudioFrame.from_ndarray(data.reshape(1, -1), format="flt", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = self._pts
         self._pts += FRAME_SAMPLES
@@ -112,28 +114,10 @@ class OpusDecoder:
     """Opus packets to 48 kHz mono float32, with packet-loss concealment; never raises on bad input."""
 
     def __init__(self) -> None:
-        self._ctx: Any = self._open()
-        self._last_toc: int | None = None
+        self._dec = LibOpusDecoder(SAMPLE_RATE)
+        self._decoded_any = False
         self.decode_errors = 0
         self.concealed_samples = 0
-
-    @staticmethod
-    def _open() -> Any:
-        ctx: Any = av.CodecContext.create("libopus", "r")
-        ctx.sample_rate = SAMPLE_RATE
-        ctx.layout = "mono"
-        ctx.options = {"request_sample_fmt": "flt"}
-        ctx.open()
-        return ctx
-
-    def _run(self, payload: bytes) -> Samples:
-        frames = self._ctx.decode(av.Packet(payload))
-        parts = [np.asarray(f.to_ndarray(), dtype=np.float32).reshape(-1) for f in frames]
-        if not parts:
-            return np.zeros(0, dtype=np.float32)
-        if len(parts) == 1:
-            return parts[0].copy()
-        return np.concatenate(parts)
 
     def decode(self, packet: bytes) -> Samples:
         """Decode one packet into its samples (FRAME_SAMPLES for our 20 ms packets).
@@ -144,15 +128,11 @@ class OpusDecoder:
             if len(packet) == 0:
                 self.decode_errors += 1
             return self.conceal()
-        try:
-            out = self._run(packet)
-        except (av.error.FFmpegError, ValueError):
+        out = self._dec.decode(packet)
+        if out is None:
             self.decode_errors += 1
             return self.conceal()
-        if out.size == 0:
-            self.decode_errors += 1
-            return self.conceal()
-        self._last_toc = packet[0]
+        self._decoded_any = True
         return out
 
     def conceal(self, samples: int = FRAME_SAMPLES) -> Samples:
@@ -163,27 +143,20 @@ class OpusDecoder:
         if samples <= 0 or samples % 120:
             raise ValueError(f"conceal() needs a positive multiple of 120 samples, not {samples}")
         self.concealed_samples += samples
-        if self._last_toc is None:
+        if not self._decoded_any:
             return np.zeros(samples, dtype=np.float32)
         parts: list[Samples] = []
         remaining = samples
         while remaining > 0:
-            size = next(s for s in _PLC_SIZES if s <= remaining)
-            if toc_frame_samples(self._last_toc) == size:
-                toc = self._last_toc & 0xFC  # code 0: one frame, same config as the last real packet
-            else:  # libopus conceals in the previous mode; the TOC only sets the duration
-                toc = (_CELT_FB_CONFIG.get(size) or _SILK_WB_CONFIG[size]) << 3
-            try:
-                out = self._run(bytes([toc]))
-            except av.error.FFmpegError:
-                out = np.zeros(0, dtype=np.float32)
-            if out.size != size:  # never expected; keep the length contract whatever libopus did
-                out = np.resize(out, size) if out.size else np.zeros(size, dtype=np.float32)
+            size = min(remaining, _PLC_MAX)
+            out = self._dec.decode(None, size)
+            if out is None or out.size != size:  # never expected; keep the length contract whatever libopus did
+                out = np.resize(out, size) if out is not None and out.size else np.zeros(size, dtype=np.float32)
             parts.append(out)
             remaining -= size
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def reset(self) -> None:
         """Forget all decoder state (e.g. on a stream change): the next packet decodes from scratch."""
-        self._ctx = self._open()
-        self._last_toc = None
+        self._dec.reset()
+        self._decoded_any = False

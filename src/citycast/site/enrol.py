@@ -19,14 +19,15 @@ import ssl
 import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
-
-import httpx
 
 from citycast.bus import jwt
 from citycast.bus.jwt import KeyKind
 from citycast.bus.tls import TlsError, client_context, creds_with_ca, fingerprint, is_loopback
+
+if TYPE_CHECKING:  # httpx is imported by enrolment only: a running site never needs it (≈ 7 MB resident)
+    import httpx
 
 MAX_CA_BYTES = 64 * 1024
 
@@ -173,6 +174,8 @@ def split_token(token: str) -> tuple[str, str | None]:
 async def _fetch_ca(base: str, fp: str, timeout: float) -> str:
     """The hub's CA, fetched without trusting anyone yet and accepted only if it has the token's fingerprint.
     Nothing secret is sent on this connection."""
+    import httpx
+
     url = base + "/api/enrol/ca"
     body = bytearray()
     try:
@@ -229,6 +232,8 @@ async def enrol(
         if fp is None:
             raise EnrolError("https enrolment needs the token's fingerprint (TOKEN.FINGERPRINT)")
         verify = client_context(await _fetch_ca(base, fp, timeout))
+    import httpx
+
     seed = jwt.new_seed(KeyKind.USER)
     url = base + "/api/enrol"
     try:

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import nkeys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -23,11 +24,13 @@ from nats.aio.client import Client
 from citycast.media.audio import FRAME_NS
 from citycast.media.codec import OpusEncoder
 from citycast.media.render import Samples
-from citycast.media.sources import Source
 from citycast.protocol.commands import TalkbackCommand
 from citycast.protocol.frame import FrameSigner
 from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
+
+if TYPE_CHECKING:  # sources import PyAV, which a site maps only once talkback really starts
+    from citycast.media.sources import Source
 
 log = logging.getLogger(__name__)
 
