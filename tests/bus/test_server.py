@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
+import time
 from pathlib import Path
 
 import nats
@@ -84,7 +86,7 @@ def test_auth_config_puts_the_server_in_operator_mode(authority: NatsAuthority, 
 
 def test_leaf_remote_binds_creds_and_account(tmp_path: Path) -> None:
     plain = EmbeddedNats(port=1, leaf_remotes=[LeafRemote("nats://hub:7422")]).config_text(tmp_path)
-    assert '{ url: "nats://hub:7422" }' in plain
+    assert '{ url: "nats://hub:7422", ignore_discovered_servers: true }' in plain
     creds = tmp_path / 'odd "dir"' / "leaf.creds"
     text = EmbeddedNats(
         port=1, leaf_listen_port=7422, leaf_remotes=[LeafRemote("nats://hub:7422", creds, "ABC")]
@@ -122,3 +124,26 @@ def test_only_our_own_server_is_ever_stopped(tmp_path: Path) -> None:
     server.start()
     server.stop()
     assert Path(f"/proc/{os.getpid()}").exists()
+
+
+def test_a_city_retries_only_the_hub_address_it_was_given(tmp_path: Path) -> None:
+    """The hub listens on every interface and says so in its leafnode INFO; once the hub is gone the city must
+    not spend its retries on addresses it was never given (from Karachi, the hub's London LAN is a black hole)."""
+    leaf_port = free_port()
+    hub = EmbeddedNats(host="0.0.0.0", port=free_port(), jetstream=False, leaf_listen_port=leaf_port,
+                       workdir=tmp_path / "hub")  # fmt: skip
+    city = EmbeddedNats(port=free_port(), jetstream=False, workdir=tmp_path / "city",
+                        leaf_remotes=[LeafRemote(f"nats-leaf://127.0.0.1:{leaf_port}")])  # fmt: skip
+    with hub, city:
+        deadline = time.monotonic() + 15
+        while "Leafnode connection created" not in city.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "Leafnode connection created" in city.log_text(), city.log_tail()
+        hub.stop()
+        tried: list[str] = []
+        deadline = time.monotonic() + 20
+        while len(tried) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            tried = re.findall(r'connect as leafnode to remote server "([^"]+)"', city.log_text())
+        assert len(tried) >= 4, city.log_tail()
+        assert set(tried) == {f"127.0.0.1:{leaf_port}"}, tried

@@ -96,7 +96,9 @@ class LeafRemote:
     tls_ca: Path | None = None
 
     def config_text(self) -> str:
-        parts = [f"url: {_quoted(self.url)}"]
+        # Only the hub address this city was given: the hub's INFO also names every address it listens on
+        # (its London LAN among them), and after a hub restart the city would spend its retries on those.
+        parts = [f"url: {_quoted(self.url)}", "ignore_discovered_servers: true"]
         if self.credentials is not None:
             parts.append(f"credentials: {_quoted(str(self.credentials))}")
         if self.account is not None:
