@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from citycast.hub.events import EventHub
     from citycast.hub.fleet import FleetState
     from citycast.hub.metrics import TelemetryCounters
+    from citycast.hub.receipts import ReceiptService
     from citycast.hub.talkback import TalkbackControl
 
 
@@ -74,3 +75,4 @@ class HubContext:
     public_metrics: bool = False
     metrics_token: str | None = None
     public_api_docs: bool = False
+    receipts: ReceiptService | None = None  # proof of play: what it took and refused (citycast.hub.receipts)

@@ -147,6 +147,7 @@ class _Stream:
     starved: bool = False
     dead: bool = False
     newest_ts_ns: int = 0
+    started_ts_ns: int = 0  # stream time of the first sample of the packet playout (re)started at
 
     def position_of(self, seq: int) -> float:
         return self.base + (seq - self.seq0) * self.spp
@@ -233,13 +234,16 @@ class PlayoutEngine:
         at = self._stream_ns
         return self._schedule.delay_at(at) if at is not None else self._schedule.new_delay_ns
 
-    def playing(self) -> tuple[int, int] | None:
-        """(stream id, stream time of the last block's first sample) when the last block came from a stream; None
-        when it was silence or fallback. Read right after `render` (the site's proof of play, site.receipts)."""
+    def playing(self) -> tuple[int, int, int] | None:
+        """(stream id, stream time of the last block's first sample, stream time where the stream's last real
+        packet ends) when the last block came from a stream; None when it was silence or fallback. What is
+        concealed after the last real packet (before the stream is given up) was never sent: not played. Read
+        right after `render` (the site's proof of play, site.receipts)."""
         st, at = self._stream, self._stream_ns
-        if self.state is not PlayoutState.PLAYING or st is None or at is None:
+        if self.state is not PlayoutState.PLAYING or st is None or at is None or st.last_real_seq is None:
             return None
-        return st.id, at
+        # A (re)started stream's first block begins with padding before its first packet: not played either.
+        return st.id, max(at, st.started_ts_ns), st.ts0_ns + (st.last_real_seq + 1 - st.seq0) * st.packet_ns
 
     def set_fallback(self, fallback: Samples | None) -> None:
         with self._lock:
@@ -417,6 +421,7 @@ class PlayoutEngine:
         st.buf = np.zeros(pad, np.float32)
         st.buf_start -= pad
         st.started = True
+        st.started_ts_ns = st.ts0_ns + (seq - st.seq0) * st.packet_ns
         st.dead = False
         st.last_real_seq = None
         st.conceal_run = 0

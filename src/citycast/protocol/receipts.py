@@ -66,7 +66,7 @@ class PlayReceipt:
     first_ns: int  # stream time of the first sample played
     last_ns: int  # stream time of the end of the last sample played
     concealed: int  # packets replaced by loss concealment within the span
-    fallback_s: float  # seconds the site played fallback (or silence) because the stream had stopped
+    fallback_s: float  # seconds between first and last sample the site played fallback: the stream had stopped
     sync_error_ms: float  # the worst sync error the site reported over the span
     level_rms_dbfs: float  # what the loudspeaker played over the span (after volume and mute)
     level_peak_dbfs: float

@@ -52,10 +52,12 @@ class _Span:
     concealed0: int
     concealed: int = 0
     fallback_ns: int = 0
+    trailing_fallback_ns: int = 0  # after the last sample played: counted only if the stream comes back
     quiet_ns: int = 0
     sumsq: float = 0.0
     samples: int = 0
     peak: float = 0.0
+    trailing: tuple[float, int, float] = (0.0, 0, 0.0)  # level (sumsq, samples, peak) since the last sample played
     sync_error_ms: float = 0.0
     seq: int = 0
     reported_to_ns: int = 0  # stream time covered by the last interim receipt
@@ -81,11 +83,11 @@ class PlayLog:
         return self._span is not None
 
     def on_block(
-        self, channel: int, playing: tuple[int, int] | None, out: Samples, *, fallback: bool, concealed: int
+        self, channel: int, playing: tuple[int, int, int] | None, out: Samples, *, fallback: bool, concealed: int
     ) -> None:
-        """One block handed to the sound card: `playing` is (stream id, stream time of its first sample) when it came
-        from a stream (`PlayoutEngine.playing`), `fallback` whether the stream had stopped, `concealed` the engine's
-        running count of concealed packets."""
+        """One block handed to the sound card: `playing` is (stream id, stream time of its first sample, where the
+        stream's last real packet ends) when it came from a stream (`PlayoutEngine.playing`), `fallback` whether
+        the stream had stopped, `concealed` the engine's running count of concealed packets."""
         n = len(out)
         block_ns = n * 1_000_000_000 // self.sample_rate
         with self._lock:
@@ -98,20 +100,36 @@ class PlayLog:
                     return
                 span.quiet_ns += block_ns
                 if fallback:
-                    span.fallback_ns += block_ns
+                    span.trailing_fallback_ns += block_ns
                 if span.quiet_ns >= self.quiet_ns:
                     self._close(span, concealed)
                     return
             else:
-                stream, at = playing
+                stream, at, real_until = playing
                 if span is None:
                     span = self._span = _Span(channel, stream, at, at, concealed, reported_to_ns=at)
-                span.last_ns = max(span.last_ns, at + block_ns)
-                span.quiet_ns = 0
+                end = min(at + block_ns, real_until)
+                if end > span.last_ns:
+                    span.last_ns = end
+                    span.quiet_ns = 0
+                    span.fallback_ns += span.trailing_fallback_ns  # a gap inside the span, now it resumed
+                    span.trailing_fallback_ns = 0
+                    sumsq, samples, peak = span.trailing
+                    span.sumsq, span.samples, span.peak = (
+                        span.sumsq + sumsq,
+                        span.samples + samples,
+                        max(span.peak, peak),
+                    )
+                    span.trailing = (0.0, 0, 0.0)
+                else:  # concealing past the last packet that came: the stream may have stopped
+                    span.quiet_ns += block_ns
             if n:
-                span.sumsq += float(np.dot(out, out))
-                span.samples += n
-                span.peak = max(span.peak, float(np.max(np.abs(out))))
+                sumsq, peak = float(np.dot(out, out)), float(np.max(np.abs(out)))
+                if span.quiet_ns == 0:
+                    span.sumsq, span.samples, span.peak = span.sumsq + sumsq, span.samples + n, max(span.peak, peak)
+                else:  # what plays after the last sample of the stream counts only if the stream comes back
+                    t_sumsq, t_samples, t_peak = span.trailing
+                    span.trailing = (t_sumsq + sumsq, t_samples + n, max(t_peak, peak))
             span.concealed = concealed - span.concealed0
             if span.last_ns - span.reported_to_ns >= self.interim_ns:
                 span.reported_to_ns = span.last_ns

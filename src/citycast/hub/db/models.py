@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -302,30 +303,27 @@ class RevokedKey(Base):
     revoked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class CapAlert(Base):
-    """A CAP message from the authorities (hub/cap/), as received and what became of it. The key (sender,
-    identifier, sent) is unique, so the same alert from a second feed is known as a duplicate; a message refused
-    before it could be read has no key."""
+class PlayReceiptRecord(Base):
+    """A site's signed proof of play (citycast.protocol.receipts), as the hub took it. The signed bytes are kept
+    (`signed`, base64): anyone with the site's enrolled public key can check them again, long after."""
 
-    __tablename__ = "cap_alerts"
-    __table_args__ = (UniqueConstraint("sender", "identifier", "sent", name="uq_cap_alerts_key"),)
+    __tablename__ = "play_receipts"
+    # A site re-sends a receipt it saw no answer for: the same one is stored once.
+    __table_args__ = (UniqueConstraint("site_id", "stream", "first_ns", "seq", name="uq_play_receipts_span_seq"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    sender: Mapped[str | None] = mapped_column(String(255))
-    identifier: Mapped[str | None] = mapped_column(String(255))
-    sent: Mapped[str | None] = mapped_column(String(40))  # as written in the message (the key compares text)
-    msg_type: Mapped[str] = mapped_column(String(16), default="")
-    status: Mapped[str] = mapped_column(String(16), default="")
-    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
-    origin: Mapped[str] = mapped_column(String(500), default="")  # the feed URL, or "api:<user or key name>"
-    # on_air, updated, cancelled, expired, no_sites, not_actual, refused, recorded
-    outcome: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str] = mapped_column(Text, default="")  # the error, or what was repaired
-    headline: Mapped[str] = mapped_column(String(500), default="")
-    priority: Mapped[str | None] = mapped_column(String(16))
-    address_id: Mapped[int | None] = mapped_column(ForeignKey("addresses.id", ondelete="SET NULL"), index=True)
-    sites: Mapped[list[str]] = mapped_column(JSON, default=list)  # the sites inside its area
-    area: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # GeoJSON geometry (lon, lat) of all its areas
-    references: Mapped[list[str]] = mapped_column(JSON, default=list)  # "sender,identifier" of earlier messages
-    expires_at: Mapped[dt.datetime | None]
-    signed: Mapped[bool] = mapped_column(Boolean, default=False)  # signed and verified
-    xml: Mapped[str] = mapped_column(Text, default="")
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id", ondelete="CASCADE"), index=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[int] = mapped_column(Integer)
+    stream: Mapped[int] = mapped_column(BigInteger)  # u32: more than PostgreSQL's INTEGER holds
+    seq: Mapped[int] = mapped_column(Integer)
+    final: Mapped[bool] = mapped_column(Boolean)
+    first_ns: Mapped[int] = mapped_column(BigInteger)  # stream time of the first sample played
+    last_ns: Mapped[int] = mapped_column(BigInteger)  # stream time of the end of the last sample played
+    concealed: Mapped[int] = mapped_column(Integer)
+    fallback_s: Mapped[float] = mapped_column(Float)
+    sync_error_ms: Mapped[float] = mapped_column(Float)
+    level_rms_dbfs: Mapped[float] = mapped_column(Float)
+    level_peak_dbfs: Mapped[float] = mapped_column(Float)
+    sent_ns: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    signed: Mapped[str] = mapped_column(Text)
