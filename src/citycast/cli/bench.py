@@ -63,9 +63,29 @@ def bench(
         ),
     ] = None,
     soak_plot: Annotated[Path | None, typer.Option(help="With --soak-hours and --wan: write an SVG plot here.")] = None,
+    sink: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: through a real sound server (a private PulseAudio, a null sink per site, the monitors "
+            "recorded with the server's timing): 'pulse' (PulseSink), 'device' (PortAudio via ALSA's pulse "
+            "plugin) or 'pulse,device' side by side. Loopback; uses --sites, --seconds, --delay, --warmup, --out, "
+            "--json, --keep-wav."
+        ),
+    ] = None,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
     from citycast.tooling.bench.runner import BenchError, BenchOptions, run_bench
+
+    if sink is not None:
+        from citycast.tooling.bench.pulse_rig import PulseBenchOptions, PulseRigError, parse_kinds, run_pulse_bench
+
+        try:
+            popts = PulseBenchOptions(parse_kinds(sink), sites=sites, seconds=seconds, delay_ms=delay_ms or 80.0,
+                                      warmup=warmup, out=out / "pulse", json_out=json_out, keep_audio=keep_wav)  # fmt: skip
+            run_pulse_bench(popts, console)
+        except PulseRigError as e:
+            fail(str(e))
+        return
 
     if soak_hours is not None and wan != "none":
         from citycast.tooling.bench.soak_report import city_soak_command
@@ -305,3 +325,74 @@ def bench_delay(
     text = json.dumps(result, indent=1)
     if json_out is not None:
         json_out.write_text(text)
+
+
+@app.command("bench-icecast")
+def bench_icecast(
+    seconds: Annotated[float, typer.Option(min=5, help="Seconds of marker signal on every mount.")] = 30.0,
+    zones: Annotated[int, typer.Option(min=0, max=30, help="Zone groups beside 'all' (one Ogg mount each).")] = 3,
+    delay_ms: Annotated[float, typer.Option("--delay", help="The loudspeakers' playout delay D (ms).")] = 80.0,
+    burst_bytes: Annotated[
+        int, typer.Option(help="Icecast's burst-on-connect size (0: off; Icecast's own default is 65535).")
+    ] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    out: Annotated[Path, typer.Option(help="Working folder (Icecast and NATS files).")] = Path(
+        "citycast-out/bench-icecast"
+    ),
+) -> None:
+    """Icecast listeners: how far behind the loudspeakers they hear an address, and the CPU per mount.
+
+    Starts a private icecast2 (Debian package) and nats-server on loopback, the hub's Icecast service, marker
+    audio on every group's channel and one decoding listener per mount: first Ogg mounts only, then with an MP3
+    mount per group too (the difference is the MP3 encoders' CPU)."""
+    import shutil
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from citycast.tooling.bench.icecast import bench_icecast as run
+
+    if shutil.which("icecast2") is None:
+        fail("bench-icecast needs icecast2 (Debian package icecast2; scripts/setup.sh installs it)")
+    stdout = Console()
+    results = {}
+    for mp3 in (False, True):
+        stdout.print(f"{'Ogg and MP3' if mp3 else 'Ogg'} mounts, {seconds:g} s of markers …")
+        results["ogg+mp3" if mp3 else "ogg"] = runtime.run(
+            run(
+                out / ("mp3" if mp3 else "ogg"),
+                seconds=seconds,
+                zones=zones,
+                delay_ms=delay_ms,
+                burst_bytes=burst_bytes,
+                mp3=mp3,
+            )
+        )
+    table = Table(title=f"Icecast listeners behind the loudspeakers (D = {delay_ms:g} ms, burst {burst_bytes} B)")
+    for name in ("run", "mount", "markers", "arrival p50/p99 (ms)", "playback p50/p99 (ms)"):
+        table.add_column(name, justify="right")
+    for run_name, result in results.items():
+        for mount, m in result["per_mount"].items():
+            arr, play = m["arrival_ms"] or {}, m["playback_ms"] or {}
+            table.add_row(
+                run_name,
+                mount,
+                str(m["markers"]),
+                f"{arr.get('p50', float('nan')):.0f} / {arr.get('p99', float('nan')):.0f}",
+                f"{play.get('p50', float('nan')):.0f} / {play.get('p99', float('nan')):.0f}",
+            )
+    stdout.print(table)
+    ogg, both = results["ogg"], results["ogg+mp3"]
+    groups = zones + 1
+    ogg_cpu = ogg["service_cpu_pct"] / groups
+    mp3_cpu = (both["service_cpu_pct"] - ogg["service_cpu_pct"]) / groups
+    stdout.print(
+        f"CPU of the hub's Icecast thread: {ogg['service_cpu_pct']:.2f} % of a core for {groups} Ogg mounts "
+        f"({ogg_cpu:.2f} % each); {both['service_cpu_pct']:.2f} % with {groups} MP3 mounts more "
+        f"({mp3_cpu:.2f} % per MP3 mount); icecast2 itself {both['icecast_cpu_pct']:.2f} % "
+        f"for {2 * groups} mounts and {2 * groups} listeners"
+    )
+    results["cpu_per_ogg_mount_pct"] = ogg_cpu
+    results["cpu_per_mp3_mount_pct"] = mp3_cpu
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=1))

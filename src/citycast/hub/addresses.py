@@ -172,6 +172,8 @@ class OnAir:
     stopping: bool = False
     ts0_ns: int | None = None  # broadcast time of the first sample, once the hub's own broadcast has begun
     lateness: PublishLateness = field(default_factory=PublishLateness)
+    # Only these sites of its zones play it (a CAP alert's area); None: every site of its zones.
+    sites: frozenset[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -193,7 +195,7 @@ def zone_owners(on_air: Iterable[OnAir], zone_ids: Iterable[int]) -> dict[int, O
     """Which address each zone plays. Pure: the whole pre-emption policy is here."""
     best: dict[int, OnAir | None] = dict.fromkeys(zone_ids)
     for a in on_air:
-        if a.stopping:
+        if a.stopping or a.sites is not None:  # an address for some sites only never owns a whole zone
             continue
         for z in a.zone_ids:
             if z not in best:
@@ -201,6 +203,18 @@ def zone_owners(on_air: Iterable[OnAir], zone_ids: Iterable[int]) -> dict[int, O
             cur = best[z]
             if cur is None or (PRIORITY_RANK[a.priority], a.order) > (PRIORITY_RANK[cur.priority], cur.order):
                 best[z] = a
+    return best
+
+
+def site_owner(on_air: Iterable[OnAir], zone_owner: OnAir | None, zone_id: int, site: str) -> OnAir | None:
+    """Which address a site plays: its zone's owner, unless an address for some sites only (see `OnAir.sites`)
+    names this site and outranks it. Pure, like `zone_owners`."""
+    best = zone_owner
+    for a in on_air:
+        if a.stopping or a.sites is None or site not in a.sites or zone_id not in a.zone_ids:
+            continue
+        if best is None or (PRIORITY_RANK[a.priority], a.order) > (PRIORITY_RANK[best.priority], best.order):
+            best = a
     return best
 
 
@@ -305,6 +319,7 @@ class AddressManager:
         schedule_id: int | None = None,
         blocks: Iterator[Samples] | None = None,
         external: bool = False,
+        site_names: list[str] | None = None,
     ) -> int:
         """Put an address on air. Raises ValueError with a message for the user on a bad source or zones.
 
@@ -337,6 +352,7 @@ class AddressManager:
                 speaker=speaker,
                 priority=priority,
                 zone_ids=frozenset(wanted),
+                sites=frozenset(site_names) if site_names is not None else None,
                 channel=channel,
                 order=next(self._order),
                 started_at=started,
@@ -467,6 +483,11 @@ class AddressManager:
             if a.stopping:
                 continue
             playing = any(owner is a for owner in owners.values())
+            if a.sites is not None:
+                if names is not None:
+                    continue  # only some sites were loaded: whether it plays anywhere is not known here
+                on_air = self._on_air.values()
+                playing = any(site_owner(on_air, owners.get(z), z, n) is a for n, z, *_ in sites if z is not None)
             new = AddressStatus.live if playing else AddressStatus.preempted
             if new is not a.status:
                 a.status = new
@@ -475,7 +496,7 @@ class AddressManager:
             if zone_id is None:
                 channel = NO_CHANNEL
             else:
-                owner = owners.get(zone_id)
+                owner = site_owner(self._on_air.values(), owners.get(zone_id), zone_id, name)
                 channel = owner.channel if owner is not None else zones[zone_id]
             state = DesiredState(
                 channel=channel,

@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -63,7 +64,7 @@ def _alert_with(doctype: str, headline: str) -> bytes:
 
 
 class _Watch(BaseHTTPRequestHandler):
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.hits.append(self.path)
@@ -98,7 +99,7 @@ def test_the_attackers_xml_is_refused_and_reaches_nothing(tmp_path: Path) -> Non
             ),
         ]
         for data in attacks:
-            with pytest.raises(CapError, match="DOCTYPE|entity amplification") as e:
+            with pytest.raises(CapError, match=r"DOCTYPE|entity amplification") as e:
                 parse_alert(data)
             assert "TOP SECRET" not in str(e.value)
         assert _Watch.hits == []  # nothing was fetched
