@@ -14,13 +14,14 @@ import { mountAlerts } from './js/views/alerts.js';
 import { mountMap, tileUrl } from './js/views/map.js';
 import { mountOnAir } from './js/views/onair.js';
 import { mountPins } from './js/views/pins.js';
+import { mountReceipts } from './js/views/receipts.js';
 import { mountRecordings } from './js/views/recordings.js';
 import { mountSchedule } from './js/views/schedule.js';
 import { loadSites, mountSites } from './js/views/sites.js';
 import { mountTalkback } from './js/views/talkback.js';
 import { loadZones, mountZones } from './js/views/zones.js';
 
-const VIEWS = Object.freeze(['map', 'onair', 'sites', 'schedule', 'alerts', 'recordings', 'pins', 'admin']);
+const VIEWS = Object.freeze(['map', 'onair', 'sites', 'schedule', 'alerts', 'recordings', 'receipts', 'pins', 'admin']);
 
 function handleEvent(msg) {
   switch (msg.type) {
@@ -71,6 +72,7 @@ function main() {
   mountSchedule();
   mountAlerts();
   mountRecordings();
+  mountReceipts();
   mountPins();
   mountAdmin();
   mountTalkback();
