@@ -156,3 +156,30 @@ def test_credentials_a_site_fails_to_renew_raise_a_warning_until_renewed() -> No
     assert rig.log[-1] == ("clear", "creds_expiring", "warning")
     rig.report(3, creds_expire_s="soon")  # a site's bug: ignored, never a crash
     assert rig.fleet.view("site-1")["creds_expire_s"] is None
+
+
+def test_a_lost_spare_path_warns_after_10_s_and_clears_when_it_is_back() -> None:
+    both = {"10.77.1.1:4222": True, "10.77.2.1:4222": True}
+    one = {"10.77.1.1:4222": False, "10.77.2.1:4222": True}
+    rig = Rig()
+    rig.report(0, paths=both)
+    rig.report(1, paths=one)
+    rig.report(5, paths=both)  # a reconnect: back within 10 s, nothing raised
+    rig.report(6, paths=one)
+    for s in range(7, 16):
+        rig.report(s, paths=one)
+    assert rig.log == []
+    rig.report(16, paths=one)
+    rig.report(17, paths=one)
+    assert rig.log == [("raise", "path_down", "warning")]
+    assert rig.rules.open_alerts()[0].message == "path 10.77.1.1:4222 down for 10 s: playing on 1 of 2"
+    rig.report(20, paths=both)
+    assert rig.log[-1] == ("clear", "path_down", "warning")
+
+
+def test_every_path_down_is_the_offline_rules_business_not_a_path_alert() -> None:
+    rig = Rig()
+    rig.report(0, paths={"a": True, "b": True})
+    for s in range(1, 30):
+        rig.report(s, paths={"a": False, "b": False})
+    assert ("raise", "path_down", "warning") not in rig.log

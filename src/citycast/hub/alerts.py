@@ -17,6 +17,9 @@ that keeps misbehaving is one alert, not one a second:
 - `creds_expiring` (warning): the site's NATS credentials expire within 7 days: it renews them at half their
   life (15 days of 30), so it has been failing to for a week (its creds file not writable, the hub refusing).
   Cleared when it reports a later expiry.
+- `path_down` (warning): a site on two or more paths (city servers, uplinks) has had one of them down for more than
+  10 s: it still plays, on the others, but it has lost its spare. A path back up within 10 s (a reconnect, a
+  city server restarting) raises nothing. Cleared when every path is up again.
 - `rejected_frames` (critical): frames refused as malformed, untrusted, badly signed, replayed or oversized went
   up: someone is putting foreign or tampered audio on the bus. Cleared after 60 s without a new one.
 
@@ -34,8 +37,18 @@ QUIET_CLEAR_NS = 60_000_000_000
 SYNC_ALERT_MS = 5.0
 SYNC_CLEAR_MS = 4.0
 CREDS_WARN_NS = 7 * 24 * 3600 * 1_000_000_000
+PATH_DOWN_ALERT_NS = 10_000_000_000
 
-KINDS = ("offline", "underruns", "sync_error", "sink_failed", "clock_step_refused", "creds_expiring", "rejected_frames")
+KINDS = (
+    "offline",
+    "underruns",
+    "sync_error",
+    "sink_failed",
+    "clock_step_refused",
+    "creds_expiring",
+    "path_down",
+    "rejected_frames",
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class _SiteRules:
     last_underrun_ns: int = 0
     last_forged_ns: int = 0
     first_seen_ns: int | None = None
+    path_down_since: dict[str, int] = field(default_factory=dict)  # path label -> when it was first seen down
 
 
 class AlertRules:
@@ -159,6 +173,20 @@ class AlertRules:
                             f"its bus credentials expire {when}: it is not renewing them", now_ns)  # fmt: skip
             else:
                 self._clear(st, out, name, "creds_expiring", "credentials renewed", now_ns)
+
+        # a spare path lost (an offline site keeps its last word)
+        paths = view.get("paths")
+        if isinstance(paths, dict) and state != "offline":
+            down = sorted(str(label) for label, up in paths.items() if not up)
+            st.path_down_since = {p: st.path_down_since.get(p, now_ns) for p in down}
+            long_down = [p for p in down if now_ns - st.path_down_since[p] >= PATH_DOWN_ALERT_NS]
+            if long_down and len(down) < len(paths):
+                secs = (now_ns - min(st.path_down_since[p] for p in long_down)) / 1e9
+                self._raise(st, out, name, "path_down", "warning",
+                            f"path {', '.join(long_down)} down for {secs:.0f} s: playing on {len(paths) - len(down)} "
+                            f"of {len(paths)}", now_ns)  # fmt: skip
+            elif not down:
+                self._clear(st, out, name, "path_down", "every path up again", now_ns)
 
         # forged or foreign frames
         forged = view.get("forged")
