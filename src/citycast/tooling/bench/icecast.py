@@ -206,7 +206,7 @@ class MountListener:
                     self.error = f"HTTP {r.status_code}"
                     return
                 self.connected.set()
-                for chunk in r.iter_raw(4096):
+                for chunk in r.iter_raw():  # as received: a fixed chunk size would wait for bytes (silence is small)
                     if self.first_byte_ns is None:
                         self.first_byte_ns = time.time_ns()
                     self.raw += chunk
@@ -283,7 +283,7 @@ def marker_latencies(listener: MountListener, ts0: int, delay_ns: int) -> tuple[
 def thread_cpu_s(name: str) -> float:
     """CPU seconds (user + system) of this process's threads called `name`."""
     ids = {t.native_id for t in threading.enumerate() if t.name == name}
-    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ids)
+    return float(sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ids))
 
 
 async def bench_icecast(
@@ -346,11 +346,10 @@ async def bench_icecast(
                 "error": listener.error,
             }
         ogg = sum(1 for m in listeners if m.endswith(".ogg"))
-        mp3 = len(listeners) - ogg
         return {
             "seconds": seconds,
             "wall_s": wall,
-            "mounts": {"ogg": ogg, "mp3": mp3},
+            "mounts": {"ogg": ogg, "mp3": len(listeners) - ogg},
             "service_cpu_pct": 100 * cpu / wall,
             "icecast_cpu_pct": 100 * ice_cpu / wall,
             "per_mount": per_mount,
