@@ -346,6 +346,7 @@ def bench_icecast(
     audio on every group's channel and one decoding listener per mount: first Ogg mounts only, then with an MP3
     mount per group too (the difference is the MP3 encoders' CPU)."""
     import shutil
+    from typing import Any
 
     from rich.console import Console
     from rich.table import Table
@@ -355,10 +356,10 @@ def bench_icecast(
     if shutil.which("icecast2") is None:
         fail("bench-icecast needs icecast2 (Debian package icecast2; scripts/setup.sh installs it)")
     stdout = Console()
-    results = {}
+    results: dict[str, Any] = {}
     for mp3 in (False, True):
         stdout.print(f"{'Ogg and MP3' if mp3 else 'Ogg'} mounts, {seconds:g} s of markers …")
-        results["ogg+mp3" if mp3 else "ogg"] = runtime.run(
+        result = runtime.run(
             run(
                 out / ("mp3" if mp3 else "ogg"),
                 seconds=seconds,
@@ -368,6 +369,9 @@ def bench_icecast(
                 mp3=mp3,
             )
         )
+        if result is None:  # interrupted
+            raise typer.Exit(1)
+        results["ogg+mp3" if mp3 else "ogg"] = result
     table = Table(title=f"Icecast listeners behind the loudspeakers (D = {delay_ms:g} ms, burst {burst_bytes} B)")
     for name in ("run", "mount", "markers", "arrival p50/p99 (ms)", "playback p50/p99 (ms)"):
         table.add_column(name, justify="right")
