@@ -319,7 +319,8 @@ class PlayoutEngine:
             out = self._render(n, dac_local_ns)
             if n:
                 self._sumsq += float(np.dot(out, out))
-                self._peak = max(self._peak, float(np.max(np.abs(out))))
+                # max and -min: two reductions, where max(abs) made a copy of the block first
+                self._peak = max(self._peak, float(out.max()), -float(out.min()))
                 self._nlevel += n
             return out
 
