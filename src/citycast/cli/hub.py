@@ -138,6 +138,13 @@ def serve(
     icecast_public: Annotated[
         bool, typer.Option(help="Let the Icecast server list the mounts in public directories (Ice-Public: 1).")
     ] = False,
+    cap_feed: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Poll this CAP 1.2 feed (a CAP message, or an Atom feed of them) for emergency alerts; repeatable. "
+            "More feeds, keys and signatures: the console's CAP settings."
+        ),
+    ] = None,
     prefix: PrefixOpt = "citycast",
     duration: Annotated[float | None, typer.Option(hidden=True)] = None,
 ) -> None:
@@ -184,6 +191,9 @@ def serve(
     if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
         fail(f"--rtp-ports wants LOW-HIGH within 1024-65535, got {rtp_ports!r}")
     metrics_token = None if metrics_token_file is None else _metrics_token(metrics_token_file)
+    for url in cap_feed or []:
+        if not url.startswith(("http://", "https://")):
+            fail(f"--cap-feed wants an http:// or https:// URL, got {url!r}")
     for origin in allowed_origin or []:
         _check_origin(origin)
     opts = HubOptions(
@@ -215,6 +225,7 @@ def serve(
         metrics_token=metrics_token,
         public_api_docs=public_api_docs,
         icecast=None if icecast is None else _icecast_options(icecast, icecast_password_file, icecast_public),
+        cap_feeds=cap_feed or [],
     )
     try:
         runtime.run(run_full_hub(opts, console, duration=duration))

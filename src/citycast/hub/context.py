@@ -17,6 +17,7 @@ from citycast.protocol.subjects import Subjects
 
 if TYPE_CHECKING:
     from citycast.bus.authority import NatsAuthority
+    from citycast.hub.cap.service import CapService
     from citycast.hub.db.engine import Database
     from citycast.hub.events import EventHub
     from citycast.hub.fleet import FleetState
@@ -75,4 +76,6 @@ class HubContext:
     public_metrics: bool = False
     metrics_token: str | None = None
     public_api_docs: bool = False
+    cap: CapService | None = None  # CAP alerts from the authorities (hub/cap/), when they run
+    cap_feeds_status: Callable[[], list[dict[str, Any]]] | None = None  # the CAP feed poller's, when it runs
     receipts: ReceiptService | None = None  # proof of play: what it took and refused (citycast.hub.receipts)

@@ -36,6 +36,7 @@ from citycast.hub.api import create_app
 from citycast.hub.api.limits import uvicorn_limits
 from citycast.hub.api.settings import load_delay_auto
 from citycast.hub.auth import ensure_admin
+from citycast.hub.cap.running import CapAlerts
 from citycast.hub.context import HubContext
 from citycast.hub.credentials import CredentialsService, enrolled_key
 from citycast.hub.db.engine import Database, default_sqlite_url
@@ -105,6 +106,8 @@ class HubOptions:
     public_api_docs: bool = False
     # The self-tuning playout delay (hub/delay_tuner.py): bounds, thresholds, windows; "auto" is a setting (API).
     delay_tuner: TunerSettings = field(default_factory=TunerSettings)
+    # CAP feeds polled besides those in the settings (--cap-feed; hub/cap/)
+    cap_feeds: list[str] = field(default_factory=list)
     # Every address also on an Icecast server's mounts (hub/icecast): None, off.
     icecast: IcecastOptions | None = None
 
@@ -171,6 +174,7 @@ class Hub:
         self.talkback: TalkbackControl | None = None
         self.receipts: ReceiptService | None = None
         self.golive: GoLive | None = None
+        self.cap: CapAlerts | None = None
         self.telephone: Telephone | None = None
         # One count of wrong PINs per caller address, whether they come by phone or from a browser.
         self.pin_guard = PinGuard()
@@ -351,6 +355,10 @@ class Hub:
         self._tasks.append(asyncio.create_task(scheduler.run(self._stop)))
         self._tasks.append(asyncio.create_task(self._retention()))
         self._tasks.append(asyncio.create_task(self._tune_delay()))
+        self.cap = CapAlerts(self.db, self.addresses, self.opts.cap_feeds)  # alerts from the authorities
+        self.context.cap = self.cap.service
+        self.context.cap_feeds_status = self.cap.feeds_status
+        self.cap.start(self._stop)
         if self.opts.sip is not None:
             self.telephone = Telephone(
                 self.telephone_services(),
@@ -538,6 +546,9 @@ class Hub:
             self._uvicorn.should_exit = True
         if self._uvicorn_tls is not None:
             self._uvicorn_tls.should_exit = True
+        if self.cap is not None:
+            with contextlib.suppress(Exception):
+                await self.cap.close()
         if self.golive is not None:
             with contextlib.suppress(Exception):
                 await self.golive.close()

@@ -23,6 +23,7 @@ from citycast.hub.api import (
     addresses,
     alerts,
     auth,
+    cap,
     enrol,
     exposure,
     fleet,
@@ -124,6 +125,7 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
         pins,
         golive,
         telephone,
+        cap,
     ):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)

@@ -26,7 +26,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_BODY_LIMIT = 64 * 1024
 # The browser's SDP offer may be 64 000 characters (golive.MAX_SDP_CHARS), JSON-escaped inside the body.
-ROUTE_BODY_LIMITS: dict[str, int] = {"/api/golive/offer": 256 * 1024}
+# A CAP message may carry its audio inline (derefUri, base64): hub/cap/parse.py takes up to 1 MB.
+ROUTE_BODY_LIMITS: dict[str, int] = {"/api/golive/offer": 256 * 1024, "/api/cap": 1_000_000}
 BODY_TIMEOUT_S = 30.0
 HEAD_TIMEOUT_S = 10.0
 MAX_CONNECTIONS_PER_CLIENT = 64
