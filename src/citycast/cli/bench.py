@@ -72,6 +72,31 @@ def bench(
             "--json, --keep-wav."
         ),
     ] = None,
+    snapclients: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Real snapclients beside the sites, fed the same signal (Opus, 48 kHz) by a real snapserver: CPU, "
+            "RSS and underruns of both, and the CPU ratio. Default: as many as --sites when snapserver and "
+            "snapclient are installed (loopback only); given explicitly, they are installed (apt-get, root) if "
+            "missing.",
+        ),
+    ] = None,
+    capacity: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead: N1,N2,... — each size --runs times in a row with N sites, then with N snapclients; "
+            "reports the highest N with 0 underruns in every run, for each."
+        ),
+    ] = None,
+    runs: Annotated[int, typer.Option(min=1, help="With --capacity: runs in a row per size.")] = 3,
+    cpu_quota: Annotated[
+        str | None,
+        typer.Option(
+            help="Q or Q1,Q2,...: each site process (and snapclient) in a cgroup allowed Q %% of one core (root); "
+            "with several, one run per quota and the floor: the smallest quota that still plays cleanly."
+        ),
+    ] = None,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
     from citycast.tooling.bench.runner import BenchError, BenchOptions, run_bench
@@ -120,10 +145,45 @@ def bench(
         paths=paths,
         shared_loss=shared_loss,
     )
+    from citycast.tooling.bench.snapcast import snapcast_installed
+
+    if snapclients is None:  # the yardstick comes along wherever it can run
+        snapclients = sites if wan == "none" and snapcast_installed() else 0
+    opts.snapclients = snapclients
     try:
+        if capacity is not None or (cpu_quota is not None and "," in cpu_quota):
+            _sweep(opts, capacity, runs, cpu_quota, json_out)
+            return
+        if cpu_quota is not None:
+            opts.cpu_quota = _numbers(cpu_quota, "--cpu-quota")[0]
         run_bench(opts, console)
     except BenchError as e:
         fail(str(e))
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        fail(f"{option} takes positive numbers separated by commas, e.g. 50,25,10,5")
+    return values
+
+
+def _sweep(opts: object, capacity: str | None, runs: int, cpu_quota: str | None, json_out: Path | None) -> None:
+    from citycast.tooling.bench.runner import BenchOptions, run_bench
+    from citycast.tooling.bench.sweeps import run_capacity, run_quota_sweep
+
+    assert isinstance(opts, BenchOptions)
+    if capacity is not None:
+        sizes = [int(n) for n in _numbers(capacity, "--capacity")]
+        result = run_capacity(opts, sizes, runs, console, run_bench)
+    else:
+        assert cpu_quota is not None
+        result = run_quota_sweep(opts, _numbers(cpu_quota, "--cpu-quota"), console, run_bench)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=1, default=str))
 
 
 @app.command("bench-hub")

@@ -1,10 +1,12 @@
 """A CPU budget for one process: a cgroup of its own with a CFS quota (`bench --cpu-quota`).
 
 A small ARM board gives a site agent perhaps a tenth of a fast core. The kernel can enforce such a budget on a
-process here: a child cgroup whose quota is `percent` % of one core per 100 ms period (cgroup v2 `cpu.max`, or
+process here: a child cgroup whose quota is `percent` % of one core per period (cgroup v2 `cpu.max`, or
 `cpu.cfs_quota_us` where the cpu controller is still mounted as cgroup v1, as on this box's hybrid layout). The
 process runs at full speed until it has used its share of the period, then waits for the next period: a
-process that needs more than the budget falls behind, which is exactly what a slow board does to it.
+process that needs more than the budget falls behind, which is what a slow board does to it. The period is
+20 ms, one audio frame, not the kernel's default 100 ms: a slow board is slow all the time, while a 100 ms period
+would let the process run freely and then stall it for up to 90 ms, longer than a site's whole playout delay.
 
 Root is needed to make the cgroup. Leaving always removes it: its processes go back to the parent first (a
 cgroup with members cannot be removed).
@@ -19,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-PERIOD_US = 100_000
+from citycast.tooling.bench.fleet import Fleet
+
+PERIOD_US = 20_000
+MIN_QUOTA_US = 1_000  # the kernel refuses a smaller quota: tiny shares get a longer period
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -29,7 +34,7 @@ class CpuQuotaError(RuntimeError):
 
 @dataclass(frozen=True)
 class ThrottleStats:
-    periods: int  # CFS periods in which a member ran
+    periods: int  # quota periods in which a member ran
     throttled_periods: int  # of those, periods in which the quota ran out
     throttled_s: float  # time members spent waiting for the next period
 
@@ -84,7 +89,8 @@ class CpuQuota:
             raise CpuQuotaError(f"a CPU quota is a share of one core in (0, {100 * (os.cpu_count() or 1)}] %")
         self.percent = percent
         self.name = name
-        self.quota_us = max(1000, round(PERIOD_US * percent / 100))  # the kernel refuses less than 1 ms
+        self.period_us = max(PERIOD_US, round(MIN_QUOTA_US * 100 / percent))
+        self.quota_us = round(self.period_us * percent / 100)
         self.path: Path | None = None
         self.parent: Path | None = None
         self.version = 0
@@ -105,7 +111,7 @@ class CpuQuota:
                     subtree.write_text("+cpu")
                 self.path = v2 / self.name
                 self.path.mkdir()
-                (self.path / "cpu.max").write_text(f"{self.quota_us} {PERIOD_US}")
+                (self.path / "cpu.max").write_text(f"{self.quota_us} {self.period_us}")
             else:
                 v1 = _v1_root()
                 assert v1 is not None
@@ -113,7 +119,7 @@ class CpuQuota:
                 self.parent = v1 / _own_cgroup("cpu")
                 self.path = self.parent / self.name
                 self.path.mkdir()
-                (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+                (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
                 (self.path / "cpu.cfs_quota_us").write_text(str(self.quota_us))
         except OSError as e:
             self._remove()
@@ -165,3 +171,18 @@ class CpuQuota:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._remove()
+
+
+def confine(fleet: Fleet, roles: tuple[str, ...], percent: float, stack: contextlib.ExitStack) -> dict[str, CpuQuota]:
+    """Each process of these roles in a cgroup of its own with `percent` % of one core; removed with `stack`."""
+    quotas: dict[str, CpuQuota] = {}
+    for m in fleet.members:
+        if m.role in roles:
+            q = stack.enter_context(CpuQuota(percent, f"citycast-bench-{os.getpid()}-{m.name}"))
+            q.add(m.pid)
+            quotas[m.name] = q
+    return quotas
+
+
+def throttling(quotas: dict[str, CpuQuota]) -> dict[str, object]:
+    return {name: q.stats().as_dict() for name, q in quotas.items()}

@@ -30,7 +30,9 @@ from rich.table import Table
 from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, free_port
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
 from citycast.tooling.bench.analysis import SiteTrace, analyse, load_trace
+from citycast.tooling.bench.cpu_quota import CpuQuota, CpuQuotaError, confine, throttling
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
+from citycast.tooling.bench.snapcast import SnapcastError, SnapcastRig, add_rows, comparison, ensure_snapcast
 from citycast.tooling.bench.wan import (
     PROFILES,
     WanError,
@@ -79,6 +81,8 @@ class BenchOptions:
     topology: str = "city"  # with --wan: "city" (leafnode + city time responder) or "direct" (sites on the hub)
     paths: int = 1  # with --wan and the city topology: 2 = two city servers on two long-haul paths, sites on both
     shared_loss: float = 0.0  # with 2 paths: the share of each path's loss in one stage both paths cross
+    snapclients: int = 0  # real snapclients beside the sites, fed the same signal by a real snapserver (loopback)
+    cpu_quota: float | None = None  # each site process (and snapclient) held to this % of one core (cgroup)
 
 
 CITY_LAN = ("10.80.0.1", "10.80.0.2")  # the city's LAN between the two city servers' namespaces
@@ -163,6 +167,13 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
     delay_ms = opts.delay_ms if opts.delay_ms is not None else default_delay_ms(opts.wan)
     if not 0 < delay_ms < MAX_DELAY_MS:
         raise BenchError(f"--delay must be between 0 and {MAX_DELAY_MS:.0f} ms")
+    if opts.snapclients and profile.emulated:
+        raise BenchError("--snapclients runs on loopback only (no --wan)")
+    try:
+        if opts.snapclients:
+            ensure_snapcast(console)
+    except SnapcastError as e:
+        raise BenchError(str(e)) from e
     if opts.out.exists():
         shutil.rmtree(opts.out)
     opts.out.mkdir(parents=True)
@@ -299,6 +310,15 @@ def _run(
             argv += ["--fast-site-ppm", str(opts.fast_site_ppm)]
         fleet.spawn("sites", f"sites-{p}", argv, east)
         first += n
+    snap = SnapcastRig(out / "snapcast", opts.snapclients, marker_period_s(delay_ms)) if opts.snapclients else None
+    if snap is not None:
+        snap.start(fleet)
+    quotas: dict[str, CpuQuota] = {}
+    if opts.cpu_quota is not None:
+        try:
+            quotas = confine(fleet, ("sites", "snapclients"), opts.cpu_quota, stack)
+        except CpuQuotaError as e:
+            raise BenchError(f"--cpu-quota: {e}") from e
     probe_files = []
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
@@ -347,6 +367,8 @@ def _run(
             west,
         )  # fmt: skip
         fleet.start_window()
+        if snap is not None:
+            snap.start_window()
         task = progress.add_task("markers sent (s)", total=opts.seconds)
         t0 = time.monotonic()
         while ingest.popen is not None and ingest.popen.poll() is None:
@@ -357,6 +379,8 @@ def _run(
                 raise BenchError("ingest did not finish in time")
             time.sleep(0.2)
         fleet.end_window()
+        if snap is not None:
+            snap.end_window()
         progress.update(task, completed=opts.seconds)
         if ingest.popen is None or ingest.popen.returncode != 0:
             raise BenchError("ingest failed:\n" + fleet.log_tail(ingest))
@@ -369,7 +393,7 @@ def _run(
         progress.update(task, completed=1)
     ingest_report = json.loads(report.read_text())
     emulator = link.emulator if link is not None else "none"
-    return _figures(opts, wan, emulator, delay_ms, fleet, ingest_report, wav_dir, probe_files, console)
+    return _figures(opts, wan, emulator, delay_ms, fleet, ingest_report, wav_dir, probe_files, console, snap, quotas)
 
 
 def _check_alive(fleet: Fleet) -> None:
@@ -389,7 +413,16 @@ def _figures(
     wav_dir: Path,
     probe_files: list[Path],
     console: Console,
+    snap: SnapcastRig | None = None,
+    quotas: dict[str, CpuQuota] | None = None,
 ) -> dict[str, object]:
+    # the window in Unix time, for what snapclients log
+    window_wall = (
+        time.time() - (time.monotonic() - fleet.window[0]),
+        time.time() - (time.monotonic() - fleet.window[1]),
+    )
+    if snap is not None:
+        snap.stop(fleet)
     traces: list[SiteTrace] = []
     site_results: list[dict[str, object]] = []
     if opts.sites:
@@ -463,6 +496,12 @@ def _figures(
         figures["probe_received"] = sum(int(p["received"]) for p in probes)
         n = opts.probe_sites + opts.sites
         figures["nats_cpu_percent_per_1000_sites"] = cpu.get("nats-city", cpu.get("nats", 0.0)) / n * 1000
+    if snap is not None:
+        figures.update(snap.figures(fleet, *window_wall, keep=opts.keep_wav))
+        figures.update(comparison(figures))
+    if opts.cpu_quota is not None:
+        figures["cpu_quota_percent"] = opts.cpu_quota
+        figures["cpu_quota_throttled"] = throttling(quotas or {})
     _print(figures, console)
     if opts.json_out is not None:
         opts.json_out.write_text(json.dumps(figures, indent=1, default=str))
@@ -503,6 +542,10 @@ def _argline(opts: BenchOptions) -> str:
         parts.append(f"--packets-per-message {opts.packets_per_message}")
     if opts.fast_site_ppm is not None and opts.fast_site_ppm != 100.0:
         parts.append(f"--fast-site-ppm {opts.fast_site_ppm:g}")
+    if opts.snapclients:
+        parts.append(f"--snapclients {opts.snapclients}")
+    if opts.cpu_quota is not None:
+        parts.append(f"--cpu-quota {opts.cpu_quota:g}")
     return " ".join(parts)
 
 
@@ -546,4 +589,7 @@ def _print(f: dict[str, object], console: Console) -> None:
         )
         t.add_row("[probes] frames received / gaps", f"{f['probe_received']} / {f['probe_gaps']}")
         t.add_row("NATS CPU per 1,000 sites", f"{float(f['nats_cpu_percent_per_1000_sites']):.1f} % of a core")  # type: ignore[arg-type]
+    add_rows(t, f)
+    if "cpu_quota_percent" in f:
+        t.add_row("CPU quota per site process", f"{f['cpu_quota_percent']:g} % of a core")
     console.print(t)
