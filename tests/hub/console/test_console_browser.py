@@ -341,3 +341,42 @@ def test_zone_volume_and_mute_are_kept_by_the_hub(page: Any, console_hub: Consol
     finally:
         with console_hub.api() as api:  # the module's other tests expect an unmuted fleet
             api.post(f"/api/zones/{console_hub.zone_ids[zone]}/control", json={"volume": 1.0, "muted": False})
+
+
+CAP_ALERT = """<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>PK-NDMA-CONSOLE-{n}</identifier><sender>alerts@ndma.gov.pk</sender>
+  <sent>2026-12-02T14:00:00+05:00</sent><status>Actual</status><msgType>{kind}</msgType><scope>Public</scope>{refs}
+  <info>
+    <language>en</language><category>Met</category><event>Flood</event>
+    <urgency>Immediate</urgency><severity>Extreme</severity><certainty>Observed</certainty>
+    <headline>Flood warning for Saddar</headline>
+    <area><areaDesc>Saddar north</areaDesc>
+      <polygon>24.852,67.020 24.852,67.032 24.865,67.032 24.865,67.020 24.852,67.020</polygon></area>
+  </info>
+</alert>"""
+
+
+def test_cap_alert_area_and_the_sites_it_reached_on_the_map(
+    page: Any, console_hub: ConsoleHub, artifacts: Path
+) -> None:
+    """A CAP alert posted to the hub is listed under Alerts, its area drawn with the sites inside it marked."""
+    headers = {"Content-Type": "application/cap+xml"}
+    with console_hub.api() as api:
+        r = api.post("/api/cap", content=CAP_ALERT.format(n=1, kind="Alert", refs=""), headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["sites"] == ["saddar-empress", "saddar-regal"]  # not Cantt station, south of the polygon
+    try:
+        sign_in(page, console_hub)
+        page.get_by_test_id("nav-alerts").click()
+        item = page.get_by_test_id("cap-item").first
+        item.wait_for(state="visible")
+        assert item.get_attribute("data-outcome") == "on_air" and "Flood warning for Saddar" in item.inner_text()
+        page.wait_for_function("() => document.querySelectorAll('#cap-map path[fill=\"#dc2626\"]').length === 2")
+        assert page.locator('#cap-map path[stroke="#2563eb"]').count() == 1  # the area
+        shot(page, artifacts, "cap-alert")
+    finally:
+        refs = "<references>alerts@ndma.gov.pk,PK-NDMA-CONSOLE-1,2026-12-02T14:00:00+05:00</references>"
+        with console_hub.api() as api:  # the module's other tests expect nothing on air
+            r = api.post("/api/cap", content=CAP_ALERT.format(n=2, kind="Cancel", refs=refs), headers=headers)
+            assert r.json()["outcome"] == "cancelled", r.text

@@ -11,6 +11,7 @@ import { can, clearSession, countByState, mergeSite, notify, removeSite, set, st
 import { $, $$, act } from './js/ui.js';
 import { mountAdmin } from './js/views/admin.js';
 import { mountAlerts } from './js/views/alerts.js';
+import { mountCap } from './js/views/cap.js';
 import { mountMap, tileUrl } from './js/views/map.js';
 import { mountOnAir } from './js/views/onair.js';
 import { mountPins } from './js/views/pins.js';
@@ -71,6 +72,7 @@ function main() {
   mountSites();
   mountSchedule();
   mountAlerts();
+  mountCap();
   mountRecordings();
   mountReceipts();
   mountPins();

@@ -1,0 +1,67 @@
+// Alerts from the authorities (CAP): each message received and what became of it (on air, updated, cancelled,
+// expired, refused…), and for the one chosen its area drawn on a map with the sites it reached (GET /api/cap/alerts).
+// Leaflet is the vendor script loaded before the modules: the global `L`.
+import { api } from '../api.js';
+import { fmtTime } from '../format.js';
+import { state, subscribe } from '../store.js';
+import { $, act, el } from '../ui.js';
+
+const AREA_COLOR = '#2563eb';
+const REACHED_COLOR = '#dc2626';
+
+function capMap() {
+  const made = { map: null, layer: null };
+  return function draw(alert) {
+    if (typeof L === 'undefined') return; // the list says it all without the map
+    if (!made.map) {
+      made.map = L.map('cap-map', { zoomControl: true, minZoom: 5, maxZoom: 18 }); // SVG: a few shapes
+      made.layer = L.layerGroup().addTo(made.map);
+    }
+    made.layer.clearLayers();
+    let bounds = null;
+    if (alert.area) {
+      const area = L.geoJSON(alert.area, { style: { color: AREA_COLOR, weight: 2, fillOpacity: 0.15 } });
+      area.addTo(made.layer);
+      bounds = area.getBounds();
+    }
+    const reached = new Set(alert.sites);
+    for (const site of state.sites.values()) {
+      if (site.lat == null || site.lon == null) continue;
+      const hit = reached.has(site.name);
+      L.circleMarker([site.lat, site.lon], {
+        radius: hit ? 7 : 4, weight: 1, color: '#111827', fillColor: hit ? REACHED_COLOR : '#9ca3af', fillOpacity: 0.9,
+      }).bindTooltip(`${site.name}${hit ? ': reached' : ''}`).addTo(made.layer);
+    }
+    if (bounds && bounds.isValid()) made.map.fitBounds(bounds.pad(0.2), { maxZoom: 15 });
+    else made.map.setView([24.9, 67.05], 11);
+    setTimeout(() => made.map.invalidateSize(), 0); // the view was hidden when the map was made
+  };
+}
+
+function render(list, draw) {
+  const ul = $('#cap-list');
+  ul.replaceChildren();
+  if (list.length === 0) ul.append(el('li', { class: 'muted empty' }, 'No alerts from the authorities yet.'));
+  for (const a of list) {
+    const item = el('li', { class: `alert cap-${a.outcome}`, testid: 'cap-item', 'data-outcome': a.outcome },
+      el('span', { class: 'sev' }, a.outcome.replace('_', ' ')),
+      el('span', { class: 'when' }, fmtTime(a.received_at)),
+      el('strong', {}, a.headline || a.identifier || 'unreadable message'),
+      el('span', { class: 'kind' }, [a.msg_type, a.priority, a.signed ? 'signed' : ''].filter(Boolean).join(' · ')),
+      el('span', { class: 'msg' }, a.sites.length ? `${a.sites.length} site(s): ${a.sites.join(', ')}` : a.detail),
+      el('span', { class: 'muted small' }, a.origin));
+    item.addEventListener('click', () => draw(a));
+    ul.append(item);
+  }
+  const first = list.find((a) => a.area);
+  if (first) draw(first);
+}
+
+export function mountCap() {
+  const draw = capMap();
+  subscribe('route', async () => {
+    if (state.route !== 'alerts' || !state.session.user) return;
+    const list = await act(() => api('GET', 'cap/alerts'));
+    if (list) render(list, draw);
+  });
+}
