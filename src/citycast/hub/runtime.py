@@ -46,12 +46,14 @@ from citycast.hub.desired import DesiredStore
 from citycast.hub.events import EventHub
 from citycast.hub.fleet import FleetState
 from citycast.hub.golive import GoLive
-from citycast.hub.icecast.service import IcecastOptions, IcecastService, start_icecast
+from citycast.hub.icecast.control import IcecastControl
+from citycast.hub.icecast.control import load_setting as load_icecast_setting
+from citycast.hub.icecast.service import IcecastOptions, start_icecast
 from citycast.hub.media_plane import MediaPlane
 from citycast.hub.monitor import FleetMonitor
+from citycast.hub.receipts import ReceiptService
 from citycast.hub.recorder import ChannelRecorder, Recorder, RecordingWriter, apply_retention
 from citycast.hub.scheduler import Scheduler
-from citycast.hub.receipts import ReceiptService
 from citycast.hub.talkback import TalkbackControl
 from citycast.hub.telephone.hub_services import TelephoneServices, telephone_services
 from citycast.hub.telephone.pins import PinGuard
@@ -182,7 +184,7 @@ class Hub:
         self.delay_tuner = DelayTuner(opts.delay_tuner, round(opts.delay_ms * 1e6))
         # The city's audio runs on its own thread and loop (see media_plane.py and docs/hub-internals.md).
         self.media: MediaPlane | None = None
-        self.icecast: IcecastService | None = None  # the Icecast side tap, on a thread of its own
+        self.icecast: IcecastControl | None = None  # the Icecast side tap, on a thread of its own
 
     @property
     def nats_url(self) -> str:
@@ -313,20 +315,25 @@ class Hub:
             self.nc, self.subjects, self.fleet, AlertRules(), self.events, self.db, site_ids=self._site_ids
         )
         await self.monitor.start()
-        if self.opts.icecast is not None:
-            assert self.signer is not None
-            self.icecast, follow = await start_icecast(
-                self.opts.icecast,
+        signer, addresses = self.signer, self.addresses
+        assert signer is not None
+        self.icecast = IcecastControl(
+            lambda opts: start_icecast(
+                opts,
                 nats_url=self.nats_url,
                 authority=self.authority,
                 creds=creds,
                 subjects=self.subjects,
-                trusted=[self.signer.public_key],
+                trusted=[signer.public_key],
                 db=self.db,
-                live=self.addresses.live,
+                live=addresses.live,
                 events=self.events,
             )
-            self._tasks.append(follow)
+        )
+        with self.db.session() as s:  # the command line's --icecast wins over the console's setting
+            stored = load_icecast_setting(s)
+        icecast_opts = self.opts.icecast or (stored.options() if stored is not None else None)
+        await self.icecast.apply(icecast_opts)
         self.context = HubContext(
             db=self.db,
             subjects=self.subjects,
@@ -378,6 +385,7 @@ class Hub:
             self.addresses, self.db, self.fleet, publish=self.events.publish, guard=self.pin_guard, media=self.media
         )  # the speakers' peer connections, audio and broadcasters run on the media plane
         app.state.golive = self.golive
+        app.state.icecast = self.icecast  # the Icecast setting's route (api/icecast.py)
         app.state.delay_tuner = self.delay_tuner  # the delay settings route (api/settings.py)
         app.state.pin_guard = self.pin_guard  # the PINs page unlocks what the telephone and go-live count
         config = uvicorn.Config(
@@ -575,7 +583,7 @@ class Hub:
         self._tasks.clear()
         if self.icecast is not None:
             with contextlib.suppress(Exception):
-                await self.icecast.stop()
+                await self.icecast.close()
         if self.time_service is not None:
             with contextlib.suppress(Exception):
                 stopping = self.time_service.stop()

@@ -28,6 +28,7 @@ from citycast.hub.api import (
     exposure,
     fleet,
     golive,
+    icecast,
     pins,
     receipts,
     recordings,
@@ -126,6 +127,7 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
         golive,
         telephone,
         cap,
+        icecast,
     ):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)
