@@ -11,9 +11,11 @@ differ only in where the samples go and how the DAC instant is known:
   default, because the renderer behind it plays live frames that arrive in real time; `paced=False` renders as
   fast as asked (offline rendering of a file source), the DAC instants still advancing at the nominal rate.
 - `SoundDeviceSink`: the real sound card through PortAudio (`sounddevice`). The DAC instant comes from
-  PortAudio's output timing, so drift correction sees where the card really is.
+  PortAudio's output timing, filtered by `DacClock`, so drift correction sees where the card really is.
+- `PulseSink` (`citycast.media.pulse_sink`): PulseAudio/PipeWire through their own latency reporting.
 
-`open_sink("timed" | "timed:PPM" | "wav:PATH" | "device" | "device:NAME", clock)` builds one from a CLI spec.
+`open_sink("timed" | "timed:PPM" | "wav:PATH" | "device[:NAME]" | "pulse[:SINK]", clock)` builds one from a CLI
+spec.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 
 from citycast.clock.local import Clock, SystemClock
 from citycast.media.audio import SAMPLE_RATE
+from citycast.media.dac_clock import DacClock
 from citycast.media.render import Renderer, Samples
 
 BlockCallback = Callable[[int, Samples], None]
@@ -60,6 +63,9 @@ def _checked(samples: Samples, n: int) -> Samples:
     if out.shape != (n,):
         raise SinkError(f"renderer returned shape {out.shape}, expected ({n},)")
     return out
+
+
+checked_block = _checked  # for the sinks in their own modules (pulse_sink)
 
 
 def _pcm16(samples: Samples) -> bytes:
@@ -299,6 +305,7 @@ class SoundDeviceSink:
         channels: int | None = None,
         on_block: BlockCallback | None = None,
         duration_s: float | None = None,
+        filter_dac_time: bool = True,
     ) -> None:
         self._sd = _sounddevice()
         try:
@@ -324,6 +331,9 @@ class SoundDeviceSink:
         self.blocks = 0
         self.frames = 0
         self.dac_time_fallbacks = 0
+        # PortAudio's DAC times jitter (by up to a ms through the ALSA pulse plugin): the renderer gets the
+        # line DacClock fits through them instead; None passes them through raw.
+        self.dac_clock: DacClock | None = DacClock(sample_rate=SAMPLE_RATE) if filter_dac_time else None
         # outputBufferDacTime - currentTime in the last callback
         self.last_output_delay_s: float | None = None
         self.stream_latency_s: float | None = None  # what PortAudio reported when the stream opened
@@ -354,6 +364,8 @@ class SoundDeviceSink:
                     self.dac_time_fallbacks += 1
                 self.last_output_delay_s = delay
                 dac_local = now + round(delay * 1e9)
+                if self.dac_clock is not None:
+                    dac_local = self.dac_clock.report(self.frames, dac_local)
                 samples = _checked(renderer.render(frames, dac_local), frames)
                 outdata[:] = samples[:, np.newaxis]
                 if self.on_block is not None:
@@ -413,7 +425,8 @@ def open_sink(
     duration_s: float | None = None,
     on_block: BlockCallback | None = None,
 ) -> Sink:
-    """Build a sink from `timed`, `timed:PPM`, `wav:PATH`, `device` or `device:NAME` (NAME: name or index)."""
+    """Build a sink from `timed`, `timed:PPM`, `wav:PATH`, `device`, `device:NAME` (NAME: name or index),
+    `device-raw[:NAME]` (PortAudio's DAC times unfiltered, to compare), `pulse` or `pulse:SINK`."""
     kind, _, arg = spec.partition(":")
     if kind == "timed":
         try:
@@ -425,9 +438,20 @@ def open_sink(
         if not arg:
             raise SinkError(f"bad sink spec {spec!r}: expected wav:PATH")
         return WavSink(Path(arg), clock, block=block, on_block=on_block, duration_s=duration_s)
-    if kind == "device":
+    if kind in ("device", "device-raw"):
         device: int | str | None = None
         if arg:
             device = int(arg) if arg.isdigit() else arg
-        return SoundDeviceSink(clock, device=device, blocksize=block, on_block=on_block, duration_s=duration_s)
-    raise SinkError(f"unknown sink spec {spec!r}: expected timed[:PPM], wav:PATH or device[:NAME]")
+        return SoundDeviceSink(
+            clock,
+            device=device,
+            blocksize=block,
+            on_block=on_block,
+            duration_s=duration_s,
+            filter_dac_time=kind == "device",
+        )
+    if kind == "pulse":
+        from citycast.media.pulse_sink import PulseSink
+
+        return PulseSink(clock, device=arg or None, block=block, on_block=on_block, duration_s=duration_s)
+    raise SinkError(f"unknown sink spec {spec!r}: expected timed[:PPM], wav:PATH, device[:NAME] or pulse[:SINK]")

@@ -1,0 +1,501 @@
+"""`citycast bench --sink pulse|device|pulse,device`: sync measured through a real sound server.
+
+The timed-sink bench lets each site say when a sample reached its DAC. Here the sound server says it: a private
+PulseAudio (no sound card needed) with one null sink per site; each site is a real `citycast site` process that
+plays to its own sink, either through `PulseSink` (`--sink pulse:SINK`, PulseAudio's own latency reporting) or
+through PortAudio and ALSA's pulse plugin (`--sink device:pulse`, the sink a site box used before). One client
+process (this one) records every sink's monitor with the server's timing: after each read, PulseAudio's record
+latency dates the next unread sample; the null sinks run on the system clock, so the median offset of those dates
+from the nominal rate gives the capture time of every recorded sample.
+
+The address is a 1 kHz tone at -12 dBFS with the marker chirp mixed in at the start of every second, looped and
+sent by a real `citycast ingest`. Markers found in each recording give latency and skew as `citycast bench` does;
+the tone gives what a listener hears as a glitch: a *gap* (the tone's amplitude drops, the server played
+silence: an underrun) or a *jump* (its phase moves by more than a tenth of a cycle within a millisecond: samples
+skipped or repeated, a resync). Both are counted per site-minute over the marker window. Sites trust the
+system clock (`--clock system`, as a box with chrony or PTP): the figures are the sound path's, not the clock
+estimator's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from citycast.bus.server import EmbeddedNats, NatsServerError, free_port
+from citycast.media.audio import SAMPLE_RATE
+from citycast.media.chirp import chirp
+from citycast.media.keys import generate_private_key, public_key_text, save_private_key
+from citycast.tooling.bench.analysis import SiteTrace, analyse
+from citycast.tooling.bench.fleet import Fleet, citycast_argv
+from citycast.tooling.markers import detect_markers
+
+SINK_KINDS = {"pulse": "PulseSink (PulseAudio latency reporting)", "device": "PortAudio via ALSA pulse plugin"}
+TONE_HZ = 1000.0
+TONE_AMPLITUDE = 0.25
+LOOP_S = 10
+BLOCK = 480  # samples a monitor read returns (10 ms)
+DEMOD = 48  # samples per tone-phase reading: one cycle of 1 kHz, which also nulls the 2 kHz image
+JUMP_RAD = 2 * math.pi / 10  # a tenth of a cycle (0.1 ms at 1 kHz) within a millisecond
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+class PulseRigError(RuntimeError):
+    pass
+
+
+@dataclass
+class PulseBenchOptions:
+    kinds: list[str]
+    sites: int = 10
+    seconds: float = 60.0
+    delay_ms: float = 80.0
+    warmup: float = 30.0
+    out: Path = Path("citycast-out/bench-pulse")
+    json_out: Path | None = None
+    keep_audio: bool = False
+
+
+def parse_kinds(spec: str) -> list[str]:
+    kinds = [k.strip() for k in spec.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in SINK_KINDS]
+    if not kinds or bad:
+        raise PulseRigError(f"--sink takes {', '.join(SINK_KINDS)} or a comma list of them, not {spec!r}")
+    return kinds
+
+
+# -- the address --------------------------------------------------------------------------------------------
+
+
+def write_tone_with_markers(path: Path) -> None:
+    """`LOOP_S` seconds of the tone with a marker at the start of every second (16-bit WAV, loops seamlessly:
+    the tone has a whole number of cycles per loop)."""
+    n = LOOP_S * SAMPLE_RATE
+    x = TONE_AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * np.arange(n) / SAMPLE_RATE)
+    marker = chirp().astype(np.float64)
+    for k in range(LOOP_S):
+        x[k * SAMPLE_RATE : k * SAMPLE_RATE + marker.size] += marker
+    pcm = (np.clip(x, -1, 1) * 32767).round().astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+
+
+# -- the sound server ---------------------------------------------------------------------------------------
+
+
+def sink_name(i: int) -> str:
+    return f"cc_site{i:02d}"
+
+
+class PulseServer:
+    """A private PulseAudio with `sinks` 48 kHz null sinks, its socket and state under `workdir`."""
+
+    def __init__(self, workdir: Path, sinks: int) -> None:
+        self.workdir = workdir
+        self.sinks = sinks
+        self.socket = workdir / "native"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server(self) -> str:
+        return f"unix:{self.socket}"
+
+    def env(self, sink: str | None = None) -> dict[str, str]:
+        """What a client process needs to find this server (and, for the ALSA pulse plugin, its sink)."""
+        env = {**os.environ, "PULSE_SERVER": self.server, "PULSE_RUNTIME_PATH": str(self.workdir / "runtime")}
+        if sink is not None:
+            env["PULSE_SINK"] = sink
+        return env
+
+    def __enter__(self) -> PulseServer:
+        binary = shutil.which("pulseaudio")
+        if binary is None:
+            raise PulseRigError("pulseaudio is not installed (Debian: pulseaudio; scripts/setup.sh installs it)")
+        runtime = self.workdir / "runtime"
+        runtime.mkdir(parents=True, mode=0o700)
+        env = dict(os.environ)
+        # As root PulseAudio only warns, as long as its runtime and state directories are its own. Real-time
+        # scheduling for its sink threads, as rtkit gives it on a site box: on a loaded machine without it the null
+        # sinks render late and its latency reports wander by milliseconds (seen at load 20).
+        env.update(PULSE_RUNTIME_PATH=str(runtime), XDG_RUNTIME_DIR=str(runtime), HOME=str(self.workdir))
+        env.pop("PULSE_SERVER", None)
+        loads = [f"--load=module-null-sink sink_name={sink_name(i)} rate=48000 channels=2" for i in range(self.sinks)]
+        log = (self.workdir / "pulseaudio.log").open("wb")
+        self.proc = subprocess.Popen(
+            [binary, "--daemonize=no", "--system=false", "--realtime=yes", "--high-priority=yes", "--exit-idle-time=-1",
+             "--disallow-exit", "-n", *loads,
+             f"--load=module-native-protocol-unix socket={self.socket} auth-anonymous=1", "--log-target=stderr"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 15
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                tail = (self.workdir / "pulseaudio.log").read_text(errors="replace")[-1500:]
+                raise PulseRigError(f"pulseaudio did not start:\n{tail}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- recording the monitors ---------------------------------------------------------------------------------
+
+
+def _pasimple() -> ModuleType:
+    try:
+        import pasimple  # type: ignore[import-untyped]
+    except (ImportError, OSError) as exc:
+        raise PulseRigError(f"no PulseAudio client library: {exc}") from exc
+    module: ModuleType = pasimple
+    return module
+
+
+@dataclass
+class MonitorRecording:
+    """A monitor's audio (raw float32 file) and the server's dates: (sample index, capture ns) after each read."""
+
+    name: str
+    path: Path
+    dates: list[tuple[int, int]] = field(default_factory=list)
+    samples: int = 0
+
+    def line(self) -> tuple[float, float]:
+        """(capture ns of sample 0, ns per sample). A null sink is clocked by the system clock, so the rate is the
+        nominal one; only the offset is estimated, as the median over every date (a date is late when the server or
+        this client ran late, by milliseconds on a loaded box, and the median leaves those out)."""
+        d = np.array(self.dates[len(self.dates) // 20 :], dtype=np.float64)  # the stream's start settles first
+        if len(d) < 10:
+            raise PulseRigError(f"{self.name}: only {len(d)} dated reads")
+        ns_per_sample = 1e9 / SAMPLE_RATE
+        t0 = d[0, 1]
+        return t0 + float(np.median(d[:, 1] - t0 - d[:, 0] * ns_per_sample)), ns_per_sample
+
+    def audio(self) -> F32:
+        return np.fromfile(self.path, dtype="<f4")
+
+
+class MonitorRecorder:
+    """Records the monitors of `sinks` from one client process, one record stream (and thread) each."""
+
+    def __init__(self, server: str, sinks: list[str], workdir: Path) -> None:
+        self._pa = _pasimple()
+        self.server = server
+        self.recordings = [MonitorRecording(s, workdir / f"{s}.f32") for s in sinks]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._errors: list[str] = []
+
+    def _record(self, rec: MonitorRecording, stream: Any) -> None:
+        try:
+            with rec.path.open("wb") as out:
+                while not self._stop.is_set():
+                    data = stream.read(BLOCK * 4)
+                    # The next unread sample was captured `latency` ago, by the server's own account.
+                    before = time.time_ns()
+                    latency_us = int(stream.get_latency())
+                    after = time.time_ns()
+                    out.write(data)
+                    rec.samples += BLOCK
+                    if after - before < 500_000:  # else preempted while asking: when "now" was is unknown
+                        rec.dates.append((rec.samples, (before + after) // 2 - latency_us * 1000))
+        except self._pa.PaSimpleError as exc:
+            self._errors.append(f"{rec.name}: {exc}")
+        finally:
+            stream.close()
+
+    def start(self) -> None:
+        pa = self._pa
+        for rec in self.recordings:
+            try:
+                stream = pa.PaSimple(
+                    pa.PA_STREAM_RECORD, pa.PA_SAMPLE_FLOAT32LE, 1, SAMPLE_RATE, app_name="citycast-bench",
+                    stream_name=f"monitor {rec.name}", server_name=self.server, device_name=f"{rec.name}.monitor",
+                    fragsize=BLOCK * 4,
+                )  # fmt: skip
+            except pa.PaSimpleError as exc:
+                self.stop()
+                raise PulseRigError(f"cannot record {rec.name}.monitor: {exc}") from exc
+            t = threading.Thread(target=self._record, args=(rec, stream), name=f"rec-{rec.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        return self._errors
+
+
+# -- what was played ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ToneGlitches:
+    gaps: int  # the tone dropped out: the server played silence (an underrun)
+    jumps: int  # its phase jumped: samples skipped or repeated
+    minutes: float
+
+    @property
+    def per_minute(self) -> float:
+        return (self.gaps + self.jumps) / self.minutes if self.minutes > 0 else float("nan")
+
+
+def tone_glitches(x: F32 | F64, markers: list[float], lo: int, hi: int) -> ToneGlitches:
+    """Gaps and phase jumps of the tone in x[lo:hi], leaving out the few ms around each marker chirp."""
+    seg = np.asarray(x[lo:hi], dtype=np.float64)
+    k = seg.size // DEMOD
+    if k < 10:
+        return ToneGlitches(0, 0, 0.0)
+    n = np.arange(k * DEMOD)
+    z = (seg[: k * DEMOD] * np.exp(-2j * np.pi * TONE_HZ * n / SAMPLE_RATE)).reshape(k, DEMOD).mean(axis=1)
+    amp = np.abs(z)
+    masked = np.zeros(k, dtype=bool)
+    span = chirp().size
+    for p in markers:
+        a, b = int((p - lo) // DEMOD) - 3, int((p - lo + span) // DEMOD) + 4
+        masked[max(0, a) : max(0, min(k, b))] = True
+    level = float(np.median(amp[~masked])) if np.any(~masked) else 0.0
+    low = (amp < 0.5 * level) & ~masked
+    dphi = np.angle(z[1:] * np.conj(z[:-1]))
+    # The playout slews the stream's rate by at most 1000 ppm: the phase step per ms then moves by well under
+    # JUMP_RAD from its local median, while one sample skipped or repeated moves it by 0.13 rad.
+    med = np.median(dphi[~(masked[1:] | masked[:-1])]) if k > 1 else 0.0
+    jump = (np.abs(np.angle(np.exp(1j * (dphi - med)))) > JUMP_RAD) & ~(masked[1:] | masked[:-1])
+    jump &= ~(low[1:] | low[:-1])  # a gap's own edges are the gap, not a jump
+    return ToneGlitches(_events(low), _events(jump), (hi - lo) / SAMPLE_RATE / 60)
+
+
+def _events(flags: npt.NDArray[np.bool_]) -> int:
+    """Runs of True, each one event (a glitch lasting several readings is one glitch)."""
+    if flags.size == 0:
+        return 0
+    return int(flags[0]) + int(np.count_nonzero(flags[1:] & ~flags[:-1]))
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+
+def _check(fleet: Fleet) -> None:
+    bad = fleet.failed()
+    if bad:
+        raise PulseRigError(f"{bad[0].name} exited with an error:\n{fleet.log_tail(bad[0])}")
+
+
+def _spawn(fleet: Fleet, role: str, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = fleet.workdir / f"{name}.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    m = fleet.adopt(role, name, proc.pid, log)
+    m.popen = proc
+    return proc
+
+
+def run_kind(kind: str, opts: PulseBenchOptions, console: Console) -> dict[str, Any]:
+    out = opts.out / kind
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    key = generate_private_key()
+    save_private_key(key, out / "ingest.key")
+    (out / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
+    tone = out / "tone-markers.wav"
+    write_tone_with_markers(tone)
+    sinks = [sink_name(i) for i in range(opts.sites)]
+    with contextlib.ExitStack() as stack:
+        pulse = stack.enter_context(PulseServer(out / "pulse", opts.sites))
+        fleet = stack.enter_context(Fleet(out / "logs"))
+        try:
+            nats = EmbeddedNats(port=free_port(), workdir=out / "nats")
+            nats.start()
+        except NatsServerError as exc:
+            raise PulseRigError(str(exc)) from exc
+        stack.callback(nats.stop)
+        assert nats.pid is not None and pulse.proc is not None
+        fleet.adopt("nats", "nats", nats.pid)
+        fleet.adopt("pulseaudio", "pulseaudio", pulse.proc.pid)
+        for i, sink in enumerate(sinks):
+            spec = f"pulse:{sink}" if kind == "pulse" else "device:pulse"
+            argv = citycast_argv(
+                "site", "--name", f"site-{i:02d}", "--nats", nats.url, "--trust", str(out / "trusted.keys"),
+                "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
+            )  # fmt: skip
+            _spawn(fleet, "sites", f"site-{i:02d}", argv, pulse.env(sink))
+        recorder = MonitorRecorder(pulse.server, sinks, out)
+        recorder.start()
+        stack.callback(recorder.stop)
+        report = out / "ingest.json"
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TimeElapsedColumn(), console=console,
+        ) as progress:  # fmt: skip
+            task = progress.add_task(f"[{kind}] sites playing, their DAC clocks settling (s)", total=opts.warmup)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < opts.warmup:
+                _check(fleet)
+                fleet.sample()
+                progress.update(task, completed=time.monotonic() - t0)
+                time.sleep(0.2)
+            ingest = _spawn(
+                fleet, "ingest", "ingest",
+                citycast_argv("ingest", str(tone), "--loop", "--key", str(out / "ingest.key"), "--nats", nats.url,
+                              "--seconds", f"{opts.seconds:g}", "--report", str(report)),
+                dict(os.environ),
+            )  # fmt: skip
+            fleet.start_window()
+            task = progress.add_task(f"[{kind}] tone and markers sent (s)", total=opts.seconds)
+            t0 = time.monotonic()
+            while ingest.poll() is None:
+                _check(fleet)
+                fleet.sample()
+                progress.update(task, completed=min(opts.seconds, time.monotonic() - t0))
+                if time.monotonic() - t0 > opts.seconds + 30:
+                    raise PulseRigError("ingest did not finish in time")
+                time.sleep(0.2)
+            fleet.end_window()
+            if ingest.returncode != 0:
+                raise PulseRigError("ingest failed:\n" + fleet.log_tail(fleet.members[-1]))
+            time.sleep(opts.delay_ms / 1000 + 1.0)  # the last marker reaches every sink
+        errors = recorder.stop()
+        fleet.stop("sites", timeout=20)
+        if errors:
+            raise PulseRigError("recording failed: " + "; ".join(errors))
+    ingest_facts = json.loads(report.read_text())
+    figures = _figures(kind, opts, recorder.recordings, int(ingest_facts["ts0_ns"]), fleet, console)
+    if not opts.keep_audio:
+        for rec in recorder.recordings:
+            rec.path.unlink(missing_ok=True)
+    return figures
+
+
+def _figures(
+    kind: str, opts: PulseBenchOptions, recordings: list[MonitorRecording], ts0_ns: int, fleet: Fleet, console: Console
+) -> dict[str, Any]:
+    traces: list[SiteTrace] = []
+    glitches: dict[str, ToneGlitches] = {}
+    period = 1_000_000_000
+    markers_sent = int(opts.seconds)
+    with Progress(TextColumn("{task.description}"), BarColumn(), console=console) as progress:
+        task = progress.add_task(
+            f"[{kind}] finding markers and glitches in what each sink played", total=len(recordings)
+        )
+        for rec in recordings:
+            x = rec.audio()
+            start_ns, ns_per_sample = rec.line()
+            positions = detect_markers(x)
+            heard = [start_ns + p * ns_per_sample for p in positions]
+            traces.append(SiteTrace(rec.name, heard))
+            # The window the address played in, by the markers: from the second to the last one heard.
+            inside = [
+                p
+                for p, t in zip(positions, heard, strict=True)
+                if ts0_ns + period <= t < ts0_ns + markers_sent * period + period
+            ]
+            if len(inside) >= 2:
+                glitches[rec.name] = tone_glitches(x, positions, int(inside[0]), int(inside[-1]) + SAMPLE_RATE - DEMOD)
+            else:
+                glitches[rec.name] = ToneGlitches(0, 0, 0.0)
+            progress.advance(task)
+    sync = analyse(traces, ts0_ns=ts0_ns, period_ns=period, markers_sent=markers_sent)
+    rates = [g.per_minute for g in glitches.values() if g.minutes > 0]
+    cpu, rss, _ = fleet.figures()
+    return {
+        "sink": kind,
+        "sink_path": SINK_KINDS[kind],
+        "sites": opts.sites,
+        "seconds": opts.seconds,
+        "delay_ms": opts.delay_ms,
+        "markers": sync.markers_sent,
+        "latency_ms": sync.latency_ms,
+        "skew_ms": sync.skew_ms,
+        "deviation_from_median_ms": sync.per_site_deviation_ms,
+        "missing_markers": sync.missing,
+        # from the monitors: what the sound server played
+        "gaps": sum(g.gaps for g in glitches.values()),
+        "jumps": sum(g.jumps for g in glitches.values()),
+        "discontinuities_per_site_minute": {
+            "mean": float(np.mean(rates)) if rates else float("nan"),
+            "max": float(np.max(rates)) if rates else float("nan"),
+        },
+        "per_site": {
+            n: {"gaps": g.gaps, "jumps": g.jumps, "minutes": round(g.minutes, 3)} for n, g in glitches.items()
+        },
+        "cpu_percent_per_site": cpu.get("sites", 0.0) / max(1, opts.sites),
+        "rss_mb_per_site": rss.get("sites", 0.0) / max(1, opts.sites),
+    }
+
+
+def run_pulse_bench(opts: PulseBenchOptions, console: Console) -> dict[str, Any]:
+    if opts.sites < 1:
+        raise PulseRigError("--sites must be at least 1")
+    if not 0 < opts.delay_ms < 900:
+        raise PulseRigError("--delay must be between 0 and 900 ms (a marker every second)")
+    results = [run_kind(kind, opts, console) for kind in opts.kinds]
+    kinds = ",".join(opts.kinds)
+    command = f"citycast bench --sink {kinds} --sites {opts.sites} --seconds {opts.seconds:g} --warmup {opts.warmup:g}"
+    if opts.delay_ms != 80.0:
+        command += f" --delay {opts.delay_ms:g}"
+    out: dict[str, Any] = {"command": command, "runs": results}
+    print_table(out, console)
+    if opts.json_out is not None:
+        opts.json_out.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def print_table(result: dict[str, Any], console: Console) -> None:
+    def ms3(d: dict[str, float]) -> str:
+        return " / ".join(f"{float(d.get(k, math.nan)):.3f}" for k in ("p50", "p99", "max"))
+
+    runs = result["runs"]
+    t = Table(title=f"{result['command']} (loopback, figures from the sinks' monitors)")
+    t.add_column("figure")
+    for r in runs:
+        t.add_column(f"--sink {r['sink']}\n{r['sink_path']}", justify="right")
+    rows: list[tuple[str, Any]] = [
+        ("sites / markers", lambda r: f"{r['sites']} / {r['markers']}"),
+        ("latency p50 / p99 / max (ms)", lambda r: ms3(r["latency_ms"])),
+        ("skew p50 / p99 / max (ms)", lambda r: ms3(r["skew_ms"])),
+        ("underruns heard (tone gaps)", lambda r: str(r["gaps"])),
+        ("phase jumps heard", lambda r: str(r["jumps"])),
+        ("discontinuities / site-minute (mean, max)", lambda r: _mean_max(r["discontinuities_per_site_minute"])),
+        ("sites with missing markers", lambda r: str(len(r["missing_markers"]))),
+        ("CPU per site (% of a core)", lambda r: f"{r['cpu_percent_per_site']:.2f}"),
+    ]  # fmt: skip
+    for label, cell in rows:
+        t.add_row(label, *[cell(r) for r in runs])
+    console.print(t)
+
+
+def _mean_max(d: dict[str, float]) -> str:
+    return f"{d['mean']:.2f}, {d['max']:.2f}"
