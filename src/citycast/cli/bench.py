@@ -105,8 +105,16 @@ def bench(
         from citycast.tooling.bench.pulse_rig import PulseBenchOptions, PulseRigError, parse_kinds, run_pulse_bench
 
         try:
-            popts = PulseBenchOptions(parse_kinds(sink), sites=sites, seconds=seconds, delay_ms=delay_ms or 80.0,
-                                      warmup=warmup, out=out / "pulse", json_out=json_out, keep_audio=keep_wav)  # fmt: skip
+            popts = PulseBenchOptions(
+                parse_kinds(sink),
+                sites=sites,
+                seconds=seconds,
+                delay_ms=delay_ms or 80.0,
+                warmup=warmup,
+                out=out / "pulse",
+                json_out=json_out,
+                keep_audio=keep_wav,
+            )
             run_pulse_bench(popts, console)
         except PulseRigError as e:
             fail(str(e))
