@@ -144,9 +144,9 @@ class MountStreamer:
         attempt = 0
         try:
             while True:
-                await self._follow_channel()
                 conn = SourceConnection(self.server, self.mount, self.mux.content_type, self.info)
                 try:
+                    await self._follow_channel()
                     await conn.open()
                     self.connected = True
                     self.connections += 1
@@ -155,11 +155,10 @@ class MountStreamer:
                     log.info("icecast: streaming to %s", self.server.url(self.mount))
                     await self._stream(conn)
                 except (IcecastError, av.error.FFmpegError, ValueError) as e:
-                    self.failures += 1
-                    self.error = str(e)
-                    if self.error != self._logged_error:
-                        log.warning("icecast: %s (retrying until it works)", self.error)
-                        self._logged_error = self.error
+                    self._failed(str(e))
+                except Exception as e:  # anything else (the bus, a bug) must not end the mount for good either
+                    log.exception("icecast: %s failed; retrying", self.mount)
+                    self._failed(f"{type(e).__name__}: {e}")
                 finally:
                     self.connected = False
                     await conn.close()
@@ -171,6 +170,13 @@ class MountStreamer:
             if self._sub is not None:
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        self.error = error
+        if error != self._logged_error:
+            log.warning("icecast: %s (retrying until it works)", error)
+            self._logged_error = error
 
     async def _stream(self, conn: SourceConnection) -> None:
         # A new connection is a new stream for Icecast: its headers (Ogg: OpusHead/OpusTags) come first.
