@@ -38,7 +38,13 @@ def site(
     channel: ChannelOpt = 1,
     prefix: PrefixOpt = "citycast",
     delay_ms: Annotated[float, typer.Option(help="Playout delay D: frame T plays at broadcast time T + D.")] = 80.0,
-    sink: Annotated[str, typer.Option(help="device[:NAME], timed[:PPM] or wav:PATH.")] = "device",
+    sink: Annotated[
+        str,
+        typer.Option(
+            help="device[:NAME] (PortAudio), pulse[:SINK] (PulseAudio/PipeWire, its own latency reporting), "
+            "timed[:PPM] or wav:PATH. See docs/operations.md, Choosing a sink."
+        ),
+    ] = "device",
     clock: Annotated[
         str,
         typer.Option(help="sync (estimate the broadcast clock over the bus) or system (trust chrony/PTP)."),
