@@ -13,7 +13,8 @@ available" and "Not enough frames available", each a block played as silence) an
 its playout); and from its output file, the markers it played and any it lost.
 
 The feeder (`python -m citycast.tooling.bench.snapcast FIFO PERIOD`) paces the signal in 20 ms blocks by the
-monotonic clock, as the ingest paces its frames.
+monotonic clock, as the ingest paces its frames, 100 ms ahead: snapserver reads its FIFO by its own timer, and a
+feeder late on a busy box would otherwise show as a jump in every client.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def ensure_snapcast(console: Console) -> None:
             raise SnapcastError(f"apt-get could not install snapserver/snapclient: {done.stderr.strip()[-500:]}")
 
 
+AHEAD_BLOCKS = 5  # the FIFO is kept 100 ms ahead of snapserver's reads, so a late feeder never starves it
+
+
 def feed(fifo: Path, period_s: float) -> None:
     """Write the marker signal into snapserver's FIFO in real time, as 16-bit stereo, until the reader goes."""
     blocks = MarkerSource(period_s).blocks()
@@ -92,7 +96,7 @@ def feed(fifo: Path, period_s: float) -> None:
                 f.write(np.repeat(pcm, CHANNELS).tobytes())  # L and R interleaved, the same sample
             except BrokenPipeError:
                 return
-            wait = t0 + (k + 1) * block_s - time.monotonic()
+            wait = t0 + (k + 1 - AHEAD_BLOCKS) * block_s - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
 

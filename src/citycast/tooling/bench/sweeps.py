@@ -52,12 +52,13 @@ def run_capacity(
     base: BenchOptions, sizes: list[int], runs: int, console: Console, bench: Callable[[BenchOptions, Console], Figures]
 ) -> Figures:
     """`bench --capacity N1,N2,... --runs R`: the largest N with 0 underruns in R runs in a row, for full sites
-    and for snapclients; stops growing N for a kind at its first failing size."""
+    and for snapclients (each kind unless its count is 0); stops growing N for a kind at its first failing size."""
     table = Table(title=f"capacity: {runs} runs in a row per size")
     for col in ("kind", "N", "run", "underruns", "missing markers", "CPU per client (% of a core)", "clean"):
         table.add_column(col)
     out: Figures = {"runs": runs, "sizes": sorted(sizes)}
-    kinds = ["citycast"] + (["snapclient"] if base.snapclients else [])
+    # --sites 0 or --snapclients 0 leaves that kind out (the other's three runs may be all the time there is)
+    kinds = (["citycast"] if base.sites else []) + (["snapclient"] if base.snapclients else [])
     for kind in kinds:
         highest = 0
         tried: list[Figures] = []
