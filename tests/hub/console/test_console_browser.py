@@ -375,8 +375,18 @@ def test_cap_alert_area_and_the_sites_it_reached_on_the_map(
         page.wait_for_function("() => document.querySelectorAll('#cap-map path[fill=\"#dc2626\"]').length === 2")
         assert page.locator('#cap-map path[stroke="#2563eb"]').count() == 1  # the area
         shot(page, artifacts, "cap-alert")
+        # The admin adds a feed from the console; the hub polls it (nothing listens there: its status says so).
+        page.get_by_test_id("cap-settings").locator("summary").click()
+        page.get_by_test_id("cap-feeds").fill("http://127.0.0.1:9/feed.atom")
+        page.get_by_test_id("cap-settings-save").click()
+        with console_hub.api() as api:
+            wait_until_sync(
+                lambda: api.get("/api/cap/settings").json()["feeds"] == ["http://127.0.0.1:9/feed.atom"],
+                "the feed saved",
+            )
     finally:
         refs = "<references>alerts@ndma.gov.pk,PK-NDMA-CONSOLE-1,2026-12-02T14:00:00+05:00</references>"
         with console_hub.api() as api:  # the module's other tests expect nothing on air
             r = api.post("/api/cap", content=CAP_ALERT.format(n=2, kind="Cancel", refs=refs), headers=headers)
             assert r.json()["outcome"] == "cancelled", r.text
+            api.put("/api/cap/settings", json={"feeds": []})

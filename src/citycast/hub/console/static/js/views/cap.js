@@ -3,7 +3,7 @@
 // Leaflet is the vendor script loaded before the modules: the global `L`.
 import { api } from '../api.js';
 import { fmtTime } from '../format.js';
-import { state, subscribe } from '../store.js';
+import { can, state, subscribe } from '../store.js';
 import { $, act, el } from '../ui.js';
 
 const AREA_COLOR = '#2563eb';
@@ -57,10 +57,41 @@ function render(list, draw) {
   if (first) draw(first);
 }
 
+/** The admin's settings form: feeds, poll interval, repeats, signatures (the certificates are kept as they are). */
+function settingsForm() {
+  const form = $('#cap-settings-form');
+  let certs = [];
+  async function load() {
+    const st = await act(() => api('GET', 'cap/settings'));
+    if (!st) return;
+    certs = st.authority_certs;
+    form.feeds.value = st.feeds.join('\n');
+    form.poll_s.value = st.poll_s;
+    form.repeats.value = st.repeats;
+    form.require_signature.checked = st.require_signature;
+    $('#cap-feeds-status').replaceChildren(...st.feeds_status.map((f) =>
+      el('li', {}, `${f.url}: ${f.error ? `error: ${f.error}` : f.last_ok ? `ok ${fmtTime(f.last_ok)}` : 'not polled yet'}`)));
+  }
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const body = {
+      feeds: form.feeds.value.split('\n').map((u) => u.trim()).filter(Boolean),
+      poll_s: Number(form.poll_s.value),
+      repeats: Number(form.repeats.value),
+      require_signature: form.require_signature.checked,
+      authority_certs: certs,
+    };
+    if (await act(() => api('PUT', 'cap/settings', body), 'CAP settings saved')) load();
+  });
+  return load;
+}
+
 export function mountCap() {
   const draw = capMap();
+  const loadSettings = settingsForm();
   subscribe('route', async () => {
     if (state.route !== 'alerts' || !state.session.user) return;
+    if (can('admin')) loadSettings();
     const list = await act(() => api('GET', 'cap/alerts'));
     if (list) render(list, draw);
   });
