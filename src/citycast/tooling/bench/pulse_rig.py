@@ -11,8 +11,8 @@ from the nominal rate gives the capture time of every recorded sample.
 The address is a 1 kHz tone at -12 dBFS with the marker chirp mixed in at the start of every second, looped and
 sent by a real `citycast ingest`. Markers found in each recording give latency and skew as `citycast bench` does;
 the tone gives what a listener hears as a glitch: a *gap* (the tone's amplitude drops, the server played
-silence: an underrun) or a *jump* (its phase moves by more than a tenth of a cycle within a millisecond: samples
-skipped or repeated, a resync). Both are counted per site-minute over the marker window. Sites trust the
+silence: an underrun) or a *jump* (its phase moves by more than 0.6 of a sample within 3 ms: samples skipped or
+repeated, a resync). Both are counted per site-minute over the marker window. Sites trust the
 system clock (`--clock system`, as a box with chrony or PTP): the figures are the sound path's, not the clock
 estimator's.
 """
@@ -54,7 +54,8 @@ TONE_AMPLITUDE = 0.25
 LOOP_S = 10
 BLOCK = 480  # samples a monitor read returns (10 ms)
 DEMOD = 48  # samples per tone-phase reading: one cycle of 1 kHz, which also nulls the 2 kHz image
-JUMP_RAD = 2 * math.pi / 10  # a tenth of a cycle (0.1 ms at 1 kHz) within a millisecond
+JUMP_SPAN = 3  # readings (ms) over which the tone's phase is compared
+JUMP_RAD = 0.08  # 0.6 of a sample (13 µs) at 1 kHz: more than a sound server's resampler or our slew moves it
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
@@ -287,12 +288,13 @@ def tone_glitches(x: F32 | F64, markers: list[float], lo: int, hi: int) -> ToneG
         masked[max(0, a) : max(0, min(k, b))] = True
     level = float(np.median(amp[~masked])) if np.any(~masked) else 0.0
     low = (amp < 0.5 * level) & ~masked
-    dphi = np.angle(z[1:] * np.conj(z[:-1]))
-    # The playout slews the stream's rate by at most 1000 ppm: the phase step per ms then moves by well under
-    # JUMP_RAD from its local median, while one sample skipped or repeated moves it by 0.13 rad.
-    med = np.median(dphi[~(masked[1:] | masked[:-1])]) if k > 1 else 0.0
-    jump = (np.abs(np.angle(np.exp(1j * (dphi - med)))) > JUMP_RAD) & ~(masked[1:] | masked[:-1])
-    jump &= ~(low[1:] | low[:-1])  # a gap's own edges are the gap, not a jump
+    # The phase over a span of JUMP_SPAN readings: a skip or repeat inside one reading shows in full across it.
+    span_ok = ~masked[JUMP_SPAN:] & ~masked[:-JUMP_SPAN] & ~low[JUMP_SPAN:] & ~low[:-JUMP_SPAN]
+    dphi = np.angle(z[JUMP_SPAN:] * np.conj(z[:-JUMP_SPAN]))
+    # The playout slews the stream's rate by at most 1000 ppm: over 3 ms that moves the phase by 0.02 rad from its
+    # median step, while one sample skipped or repeated moves it by 0.13 rad.
+    med = float(np.median(dphi[span_ok])) if np.any(span_ok) else 0.0
+    jump = (np.abs(np.angle(np.exp(1j * (dphi - med)))) > JUMP_RAD) & span_ok
     return ToneGlitches(_events(low), _events(jump), (hi - lo) / SAMPLE_RATE / 60)
 
 

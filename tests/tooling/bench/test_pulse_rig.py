@@ -1,0 +1,90 @@
+"""The pulse bench's ear: what counts as a glitch in a recorded tone, and the address it plays.
+
+Real signals, made here: the bench's own tone-with-markers file, read back and cut, stretched or gapped as a
+sound server would; each glitch must be counted once, and a slewed playout (the engine's rate corrections) must
+count as none.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from citycast.media.audio import SAMPLE_RATE
+from citycast.media.resampler import read_ramp
+from citycast.tooling.bench.pulse_rig import (
+    LOOP_S,
+    MonitorRecording,
+    PulseRigError,
+    parse_kinds,
+    tone_glitches,
+    write_tone_with_markers,
+)
+from citycast.tooling.markers import detect_markers
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    path = tmp_path_factory.mktemp("tone") / "tone.wav"
+    write_tone_with_markers(path)
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getnchannels()) == (SAMPLE_RATE, 1)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    x = pcm.astype(np.float64) / 32767
+    return np.concatenate([x, x])  # looped, as ingest --loop sends it
+
+
+def _count(x: np.ndarray) -> tuple[int, int]:
+    markers = detect_markers(x)
+    g = tone_glitches(x, markers, 0, len(x))
+    return g.gaps, g.jumps
+
+
+def test_the_address_has_a_marker_every_second_and_a_clean_tone(address: np.ndarray) -> None:
+    markers = detect_markers(address)
+    assert np.allclose(np.diff(markers), SAMPLE_RATE, atol=0.01)
+    assert len(markers) == 2 * LOOP_S
+    assert _count(address) == (0, 0)
+
+
+def test_a_slewed_playout_is_no_glitch(address: np.ndarray) -> None:
+    # The engine reads the stream up to 1000 ppm fast or slow: smooth, inaudible, and not a discontinuity.
+    n = len(address) - 1000
+    stretched = read_ramp(address.astype(np.float32), 1.0, 1.0008, n, np.arange(n, dtype=np.float64))
+    assert _count(np.asarray(stretched, dtype=np.float64)) == (0, 0)
+
+
+def test_one_skipped_sample_is_one_jump(address: np.ndarray) -> None:
+    cut = np.delete(address, 300_000)
+    assert _count(cut) == (0, 1)
+    repeated = np.insert(address, 500_000, address[500_000])
+    assert _count(repeated) == (0, 1)
+
+
+def test_an_underrun_is_one_gap(address: np.ndarray) -> None:
+    gapped = address.copy()
+    gapped[400_000 : 400_000 + 480] = 0.0  # 10 ms of silence where the tone should be
+    gaps, jumps = _count(gapped)
+    assert gaps == 1
+    assert jumps <= 1  # the tone comes back where the timeline says: no jump, or one at the gap's edge
+
+
+def test_dates_give_the_capture_line_whatever_a_few_late_reads(tmp_path: Path) -> None:
+    rec = MonitorRecording("cc_site00", tmp_path / "x.f32")
+    t0 = 1_764_000_000_000_000_000
+    rng = np.random.default_rng(3)
+    for k in range(1, 2000):
+        late = int(rng.exponential(2e6)) if k % 7 == 0 else int(rng.uniform(0, 50e3))
+        rec.dates.append((k * 480, t0 + round(k * 480 * 1e9 / SAMPLE_RATE) + late))
+    start, ns_per_sample = rec.line()
+    assert abs(start - t0) < 60_000
+    assert ns_per_sample == pytest.approx(1e9 / SAMPLE_RATE)
+
+
+def test_sink_kinds_are_checked() -> None:
+    assert parse_kinds("pulse,device") == ["pulse", "device"]
+    with pytest.raises(PulseRigError, match="--sink takes"):
+        parse_kinds("alsa")
