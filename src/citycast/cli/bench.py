@@ -94,7 +94,7 @@ def bench(
     cpu_quota: Annotated[
         str | None,
         typer.Option(
-            help="Q or Q1,Q2,...: each site process (and snapclient) in a cgroup allowed Q %% of one core (root); "
+            help="Q or Q1,Q2,...: each site process (and snapclient) in a cgroup allowed Q % of one core (root); "
             "with several, one run per quota and the floor: the smallest quota that still plays cleanly."
         ),
     ] = None,
