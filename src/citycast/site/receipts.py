@@ -210,6 +210,7 @@ class ReceiptSender:
         self.sent = 0
         self.refused = 0
         self.dropped = 0  # the oldest, when the hub stayed out of reach for longer than MAX_PENDING receipts
+        self._sending = asyncio.Lock()  # the loop and a flush at shutdown must not send (and pop) the same one
 
     def collect(self) -> None:
         for receipt in self.play_log.take_due(self.now_ns() or 0):
@@ -220,6 +221,10 @@ class ReceiptSender:
 
     async def send_pending(self) -> bool:
         """Try each pending receipt in order; False when the hub cannot be reached now (try again later)."""
+        async with self._sending:
+            return await self._send_pending()
+
+    async def _send_pending(self) -> bool:
         while self.pending:
             nc = self.nc()
             if nc is None or not nc.is_connected:
