@@ -68,8 +68,8 @@ def bench(
         typer.Option(
             help="Instead: through a real sound server (a private PulseAudio, a null sink per site, the monitors "
             "recorded with the server's timing): 'pulse' (PulseSink), 'device' (PortAudio via ALSA's pulse "
-            "plugin) or 'pulse,device' side by side. Loopback; uses --sites, --seconds, --delay, --warmup, --out, "
-            "--json, --keep-wav."
+            "plugin), 'device-raw' (the same, DAC times unfiltered), or a comma list side by side. Loopback; "
+            "uses --sites, --seconds, --delay, --warmup, --out, --json, --keep-wav."
         ),
     ] = None,
     snapclients: Annotated[
