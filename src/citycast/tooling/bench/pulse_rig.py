@@ -1,12 +1,14 @@
-"""`citycast bench --sink pulse|device|pulse,device`: sync measured through a real sound server.
+"""`citycast bench --sink pulse|device|device-raw|pulse,device,...`: sync measured through a real sound server.
 
 The timed-sink bench lets each site say when a sample reached its DAC. Here the sound server says it: a private
 PulseAudio (no sound card needed) with one null sink per site; each site is a real `citycast site` process that
 plays to its own sink, either through `PulseSink` (`--sink pulse:SINK`, PulseAudio's own latency reporting) or
-through PortAudio and ALSA's pulse plugin (`--sink device:pulse`, the sink a site box used before). One client
-process (this one) records every sink's monitor with the server's timing: after each read, PulseAudio's record
-latency dates the next unread sample; the null sinks run on the system clock, so the median offset of those dates
-from the nominal rate gives the capture time of every recorded sample.
+through PortAudio and ALSA's pulse plugin (`--sink device:pulse`; `device-raw` is the same without the DAC-time
+filter, the sink a site box used before). One client process (this one) records every sink's monitor with the
+server's timing: after each read, PulseAudio's record latency dates the next unread sample; the null sinks run on
+the system clock, so the median offset of those dates from the nominal rate gives the capture time of every
+recorded sample. A monitor gets a sample when its null sink renders it, which is ahead of the sink's own play
+clock by up to the sink's latency: the latency figure is dated there, the same way for every site.
 
 The address is a 1 kHz tone at -12 dBFS with the marker chirp mixed in at the start of every second, looped and
 sent by a real `citycast ingest`. Markers found in each recording give latency and skew as `citycast bench` does;
@@ -48,7 +50,11 @@ from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
 from citycast.tooling.markers import detect_markers
 
-SINK_KINDS = {"pulse": "PulseSink (PulseAudio latency reporting)", "device": "PortAudio via ALSA pulse plugin"}
+SINK_KINDS = {
+    "pulse": "PulseSink (PulseAudio latency reporting)",
+    "device": "PortAudio via ALSA pulse plugin",
+    "device-raw": "the same, DAC times unfiltered (as before)",
+}
 TONE_HZ = 1000.0
 TONE_AMPLITUDE = 0.25
 LOOP_S = 10
@@ -348,7 +354,7 @@ def run_kind(kind: str, opts: PulseBenchOptions, console: Console) -> dict[str, 
         fleet.adopt("nats", "nats", nats.pid)
         fleet.adopt("pulseaudio", "pulseaudio", pulse.proc.pid)
         for i, sink in enumerate(sinks):
-            spec = f"pulse:{sink}" if kind == "pulse" else "device:pulse"
+            spec = f"pulse:{sink}" if kind == "pulse" else f"{kind}:pulse"
             argv = citycast_argv(
                 "site", "--name", f"site-{i:02d}", "--nats", nats.url, "--trust", str(out / "trusted.keys"),
                 "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
