@@ -23,7 +23,12 @@ SCRIPT = ROOT / "scripts" / "build-assets.sh"
 REQUIRED = [ROOT / "src/citycast/hub/console/static/vendor" / name for name in ("leaflet.js", "leaflet.css")]
 # The folders the script makes. Package discovery ran before they existed (on a fresh checkout), and setuptools
 # warns about a data folder that is not a listed package, so they are listed once made.
-MADE_FOLDERS = ["hub.console.static.vendor", "hub.console.static.vendor.images", "hub.telephone.prompts_cache"]
+MADE_FOLDERS = [
+    "hub.console.static.vendor",
+    "hub.console.static.vendor.images",
+    "hub.telephone.prompts_cache",
+    "hub.telephone.prompts_cache.ur",
+]
 
 
 def build_assets() -> None:

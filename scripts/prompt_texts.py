@@ -1,6 +1,7 @@
 """Print the telephone's prompt list, `name<TAB>text` lines, with nothing but the standard library.
 
-The list is `PROMPT_TEXTS` in src/citycast/hub/telephone/prompts.py. A wheel is built in an isolated environment
+The list is `PROMPT_SETS` in src/citycast/hub/telephone/prompts.py: every language's texts, a language's names
+prefixed by its folder (`ur/welcome`). A wheel is built in an isolated environment
 that holds setuptools and not the product's dependencies (numpy, PyAV), so that module cannot be imported there:
 its top-level assignments are evaluated instead, skipping those that need a name it imports. The result is the
 module's own list (tests/test_wheel.py compares it with `python -m citycast.hub.telephone.prompts --list`), and a
@@ -19,6 +20,7 @@ DEFAULT = Path(__file__).resolve().parent.parent / "src/citycast/hub/telephone/p
 
 
 def prompt_texts(source: Path) -> dict[str, str]:
+    """Every prompt of every language: "<folder><name>" -> text."""
     tree = ast.parse(source.read_text(encoding="utf-8"), str(source))
     namespace: dict[str, object] = {"__name__": "prompt_texts"}
     skipped: dict[str, NameError] = {}
@@ -33,11 +35,15 @@ def prompt_texts(source: Path) -> dict[str, str]:
         except NameError as e:  # needs an imported name (logging, Path, numpy): not part of the list
             for target in node.targets:
                 skipped[ast.unparse(target)] = e
-    texts = namespace.get("PROMPT_TEXTS")
-    if "PROMPT_TEXTS" in skipped:
-        raise SystemExit(f"{source}: PROMPT_TEXTS needs an imported name ({skipped['PROMPT_TEXTS']}): keep it plain")
-    if not isinstance(texts, dict) or not texts or not all(isinstance(v, str) for v in texts.values()):
-        raise SystemExit(f"{source}: no PROMPT_TEXTS dict of names to texts found")
+    for name in ("PROMPT_TEXTS", "PROMPT_SETS"):
+        if name in skipped:
+            raise SystemExit(f"{source}: {name} needs an imported name ({skipped[name]}): keep it plain")
+    sets = namespace.get("PROMPT_SETS")
+    texts: dict[str, str] = {}
+    for texts_of, folder in sets.values() if isinstance(sets, dict) else ():
+        texts.update({f"{folder}{name}": text for name, text in texts_of.items()})
+    if not texts or not all(isinstance(v, str) for v in texts.values()):
+        raise SystemExit(f"{source}: no PROMPT_SETS of (names to texts, folder) found")
     return texts
 
 

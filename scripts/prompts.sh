@@ -3,6 +3,7 @@
 # wheel is built; nothing is fetched). The list of prompts (name and text) is citycast.hub.telephone.prompts's
 # PROMPT_TEXTS, read by scripts/prompt_texts.py with the standard library alone (a wheel's isolated build
 # environment has no numpy to import the module with), so code and files cannot drift apart.
+# The Urdu set (names "ur/<name>") goes into <output-dir>/ur/, spoken with espeak-ng's ur voice.
 # Idempotent: a prompt is spoken again only if its file is missing or its text changed (kept in <name>.txt).
 # Usage: scripts/prompts.sh [output-dir]   (default: src/citycast/hub/telephone/prompts_cache)
 #        PYTHON=/path/to/python to use another interpreter (default: python3)
@@ -31,8 +32,13 @@ while IFS="$tab" read -r name text; do
         continue
     fi
     # Write beside, then rename: an interrupted run never leaves a half-written prompt under its real name.
-    espeak-ng -v "$voice" -s 150 -a 150 -w "$out/.tmp-$name.wav" "$text"
-    mv "$out/.tmp-$name.wav" "$out/$name.wav"
+    case $name in
+        */*) speaker=${name%%/*}; mkdir -p "$out/$speaker" ;;  # a language's folder names its espeak-ng voice
+        *) speaker=$voice ;;
+    esac
+    tmp="$out/.tmp-$(printf '%s' "$name" | tr / -).wav"
+    espeak-ng -v "$speaker" -s 150 -a 150 -w "$tmp" "$text"
+    mv "$tmp" "$out/$name.wav"
     printf '%s' "$text" >"$out/$name.txt"
     made=$((made + 1))
 done <"$list"

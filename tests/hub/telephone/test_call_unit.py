@@ -121,17 +121,17 @@ class Addresses:
 
 
 class Prompts:
-    """Short distinct tones, and the names the call asked for, in order."""
+    """Short distinct tones, and the names the call asked for, in order (an Urdu prompt as "ur/<name>")."""
 
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def get(self, name: str) -> Samples:
-        self.asked.append(name)
+    def get(self, name: str, language: str = "en") -> Samples:
+        self.asked.append(name if language == "en" else f"{language}/{name}")
         return np.full(960 * 3, 0.1, np.float32)  # 60 ms
 
-    def live_to(self, n_sites: int) -> Samples:
-        self.asked.append(f"live_to {n_sites}")
+    def live_to(self, n_sites: int, language: str = "en") -> Samples:
+        self.asked.append(f"live_to {n_sites}" if language == "en" else f"{language}/live_to {n_sites}")
         return np.full(960 * 3, 0.1, np.float32)
 
 
@@ -263,10 +263,10 @@ async def until(cond: Callable[[], object], what: str, timeout: float = 20.0) ->
     assert cond(), what
 
 
-def add_pin(db: Database, pin: str) -> int:
+def add_pin(db: Database, pin: str, language: str = "en") -> int:
     with db.session() as s:
         row = SpeakerPin(label="Imam Saddar", pin_hash=hash_password(pin), pin_hint=hint_of(pin), zone_ids=[ZONE],
-                         priority=Priority.live)  # fmt: skip
+                         priority=Priority.live, language=language)  # fmt: skip
         s.add(row)
         s.flush()
         return int(row.id)
@@ -368,6 +368,21 @@ async def test_a_blocked_source_is_refused_before_any_answer(sqlite_database: Da
     assert [m.status for m in caller.responses("INVITE")] == [403]
     assert desk.sockets == [] and desk.prompts.asked == [] and desk.addresses.started == []
     assert desk.ended[0].end_reason == "source blocked"
+
+
+async def test_a_pin_in_urdu_gets_the_urdu_prompts_once_it_is_known(sqlite_database: Database) -> None:
+    """Before the PIN the caller is nobody in particular (English); from the right PIN on, the PIN's language."""
+    add_pin(sqlite_database, PIN, language="ur")
+    desk = CallDesk(sqlite_database, PinGuard())
+    caller = Caller(desk)
+    call = await answered(desk, caller)
+    await until(lambda: desk.prompts.asked == ["welcome"], f"no welcome: {desk.prompts.asked}")
+    caller.keys(PIN + "#")
+    await until(lambda: call.state is CallState.live and call.sites_live is not None, "never live")
+    await until(lambda: desk.prompts.asked[-1] == "ur/live_to 3", f"not told in Urdu: {desk.prompts.asked}")
+    assert call.language == "ur"
+    caller.send("BYE")
+    await until(lambda: desk.ended == [call], "the call never ended")
 
 
 async def test_an_address_stopped_elsewhere_hangs_up_the_call(sqlite_database: Database) -> None:

@@ -16,6 +16,7 @@ import pytest
 from citycast.hub.telephone.prompts import (
     GAP_S,
     PROMPT_TEXTS,
+    PROMPT_TEXTS_UR,
     SAMPLE_RATE,
     Prompts,
     fallback_tone,
@@ -46,11 +47,12 @@ def prompt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_espeak
 def test_script_speaks_every_prompt_once(prompt_dir: Path, tmp_path: Path) -> None:
     assert {p.stem for p in prompt_dir.glob("*.wav")} == set(PROMPT_TEXTS)
+    assert {p.stem for p in (prompt_dir / "ur").glob("*.wav")} == set(PROMPT_TEXTS_UR)
     for name in ("welcome", "n0", "n20", "n90", "hundred", "thousand", "ended", "hold", "too_many", "wrong_pin"):
         assert name in PROMPT_TEXTS
     # Idempotent: a second run speaks nothing and leaves every file as it was; a changed text is spoken again.
     out = tmp_path / "p"
-    assert f"{len(PROMPT_TEXTS)} spoken" in _generate(out)
+    assert f"{len(PROMPT_TEXTS) + len(PROMPT_TEXTS_UR)} spoken" in _generate(out)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert "0 spoken" in _generate(out)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
@@ -150,3 +152,28 @@ def test_a_directory_that_does_not_exist_plays_tones(tmp_path: Path) -> None:
     assert not prompts.available("welcome")
     np.testing.assert_array_equal(prompts.live_to(1234), fallback_tone("live_to"))
     assert prompts.get("n5").size > 0
+
+
+def test_urdu_numbers_below_a_hundred_are_one_word_each() -> None:
+    assert spoken_number(34, "ur") == ["n34"]
+    assert spoken_number(1234, "ur") == ["n1", "thousand", "n2", "hundred", "n34"]
+    assert all(p in PROMPT_TEXTS_UR for n in range(0, 100_000, 7) for p in spoken_number(n, "ur"))
+    assert live_to_pieces(2, "ur") == ["live_to", "n2", "sites"]
+    assert set(PROMPT_TEXTS) <= set(PROMPT_TEXTS_UR)  # every prompt the call asks for exists in Urdu
+
+
+@needs_espeak
+def test_urdu_prompts_are_spoken_in_urdu(prompt_dir: Path) -> None:
+    prompts = Prompts(prompt_dir)
+    urdu = prompts.get("welcome", "ur")
+    english = prompts.get("welcome")
+    assert prompts.path("welcome", "ur") == prompt_dir / "ur" / "welcome.wav"
+    assert urdu.dtype == np.float32 and 2.0 < urdu.size / SAMPLE_RATE < 10.0
+    assert np.sqrt(np.mean(urdu**2)) > 0.05 and urdu.size != english.size
+    sentence = prompts.live_to(1234, "ur")
+    gap = int(GAP_S * SAMPLE_RATE)
+    pieces = live_to_pieces(1234, "ur")
+    assert sentence.size == sum(prompts.get(p, "ur").size for p in pieces) + gap * (len(pieces) - 1)
+    assert prompts.missing == set()
+    with pytest.raises(KeyError, match="no prompts in 'fr'"):
+        prompts.get("welcome", "fr")

@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Scope
 
@@ -29,6 +30,7 @@ from citycast.hub.api import (
     fleet,
     golive,
     icecast,
+    locale,
     pins,
     receipts,
     recordings,
@@ -45,6 +47,7 @@ from citycast.hub.api.headers import SecurityHeaders
 from citycast.hub.api.limits import BodyLimit
 from citycast.hub.api.schemas import ErrorOut, ValidationErrorOut
 from citycast.hub.context import HubContext
+from citycast.hub.i18n import validation_message
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """One readable sentence in `detail` (what the console shows), the structured list in `errors`."""
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
-    messages = [f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    language = await locale.request_language(request)
+    messages = [validation_message(e, _where(e.get("loc", ())), language) for e in errors[:5]]
     detail = "; ".join(messages) or "invalid request"
     for e in errors:
         e.pop("input", None)  # do not echo what was sent (it may be a password)
@@ -100,6 +104,7 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
     app.state.account_gate = AccountGate()  # login failures per account, whatever the address
     app.state.enrol_limiter = FailureLimiter(limit=ENROL_FAILURES_PER_MINUTE, window_s=60.0)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, locale.translated_http_error)  # details in the reader's language
     app.add_middleware(BodyLimit)  # bodies over a route's limit: 413 before they are read (limits.py)
 
     # Every route may refuse a body it cannot parse (400) or that fails validation (422), and the body limits
@@ -128,6 +133,7 @@ def create_app(ctx: HubContext, *, static_dir: Path | None = STATIC_DIR) -> Fast
         telephone,
         cap,
         icecast,
+        locale,
     ):
         app.include_router(module.router, responses=validation)
     app.include_router(ws.router)

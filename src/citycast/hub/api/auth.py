@@ -29,7 +29,9 @@ router = APIRouter(tags=["auth"])
 
 
 def user_out(user: User) -> UserOut:
-    return UserOut(id=user.id, username=user.username, role=user.role, disabled=user.disabled)
+    return UserOut(
+        id=user.id, username=user.username, role=user.role, disabled=user.disabled, language=user.language or "en"
+    )
 
 
 @router.get("/api/health", response_model=OkOut)

@@ -26,6 +26,7 @@ from citycast.hub.api.schemas import AUTH_ERRORS, DbId, ErrorOut, OkOut, Strict
 from citycast.hub.auth.passwords import hash_password
 from citycast.hub.auth.roles import allows
 from citycast.hub.db.models import Priority, Role, SpeakerPin, User, Zone, utcnow
+from citycast.hub.i18n import Language
 from citycast.hub.telephone.pins import NEW_PIN_MIN_DIGITS, PIN_MAX_DIGITS, PinGuard, PinStore, hint_of, new_pin_problem
 
 GENERATED_DIGITS = 6
@@ -76,6 +77,7 @@ class PinIn(Strict):
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None
     user_id: DbId | None = Field(default=None, description="The speaker's user account, if any")
+    language: Language = Field(default="en", description="The language of the telephone prompts after the PIN")
 
     @field_validator("pin")
     @classmethod
@@ -108,6 +110,7 @@ class PinPatch(Strict):
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None
     user_id: DbId | None = None
+    language: Language | None = None
 
     @field_validator("label")
     @classmethod
@@ -121,7 +124,7 @@ class PinPatch(Strict):
 
     @model_validator(mode="after")
     def _not_null(self) -> PinPatch:
-        for name in ("label", "enabled", "zone_ids", "priority"):
+        for name in ("label", "enabled", "zone_ids", "priority", "language"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null")
         return self
@@ -145,6 +148,7 @@ class PinOut(BaseModel):
         default=None, description="Locked after repeated wrong guesses until then: even the right PIN is refused"
     )
     recent_failures: int = Field(default=0, description="Wrong guesses counted against it in the last 10 min")
+    language: str = Field(default="en", description="The language of the telephone prompts after the PIN")
 
 
 class PinCreatedOut(PinOut):
@@ -201,6 +205,7 @@ def pin_out(row: SpeakerPin, now: dt.datetime, view: GuardView | None = None) ->
         and (valid_until is None or valid_until > now),
         created_at=utc(row.created_at) or row.created_at,
         last_used_at=utc(row.last_used_at),
+        language=row.language or "en",
         **(view.fields(row.id, now) if view is not None else {}),
     )
 

@@ -92,6 +92,7 @@ class UserOut(BaseModel):
     username: str
     role: Role
     disabled: bool = False
+    language: str = "en"  # the console's language for this user (citycast.hub.i18n.LANGUAGES)
 
 
 class LoginOut(BaseModel):

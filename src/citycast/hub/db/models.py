@@ -109,6 +109,8 @@ class User(Base):
     role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The console's language for this user ("en", "ur": citycast.hub.i18n.LANGUAGES); also their server messages.
+    language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
 
 
 class Session(Base):
@@ -285,6 +287,8 @@ class SpeakerPin(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None]
+    # The language of the telephone prompts the speaker hears once their PIN is known ("en", "ur").
+    language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
 
 
 class Setting(Base):

@@ -160,6 +160,7 @@ class Call:
         self.session_id = random.getrandbits(31)
         self.failed_pins = 0
         self.sites_live: int | None = None  # the N of "you are live to N sites", once on air
+        self.language = "en"  # of the prompts: English until the PIN names the speaker's (SpeakerPin.language)
         self._task: asyncio.Task[None] | None = None
         self._ended = asyncio.Event()
         self._cancelled = False
@@ -310,6 +311,8 @@ class Call:
             result = await gate.attempt(pin, now_s=time.monotonic(), now=dt.datetime.now(dt.UTC))
             if result.outcome == "granted":
                 grant = result.grant
+                assert grant is not None
+                self.language = grant.language
                 break
             if result.outcome in ("busy", "overloaded"):
                 # Not checked (another call from this source is being checked, or no worker is free): not a
@@ -386,7 +389,7 @@ class Call:
         n = self.sites_live = await self.host.sites_live(grant.zone_ids)
         self.media.back.talkback = self._talkback_tap
         self.media.back.clear()
-        self.media.back.play(self.host.prompts.live_to(n))
+        self.media.back.play(self.host.prompts.live_to(n, self.language))
         log.info("call %s from %s live as address %d on channel %d (%s, %d sites)", self.call_id, self.from_uri,
                  self.address_id, channel, grant.label, n)  # fmt: skip
 
@@ -399,7 +402,7 @@ class Call:
     async def _say_and_hang_up(self, prompt: str) -> None:
         assert self.media is not None
         self.media.back.clear()
-        self.media.back.play(self.host.prompts.get(prompt))
+        self.media.back.play(self.host.prompts.get(prompt, self.language))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(15):
                 await self.media.back.played()

@@ -60,11 +60,11 @@ class Addresses(Protocol):
 
 
 class PromptBook(Protocol):
-    """The recorded prompts a caller hears (`prompts.Prompts` is one)."""
+    """The recorded prompts a caller hears, in a language of `prompts.PROMPT_LANGUAGES` (`prompts.Prompts` is one)."""
 
-    def get(self, name: str) -> Samples: ...
+    def get(self, name: str, language: str = "en") -> Samples: ...
 
-    def live_to(self, n_sites: int) -> Samples: ...
+    def live_to(self, n_sites: int, language: str = "en") -> Samples: ...
 
 
 SitesLive = Callable[[tuple[int, ...]], Awaitable[int]]

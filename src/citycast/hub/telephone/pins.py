@@ -104,7 +104,7 @@ def hint_of(pin: str) -> str:
 @dataclass(frozen=True)
 class SpeakerGrant:
     """What a right PIN allows: who is speaking, on which zones (empty: all), at which priority. `weak`: the PIN
-    has fewer than `NEW_PIN_MIN_DIGITS` digits (made before that rule)."""
+    has fewer than `NEW_PIN_MIN_DIGITS` digits (made before that rule). `language`: of the prompts from now on."""
 
     pin_id: int
     label: str
@@ -112,6 +112,7 @@ class SpeakerGrant:
     priority: Priority
     user_id: int | None
     weak: bool = False
+    language: str = "en"
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,11 @@ class Candidate:
     zone_ids: tuple[int, ...]
     priority: Priority
     user_id: int | None
+    language: str = "en"
 
     def grant(self, pin: str) -> SpeakerGrant:
         return SpeakerGrant(self.pin_id, self.label, self.zone_ids, self.priority, self.user_id,
-                            weak=len(pin) < NEW_PIN_MIN_DIGITS)  # fmt: skip
+                            weak=len(pin) < NEW_PIN_MIN_DIGITS, language=self.language)  # fmt: skip
 
 
 def _valid_at(now: dt.datetime) -> Any:
@@ -195,7 +197,7 @@ class PinStore:
             )
             rows = list(s.scalars(query))
             return [Candidate(r.id, r.pin_hash, r.label, r.pin_hint, tuple(int(z) for z in r.zone_ids or ()),
-                              Priority(r.priority), r.user_id) for r in rows]  # fmt: skip
+                              Priority(r.priority), r.user_id, r.language or "en") for r in rows]  # fmt: skip
 
     async def match(self, pin: str, candidates: Sequence[Candidate]) -> Candidate | None:
         """The first of `candidates` whose hash `pin` matches, checked in the hash pool. Raises `HashPoolBusy`."""
