@@ -28,6 +28,11 @@ def loopback_path(rng: random.Random) -> tuple[int, int]:
     return round(up), round(down)
 
 
+def lan_path(rng: random.Random) -> tuple[int, int]:
+    """A site beside its city server (or on one machine): 30-300 µs each way."""
+    return round(rng.uniform(0.03, 0.3) * MS), round(rng.uniform(0.03, 0.3) * MS)
+
+
 def wan_path(rng: random.Random) -> tuple[int, int]:
     """60-80 ms each way, 1 % of requests delayed a further 200-400 ms (a lost packet's retransmission)."""
     up = rng.uniform(60, 80) * MS

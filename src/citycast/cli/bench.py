@@ -98,6 +98,18 @@ def bench(
             "with several, one run per quota and the floor: the smallest quota that still plays cleanly."
         ),
     ] = None,
+    cold_start: Annotated[
+        bool,
+        typer.Option(
+            "--cold-start",
+            help="Instead: --sites site processes on an address; --restarts of them are killed (a power cut) and "
+            "started again mid-address: time to sound in step (≤ 1 ms) and the sync error over the first minute.",
+        ),
+    ] = False,
+    restarts: Annotated[int, typer.Option(min=1, help="With --cold-start: sites killed and restarted.")] = 6,
+    forget_clock: Annotated[
+        bool, typer.Option(help="With --cold-start: restart without the clock memory (a first boot).")
+    ] = False,
 ) -> None:
     """Drive markers through the real path to N sites; print latency, skew, underruns, CPU and RSS."""
     from citycast.tooling.bench.runner import BenchError, BenchOptions, run_bench
@@ -118,6 +130,16 @@ def bench(
             )
             run_pulse_bench(popts, console)
         except PulseRigError as e:
+            fail(str(e))
+        return
+
+    if cold_start:
+        from citycast.tooling.bench.cold_start import ColdStartError, ColdStartOptions, run_cold_start
+
+        try:
+            run_cold_start(ColdStartOptions(sites=sites, restarts=restarts, delay_ms=delay_ms or 80.0, seed=seed,
+                                            memory=not forget_clock, out=out, json_out=json_out), console)  # fmt: skip
+        except ColdStartError as e:
             fail(str(e))
         return
 

@@ -76,6 +76,14 @@ def site(
         str,
         typer.Option(help="Microphone for talkback (enrolled sites): line-in[:DEVICE], or an audio file."),
     ] = "line-in",
+    clock_memory: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the clock's measured drift is kept across restarts, so a site back from a power cut plays "
+            "in step within a second or two (default /var/lib/citycast/NAME.clock.json as root, else "
+            "~/.local/state/citycast/NAME.clock.json).",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -87,6 +95,7 @@ def site(
     """Run a loudspeaker site: receive, verify, sync, play at T + D, report telemetry every second.
 
     Once enrolled (--enrol HUB_URL TOKEN), `citycast site` needs no arguments."""
+    from citycast.clock.memory import default_memory_path
     from citycast.site.enrol import CredentialsFileError, EnrolError, SiteCredentials, default_path
     from citycast.site.enrol import enrol as do_enrol
     from citycast.site.run import SiteOptions, run_site
@@ -133,6 +142,7 @@ def site(
         credentials=credentials,
         credentials_path=cred_path,
         talkback_source=talkback_source,
+        clock_memory=clock_memory or default_memory_path(credentials.site if credentials else name),
     )
     try:
         runtime.run(run_site(opts))

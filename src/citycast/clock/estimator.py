@@ -165,6 +165,16 @@ class ClockEstimator:
         refine_interval_ns: int = 250 * _MS,
         refine_until_ns: int = 100 * _US,
         refine_period_ns: int = 10 * 60 * _S,
+        burst_interval_ns: int = 20 * _MS,
+        burst_samples: int = 48,
+        lock_precision_ns: int = _MS,
+        lock_wait_ns: int = 3 * _S,
+        hint_floor_ppm: float = 3.0,
+        hint_reject_sigmas: float = 4.0,
+        hint_reject_ppm: float = 20.0,
+        hint_reject_after: int = 10,
+        young_ns: int = 10 * _S,
+        young_slew_time_ns: int = _S,
     ) -> None:
         self.window_ns = window_ns
         self.bucket_ns = bucket_ns
@@ -189,6 +199,29 @@ class ClockEstimator:
         self.refine_interval_ns = refine_interval_ns
         self.refine_until_ns = refine_until_ns
         self.refine_period_ns = refine_period_ns
+        # Cold start: the first `burst_samples` exchanges after a (re)start come every `burst_interval_ns` (the
+        # envelopes need many samples near the path's floor, and one every 100 ms gave 8 in the first second),
+        # and the estimate is served once its precision is within `lock_precision_ns`, or after `lock_wait_ns`
+        # of samples whatever it is (a path too jittery for that still plays, as before).
+        self.burst_interval_ns = burst_interval_ns
+        self.burst_samples = burst_samples
+        self.lock_precision_ns = lock_precision_ns
+        self.lock_wait_ns = lock_wait_ns
+        # A drift remembered from before a restart (`seed_drift`): the crystal's rate survives a power cut, its
+        # offset does not. Trusted to within `hint_floor_ppm` at least (temperature moves a crystal by a few ppm),
+        # and dropped for good once the samples disagree with it by more than `hint_reject_sigmas` sigmas.
+        self.hint_floor = hint_floor_ppm * 1e-6
+        self.hint_reject_sigmas = hint_reject_sigmas
+        self.hint_reject = hint_reject_ppm * 1e-6
+        self.hint_reject_after = hint_reject_after
+        self._hint_doubts = 0
+        # For `young_ns` after a (re)start each correction is slewed in over `young_slew_time_ns` (still no faster
+        # than `max_slew_ppm`): the first fits improve by hundreds of µs within seconds, and a site that took ten
+        # seconds over each would stay that far off for as long.
+        self.young_ns = young_ns
+        self.young_slew_time_ns = young_slew_time_ns
+        self._hint: tuple[float, float] | None = None  # (b, sigma) of the remembered drift, in offset slope
+        self.hint_rejected = False
         self.rejected = 0  # samples refused as malformed or violating causality
         self.resets = 0  # times the estimator started over (local or server clock stepped)
         self.steps = 0  # times the served estimate was stepped instead of slewed after the first lock
@@ -208,6 +241,7 @@ class ClockEstimator:
         self._b = 0.0
         self._width = 0.0
         self._sigma_b = self.max_drift
+        self._sigma_data = self.max_drift  # the drift's sigma from the samples alone (no remembered drift)
         self._lever = 0
         self._span = 0
         self._min_delay = 0
@@ -303,8 +337,26 @@ class ClockEstimator:
         # drift (a young estimate, few points) is shrunk toward zero, not extrapolated; a known one is not biased.
         span = max(max(x for x, _ in fs) - min(x for x, _ in fs), max(x for x, _ in gs) - min(x for x, _ in gs))
         sigma_b = (gap_f + gap_g) / max(span, 1) + 0.1e-6
-        prior = self.drift_prior
-        b = b_hat * prior * prior / (prior * prior + sigma_b * sigma_b)
+        self._sigma_data = min(sigma_b, self.max_drift)
+        hint = self._hint
+        if hint is not None:
+            miss = abs(b_hat - hint[0])
+            if miss > max(self.hint_reject_sigmas * math.hypot(sigma_b, hint[1]), self.hint_reject):
+                self._hint_doubts += 1
+            else:
+                self._hint_doubts = 0
+            if self._hint_doubts >= self.hint_reject_after:
+                # the remembered rate is not this clock's (another box's file, a clock now disciplined by chrony)
+                self._hint = hint = None
+                self.hint_rejected = True
+        if hint is not None:
+            # the samples' drift and the remembered one, each weighted by how well it is known
+            wd, wh = 1 / (sigma_b * sigma_b), 1 / (hint[1] * hint[1])
+            b = (b_hat * wd + hint[0] * wh) / (wd + wh)
+            sigma_b = 1 / math.sqrt(wd + wh)
+        else:
+            prior = self.drift_prior
+            b = b_hat * prior * prior / (prior * prior + sigma_b * sigma_b)
         b = min(max(b, -self.max_drift), self.max_drift)
         # both envelopes re-drawn with the shared slope, touching their lowest point along that slope
         xf, yf = min(((b_.tf, b_.f) for b_ in buckets), key=lambda p: p[1] - b * (p[0] - now))
@@ -324,9 +376,10 @@ class ClockEstimator:
         self._span = now - min(buckets[0].tf, buckets[0].tg)
         self._min_delay = min(b.delay for b in buckets)
         if old_served is None:
-            if self._count >= self.min_samples:
-                self._locked = True
             self._g0 = 0.0
+            if self._count >= self.min_samples:
+                young = self._first_mid is not None and now - self._first_mid < self.lock_wait_ns
+                self._locked = not young or self._uncertainty(now) <= self.lock_precision_ns
             return
         gap = old_served - self._fit(now)
         if abs(gap) > self.step_threshold_ns:
@@ -334,7 +387,9 @@ class ClockEstimator:
             gap = 0.0
         self._g0 = gap
         self._g_t0 = now
-        self._g_dur = max(self.slew_time_ns, math.ceil(abs(gap) / self.max_slew))
+        young = self._first_mid is not None and now - self._first_mid < self.young_ns
+        slew_time = self.young_slew_time_ns if young else self.slew_time_ns
+        self._g_dur = max(slew_time, math.ceil(abs(gap) / self.max_slew))
 
     def _fit(self, t: int) -> float:
         return self._a + self._b * (t - self._ref)
@@ -438,9 +493,40 @@ class ClockEstimator:
         """Buckets currently held in the window."""
         return len(self._buckets)
 
+    @property
+    def span_ns(self) -> int:
+        """Local time the samples in the window span (0 before the first)."""
+        return self._span
+
+    @property
+    def drift_sigma_ppm(self) -> float:
+        """How well the samples alone (not a remembered drift) know `drift_ppm`: one sigma, in ppm."""
+        return self._sigma_data * 1e6
+
+    def seed_drift(self, drift_ppm: float, sigma_ppm: float) -> bool:
+        """Start from a drift remembered from before a restart (`drift_ppm` and its sigma as this estimator
+        reported them then), so that only the offset has to be learnt. False (and ignored) if it is no drift a
+        crystal can have; a plausible but wrong one is dropped as soon as the samples contradict it."""
+        if not (math.isfinite(drift_ppm) and math.isfinite(sigma_ppm)) or sigma_ppm < 0:
+            return False
+        d = drift_ppm * 1e-6
+        if abs(d) > self.max_drift:
+            return False
+        self._hint = (-d / (1.0 + d), max(sigma_ppm * 1e-6, self.hint_floor))
+        self._hint_doubts = 0
+        self.hint_rejected = False
+        return True
+
+    @property
+    def drift_seeded(self) -> bool:
+        """True while a remembered drift takes part in the fit."""
+        return self._hint is not None
+
     def next_interval_ns(self) -> int:
-        """How long to wait before the next exchange: short while acquiring or re-acquiring, shorter than slow
-        while the estimate is still imprecise (a long, jittery path), then slow."""
+        """How long to wait before the next exchange: a burst right after a (re)start, short while acquiring or
+        re-acquiring, shorter than slow while the estimate is still imprecise (a long, jittery path), then slow."""
+        if self._count < self.burst_samples:
+            return self.burst_interval_ns
         if not self._locked or self._last_mid is None:
             return self.fast_interval_ns
         if self._fast_until is not None and self._last_mid < self._fast_until:

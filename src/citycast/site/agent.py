@@ -25,6 +25,7 @@ from nats.aio.subscription import Subscription
 from citycast.bus.connection import connect
 from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
+from citycast.clock.memory import MemoryKeeper, save_memory, seed_from
 from citycast.clock.service import ClockSync
 from citycast.media.audio import FRAME_SAMPLES, NS_PER_SAMPLE
 from citycast.media.codec import OpusDecoder
@@ -88,6 +89,8 @@ class SiteConfig:
     # Every city server of the zone, one connection each (citycast.site.uplinks): frames come once per path and the
     # first copy plays. Empty: one connection to `nats_url`.
     uplinks: list[Uplink] = field(default_factory=list)
+    # Where the clock's measured drift is kept across restarts (citycast.clock.memory); None: nowhere.
+    clock_memory: Path | None = None
 
     def __post_init__(self) -> None:
         # A comma list in `nats_url` (`citycast simulate --nats A,B`, the benchmark's two paths) is one uplink each.
@@ -207,6 +210,7 @@ class SiteAgent:
         self.swap_duplicates = 0  # frames that came on both connections while they overlapped (played once)
         self._overlap = False
         self._watch_task: asyncio.Task[None] | None = None
+        self.clock_memory: MemoryKeeper | None = None
         self.play_log = PlayLog(config.name)  # what played, for proof-of-play receipts
         self.receipts: ReceiptSender | None = None
         if config.receipt_key is not None:
@@ -257,10 +261,22 @@ class SiteAgent:
         return own - self._longest_delay_ns() - REPLAY_HORIZON_NS - self.guard.tolerance(mono)
 
     async def _follow_clock(self) -> None:
-        # The estimator moves once per exchange; the engine slews to each new line, so polling is enough.
+        # The estimator moves once per exchange; the engine slews to each new line, so polling is enough. Until
+        # the first map, poll often: a site that has just started is silent until then.
         while True:
-            self.engine.set_clock(self._clock_map())
-            await asyncio.sleep(0.25)
+            clock_map = self._clock_map()
+            self.engine.set_clock(clock_map)
+            await asyncio.sleep(0.25 if clock_map is not None else 0.02)
+
+    async def _keep_clock_memory(self, path: Path) -> None:
+        """Write the clock's drift down once it is known, then every few minutes (a power cut gives no warning)."""
+        keeper = self.clock_memory = MemoryKeeper()
+        while True:
+            await asyncio.sleep(10.0)
+            now = self.broadcast_now()
+            memory = keeper.due(self.estimator, self.monotonic(), now) if now is not None else None
+            if memory is not None:
+                await asyncio.to_thread(save_memory, path, memory)
 
     # -- frames --------------------------------------------------------------------------------------------
     async def _on_audio(self, msg: Msg) -> None:
@@ -529,6 +545,8 @@ class SiteAgent:
             self.nc = await self.uplinks.start(cfg.subjects.audio(cfg.channel))
         else:
             self.nc = await self._connect()
+        if cfg.clock_mode == "sync" and cfg.clock_memory is not None:
+            seed_from(self.estimator, cfg.clock_memory)  # before the first exchange: only the offset is left
         if cfg.clock_mode == "sync" and self.uplinks is not None:
             self.clock_sync = ClockFailover(
                 [u.url for u in cfg.uplinks],
@@ -561,6 +579,8 @@ class SiteAgent:
             asyncio.create_task(self._report()),
             self.sink_task,
         ]
+        if cfg.clock_mode == "sync" and cfg.clock_memory is not None:
+            self._tasks.append(asyncio.create_task(self._keep_clock_memory(cfg.clock_memory)))
         if cfg.watch_desired:
             self.desired_watcher = DesiredWatcher(self.nc, cfg.subjects, cfg.name, self.apply_desired)
             self._watch_task = asyncio.create_task(self.desired_watcher.run())

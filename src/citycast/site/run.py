@@ -41,6 +41,7 @@ class SiteOptions:
     # comma list too. `uplink_binds[i]` is the i-th connection's local address or interface.
     nats_urls: list[str] = field(default_factory=list)
     uplink_binds: list[str] = field(default_factory=list)
+    clock_memory: Path | None = None  # where the clock's drift is kept across restarts (citycast.clock.memory)
 
 
 def uplinks_of(opts: SiteOptions, enrolled: list[str] | None = None) -> list[Uplink]:
@@ -102,6 +103,7 @@ def build_site(opts: SiteOptions) -> SiteAgent:
             fallback=fallback,
             fallback_after_ns=round(opts.fallback_after_s * 1e9),
         )
+    config.clock_memory = opts.clock_memory
     try:
         sink: Sink = open_sink(opts.sink, clock, block=480)
     except Exception as e:
