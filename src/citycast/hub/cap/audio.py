@@ -30,6 +30,7 @@ MAX_RESOURCE_BYTES = 20_000_000
 MAX_SECONDS = 600.0  # one pass of an alert; a longer resource is cut (it repeats, and the loudspeakers are shared)
 PAUSE_S = 1.0
 SPEAK_TIMEOUT_S = 30.0
+FETCH_TIMEOUT_S = 30.0
 
 
 class AudioError(CapError):
@@ -106,7 +107,8 @@ async def fetch_resource(res: Resource, client: httpx.AsyncClient) -> Samples:
     elif res.uri and res.uri.startswith(("http://", "https://")):
         data = bytearray()
         try:
-            async with client.stream("GET", res.uri) as r:
+            # Alerts are taken one at a time: a server trickling a resource must not hold up the next alert.
+            async with asyncio.timeout(FETCH_TIMEOUT_S), client.stream("GET", res.uri) as r:
                 r.raise_for_status()
                 async for chunk in r.aiter_bytes():
                     data += chunk
@@ -114,6 +116,8 @@ async def fetch_resource(res: Resource, client: httpx.AsyncClient) -> Samples:
                         raise AudioError(f"the resource {res.uri} is larger than {MAX_RESOURCE_BYTES} bytes")
         except httpx.HTTPError as e:
             raise AudioError(f"the resource {res.uri} could not be fetched: {e}") from None
+        except TimeoutError:
+            raise AudioError(f"the resource {res.uri} took more than {FETCH_TIMEOUT_S:.0f} s to fetch") from None
     else:
         raise AudioError(f"the resource has no http(s) URI nor inline content: {res.uri!r}")
     with tempfile.TemporaryDirectory(prefix="citycast-cap-") as tmp:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 SEEN_ENTRIES = 10_000
+FEED_TIMEOUT_S = 45.0  # one feed, its linked messages included
 ACCEPT = "application/atom+xml, application/cap+xml, application/xml"
 
 Receive = Callable[[bytes, str], Awaitable[object]]
@@ -81,10 +82,13 @@ class FeedPoller:
         st = self.status.setdefault(url, FeedStatus(url))
         st.last_polled = dt.datetime.now(dt.UTC)
         try:
-            st.messages = await self._read_feed(url)
+            # A feed that trickles its answer must not hold up the others' round (they are gathered together).
+            async with asyncio.timeout(FEED_TIMEOUT_S):
+                st.messages = await self._read_feed(url)
             st.last_ok, st.error = st.last_polled, ""
         except Exception as e:  # a feed must never stop the poller: its status says what went wrong
-            st.error = f"{type(e).__name__}: {e}" if not isinstance(e, CapError | httpx.HTTPError) else str(e)
+            known = isinstance(e, CapError | httpx.HTTPError)
+            st.error = str(e) if known else "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
             log.warning("CAP feed %s: %s", url, st.error)
 
     async def _get(self, url: str) -> bytes:
