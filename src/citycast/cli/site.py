@@ -98,7 +98,8 @@ def site(
     from citycast.clock.memory import default_memory_path
     from citycast.site.enrol import CredentialsFileError, EnrolError, SiteCredentials, default_path
     from citycast.site.enrol import enrol as do_enrol
-    from citycast.site.run import SiteOptions, run_site
+    from citycast.site.main import exec_site
+    from citycast.site.run import SiteOptions
     from citycast.site.uplinks import parse_uplinks
 
     if clock not in ("sync", "system"):
@@ -144,7 +145,5 @@ def site(
         talkback_source=talkback_source,
         clock_memory=clock_memory or default_memory_path(credentials.site if credentials else name),
     )
-    try:
-        runtime.run(run_site(opts))
-    except (ValueError, RuntimeError) as e:
-        fail(str(e), code=1 if isinstance(e, RuntimeError) else 2)
+    # The site runs in this process re-executed without the command line's libraries (citycast.site.main).
+    exec_site(opts)
