@@ -98,6 +98,14 @@ def bench(
             "with several, one run per quota and the floor: the smallest quota that still plays cleanly."
         ),
     ] = None,
+    site_cost: Annotated[
+        bool,
+        typer.Option(
+            "--site-cost",
+            help="Instead: --seconds of signed speech through one site agent in simulated time (no bus, no waits); "
+            "CPU seconds per minute of audio per stage (signature, receive, decode, render), --dac-block blocks.",
+        ),
+    ] = False,
     cold_start: Annotated[
         bool,
         typer.Option(
@@ -141,6 +149,13 @@ def bench(
                                             memory=not forget_clock, out=out, json_out=json_out), console)  # fmt: skip
         except ColdStartError as e:
             fail(str(e))
+        return
+
+    if site_cost:
+        from citycast.tooling.bench.site_cost import site_cost_command
+
+        site_cost_command(seconds=seconds, block=dac_block, packets_per_message=packets_per_message,
+                          delay_ms=delay_ms or 80.0, seed=seed, json_out=json_out)  # fmt: skip
         return
 
     if soak_hours is not None and wan != "none":
