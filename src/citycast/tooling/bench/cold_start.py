@@ -1,11 +1,12 @@
 """`citycast bench --cold-start`: sites killed mid-address (a power cut) and started again; how soon they play in step.
 
-One embedded nats-server, the hub (its time service), an ingest sending a marker chirp every `period_s` for the
-whole run, and N `citycast site` processes (each its own process, as on a loudspeaker box: the Python start-up
-counts), each with its own wrong clock (`--sim-clock-offset-ms/-ppm`) and drifting DAC into a timed sink that
-writes a WAV with the true time of every sample. After `warmup_s` (the sites settle and write their clock memory),
-each round SIGKILLs `per_round` sites and starts them again at once, with a new clock offset (a box without a
-battery-backed clock) and the same crystal (ppm), and follows them for `watch_s`.
+One embedded nats-server, the hub's time service (on a thread of the benchmark), an ingest sending a marker
+chirp every `period_s` for the whole run, and N `citycast site` processes (each its own process, as on a
+loudspeaker box: the Python start-up counts), each with its own wrong clock (`--sim-clock-offset-ms/-ppm`) and
+drifting DAC into a timed sink that writes a WAV with the true time of every sample. After `warmup_s` (the sites
+settle and write their clock memory), each round SIGKILLs `per_round` sites and starts them again at once, with
+a new clock offset (a box without a battery-backed clock) and the same crystal (ppm), and follows them for
+`watch_s`.
 
 For every restarted life: each marker it played is compared with the median of the same marker at the sites
 that were not restarted that round (the reference, settled for minutes). Figures:
@@ -19,6 +20,7 @@ that were not restarted that round (the reference, settled for minutes). Figures
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -26,7 +28,9 @@ import random
 import shutil
 import signal
 import statistics
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +40,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from citycast.bus.server import EmbeddedNats, NatsServerError, free_port
+from citycast.hub.timeserver import TimeService
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
 from citycast.media.sources import read_audio
+from citycast.protocol.subjects import Subjects
 from citycast.tooling.bench.analysis import load_trace, true_time_of_sample
 from citycast.tooling.bench.fleet import Fleet, Member, citycast_argv
 
@@ -97,6 +103,7 @@ def run_cold_start(opts: ColdStartOptions, console: Console) -> dict[str, object
         except NatsServerError as e:
             raise ColdStartError(str(e)) from e
         stack.callback(server.stop)
+        stack.enter_context(_time_service(server.url))
         lives, ts0_ns = _drive(opts, server.url, fleet, console)
     figures = _figures(opts, lives, ts0_ns, console)
     figures["load_average"] = {"start": list(load_before), "end": list(os.getloadavg())}
@@ -106,13 +113,30 @@ def run_cold_start(opts: ColdStartOptions, console: Console) -> dict[str, object
     return figures
 
 
+@contextlib.contextmanager
+def _time_service(url: str) -> Iterator[None]:
+    """The hub's time service (the broadcast clock: this machine's) on a thread of this process, which otherwise
+    only waits: no hub, database or console is needed to measure a site's start."""
+    loop = asyncio.new_event_loop()
+    service = TimeService(url, Subjects())
+    thread = threading.Thread(target=loop.run_forever, name="time-service", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(service.start(), loop).result(timeout=30)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(service.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
 def _drive(opts: ColdStartOptions, url: str, fleet: Fleet, console: Console) -> tuple[list[Life], int]:
     rng = random.Random(opts.seed)
     ppm = [rng.uniform(-100, 100) for _ in range(opts.sites)]  # each box's crystal, the same across restarts
     dac = [rng.uniform(-60, 60) for _ in range(opts.sites)]
     rounds = -(-opts.restarts // opts.per_round)
     total_s = opts.warmup_s + rounds * opts.watch_s + 5
-    fleet.spawn("hub", "hub", citycast_argv("serve", "--nats", url, "--data-dir", str(opts.out / "hub")))
     report = opts.out / "ingest.json"
     lives: list[Life] = []
 
@@ -134,7 +158,7 @@ def _drive(opts: ColdStartOptions, url: str, fleet: Fleet, console: Console) -> 
         return life
 
     current = {s: start(s, 0) for s in range(opts.sites)}
-    time.sleep(2)  # the hub's time service is up before the address starts
+    time.sleep(2)  # the first sites are up before the address starts
     ingest = fleet.spawn(
         "ingest", "ingest",
         citycast_argv("ingest", f"marker:{opts.period_s:g}", "--key", str(opts.out / "ingest.key"), "--nats", url,
