@@ -307,6 +307,35 @@ class RevokedKey(Base):
     revoked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class CapAlert(Base):
+    """A CAP message from the authorities (hub/cap/), as received and what became of it. The key (sender,
+    identifier, sent) is unique, so the same alert from a second feed is known as a duplicate; a message refused
+    before it could be read has no key."""
+
+    __tablename__ = "cap_alerts"
+    __table_args__ = (UniqueConstraint("sender", "identifier", "sent", name="uq_cap_alerts_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sender: Mapped[str | None] = mapped_column(String(255))
+    identifier: Mapped[str | None] = mapped_column(String(255))
+    sent: Mapped[str | None] = mapped_column(String(40))  # as written in the message (the key compares text)
+    msg_type: Mapped[str] = mapped_column(String(16), default="")
+    status: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    origin: Mapped[str] = mapped_column(String(500), default="")  # the feed URL, or "api:<user or key name>"
+    # on_air, updated, cancelled, expired, no_sites, not_actual, refused, recorded
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")  # the error, or what was repaired
+    headline: Mapped[str] = mapped_column(String(500), default="")
+    priority: Mapped[str | None] = mapped_column(String(16))
+    address_id: Mapped[int | None] = mapped_column(ForeignKey("addresses.id", ondelete="SET NULL"), index=True)
+    sites: Mapped[list[str]] = mapped_column(JSON, default=list)  # the sites inside its area
+    area: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # GeoJSON geometry (lon, lat) of all its areas
+    references: Mapped[list[str]] = mapped_column(JSON, default=list)  # "sender,identifier" of earlier messages
+    expires_at: Mapped[dt.datetime | None]
+    signed: Mapped[bool] = mapped_column(Boolean, default=False)  # signed and verified
+    xml: Mapped[str] = mapped_column(Text, default="")
+
+
 class PlayReceiptRecord(Base):
     """A site's signed proof of play (citycast.protocol.receipts), as the hub took it. The signed bytes are kept
     (`signed`, base64): anyone with the site's enrolled public key can check them again, long after."""
