@@ -34,7 +34,8 @@ class DacClock:
     stream's start) and returns the filtered DAC time of that same sample. `at(n)` answers for any sample.
     Until `min_points` reports the line is not trusted for its slope: the nominal rate is used through the
     mean point. A report further than `outlier_ns` (or six times the typical residual, if larger) from the line
-    is an outlier; `step_run` outliers in a row on one side are a step.
+    is an outlier (never wider than four times `outlier_ns`); `step_run` reports in a row off the line by more
+    than half that, on one side, are a step.
     """
 
     def __init__(
@@ -160,26 +161,30 @@ class DacClock:
             self._add(n, dac_ns)
             return self._answer(n)
         r = dac_ns - self.at(n)
-        limit = max(self._outlier, 6.0 * self._resid)
-        if abs(r) <= limit:
-            self._run.clear()
-            self._add(n, dac_ns)
-            self._resid += (abs(r) - self._resid) * 0.02
-            return self._answer(n)
-        sign = 1 if r > 0 else -1
+        # Wider where the device is noisier, but never so wide that a run of bad reports (a device recovering from
+        # an underrun) is taken into the line instead of being seen as a step.
+        limit = min(max(self._outlier, 6.0 * self._resid), 4.0 * self._outlier)
+        # A run of reports off the line by more than half the limit, all on one side, is a step even when each is
+        # within the limit: a step the size of the jitter would otherwise only creep into the line over a window.
+        sign = 0 if abs(r) <= limit / 2 else 1 if r > 0 else -1
         if sign != self._run_sign:
             self._run.clear()
             self._run_sign = sign
-        self._run.append((n, dac_ns))
-        if len(self._run) < self._step_run:
+        if sign:
+            self._run.append((n, dac_ns))
+        if len(self._run) >= self._step_run:
+            # The device's sample-to-time mapping moved: start over from the reports that show where it is now.
+            self.stats.steps += 1
+            run = self._run
+            self._run = []
+            self._run_sign = 0
+            self._reset(run[0])
+            for rn, rt in run:
+                self._add(rn, rt)
+            return self._answer(n)
+        if abs(r) > limit:
             self.stats.outliers += 1
             return self.at(n)
-        # The device's sample-to-time mapping moved: start over from the reports that show where it is now.
-        self.stats.steps += 1
-        run = self._run
-        self._run = []
-        self._run_sign = 0
-        self._reset(run[0])
-        for rn, rt in run:
-            self._add(rn, rt)
+        self._add(n, dac_ns)
+        self._resid += (abs(r) - self._resid) * 0.02
         return self._answer(n)
