@@ -61,7 +61,7 @@ class ColdStartOptions:
     restarts: int = 6
     per_round: int = 2
     watch_s: float = 62.0
-    warmup_s: float = 75.0
+    warmup_s: float = 80.0  # the sites write their clock memory once its drift is known, ~70 s after the start
     delay_ms: float = 80.0
     period_s: float = 0.1
     seed: int = 1
