@@ -19,6 +19,7 @@ from citycast.bus.server import EmbeddedNats
 from citycast.hub.addresses import AddressManager
 from citycast.hub.api import create_app
 from citycast.hub.auth.passwords import hash_password
+from citycast.hub.cap.service import CapService
 from citycast.hub.context import HubContext
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import Role, User
@@ -80,6 +81,7 @@ async def api(
         media_dir=media,
         session_ttl=dt.timedelta(hours=1),
     )
+    ctx.cap = CapService(sqlite_database, manager)
     for role in ROLES:
         add_user(sqlite_database, role.value, role)
     server, task, base_url = await serve(create_app(ctx))
@@ -90,5 +92,6 @@ async def api(
         await a.close()
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+        await ctx.cap.close()
         await manager.close()
         await nc.close()

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from tests.helpers import Api
 
-from citycast.hub.cap.service import CapService
 from citycast.hub.db.models import Site, Zone
 
 FIXTURES = Path(__file__).parent.parent / "cap" / "fixtures"
@@ -26,54 +25,50 @@ def _seed(api: Api) -> None:
 
 async def test_cap_endpoint(api: Api) -> None:
     _seed(api)
-    api.ctx.cap = CapService(api.ctx.db, api.ctx.addresses)  # type: ignore[arg-type]
     alert = (FIXTURES / "flood_alert.xml").read_bytes()
-    try:
-        anon = api.client()
-        assert (await anon.post("/api/cap", content=alert, headers=CAP_XML)).status_code == 401
-        viewer = await api.as_role("viewer")
-        assert (await viewer.post("/api/cap", content=alert, headers=CAP_XML)).status_code == 403
+    anon = api.client()
+    assert (await anon.post("/api/cap", content=alert, headers=CAP_XML)).status_code == 401
+    viewer = await api.as_role("viewer")
+    assert (await viewer.post("/api/cap", content=alert, headers=CAP_XML)).status_code == 403
 
-        admin = await api.as_role("admin")
-        r = await admin.put(
-            "/api/cap/settings", json={"repeats": 1, "poll_s": 30, "feeds": ["https://ndma.example/cap.atom"]}
-        )
-        assert r.status_code == 200, r.text
-        r = await admin.post("/api/cap/keys", json={"name": "ndma-gateway"})
-        assert r.status_code == 201
-        key = r.json()["key"]
-        assert (await admin.get("/api/cap/settings")).json()["api_keys"] == ["ndma-gateway"]
+    admin = await api.as_role("admin")
+    r = await admin.put(
+        "/api/cap/settings", json={"repeats": 1, "poll_s": 30, "feeds": ["https://ndma.example/cap.atom"]}
+    )
+    assert r.status_code == 200, r.text
+    r = await admin.post("/api/cap/keys", json={"name": "ndma-gateway"})
+    assert r.status_code == 201
+    key = r.json()["key"]
+    assert (await admin.get("/api/cap/settings")).json()["api_keys"] == ["ndma-gateway"]
 
-        # The attacker: an XXE through the endpoint, with a real key (a compromised gateway), then key guessing.
-        xxe = alert.replace(
-            b'<?xml version="1.0" encoding="UTF-8"?>',
-            b'<?xml version="1.0"?><!DOCTYPE alert [<!ENTITY x SYSTEM "file:///etc/passwd">]>',
-        ).replace(b"Flood warning for the Lyari river", b"&x;")
-        r = await anon.post("/api/cap", content=xxe, headers=CAP_XML | {"X-CAP-Key": key})
-        assert r.status_code == 422 and "DOCTYPE" in r.json()["detail"] and "root:" not in r.text
-        bad = await asyncio.gather(
-            *(anon.post("/api/cap", content=alert, headers=CAP_XML | {"X-CAP-Key": f"cap_guess{i}"}) for i in range(12))
-        )
-        codes = sorted(b.status_code for b in bad)
-        assert codes[0] == 401 and codes[-1] == 429
+    # The attacker: an XXE through the endpoint, with a real key (a compromised gateway), then key guessing.
+    xxe = alert.replace(
+        b'<?xml version="1.0" encoding="UTF-8"?>',
+        b'<?xml version="1.0"?><!DOCTYPE alert [<!ENTITY x SYSTEM "file:///etc/passwd">]>',
+    ).replace(b"Flood warning for the Lyari river", b"&x;")
+    r = await anon.post("/api/cap", content=xxe, headers=CAP_XML | {"X-CAP-Key": key})
+    assert r.status_code == 422 and "DOCTYPE" in r.json()["detail"] and "root:" not in r.text
+    bad = await asyncio.gather(
+        *(anon.post("/api/cap", content=alert, headers=CAP_XML | {"X-CAP-Key": f"cap_guess{i}"}) for i in range(12))
+    )
+    codes = sorted(b.status_code for b in bad)
+    assert codes[0] == 401 and codes[-1] == 429
 
-        # The hub still serves: an operator posts the alert, it goes on air at s1 (s3 is in no zone).
-        operator = await api.as_role("operator")
-        r = await operator.post("/api/cap", content=alert, headers=CAP_XML)
-        assert r.status_code == 200, r.text
-        assert r.json()["outcome"] == "on_air" and r.json()["sites"] == ["s1"]
-        malformed = (FIXTURES / "malformed_missing_status.xml").read_bytes()
-        r = await operator.post("/api/cap", content=malformed, headers=CAP_XML)
-        assert r.status_code == 422 and "not valid CAP 1.2" in r.json()["detail"]
+    # The hub still serves: an operator posts the alert, it goes on air at s1 (s3 is in no zone).
+    operator = await api.as_role("operator")
+    r = await operator.post("/api/cap", content=alert, headers=CAP_XML)
+    assert r.status_code == 200, r.text
+    assert r.json()["outcome"] == "on_air" and r.json()["sites"] == ["s1"]
+    malformed = (FIXTURES / "malformed_missing_status.xml").read_bytes()
+    r = await operator.post("/api/cap", content=malformed, headers=CAP_XML)
+    assert r.status_code == 422 and "not valid CAP 1.2" in r.json()["detail"]
 
-        listed = (await viewer.get("/api/cap/alerts")).json()
-        assert [(a["outcome"], a["origin"]) for a in listed] == [
-            ("refused", "api:operator"),
-            ("on_air", "api:operator"),
-            ("refused", "key:ndma-gateway"),
-        ]
-        assert listed[1]["area"]["type"] == "MultiPolygon" and listed[1]["priority"] == "emergency"
-        assert (await anon.get("/api/cap/alerts")).status_code == 401
-        assert (await viewer.get("/api/cap/settings")).status_code == 403
-    finally:
-        await api.ctx.cap.close()
+    listed = (await viewer.get("/api/cap/alerts")).json()
+    assert [(a["outcome"], a["origin"]) for a in listed] == [
+        ("refused", "api:operator"),
+        ("on_air", "api:operator"),
+        ("refused", "key:ndma-gateway"),
+    ]
+    assert listed[1]["area"]["type"] == "MultiPolygon" and listed[1]["priority"] == "emergency"
+    assert (await anon.get("/api/cap/alerts")).status_code == 401
+    assert (await viewer.get("/api/cap/settings")).status_code == 403
