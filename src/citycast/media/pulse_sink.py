@@ -114,7 +114,7 @@ class PulseSink:
     def _play(self, stream: Any, renderer: Renderer, stop: threading.Event) -> None:
         total = None if self.duration_s is None else round(self.duration_s * self.sample_rate)
         pa = self._pa
-        primed = round(self.buffer_ms * self.sample_rate / 1000) + self.block
+        primed = self.frames + round(self.buffer_ms * self.sample_rate / 1000) + self.block
         while not stop.is_set() and (total is None or self.frames < total):
             before = self.clock.now_ns()
             try:
@@ -157,6 +157,9 @@ class PulseSink:
 
     def _serve(self, renderer: Renderer, stop: threading.Event) -> None:
         stream = self._open()
+        if self.frames:
+            # Run again after a failure: a new stream, whose samples map to the DAC's time afresh.
+            self.dac_clock = DacClock(sample_rate=SAMPLE_RATE)
         try:
             self._play(stream, renderer, stop)
         finally:
