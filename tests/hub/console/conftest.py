@@ -29,6 +29,7 @@ from citycast.media.sinks import TimedSink
 from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig
 from citycast.site.enrol import enrol
+from citycast.site.talkback import key_from_seed
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 
@@ -92,6 +93,7 @@ async def _populate(hub: Hub, work: Path) -> tuple[dict[str, int], dict[str, lis
                     subjects=subjects,
                     creds=work / f"{name}.creds",
                     inbox_prefix=creds.inbox_prefix,
+                    receipt_key=key_from_seed(creds.seed),  # proof of play, as `citycast site` signs it
                 )
                 clock = SystemClock()
                 agent = SiteAgent(config, TimedSink(clock, block=480), clock=clock)

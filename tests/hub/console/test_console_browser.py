@@ -390,3 +390,60 @@ def test_cap_alert_area_and_the_sites_it_reached_on_the_map(
             r = api.post("/api/cap", content=CAP_ALERT.format(n=2, kind="Cancel", refs=refs), headers=headers)
             assert r.json()["outcome"] == "cancelled", r.text
             api.put("/api/cap/settings", json={"feeds": []})
+
+
+def test_proof_of_play_per_address_on_the_map_and_as_a_table(
+    page: Any, console_hub: ConsoleHub, artifacts: Path
+) -> None:
+    """An address to Saddar: each of its sites signs a receipt of what it played when the hub moves it back to its
+    idle channel; the Proof of play view lists the address and shows each Saddar site with the hub's verdict (on
+    an idle box all of them fully; a loaded one may start a site late), on its own map and in its table, with the
+    CSV to download."""
+    hub = console_hub
+    saddar = hub.sites_by_zone["saddar"]
+    with hub.api() as api:
+        body = {"title": "Proof of play test", "source": "tone", "zone_ids": [hub.zone_ids["saddar"]],
+                "priority": "live", "duration_s": 3}  # fmt: skip
+        r = api.post("/api/addresses", json=body)
+        assert r.status_code == 201, r.text
+        address_id = r.json()["id"]
+
+        def report() -> dict[str, Any]:
+            got: dict[str, Any] = api.get(f"/api/receipts/{address_id}").json()
+            return got
+
+        wait_until_sync(
+            lambda: all(s["receipts"] and not s["open"] for s in report()["sites"]),
+            "every Saddar site's final receipt",
+            timeout=40,
+            detail=report,
+        )
+        final = report()
+    assert {s["site"] for s in final["sites"]} == set(saddar)  # only the sites of its zone are listed
+    assert all(s["verdict"] in ("full", "partly") and 0.5 < s["played_s"] < 4.0 for s in final["sites"]), final
+    expected = {s["site"]: s["verdict"] for s in final["sites"]}
+    sign_in(page, hub)
+    page.get_by_test_id("nav-receipts").click()
+    row = page.get_by_test_id("receipts-address").filter(has_text="Proof of play test")
+    row.wait_for(state="visible")
+    assert row.get_attribute("data-address-id") == str(address_id)
+    row.get_by_test_id("receipts-show").click()
+    table = page.get_by_test_id("receipts-table")
+    page.wait_for_function(f"() => document.querySelectorAll('[data-testid=receipt-row]').length === {len(saddar)}")
+    shown = {
+        r.get_attribute("data-site"): r.get_attribute("data-verdict") for r in table.get_by_test_id("receipt-row").all()
+    }
+    assert shown == expected
+    assert page.get_by_test_id("receipts-csv").get_attribute("href") == f"api/receipts/{address_id}/csv"
+    # the map: one marker per site, filled with its verdict's colour
+    colours = {"full": "#16a34a", "partly": "#f59e0b"}
+    for verdict in set(expected.values()):
+        n = list(expected.values()).count(verdict)
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#receipts-map path[fill=\"{colours[verdict]}\"]').length === {n}"
+        )
+    shot(page, artifacts, "proof-of-play")
+    with page.expect_download() as download:
+        page.get_by_test_id("receipts-csv").click()
+    text = Path(download.value.path()).read_bytes().decode()
+    assert text.startswith("address_id,title,site,") and text.count("\r\n") == len(saddar) + 1

@@ -10,9 +10,16 @@ import { $, act, el } from '../ui.js';
 export const VERDICT_COLORS = Object.freeze({ full: '#16a34a', partly: '#f59e0b', none: '#dc2626' });
 const VERDICT_TEXT = Object.freeze({ full: 'played fully', partly: 'played partly', none: 'not played' });
 
+/** A sample's time to the second ("did it play at 14:02?" is asked to the second); every real time zone is a
+ * whole number of minutes from UTC, so the UTC seconds are the local ones. */
+function fmtSecond(iso) {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? String(iso) : `${fmtTime(iso)}:${String(d.getUTCSeconds()).padStart(2, '0')}`;
+}
+
 function spanText(s) {
   if (!s.first_at) return '–';
-  return s.spans.map(([a, b]) => `${fmtTime(a)} – ${fmtTime(b)}`).join(', ');
+  return s.spans.map(([a, b]) => `${fmtSecond(a)} – ${fmtSecond(b)}`).join(', ');
 }
 
 function verdictBadge(verdict) {
@@ -27,7 +34,7 @@ function receiptsMap() {
   return function drawMap(report) {
     if (typeof L === 'undefined') return; // the table says it all without the map
     if (!made.map) {
-      made.map = L.map('receipts-map', { zoomControl: true, preferCanvas: true, minZoom: 9, maxZoom: 18 });
+      made.map = L.map('receipts-map', { zoomControl: true, minZoom: 9, maxZoom: 18 }); // SVG: a few markers
       made.layer = L.layerGroup().addTo(made.map);
     }
     drawSites(made.map, made.layer, report);
