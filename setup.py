@@ -26,6 +26,7 @@ REQUIRED = [ROOT / "src/citycast/hub/console/static/vendor" / name for name in (
 MADE_FOLDERS = [
     "hub.console.static.vendor",
     "hub.console.static.vendor.images",
+    "hub.console.static.vendor.fonts",
     "hub.telephone.prompts_cache",
     "hub.telephone.prompts_cache.ur",
 ]

@@ -6,6 +6,7 @@
 // live events into the store (js/store.js), the one module that holds state; views subscribe to what they show.
 import { api, createLiveFeed } from './js/api.js';
 import { STATES } from './js/format.js';
+import { isLanguage, LANGUAGES, preferredLanguage, setLanguage, setTimeZone, t, tOr } from './js/i18n.js';
 import { checkRawRule, dailyRule, describeRule, weeklyRule } from './js/rrule.js';
 import { can, clearSession, countByState, mergeSite, notify, removeSite, set, state, subscribe, upsertAlert } from './js/store.js';
 import { $, $$, act } from './js/ui.js';
@@ -65,6 +66,23 @@ function showLogin(message) {
   $('#login-form').username.focus();
 }
 
+/** The language pickers (sign-in page and top bar): every language by its own name. */
+function fillLanguages(select) {
+  select.replaceChildren(...Object.entries(LANGUAGES).map(([code, l]) => {
+    const option = document.createElement('option');
+    option.value = code;
+    option.lang = code;
+    option.textContent = l.name;
+    return option;
+  }));
+  select.value = state.i18n.lang;
+}
+
+function showWho() {
+  const user = state.session.user;
+  $('#whoami').textContent = user ? t('top.whoami', { user: user.username, role: tOr(`role.${user.role}`, user.role) }) : '';
+}
+
 function main() {
   const map = mountMap();
   mountOnAir();
@@ -100,7 +118,16 @@ function main() {
     document.body.classList.toggle('can-operate', can('operator'));
     document.body.classList.toggle('can-admin', can('admin'));
     $('#golive-link').hidden = !can('speaker');
-    $('#whoami').textContent = `${user.username} (${user.role})`;
+    let lang = isLanguage(user.language) ? user.language : state.i18n.lang;
+    if (state.i18n.pickedAtSignIn && state.i18n.lang !== lang) {
+      const saved = await api('PUT', 'me/language', { language: state.i18n.lang }).catch(() => null);
+      lang = saved ? saved.language : lang;
+    }
+    state.i18n.pickedAtSignIn = false;
+    const where = await api('GET', 'locale').catch(() => null);
+    setTimeZone(where ? where.time_zone : null);
+    if (lang !== state.i18n.lang) await setLanguage(lang);
+    showWho();
     $('#login').hidden = true;
     $('#shell').hidden = false;
     notify('session');
@@ -131,7 +158,7 @@ function main() {
       form.password.value = '';
       await signedIn(result.user);
     } catch (err) {
-      $('#login-error').textContent = err.status === 401 ? 'Wrong user name or password.' : err.message;
+      $('#login-error').textContent = err.status === 401 ? t('login.wrong') : err.message;
     }
   }
 
@@ -139,8 +166,28 @@ function main() {
     await api('POST', 'logout').catch(() => {});
     for (const name of [...state.sites.keys()]) removeSite(name);
     notify('logout');
-    signedOut('Signed out.');
+    signedOut(t('login.signed_out'));
   }
+
+  // A language picked on the sign-in page becomes the user's (kept on the hub); else the user's own applies.
+  fillLanguages($('#login-language'));
+  fillLanguages($('#language'));
+  $('#login-language').addEventListener('change', async (ev) => {
+    state.i18n.pickedAtSignIn = true;
+    await setLanguage(ev.target.value);
+  });
+  $('#language').addEventListener('change', async (ev) => {
+    const saved = await act(() => api('PUT', 'me/language', { language: ev.target.value }));
+    if (saved) await setLanguage(saved.language);
+    else ev.target.value = state.i18n.lang;
+  });
+  subscribe('language', () => {
+    $('#conn').textContent = state.feed.connected ? t('feed.live') : t(`feed.${state.feed.status || 'offline'}`);
+    $('#login-language').value = state.i18n.lang;
+    $('#language').value = state.i18n.lang;
+    showWho();
+    if (state.session.user) onRoute(); // the shown view draws itself again in the new words
+  });
 
   $('#login-form').addEventListener('submit', login);
   $('#logout').addEventListener('click', logout);
@@ -177,13 +224,18 @@ async function insecureBanner() {
     const banner = document.createElement('div');
     banner.id = 'insecure-banner';
     banner.setAttribute('role', 'alert');
-    banner.textContent = 'INSECURE: this hub runs with --insecure. NATS and HTTP are plaintext: anyone on the network '
-      + 'path can read logins and change what the loudspeakers play. Restart it without --insecure.';
+    banner.dataset.i18n = 'banner.insecure';
+    banner.textContent = t('banner.insecure');
     document.body.prepend(banner);
   } catch (e) {
     // The console works without the banner; /metrics still shows citycast_insecure.
   }
 }
 
-main();
-insecureBanner();
+// The page's words first (the sign-in page's language), then the views that use them.
+setLanguage(preferredLanguage())
+  .catch((err) => console.error('i18n: no catalogue', err)) // the page still works, with keys for words
+  .finally(() => {
+    main();
+    insecureBanner();
+  });

@@ -1,5 +1,7 @@
 // The "Go live" page: the speaker's microphone over WebRTC into the hub. Plain JS, no libraries.
 // The level the speaker can trust is the hub's (what actually goes on air); the local meter only shows the mic works.
+// Its words are the console's catalogues (js/i18n.js), in the signed-in user's language.
+import { fmtFixed, fmtNumber, isLanguage, language, preferredLanguage, setLanguage, t } from "./js/i18n.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { pc: null, stream: null, audioCtx: null, poll: null, meterRaf: null };
@@ -10,7 +12,8 @@ function say(text, error = false) {
 }
 
 async function api(path, options = {}) {
-  const init = { credentials: "same-origin", headers: { "Content-Type": "application/json" }, ...options };
+  const headers = { "Content-Type": "application/json", "Accept-Language": language() };
+  const init = { credentials: "same-origin", headers, ...options };
   const r = await fetch(path, init);
   let body = null;
   try { body = await r.json(); } catch (e) { body = null; }
@@ -32,12 +35,13 @@ async function checkLogin() {
   try {
     const me = await api("/api/me");
     const user = me.user || me;
-    $("who").textContent = `logged in as ${user.username} (${user.role})`;
+    if (isLanguage(user.language) && user.language !== language()) await setLanguage(user.language);
+    $("who").textContent = t("golive.logged_in_as", { user: user.username, role: t(`role.${user.role}`) });
     $("login").classList.add("hidden");
     $("speak").classList.remove("hidden");
     startPolling();
   } catch (e) {
-    $("who").textContent = "not logged in";
+    $("who").textContent = t("golive.not_logged_in");
     $("login").classList.remove("hidden");
     $("speak").classList.add("hidden");
   }
@@ -53,7 +57,7 @@ $("login").addEventListener("submit", async (ev) => {
     say("");
     await checkLogin();
   } catch (e) {
-    say(`Log-in refused: ${e.message}`, true);
+    say(t("golive.login_refused", { error: e.message }), true);
   }
 });
 
@@ -89,9 +93,9 @@ function iceComplete(pc, timeoutMs = 5000) {
 
 async function goLive() {
   const pin = $("pin").value.trim();
-  if (!/^[0-9]{4,12}$/.test(pin)) { say("Enter your speaker PIN (4 to 12 digits).", true); return; }
+  if (!/^[0-9]{4,12}$/.test(pin)) { say(t("golive.enter_pin"), true); return; }
   $("go").disabled = true;
-  say("Opening the microphone…");
+  say(t("golive.opening_mic"));
   try {
     state.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
@@ -102,11 +106,11 @@ async function goLive() {
     state.pc = pc;
     for (const track of state.stream.getAudioTracks()) pc.addTransceiver(track, { direction: "sendonly" });
     pc.addEventListener("connectionstatechange", () => {
-      if (pc.connectionState === "failed") { say("The connection to the hub failed.", true); hangUp(); }
+      if (pc.connectionState === "failed") { say(t("golive.connection_failed"), true); hangUp(); }
     });
     await pc.setLocalDescription(await pc.createOffer());
     await iceComplete(pc);
-    say("Checking your PIN…");
+    say(t("golive.checking_pin"));
     const answer = await api("/api/golive/offer", {
       method: "POST",
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", pin, title: $("title").value.trim() || null }),
@@ -114,13 +118,13 @@ async function goLive() {
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
     $("stop").disabled = false;
     $("pin").value = "";
-    say(`${answer.message}. Speak now.`);
+    say(t("golive.speak_now", { message: answer.message }));
   } catch (e) {
     hangUp();
-    if (e.status === 403) say(`Refused: ${e.message}`, true);
-    else if (e.status === 429) say(`Refused: ${e.message}`, true);
-    else if (e.name === "NotAllowedError") say("The browser did not allow the microphone.", true);
-    else say(`Could not go live: ${e.message}`, true);
+    if (e.status === 403) say(t("golive.refused", { error: e.message }), true);
+    else if (e.status === 429) say(t("golive.refused", { error: e.message }), true);
+    else if (e.name === "NotAllowedError") say(t("golive.mic_refused"), true);
+    else say(t("golive.failed", { error: e.message }), true);
     $("go").disabled = false;
   }
 }
@@ -137,9 +141,9 @@ async function stop() {
   $("stop").disabled = true;
   try {
     await api("/api/golive/stop", { method: "POST", body: "{}" });
-    say("You are off air.");
+    say(t("golive.off_air_now"));
   } catch (e) {
-    say(`Stop: ${e.message}`, true);
+    say(t("golive.stop_failed", { error: e.message }), true);
   }
   hangUp();
   $("go").disabled = false;
@@ -147,18 +151,18 @@ async function stop() {
 
 function showStatus(s) {
   const onair = $("onair");
-  onair.textContent = s.on_air ? "ON AIR" : s.live ? "live, no audio" : "off air";
+  onair.textContent = s.on_air ? t("golive.on_air_now") : s.live ? t("golive.live_no_audio") : t("golive.off_air");
   onair.className = s.on_air ? "live" : "";
   $("servermeter").style.width = s.live ? `${dbToPercent(s.level_dbfs)}%` : "0";
   $("serverinfo").textContent = s.live
-    ? `Address ${s.address_id} · ${s.sites_reached} site(s) · ${s.level_dbfs.toFixed(1)} dBFS on air`
-    : s.ended_reason ? `Ended: ${s.ended_reason}` : "—";
+    ? t("golive.info", { id: String(s.address_id), count: fmtNumber(s.sites_reached), level: fmtFixed(s.level_dbfs, 1) })
+    : s.ended_reason ? t("golive.ended", { reason: s.ended_reason }) : "—";
   if (!s.live && state.pc && !$("stop").disabled) {
     // The hub ended it (an operator, a hang-up it saw first): stop sending.
     hangUp();
     $("stop").disabled = true;
     $("go").disabled = false;
-    say(`Off air: ${s.ended_reason || "ended by the hub"}`, true);
+    say(t("golive.ended_by_hub", { reason: s.ended_reason || t("golive.hub_ended") }), true);
   }
 }
 
@@ -174,4 +178,10 @@ function startPolling() {
 $("go").addEventListener("click", goLive);
 $("stop").addEventListener("click", stop);
 $("pin").addEventListener("keydown", (ev) => { if (ev.key === "Enter") goLive(); });
-checkLogin();
+// The page's words first (this browser's last language), then the user's own once the hub says who they are.
+setLanguage(preferredLanguage())
+  .catch((err) => console.error("i18n: no catalogue", err))
+  .finally(() => {
+    $("who").textContent = t("golive.checking");
+    checkLogin();
+  });

@@ -1,4 +1,5 @@
 // The hub's HTTP API and its live feed (the /api/ws WebSocket). Talks to nothing else.
+import { t } from './i18n.js';
 import { notify, state } from './store.js';
 
 const WS_BACKOFF_MIN_MS = 500;
@@ -18,11 +19,12 @@ function errorText(data, status) {
     // FastAPI validation errors: [{loc: [...], msg}]
     return detail.map((d) => `${(d.loc || []).filter((p) => p !== 'body').join('.')}: ${d.msg}`).join('; ');
   }
-  return `the hub answered HTTP ${status}`;
+  return t('api.http', { status: String(status) });
 }
 
 export async function api(method, path, body) {
-  const headers = { Accept: 'application/json' };
+  // The hub words its refusals in this language (the user's own, once signed in: the hub knows it too).
+  const headers = { Accept: 'application/json', 'Accept-Language': state.i18n.lang };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (state.session.token) headers.Authorization = `Bearer ${state.session.token}`;
   let res;
@@ -34,7 +36,7 @@ export async function api(method, path, body) {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
-    throw new ApiError(0, `the hub cannot be reached (${err.message})`);
+    throw new ApiError(0, t('api.unreachable', { error: err.message }));
   }
   const text = await res.text();
   let data = null;
@@ -44,7 +46,7 @@ export async function api(method, path, body) {
     data = text;
   }
   if (res.status === 401 && path !== 'login' && state.session.user) {
-    notify('expired', 'Your session has ended: please sign in again.');
+    notify('expired', t('login.expired'));
   }
   if (!res.ok) throw new ApiError(res.status, errorText(data, res.status));
   return data;
@@ -52,7 +54,7 @@ export async function api(method, path, body) {
 
 function setFeed(status, text) {
   state.feed.status = status;
-  state.feed.text = text || status;
+  state.feed.text = text || t(`feed.${status}`);
   notify('feed');
 }
 
@@ -69,7 +71,7 @@ export function createLiveFeed(onMessage) {
     const url = new URL('api/ws', location.href);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     // The HttpOnly session cookie authenticates the feed: a token in the URL would end up in logs and history.
-    setFeed('connecting', 'connecting…');
+    setFeed('connecting');
     const ws = new WebSocket(url);
     socket = ws;
     ws.onmessage = (ev) => {
@@ -99,7 +101,7 @@ export function createLiveFeed(onMessage) {
       // Back off, with jitter, so a restarted hub is not hit by every console at the same instant.
       const delay = backoff * (0.75 + Math.random() * 0.5);
       backoff = Math.min(WS_BACKOFF_MAX_MS, backoff * 2);
-      setFeed('offline', `reconnecting in ${Math.ceil(delay / 1000)} s`);
+      setFeed('offline', t('feed.reconnecting', { s: Math.ceil(delay / 1000) }));
       timer = setTimeout(() => {
         // The session may have ended while we were away: ask before reconnecting.
         api('GET', 'me').then(connect, (err) => {

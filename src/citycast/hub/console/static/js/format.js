@@ -1,4 +1,6 @@
-// Formatting of times, lengths, sizes and levels for display. Pure functions: no DOM, no state.
+// Formatting of times, lengths, sizes and levels for display, in the user's locale and the hub's time zone
+// (js/i18n.js). No DOM.
+import { fmtFixed, locale, t, timeZone } from './i18n.js';
 
 export const STATE_COLORS = Object.freeze({
   playing: '#16a34a',
@@ -10,12 +12,13 @@ export const STATE_COLORS = Object.freeze({
 });
 export const STATES = Object.freeze(Object.keys(STATE_COLORS));
 
-export function fmtTime(iso, timeZone) {
+/** A time as the user reads it: their locale, in `zone` (a schedule's) or the hub's time zone. */
+export function fmtTime(iso, zone) {
   if (!iso) return '';
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
-  return d.toLocaleString(undefined, {
-    timeZone,
+  return d.toLocaleString(locale(), {
+    timeZone: zone || timeZone(),
     weekday: 'short', day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit',
   });
 }
@@ -24,7 +27,9 @@ export function fmtTime(iso, timeZone) {
 export function fmtDay(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(iso);
-  return d.toLocaleString(undefined, { day: 'numeric', month: 'short', year: 'numeric', hour: '2-digit', minute: '2-digit' });
+  return d.toLocaleString(locale(), {
+    timeZone: timeZone(), day: 'numeric', month: 'short', year: 'numeric', hour: '2-digit', minute: '2-digit',
+  });
 }
 
 export function fmtDuration(s) {
@@ -38,20 +43,20 @@ export function fmtDuration(s) {
 
 export function lengthText(s) {
   if (!Number.isFinite(s)) return '';
-  if (s >= 3600 && s % 3600 === 0) return `${s / 3600} h`;
-  if (s >= 60 && s % 60 === 0) return `${s / 60} min`;
-  return `${s} s`;
+  if (s >= 3600 && s % 3600 === 0) return t('unit.h', { n: s / 3600 });
+  if (s >= 60 && s % 60 === 0) return t('unit.min', { n: s / 60 });
+  return t('unit.s', { n: s });
 }
 
 export function fmtBytes(n) {
   if (!Number.isFinite(n)) return '';
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  if (n < 1024) return `${fmtFixed(n, 0)} B`;
+  if (n < 1024 * 1024) return `${fmtFixed(n / 1024, 1)} KiB`;
+  return `${fmtFixed(n / 1024 / 1024, 1)} MiB`;
 }
 
 export function fmtMs(v) {
-  return typeof v === 'number' && Number.isFinite(v) ? `${v.toFixed(2)} ms` : '–';
+  return typeof v === 'number' && Number.isFinite(v) ? `${fmtFixed(v, 2)} ms` : '–';
 }
 
 /** Loudness as 0..1 for the meters: -60 dBFS (or silence) is empty, 0 dBFS full. */
@@ -64,6 +69,6 @@ export function levelFraction(dbfs) {
 export function localToIso(value) {
   if (!value) return null;
   const d = new Date(value);
-  if (Number.isNaN(d.getTime())) throw new Error(`not a time: ${value}`);
+  if (Number.isNaN(d.getTime())) throw new Error(t('error.not_a_time', { value }));
   return d.toISOString();
 }

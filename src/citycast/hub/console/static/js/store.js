@@ -14,6 +14,9 @@
 //   talkback      the site the hub listens to, or whether a change is in flight
 //   feed          the live feed's connection state
 //   expired       the hub refused the session (detail: the message for the sign-in page)
+//   language      the user's language (or the time zone) changed: redraw what code wrote (js/i18n.js)
+
+import { t } from './i18n.js';
 
 export const ROLE_RANK = Object.freeze({ viewer: 0, speaker: 1, operator: 2, admin: 3 });
 const ALERTS_KEPT = 500;
@@ -30,6 +33,9 @@ export const state = {
   talkback: { site: null, busy: false }, // the site the hub listens to, as this console last set it
   tiles: '', // the tile URL the map was given at sign-in (the page's CSP allows that host only)
   feed: { connected: false, lastSnapshotAt: 0, lastEventAt: 0 },
+  // The language's catalogue (English beneath it), the keys found missing (each logged once), the display zone.
+  // pickedAtSignIn: the language was chosen on the sign-in page, to be kept as the user's once signed in.
+  i18n: { lang: 'en', messages: {}, fallback: {}, missing: new Set(), timeZone: 'Asia/Karachi', pickedAtSignIn: false },
 };
 
 const listeners = new Map(); // topic -> Set of callbacks
@@ -59,7 +65,7 @@ export function zoneName(id) {
 }
 
 export function zonesLabel(ids) {
-  return !ids || ids.length === 0 ? 'all zones' : ids.map(zoneName).join(', ');
+  return !ids || ids.length === 0 ? t('zones.all') : ids.map(zoneName).join(t('list.sep'));
 }
 
 /** Merges a site's fields (from the API or the live feed) into its record. */

@@ -1,5 +1,6 @@
 // DOM helpers shared by the views: element building, notices, confirm buttons, meters, zone pickers.
 import { levelFraction } from './format.js';
+import { fmtFixed, t, tOr } from './i18n.js';
 import { state } from './store.js';
 
 export const $ = (sel, root = document) => root.querySelector(sel);
@@ -41,9 +42,10 @@ export async function act(fn, okMessage) {
   }
 }
 
-/** A destructive button that asks for a second click instead of a blocking dialog. */
-export function confirmButton(label, fn) {
-  const button = el('button', { class: 'danger small', testid: `confirm-${label.toLowerCase()}` }, label);
+/** A destructive button that asks for a second click instead of a blocking dialog. `id` names it for the tests
+ * whatever the language ("delete": testid confirm-delete). */
+export function confirmButton(label, fn, id = label.toLowerCase()) {
+  const button = el('button', { class: 'danger small', testid: `confirm-${id}` }, label);
   let armed = null;
   button.addEventListener('click', () => {
     if (armed) {
@@ -53,7 +55,7 @@ export function confirmButton(label, fn) {
       fn();
       return;
     }
-    button.textContent = 'Sure?';
+    button.textContent = t('action.sure');
     armed = setTimeout(() => { armed = null; button.textContent = label; }, 3000);
   });
   return button;
@@ -67,11 +69,12 @@ export function meter(dbfs, testid) {
 
 export function setMeter(node, dbfs) {
   node.firstChild.style.width = `${Math.round(levelFraction(dbfs) * 100)}%`;
-  node.title = typeof dbfs === 'number' && Number.isFinite(dbfs) ? `${dbfs.toFixed(1)} dBFS` : 'no level';
+  node.title = typeof dbfs === 'number' && Number.isFinite(dbfs) ? `${fmtFixed(dbfs, 1)} dBFS` : t('meter.none');
 }
 
 export function stateBadge(siteState) {
-  return el('span', { class: `state state-${siteState}`, 'data-state': siteState }, siteState || 'unknown');
+  return el('span', { class: `state state-${siteState}`, 'data-state': siteState },
+    siteState ? tOr(`state.${siteState}`, siteState) : t('state.unknown'));
 }
 
 /** A headphones icon drawn inline: an emoji would show a missing-glyph box where no emoji font is installed. */
@@ -95,7 +98,7 @@ export function zoneChecks(fieldset, prefix) {
   const legend = fieldset.querySelector('legend');
   fieldset.replaceChildren(legend);
   const all = el('input', { type: 'checkbox', name: 'all', checked: true, testid: `${prefix}-zone-all` });
-  fieldset.append(el('label', { class: 'inline strong' }, all, ' all zones'));
+  fieldset.append(el('label', { class: 'inline strong' }, all, ` ${t('zones.all')}`));
   for (const zone of state.zones) {
     const box = el('input', { type: 'checkbox', name: 'zone', value: String(zone.id), testid: `${prefix}-zone-${zone.name}` });
     const swatch = el('span', { class: 'swatch' });

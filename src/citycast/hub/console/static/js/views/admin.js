@@ -1,6 +1,7 @@
 // Admin view: add a site (and its one-time enrolment command), users and their roles, settings (recordings'
 // retention, the map's tile server). The zones' part is in zones.js.
 import { api } from '../api.js';
+import { setTimeZone, t, tOr, timeZone } from '../i18n.js';
 import { can, mergeSite, ROLE_RANK, state, subscribe } from '../store.js';
 import { $, act, confirmButton, el, toast } from '../ui.js';
 
@@ -9,7 +10,7 @@ async function addSite(ev) {
   const form = ev.target;
   const body = { name: form.name.value.trim(), label: form.label.value.trim(), lat: Number(form.lat.value), lon: Number(form.lon.value) };
   if (form.zone_id.value) body.zone_id = Number(form.zone_id.value);
-  const result = await act(() => api('POST', 'sites', body), (r) => `Site ${r.site.name} added`);
+  const result = await act(() => api('POST', 'sites', body), (r) => t('admin.site_added', { site: r.site.name }));
   if (result) {
     $('#enrol-command').textContent = result.enrol_command;
     $('#enrol-result').hidden = false;
@@ -23,12 +24,16 @@ async function loadUsers() {
   $('#users-body').replaceChildren(...list.map((u) => {
     const role = el('select', {
       testid: 'user-role-select',
-      onchange: (e) => act(() => api('PATCH', `users/${u.id}`, { role: e.target.value }), `${u.username} is now ${e.target.value}`).then(loadUsers),
-    }, ...Object.keys(ROLE_RANK).map((r) => el('option', { value: r, selected: r === u.role }, r)));
+      onchange: (e) => act(() => api('PATCH', `users/${u.id}`, { role: e.target.value }),
+        t('admin.role_set', { user: u.username, role: tOr(`role.${e.target.value}`, e.target.value) })).then(loadUsers),
+    }, ...Object.keys(ROLE_RANK).map((r) => el('option', { value: r, selected: r === u.role }, tOr(`role.${r}`, r))));
     const self = state.session.user && state.session.user.id === u.id;
     return el('tr', { testid: 'user-row', 'data-user': u.username },
-      el('td', {}, u.username, self ? el('span', { class: 'muted' }, ' (you)') : null), el('td', {}, role),
-      el('td', {}, self ? null : confirmButton('Delete', () => act(() => api('DELETE', `users/${u.id}`), `${u.username} deleted`).then(loadUsers))));
+      // translate="no": a name, not a word (for the browser's translators and the language tests alike).
+      el('td', {}, el('span', { translate: 'no' }, u.username), self ? el('span', { class: 'muted' }, ` (${t('admin.you')})`) : null),
+      el('td', {}, role),
+      el('td', {}, self ? null : confirmButton(t('action.delete'),
+        () => act(() => api('DELETE', `users/${u.id}`), t('admin.user_deleted', { user: u.username })).then(loadUsers), 'delete')));
   }));
 }
 
@@ -36,7 +41,7 @@ async function addUser(ev) {
   ev.preventDefault();
   const form = ev.target;
   const body = { username: form.username.value.trim(), password: form.password.value, role: form.role.value };
-  if (await act(() => api('POST', 'users', body), `User ${body.username} added`)) {
+  if (await act(() => api('POST', 'users', body), t('admin.user_added', { user: body.username }))) {
     form.reset();
     loadUsers();
   }
@@ -48,6 +53,7 @@ async function loadSettings() {
     $('#settings-form').retention_days.value = settings.retention_days ?? '';
     $('#settings-form').tile_url.value = settings.tile_url || '';
   }
+  $('#settings-form').time_zone.value = timeZone();
   return settings;
 }
 
@@ -55,9 +61,14 @@ async function saveSettings(ev) {
   ev.preventDefault();
   const days = Number(ev.target.retention_days.value);
   const body = { retention_days: days, tile_url: ev.target.tile_url.value.trim() };
-  const saved = await act(() => api('PUT', 'settings', body), days ? `Recordings are kept ${days} days` : 'Settings saved');
+  const zone = ev.target.time_zone.value.trim();
+  if (zone && zone !== timeZone()) {
+    const where = await act(() => api('PUT', 'locale', { time_zone: zone }));
+    if (where) setTimeZone(where.time_zone);
+  }
+  const saved = await act(() => api('PUT', 'settings', body), days ? t('admin.kept_days', { count: days }) : t('admin.saved'));
   // The page's CSP names the tile host it was served with: a new one is allowed from the next page load.
-  if (saved && saved.tile_url !== state.tiles) toast('The map tiles change when the console is reloaded', 'ok');
+  if (saved && saved.tile_url !== state.tiles) toast(t('admin.tiles_reload'), 'ok');
 }
 
 export function mountAdmin() {

@@ -2,6 +2,7 @@
 // alert also pops up a notice.
 import { api } from '../api.js';
 import { fmtTime } from '../format.js';
+import { fmtNumber, t, tOr } from '../i18n.js';
 import { state, subscribe, upsertAlert } from '../store.js';
 import { $, act, el, toast } from '../ui.js';
 
@@ -17,20 +18,20 @@ function render() {
   const shown = state.alerts.filter((a) => !activeOnly || !a.cleared_at);
   const ul = $('#alert-list');
   ul.replaceChildren();
-  if (shown.length === 0) ul.append(el('li', { class: 'muted empty' }, 'No alerts.'));
+  if (shown.length === 0) ul.append(el('li', { class: 'muted empty' }, t('alerts.none')));
   for (const a of shown.slice(0, 200)) {
     ul.append(el('li', { class: `alert sev-${a.severity} ${a.cleared_at ? 'cleared' : ''}`, testid: 'alert-item', 'data-severity': a.severity, 'data-kind': a.kind },
-      el('span', { class: 'sev' }, a.severity),
+      el('span', { class: 'sev' }, tOr(`severity.${a.severity}`, a.severity)),
       el('span', { class: 'when' }, fmtTime(a.raised_at)),
-      a.site ? el('strong', {}, a.site) : el('strong', { class: 'muted' }, a.kind === 'pin_abuse' ? 'telephone' : 'hub'),
-      el('span', { class: 'kind' }, a.kind),
+      a.site ? el('strong', {}, a.site) : el('strong', { class: 'muted' }, a.kind === 'pin_abuse' ? t('alerts.telephone') : t('alerts.hub')),
+      el('span', { class: 'kind' }, tOr(`alert_kind.${a.kind}`, a.kind)),
       el('span', { class: 'msg' }, a.message),
-      a.cleared_at ? el('span', { class: 'muted small' }, `cleared ${fmtTime(a.cleared_at)}`) : null));
+      a.cleared_at ? el('span', { class: 'muted small' }, t('alerts.cleared', { when: fmtTime(a.cleared_at) })) : null));
   }
   const active = state.alerts.filter((a) => !a.cleared_at).length;
   const badge = $('#alert-badge');
   badge.hidden = active === 0;
-  badge.textContent = String(active);
+  badge.textContent = fmtNumber(active);
 }
 
 async function loadAlerts() {
@@ -52,11 +53,12 @@ export function mountAlerts() {
     setTimeout(() => {
       const batch = criticalPending;
       criticalPending = [];
-      toast(batch.length === 1 ? alertSubject(batch[0]) + batch[0].message : `${batch.length} critical alerts: see Alerts`, 'error');
+      toast(batch.length === 1 ? alertSubject(batch[0]) + batch[0].message : t('alerts.critical_many', { count: batch.length }), 'error');
     }, CRITICAL_BATCH_MS);
   }
 
   $('#alerts-active-only').addEventListener('change', render);
+  subscribe('language', render);
   // One redraw per frame, however many alerts arrive in between.
   subscribe('alerts', (alert) => {
     if (alert && !alert.cleared_at && alert.severity === 'critical') announceCritical(alert);

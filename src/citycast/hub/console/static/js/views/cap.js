@@ -3,6 +3,7 @@
 // Leaflet is the vendor script loaded before the modules: the global `L`.
 import { api } from '../api.js';
 import { fmtTime } from '../format.js';
+import { t, tOr } from '../i18n.js';
 import { can, state, subscribe } from '../store.js';
 import { $, act, el } from '../ui.js';
 
@@ -30,7 +31,7 @@ function capMap() {
       const hit = reached.has(site.name);
       L.circleMarker([site.lat, site.lon], {
         radius: hit ? 7 : 4, weight: 1, color: '#111827', fillColor: hit ? REACHED_COLOR : '#9ca3af', fillOpacity: 0.9,
-      }).bindTooltip(`${site.name}${hit ? ': reached' : ''}`).addTo(made.layer);
+      }).bindTooltip(`${site.name}${hit ? `: ${t('cap.reached')}` : ''}`).addTo(made.layer);
     }
     if (bounds && bounds.isValid()) made.map.fitBounds(bounds.pad(0.2), { maxZoom: 15 });
     else made.map.setView([24.9, 67.05], 11);
@@ -41,14 +42,16 @@ function capMap() {
 function render(list, draw) {
   const ul = $('#cap-list');
   ul.replaceChildren();
-  if (list.length === 0) ul.append(el('li', { class: 'muted empty' }, 'No alerts from the authorities yet.'));
+  if (list.length === 0) ul.append(el('li', { class: 'muted empty' }, t('cap.none')));
   for (const a of list) {
     const item = el('li', { class: `alert cap-${a.outcome}`, testid: 'cap-item', 'data-outcome': a.outcome },
-      el('span', { class: 'sev' }, a.outcome.replace('_', ' ')),
+      el('span', { class: 'sev' }, tOr(`cap_outcome.${a.outcome}`, a.outcome.replace('_', ' '))),
       el('span', { class: 'when' }, fmtTime(a.received_at)),
-      el('strong', {}, a.headline || a.identifier || 'unreadable message'),
-      el('span', { class: 'kind' }, [a.msg_type, a.priority, a.signed ? 'signed' : ''].filter(Boolean).join(' · ')),
-      el('span', { class: 'msg' }, a.sites.length ? `${a.sites.length} site(s): ${a.sites.join(', ')}` : a.detail),
+      el('strong', {}, a.headline || a.identifier || t('cap.unreadable')),
+      el('span', { class: 'kind' }, [a.msg_type, a.priority && tOr(`priority.${a.priority}`, a.priority), a.signed ? t('cap.signed') : '']
+        .filter(Boolean).join(' · ')),
+      el('span', { class: 'msg' }, a.sites.length
+        ? t('cap.sites', { count: a.sites.length, sites: a.sites.join(t('list.sep')) }) : a.detail),
       el('span', { class: 'muted small' }, a.origin));
     item.addEventListener('click', () => draw(a));
     ul.append(item);
@@ -70,7 +73,8 @@ function settingsForm() {
     form.repeats.value = st.repeats;
     form.require_signature.checked = st.require_signature;
     $('#cap-feeds-status').replaceChildren(...st.feeds_status.map((f) =>
-      el('li', {}, `${f.url}: ${f.error ? `error: ${f.error}` : f.last_ok ? `ok ${fmtTime(f.last_ok)}` : 'not polled yet'}`)));
+      el('li', {}, `${f.url}: ${f.error ? t('cap.feed_error', { error: f.error })
+        : f.last_ok ? t('cap.feed_ok', { when: fmtTime(f.last_ok) }) : t('cap.feed_not_yet')}`)));
   }
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -81,7 +85,7 @@ function settingsForm() {
       require_signature: form.require_signature.checked,
       authority_certs: certs,
     };
-    if (await act(() => api('PUT', 'cap/settings', body), 'CAP settings saved')) load();
+    if (await act(() => api('PUT', 'cap/settings', body), t('cap.saved'))) load();
   });
   return load;
 }

@@ -2,6 +2,7 @@
 // recommend, the fleet's worst margin second by second (a sparkline), and the "auto" switch (admins). With auto on
 // the hub moves D itself; every site of the channel switches at the same sample (docs/protocol.md "Delay schedule").
 import { api } from '../api.js';
+import { fmtId, fmtNumber, t } from '../i18n.js';
 import { can, state, subscribe } from '../store.js';
 import { act, el } from '../ui.js';
 
@@ -29,36 +30,36 @@ function sparkline(values, width = 160, height = 32) {
   return box;
 }
 
-const ms = (v) => (v === null || v === undefined ? '–' : `${Math.round(v)} ms`);
+const ms = (v) => (v === null || v === undefined ? '–' : `${fmtNumber(Math.round(v))} ms`);
 
 // The card's state (its node, its poll timer) lives in mountDelay's closure: only the store holds module state.
 export function mountDelay(after) {
   const card = el('div', { class: 'card', testid: 'delay-card' },
-    el('h2', {}, 'Playout delay'),
-    el('p', { class: 'muted small' }, 'How early frames reach the slowest site before they play. Auto raises D before any site would conceal and lowers it when the margin allows.'),
+    el('h2', { 'data-i18n': 'delay.title' }, t('delay.title')),
+    el('p', { class: 'muted small', 'data-i18n': 'delay.help' }, t('delay.help')),
     el('ul', { class: 'onair-list' }));
   let timer = null;
 
   async function toggle(row) {
     await act(() => api('PUT', 'settings/delay', { auto: !row.auto, channel: row.channel }),
-      `Channel ${row.channel}: automatic delay ${row.auto ? 'off' : 'on'}`);
+      t(row.auto ? 'delay.auto_turned_off' : 'delay.auto_turned_on', { channel: fmtId(row.channel) }));
     load();
   }
 
   function render(data) {
     const rows = data.tuning || [];
     const body = rows.length === 0
-      ? [el('li', { class: 'muted empty' }, 'No channel reports margins yet.')]
+      ? [el('li', { class: 'muted empty' }, t('delay.none'))]
       : rows.map((r) => el('li', { testid: 'delay-row', 'data-channel': r.channel },
         el('div', {},
-          el('strong', {}, `Channel ${r.channel}`), ' · D ', el('span', { testid: 'delay-now' }, ms(r.delay_ms)),
+          el('strong', {}, t('delay.channel', { channel: fmtId(r.channel) })), ' · D ', el('span', { testid: 'delay-now' }, ms(r.delay_ms)),
           r.target_delay_ms !== r.delay_ms ? ` → ${ms(r.target_delay_ms)}` : '',
-          ' · recommended ', el('span', { testid: 'delay-recommended' }, ms(r.recommended_ms)),
-          ' · worst margin ', el('span', { testid: 'delay-margin' }, ms(r.margin_min_ms))),
+          ` · ${t('delay.recommended')} `, el('span', { testid: 'delay-recommended' }, ms(r.recommended_ms)),
+          ` · ${t('delay.worst_margin')} `, el('span', { testid: 'delay-margin' }, ms(r.margin_min_ms))),
         sparkline(r.margin_history_ms || []),
         can('admin')
-          ? el('button', { class: 'small', testid: 'delay-auto', onclick: () => toggle(r) }, r.auto ? 'Auto: on' : 'Auto: off')
-          : el('span', { class: 'muted small' }, r.auto ? 'auto' : 'fixed')));
+          ? el('button', { class: 'small', testid: 'delay-auto', onclick: () => toggle(r) }, r.auto ? t('delay.auto_on') : t('delay.auto_off'))
+          : el('span', { class: 'muted small' }, r.auto ? t('delay.auto') : t('delay.fixed'))));
     card.querySelector('ul').replaceChildren(...body);
   }
 

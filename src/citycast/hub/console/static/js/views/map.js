@@ -1,6 +1,7 @@
 // Map view: every site as a dot on a Leaflet canvas (colour: state; size: level), the state legend and counts.
 // Leaflet is the vendor script loaded before the modules: the global `L`.
 import { fmtMs, levelFraction, STATE_COLORS, STATES } from '../format.js';
+import { fmtNumber, t, tOr } from '../i18n.js';
 import { can, countByState, state, subscribe, zoneName } from '../store.js';
 import { $, el, meter, stateBadge, toast } from '../ui.js';
 import { controlSite, pathsSummary } from './sites.js';
@@ -16,15 +17,17 @@ export function tileUrl(settings) {
 
 function sitePopup(name) {
   const site = state.sites.get(name);
-  if (!site) return 'unknown site';
+  if (!site) return t('map.unknown_site');
   const lines = el('div', { class: 'popup', testid: 'site-popup' },
     el('strong', {}, site.name),
     site.label ? el('div', { class: 'muted' }, site.label) : null,
     el('div', {}, stateBadge(site.state), ' ', site.zone || zoneName(site.zone_id)),
-    el('div', {}, 'level ', meter(site.level_rms_dbfs)),
+    el('div', {}, `${t('map.level')} `, meter(site.level_rms_dbfs)),
     el('div', { class: 'muted small', title: syncHelp(site) },
-      `ch ${site.channel ?? '–'} · buffer ${site.buffer_ms ?? '–'} ms · sync ${fmtMs(site.sync_error_ms)}`),
-    site.sink_error ? el('div', { class: 'small', testid: 'popup-sink-error' }, `Audio output failed: ${site.sink_error}`) : null,
+      t('map.popup_line', {
+        ch: site.channel ?? '–', buffer: site.buffer_ms ?? '–', sync: fmtMs(site.sync_error_ms),
+      })),
+    site.sink_error ? el('div', { class: 'small', testid: 'popup-sink-error' }, t('sites.sink_failed', { error: site.sink_error })) : null,
     popupPaths(site.paths),
   );
   if (can('operator')) {
@@ -32,12 +35,12 @@ function sitePopup(name) {
       el('button', {
         class: 'small', testid: 'popup-mute',
         onclick: () => controlSite(site, { muted: !site.muted }),
-      }, site.muted ? 'Unmute' : 'Mute'),
+      }, site.muted ? t('sites.unmute') : t('sites.mute')),
       listenButton(el('button', {
         class: 'small listen', testid: 'popup-listen', 'data-site': site.name,
-        title: 'Hear this site\'s microphone in a live caller\'s return audio',
+        title: t('talkback.listen_title'),
         onclick: () => setTalkback(site, state.talkback.site !== site.name),
-      }), ' Stop listening')));
+      }), ` ${t('talkback.stop_listening')}`)));
   }
   return lines;
 }
@@ -57,11 +60,11 @@ function renderCounts() {
       const swatch = el('span', { class: 'swatch' });
       swatch.style.background = STATE_COLORS[s];
       legend.append(el('li', { testid: `count-${s}`, 'data-state': s },
-        swatch, el('span', { class: 'legend-name' }, s), el('span', { class: 'count' }, '0')));
+        swatch, el('span', { class: 'legend-name' }, tOr(`state.${s}`, s)), el('span', { class: 'count' }, '0')));
     }
   }
-  for (const s of STATES) $(`[data-state="${s}"] .count`, legend).textContent = String(counts[s]);
-  $('#sites-total').textContent = `${state.sites.size}`;
+  for (const s of STATES) $(`[data-state="${s}"] .count`, legend).textContent = fmtNumber(counts[s]);
+  $('#sites-total').textContent = fmtNumber(state.sites.size);
 }
 
 /** Mounts the map view; the Leaflet map itself is made at the first sign-in. Returns what the page's test hook
@@ -114,7 +117,10 @@ export function mountMap() {
         fillOpacity: 0.9,
       });
       marker.bindPopup(() => sitePopup(site.name), { maxWidth: 260 });
-      marker.bindTooltip(() => `${site.name} · ${state.sites.get(site.name)?.state ?? ''}`, { direction: 'top', offset: [0, -4] });
+      marker.bindTooltip(() => {
+        const now = state.sites.get(site.name)?.state;
+        return `${site.name} · ${now ? tOr(`state.${now}`, now) : ''}`;
+      }, { direction: 'top', offset: [0, -4] });
       siteLayer.addLayer(marker);
       entry = { marker, state: siteState, radius, lat, lon, updatedAt: 0, updatedWall: 0, changedAt: 0, changedWall: 0 };
       entry.changedAt = performance.now();
@@ -189,7 +195,7 @@ export function mountMap() {
     // The base map gets a pane of its own under the overlays, so the site markers are always drawn above it.
     map.createPane('base').style.zIndex = '250';
     map.attributionControl.setPrefix(false);
-    map.attributionControl.addAttribution('Schematic base map (approximate outlines)');
+    map.attributionControl.addAttribution(t('map.attribution'));
     L.control.scale({ imperial: false }).addTo(map);
     // One canvas for every site marker: thousands of SVG nodes would make panning and updates slow.
     canvas = L.canvas({ padding: 0.3 });
@@ -209,7 +215,7 @@ export function mountMap() {
       form.lat.value = ev.latlng.lat.toFixed(5);
       form.lon.value = ev.latlng.lng.toFixed(5);
     });
-    loadBaseMap().catch((err) => toast(`Base map not loaded: ${err.message}`, 'error'));
+    loadBaseMap().catch((err) => toast(t('map.base_failed', { error: err.message }), 'error'));
   }
 
   function applyTiles(url) {
@@ -237,6 +243,10 @@ export function mountMap() {
   });
   subscribe('logout', () => {
     fittedToSites = false;
+  });
+  subscribe('language', () => {
+    $('#legend').replaceChildren(); // drawn again with the states' names in the new language
+    renderCounts();
   });
   subscribe('session', () => {
     if (!state.session.user) return;

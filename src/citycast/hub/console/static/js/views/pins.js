@@ -2,13 +2,14 @@
 // once; the list shows only each PIN's last two digits.
 import { api } from '../api.js';
 import { fmtDay, fmtTime, localToIso } from '../format.js';
+import { LANGUAGES, t, tOr } from '../i18n.js';
 import { can, state, subscribe, zonesLabel } from '../store.js';
 import { $, act, checkedZones, confirmButton, el, toast, zoneChecks } from '../ui.js';
 
 function validityText(p) {
-  if (!p.valid_from && !p.valid_until) return 'always';
-  const from = p.valid_from ? `from ${fmtDay(p.valid_from)}` : '';
-  const until = p.valid_until ? `until ${fmtDay(p.valid_until)}` : '';
+  if (!p.valid_from && !p.valid_until) return t('pins.always');
+  const from = p.valid_from ? t('pins.from', { when: fmtDay(p.valid_from) }) : '';
+  const until = p.valid_until ? t('pins.until', { when: fmtDay(p.valid_until) }) : '';
   return [from, until].filter(Boolean).join(' ');
 }
 
@@ -29,26 +30,26 @@ async function loadPins() {
   if (!list) return;
   const body = $('#pins-body');
   body.replaceChildren(...list.map(pinRow));
-  if (list.length === 0) body.append(el('tr', {}, el('td', { colspan: '8', class: 'muted' }, 'No speaker PINs yet.')));
+  if (list.length === 0) body.append(el('tr', {}, el('td', { colspan: '8', class: 'muted' }, t('pins.none'))));
 }
 
 function pinRow(p) {
   const toggle = el('input', {
-    type: 'checkbox', checked: p.enabled, testid: 'pin-toggle', 'aria-label': `PIN for ${p.label} enabled`,
+    type: 'checkbox', checked: p.enabled, testid: 'pin-toggle', 'aria-label': t('pins.toggle_label', { label: p.label }),
     onchange: async (e) => {
       const on = e.target.checked;
-      const ok = await act(() => api('PATCH', `pins/${p.id}`, { enabled: on }), `PIN for “${p.label}” ${on ? 'enabled' : 'disabled'}`);
+      const ok = await act(() => api('PATCH', `pins/${p.id}`, { enabled: on }), t(on ? 'pins.enabled_toast' : 'pins.disabled_toast', { label: p.label }));
       if (!ok) e.target.checked = !on; // refused (e.g. too many enabled PINs with the same last digits)
       loadPins();
     },
   });
-  const status = !p.enabled ? 'disabled' : p.valid_now ? 'valid now' : 'not valid now';
+  const status = !p.enabled ? t('pins.disabled') : p.valid_now ? t('pins.valid_now') : t('pins.not_valid_now');
   // A PIN being guessed is locked (even its right number is refused) until an operator unlocks or renumbers it.
   const locked = p.locked_until ? el('div', { class: 'small danger', testid: 'pin-locked' },
-    `locked until ${fmtTime(p.locked_until)}: being guessed (${p.recent_failures} recent wrong PINs)`) : null;
-  const weak = p.weak ? el('div', { class: 'small muted', testid: 'pin-weak' }, 'weak: fewer than 6 digits, give it a new number') : null;
+    t('pins.locked', { until: fmtTime(p.locked_until), count: p.recent_failures })) : null;
+  const weak = p.weak ? el('div', { class: 'small muted', testid: 'pin-weak' }, t('pins.weak')) : null;
   const renumber = async () => {
-    const r = await act(() => api('POST', `pins/${p.id}/rotate`), `PIN for “${p.label}” has a new number`);
+    const r = await act(() => api('POST', `pins/${p.id}/rotate`), t('pins.renumbered', { label: p.label }));
     if (r && r.pin) showOnce(r.label, r.pin);
     loadPins();
   };
@@ -56,15 +57,17 @@ function pinRow(p) {
     el('td', {}, el('strong', {}, p.label)),
     el('td', { class: 'num', testid: 'pin-hint' }, `••${p.pin_hint}`),
     el('td', { class: 'hide-phone' }, zonesLabel(p.zone_ids)),
-    el('td', {}, el('span', { class: `prio prio-${p.priority}` }, p.priority)),
+    el('td', {}, el('span', { class: `prio prio-${p.priority}` }, tOr(`priority.${p.priority}`, p.priority)),
+      p.language && p.language !== 'en'
+        ? el('div', { class: 'muted small', testid: 'pin-language', lang: p.language }, LANGUAGES[p.language]?.name ?? p.language) : null),
     el('td', { class: 'hide-phone', testid: 'pin-validity' }, validityText(p), el('div', { class: 'muted small' }, status), locked, weak),
-    el('td', { class: 'hide-phone', testid: 'pin-last-used' }, p.last_used_at ? fmtTime(p.last_used_at) : el('span', { class: 'muted' }, 'never')),
+    el('td', { class: 'hide-phone', testid: 'pin-last-used' }, p.last_used_at ? fmtTime(p.last_used_at) : el('span', { class: 'muted' }, t('pins.never'))),
     el('td', {}, el('label', { class: 'inline' }, toggle)),
     el('td', {},
       p.locked_until ? el('button', { class: 'small', testid: 'pin-unlock',
-        onclick: () => act(() => api('POST', `pins/${p.id}/unlock`), `PIN for “${p.label}” unlocked`).then(loadPins) }, 'Unlock') : null,
-      confirmButton('New number', renumber),
-      confirmButton('Delete', () => act(() => api('DELETE', `pins/${p.id}`), `PIN for “${p.label}” deleted`).then(loadPins))));
+        onclick: () => act(() => api('POST', `pins/${p.id}/unlock`), t('pins.unlocked', { label: p.label })).then(loadPins) }, t('pins.unlock')) : null,
+      confirmButton(t('pins.new_number'), renumber, 'new number'),
+      confirmButton(t('action.delete'), () => act(() => api('DELETE', `pins/${p.id}`), t('pins.deleted', { label: p.label })).then(loadPins), 'delete')));
 }
 
 async function createPin(ev) {
@@ -78,13 +81,14 @@ async function createPin(ev) {
       priority: form.priority.value,
       valid_from: localToIso(form.valid_from.value),
       valid_until: localToIso(form.valid_until.value),
+      language: form.language.value,
     };
   } catch (err) {
     toast(err.message, 'error');
     return;
   }
   if (form.mode.value === 'typed') body.pin = form.pin.value.trim();
-  const created = await act(() => api('POST', 'pins', body), (p) => `PIN for “${p.label}” created (ends in ${p.pin_hint})`);
+  const created = await act(() => api('POST', 'pins', body), (p) => t('pins.created', { label: p.label, hint: p.pin_hint }));
   if (!created) return;
   form.label.value = '';
   form.pin.value = '';
@@ -109,6 +113,11 @@ export function mountPins() {
     if (typed) ev.target.form.pin.focus();
   });
   $('#pin-once-dismiss').addEventListener('click', dismissPin);
+  // The telephone prompts' languages, each by its own name.
+  form.language.replaceChildren(...Object.entries(LANGUAGES).map(([code, l]) => el('option', { value: code, lang: code }, l.name)));
+  subscribe('language', () => {
+    if (showing()) loadPins();
+  });
   // The rows name the zones: drawn again when the zones change.
   subscribe('zones', () => {
     zoneChecks($('fieldset.zones', form), 'pin');

@@ -4,11 +4,12 @@
 // Leaflet is the vendor script loaded before the modules: the global `L`.
 import { api } from '../api.js';
 import { fmtDuration, fmtTime } from '../format.js';
+import { fmtFixed, fmtNumber, t, tOr } from '../i18n.js';
 import { can, state, subscribe } from '../store.js';
 import { $, act, el } from '../ui.js';
 
 export const VERDICT_COLORS = Object.freeze({ full: '#16a34a', partly: '#f59e0b', none: '#dc2626' });
-const VERDICT_TEXT = Object.freeze({ full: 'played fully', partly: 'played partly', none: 'not played' });
+const verdictText = (verdict) => tOr(`verdict.${verdict}`, verdict);
 
 /** A sample's time to the second ("did it play at 14:02?" is asked to the second); every real time zone is a
  * whole number of minutes from UTC, so the UTC seconds are the local ones. */
@@ -19,11 +20,11 @@ function fmtSecond(iso) {
 
 function spanText(s) {
   if (!s.first_at) return '–';
-  return s.spans.map(([a, b]) => `${fmtSecond(a)} – ${fmtSecond(b)}`).join(', ');
+  return s.spans.map(([a, b]) => `${fmtSecond(a)} – ${fmtSecond(b)}`).join(t('list.sep'));
 }
 
 function verdictBadge(verdict) {
-  const badge = el('span', { class: `badge verdict-${verdict}`, 'data-verdict': verdict }, VERDICT_TEXT[verdict] || verdict);
+  const badge = el('span', { class: `badge verdict-${verdict}`, 'data-verdict': verdict }, verdictText(verdict));
   badge.style.background = VERDICT_COLORS[verdict] || '#6b7280';
   return badge;
 }
@@ -48,7 +49,7 @@ function drawSites(map, layer, report) {
     const marker = L.circleMarker([s.lat, s.lon], {
       radius: 7, weight: 1, color: '#111827', fillColor: VERDICT_COLORS[s.verdict], fillOpacity: 0.9,
     });
-    marker.bindTooltip(`${s.site}: ${VERDICT_TEXT[s.verdict]} (${s.played_s.toFixed(1)} s)`);
+    marker.bindTooltip(`${s.site}: ${verdictText(s.verdict)} (${t('unit.s', { n: fmtFixed(s.played_s, 1) })})`);
     marker.addTo(layer);
     points.push([s.lat, s.lon]);
   }
@@ -65,23 +66,23 @@ async function showReport(id, drawMap) {
   $('#receipts-title').textContent = `${report.title} · ${fmtTime(report.first_at)}`;
   const c = report.counts;
   $('#receipts-summary').replaceChildren(
-    `Broadcast ${fmtTime(report.first_at)} – ${fmtTime(report.last_at)} (${fmtDuration(report.duration_s)})`,
-    report.on_air ? ' · still on air' : '', ' · ',
-    verdictBadge('full'), ` ${c.full}  `, verdictBadge('partly'), ` ${c.partly}  `, verdictBadge('none'), ` ${c.none}`);
+    t('receipts.broadcast', { from: fmtTime(report.first_at), to: fmtTime(report.last_at), length: fmtDuration(report.duration_s) }),
+    report.on_air ? ` · ${t('receipts.on_air')}` : '', ' · ',
+    verdictBadge('full'), ` ${fmtNumber(c.full)}  `, verdictBadge('partly'), ` ${fmtNumber(c.partly)}  `, verdictBadge('none'), ` ${fmtNumber(c.none)}`);
   $('#receipts-csv').href = `api/receipts/${report.id}/csv`;
   $('#receipts-print').href = `api/receipts/${report.id}/print`;
   const body = $('#receipts-body');
   body.replaceChildren(...report.sites.map((s) => el('tr', { testid: 'receipt-row', 'data-site': s.site, 'data-verdict': s.verdict },
     el('td', {}, s.site, s.label ? el('div', { class: 'muted small' }, s.label) : null),
     el('td', {}, s.zone || '–'),
-    el('td', {}, verdictBadge(s.verdict), s.open ? el('span', { class: 'muted small' }, ' (receipts still coming)') : null),
+    el('td', {}, verdictBadge(s.verdict), s.open ? el('span', { class: 'muted small' }, ` (${t('receipts.still_coming')})`) : null),
     el('td', { class: 'small' }, spanText(s)),
-    el('td', {}, s.played_s.toFixed(1)),
-    el('td', {}, String(s.concealed)),
-    el('td', {}, s.fallback_s.toFixed(1)),
-    el('td', {}, s.sync_error_ms === null ? '–' : s.sync_error_ms.toFixed(2)),
-    el('td', {}, s.level_rms_dbfs === null ? '–' : s.level_rms_dbfs.toFixed(1)))));
-  if (report.sites.length === 0) body.append(el('tr', {}, el('td', { colspan: '9', class: 'muted' }, 'No site in its zones.')));
+    el('td', {}, fmtFixed(s.played_s, 1)),
+    el('td', {}, fmtNumber(s.concealed)),
+    el('td', {}, fmtFixed(s.fallback_s, 1)),
+    el('td', {}, s.sync_error_ms === null ? '–' : fmtFixed(s.sync_error_ms, 2)),
+    el('td', {}, s.level_rms_dbfs === null ? '–' : fmtFixed(s.level_rms_dbfs, 1)))));
+  if (report.sites.length === 0) body.append(el('tr', {}, el('td', { colspan: '9', class: 'muted' }, t('receipts.no_site'))));
   drawMap(report);
 }
 
@@ -90,10 +91,10 @@ async function loadReceipts(drawMap) {
   if (!list) return;
   const body = $('#receipts-list');
   body.replaceChildren(...list.map((r) => el('tr', { testid: 'receipts-address', 'data-address-id': r.id },
-    el('td', {}, fmtTime(r.started_at)), el('td', {}, r.title), el('td', {}, r.priority),
-    el('td', {}, String(r.counts.full)), el('td', {}, String(r.counts.partly)), el('td', {}, String(r.counts.none)),
-    el('td', { class: 'actions' }, el('button', { class: 'small', testid: 'receipts-show', onclick: () => showReport(r.id, drawMap) }, 'Show')))));
-  if (list.length === 0) body.append(el('tr', {}, el('td', { colspan: '7', class: 'muted' }, 'No addresses yet.')));
+    el('td', {}, fmtTime(r.started_at)), el('td', {}, r.title), el('td', {}, tOr(`priority.${r.priority}`, r.priority)),
+    el('td', {}, fmtNumber(r.counts.full)), el('td', {}, fmtNumber(r.counts.partly)), el('td', {}, fmtNumber(r.counts.none)),
+    el('td', { class: 'actions' }, el('button', { class: 'small', testid: 'receipts-show', onclick: () => showReport(r.id, drawMap) }, t('receipts.show'))))));
+  if (list.length === 0) body.append(el('tr', {}, el('td', { colspan: '7', class: 'muted' }, t('receipts.no_addresses'))));
 }
 
 export function mountReceipts() {

@@ -2,7 +2,8 @@
 // rule and each schedule's next runs.
 import { api } from '../api.js';
 import { fmtTime, lengthText } from '../format.js';
-import { checkRawRule, dailyRule, describeRule, todayIn, WEEKDAYS, weeklyRule } from '../rrule.js';
+import { t, tOr } from '../i18n.js';
+import { checkRawRule, dailyRule, dayName, describeRule, todayIn, WEEKDAYS, weeklyRule } from '../rrule.js';
 import { state, subscribe, zonesLabel } from '../store.js';
 import { $, act, checkedZones, confirmButton, el, fillSources, toast, zoneChecks } from '../ui.js';
 
@@ -49,7 +50,7 @@ async function saveSchedule(ev) {
     priority: form.priority.value,
     enabled: form.enabled.checked,
   };
-  const saved = await act(() => api('POST', 'schedules', body), (s) => `Schedule “${s.title}” saved`);
+  const saved = await act(() => api('POST', 'schedules', body), (s) => t('schedule.saved', { title: s.title }));
   if (saved) {
     form.title.value = '';
     loadSchedules();
@@ -61,21 +62,25 @@ async function loadSchedules() {
   if (!list) return;
   const ul = $('#schedule-list');
   ul.replaceChildren();
-  if (list.length === 0) ul.append(el('li', { class: 'muted empty' }, 'No schedules yet.'));
+  if (list.length === 0) ul.append(el('li', { class: 'muted empty' }, t('schedule.none')));
   for (const s of list) {
     const runs = (s.next_runs || []).map((iso) => el('li', { testid: 'next-run', 'data-iso': iso }, fmtTime(iso, s.timezone)));
     const toggle = el('input', {
       type: 'checkbox', checked: s.enabled, testid: 'sched-toggle',
       onchange: (e) => act(() => api('PATCH', `schedules/${s.id}`, { enabled: e.target.checked }),
-        `“${s.title}” ${e.target.checked ? 'enabled' : 'disabled'}`).then(loadSchedules),
+        t(e.target.checked ? 'schedule.enabled_toast' : 'schedule.disabled_toast', { title: s.title })).then(loadSchedules),
     });
     ul.append(el('li', { class: `schedule ${s.enabled ? '' : 'disabled'}`, testid: 'schedule-item', 'data-schedule-id': s.id },
-      el('div', { class: 'onair-head' }, el('strong', {}, s.title), el('span', { class: `prio prio-${s.priority}` }, s.priority)),
-      el('div', { class: 'muted small' }, `${describeRule(s.rrule)} (${s.timezone}) · for ${lengthText(s.duration_s)} · ${s.source} · ${zonesLabel(s.zone_ids)}`),
-      el('div', { class: 'small' }, s.enabled ? 'Next: ' : 'Disabled. Would run: ', el('ol', { class: 'runs' }, runs)),
+      el('div', { class: 'onair-head' }, el('strong', {}, s.title),
+        el('span', { class: `prio prio-${s.priority}` }, tOr(`priority.${s.priority}`, s.priority))),
+      el('div', { class: 'muted small' }, t('schedule.line', {
+        rule: describeRule(s.rrule), zone: s.timezone, length: lengthText(s.duration_s), source: s.source, zones: zonesLabel(s.zone_ids),
+      })),
+      el('div', { class: 'small' }, s.enabled ? `${t('schedule.next')} ` : `${t('schedule.would_run')} `, el('ol', { class: 'runs' }, runs)),
       el('div', { class: 'needs-operator row' },
-        el('label', { class: 'inline' }, toggle, ' enabled'),
-        confirmButton('Delete', () => act(() => api('DELETE', `schedules/${s.id}`), `“${s.title}” deleted`).then(loadSchedules)))));
+        el('label', { class: 'inline' }, toggle, ` ${t('schedule.enabled')}`),
+        confirmButton(t('action.delete'),
+          () => act(() => api('DELETE', `schedules/${s.id}`), t('schedule.deleted', { title: s.title })).then(loadSchedules), 'delete'))));
   }
 }
 
@@ -83,8 +88,13 @@ export function mountSchedule() {
   const form = $('#schedule-form');
   form.addEventListener('submit', saveSchedule);
   form.addEventListener('input', previewRule);
-  form.weekday.replaceChildren(...WEEKDAYS.map(([code, name]) => el('option', { value: code }, name)));
-  form.weekday.value = 'FR';
+  const weekdays = () => {
+    const chosen = form.weekday.value || 'FR';
+    form.weekday.replaceChildren(...WEEKDAYS.map(([code]) => el('option', { value: code }, dayName(code))));
+    form.weekday.value = chosen;
+  };
+  weekdays();
+  subscribe('language', weekdays);
   form.date.value = todayIn('Asia/Karachi');
   subscribe('zones', () => zoneChecks($('fieldset.zones', form), 'sched'));
   subscribe('sources', () => fillSources(form.source));

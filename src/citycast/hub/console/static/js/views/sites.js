@@ -2,6 +2,7 @@
 // Listen; rows are updated in place as the live feed reports. Also the site list's loading and site control.
 import { api } from '../api.js';
 import { fmtMs } from '../format.js';
+import { fmtNumber, t } from '../i18n.js';
 import { mergeSite, notify, removeSite, state, subscribe, zoneName } from '../store.js';
 import { $, act, el, meter, setMeter, stateBadge } from '../ui.js';
 import { listenButton, setTalkback } from './talkback.js';
@@ -12,12 +13,8 @@ const REFETCH_DELAY_MS = 1000;
 // What the Sync figure means (docs/console.md "Sync error"): the site's own estimate, not counting the path's
 // asymmetry that no site can measure (shown beside it, as a bound).
 export function syncHelp(site) {
-  const asym = site.clock_asymmetry_ms
-    ? ` Not included: the asymmetry of the path to its time source, at most ${fmtMs(site.clock_asymmetry_ms)} ` +
-      '(half the round trip); it is constant, so it shifts the site without making it wander.'
-    : '';
-  return 'Sync error: how far this loudspeaker may play from the instant its time source names ' +
-    '(the clock estimate\'s own error plus the sound card\'s tracking error). Fault above 5 ms.' + asym;
+  const asym = site.clock_asymmetry_ms ? ` ${t('sites.sync_asym', { ms: fmtMs(site.clock_asymmetry_ms) })}` : '';
+  return t('sites.sync_help') + asym;
 }
 
 /** Fetches every site (positions, zones, settings) and drops those the hub no longer has. */
@@ -36,7 +33,9 @@ export async function loadSites() {
 
 export async function controlSite(site, change) {
   const result = await act(() => api('POST', `sites/${site.id}/control`, change),
-    change.muted === undefined ? `${site.name}: volume ${Math.round(change.volume * 100)}%` : `${site.name} ${change.muted ? 'muted' : 'unmuted'}`);
+    change.muted === undefined
+      ? t('sites.volume_set', { site: site.name, percent: fmtNumber(change.volume, { style: 'percent' }) })
+      : t(change.muted ? 'sites.muted' : 'sites.unmuted', { site: site.name }));
   if (result) {
     // The hub answers with the site (or at least accepted the change): show the desired state at once.
     mergeSite({ ...(result && typeof result === 'object' && result.name === site.name ? result : {}), name: site.name, ...change });
@@ -50,8 +49,8 @@ export function pathsSummary(paths) {
   if (!entries.length) return null;
   const up = entries.filter(([, ok]) => ok === true).length;
   return {
-    text: `paths ${up}/${entries.length}`,
-    title: entries.map(([name, ok]) => `${name}: ${ok ? 'up' : 'down'}`).join('\n'),
+    text: t('sites.paths', { up, total: entries.length }),
+    title: entries.map(([name, ok]) => `${name}: ${ok ? t('sites.path_up') : t('sites.path_down')}`).join('\n'),
     degraded: up < entries.length,
   };
 }
@@ -75,7 +74,7 @@ export function mountSites() {
       cells.state.dataset.state = site.state;
       cells.state.replaceChildren(stateBadge(site.state));
     }
-    cells.state.title = site.sink_error ? `Audio output failed: ${site.sink_error}` : '';
+    cells.state.title = site.sink_error ? t('sites.sink_failed', { error: site.sink_error }) : '';
     if (!cells.level.firstChild) cells.level.append(meter(site.level_rms_dbfs, 'site-level'));
     else setMeter(cells.level.firstChild, site.level_rms_dbfs);
     cells.sync.textContent = fmtMs(site.sync_error_ms);
@@ -85,11 +84,11 @@ export function mountSites() {
     cells.paths.title = paths ? paths.title : '';
     cells.paths.classList.toggle('warn', Boolean(paths && paths.degraded));
     if (document.activeElement !== cells.volume) cells.volume.value = String(site.volume ?? 1);
-    cells.volumeText.textContent = `${Math.round((site.volume ?? 1) * 100)}%`;
-    cells.mute.textContent = site.muted ? 'Unmute' : 'Mute';
+    cells.volumeText.textContent = fmtNumber(site.volume ?? 1, { style: 'percent' });
+    cells.mute.textContent = site.muted ? t('sites.unmute') : t('sites.mute');
     cells.mute.setAttribute('aria-pressed', site.muted ? 'true' : 'false');
     cells.mute.classList.toggle('on', Boolean(site.muted));
-    listenButton(cells.listen, ' Stop', site.name);
+    listenButton(cells.listen, ` ${t('talkback.stop')}`, site.name);
   }
 
   function siteRow(site) {
@@ -105,7 +104,7 @@ export function mountSites() {
       volumeText: el('span', { class: 'small muted' }),
       mute: el('button', { class: 'small', testid: 'site-mute', onclick: () => controlSite(site, { muted: !site.muted }) }),
       listen: el('button', {
-        class: 'small listen', testid: 'site-listen', title: 'Hear this site\'s microphone in a live caller\'s return audio',
+        class: 'small listen', testid: 'site-listen', title: t('talkback.listen_title'),
         onclick: () => setTalkback(site, state.talkback.site !== site.name),
       }),
     };
@@ -128,7 +127,9 @@ export function mountSites() {
     const shown = list.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
     rows.clear();
     $('#sites-body').replaceChildren(...shown.map(siteRow));
-    $('#page-info').textContent = `${list.length ? page * PAGE_SIZE + 1 : 0}–${page * PAGE_SIZE + shown.length} of ${list.length}`;
+    $('#page-info').textContent = t('sites.page', {
+      first: list.length ? page * PAGE_SIZE + 1 : 0, last: page * PAGE_SIZE + shown.length, total: list.length,
+    });
     $('#page-prev').disabled = page === 0;
     $('#page-next').disabled = page >= pages - 1;
   }
@@ -138,7 +139,7 @@ export function mountSites() {
   $('#page-next').addEventListener('click', () => { page += 1; renderTable(); });
   subscribe('site', updateRow);
   subscribe('talkback', () => {
-    for (const [name, cells] of rows) listenButton(cells.listen, ' Stop', name);
+    for (const [name, cells] of rows) listenButton(cells.listen, ` ${t('talkback.stop')}`, name);
   });
   subscribe('route', () => {
     if (state.route !== 'sites') rows.clear();

@@ -1,11 +1,15 @@
 // Zones: the zone table of the Sites view (site count, volume and mute kept by the hub per zone), the zone list
 // and form of the Admin view, and the zone picker of the add-site form.
 import { api } from '../api.js';
+import { fmtId, fmtNumber, t } from '../i18n.js';
 import { notify, set, state, subscribe } from '../store.js';
 import { $, act, confirmButton, el } from '../ui.js';
 
 async function controlZone(zone, change) {
-  const result = await act(() => api('POST', `zones/${zone.id}/control`, change), `Zone ${zone.name}: ${change.muted === undefined ? `volume ${Math.round(change.volume * 100)}%` : change.muted ? 'muted' : 'unmuted'}`);
+  const what = change.muted === undefined
+    ? t('zones.volume', { percent: fmtNumber(change.volume, { style: 'percent' }) })
+    : t(change.muted ? 'zones.muted' : 'zones.unmuted');
+  const result = await act(() => api('POST', `zones/${zone.id}/control`, change), t('zones.changed', { zone: zone.name, what }));
   if (result) Object.assign(zone, change); // the hub keeps it for the zone: the controls show it from now on
   notify('sites-stale');
 }
@@ -22,27 +26,28 @@ function render() {
     muted.checked = Boolean(z.muted);
     return el('tr', { testid: 'zone-row', 'data-zone': z.name },
       el('td', {}, el('span', { class: 'swatch', style: `background:${z.color}` }), ' ', z.name),
-      el('td', {}, String(z.channel)), el('td', {}, String(count(z.id))),
+      el('td', {}, fmtId(z.channel)), el('td', {}, fmtNumber(count(z.id))),
       el('td', { class: 'needs-operator' }, el('input', {
         type: 'range', min: '0', max: '2', step: '0.05', value: String(z.volume ?? 1), testid: 'zone-volume',
-        title: `${Math.round((z.volume ?? 1) * 100)} %`,
+        title: fmtNumber(z.volume ?? 1, { style: 'percent' }),
         onchange: (ev) => controlZone(z, { volume: Number(ev.target.value) }),
       })),
-      el('td', { class: 'needs-operator' }, el('label', { class: 'inline' }, muted, ' muted')));
+      el('td', { class: 'needs-operator' }, el('label', { class: 'inline' }, muted, ` ${t('zones.muted_box')}`)));
   }));
   const zoneSelect = $('#site-form').zone_id;
-  zoneSelect.replaceChildren(el('option', { value: '' }, '(no zone)'), ...zones.map((z) => el('option', { value: String(z.id) }, z.name)));
+  zoneSelect.replaceChildren(el('option', { value: '' }, t('zones.no_zone')), ...zones.map((z) => el('option', { value: String(z.id) }, z.name)));
   $('#zones-admin-body').replaceChildren(...zones.map((z) => el('tr', {},
-    el('td', {}, z.name), el('td', {}, String(z.channel)),
+    el('td', {}, z.name), el('td', {}, fmtId(z.channel)),
     el('td', {}, el('span', { class: 'swatch', style: `background:${z.color}` }), ` ${z.color}`),
-    el('td', {}, confirmButton('Delete', () => act(() => api('DELETE', `zones/${z.id}`), `Zone ${z.name} deleted`).then(loadZones))))));
+    el('td', {}, confirmButton(t('action.delete'),
+      () => act(() => api('DELETE', `zones/${z.id}`), t('zones.deleted', { zone: z.name })).then(loadZones), 'delete')))));
 }
 
 async function addZone(ev) {
   ev.preventDefault();
   const form = ev.target;
   const body = { name: form.name.value.trim(), channel: Number(form.channel.value), color: form.color.value };
-  if (await act(() => api('POST', 'zones', body), `Zone ${body.name} added`)) {
+  if (await act(() => api('POST', 'zones', body), t('zones.added', { zone: body.name }))) {
     form.reset();
     loadZones();
   }
@@ -51,6 +56,7 @@ async function addZone(ev) {
 export function mountZones() {
   $('#zone-form').addEventListener('submit', addZone);
   subscribe('zones', render);
+  subscribe('language', () => notify('zones')); // the zone tables and every form's zone picker, in the new words
   // The Sites view recounts the zones' sites when it is opened; the forms' zone pickers are drawn afresh with it.
   subscribe('route', () => {
     if (state.route === 'sites' && state.session.user) notify('zones');
