@@ -66,8 +66,9 @@ def check_site_name(site: str) -> str:
 def site_permissions(site: str, subjects: Subjects) -> Permissions:
     """A site may hear every channel's audio, its own commands, its own desired state and its own inbox, and
     may publish its own telemetry, its own talkback (microphone), its own proof-of-play receipts, its own time
-    requests and requests for its own desired state. No JetStream: a JetStream call lets the caller pick where the server sends the answer, so
-    the hub hands desired state out itself (citycast.hub.desired), answering only to the asking site's inbox.
+    requests and requests for its own desired state. No JetStream: a JetStream call lets the caller pick where the
+    server sends the answer, so the hub hands desired state out itself (citycast.hub.desired), answering only to
+    the asking site's inbox.
 
     Replies arrive on the site's own inbox prefix (nats-py `inbox_prefix=`), so it cannot read other clients'.
     """
