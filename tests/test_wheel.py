@@ -29,7 +29,7 @@ import pytest
 from tests.helpers import wait_until_sync
 
 from citycast.bus.server import free_port
-from citycast.hub.telephone.prompts import PROMPT_TEXTS
+from citycast.hub.telephone.prompts import PROMPT_SETS, PROMPT_TEXTS
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELHOUSE = Path(os.environ.get("CITYCAST_WHEELHOUSE", ROOT / "build" / "wheelhouse"))
@@ -134,16 +134,26 @@ def test_prompt_list_read_without_imports_is_the_modules() -> None:
     plain = _run([sys.executable, str(ROOT / "scripts" / "prompt_texts.py")], "prompt_texts.py", 60).stdout
     module = _run([sys.executable, "-m", "citycast.hub.telephone.prompts", "--list"], "--list", 60).stdout
     assert plain == module
-    assert [line.split("\t")[0] for line in plain.splitlines()] == list(PROMPT_TEXTS)
+    assert [line.split("\t")[0] for line in plain.splitlines()] == [
+        f"{folder}{name}" for texts, folder in PROMPT_SETS.values() for name in texts
+    ]
+    assert list(PROMPT_TEXTS) == [line.split("\t")[0] for line in plain.splitlines() if "/" not in line.split("\t")[0]]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_the_wheel_carries_the_map_and_the_prompts(installed_hub: InstalledHub) -> None:
     names = set(zipfile.ZipFile(installed_hub.wheel).namelist())
-    for vendor in ("leaflet.js", "leaflet.css", "images/marker-icon.png"):
+    for vendor in (
+        "leaflet.js",
+        "leaflet.css",
+        "images/marker-icon.png",
+        "fonts/noto-naskh-arabic-arabic-400-normal.woff2",
+    ):
         assert f"citycast/hub/console/static/vendor/{vendor}" in names
-    assert {f"citycast/hub/telephone/prompts_cache/{name}.wav" for name in PROMPT_TEXTS} <= names
+    assert {"citycast/hub/console/static/i18n/en.json", "citycast/hub/console/static/i18n/ur.json"} <= names
+    for texts, folder in PROMPT_SETS.values():
+        assert {f"citycast/hub/telephone/prompts_cache/{folder}{name}.wav" for name in texts} <= names
     assert not [n for n in names if n.startswith("citycast/") and ("node_modules" in n or n.endswith(".txt"))]
 
 
