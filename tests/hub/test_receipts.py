@@ -167,3 +167,44 @@ def test_a_genuine_receipt_of_one_address_cannot_be_counted_for_another(
     with pytest.raises(ReceiptRefused) as refused:
         take_receipt(db, "saddar-1", receipt(base + dt.timedelta(minutes=5)))
     assert refused.value.reason is Refusal.NO_ADDRESS
+
+
+async def test_a_site_flooding_receipts_is_left_unanswered_beyond_its_budget_and_others_are_served(
+    sqlite_database: Database, authority: NatsAuthority, tmp_path: Path
+) -> None:
+    """A site's stolen credentials cannot fill the database: beyond 50 at once and 1 a second, its receipts get no
+    answer (a genuine site keeps them and sends them again), and another site's receipt is still taken."""
+    from citycast.hub.receipts import BURST, ReceiptService
+    from citycast.protocol.receipts import PlayReceipt, sign_receipt
+
+    db = sqlite_database
+    base = dt.datetime(2026, 12, 2, 9, 0, tzinfo=dt.UTC)
+    keys = {}
+    with db.session() as s:
+        s.add(Address(id=1, title="a", source="tone", priority=Priority.live, channel=CHANNEL, zone_ids=[],
+                      status=AddressStatus.ended, started_at=base, ended_at=base + dt.timedelta(hours=1)))  # fmt: skip
+        for name in ("flood-1", "quiet-1"):
+            creds, public = site_creds(authority, name, tmp_path)
+            keys[name] = key_from_seed(jwt.load_creds(creds).seed)
+            s.add(Site(name=name, lat=24.9, lon=67.0, nkey_public=public, enrolled_at=base))
+
+    def receipt(site: str, seq: int) -> bytes:
+        ns = round(base.timestamp() * 1e9) + 10**9
+        return sign_receipt(keys[site], PlayReceipt(site=site, channel=CHANNEL, stream=1, seq=seq, final=False,
+                                                    first_ns=ns, last_ns=ns + seq * 10**9, concealed=0,
+                                                    fallback_s=0.0, sync_error_ms=0.0, level_rms_dbfs=-20.0,
+                                                    level_peak_dbfs=-6.0, sent_ns=ns))  # fmt: skip
+
+    now = [1000.0]
+    service = ReceiptService(None, Subjects(), db, clock=lambda: now[0])  # type: ignore[arg-type]
+    answers = [await service.handle("flood-1", receipt("flood-1", i)) for i in range(BURST + 20)]
+    assert all(a is not None and a.ok for a in answers[:BURST]) and answers[BURST:] == [None] * 20
+    assert service.taken == BURST and service.throttled == 20
+    quiet = await service.handle("quiet-1", receipt("quiet-1", 0))
+    assert quiet is not None and quiet.ok
+    now[0] += 3.0  # three more a second later
+    assert [await service.handle("flood-1", receipt("flood-1", 1000 + i)) is not None for i in range(4)] == [
+        True, True, True, False,
+    ]  # fmt: skip
+    with db.session() as s:
+        assert s.query(PlayReceiptRecord).count() == BURST + 1 + 3

@@ -24,7 +24,9 @@ import csv
 import datetime as dt
 import io
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -57,6 +59,11 @@ log = logging.getLogger(__name__)
 TOLERANCE_S = 0.5  # a site that started or stopped this close to the address's ends played it fully
 START_SLACK_S = 1.0  # frames may be stamped a little before the address row's start time (a live source)
 HUB_END_SLACK_S = 2.0  # the address row ends after playout drains (D + 0.3 s) and the source has stopped
+# What one site may send: a genuine one sends a receipt per stream it played and one per 10 minutes of a long
+# one, and after a long cut-off its backlog (at most 1000). Beyond, a receipt is not answered, so the site keeps it
+# and sends it again later; a site whose credentials were stolen cannot fill the database or hold up the others.
+BURST = 50
+PER_SECOND = 1.0
 
 
 class Refusal(StrEnum):
@@ -167,14 +174,45 @@ def take_receipt(db: Database, site: str, data: bytes) -> tuple[PlayReceipt, int
     return receipt, int(address_id), True
 
 
+class SiteBudget:
+    """A token bucket per site (sans-IO: time passed in): `BURST` receipts at once, then `PER_SECOND`."""
+
+    def __init__(self, burst: float = BURST, per_second: float = PER_SECOND) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self._sites: dict[str, tuple[float, float]] = {}  # site -> (tokens, when); bounded: only sites publish here
+
+    def take(self, site: str, now: float) -> bool:
+        if len(self._sites) > 100_000 and site not in self._sites:  # a bus without per-site users: any name
+            self._sites.clear()
+        tokens, then = self._sites.get(site, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.per_second)
+        if tokens < 1.0:
+            self._sites[site] = (tokens, now)
+            return False
+        self._sites[site] = (tokens - 1.0, now)
+        return True
+
+
 class ReceiptService:
     """Listens on `receipts.*`, takes what verifies, answers on the asking site's inbox. Counts what it refuses."""
 
-    def __init__(self, nc: Client, subjects: Subjects, db: Database) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        db: Database,
+        *,
+        budget: SiteBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.nc = nc
         self.subjects = subjects
         self.db = db
+        self.budget = budget or SiteBudget()
+        self.clock = clock
         self.taken = 0
+        self.throttled = 0  # over a site's budget: not answered (the site sends it again later)
         self.refused: Counter[str] = Counter()
         self._sub: Subscription | None = None
 
@@ -194,6 +232,8 @@ class ReceiptService:
     async def _on_msg(self, msg: Msg) -> None:
         site = msg.subject.rsplit(".", 1)[-1]
         answer = await self.handle(site, msg.data)
+        if answer is None:
+            return
         try:
             check_site_name(site)
         except ValueError:  # refused above (no such site); there is no inbox of its own to answer on
@@ -203,7 +243,13 @@ class ReceiptService:
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, answer.encode())
 
-    async def handle(self, site: str, data: bytes) -> ReceiptAck:
+    async def handle(self, site: str, data: bytes) -> ReceiptAck | None:
+        """The answer for one receipt from `receipts.<site>`; None over the site's budget (left unanswered)."""
+        if not self.budget.take(site[:64], self.clock()):
+            self.throttled += 1
+            if self.throttled % 1000 == 1:
+                log.warning("receipts from %s beyond %g a second: left unanswered", site[:64], self.budget.per_second)
+            return None
         if len(data) > MAX_RECEIPT_BYTES:  # refused before anything is parsed
             return self._refuse(site, ReceiptRefused(Refusal.MALFORMED, f"{len(data)} bytes"))
         try:

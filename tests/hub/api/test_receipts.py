@@ -34,7 +34,7 @@ def receipt(site: str, *, seconds: float, seq: int = 0, channel: int = CHANNEL) 
 
 
 async def ask(nc: nats.aio.client.Client, subject: str, data: bytes) -> ReceiptAck:
-    return decode_ack((await nc.request(subject, data, timeout=5)).data)
+    return decode_ack((await nc.request(subject, data, timeout=15)).data)
 
 
 async def test_forged_receipts_are_refused_counted_logged_and_the_hub_keeps_serving(
@@ -104,7 +104,8 @@ async def test_forged_receipts_are_refused_counted_logged_and_the_hub_keeps_serv
         assert {x["site"]: x["verdict"] for x in report["sites"]} == {"orangi-1": "full", "orangi-2": "partly"}
         assert report["sites"][1]["played_s"] == 12.5 and report["sites"][1]["receipts"] == 1
         r = await operator.get("/api/receipts/refused")
-        assert r.json() == {"taken": 2, "forged": 6, "refused": {"wrong_site": 2, "bad_signature": 3, "malformed": 1}}
+        refused = {"wrong_site": 2, "bad_signature": 3, "malformed": 1}
+        assert r.json() == {"taken": 2, "forged": 6, "refused": refused, "throttled": 0}
         r = await operator.get("/api/receipts/1/csv")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
         assert "proof-of-play-1.csv" in r.headers["content-disposition"]

@@ -69,6 +69,7 @@ class RefusedOut(BaseModel):
     taken: int
     forged: int  # receipts refused as forged: another site's key, altered, wrong site, malformed
     refused: dict[str, int]  # by reason (citycast.hub.receipts.Refusal)
+    throttled: int  # beyond a site's budget, left unanswered (the site sends them again)
 
 
 def _recent(db: Database, limit: int) -> list[dict[str, Any]]:
@@ -89,8 +90,8 @@ async def refused(_: Operator, ctx: Ctx) -> RefusedOut:
     """Receipts the hub took and refused since it started (forged ones are also in its log)."""
     svc = ctx.receipts
     if svc is None:
-        return RefusedOut(taken=0, forged=0, refused={})
-    return RefusedOut(taken=svc.taken, forged=svc.forged, refused=dict(svc.refused))
+        return RefusedOut(taken=0, forged=0, refused={}, throttled=0)
+    return RefusedOut(taken=svc.taken, forged=svc.forged, refused=dict(svc.refused), throttled=svc.throttled)
 
 
 async def _report(ctx: Ctx, address_id: int) -> dict[str, Any]:
@@ -158,7 +159,7 @@ def _page(report: dict[str, Any]) -> str:
 
 @router.get(
     "/api/receipts/{address_id}/print",
-    response_class=HTMLResponse,
+    response_class=Response,  # errors stay JSON (ErrorOut); only the page itself is HTML
     responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, 404: {"model": ErrorOut}},
 )
 async def report_page(address_id: PathId, _: Operator, ctx: Ctx) -> HTMLResponse:
