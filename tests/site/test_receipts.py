@@ -95,3 +95,21 @@ async def test_a_real_site_cut_off_mid_address_reports_partly_with_its_span(
         await ingest.close()
         await hub.close()
         db.dispose()
+
+
+def test_a_long_address_gets_a_receipt_every_interval_each_covering_the_span_from_its_start() -> None:
+    """Every 10 minutes of a long address (here every second of stream, in simulated time) a receipt goes out,
+    each from the span's first sample; the last one, when the site moves to another channel, is final."""
+    log = PlayLog("orangi-2", interim_ns=1_000_000_000)
+    block = np.full(480, 0.1, np.float32)  # 10 ms
+    t0 = 1_796_202_120_000_000_000
+    for k in range(350):
+        at = t0 + k * 10_000_000
+        log.on_block(CHANNEL, (3, at, at + 20_000_000), block, fallback=False, concealed=k // 100)
+    log.on_block(CHANNEL + 1, None, block, fallback=False, concealed=3)  # moved to its zone's idle channel
+    receipts = log.take_due(t0 + 4 * 10**9)
+    assert [(r.seq, r.final) for r in receipts] == [(0, False), (1, False), (2, False), (3, True)]
+    assert {r.first_ns for r in receipts} == {t0}
+    assert [r.last_ns - t0 for r in receipts] == [1_000_000_000, 2_000_000_000, 3_000_000_000, 3_500_000_000]
+    assert receipts[-1].concealed == 3 and receipts[-1].level_rms_dbfs == -20.0
+    assert log.take_due(t0 + 5 * 10**9) == [] and not log.open
