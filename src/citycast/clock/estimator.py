@@ -26,7 +26,10 @@ Housekeeping:
    exceeds ``step_threshold_ns`` (a broken estimate is better stepped than slewed for minutes);
 3. each new sample must respect causality against the current estimate (no delay below zero, within the
    estimate's uncertainty): three violations in a row mean the local or the server clock was stepped, and
-   the estimator starts over; a long silence (a rejoin) switches back to fast exchanges for a few seconds.
+   the estimator starts over; a long silence (a rejoin) switches back to fast exchanges for a few seconds;
+4. a (re)start is a burst of exchanges, served once precise to 1 ms, with corrections slewed in fast for its
+   first seconds; `seed_drift` starts it from the drift the site measured before a restart (citycast.clock.memory),
+   so only the offset is left to learn.
 """
 
 from __future__ import annotations
@@ -209,7 +212,8 @@ class ClockEstimator:
         self.lock_wait_ns = lock_wait_ns
         # A drift remembered from before a restart (`seed_drift`): the crystal's rate survives a power cut, its
         # offset does not. Trusted to within `hint_floor_ppm` at least (temperature moves a crystal by a few ppm),
-        # and dropped for good once the samples disagree with it by more than `hint_reject_sigmas` sigmas.
+        # and dropped for good once the samples disagree with it by more than `hint_reject_sigmas` sigmas (and
+        # `hint_reject_ppm`) in `hint_reject_after` fits in a row: a young fit's own sigma is only a rough guess.
         self.hint_floor = hint_floor_ppm * 1e-6
         self.hint_reject_sigmas = hint_reject_sigmas
         self.hint_reject = hint_reject_ppm * 1e-6
