@@ -84,6 +84,25 @@ def site(
             "~/.local/state/citycast/NAME.clock.json).",
         ),
     ] = None,
+    amp_on: Annotated[
+        str | None,
+        typer.Option(
+            metavar="CMD",
+            help="Command that switches the amplifier on (e.g. a relay: 'gpioset -t0 -c gpiochip0 17=1'), run "
+            "--amp-lead before each address's first sample plays. Goes with --amp-off. See docs/operations.md, "
+            "Chime and amplifier power.",
+        ),
+    ] = None,
+    amp_off: Annotated[
+        str | None,
+        typer.Option(metavar="CMD", help="Command that switches the amplifier off, --amp-hold after an address."),
+    ] = None,
+    amp_lead: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Amplifier on this long before the first sample plays.")
+    ] = 1.0,
+    amp_hold: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Amplifier off this long after the last sample played.")
+    ] = 2.0,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -104,6 +123,13 @@ def site(
 
     if clock not in ("sync", "system"):
         fail("--clock must be 'sync' or 'system'")
+    if amp_on is not None or amp_off is not None:
+        from citycast.site.amp import AmpConfig
+
+        try:
+            AmpConfig.from_options(amp_on or "", amp_off or "", amp_lead, amp_hold)
+        except ValueError as e:
+            fail(str(e))
     try:
         uplinks = parse_uplinks(nats or [DEFAULT_NATS], uplink_bind if nats else None)
     except ValueError as e:
@@ -144,6 +170,10 @@ def site(
         credentials_path=cred_path,
         talkback_source=talkback_source,
         clock_memory=clock_memory or default_memory_path(credentials.site if credentials else name),
+        amp_on=amp_on,
+        amp_off=amp_off,
+        amp_lead_s=amp_lead,
+        amp_hold_s=amp_hold,
     )
     # The site runs in this process re-executed without the command line's libraries (citycast.site.main).
     exec_site(opts)

@@ -12,17 +12,19 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.aio.client import Client
 from sqlalchemy import select
 
+from citycast.hub.chime import chime_blocks, load_chime
 from citycast.hub.db.engine import Database
 from citycast.hub.db.models import PRIORITY_RANK, Address, AddressStatus, Priority, Site, Zone, utcnow
 from citycast.hub.desired import DesiredStore
 from citycast.ingest.broadcaster import Broadcaster
+from citycast.ingest.pacing import FramePacer
 from citycast.media.audio import FRAME_NS
 from citycast.media.render import Samples
 from citycast.media.sources import (
@@ -171,6 +173,10 @@ class OnAir:
     recording: RecordingHandle | None = None
     stopping: bool = False
     ts0_ns: int | None = None  # broadcast time of the first sample, once the hub's own broadcast has begun
+    # What the sites are told (desired state `start_ns`, `end_ns`): the first sample's timestamp, chosen ahead when
+    # the hub paces the audio (the zone's lead), else the instant it went on air; where its last sample ends.
+    start_ns: int | None = None
+    end_ns: int | None = None
     lateness: PublishLateness = field(default_factory=PublishLateness)
     # Only these sites of its zones play it (a CAP alert's area); None: every site of its zones.
     sites: frozenset[str] | None = None
@@ -263,6 +269,7 @@ class AddressManager:
         self._order = itertools.count()
         self._lock = asyncio.Lock()  # starts, stops and refreshes change the same assignment: one at a time
         self._reach_task: asyncio.Task[None] | None = None
+        self._states: dict[str, DesiredState] = {}  # what each site was last told
 
     # -- sources ------------------------------------------------------------------------------------------
     def sources(self) -> list[dict[str, str]]:
@@ -341,6 +348,7 @@ class AddressManager:
             if not wanted:
                 raise ValueError("there are no zones to address: create a zone first")
             channel = self._free_channel()
+            chime, lead_ms = await asyncio.to_thread(self._zone_intro, sorted(wanted))
             started = utcnow()
             row_id = await asyncio.to_thread(
                 self._insert, title, source, speaker, priority, channel, sorted(wanted), user_id, schedule_id, started
@@ -364,9 +372,18 @@ class AddressManager:
                     a.recording = await self.record(a.id, channel, title)
                 except Exception as e:  # an address must go out even if its recording cannot be written
                     log.error("address %d: recording failed to start: %s", a.id, e)
+            live = external or isinstance(src, LineInSource)
+            if live:
+                # Stamped as captured: its first sample is now, and it cannot be announced any earlier.
+                a.start_ns = self.clock()
+            else:
+                # Starts the zone's lead from now, so the sites hear of it (and power up) before it plays.
+                a.start_ns = FramePacer.aligned_start(self.clock(), margin_ns=50_000_000 + lead_ms * 1_000_000)
             if not external:
                 audio = blocks if blocks is not None else _limit(src.blocks(), duration_s) if src else None
                 assert audio is not None
+                if chime is not None and not live:
+                    audio = itertools.chain(chime_blocks(chime), audio)
                 if isinstance(src, FileSource):
                     audio = PrefetchedBlocks(audio)
                 captured = src.capture_ns if isinstance(src, LineInSource) else None
@@ -406,6 +423,9 @@ class AddressManager:
         task, a.task = a.task, None
         if task is not None and task is not asyncio.current_task():
             await cancel_and_wait(task)
+        if a.end_ns is None and a.start_ns is not None and self.clock() >= a.start_ns:
+            a.end_ns = self.clock()  # stopped: frames are sent as they fall due, so none went out past now
+        await self._announce_end(a)
         # Let every site play out what was already sent (D and a margin) before moving it to another channel;
         # the end of the address is then in sync everywhere, as its start was.
         await asyncio.sleep(self.delay_ms / 1000 + 0.3)
@@ -446,6 +466,7 @@ class AddressManager:
         status, reason = AddressStatus.ended, "source ended"
         run = caster.run(
             blocks,
+            ts0_ns=None if captured_ns is not None else a.start_ns,
             on_start=lambda report: setattr(a, "ts0_ns", report.ts0_ns),
             on_publish=a.lateness.record,
             captured_ns=captured_ns,
@@ -453,7 +474,9 @@ class AddressManager:
         try:
             # On the media plane the frames are paced, encoded, signed and published on its loop; this task only
             # waits, and cancelling it cancels the broadcast there (MediaPlane.run).
-            await (self.media.run(run) if self.media is not None else run)
+            report = await (self.media.run(run) if self.media is not None else run)
+            skipped = report.extra.get("skipped_frames", 0)
+            a.end_ns = report.ts0_ns + (report.packets + (skipped if isinstance(skipped, int) else 0)) * FRAME_NS
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -493,6 +516,7 @@ class AddressManager:
                 a.status = new
                 await asyncio.to_thread(self._set_status, a.id, new)
         for name, zone_id, volume, muted, fallback in sites:
+            owner: OnAir | None = None
             if zone_id is None:
                 channel = NO_CHANNEL
             else:
@@ -503,11 +527,27 @@ class AddressManager:
                 volume=max(0.0, min(2.0, volume)),
                 muted=muted,
                 fallback="silence" if fallback == "silence" else "default",
+                start_ns=owner.start_ns if owner is not None else None,
+                end_ns=owner.end_ns if owner is not None and owner.start_ns is not None else None,
             )
-            try:
-                await self.desired.put(name, state)
-            except Exception as e:  # the bus is down: the next change or refresh writes it again
-                log.warning("desired state for %s not written: %s", name, e)
+            await self._put(name, state)
+
+    async def _put(self, name: str, state: DesiredState) -> None:
+        self._states[name] = state
+        try:
+            await self.desired.put(name, state)
+        except Exception as e:  # the bus is down: the next change or refresh writes it again
+            log.warning("desired state for %s not written: %s", name, e)
+
+    async def _announce_end(self, a: OnAir) -> None:
+        """Tell the sites playing `a` where it ends, before they are moved off it (after D and the drain), so
+        they switch their amplifiers off a hold time after its last sample rather than after the drain."""
+        if a.end_ns is None or a.start_ns is None:
+            return
+        async with self._lock:
+            for name, state in list(self._states.items()):
+                if state.channel == a.channel and state.start_ns == a.start_ns and state.end_ns != a.end_ns:
+                    await self._put(name, replace(state, end_ns=max(a.end_ns, a.start_ns)))
 
     # -- reach --------------------------------------------------------------------------------------------
     def _ensure_reach_task(self) -> None:
@@ -545,6 +585,23 @@ class AddressManager:
             if ch not in used:
                 return ch
         raise ValueError(f"too many addresses at once (at most {len(self.channel_pool)})")
+
+    def _zone_intro(self, zone_ids: list[int]) -> tuple[Samples | None, int]:
+        """The chime of the first of these zones that has one (None: none, or it cannot be read: the address
+        goes out without it), and the longest of their start leads (ms)."""
+        with self.db.session() as s:
+            rows = list(
+                s.execute(select(Zone.chime, Zone.start_lead_ms).where(Zone.id.in_(zone_ids)).order_by(Zone.id))
+            )
+        lead_ms = max((int(r[1] or 0) for r in rows), default=0)
+        spec = next((r[0] for r in rows if r[0]), None)
+        if spec is None:
+            return None, lead_ms
+        try:
+            return load_chime(spec, self.media_dir), lead_ms
+        except ValueError as e:
+            log.error("chime %r left out: %s", spec, e)
+            return None, lead_ms
 
     def _zone_ids(self) -> dict[int, int]:
         with self.db.session() as s:

@@ -25,6 +25,8 @@ class DesiredStateError(ValueError):
     pass
 
 
+_OPTIONAL = ("start_ns", "end_ns")
+
 # The KV revision of the value a message carries: a site keeps the newest it has seen.
 REVISION_HEADER = "Citycast-Revision"
 
@@ -40,6 +42,11 @@ class DesiredState:
     volume: float = 1.0  # linear gain, 0..2
     muted: bool = False
     fallback: str = "default"  # "default": the site's own fallback audio; "silence": none
+    # The address this channel carries, on the broadcast clock (frame timestamps, before D): the instant of its
+    # first sample, told ahead so a site can switch its amplifier on in time (citycast.site.amp), and once it is
+    # known, the instant its last sample ends. Absent (None) on a zone's idle channel.
+    start_ns: int | None = None
+    end_ns: int | None = None
     v: int = DESIRED_VERSION
 
     def __post_init__(self) -> None:
@@ -57,13 +64,21 @@ class DesiredState:
             raise DesiredStateError(f"muted must be true or false, got {self.muted!r}")
         if self.fallback not in FALLBACK_CHOICES:
             raise DesiredStateError(f"fallback must be one of {FALLBACK_CHOICES}, got {self.fallback!r}")
+        for name in ("start_ns", "end_ns"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63):
+                raise DesiredStateError(f"{name} must be an integer 0..2^63-1 (ns) or absent, got {value!r}")
+        if self.end_ns is not None and (self.start_ns is None or self.end_ns < self.start_ns):
+            raise DesiredStateError("end_ns goes with a start_ns, and not before it")
 
     @property
     def gain(self) -> float:
         return 0.0 if self.muted else float(self.volume)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Absent rather than null: a state without an address reads exactly as before these fields existed.
+        obj = {k: v for k, v in asdict(self).items() if v is not None or k not in _OPTIONAL}
+        return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> DesiredState:

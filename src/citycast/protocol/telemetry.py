@@ -110,6 +110,10 @@ class Telemetry:
     # How early the frames accepted over the last report came before their play time (`margin_summary`): null when
     # none came. What the hub's delay tuner reads: a minimum near 0 means frames are about to come too late.
     margin_ms: dict[str, float] | None = None
+    # Amplifier power (`citycast site --amp-on/--amp-off`): whether the site has it switched on (null: the site
+    # does not switch it), and its commands that failed, timed out or could not start since start.
+    amp_on: bool | None = None
+    amp_failures: int = 0
     v: int = TELEMETRY_VERSION
 
     def to_json(self) -> bytes:

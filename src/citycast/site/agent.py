@@ -37,6 +37,7 @@ from citycast.protocol.desired import DesiredState
 from citycast.protocol.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
 from citycast.protocol.subjects import Subjects
 from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection, margin_summary
+from citycast.site.amp import AmpConfig, AmpRunner
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
 from citycast.site.receipts import PlayLog, ReceiptSender
@@ -91,6 +92,8 @@ class SiteConfig:
     uplinks: list[Uplink] = field(default_factory=list)
     # Where the clock's measured drift is kept across restarts (citycast.clock.memory); None: nowhere.
     clock_memory: Path | None = None
+    # Amplifier power switched around each address (citycast.site.amp); None: the amplifier is left alone.
+    amp: AmpConfig | None = None
 
     def __post_init__(self) -> None:
         # A comma list in `nats_url` (`citycast simulate --nats A,B`, the benchmark's two paths) is one uplink each.
@@ -215,6 +218,9 @@ class SiteAgent:
         self.receipts: ReceiptSender | None = None
         if config.receipt_key is not None:
             self.renderer.on_block = self._played
+        self.amp = (
+            AmpRunner(config.amp, self.broadcast_now, self.engine.current_delay_ns, config.name) if config.amp else None
+        )
 
     # -- clock ---------------------------------------------------------------------------------------------
     def _estimate(self, local_ns: int) -> int | None:
@@ -357,6 +363,8 @@ class SiteAgent:
         """Take the hub's wish for this site. Volume and mute act on the next block; a new channel is
         subscribed at once (the old stream is dropped, so the site goes idle rather than "lost")."""
         self.desired = state
+        if self.amp is not None:
+            self.amp.follow(state)
         self.renderer.gain = state.gain
         self.engine.set_fallback(self._own_fallback if state.fallback == "default" else None)
         if state.channel != self.config.channel:
@@ -435,6 +443,8 @@ class SiteAgent:
             paths=self.uplinks.up() if self.uplinks is not None else {},
             delay_ms=self.engine.current_delay_ns() / 1e6,
             margin_ms=margin_summary(margins),
+            amp_on=self.amp.scheduler.is_on if self.amp is not None else None,
+            amp_failures=self.amp.failures if self.amp is not None else 0,
         )
 
     async def _report(self) -> None:
@@ -585,6 +595,8 @@ class SiteAgent:
             self.desired_watcher = DesiredWatcher(self.nc, cfg.subjects, cfg.name, self.apply_desired)
             self._watch_task = asyncio.create_task(self.desired_watcher.run())
             self._tasks.append(self._watch_task)
+        if self.amp is not None:
+            self._tasks.append(asyncio.create_task(self.amp.run(), name=f"amp:{cfg.name}"))
         if cfg.creds is not None and cfg.renew_creds:
             swap = self._swap_connection if self.uplinks is None else self._renew_uplinks
             self.renewer = CredentialsRenewer(lambda: self.nc, cfg.subjects, cfg.name, cfg.creds, swap)
@@ -677,6 +689,8 @@ class SiteAgent:
             await self.receipts.flush()
         tasks = [*self._tasks, *self._resubscribing]
         await cancel_and_wait(*tasks)
+        if self.amp is not None:
+            await self.amp.close()
         if self.clock_sync is not None:
             await self.clock_sync.stop()
         if self.uplinks is not None:

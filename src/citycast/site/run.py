@@ -12,6 +12,7 @@ from citycast.media.keys import load_trusted_keys
 from citycast.media.sinks import Sink, TimedSink, open_sink
 from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
+from citycast.site.amp import AmpConfig
 from citycast.site.enrol import SiteCredentials
 from citycast.site.talkback import key_from_seed
 from citycast.site.uplinks import Uplink, parse_uplinks
@@ -42,6 +43,11 @@ class SiteOptions:
     nats_urls: list[str] = field(default_factory=list)
     uplink_binds: list[str] = field(default_factory=list)
     clock_memory: Path | None = None  # where the clock's drift is kept across restarts (citycast.clock.memory)
+    # Amplifier power around each address (citycast.site.amp): commands as typed (split like a shell, run without one)
+    amp_on: str | None = None
+    amp_off: str | None = None
+    amp_lead_s: float = 1.0
+    amp_hold_s: float = 2.0
 
 
 def uplinks_of(opts: SiteOptions, enrolled: list[str] | None = None) -> list[Uplink]:
@@ -104,6 +110,8 @@ def build_site(opts: SiteOptions) -> SiteAgent:
             fallback_after_ns=round(opts.fallback_after_s * 1e9),
         )
     config.clock_memory = opts.clock_memory
+    if opts.amp_on is not None or opts.amp_off is not None:
+        config.amp = AmpConfig.from_options(opts.amp_on or "", opts.amp_off or "", opts.amp_lead_s, opts.amp_hold_s)
     try:
         sink: Sink = open_sink(opts.sink, clock, block=480)
     except Exception as e:

@@ -14,6 +14,9 @@ from citycast.protocol.channel import CHANNEL_MAX, CHANNEL_MIN
 
 SITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # also a NATS subject token: no dots, spaces or wildcards
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
+# A zone's chime: the bundled one, or a file of the media library by name (never a path); "" in a change: none.
+CHIME_PATTERN = r"^(builtin|file:[^/\\.][^/\\]{0,200})?$"
+StartLeadMs = Annotated[int, Field(ge=0, le=10_000)]
 
 MAX_ID = 2**31 - 1  # row ids are 32-bit integers in PostgreSQL (and SQLite refuses anything past 64 bits)
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -120,6 +123,8 @@ class ZoneIn(Strict):
     channel: Annotated[int, Field(ge=CHANNEL_MIN, le=CHANNEL_MAX)]
     color: Annotated[str, Field(pattern=COLOR_PATTERN)] = "#3b82f6"
     city_servers: CityServers = []
+    chime: Annotated[str | None, Field(pattern=CHIME_PATTERN)] = None
+    start_lead_ms: StartLeadMs = 0
 
 
 class ZonePatch(Strict):
@@ -127,6 +132,8 @@ class ZonePatch(Strict):
     channel: Annotated[int | None, Field(ge=CHANNEL_MIN, le=CHANNEL_MAX)] = None
     color: Annotated[str | None, Field(pattern=COLOR_PATTERN)] = None
     city_servers: CityServers | None = None
+    chime: Annotated[str | None, Field(pattern=CHIME_PATTERN)] = None  # "": no chime any more
+    start_lead_ms: StartLeadMs | None = None
 
 
 class ZoneOut(BaseModel):
@@ -137,6 +144,8 @@ class ZoneOut(BaseModel):
     volume: float
     muted: bool
     city_servers: list[str] = []
+    chime: str | None = None
+    start_lead_ms: int = 0
 
 
 class ControlIn(Strict):

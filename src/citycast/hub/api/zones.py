@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from citycast.hub.api.deps import Admin, Ctx, Operator, PathId, Viewer, not_found, record
 from citycast.hub.api.schemas import AUTH_ERRORS, ControlIn, ErrorOut, OkOut, ZoneControlOut, ZoneIn, ZoneOut, ZonePatch
+from citycast.hub.context import HubContext
 from citycast.hub.db.models import Site, Zone
 
 router = APIRouter(tags=["zones"], responses=AUTH_ERRORS)
@@ -22,7 +23,18 @@ def zone_out(z: Zone) -> ZoneOut:
         volume=z.volume,
         muted=z.muted,
         city_servers=list(z.city_servers or []),
+        chime=z.chime,
+        start_lead_ms=z.start_lead_ms or 0,
     )
+
+
+def _check_chime(ctx: HubContext, chime: str | None) -> str | None:
+    """The chime to store: None for none; a library file must exist (it is read at every address)."""
+    if not chime:
+        return None
+    if chime.startswith("file:") and not (ctx.media_dir / chime[5:]).is_file():
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no media file {chime[5:]!r} for the chime")
+    return chime
 
 
 def _check_unique(s: DbSession, name: str | None, channel: int | None, zone_id: int | None = None) -> None:
@@ -50,7 +62,14 @@ async def list_zones(_: Viewer, ctx: Ctx) -> list[ZoneOut]:
 async def create_zone(body: ZoneIn, request: Request, user: Admin, ctx: Ctx) -> ZoneOut:
     with ctx.db.session() as s:
         _check_unique(s, body.name, body.channel)
-        zone = Zone(name=body.name, channel=body.channel, color=body.color, city_servers=list(body.city_servers))
+        zone = Zone(
+            name=body.name,
+            channel=body.channel,
+            color=body.color,
+            city_servers=list(body.city_servers),
+            chime=_check_chime(ctx, body.chime),
+            start_lead_ms=body.start_lead_ms,
+        )
         s.add(zone)
         s.flush()
         record(s, request, user, "zone.create", f"zone:{zone.name}", body.model_dump())
@@ -67,6 +86,8 @@ async def update_zone(zone_id: PathId, body: ZonePatch, request: Request, user: 
             raise not_found("zone", zone_id)
         _check_unique(s, body.name, body.channel, zone.id)
         changes = body.model_dump(exclude_none=True)
+        if "chime" in changes:
+            changes["chime"] = _check_chime(ctx, body.chime)
         channel_changed = body.channel is not None and body.channel != zone.channel
         for key, value in changes.items():
             setattr(zone, key, value)

@@ -138,6 +138,12 @@ class Zone(Base):
     # The zone's city servers (NATS URLs, each a leafnode over its own long-haul path): an enrolling site is handed
     # all of them and connects to each, playing the first copy of every frame (citycast.site.uplinks).
     city_servers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Played before every address to the zone, as part of it (citycast.hub.chime): "builtin", "file:<name>" of the
+    # media library, or None for none.
+    chime: Mapped[str | None] = mapped_column(String(255), default=None)
+    # How far ahead of its first sample an address to the zone is announced (desired state `start_ns`), so its
+    # sites can power their amplifiers first (citycast.site.amp): the address starts this much later.
+    start_lead_ms: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
