@@ -211,16 +211,22 @@ def _wait(seconds: float, fleet: Fleet, tick: object) -> None:
 
 
 def _marker_times(lives: list[Life], ts0_ns: int, opts: ColdStartOptions) -> dict[int, dict[int, float]]:
-    """Per site: marker number → true time it was heard (all lives of the site together)."""
+    """Per site: marker number → true time it was heard (all lives of the site together).
+
+    Of two detections near one marker the one nearer its nominal time is kept: Opus's concealment of a lost frame
+    can repeat a chirp it just played, and a detection of that echo is a loss, not the site's timing."""
     period = opts.period_s * 1e9
     delay = opts.delay_ms * 1e6
     heard: dict[int, dict[int, float]] = {}
     for life in lives:
         if not life.wav.exists() or not life.wav.with_name(life.wav.name + ".json").exists():
             continue
+        site = heard.setdefault(life.site, {})
         for t in load_trace(life.wav).heard_ns:
-            k = round((t - ts0_ns - delay - LOOKAHEAD_NS) / period)
-            heard.setdefault(life.site, {})[k] = t
+            nominal = (t - ts0_ns - delay - LOOKAHEAD_NS) / period
+            k = round(nominal)
+            if k not in site or abs(nominal - k) < abs((site[k] - ts0_ns - delay - LOOKAHEAD_NS) / period - k):
+                site[k] = t
     return heard
 
 
@@ -258,7 +264,8 @@ def _figures(opts: ColdStartOptions, lives: list[Life], ts0_ns: int, console: Co
         per_second = [max((abs(d) for at, d in points if s <= at < s + 1), default=float("nan")) for s in range(60)]
         series.append(per_second)
         per_life.append({
-            "site": f"site-{life.site:02d}", "life": life.number, "cold_start_s": in_step,
+            "site": f"site-{life.site:02d}", "life": life.number, "started_ns": life.started_ns,
+            "cold_start_s": in_step,
             "first_sound_s": (first - life.started_ns) / 1e9 if first is not None else None,
             "sync_ms_at_2s": at_2s, "sync_ms_at_60s": abs(at_60s[1]) if at_60s else None,
             "markers": len(points),
