@@ -48,8 +48,20 @@ def test_the_field_table_is_the_dataclass_and_states_its_ranges() -> None:
         ({"v": 1, "channel": 1, "volume": MAX_VOLUME + 0.01}, "volume"),
         ({"v": 1, "channel": 1, "muted": "yes"}, "muted"),
         ({"v": 1, "channel": 1, "fallback": "music"}, "fallback"),
+        ({"v": 1, "channel": 1, "start_ns": -1}, "start_ns"),
+        ({"v": 1, "channel": 1, "start_ns": 1.5}, "start_ns"),
+        ({"v": 1, "channel": 1, "start_ns": True}, "start_ns"),
+        ({"v": 1, "channel": 1, "start_ns": 2**63}, "start_ns"),
+        ({"v": 1, "channel": 1, "end_ns": 5}, "end_ns goes with a start_ns"),
+        ({"v": 1, "channel": 1, "start_ns": 10, "end_ns": 9}, "not before it"),
     ],
 )
 def test_a_state_that_breaks_a_documented_rule_is_refused_whole(obj: dict[str, object], reason: str) -> None:
     with pytest.raises(DesiredStateError, match=reason):
         DesiredState.from_json(json.dumps(obj).encode())
+
+
+def test_an_address_s_start_and_end_travel_and_are_left_out_when_absent() -> None:
+    state = DesiredState(channel=1000, start_ns=1_796_000_000_100_000_000, end_ns=1_796_000_004_100_000_000)
+    assert DesiredState.from_json(state.to_json()) == state
+    assert b"start_ns" not in DesiredState(channel=3).to_json()  # an idle channel reads as before the fields

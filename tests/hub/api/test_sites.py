@@ -50,6 +50,8 @@ async def test_zone_crud_and_conflicts(api: Api) -> None:
         "volume": 1.0,
         "muted": False,
         "city_servers": [],
+        "chime": None,
+        "start_lead_ms": 0,
     }
     assert (await admin.post("/api/zones", json={"name": "saddar", "channel": 11})).status_code == 409
     taken = await admin.post("/api/zones", json={"name": "clifton", "channel": 10})
