@@ -161,6 +161,7 @@ def test_the_console_in_urdu(page: Any, console_hub: ConsoleHub, tmp_path: Path)
         left = english_left(page.evaluate(VISIBLE_TEXTS))
         if left:
             found[view] = left
+        page.screenshot(path=str(tmp_path / f"console-ur-{view}.png"))  # kept with the test's files, to look at
     assert found == {}, f"English left on the Urdu console: {found}"
     # Mirrored: the navigation starts at the right, the sign-out button is left of the brand.
     brand = page.locator(".topbar .brand").bounding_box()

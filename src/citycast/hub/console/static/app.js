@@ -186,6 +186,7 @@ function main() {
     $('#login-language').value = state.i18n.lang;
     $('#language').value = state.i18n.lang;
     showWho();
+    notify('sources'); // the source pickers name the hub's own sources in the new language
     if (state.session.user) onRoute(); // the shown view draws itself again in the new words
   });
 

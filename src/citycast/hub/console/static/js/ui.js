@@ -118,6 +118,7 @@ export function checkedZones(fieldset) {
 
 export function fillSources(select) {
   const current = select.value;
-  select.replaceChildren(...state.sources.map((s) => el('option', { value: s.id }, s.label || s.id)));
+  // The hub's own sources by their name in the user's language; a media file by its own name.
+  select.replaceChildren(...state.sources.map((s) => el('option', { value: s.id }, tOr(`source.${s.id}`, s.label || s.id))));
   if (current && state.sources.some((s) => s.id === current)) select.value = current;
 }

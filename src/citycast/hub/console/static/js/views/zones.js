@@ -38,7 +38,7 @@ function render() {
   zoneSelect.replaceChildren(el('option', { value: '' }, t('zones.no_zone')), ...zones.map((z) => el('option', { value: String(z.id) }, z.name)));
   $('#zones-admin-body').replaceChildren(...zones.map((z) => el('tr', {},
     el('td', {}, z.name), el('td', {}, fmtId(z.channel)),
-    el('td', {}, el('span', { class: 'swatch', style: `background:${z.color}` }), ` ${z.color}`),
+    el('td', {}, el('span', { class: 'swatch', style: `background:${z.color}` }), ' ', el('bdi', {}, z.color)),
     el('td', {}, confirmButton(t('action.delete'),
       () => act(() => api('DELETE', `zones/${z.id}`), t('zones.deleted', { zone: z.name })).then(loadZones), 'delete')))));
 }
