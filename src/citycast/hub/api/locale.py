@@ -47,7 +47,7 @@ class LocaleIn(Strict):
     def _known_zone(cls, value: str) -> str:
         try:
             zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as e:  # OSError: "Asia" is a folder
             raise ValueError(f"no such time zone: {value!r} (an IANA name, e.g. Asia/Karachi)") from e
         return value
 
