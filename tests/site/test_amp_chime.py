@@ -34,7 +34,7 @@ from citycast.site.amp import AmpConfig
 
 D_NS = 120_000_000
 LEAD_NS, HOLD_NS = 1_000_000_000, 500_000_000
-EARLY_S, LATE_S = 0.005, 0.3
+EARLY_S, LATE_S = 0.005, 0.2
 CODEC_DELAY = OpusEncoder().lookahead_samples
 
 

@@ -88,7 +88,7 @@ def site(
         str | None,
         typer.Option(
             metavar="CMD",
-            help="Command that switches the amplifier on (e.g. a relay: 'gpioset -t0 -c gpiochip0 17=1'), run "
+            help="Command that switches the amplifier on (e.g. a relay on a Pi: 'pinctrl set 17 op dh'), run "
             "--amp-lead before each address's first sample plays. Goes with --amp-off. See docs/operations.md, "
             "Chime and amplifier power.",
         ),

@@ -373,12 +373,14 @@ class AddressManager:
                 except Exception as e:  # an address must go out even if its recording cannot be written
                     log.error("address %d: recording failed to start: %s", a.id, e)
             live = external or isinstance(src, LineInSource)
-            if live:
-                # Stamped as captured: its first sample is now, and it cannot be announced any earlier.
+            if live or lead_ms == 0:
+                # Stamped as captured, or no lead wanted: it starts as soon as its first block is read (the
+                # broadcaster chooses its first timestamp then, no earlier than this), and is announced as now.
                 a.start_ns = self.clock()
+                ts0: int | None = None
             else:
                 # Starts the zone's lead from now, so the sites hear of it (and power up) before it plays.
-                a.start_ns = FramePacer.aligned_start(self.clock(), margin_ns=50_000_000 + lead_ms * 1_000_000)
+                a.start_ns = ts0 = FramePacer.aligned_start(self.clock(), margin_ns=50_000_000 + lead_ms * 1_000_000)
             if not external:
                 audio = blocks if blocks is not None else _limit(src.blocks(), duration_s) if src else None
                 assert audio is not None
@@ -387,7 +389,7 @@ class AddressManager:
                 if isinstance(src, FileSource):
                     audio = PrefetchedBlocks(audio)
                 captured = src.capture_ns if isinstance(src, LineInSource) else None
-                a.task = asyncio.create_task(self._broadcast(a, audio, captured))
+                a.task = asyncio.create_task(self._broadcast(a, audio, captured, ts0))
             elif duration_s is not None:
                 a.task = asyncio.create_task(self._stop_after(a, duration_s))
             await self._apply()
@@ -451,10 +453,16 @@ class AddressManager:
         )
 
     async def _broadcast(
-        self, a: OnAir, blocks: Iterator[Samples], captured_ns: Callable[[], int | None] | None = None
+        self,
+        a: OnAir,
+        blocks: Iterator[Samples],
+        captured_ns: Callable[[], int | None] | None = None,
+        ts0_ns: int | None = None,
     ) -> None:
         """Pace, encode, sign and publish `blocks`; a live source's frames are stamped from `captured_ns` (the
-        capture time of the block just read), so a voice costs D plus a frame, not a grid slot after start."""
+        capture time of the block just read), so a voice costs D plus a frame, not a grid slot after start.
+        `ts0_ns`: the first sample's timestamp when it was chosen ahead (a zone's lead), else the broadcaster
+        chooses it on the first block."""
         caster = Broadcaster(
             self.media.nc if self.media is not None else self.nc,
             channel=a.channel,
@@ -466,7 +474,7 @@ class AddressManager:
         status, reason = AddressStatus.ended, "source ended"
         run = caster.run(
             blocks,
-            ts0_ns=None if captured_ns is not None else a.start_ns,
+            ts0_ns=ts0_ns,
             on_start=lambda report: setattr(a, "ts0_ns", report.ts0_ns),
             on_publish=a.lateness.record,
             captured_ns=captured_ns,
