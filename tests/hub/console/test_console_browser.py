@@ -447,3 +447,31 @@ def test_proof_of_play_per_address_on_the_map_and_as_a_table(
         page.get_by_test_id("receipts-csv").click()
     text = Path(download.value.path()).read_bytes().decode()
     assert text.startswith("address_id,title,site,") and text.count("\r\n") == len(saddar) + 1
+
+
+def test_an_admin_sets_a_zone_s_chime_and_start_lead(page: Any, console_hub: ConsoleHub) -> None:
+    """From the Admin view's zone list: the hub keeps them (its API says so) and the row shows them again."""
+    zone = "clifton"
+    sign_in(page, console_hub)
+    page.get_by_test_id("nav-admin").click()
+    row = page.get_by_test_id("zones-admin-table").locator("tr", has_text=zone)
+    row.get_by_test_id("zone-chime").select_option("builtin")
+    row.get_by_test_id("zone-lead").fill("1500")
+    row.get_by_test_id("zone-lead").dispatch_event("change")
+
+    def kept() -> dict[str, Any]:
+        with console_hub.api() as api:
+            return next(z for z in api.get("/api/zones").json() if z["name"] == zone)
+
+    try:
+        wait_until_sync(lambda: kept()["chime"] == "builtin" and kept()["start_lead_ms"] == 1500, "the zone saved")
+        page.reload()
+        page.wait_for_function("() => window.citycast.status().wsConnected", timeout=15_000)
+        page.get_by_test_id("nav-admin").click()
+        row = page.get_by_test_id("zones-admin-table").locator("tr", has_text=zone)
+        row.get_by_test_id("zone-chime").wait_for(state="visible")
+        assert row.get_by_test_id("zone-chime").input_value() == "builtin"
+        assert row.get_by_test_id("zone-lead").input_value() == "1500"
+    finally:
+        with console_hub.api() as api:  # the module's other tests expect addresses to start at once, no chime
+            api.patch(f"/api/zones/{console_hub.zone_ids[zone]}", json={"chime": "", "start_lead_ms": 0})

@@ -18,6 +18,24 @@ export async function loadZones() {
   set('zones', (await act(() => api('GET', 'zones'))) || state.zones);
 }
 
+// A zone's chime (docs/operations.md, "Chime and amplifier power"): none, the hub's own, or a media library file.
+function chimePicker(zone) {
+  const files = (state.sources || []).filter((s) => s.id.startsWith('file:'));
+  const select = el('select', { testid: 'zone-chime', onchange: (ev) => saveZone(zone, { chime: ev.target.value }) },
+    el('option', { value: '' }, t('zones.chime_none')), el('option', { value: 'builtin' }, t('zones.chime_builtin')),
+    ...files.map((s) => el('option', { value: s.id }, s.label || s.id)));
+  if (zone.chime && ![...select.options].some((o) => o.value === zone.chime)) {
+    select.append(el('option', { value: zone.chime }, zone.chime)); // a file no longer in the library
+  }
+  select.value = zone.chime || '';
+  return select;
+}
+
+async function saveZone(zone, change) {
+  await act(() => api('PATCH', `zones/${zone.id}`, change), t('zones.saved', { zone: zone.name }));
+  loadZones(); // saved or refused (a bad lead): the row shows what the hub kept
+}
+
 function render() {
   const zones = state.zones;
   const count = (id) => [...state.sites.values()].filter((s) => s.zone_id === id).length;
@@ -39,6 +57,11 @@ function render() {
   $('#zones-admin-body').replaceChildren(...zones.map((z) => el('tr', {},
     el('td', {}, z.name), el('td', {}, fmtId(z.channel)),
     el('td', {}, el('span', { class: 'swatch', style: `background:${z.color}` }), ' ', el('bdi', {}, z.color)),
+    el('td', {}, chimePicker(z)),
+    el('td', {}, el('input', {
+      type: 'number', min: '0', max: '10000', step: '100', value: String(z.start_lead_ms ?? 0), testid: 'zone-lead',
+      onchange: (ev) => saveZone(z, { start_lead_ms: Number(ev.target.value) }),
+    })),
     el('td', {}, confirmButton(t('action.delete'),
       () => act(() => api('DELETE', `zones/${z.id}`), t('zones.deleted', { zone: z.name })).then(loadZones), 'delete')))));
 }
@@ -56,6 +79,7 @@ async function addZone(ev) {
 export function mountZones() {
   $('#zone-form').addEventListener('submit', addZone);
   subscribe('zones', render);
+  subscribe('sources', () => notify('zones')); // the chime pickers list the media library's files
   subscribe('language', () => notify('zones')); // the zone tables and every form's zone picker, in the new words
   // The Sites view recounts the zones' sites when it is opened; the forms' zone pickers are drawn afresh with it.
   subscribe('route', () => {
