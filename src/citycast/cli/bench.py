@@ -500,7 +500,7 @@ def bench_icecast(
         f"CPU of the hub's Icecast thread: {ogg['service_cpu_pct']:.2f} % of a core for {groups} Ogg mounts "
         f"({ogg_cpu:.2f} % each); {both['service_cpu_pct']:.2f} % with {groups} MP3 mounts more "
         f"({mp3_cpu:.2f} % per MP3 mount); icecast2 itself {both['icecast_cpu_pct']:.2f} % "
-        f"for {2 * groups} mounts and {2 * groups} listeners"
+        f"for {2 * groups} mounts and 2 listeners"
     )
     results["cpu_per_ogg_mount_pct"] = ogg_cpu
     results["cpu_per_mp3_mount_pct"] = mp3_cpu
