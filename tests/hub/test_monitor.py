@@ -62,9 +62,11 @@ async def test_monitor_end_to_end(nats_server: EmbeddedNats, tmp_path: Path) -> 
     events = EventHub()
     sub = events.subscribe(queue_size=10_000)
     hub_nc = await nats.connect(nats_server.url)
+    reports: list[tuple[str, int | None, int]] = []
     monitor = FleetMonitor(
-        hub_nc, subjects, fleet, rules, events, db, site_ids, flush_interval_s=0.1, sample_interval_s=0.5
-    )
+        hub_nc, subjects, fleet, rules, events, db, site_ids, flush_interval_s=0.1, sample_interval_s=0.5,
+        on_report=lambda site, channel, now: reports.append((site, channel, now)),
+    )  # fmt: skip
     await monitor.start()
     assert fleet.view("ghost")["state"] == "offline"  # known before any telemetry
     light = LightFleet(nats_server.url, NAMES, subjects=subjects, per_connection=2, sync_after_s=(0.1, 0.3))
@@ -78,6 +80,8 @@ async def test_monitor_end_to_end(nats_server: EmbeddedNats, tmp_path: Path) -> 
         event = await next_event(sub, lambda e: site_in(e, "site-1", "playing"))
         view = next(v for v in event["sites"] if v["name"] == "site-1")
         assert view["channel"] == 1 and view["level_rms_dbfs"] > -60 and view["last_seen_s"] > 1e9
+        # every good report is handed on with the channel the site plays (the hub's desired-state nudge)
+        assert {(site, channel) for site, channel, _ in reports} >= {(n, 1) for n in NAMES}
 
         # Bad telemetry is counted and survived.
         good = json.loads(light.sites["site-0"].telemetry(light.rng, time.time_ns(), 1.0).to_json())

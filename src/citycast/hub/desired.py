@@ -8,10 +8,17 @@ each change on `desired.<site>` (a site may subscribe to its own only) and answe
 
 Each message carries the KV revision in a header, so a site never takes an older value (an answer to a get that
 crossed a newer publish) for a newer one.
+
+A publish can be lost on the way without the site's own connection ever dropping: after a hub restart the city's
+leafnode is back before the site's interest has crossed it again, and the new address's desired state goes
+nowhere. The site would learn it at its next refresh, a minute later. So the hub also reads every site's report:
+a site that says it plays another channel than the one wished for it is sent its desired state again (`nudge`, at
+most once every 2 s per site; a site that already has that revision ignores it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -28,6 +35,7 @@ from citycast.protocol.subjects import Subjects
 log = logging.getLogger(__name__)
 
 _ANY_INBOX = "_INBOX"
+NUDGE_INTERVAL_NS = 2_000_000_000
 
 
 class DesiredStore:
@@ -45,6 +53,9 @@ class DesiredStore:
         self.writes = 0
         self.answered = 0
         self.refused = 0  # get requests with a reply subject that is not the asking site's inbox
+        self.nudges = 0  # desired states sent again to a site that reported another channel
+        self._nudged: dict[str, int] = {}  # site -> when it was last sent again
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         js = self.nc.jetstream()
@@ -105,8 +116,32 @@ class DesiredStore:
         await self.nc.publish(self.subjects.desired(site), payload, headers={REVISION_HEADER: str(revision)})
         return True
 
+    def nudge(self, site: str, channel: int | None, now_ns: int) -> bool:
+        """A site reported playing `channel`: if that is not what was wished for it, send the wish again (True)."""
+        current = self._written.get(site)
+        if current is None or current[0].channel == channel:
+            return False
+        if now_ns - self._nudged.get(site, -NUDGE_INTERVAL_NS) < NUDGE_INTERVAL_NS:
+            return False
+        self._nudged[site] = now_ns
+        self.nudges += 1
+        state, revision = current
+        task = asyncio.get_running_loop().create_task(self._send_again(site, state, revision))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        return True
+
+    async def _send_again(self, site: str, state: DesiredState, revision: int) -> None:
+        try:
+            await self.nc.publish(
+                self.subjects.desired(site), state.to_json(), headers={REVISION_HEADER: str(revision)}
+            )
+        except Exception as e:  # a closing connection: the next report nudges again
+            log.debug("desired state of %s not sent again: %r", site, e)
+
     async def delete(self, site: str) -> None:
         self._written.pop(site, None)
+        self._nudged.pop(site, None)
         with contextlib.suppress(NotFoundError):
             await self.kv.delete(site)
 

@@ -118,8 +118,11 @@ class FleetMonitor:
         flush_interval_s: float = 0.25,
         sample_interval_s: float = 60.0,
         clock: Callable[[], int] = time.time_ns,
+        on_report: Callable[[str, int | None, int], object] | None = None,
     ) -> None:
         self.nc = nc
+        # (site, the channel it reports playing, now): each good report, e.g. for DesiredStore.nudge
+        self.on_report = on_report
         self.subjects = subjects
         self.fleet = fleet
         self.rules = rules
@@ -185,7 +188,10 @@ class FleetMonitor:
         self.counters.received += 1
         try:
             t = parse_telemetry(subject[self._prefix_len :], data)
-            change = self.fleet.on_telemetry(t, self.clock())
+            now = self.clock()
+            change = self.fleet.on_telemetry(t, now)
+            if self.on_report is not None:
+                self.on_report(t.site, t.channel, now)
         except TelemetryError as e:
             self._bad(subject, str(e))
             return

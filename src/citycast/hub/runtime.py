@@ -312,7 +312,14 @@ class Hub:
         self.receipts = ReceiptService(self.nc, self.subjects, self.db)  # proof of play from the sites
         await self.receipts.start()
         self.monitor = FleetMonitor(
-            self.nc, self.subjects, self.fleet, AlertRules(), self.events, self.db, site_ids=self._site_ids
+            self.nc,
+            self.subjects,
+            self.fleet,
+            AlertRules(),
+            self.events,
+            self.db,
+            site_ids=self._site_ids,
+            on_report=desired.nudge,  # a site playing the wrong channel missed a publish: send it again
         )
         await self.monitor.start()
         signer, addresses = self.signer, self.addresses
