@@ -78,12 +78,23 @@ function fillLanguages(select) {
   select.value = state.i18n.lang;
 }
 
+/** Leaflet's own words (the zoom buttons' titles) in the user's language, on every map made from now on and on those
+ * already shown. */
+function localiseLeaflet() {
+  if (typeof L === 'undefined') return;
+  L.Control.Zoom.prototype.options.zoomInTitle = t('map.zoom_in');
+  L.Control.Zoom.prototype.options.zoomOutTitle = t('map.zoom_out');
+  for (const a of $$('.leaflet-control-zoom-in')) a.title = t('map.zoom_in');
+  for (const a of $$('.leaflet-control-zoom-out')) a.title = t('map.zoom_out');
+}
+
 function showWho() {
   const user = state.session.user;
   $('#whoami').textContent = user ? t('top.whoami', { user: user.username, role: tOr(`role.${user.role}`, user.role) }) : '';
 }
 
 function main() {
+  localiseLeaflet();
   const map = mountMap();
   mountOnAir();
   mountZones();
@@ -186,6 +197,7 @@ function main() {
     $('#login-language').value = state.i18n.lang;
     $('#language').value = state.i18n.lang;
     showWho();
+    localiseLeaflet();
     notify('sources'); // the source pickers name the hub's own sources in the new language
     if (state.session.user) onRoute(); // the shown view draws itself again in the new words
   });
