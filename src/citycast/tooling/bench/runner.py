@@ -279,8 +279,9 @@ def _run(
 ) -> dict[str, object]:
     out = opts.out
     hub_url, site_url, west, east, zone = _start_bus(link, fleet, stack, out, opts.topology)
-    # its own HTTP port: another benchmark's hub on this box may hold the default one
-    fleet.spawn("hub", "hub", citycast_argv("serve", "--nats", hub_url, "--http", f"127.0.0.1:{free_port()}"), west)
+    # its own HTTP(S) ports: another benchmark's hub on this box may hold the default ones
+    ports = ["--http", f"127.0.0.1:{free_port()}", "--https", f"127.0.0.1:{free_port()}"]
+    fleet.spawn("hub", "hub", citycast_argv("serve", "--nats", hub_url, *ports), west)
     if zone is not None:
         fleet.spawn(
             "time-city",
