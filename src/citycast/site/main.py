@@ -1,7 +1,7 @@
 """`citycast site` once its options are parsed: the agent in a process without the command line's libraries.
 
 Typer parses with pydantic and click, and the command line imports every command's module: ≈ 13 MB of a site's
-resident memory (76 MB → 63 MB measured) that playout never touches, on a box that may have 512 MB in all. So once
+resident memory (76 MB → 64 MB measured) that playout never touches, on a box that may have 512 MB in all. So once
 `citycast site` knows its options it re-executes the interpreter on this module: the same process (pid, standard
 streams, signals, a supervisor's view of it), a fresh address space. The options travel in an environment variable
 as JSON; the credentials file is read again here, never passed on (an environment can be read by the same user).
