@@ -169,7 +169,13 @@ def site(
         credentials=credentials,
         credentials_path=cred_path,
         talkback_source=talkback_source,
-        clock_memory=clock_memory or default_memory_path(credentials.site if credentials else name),
+        # a simulated clock's rate is the simulation's, not this box's crystal: nothing to remember by default
+        clock_memory=clock_memory
+        or (
+            None
+            if sim_clock_offset_ms or sim_clock_ppm
+            else default_memory_path(credentials.site if credentials else name)
+        ),
         amp_on=amp_on,
         amp_off=amp_off,
         amp_lead_s=amp_lead,
