@@ -6,6 +6,7 @@ page follows the user's language."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -178,10 +179,11 @@ def test_the_console_in_urdu(page: Any, console_hub: ConsoleHub, tmp_path: Path)
     page.set_viewport_size(PHONE)
     page.wait_for_timeout(300)
     page.screenshot(path=str(tmp_path / "console-ur-phone.png"))
-    DOCS_IMG.mkdir(exist_ok=True)
     for name in ("console-ur-laptop.png", "console-ur-phone.png"):
         assert (tmp_path / name).stat().st_size > 10_000
-        shutil.copyfile(tmp_path / name, DOCS_IMG / name)
+        # A test run leaves the checkout as it found it; the docs' pictures are refreshed only when asked.
+        if os.environ.get("CITYCAST_UPDATE_DOCS_IMG") == "1":
+            shutil.copyfile(tmp_path / name, DOCS_IMG / name)
 
     # The Go live page speaks the user's language too.
     page.goto(console_hub.url + "/golive.html")
