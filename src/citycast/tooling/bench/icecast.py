@@ -99,20 +99,28 @@ class LocalIcecast:
         cfg = self.workdir / "icecast.xml"
         cfg.write_text(self.config())
         cfg.chmod(0o644)
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.workdir
-        )
         deadline = time.monotonic() + timeout_s
+        self.proc = self._spawn(binary, cfg)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"icecast2 exited ({self.proc.returncode}): {err.strip()[:500]}")
+                if time.monotonic() + 0.5 >= deadline:
+                    raise RuntimeError(f"icecast2 exited ({self.proc.returncode}): {err.strip()[:500]}")
+                # Started again on the port it just left (a restart), it may find the port not yet free: retry.
+                time.sleep(0.5)
+                self.proc = self._spawn(binary, cfg)
+                continue
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/status-json.xsl", timeout=1.0).status_code == 200:
                     return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"icecast2 did not answer on {self.url} within {timeout_s:.0f} s")
+
+    def _spawn(self, binary: str, cfg: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [binary, "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.workdir
+        )
 
     def status(self) -> list[dict[str, Any]]:
         """The mounts Icecast serves now (its status-json), as a list."""
