@@ -439,6 +439,10 @@ def private_pulseaudio(tmp_path: Path) -> Iterator[dict[str, str]]:
             pulseaudio,
             "--daemonize=no",
             "--system=false",
+            # Real-time sink threads, as rtkit gives a desktop's: on a loaded box without them the null sink renders
+            # late and its latency reports wander by milliseconds (tests/media/test_pulse_sink.py).
+            "--realtime=yes",
+            "--high-priority=yes",
             "--exit-idle-time=-1",
             "--disallow-exit",
             "-n",
