@@ -475,3 +475,47 @@ def test_an_admin_sets_a_zone_s_chime_and_start_lead(page: Any, console_hub: Con
     finally:
         with console_hub.api() as api:  # the module's other tests expect addresses to start at once, no chime
             api.patch(f"/api/zones/{console_hub.zone_ids[zone]}", json={"chime": "", "start_lead_ms": 0})
+
+
+def test_an_admin_sets_the_icecast_server_and_the_password_is_never_shown(page: Any, console_hub: ConsoleHub) -> None:
+    """From the Admin view's Icecast form: the hub keeps the URL (its API says so), the password is kept but never
+    comes back to the page, each mount's state is shown (nothing listens there: an error, retried), a refused URL
+    is said clearly and changes nothing."""
+    url, password = "http://127.0.0.1:9/city", "s3cret-source-pw"
+    sign_in(page, console_hub)
+    page.get_by_test_id("nav-admin").click()
+    form = page.get_by_test_id("icecast-form")
+    form.wait_for(state="visible")
+    page.get_by_test_id("icecast-url").fill(url)
+    page.get_by_test_id("icecast-password").fill(password)
+    page.get_by_test_id("icecast-public").check()
+    page.get_by_test_id("icecast-save").click()
+
+    def kept() -> dict[str, Any]:
+        with console_hub.api() as api:
+            got: dict[str, Any] = api.get("/api/settings/icecast").json()
+            return got
+
+    try:
+        wait_until_sync(lambda: kept()["url"] == url, "the Icecast setting saved")
+        assert kept()["password_set"] is True and kept()["public"] is True
+        # The hub tries the server and says why it cannot: the page shows it once the view is loaded again.
+        wait_until_sync(lambda: any(m["error"] for m in kept()["mounts"]), "a mount's error", timeout=20.0)
+        page.evaluate("() => { location.hash = '#/map'; }")
+        page.get_by_test_id("view-map").wait_for(state="visible")
+        page.get_by_test_id("nav-admin").click()
+        page.get_by_test_id("icecast-mount").filter(has_text="error, retrying").first.wait_for(state="visible")
+        assert page.get_by_test_id("icecast-url").input_value() == url
+        assert page.get_by_test_id("icecast-password").input_value() == ""
+        assert page.get_by_test_id("icecast-public").is_checked()
+        assert password not in page.content()
+
+        # A URL the hub refuses: the reason in an error toast, the setting as it was (and the password kept).
+        page.get_by_test_id("icecast-url").fill("https://127.0.0.1:9/city")
+        page.get_by_test_id("icecast-save").click()
+        page.get_by_test_id("toast-error").filter(has_text="http://HOST").first.wait_for(state="visible")
+        assert kept()["url"] == url and kept()["password_set"] is True
+        assert password not in page.content()
+    finally:
+        with console_hub.api() as api:  # the module's other tests expect no Icecast
+            api.put("/api/settings/icecast", json={"enabled": False})

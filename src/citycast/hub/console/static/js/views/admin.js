@@ -1,5 +1,5 @@
 // Admin view: add a site (and its one-time enrolment command), users and their roles, settings (recordings'
-// retention, the map's tile server). The zones' part is in zones.js.
+// retention, the map's tile server, the Icecast server). The zones' part is in zones.js.
 import { api } from '../api.js';
 import { setTimeZone, t, tOr, timeZone } from '../i18n.js';
 import { can, mergeSite, ROLE_RANK, state, subscribe } from '../store.js';
@@ -71,14 +71,60 @@ async function saveSettings(ev) {
   if (saved && saved.tile_url !== state.tiles) toast(t('admin.tiles_reload'), 'ok');
 }
 
+/** The URL as the admin typed it: the API gives the user apart (`source`, Icecast's default, is left out). */
+function icecastUrl(st) {
+  if (!st.url) return '';
+  return st.user && st.user !== 'source' ? st.url.replace('http://', `http://${st.user}@`) : st.url;
+}
+
+function mountStatus(m) {
+  if (m.connected) return t('icecast.connected', { mount: m.mount });
+  if (m.error) return t('icecast.error', { mount: m.mount, error: m.error });
+  return t('icecast.connecting', { mount: m.mount });
+}
+
+function icecastStatus(st) {
+  if (!st.enabled) return [el('li', {}, t('icecast.off'))];
+  if (!st.running) return [el('li', {}, t('icecast.not_running'))];
+  if (!st.mounts.length) return [el('li', {}, t('icecast.no_mounts'))];
+  return st.mounts.map((m) => el('li', { testid: 'icecast-mount', 'data-connected': String(m.connected) }, mountStatus(m)));
+}
+
+/** Shows the setting; the password field stays empty (the hub never gives it back): empty on save keeps it. */
+function showIcecast(st) {
+  const form = $('#icecast-form');
+  form.url.value = icecastUrl(st);
+  form.password.value = '';
+  form.password.placeholder = st.password_set ? t('icecast.password_kept') : '';
+  form.public.checked = st.public;
+  $('#icecast-status').replaceChildren(...icecastStatus(st));
+}
+
+async function loadIcecast() {
+  const st = await act(() => api('GET', 'settings/icecast'));
+  if (st) showIcecast(st);
+}
+
+async function saveIcecast(ev) {
+  ev.preventDefault();
+  const form = ev.target;
+  const url = form.url.value.trim();
+  const body = { enabled: Boolean(url), url: url || null, public: form.public.checked };
+  if (form.password.value) body.password = form.password.value; // left out: the hub keeps the one it has
+  const saved = await act(() => api('PUT', 'settings/icecast', body), url ? t('icecast.saved') : t('icecast.stopped'));
+  if (saved) showIcecast(saved);
+}
+
 export function mountAdmin() {
   $('#site-form').addEventListener('submit', addSite);
   $('#user-form').addEventListener('submit', addUser);
   $('#settings-form').addEventListener('submit', saveSettings);
+  $('#icecast-form').addEventListener('submit', saveIcecast);
   $('#enrol-copy').addEventListener('click', () => navigator.clipboard?.writeText($('#enrol-command').textContent));
   subscribe('route', () => {
     if (state.route !== 'admin' || !can('admin')) return;
     loadUsers();
     loadSettings();
+    loadIcecast();
   });
 }
