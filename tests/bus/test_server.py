@@ -147,3 +147,58 @@ def test_a_city_retries_only_the_hub_address_it_was_given(tmp_path: Path) -> Non
             tried = re.findall(r'connect as leafnode to remote server "([^"]+)"', city.log_text())
         assert len(tried) >= 4, city.log_tail()
         assert set(tried) == {f"127.0.0.1:{leaf_port}"}, tried
+
+
+async def test_a_city_notices_a_silent_hub_link_within_seconds(tmp_path: Path) -> None:
+    """The link to the hub goes silent (the hub gone, its goodbye lost on the long haul): no FIN, no RST, nothing
+    gets through either way. The city must close it and dial again within seconds, not at nats-server's 2-minute
+    default PING interval."""
+    frozen = asyncio.Event()
+    streams: list[object] = []  # every stream stays referenced: none is closed behind the test's back
+    tasks: list[asyncio.Task[None]] = []
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not frozen.is_set():  # frozen: a black hole both ways, the connections left open
+                writer.write(data)
+                await writer.drain()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", leaf_port)
+        streams.extend([reader, writer, up_reader, up_writer])
+        tasks.extend([asyncio.create_task(pump(reader, up_writer)), asyncio.create_task(pump(up_reader, writer))])
+
+    leaf_port = free_port()
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    hub = EmbeddedNats(port=free_port(), jetstream=False, leaf_listen_port=leaf_port, workdir=tmp_path / "hub")
+    city = EmbeddedNats(port=free_port(), jetstream=False, workdir=tmp_path / "city",
+                        leaf_remotes=[LeafRemote(f"nats-leaf://127.0.0.1:{proxy_port}")])  # fmt: skip
+    try:
+        with hub, city:
+            at_hub, at_city = await nats.connect(hub.url), await nats.connect(city.url)
+            try:
+                heard = asyncio.Event()
+
+                async def on_probe(msg: object) -> None:
+                    heard.set()
+
+                await at_city.subscribe("probe", cb=on_probe)
+                deadline = time.monotonic() + 15
+                while not heard.is_set() and time.monotonic() < deadline:  # the link carries traffic both ways
+                    await at_hub.publish("probe", b"x")
+                    await asyncio.sleep(0.1)
+                assert heard.is_set(), city.log_tail()
+                frozen.set()
+                t0 = time.monotonic()
+                while "Leafnode connection closed" not in city.log_text() and time.monotonic() - t0 < 20:
+                    await asyncio.sleep(0.1)
+                assert "Leafnode connection closed" in city.log_text(), city.log_tail()
+                assert time.monotonic() - t0 < 12, city.log_tail()
+            finally:
+                await at_hub.close()
+                await at_city.close()
+    finally:
+        for t in tasks:
+            t.cancel()
+        proxy.close()
