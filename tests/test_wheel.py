@@ -201,10 +201,13 @@ def _asset_tree(dest: Path, with_leaflet: bool) -> dict[str, str]:
     console.mkdir(parents=True)
     for name in ("package.json", "package-lock.json"):
         shutil.copy2(ROOT / "src/citycast/hub/console" / name, console / name)
-    if with_leaflet:  # as npm left it, newer than the lock file
-        shutil.copytree(
-            ROOT / "src/citycast/hub/console/node_modules/leaflet/dist", console / "node_modules/leaflet/dist"
-        )
+    if with_leaflet:  # as npm left it (Leaflet and the Urdu font), newer than the lock file
+        modules = ROOT / "src/citycast/hub/console/node_modules"
+        shutil.copytree(modules / "leaflet/dist", console / "node_modules/leaflet/dist")
+        font = "@fontsource/noto-naskh-arabic"
+        shutil.copytree(modules / font / "files", console / "node_modules" / font / "files")
+        shutil.copy2(modules / font / "LICENSE", console / "node_modules" / font / "LICENSE")
+        (console / "node_modules").touch()
     tools = dest / "bin"
     tools.mkdir()
     for tool in ("bash", "sh", "dirname", "mkdir", "cp", "cat", "rm", "mktemp"):

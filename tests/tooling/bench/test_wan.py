@@ -437,7 +437,9 @@ def test_signal_during_bench_removes_namespaces(sig: signal.Signals) -> None:
         names = proc.stdout.readline().split()
         assert len(names) == 2 and all(n in list_namespaces() for n in names)
         proc.send_signal(sig)  # SIGINT: what Ctrl-C sends
-        assert proc.wait(timeout=10) in (128 + sig, -sig)
+        # The teardown gives a relay that does not answer 3 s, then 3 s to exit, then kills it: a loaded box
+        # (CI ran this beside the whole suite) can take longer than 10 s; what matters is that it ends, clean.
+        assert proc.wait(timeout=30) in (128 + sig, -sig)
     finally:
         if proc.poll() is None:
             proc.kill()
