@@ -60,6 +60,8 @@ def test_wrong_password_is_refused_clearly(page: Any) -> None:
 
 def test_rrule_helpers_build_what_the_scheduler_reads(page: Any) -> None:
     helpers = "window.citycast.rrule"
+    # The console's modules load after its message catalogue: on a loaded box the page may not have them yet.
+    page.wait_for_function("() => window.citycast && window.citycast.rrule", timeout=15_000)
     assert (
         page.evaluate(f"{helpers}.weeklyRule('FR', '20:00')") == "FREQ=WEEKLY;BYDAY=FR;BYHOUR=20;BYMINUTE=0;BYSECOND=0"
     )

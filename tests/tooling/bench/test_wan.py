@@ -431,7 +431,14 @@ def test_signal_during_bench_removes_namespaces(sig: signal.Signals) -> None:
             time.sleep(30)
         """
     )
-    proc = subprocess.Popen([PY, "-c", script], stdout=subprocess.PIPE, text=True)
+    # As a terminal's Ctrl-C finds it: SIGINT not ignored (a test run started in the background, or an earlier
+    # test's relay in this process, may hand the child an ignored SIGINT, and Python then never raises on it).
+    proc = subprocess.Popen(
+        [PY, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         assert proc.stdout is not None
         names = proc.stdout.readline().split()
