@@ -457,9 +457,18 @@ def test_an_admin_sets_a_zone_s_chime_and_start_lead(page: Any, console_hub: Con
     sign_in(page, console_hub)
     page.get_by_test_id("nav-admin").click()
     row = page.get_by_test_id("zones-admin-table").locator("tr", has_text=zone)
-    row.get_by_test_id("zone-chime").select_option("builtin")
-    row.get_by_test_id("zone-lead").fill("1500")
-    row.get_by_test_id("zone-lead").dispatch_event("change")
+
+    def zones_reloaded(r: Any) -> bool:  # each save reloads the zone list and draws the rows again
+        return r.url.endswith("/api/zones") and r.request.method == "GET"
+
+    with page.expect_response(zones_reloaded):
+        row.get_by_test_id("zone-chime").select_option("builtin")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=zone-chime]')].some((s) => s.value === 'builtin')"
+    )
+    with page.expect_response(zones_reloaded):
+        row.get_by_test_id("zone-lead").fill("1500")
+        row.get_by_test_id("zone-lead").dispatch_event("change")
 
     def kept() -> dict[str, Any]:
         with console_hub.api() as api:
