@@ -368,10 +368,34 @@ async def open_wire(
         raise WireError(str(e)) from e
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 4222
+    sock = await connect_bound(host, port, bind, timeout)
+    try:
+        wire = NatsWire(
+            sock, on_message, clock, name=name, user=u.username, password=u.password, creds=credentials,
+            tls=tls, server_hostname=host,
+        )  # fmt: skip
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(wire.ready)
+    except BaseException:
+        wire.close()
+        raise
+    return wire
+
+
+async def connect_bound(
+    host: str, port: int, bind: tuple[str | None, str | None] | None, timeout: float
+) -> socket.socket:
+    """A non-blocking TCP socket connected to (host, port), leaving by `bind`'s local address and/or interface (a
+    site's uplink: one SIM per path). The source address decides the family. Raises WireError (a ConnectionError)
+    when the host has no address of that family, OSError/TimeoutError when it cannot be reached."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     local_addr, dev = bind or (None, None)
-    if local_addr is not None:  # the source address decides the family
+    if local_addr is not None:
         family = socket.AF_INET6 if ipaddress.ip_address(local_addr).version == 6 else socket.AF_INET
         infos = [i for i in infos if i[0] == family]
         if not infos:
@@ -389,21 +413,7 @@ async def open_wire(
     except BaseException:
         sock.close()
         raise
-    try:
-        wire = NatsWire(
-            sock, on_message, clock, name=name, user=u.username, password=u.password, creds=credentials,
-            tls=tls, server_hostname=host,
-        )  # fmt: skip
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        async with asyncio.timeout(timeout):
-            await asyncio.shield(wire.ready)
-    except BaseException:
-        wire.close()
-        raise
-    return wire
+    return sock
 
 
 def new_inbox(prefix: str = "_INBOX") -> str:

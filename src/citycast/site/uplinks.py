@@ -21,7 +21,6 @@ import contextlib
 import ipaddress
 import logging
 import random
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 
+from citycast.bus.rawnats import connect_bound
 from citycast.bus.tls import creds_context
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import Clock
@@ -180,27 +180,9 @@ class _BoundTransport(TcpTransport):
         self._dev = dev
 
     async def connect(self, uri: ParseResult, buffer_size: int, connect_timeout: int) -> None:
-        loop = asyncio.get_running_loop()
         host, port = uri.hostname or "127.0.0.1", uri.port or 4222
         async with asyncio.timeout(connect_timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            if self._addr is not None:  # the source address decides the family
-                family = socket.AF_INET6 if ipaddress.ip_address(self._addr).version == 6 else socket.AF_INET
-                infos = [i for i in infos if i[0] == family]
-            if not infos:
-                raise OSError(f"{host} has no address reachable from {self._addr}")
-            family, type_, proto, _, sockaddr = infos[0]
-            sock = socket.socket(family, type_, proto)
-            try:
-                sock.setblocking(False)
-                if self._dev is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self._dev.encode())
-                if self._addr is not None:
-                    sock.bind((self._addr, 0))
-                await loop.sock_connect(sock, sockaddr)
-            except BaseException:
-                sock.close()
-                raise
+            sock = await connect_bound(host, port, (self._addr, self._dev), connect_timeout)
             r, w = await asyncio.open_connection(sock=sock, limit=buffer_size)
         self._bare_io_reader = self._io_reader = r
         self._bare_io_writer = self._io_writer = w
