@@ -14,6 +14,7 @@ from citycast.media.codec import OpusEncoder
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import TimedSink
 from citycast.protocol.frame import FrameSigner
+from citycast.protocol.telemetry import Rejection
 from citycast.site.agent import SiteAgent, SiteConfig
 
 TRUSTED = generate_private_key()
@@ -125,3 +126,35 @@ def test_a_system_clock_set_back_an_hour_replays_nothing() -> None:
     agent.on_frame_bytes(frame(seq=1))  # the live stream plays on
     assert agent.frames == 2
     assert agent.guard.refused_steps == 1 and agent.guard.refused_step_ns < -3599 * 1_000_000_000
+
+
+class CountingVerifier:
+    """The agent's own verifier, counting the signatures it checks."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.checked = 0
+
+    def verify(self, data: bytes) -> object:
+        self.checked += 1
+        return self.inner.verify(data)  # type: ignore[attr-defined]
+
+
+def test_the_other_paths_copy_is_not_verified_twice_and_nothing_else_skips_a_check() -> None:
+    """Two paths deliver every frame twice. The second copy, byte for byte a frame already verified and played,
+    costs no second signature check; the same frame again on the same path is still a replay, and a different
+    message under the same sequence number is still checked (and refused)."""
+    agent = make_agent()
+    counting = CountingVerifier(agent.verifier)
+    agent.verifier = counting  # type: ignore[assignment]
+    data = frame(seq=7)
+    agent.on_frame_bytes(data, uplink=0)
+    agent.on_frame_bytes(data, uplink=1)  # the other path's copy
+    assert (agent.frames, agent.duplicates, counting.checked) == (1, 1, 1)
+    agent.on_frame_bytes(data, uplink=1)  # again down the same path: nobody sends a frame twice on one path
+    assert agent.rejected[Rejection.REPLAYED] == 1 and counting.checked == 2
+    forged = bytearray(frame(seq=7))
+    forged[45] ^= 0x01
+    agent.on_frame_bytes(bytes(forged), uplink=1)
+    assert agent.rejected[Rejection.BAD_SIGNATURE] == 1 and counting.checked == 3
+    assert agent.engine.stats.packets == 1

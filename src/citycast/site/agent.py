@@ -54,6 +54,11 @@ SINK_HEALTHY_AFTER_S = 2.0  # a sink that runs this long is working again
 SINK_RETRY_FIRST_S = 1.0
 SINK_RETRY_MAX_S = 30.0
 RENDER_GAP_NS = 10_000_000  # a DAC instant this far from where the last block ended: the sink restarted
+# A change of playing state (fallback → playing after a cut, playing → idle) is reported within this, not at the
+# next period: the console, the hub's desired-state check and a drill's resync time see it one round trip later.
+STATE_POLL_S = 0.1
+PLAYED_BYTES_KEPT = 128  # frames (2.6 s at one packet a message): more than two paths ever differ by
+STATE_GAP_S = 0.25
 
 
 def raw_monotonic_ns() -> int:
@@ -192,6 +197,9 @@ class SiteAgent:
         self.clock_sync: ClockSync | ClockFailover | None = None
         self.merge = FrameMerge()  # first copy of a frame plays, whichever uplink brought it
         self.duplicates = 0  # second copies from another uplink: expected with two paths, never an alert
+        # The bytes of the frames lately played, with their (stream, seq): the other uplink's copy of one is the
+        # same bytes, so it is known genuine without a second signature check (half the verifying on two paths).
+        self._played_bytes: dict[bytes, tuple[int, int]] = {}
         self.uplinks: UplinkSet | None = None
         self._command_sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -296,6 +304,11 @@ class SiteAgent:
             if len(data) > MAX_FRAME_SIZE:  # dropped before any parsing
                 self.rejected[Rejection.OVERSIZED] += 1
                 return
+            known = self._played_bytes.get(data)
+            offered = self.merge.offer(known[0], known[1], uplink) if known is not None else None
+            if offered is Copy.DUPLICATE:
+                self.duplicates += 1
+                return  # anything else (this uplink sent it before: a replay) takes the full path below
             try:
                 frame = self.verifier.verify(data)
             except FrameError as e:
@@ -308,7 +321,7 @@ class SiteAgent:
             if now is None:
                 self.rejected[Rejection.UNSYNCED] += 1
                 return
-            copy = self.merge.offer(frame.stream, frame.seq, uplink)
+            copy = offered if offered is not None else self.merge.offer(frame.stream, frame.seq, uplink)
             if copy is Copy.DUPLICATE:
                 self.duplicates += 1
                 return
@@ -340,6 +353,10 @@ class SiteAgent:
             self.timer.add("verify", t0)
         t1 = self.timer.now()
         self.frames += 1
+        played = self._played_bytes
+        played[data] = (frame.stream, frame.seq)
+        if len(played) > PLAYED_BYTES_KEPT:
+            del played[next(iter(played))]
         if frame.delay is not None:  # the channel's D, signed with the audio (protocol.delay)
             self.engine.set_delay_schedule(frame.delay)
         if len(self._margins_ms) < 1000:  # 50 a second; bounded if reports stall
@@ -448,9 +465,16 @@ class SiteAgent:
         )
 
     async def _report(self) -> None:
+        loop = asyncio.get_running_loop()
+        reported, last = self.engine.state, loop.time()
         while True:
-            await asyncio.sleep(self.config.telemetry_interval_s)
-            await self._report_once()
+            await asyncio.sleep(STATE_POLL_S)
+            state, now = self.engine.state, loop.time()
+            periodic = now - last >= self.config.telemetry_interval_s
+            # A state that flaps frame by frame is reported at most every STATE_GAP_S, not every poll.
+            if periodic or (state is not reported and now - last >= STATE_GAP_S):
+                reported, last = state, now
+                await self._report_once()
 
     async def _report_once(self) -> None:
         if self.nc is not None and self.nc.is_connected:
