@@ -81,6 +81,15 @@ def serve(
     city_bundle: Annotated[Path | None, typer.Option(hidden=True)] = None,
     time_upstream: Annotated[bool, typer.Option(hidden=True)] = False,
     delay_ms: Annotated[float, typer.Option(help="Playout delay D of the hub's channels.")] = 80.0,
+    packets_per_message: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=4,
+            help="Opus packets (20 ms each) per bus message of an address: 2 halves the messages and signature checks "
+            "every site pays, for 20 ms more delay (long-haul channels, small boxes).",
+        ),
+    ] = 1,
     sip: Annotated[
         str | None, typer.Option(help="Answer phone calls (SIP over UDP and TCP) on HOST:PORT, e.g. 0.0.0.0:5060.")
     ] = None,
@@ -220,6 +229,7 @@ def serve(
         insecure=insecure,
         prefix=prefix,
         delay_ms=delay_ms,
+        packets_per_message=packets_per_message,
         allowed_origins=allowed_origin or [],
         public_metrics=public_metrics,
         metrics_token=metrics_token,

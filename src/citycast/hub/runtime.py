@@ -88,6 +88,7 @@ class HubOptions:
     public_nats_urls: list[str] = field(default_factory=list)
     prefix: str = "citycast"
     delay_ms: float = 80.0
+    packets_per_message: int = 1  # Opus packets per bus message of an address (ingest/broadcaster.py)
     media_dir: Path | None = None
     sip: tuple[str, int] | None = None  # the telephone's SIP address (UDP and TCP)
     rtp_ports: tuple[int, int] = (20000, 20999)
@@ -305,6 +306,7 @@ class Hub:
             publish=self.events.publish,
             delay_ms=self.opts.delay_ms,
             media=self.media,
+            packets_per_message=self.opts.packets_per_message,
         )
         await self._close_interrupted()
         await self.addresses.refresh_sites()
