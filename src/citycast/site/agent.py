@@ -27,6 +27,7 @@ from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.memory import MemoryKeeper, save_memory, seed_from
 from citycast.clock.service import ClockSync
+from citycast.media import fallback_file
 from citycast.media.audio import FRAME_SAMPLES, NS_PER_SAMPLE
 from citycast.media.codec import OpusDecoder
 from citycast.media.playout import ClockMap, PlayoutEngine, PlayoutState
@@ -746,10 +747,4 @@ class SiteAgent:
 
 
 def load_fallback(path: Path | None) -> Samples | None:
-    if path is None:
-        return None
-
-    from citycast.media.sources import FileSource
-
-    blocks = list(FileSource(str(path)).blocks())
-    return np.concatenate(blocks).astype(np.float32) if blocks else None
+    return None if path is None else fallback_file.load(path)
