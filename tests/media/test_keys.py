@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from citycast.media.keys import (
     KeyFileError,
+    PublicKey,
+    RawPublicKey,
+    SeedPrivateKey,
     generate_private_key,
     key_id,
     load_private_key,
@@ -29,8 +32,8 @@ SEED_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 SEED_PUB_TEXT = "ed25519:A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
 
 
-def raw(pub: Ed25519PublicKey) -> bytes:
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def raw(pub: PublicKey) -> bytes:
+    return pub.public_bytes_raw()
 
 
 @pytest.fixture
@@ -253,3 +256,58 @@ def test_trusted_keys_binary_file(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(KeyFileError, match="UTF-8"):
         load_trusted_keys(path)
+
+
+def test_libsodium_keys_sign_and_verify_as_cryptography_does() -> None:
+    """A site signs and checks with `SeedPrivateKey` / `RawPublicKey` (libsodium), the hub with `cryptography`:
+    the same seed makes the same public key and the same (deterministic) signature, each side verifies the
+    other's, and a wrong signature is refused."""
+    light = SeedPrivateKey(bytes(range(32)))
+    assert light.public_key() == RawPublicKey(SEED_KEY.public_key().public_bytes_raw())
+    assert public_key_text(light.public_key()) == SEED_PUB_TEXT
+    assert key_id(light.public_key()) == key_id(SEED_KEY.public_key())
+    message = b"what the loudspeaker played"
+    assert light.sign(message) == SEED_KEY.sign(message)
+    SEED_KEY.public_key().verify(light.sign(message), message)
+    parse_public_key(SEED_PUB_TEXT).verify(SEED_KEY.sign(message), message)
+    with pytest.raises(ValueError, match="bad signature"):
+        parse_public_key(SEED_PUB_TEXT).verify(SEED_KEY.sign(b"something else"), message)
+    with pytest.raises(ValueError, match="32 bytes"):
+        RawPublicKey(b"short")
+
+
+def test_a_site_process_never_loads_cryptography(tmp_path: Path) -> None:
+    """`cryptography` is ≈ 8 MB resident: the site's process reads its trusted keys, checks frames, signs receipts
+    and dials TLS without it (issue 11: a site ≤ 60 MB)."""
+    import subprocess
+    import sys
+
+    trusted = tmp_path / "trusted.keys"
+    trusted.write_text(SEED_PUB_TEXT + "\n")
+    code = f"""
+import sys
+from pathlib import Path
+import citycast.site.main
+from citycast.bus.tls import client_context
+from citycast.media.keys import load_trusted_keys
+from citycast.protocol.frame import FrameVerifier
+from citycast.protocol.receipts import PlayReceipt, sign_receipt
+from citycast.site.talkback import key_from_seed
+import nkeys
+FrameVerifier(load_trusted_keys(Path({str(trusted)!r})))
+seed = nkeys.encode_seed(bytes(range(32)), nkeys.PREFIX_BYTE_USER).decode()
+key_from_seed(seed).sign(b"x")
+client_context({_ca_pem()!r})
+print(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography"))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def _ca_pem() -> str:
+    import tempfile
+
+    from citycast.bus.tls import HubTls
+
+    with tempfile.TemporaryDirectory() as d:
+        return HubTls.load_or_create(Path(d), ["127.0.0.1"]).ca_pem()

@@ -24,11 +24,11 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:  # the CA's side only: a site (client contexts) never loads `cryptography` (≈ 8 MB resident)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -47,6 +47,8 @@ class TlsError(RuntimeError):
 
 def fingerprint(ca_pem: str | bytes) -> str:
     """SHA-256 of the certificate's DER, base64url without padding (43 characters, copy-pasteable)."""
+    from cryptography.hazmat.primitives import serialization
+
     cert = _load_cert(ca_pem)
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
@@ -57,6 +59,8 @@ def der_fingerprint(der: bytes) -> str:
 
 
 def _load_cert(pem: str | bytes) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
     except ValueError as e:
@@ -65,10 +69,12 @@ def _load_cert(pem: str | bytes) -> x509.Certificate:
 
 def client_context(ca_pem: str) -> ssl.SSLContext:
     """A client context that trusts `ca_pem` and nothing else (no system store), with host names checked."""
-    _load_cert(ca_pem)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(cadata=ca_pem)
+    try:  # OpenSSL parses it here: a garbled or non-certificate PEM is refused as `_load_cert` would
+        ctx.load_verify_locations(cadata=ssl.PEM_cert_to_DER_cert(ca_pem.strip()))
+    except (ssl.SSLError, ValueError) as e:
+        raise TlsError(f"not a PEM certificate: {e}") from None
     return ctx
 
 
@@ -115,6 +121,8 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _san(names: Iterable[str]) -> list[x509.GeneralName]:
+    from cryptography import x509
+
     out: list[x509.GeneralName] = []
     for name in dict.fromkeys(n.strip("[]") for n in names if n and n not in ("0.0.0.0", "::")):
         try:
@@ -152,6 +160,8 @@ class HubTls:
         return client_context(self.ca_pem())
 
     def server_names(self) -> list[str]:
+        from cryptography import x509
+
         cert = _load_cert(self.cert_path.read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         return [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
@@ -160,6 +170,9 @@ class HubTls:
     def load_or_create(cls, dir: Path, names: Iterable[str], now: dt.datetime | None = None) -> HubTls:
         """The CA is made once (its loss means re-enrolling every site); the server certificate is made again
         whenever the names it must carry change or it nears its end, so `--public-nats` can change freely."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         now = now or dt.datetime.now(dt.UTC)
         dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(dir, 0o700)
@@ -182,6 +195,9 @@ class HubTls:
     ) -> tuple[str, str]:
         """A server certificate and its key (PEM) for a city server's NATS, signed by this CA, so the sites of
         that city verify it with the CA they already pin. It carries only the names given (and loopback)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         ca_key = serialization.load_pem_private_key((self.dir / CA_KEY).read_bytes(), password=None)
         if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
             raise TlsError(f"{self.dir / CA_KEY} is not an EC private key")
@@ -189,6 +205,11 @@ class HubTls:
         return _server_cert(ca, ca_key, _san([*LOOPBACK_NAMES, *names]), now or dt.datetime.now(dt.UTC), common_name)
 
     def _make_ca(self, now: dt.datetime) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "citycast hub CA")])
         cert = (
@@ -225,6 +246,8 @@ class HubTls:
         (self.dir / SERVER_CERT).unlink(missing_ok=True)  # signed by a CA that is gone
 
     def _server_cert_fits(self, wanted: list[x509.GeneralName], now: dt.datetime) -> bool:
+        from cryptography import x509
+
         if not self.cert_path.exists() or not self.key_path.exists():
             return False
         try:
@@ -244,6 +267,11 @@ def _server_cert(
     now: dt.datetime,
     common_name: str,
 ) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()

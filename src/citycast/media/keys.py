@@ -5,6 +5,11 @@ key travels as one line of text, ``ed25519:<base64 of the raw 32 bytes>``; a sit
 one such line per key that may put a voice on its loudspeakers, with ``#`` comments and blank lines allowed.
 
 A frame names its signing key by ``key_id``: the first 8 bytes of SHA-256 of the raw public key.
+
+Keys are used through two small protocols, `PublicKey` and `PrivateKey`, which `cryptography`'s Ed25519 keys
+and this module's libsodium-backed `RawPublicKey` / `SeedPrivateKey` both satisfy. A site's process reads its
+trusted keys and signs its receipts with the latter, so `cryptography` (≈ 8 MB resident) never loads on the
+box; the hub and ingest, which write PEM key files, keep `cryptography` (imported when first needed).
 """
 
 from __future__ import annotations
@@ -17,14 +22,22 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+import nacl.exceptions
+import nacl.signing
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "KEY_ID_SIZE",
     "PUBLIC_KEY_PREFIX",
     "KeyFileError",
+    "PrivateKey",
+    "PublicKey",
+    "RawPublicKey",
+    "SeedPrivateKey",
     "generate_private_key",
     "key_id",
     "load_private_key",
@@ -54,17 +67,76 @@ class KeyFileError(ValueError):
         super().__init__(reason if path is None else f"{path}: {reason}")
 
 
+class PublicKey(Protocol):
+    """An Ed25519 public key: `cryptography`'s, or a `RawPublicKey`."""
+
+    def public_bytes_raw(self) -> bytes: ...
+
+
+class PrivateKey(Protocol):
+    """An Ed25519 private key that signs: `cryptography`'s, or a `SeedPrivateKey`."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> PublicKey: ...
+
+
+class RawPublicKey:
+    """An Ed25519 public key as its 32 raw bytes (libsodium verifies with it; see protocol.frame)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != _RAW_KEY_SIZE:
+            raise ValueError(f"an Ed25519 public key is {_RAW_KEY_SIZE} bytes, got {len(raw)}")
+        self._raw = bytes(raw)
+
+    def public_bytes_raw(self) -> bytes:
+        return self._raw
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Raises ValueError if `signature` is not this key's over `data`."""
+        try:
+            nacl.signing.VerifyKey(self._raw).verify(data, signature)
+        except nacl.exceptions.BadSignatureError as e:
+            raise ValueError("bad signature") from e
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RawPublicKey) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    def __repr__(self) -> str:
+        return f"RawPublicKey({public_key_text(self)!r})"
+
+
+class SeedPrivateKey:
+    """An Ed25519 private key from its 32-byte seed (a site's nkey seed holds one), signing with libsodium."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != _RAW_KEY_SIZE:
+            raise ValueError(f"an Ed25519 seed is {_RAW_KEY_SIZE} bytes, got {len(seed)}")
+        self._key = nacl.signing.SigningKey(bytes(seed))
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self._key.sign(data).signature)
+
+    def public_key(self) -> RawPublicKey:
+        return RawPublicKey(bytes(self._key.verify_key))
+
+
 def generate_private_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
-def _raw_public(pub: Ed25519PublicKey) -> bytes:
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id(pub: Ed25519PublicKey) -> bytes:
+def key_id(pub: PublicKey) -> bytes:
     """First 8 bytes of SHA-256 of the raw 32-byte public key: how a frame names the key that signed it."""
-    return hashlib.sha256(_raw_public(pub)).digest()[:KEY_ID_SIZE]
+    return hashlib.sha256(pub.public_bytes_raw()).digest()[:KEY_ID_SIZE]
 
 
 def save_private_key(key: Ed25519PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
@@ -74,6 +146,8 @@ def save_private_key(key: Ed25519PrivateKey, path: str | os.PathLike[str], *, ov
     half-written key and an existing file's wider mode is never inherited. Refuses to replace an existing file
     unless ``overwrite`` is true.
     """
+    from cryptography.hazmat.primitives import serialization
+
     target = Path(path)
     if target.exists() and not overwrite:
         raise KeyFileError(target, "already exists; refusing to overwrite a private key")
@@ -116,6 +190,9 @@ def _read(path: Path, what: str) -> bytes:
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Load an Ed25519 private key from an unencrypted PEM (PKCS8) file written by `save_private_key`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     p = Path(path)
     data = _read(p, "private key")
     try:
@@ -137,12 +214,12 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     return key
 
 
-def public_key_text(pub: Ed25519PublicKey) -> str:
+def public_key_text(pub: PublicKey) -> str:
     """One line: ``ed25519:<base64 of the raw 32 bytes>``."""
-    return PUBLIC_KEY_PREFIX + base64.b64encode(_raw_public(pub)).decode("ascii")
+    return PUBLIC_KEY_PREFIX + base64.b64encode(pub.public_bytes_raw()).decode("ascii")
 
 
-def parse_public_key(text: str) -> Ed25519PublicKey:
+def parse_public_key(text: str) -> RawPublicKey:
     """Inverse of `public_key_text`. Surrounding whitespace is ignored. Raises `KeyFileError` (path None)."""
     s = text.strip()
     if not s.startswith(PUBLIC_KEY_PREFIX):
@@ -154,17 +231,14 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
         raise KeyFileError(None, f"public key is not valid base64: {_preview(s)}") from e
     if len(raw) != _RAW_KEY_SIZE:
         raise KeyFileError(None, f"public key must be {_RAW_KEY_SIZE} bytes, got {len(raw)}: {_preview(s)}")
-    try:
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError as e:
-        raise KeyFileError(None, f"not a valid Ed25519 public key: {_preview(s)}") from e
+    return RawPublicKey(raw)
 
 
 def _preview(s: str) -> str:
     return repr(s if len(s) <= 60 else s[:57] + "...")
 
 
-def load_trusted_keys(path: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
+def load_trusted_keys(path: str | os.PathLike[str]) -> list[RawPublicKey]:
     """Read a trusted-keys file: one ``ed25519:...`` line per key.
 
     ``#`` starts a comment (a whole line, or after the key); blank lines are ignored; a key listed twice is
@@ -177,7 +251,7 @@ def load_trusted_keys(path: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise KeyFileError(p, f"not UTF-8 text (byte {e.start})") from e
-    keys: list[Ed25519PublicKey] = []
+    keys: list[RawPublicKey] = []
     seen: set[bytes] = set()
     for lineno, line in enumerate(text.splitlines(), start=1):
         content = line.split("#", 1)[0].strip()
@@ -187,7 +261,7 @@ def load_trusted_keys(path: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
             pub = parse_public_key(content)
         except KeyFileError as e:
             raise KeyFileError(p, f"line {lineno}: {e.reason}") from e
-        raw = _raw_public(pub)
+        raw = pub.public_bytes_raw()
         if raw not in seen:
             seen.add(raw)
             keys.append(pub)

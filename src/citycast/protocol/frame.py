@@ -28,13 +28,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nacl.exceptions import BadSignatureError as NaclBadSignature
 from nacl.signing import VerifyKey
 
 from citycast.media.audio import FRAME_NS
-from citycast.media.keys import KEY_ID_SIZE, key_id
+from citycast.media.keys import KEY_ID_SIZE, PrivateKey, PublicKey, key_id
 from citycast.protocol.channel import CHANNEL_MAX, CHANNEL_MIN
 from citycast.protocol.delay import DELAY_SCHEDULE_SIZE, DelaySchedule
 
@@ -258,9 +256,9 @@ class FrameSigner:
 
     __slots__ = ("_key", "delays", "key_id", "public_key")
 
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, private_key: PrivateKey) -> None:
         self._key = private_key
-        self.public_key: Ed25519PublicKey = private_key.public_key()
+        self.public_key: PublicKey = private_key.public_key()
         self.key_id: bytes = key_id(self.public_key)
         self.delays: dict[int, DelaySchedule] = {}
 
@@ -294,19 +292,17 @@ class FrameVerifier:
 
     __slots__ = ("_fast", "_keys")
 
-    def __init__(self, trusted: Iterable[Ed25519PublicKey]) -> None:
-        self._keys: dict[bytes, Ed25519PublicKey] = {}
+    def __init__(self, trusted: Iterable[PublicKey]) -> None:
+        self._keys: dict[bytes, PublicKey] = {}
         for pub in trusted:
             kid = key_id(pub)
             other = self._keys.get(kid)
-            if other is not None and other != pub:
+            if other is not None and other.public_bytes_raw() != pub.public_bytes_raw():
                 raise ValueError(f"two trusted keys share key_id {kid.hex()}")
             self._keys[kid] = pub
         # Every site checks 50 signatures a second for months: libsodium (PyNaCl) does it in ~2/3 of the time
         # `cryptography` takes here. Same Ed25519, same keys; `cryptography` still reads and writes key files.
-        self._fast = {
-            kid: VerifyKey(pub.public_bytes(Encoding.Raw, PublicFormat.Raw)) for kid, pub in self._keys.items()
-        }
+        self._fast = {kid: VerifyKey(pub.public_bytes_raw()) for kid, pub in self._keys.items()}
 
     @property
     def key_ids(self) -> frozenset[bytes]:

@@ -17,9 +17,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.exceptions import ValueError as NaclValueError
+from nacl.signing import VerifyKey
 
+from citycast.media.keys import PrivateKey, PublicKey
 from citycast.protocol.channel import CHANNEL_MAX
 
 __all__ = [
@@ -115,7 +117,7 @@ def _check(r: PlayReceipt) -> str | None:
     return None
 
 
-def sign_receipt(key: Ed25519PrivateKey, receipt: PlayReceipt) -> bytes:
+def sign_receipt(key: PrivateKey, receipt: PlayReceipt) -> bytes:
     """The bytes a site publishes: the body, then its signature."""
     body = receipt.body()
     return body + key.sign(body)
@@ -144,12 +146,12 @@ def parse_receipt(data: bytes) -> tuple[PlayReceipt, bytes, bytes]:
         raise MalformedReceipt(str(e)) from None
 
 
-def verify_receipt(data: bytes, key: Ed25519PublicKey) -> PlayReceipt:
+def verify_receipt(data: bytes, key: PublicKey) -> PlayReceipt:
     """The receipt, only if `key` signed exactly these bytes."""
     receipt, body, signature = parse_receipt(data)
     try:
-        key.verify(signature, body)
-    except InvalidSignature:
+        VerifyKey(key.public_bytes_raw()).verify(body, signature)
+    except (BadSignatureError, NaclValueError):
         raise BadReceiptSignature("the signature is not the site's") from None
     return receipt
 

@@ -11,13 +11,12 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -30,6 +29,7 @@ from citycast.clock.service import ClockSync
 from citycast.media import fallback_file
 from citycast.media.audio import FRAME_SAMPLES, NS_PER_SAMPLE
 from citycast.media.codec import OpusDecoder
+from citycast.media.keys import PrivateKey, PublicKey
 from citycast.media.playout import ClockMap, PlayoutEngine, PlayoutState
 from citycast.media.render import Samples
 from citycast.media.sinks import Sink
@@ -75,7 +75,7 @@ def raw_monotonic_ns() -> int:
 class SiteConfig:
     name: str
     nats_url: str
-    trusted_keys: list[Ed25519PublicKey]
+    trusted_keys: Sequence[PublicKey]
     channel: int = 1
     delay_ns: int = 80_000_000
     clock_mode: str = "sync"  # "sync": estimate the broadcast clock over the bus; "system": trust chrony/PTP
@@ -88,10 +88,10 @@ class SiteConfig:
     creds: Path | None = None  # this site's NATS credentials (from enrolment); None: anonymous (private bus)
     inbox_prefix: str | None = None  # the reply-subject prefix the site's NATS user may subscribe to
     watch_desired: bool = True  # follow the hub's desired state (channel, volume, mute, fallback) in NATS KV
-    talkback_key: Ed25519PrivateKey | None = None  # the site's own key (from its NATS seed): enables talkback
+    talkback_key: PrivateKey | None = None  # the site's own key (from its NATS seed): enables talkback
     talkback_source: str = "line-in"  # the microphone: "line-in[:DEVICE]" or a file (tests)
     # The site's own key (from its NATS seed): sign proof-of-play receipts for the hub (citycast.site.receipts).
-    receipt_key: Ed25519PrivateKey | None = None
+    receipt_key: PrivateKey | None = None
     renew_creds: bool = True  # ask the hub for fresh credentials before `creds` expire (citycast.hub.credentials)
     # Every city server of the zone, one connection each (citycast.site.uplinks): frames come once per path and the
     # first copy plays. Empty: one connection to `nats_url`.

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import nats.errors
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 
+from citycast.media.keys import PrivateKey
 from citycast.media.render import Samples
 from citycast.protocol.receipts import PlayReceipt, ReceiptError, decode_ack, sign_receipt
 from citycast.protocol.subjects import Subjects
@@ -192,7 +192,7 @@ class ReceiptSender:
         nc: Callable[[], Client | None],
         subjects: Subjects,
         site: str,
-        key: Ed25519PrivateKey,
+        key: PrivateKey,
         log_: PlayLog,
         now_ns: Callable[[], int | None],
         *,

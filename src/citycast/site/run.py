@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from citycast.clock.local import Clock, SkewedClock, SystemClock
-from citycast.media.keys import load_trusted_keys
+from citycast.media.keys import RawPublicKey, load_trusted_keys
 from citycast.media.sinks import Sink, TimedSink, open_sink
 from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
@@ -80,7 +78,7 @@ def build_site(opts: SiteOptions) -> SiteAgent:
             name=cred.site,
             nats_url=uplinks[0].url if uplinks else (opts.nats_urls or cred.city_servers or cred.nats_urls)[0],
             uplinks=uplinks,
-            trusted_keys=[Ed25519PublicKey.from_public_bytes(bytes.fromhex(k)) for k in cred.trusted_keys],
+            trusted_keys=[RawPublicKey(bytes.fromhex(k)) for k in cred.trusted_keys],
             channel=opts.channel,
             delay_ns=round(cred.delay_ms * 1e6),
             clock_mode=opts.clock,

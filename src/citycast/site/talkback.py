@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import nkeys
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 
 from citycast.media.audio import FRAME_NS
 from citycast.media.codec import OpusEncoder
+from citycast.media.keys import PrivateKey, SeedPrivateKey
 from citycast.media.render import Samples
 from citycast.protocol.commands import TalkbackCommand
 from citycast.protocol.frame import FrameSigner
@@ -37,10 +37,10 @@ log = logging.getLogger(__name__)
 TALKBACK_CHANNEL = 0  # frames of a site's microphone are not any audio channel
 
 
-def key_from_seed(seed: str) -> Ed25519PrivateKey:
+def key_from_seed(seed: str) -> SeedPrivateKey:
     """The Ed25519 key inside an nkey seed (`SU...`)."""
     _, raw = nkeys.decode_seed(seed.encode())
-    return Ed25519PrivateKey.from_private_bytes(bytes(raw))
+    return SeedPrivateKey(bytes(raw))
 
 
 class TalkbackSender:
@@ -49,7 +49,7 @@ class TalkbackSender:
         nc: Client,
         subjects: Subjects,
         site: str,
-        key: Ed25519PrivateKey,
+        key: PrivateKey,
         source_factory: Callable[[], Source],
         *,
         lease_s: float = 5.0,

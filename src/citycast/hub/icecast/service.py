@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client
 from sqlalchemy import select
 
@@ -42,6 +41,7 @@ from citycast.hub.icecast.streamer import MountStreamer
 from citycast.hub.icecast.timeline import DEFAULT_HOLD_NS
 from citycast.media.audio import FRAME_SAMPLES
 from citycast.media.codec import OpusEncoder
+from citycast.media.keys import PublicKey
 from citycast.protocol.frame import FrameVerifier
 from citycast.protocol.subjects import Subjects
 
@@ -68,7 +68,7 @@ class IcecastService:
         *,
         creds: Path | None,
         subjects: Subjects,
-        trusted: Iterable[Ed25519PublicKey],
+        trusted: Iterable[PublicKey],
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.opts = opts
@@ -225,7 +225,7 @@ async def start_icecast(
     authority: NatsAuthority | None,
     creds: Path | None,
     subjects: Subjects,
-    trusted: Iterable[Ed25519PublicKey],
+    trusted: Iterable[PublicKey],
     db: Database,
     live: Callable[[], list[dict[str, Any]]],
     events: EventHub,
