@@ -84,3 +84,19 @@ def test_options_cross_as_json_and_credentials_are_read_again_from_their_file(tm
     for junk in ("", "[]", '{"log_level": 10}', '{"log_level": 10, "read_credentials": false, "bogus": 1}'):
         with pytest.raises(ValueError, match="not a site's options"):
             decode(junk)
+
+
+def test_the_command_line_re_executes_before_loading_the_agents_libraries() -> None:
+    """What `citycast site` imports before it re-executes itself is paid again at every start of a box (a power
+    cut): the options, the uplinks' parsing, the credentials and the exec itself load neither numpy nor the bus."""
+    code = (
+        "import sys, citycast.cli.site\n"
+        "from citycast.clock.memory import default_memory_path\n"
+        "from citycast.site.enrol import SiteCredentials, default_path\n"
+        "from citycast.site.main import exec_site\n"
+        "from citycast.site.options import SiteOptions\n"
+        "from citycast.site.uplink_spec import parse_uplinks\n"
+        "print(sorted(m for m in ('numpy', 'nats', 'citycast.site.agent', 'av') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -118,8 +118,8 @@ def site(
     from citycast.site.enrol import CredentialsFileError, EnrolError, SiteCredentials, default_path
     from citycast.site.enrol import enrol as do_enrol
     from citycast.site.main import exec_site
-    from citycast.site.run import SiteOptions
-    from citycast.site.uplinks import parse_uplinks
+    from citycast.site.options import SiteOptions
+    from citycast.site.uplink_spec import parse_uplinks
 
     if clock not in ("sync", "system"):
         fail("--clock must be 'sync' or 'system'")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from citycast.site.run import SiteOptions
+from citycast.site.options import SiteOptions
 
 ENV = "CITYCAST_SITE_OPTIONS"
 

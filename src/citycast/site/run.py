@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from citycast.clock.local import Clock, SkewedClock, SystemClock
 from citycast.media.keys import RawPublicKey, load_trusted_keys
 from citycast.media.sinks import Sink, TimedSink, open_sink
 from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
 from citycast.site.amp import AmpConfig
-from citycast.site.enrol import SiteCredentials
+from citycast.site.options import SiteOptions
 from citycast.site.talkback import key_from_seed
-from citycast.site.uplinks import Uplink, parse_uplinks
+from citycast.site.uplink_spec import Uplink, parse_uplinks
 
-
-@dataclass
-class SiteOptions:
-    name: str
-    nats_url: str
-    trust: Path
-    channel: int = 1
-    prefix: str = "citycast"
-    delay_ms: float = 80.0
-    sink: str = "device"
-    clock: str = "sync"
-    time_zone: str | None = None
-    fallback: Path | None = None
-    fallback_after_s: float = 2.0
-    duration: float | None = None
-    wav: Path | None = None
-    sim_clock_offset_ms: float = 0.0
-    sim_clock_ppm: float = 0.0
-    credentials: SiteCredentials | None = None  # from enrolment: name, bus, NATS user, trusted keys, D
-    credentials_path: Path | None = None
-    talkback_source: str = "line-in"
-    # More than one: one connection per city server (dual-path delivery, citycast.site.uplinks); `nats_url` may be a
-    # comma list too. `uplink_binds[i]` is the i-th connection's local address or interface.
-    nats_urls: list[str] = field(default_factory=list)
-    uplink_binds: list[str] = field(default_factory=list)
-    clock_memory: Path | None = None  # where the clock's drift is kept across restarts (citycast.clock.memory)
-    # Amplifier power around each address (citycast.site.amp): commands as typed (split like a shell, run without one)
-    amp_on: str | None = None
-    amp_off: str | None = None
-    amp_lead_s: float = 1.0
-    amp_hold_s: float = 2.0
+__all__ = ["SiteOptions", "build_site", "run_site", "uplinks_of"]
 
 
 def uplinks_of(opts: SiteOptions, enrolled: list[str] | None = None) -> list[Uplink]:
