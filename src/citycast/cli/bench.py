@@ -369,6 +369,9 @@ def bench_city(
             "every minute the RSS of every process and the sites' counters; at the end skew and the recording.",
         ),
     ] = None,
+    soak_plot: Annotated[
+        Path | None, typer.Option(help="With --soak-minutes: also draw memory, losses and sync error as SVG here.")
+    ] = None,
 ) -> None:
     """Fault drills on the deployed shape (needs root): a hub in "london", two city servers behind two emulated
     long-haul paths, N enrolled sites, an address of real speech; kill a city server, cut one path, cut both, restart
@@ -377,10 +380,16 @@ def bench_city(
         from citycast.tooling.bench.city_soak import SoakError, SoakOptions, run_city_soak
 
         try:
-            run_city_soak(SoakOptions(minutes=soak_minutes, sites=sites, wan=wan, delay_ms=delay_ms, uplinks=uplinks,
-                                      json_out=json_out, out=out, keep_wav=keep_wav), console)  # fmt: skip
+            result = run_city_soak(SoakOptions(minutes=soak_minutes, sites=sites, wan=wan, delay_ms=delay_ms,
+                                               uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav),
+                                   console)  # fmt: skip
         except SoakError as e:
             fail(str(e))
+        if soak_plot is not None:
+            from citycast.tooling.bench.city_soak_plot import soak_svg
+
+            soak_plot.write_text(soak_svg(result["samples"], str(result["command"])))
+            console.print(f"plot: {soak_plot}")
         return
     from citycast.tooling.bench.city_drills import DrillError, DrillOptions, run_drills
 
