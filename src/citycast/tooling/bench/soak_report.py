@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from citycast.tooling.bench.soak import CitySoak, LongHaul, SoakSite, run_city_soak, run_soak
+from citycast.tooling.bench.svg_panels import Band, Panel, Series, panels_svg
 
 
 def soak_command(*, hours: float, sites: int, delay_ms: float, json_out: Path | None, console: Console) -> None:
@@ -189,51 +190,19 @@ def _opt(x: float | None) -> str:
 
 def soak_svg(figures: dict[str, Any], width: int = 900) -> str:
     """Three panels over the address's minutes: sync error and skew p99 (µs), RSS (MB), and the seconds of
-    fallback and concealed frames per row; the faults as shaded bands. Plain SVG: no plotting library here."""
+    fallback and concealed frames per row; the faults as shaded bands."""
     rows = figures["rows"]
+
+    def series(key: str, colour: str) -> Series:
+        return Series(key, colour, [(r["minute"], r[key]) for r in rows if r.get(key) is not None])
+
     panels = [
-        ("sync error p99 / marker skew p99 (µs)", [("sync_error_p99_us", "#1f77b4"), ("skew_p99_us", "#d62728")]),
-        ("RSS of the process (MB)", [("rss_mb", "#2ca02c")]),
-        ("per row: fallback s / concealed frames", [("fallback_s", "#ff7f0e"), ("concealed", "#9467bd")]),
-    ]
-    left, right, top, ph, gap = 70, 20, 40, 150, 45
-    height = top + len(panels) * (ph + gap)
-    x_max = max((r["minute"] for r in rows), default=1.0) or 1.0
-    pw = width - left - right
-
-    def x(m: float) -> float:
-        return left + pw * m / x_max
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-           f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{left}" y="20" font-size="13">{_esc(figures["command"])}</text>']  # fmt: skip
-    for p, (title, series) in enumerate(panels):
-        y0 = top + p * (ph + gap)
-        vals = [r[k] for k, _ in series for r in rows if r.get(k) is not None]
-        y_max = max(vals, default=1.0) * 1.15 or 1.0
-        for f in figures["faults"]:
-            a, b = x(f["start_s"] / 60), x((f["start_s"] + f["duration_s"]) / 60)
-            out.append(f'<rect x="{a:.1f}" y="{y0}" width="{max(b - a, 2):.1f}" height="{ph}" fill="#eee"/>')
-            if p == 0:
-                out.append(f'<text x="{a:.1f}" y="{y0 - 3}" fill="#777">{_esc(f["kind"])}</text>')
-        out.append(f'<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-        out.append(f'<text x="{left}" y="{y0 + ph + 28}">{_esc(title)}; x: minutes into the address</text>')
-        for frac in (0.0, 0.5, 1.0):
-            out.append(f'<text x="{left - 5}" y="{y0 + ph - frac * ph + 4:.1f}" text-anchor="end">'
-                       f"{y_max * frac:.3g}</text>")  # fmt: skip
-        for m in range(0, int(x_max) + 1, 30 if x_max > 60 else 5):
-            out.append(f'<text x="{x(m):.1f}" y="{y0 + ph + 13}" text-anchor="middle">{m}</text>')
-        for key, colour in series:
-            pts = [(x(r["minute"]), y0 + ph - ph * r[key] / y_max) for r in rows if r.get(key) is not None]
-            if pts:
-                path = " ".join(f"{px:.1f},{py:.1f}" for px, py in pts)
-                out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-                out.extend(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2" fill="{colour}"/>' for px, py in pts)
-        for i, (key, colour) in enumerate(series):
-            out.append(f'<text x="{left + 8}" y="{y0 + 14 + 13 * i}" fill="{colour}">{_esc(key)}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        Panel("sync error p99 / marker skew p99 (µs)", [series("sync_error_p99_us", "#1f77b4"),
+                                                        series("skew_p99_us", "#d62728")]),
+        Panel("RSS of the process (MB)", [series("rss_mb", "#2ca02c")]),
+        Panel("per row: fallback s / concealed frames", [series("fallback_s", "#ff7f0e"),
+                                                         series("concealed", "#9467bd")]),
+    ]  # fmt: skip
+    bands = [Band(f["start_s"] / 60, (f["start_s"] + f["duration_s"]) / 60, f["kind"]) for f in figures["faults"]]
+    x_max = max((r["minute"] for r in rows), default=1.0)
+    return panels_svg(figures["command"], panels, bands, x_max=x_max, width=width)
