@@ -45,6 +45,7 @@ __all__ = [
     "parse_public_key",
     "public_key_text",
     "save_private_key",
+    "verify",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,6 @@ class RawPublicKey:
     def public_bytes_raw(self) -> bytes:
         return self._raw
 
-    def verify(self, signature: bytes, data: bytes) -> None:
-        """Raises ValueError if `signature` is not this key's over `data`."""
-        try:
-            nacl.signing.VerifyKey(self._raw).verify(data, signature)
-        except nacl.exceptions.BadSignatureError as e:
-            raise ValueError("bad signature") from e
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RawPublicKey) and other._raw == self._raw
 
@@ -126,6 +120,14 @@ class SeedPrivateKey:
 
     def public_key(self) -> RawPublicKey:
         return RawPublicKey(bytes(self._key.verify_key))
+
+
+def verify(pub: PublicKey, signature: bytes, data: bytes) -> None:
+    """Raises ValueError unless `signature` is `pub`'s over `data` (libsodium, whichever kind of key)."""
+    try:
+        nacl.signing.VerifyKey(pub.public_bytes_raw()).verify(data, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as e:
+        raise ValueError("bad signature") from e
 
 
 def generate_private_key() -> Ed25519PrivateKey:

@@ -17,11 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
-from nacl.exceptions import BadSignatureError
-from nacl.exceptions import ValueError as NaclValueError
-from nacl.signing import VerifyKey
-
-from citycast.media.keys import PrivateKey, PublicKey
+from citycast.media.keys import PrivateKey, PublicKey, verify
 from citycast.protocol.channel import CHANNEL_MAX
 
 __all__ = [
@@ -150,8 +146,8 @@ def verify_receipt(data: bytes, key: PublicKey) -> PlayReceipt:
     """The receipt, only if `key` signed exactly these bytes."""
     receipt, body, signature = parse_receipt(data)
     try:
-        VerifyKey(key.public_bytes_raw()).verify(body, signature)
-    except (BadSignatureError, NaclValueError):
+        verify(key, signature, body)
+    except ValueError:
         raise BadReceiptSignature("the signature is not the site's") from None
     return receipt
 

@@ -58,8 +58,8 @@ RENDER_GAP_NS = 10_000_000  # a DAC instant this far from where the last block e
 # A change of playing state (fallback → playing after a cut, playing → idle) is reported within this, not at the
 # next period: the console, the hub's desired-state check and a drill's resync time see it one round trip later.
 STATE_POLL_S = 0.1
+STATE_GAP_S = 0.25  # a state that flaps is reported at most this often
 PLAYED_BYTES_KEPT = 128  # frames (2.6 s at one packet a message): more than two paths ever differ by
-STATE_GAP_S = 0.25
 
 
 def raw_monotonic_ns() -> int:
@@ -472,7 +472,6 @@ class SiteAgent:
             await asyncio.sleep(STATE_POLL_S)
             state, now = self.engine.state, loop.time()
             periodic = now - last >= self.config.telemetry_interval_s
-            # A state that flaps frame by frame is reported at most every STATE_GAP_S, not every poll.
             if periodic or (state is not reported and now - last >= STATE_GAP_S):
                 reported, last = state, now
                 await self._report_once()
