@@ -473,3 +473,9 @@ def private_pulseaudio(tmp_path: Path) -> Iterator[dict[str, str]]:
                 daemon.kill()
                 daemon.wait()
         log.close()
+
+
+def fresh_interpreter(code: str) -> str:
+    """Run `code` in a new Python (as a site's process starts: nothing imported yet) and return what it printed.
+    For checks of what a path imports, which the test process itself, having imported everything, cannot make."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout

@@ -3,14 +3,13 @@ anything else by a short-lived child; a bad file is a clear error."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import wave
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from tests.helpers import fresh_interpreter
 
 from citycast.media.fallback_file import FallbackError, load
 
@@ -41,8 +40,7 @@ def _loads_without_pyav(path: Path) -> tuple[int, bool]:
         "import sys; from pathlib import Path; from citycast.media.fallback_file import load; "
         f"x = load(Path({str(path)!r})); print(0 if x is None else x.size, 'av' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    n, imported = out.stdout.split()
+    n, imported = fresh_interpreter(code).split()
     return int(n), imported == "True"
 
 

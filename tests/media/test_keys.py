@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.helpers import fresh_interpreter
 
 from citycast.media.keys import (
     KeyFileError,
@@ -280,9 +281,6 @@ def test_libsodium_keys_sign_and_verify_as_cryptography_does() -> None:
 def test_a_site_process_never_loads_cryptography(tmp_path: Path) -> None:
     """`cryptography` is ≈ 8 MB resident: the site's process reads its trusted keys, checks frames, signs receipts
     and dials TLS without it (issue 11: a site ≤ 60 MB)."""
-    import subprocess
-    import sys
-
     trusted = tmp_path / "trusted.keys"
     trusted.write_text(SEED_PUB_TEXT + "\n")
     code = f"""
@@ -301,8 +299,8 @@ key_from_seed(seed).sign(b"x")
 client_context({_ca_pem()!r})
 print(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography"))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    out = fresh_interpreter(code)
+    assert out.strip() == "[]", out
 
 
 def _ca_pem() -> str:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers import wait_until_sync
+from tests.helpers import fresh_interpreter, wait_until_sync
 
 from citycast.bus.server import EmbeddedNats
 from citycast.media.keys import generate_private_key, public_key_text
@@ -98,5 +98,5 @@ def test_the_command_line_re_executes_before_loading_the_agents_libraries() -> N
         "from citycast.site.uplink_spec import parse_uplinks\n"
         "print(sorted(m for m in ('numpy', 'nats', 'citycast.site.agent', 'av') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    out = fresh_interpreter(code)
+    assert out.strip() == "[]", out
