@@ -193,6 +193,7 @@ class SiteAgent:
         self.rejected: Counter[Rejection] = Counter()
         self.frames = 0
         self._margins_ms: list[float] = []  # how early each frame came before its play time, since the last report
+        self._losses_logged = (0, 0, 0)  # underruns, concealed, late at the last report (see _log_losses)
         self.bad_commands = 0  # messages on the command subject that are no command (see citycast.protocol.commands)
         self.nc: Client | None = None
         self.clock_sync: ClockSync | ClockFailover | None = None
@@ -427,6 +428,7 @@ class SiteAgent:
         now = self.broadcast_now()
         margins, self._margins_ms = self._margins_ms, []
         self.play_log.note_sync_error(clock_err_ms + abs(tracking_ms))
+        self._log_losses(margins)
         return Telemetry(
             site=self.config.name,
             ts_ns=now or 0,
@@ -464,6 +466,21 @@ class SiteAgent:
             amp_on=self.amp.scheduler.is_on if self.amp is not None else None,
             amp_failures=self.amp.failures if self.amp is not None else 0,
         )
+
+    def _log_losses(self, margins_ms: list[float]) -> None:
+        """Say in the log when frames were concealed, with how early the frames that did come were: the console
+        shows counts, and an operator (or a drill) matching a glitch to a cause needs its time and its kind (frames
+        late on every path, or lost before they reached the site)."""
+        st = self.engine.stats
+        seen = (st.underruns, st.concealed, st.late)
+        before, self._losses_logged = self._losses_logged, seen
+        if seen[1] == before[1]:
+            return
+        earliest = f"{min(margins_ms):.1f} ms" if margins_ms else "no frame"
+        log.warning(
+            "%s: %d frames concealed (%d underruns, %d late) since the last report; least margin %s",
+            self.config.name, seen[1] - before[1], seen[0] - before[0], seen[2] - before[2], earliest,
+        )  # fmt: skip
 
     async def _report(self) -> None:
         loop = asyncio.get_running_loop()
