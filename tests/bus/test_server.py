@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import re
 import socket
@@ -202,3 +204,30 @@ async def test_a_city_notices_a_silent_hub_link_within_seconds(tmp_path: Path) -
         for t in tasks:
             t.cancel()
         proxy.close()
+
+
+def test_a_city_redials_a_lost_hub_four_times_a_second(tmp_path: Path) -> None:
+    """After a cut the city's first chance to reach the hub again is its next dial: at nats-server's default (1 s
+    apart) a path back from a cut waited up to a second before the city tried. Here the "hub" takes every
+    connection and drops it at once; the city must come back at least every 300 ms."""
+    accepted: list[float] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    city = EmbeddedNats(port=free_port(), jetstream=False, workdir=tmp_path / "city",
+                        leaf_remotes=[LeafRemote(f"nats-leaf://127.0.0.1:{port}")])  # fmt: skip
+    try:
+        with city:
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn, _ = listener.accept()
+                    accepted.append(time.monotonic())
+                    conn.close()
+    finally:
+        listener.close()
+    gaps = [b - a for a, b in itertools.pairwise(accepted)]
+    assert len(accepted) >= 8, (accepted, city.log_tail())
+    assert sorted(gaps)[len(gaps) // 2] < 0.3, gaps

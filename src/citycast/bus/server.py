@@ -186,6 +186,10 @@ class EmbeddedNats:
                 if self.tls is not None:
                     lines.append(f"  {self.tls.config_text()}")
             if self.leaf_remotes:
+                # Redial a lost hub every 250 ms (nats-server's default: 1 s, after a 1 s dial timeout, so a path
+                # back from a cut waited ~1 s on average before the city even tried). The dial may take 1.5 s:
+                # the kernel's one SYN retransmit (at 1 s) then still counts, and a slow long haul still connects.
+                lines += ['  reconnect: "250ms"', '  dial_timeout: "1500ms"']
                 lines.append("  remotes: [")
                 lines.extend(f"    {r.config_text()}" for r in self.leaf_remotes)
                 lines.append("  ]")
