@@ -45,6 +45,14 @@ def bench(
         float,
         typer.Option(help="With --paths 2: the share of each path's loss taken in one relay stage both cross."),
     ] = 0.0,
+    tcp_rto_min: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="With --wan: TCP's lowest retransmission timeout (ms) on the long-haul routes at both ends, as "
+            "`ip route ... rto_min` sets it on a hub or city server (the kernel's is 200 ms).",
+        ),
+    ] = None,
     probe_sites: Annotated[int, typer.Option(help="Light fan-out probes (bus delivery only).")] = 0,
     packets_per_message: Annotated[int, typer.Option(min=1, max=4, help="Opus packets per bus message.")] = 1,
     fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs this many ppm fast.")] = 100.0,
@@ -190,6 +198,7 @@ def bench(
         topology=topology,
         paths=paths,
         shared_loss=shared_loss,
+        tcp_rto_min_ms=tcp_rto_min,
     )
     from citycast.tooling.bench.snapcast import snapcast_installed
 

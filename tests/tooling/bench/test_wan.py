@@ -335,6 +335,18 @@ def test_auto_uses_netem_if_the_kernel_has_it_else_the_relay() -> None:
 
 
 @root
+def test_rto_min_is_set_on_the_long_haul_route_at_both_ends() -> None:
+    with WanLink(PROFILES["london-karachi"], seed=3, rto_min_ms=20) as link:
+        for ns in (link.west_ns, link.east_ns):
+            routes = subprocess.run(["ip", "-n", ns, "route", "show", "dev", link.dev], capture_output=True,
+                                    text=True, timeout=10, check=True).stdout  # fmt: skip
+            assert "10.77.0.0/24" in routes and "rto_min lock 20ms" in routes, routes
+        with server_in(link.east_ns, ECHO_SERVER, str(PORT)):  # still a working path
+            rtts = json.loads(run_in(link.west_ns, RTT_CLIENT, link.east_ip, str(PORT), "2"))
+    assert len(rtts) == 2
+
+
+@root
 def test_forcing_netem_on_a_kernel_without_it_fails_clearly() -> None:
     if kernel_has_netem():
         pytest.skip("this kernel has netem: the netem link tests run instead")

@@ -81,6 +81,7 @@ class BenchOptions:
     topology: str = "city"  # with --wan: "city" (leafnode + city time responder) or "direct" (sites on the hub)
     paths: int = 1  # with --wan and the city topology: 2 = two city servers on two long-haul paths, sites on both
     shared_loss: float = 0.0  # with 2 paths: the share of each path's loss in one stage both paths cross
+    tcp_rto_min_ms: float | None = None  # with --wan: TCP's lowest retransmission timeout on the long-haul routes
     snapclients: int = 0  # real snapclients beside the sites, fed the same signal by a real snapserver (loopback)
     cpu_quota: float | None = None  # each site process (and snapclient) held to this % of one core (cgroup)
 
@@ -102,7 +103,15 @@ class TwoPaths:
     a burst that silences both at once is a cut, which `citycast bench-city` drills.
     Duck-types the parts of `WanLink` the benchmark uses (`west_ns`, `east_ns`, `west_ip`, `emulator`)."""
 
-    def __init__(self, profile: WanProfile, *, seed: int, shared_loss: float, stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self,
+        profile: WanProfile,
+        *,
+        seed: int,
+        shared_loss: float,
+        stack: contextlib.ExitStack,
+        rto_min_ms: float | None = None,
+    ) -> None:
         own = WanProfile(profile.name, profile.delay_ms, profile.jitter_ms, profile.loss * (1 - shared_loss))
         self.links: list[WanLink] = []
         west: str | None = None
@@ -110,12 +119,12 @@ class TwoPaths:
         if shared_loss > 0:
             stage = WanProfile("shared", 0.0, 0.0, profile.loss * shared_loss)
             self.exchange = stack.enter_context(
-                WanLink(stage, seed=seed + 7, east_name="exchange", subnet="10.76.0", dev="wanS")
+                WanLink(stage, seed=seed + 7, east_name="exchange", subnet="10.76.0", dev="wanS", rto_min_ms=rto_min_ms)
             )
             west = self.exchange.east_ns
         for i, name in enumerate(("a", "b")):
             link = WanLink(own, seed=seed + i, join_west=west, east_name=f"karachi{name}", subnet=f"10.77.{i + 1}",
-                           dev=f"wan{name.upper()}")  # fmt: skip
+                           dev=f"wan{name.upper()}", rto_min_ms=rto_min_ms)  # fmt: skip
             self.links.append(stack.enter_context(link))
             west = west or link.west_ns
         a, b = self.links
@@ -188,9 +197,10 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
             except WanError as e:
                 raise BenchError(str(e)) from e
             if opts.paths == 2:
-                link = TwoPaths(profile, seed=opts.seed, shared_loss=opts.shared_loss, stack=stack)
+                link = TwoPaths(profile, seed=opts.seed, shared_loss=opts.shared_loss, stack=stack,
+                                rto_min_ms=opts.tcp_rto_min_ms)  # fmt: skip
             else:
-                link = stack.enter_context(WanLink(profile, seed=opts.seed))
+                link = stack.enter_context(WanLink(profile, seed=opts.seed, rto_min_ms=opts.tcp_rto_min_ms))
         fleet = stack.enter_context(Fleet(opts.out / "logs"))
         return _run(opts, profile.name, delay_ms, link, fleet, stack, console)
     raise AssertionError("unreachable")
@@ -461,6 +471,7 @@ def _figures(
         # long-haul paths, each to its own city server; with 2 every site hears each frame twice and plays the first
         "paths": opts.paths,
         "shared_loss": opts.shared_loss,
+        "tcp_rto_min_ms": opts.tcp_rto_min_ms,
         "delay_ms": delay_ms,
         "sites": opts.sites,
         "seconds": opts.seconds,

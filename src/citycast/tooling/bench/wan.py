@@ -326,6 +326,7 @@ class WanLink:
         east_name: str = "karachi",
         subnet: str = "10.77.0",
         dev: str = DEV_NAME,
+        rto_min_ms: float | None = None,
     ) -> None:
         if emulator not in EMULATORS:
             raise WanError(f"unknown WAN emulator {emulator!r}; known: {', '.join(EMULATORS)}")
@@ -344,6 +345,10 @@ class WanLink:
         self.west_ip = f"{subnet}.1"
         self.east_ip = f"{subnet}.2"
         self.dev = dev
+        # TCP's lowest retransmission timeout on the path's route at both ends (`ip route ... rto_min`), as an
+        # operator would set it on the hub and the city servers; None leaves the kernel's 200 ms.
+        self.rto_min_ms = rto_min_ms
+        self._subnet = subnet
         self._tun_names = {"west": f"cc{secrets.token_hex(4)}w", "east": f"cc{secrets.token_hex(4)}e"}
         self._created_ns: list[str] = []
         self._fds: list[int] = []
@@ -403,6 +408,9 @@ class WanLink:
             _ip("-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", self.dev)
             _ip("-n", ns, "link", "set", "dev", self.dev, "up")
             _ip("-n", ns, "link", "set", "dev", "lo", "up")
+            if self.rto_min_ms is not None:
+                _ip("-n", ns, "route", "replace", f"{self._subnet}.0/{PREFIX_LEN}", "dev", self.dev, "proto", "kernel",
+                    "scope", "link", "src", addr, "rto_min", f"{self.rto_min_ms:g}ms")  # fmt: skip
         if self.emulator == "netem":
             for argv in netem_commands(self.profile, self.west_ns, self.east_ns, self.dev, self.max_queued):
                 proc = _run(argv)
