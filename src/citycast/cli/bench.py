@@ -369,6 +369,14 @@ def bench_city(
         "citycast-out/bench-city"
     ),
     keep_wav: Annotated[bool, typer.Option(help="Keep what each site played.")] = False,
+    tcp_rto_min: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="TCP's lowest retransmission timeout (ms) on the long-haul routes at both ends, as `ip route ... "
+            "rto_min` sets it on a hub or city server (the kernel's is 200 ms).",
+        ),
+    ] = None,
     soak_minutes: Annotated[
         float | None,
         typer.Option(
@@ -390,7 +398,8 @@ def bench_city(
 
         try:
             result = run_city_soak(SoakOptions(minutes=soak_minutes, sites=sites, wan=wan, delay_ms=delay_ms,
-                                               uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav),
+                                               uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav,
+                                               tcp_rto_min_ms=tcp_rto_min),
                                    console)  # fmt: skip
         except SoakError as e:
             fail(str(e))
@@ -406,7 +415,7 @@ def bench_city(
         chosen = tuple(d.strip() for d in drills.split(",") if d.strip())
         opts = DrillOptions(sites=sites, cut_s=cut_seconds, drills=chosen, wan=wan, delay_ms=delay_ms,
                             uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav,
-                            resync_limit_s=resync_limit)  # fmt: skip
+                            resync_limit_s=resync_limit, tcp_rto_min_ms=tcp_rto_min)  # fmt: skip
         run_drills(opts, console)
     except DrillError as e:
         fail(str(e))

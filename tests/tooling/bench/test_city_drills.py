@@ -40,7 +40,7 @@ def test_short_drills_report_every_figure_and_a_cut_raises_offline(tmp_path: Pat
     bench = subprocess.Popen(
         [sys.executable, "-m", "citycast", "bench-city", "--sites", "2", "--cut-seconds", str(CUT_S),
          "--drills", ",".join(DRILLS), "--resync-limit", str(RESYNC_LIMIT_S), "--json", str(out),
-         "--out", str(tmp_path / "work")],
+         "--out", str(tmp_path / "work"), "--tcp-rto-min", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -52,6 +52,7 @@ def test_short_drills_report_every_figure_and_a_cut_raises_offline(tmp_path: Pat
     assert bench.returncode == 0, log[-3000:]
     assert time.monotonic() - t0 < BUDGET_S
     result = json.loads(out.read_text())
+    assert result["tcp_rto_min_ms"] == 20 and "--tcp-rto-min 20" in result["command"]
     drills = {d["name"]: d for d in result["drills"]}
     assert [d["name"] for d in result["drills"]] == DRILLS
     sites = {"site-000", "site-001"}

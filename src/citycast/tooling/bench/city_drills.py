@@ -74,6 +74,7 @@ class DrillOptions:
     seed: int = 1
     uplinks: int | None = None  # None: both city servers if `citycast site` dials several, else one
     resync_limit_s: float = RESYNC_LIMIT_S
+    tcp_rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on the long-haul routes
 
     def check(self) -> None:
         if not 2 <= self.sites <= 60:
@@ -475,7 +476,7 @@ def run_drills(opts: DrillOptions, console: Console) -> dict[str, Any]:
     started = time.time()
     with (
         CityRig(get_profile(opts.wan), opts.sites, opts.out, opts.delay_ms, seed=opts.seed,
-                multi_uplink=uplinks == 2) as rig,
+                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms) as rig,
         Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress,
     ):  # fmt: skip
         drills = Drills(rig, opts, progress)
@@ -499,6 +500,7 @@ def run_drills(opts: DrillOptions, console: Console) -> dict[str, Any]:
         "wan": opts.wan,
         "emulator": emulator,
         "delay_ms": opts.delay_ms,
+        "tcp_rto_min_ms": opts.tcp_rto_min_ms,
         "sites": opts.sites,
         "uplinks_per_site": uplinks,
         "cut_s": opts.cut_s,
@@ -533,6 +535,8 @@ def argline(opts: DrillOptions) -> str:
         parts.append(f"--resync-limit {opts.resync_limit_s:g}")
     if opts.uplinks is not None:
         parts.append(f"--uplinks {opts.uplinks}")
+    if opts.tcp_rto_min_ms is not None:
+        parts.append(f"--tcp-rto-min {opts.tcp_rto_min_ms:g}")
     return "citycast bench-city " + " ".join(parts)
 
 

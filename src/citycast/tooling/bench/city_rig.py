@@ -125,6 +125,7 @@ class CityRig:
     zone_id: int = 0
     api_ip: str = ""
     multi_uplink: bool = False
+    rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on both long-haul routes (None: 200 ms)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _cut: set[int] = field(default_factory=set)
 
@@ -155,10 +156,11 @@ class CityRig:
 
     def _build(self) -> None:
         a = self._stack.enter_context(WanLink(self.profile, seed=self.seed, east_name="karachia",
-                                              subnet="10.77.1", dev="wanA"))  # fmt: skip
+                                              subnet="10.77.1", dev="wanA", rto_min_ms=self.rto_min_ms))  # fmt: skip
         self.links.append(a)
         b = self._stack.enter_context(WanLink(self.profile, seed=self.seed + 1, join_west=a.west_ns,
-                                              east_name="karachib", subnet="10.77.2", dev="wanB"))  # fmt: skip
+                                              east_name="karachib", subnet="10.77.2", dev="wanB",
+                                              rto_min_ms=self.rto_min_ms))  # fmt: skip
         self.links.append(b)
         # Both ends of every veth sit in our namespaces (or one in root, deleted with its peer), so deleting the
         # namespaces removes them whatever happened.

@@ -72,6 +72,7 @@ class SoakOptions:
     json_out: Path | None = None
     keep_wav: bool = False
     seed: int = 1
+    tcp_rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on the long-haul routes
 
     def check(self) -> None:
         if not 1 <= self.minutes <= 24 * 60:
@@ -386,7 +387,7 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
     samples = SampleLog(opts.out / "samples.jsonl")
     with (
         CityRig(get_profile(opts.wan), opts.sites, opts.out, opts.delay_ms, seed=opts.seed,
-                multi_uplink=uplinks == 2) as rig,
+                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms) as rig,
         Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress,
     ):  # fmt: skip
         try:
@@ -460,6 +461,7 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
         "wan": opts.wan,
         "emulator": emulator,
         "delay_ms": opts.delay_ms,
+        "tcp_rto_min_ms": opts.tcp_rto_min_ms,
         "sites": opts.sites,
         "uplinks_per_site": uplinks,
         "minutes": opts.minutes,
@@ -496,6 +498,8 @@ def argline(opts: SoakOptions) -> str:
              f"--delay {opts.delay_ms:g}"]  # fmt: skip
     if opts.uplinks is not None:
         parts.append(f"--uplinks {opts.uplinks}")
+    if opts.tcp_rto_min_ms is not None:
+        parts.append(f"--tcp-rto-min {opts.tcp_rto_min_ms:g}")
     return "citycast bench-city " + " ".join(parts)
 
 
