@@ -158,21 +158,21 @@ def test_credentials_a_site_fails_to_renew_raise_a_warning_until_renewed() -> No
     assert rig.fleet.view("site-1")["creds_expire_s"] is None
 
 
-def test_a_lost_spare_path_warns_after_7_s_and_clears_when_it_is_back() -> None:
+def test_a_lost_spare_path_warns_after_5_s_and_clears_when_it_is_back() -> None:
     both = {"10.77.1.1:4222": True, "10.77.2.1:4222": True}
     one = {"10.77.1.1:4222": False, "10.77.2.1:4222": True}
     rig = Rig()
     rig.report(0, paths=both)
     rig.report(1, paths=one)
-    rig.report(5, paths=both)  # a reconnect: back within 7 s, nothing raised
+    rig.report(5, paths=both)  # a reconnect: back within 5 s, nothing raised
     rig.report(6, paths=one)
-    for s in range(7, 13):
+    for s in range(7, 11):
         rig.report(s, paths=one)
     assert rig.log == []
-    rig.report(13, paths=one)
-    rig.report(14, paths=one)
+    rig.report(11, paths=one)
+    rig.report(12, paths=one)
     assert rig.log == [("raise", "path_down", "warning")]
-    assert rig.rules.open_alerts()[0].message == "path 10.77.1.1:4222 down for 7 s: playing on 1 of 2"
+    assert rig.rules.open_alerts()[0].message == "path 10.77.1.1:4222 down for 5 s: playing on 1 of 2"
     rig.report(20, paths=both)
     assert rig.log[-1] == ("clear", "path_down", "warning")
 
