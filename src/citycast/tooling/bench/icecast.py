@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -124,9 +125,7 @@ class LocalIcecast:
 
     def status(self) -> list[dict[str, Any]]:
         """The mounts Icecast serves now (its status-json), as a list."""
-        data = httpx.get(f"{self.url}/status-json.xsl", timeout=5.0).json()
-        sources = data.get("icestats", {}).get("source", [])
-        return [sources] if isinstance(sources, dict) else list(sources)
+        return parse_status(httpx.get(f"{self.url}/status-json.xsl", timeout=5.0).text)
 
     def mount(self, path: str) -> dict[str, Any] | None:
         for s in self.status():
@@ -391,3 +390,16 @@ def _pcts(values: list[float]) -> dict[str, float] | None:
         return None
     a = np.asarray(values)
     return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+
+def parse_status(text: str) -> list[dict[str, Any]]:
+    """The mounts in Icecast's status-json. Icecast 2.4's XSL writes invalid JSON when it serves no mount at all
+    (`{"icestats":"server_start":...}`, the object's brace missing): that text, and only it, means no mounts."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        if '"source"' in text:
+            raise
+        return []
+    sources = data.get("icestats", {}).get("source", []) if isinstance(data, dict) else []
+    return [sources] if isinstance(sources, dict) else list(sources)
