@@ -16,6 +16,16 @@ from citycast.cli.common import console, fail
 
 app = typer.Typer()
 
+# bench and bench-city: both emulate the long haul and can set TCP's retransmission floor on it
+TcpRtoMin = Annotated[
+    float | None,
+    typer.Option(
+        min=1,
+        help="With --wan (bench-city always has it): TCP's lowest retransmission timeout (ms) on the long-haul "
+        "routes at both ends, as `ip route ... rto_min` sets it on a hub or city server (the kernel's is 200 ms).",
+    ),
+]
+
 
 @app.command()
 def bench(
@@ -45,14 +55,7 @@ def bench(
         float,
         typer.Option(help="With --paths 2: the share of each path's loss taken in one relay stage both cross."),
     ] = 0.0,
-    tcp_rto_min: Annotated[
-        float | None,
-        typer.Option(
-            min=1,
-            help="With --wan: TCP's lowest retransmission timeout (ms) on the long-haul routes at both ends, as "
-            "`ip route ... rto_min` sets it on a hub or city server (the kernel's is 200 ms).",
-        ),
-    ] = None,
+    tcp_rto_min: TcpRtoMin = None,
     probe_sites: Annotated[int, typer.Option(help="Light fan-out probes (bus delivery only).")] = 0,
     packets_per_message: Annotated[int, typer.Option(min=1, max=4, help="Opus packets per bus message.")] = 1,
     fast_site_ppm: Annotated[float | None, typer.Option(help="Site 0's DAC runs this many ppm fast.")] = 100.0,
@@ -369,14 +372,7 @@ def bench_city(
         "citycast-out/bench-city"
     ),
     keep_wav: Annotated[bool, typer.Option(help="Keep what each site played.")] = False,
-    tcp_rto_min: Annotated[
-        float | None,
-        typer.Option(
-            min=1,
-            help="TCP's lowest retransmission timeout (ms) on the long-haul routes at both ends, as `ip route ... "
-            "rto_min` sets it on a hub or city server (the kernel's is 200 ms).",
-        ),
-    ] = None,
+    tcp_rto_min: TcpRtoMin = None,
     soak_minutes: Annotated[
         float | None,
         typer.Option(

@@ -21,8 +21,7 @@ that keeps misbehaving is one alert, not one a second:
   5 s: it still plays, on the others, but it has lost its spare. A path back up within 5 s (a reconnect, a city
   server restarting) raises nothing. 5 s, so that with the report period (1 s) and the time a silently cut path
   takes to be judged down (up to 2 s) the console hears of it within 10 s of the fault (at 7 s the drills saw
-  it at 9.2-10.1 s after a silent cut). Cleared when every path
-  is up again.
+  it at 9.2-10.1 s after a silent cut). Cleared when every path is up again.
 - `rejected_frames` (critical): frames refused as malformed, untrusted, badly signed, replayed or oversized went
   up: someone is putting foreign or tampered audio on the bus. Cleared after 60 s without a new one.
 
