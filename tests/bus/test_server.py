@@ -231,3 +231,15 @@ def test_a_city_redials_a_lost_hub_four_times_a_second(tmp_path: Path) -> None:
     gaps = [b - a for a, b in itertools.pairwise(accepted)]
     assert len(accepted) >= 8, (accepted, city.log_tail())
     assert sorted(gaps)[len(gaps) // 2] < 0.3, gaps
+
+
+def test_free_port_is_below_the_kernels_ephemeral_range_and_free() -> None:
+    """A port from the ephemeral range can be handed, a moment later, to an outgoing connection as its source
+    port, and the server meant to listen there finds it taken (CI lost a run to exactly that)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(p < low for p in ports)
+    assert len(ports) > 1
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

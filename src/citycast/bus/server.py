@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -74,7 +75,28 @@ def port_is_free(host: str, port: int, kind: socket.SocketKind = socket.SOCK_STR
     return True
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on now, for a server about to start.
+
+    Chosen below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is one it may hand again,
+    a moment later, to some outgoing connection as its source port, and the server that meant to listen there
+    then finds it taken (CI saw this)."""
+    low, _high = _ephemeral_range()
+    floor = 10000
+    if low - floor >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(64):
+            port = rng.randrange(floor, low)
+            if port_is_free(host, port) and port_is_free(host, port, socket.SOCK_DGRAM):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -33,6 +32,7 @@ import httpx
 import numpy as np
 import psutil
 
+from citycast.bus.server import free_port
 from citycast.media.audio import FRAME_NS, SAMPLE_RATE
 from citycast.media.codec import OpusEncoder
 from citycast.media.sources import MarkerSource
@@ -42,19 +42,13 @@ from citycast.protocol.subjects import Subjects
 __all__ = ["LocalIcecast", "MountListener", "bench_icecast", "publish_markers"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class LocalIcecast:
     """`icecast2 -c` on 127.0.0.1 with its own config; `start()`, `stop()`, `url`, `status()`."""
 
     def __init__(self, workdir: Path, *, password: str = "hackme", port: int | None = None, burst_bytes: int = 0):
         self.workdir = Path(workdir)
         self.password = password
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.burst_bytes = burst_bytes
         self.proc: subprocess.Popen[bytes] | None = None
         self.logdir = self.workdir
@@ -307,7 +301,7 @@ async def bench_icecast(
     from citycast.media.keys import generate_private_key
 
     subjects = Subjects()
-    nats = EmbeddedNats(port=_free_port(), workdir=workdir / "nats")
+    nats = EmbeddedNats(port=free_port(), workdir=workdir / "nats")
     ice = LocalIcecast(workdir / "icecast", burst_bytes=burst_bytes)
     await asyncio.to_thread(nats.start)
     await asyncio.to_thread(ice.start)
