@@ -243,3 +243,8 @@ def test_free_port_is_below_the_kernels_ephemeral_range_and_free() -> None:
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_free_port_never_hands_one_process_the_same_port_twice() -> None:
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)

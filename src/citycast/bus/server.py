@@ -83,6 +83,9 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that nothing listens on now, for a server about to start.
 
@@ -95,7 +98,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         rng = random.SystemRandom()
         for _ in range(64):
             port = rng.randrange(floor, low)
+            # Twice the same port to one process would be two servers on one port: a caller often takes
+            # several before it starts any.
+            if port in _HANDED_OUT:
+                continue
             if port_is_free(host, port) and port_is_free(host, port, socket.SOCK_DGRAM):
+                _HANDED_OUT.add(port)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
