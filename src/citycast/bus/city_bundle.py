@@ -37,10 +37,11 @@ CITY_BUNDLE_VERSION = 1
 
 def city_time_permissions(zone: str, subjects: Subjects) -> Permissions:
     """A city's time responder: answers `time.<zone>` and its sites' `time.<zone>.site.<site>` (one reply per
-    request, to the inbox that asked) and syncs itself to the hub's `time`, with replies on its own inbox prefix."""
+    request, to the inbox that asked) and syncs itself to the hub's `time`, or to a zone peer's `time.<zone>` on
+    that peer's server (the leaf never carries it up), with replies on its own inbox prefix."""
     check_site_name(zone)
     return Permissions(
-        pub=(subjects.time(),),
+        pub=(subjects.time(), subjects.time(zone)),
         sub=(subjects.time(zone), subjects.time_site_all(zone), f"{CITY_TIME_INBOX_PREFIX}.>"),
         responses=True,
     )

@@ -373,6 +373,13 @@ def bench_city(
     ),
     keep_wav: Annotated[bool, typer.Option(help="Keep what each site played.")] = False,
     tcp_rto_min: TcpRtoMin = None,
+    time_peer: Annotated[
+        bool,
+        typer.Option(
+            help="City server B's time responder follows A's over the city's LAN (`citycast city --time-peer`); "
+            "--no-time-peer: each follows the hub on its own, as before."
+        ),
+    ] = True,
     soak_minutes: Annotated[
         float | None,
         typer.Option(
@@ -395,7 +402,7 @@ def bench_city(
         try:
             result = run_city_soak(SoakOptions(minutes=soak_minutes, sites=sites, wan=wan, delay_ms=delay_ms,
                                                uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav,
-                                               tcp_rto_min_ms=tcp_rto_min),
+                                               tcp_rto_min_ms=tcp_rto_min, time_peer=time_peer),
                                    console)  # fmt: skip
         except SoakError as e:
             fail(str(e))
@@ -411,7 +418,7 @@ def bench_city(
         chosen = tuple(d.strip() for d in drills.split(",") if d.strip())
         opts = DrillOptions(sites=sites, cut_s=cut_seconds, drills=chosen, wan=wan, delay_ms=delay_ms,
                             uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav,
-                            resync_limit_s=resync_limit, tcp_rto_min_ms=tcp_rto_min)  # fmt: skip
+                            resync_limit_s=resync_limit, tcp_rto_min_ms=tcp_rto_min, time_peer=time_peer)  # fmt: skip
         run_drills(opts, console)
     except DrillError as e:
         fail(str(e))

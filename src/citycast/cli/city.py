@@ -27,6 +27,7 @@ def run_city(
     time_upstream: bool,
     prefix: str,
     duration: float | None,
+    time_peers: list[str] | None = None,
 ) -> None:
     """Start the city's NATS (unless `nats` names one) and run the zone's time responder on it until stopped."""
     from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError
@@ -72,8 +73,15 @@ def run_city(
         url = server.url
         console.print(f"NATS listening on {listen} (pid {server.pid})")
     assert url is not None
+    peers = time_peers or []
+    if peers and not time_upstream:
+        fail("--time-peer needs --time-upstream: the zone's first city server follows the hub, the others follow it")
     try:
-        runtime.run(run_hub(url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration, creds=time_creds))
+        runtime.run(
+            run_hub(
+                url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration, creds=time_creds, peers=peers
+            )
+        )
     finally:
         if server is not None:
             server.stop()
@@ -90,6 +98,13 @@ def city(
         typer.Option(help="The city bundle from `citycast city-bundle` at the hub (join a hub in JWT mode)."),
     ] = None,
     time_upstream: Annotated[bool, typer.Option(help="Sync this responder to the hub's clock over the bus.")] = False,
+    time_peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NATS URL of a city server of this zone ahead of this one (repeat, in the zone's order): this "
+            "responder serves the first one's clock while it answers, the hub's otherwise, so the city has one clock."
+        ),
+    ] = None,
     listen: Annotated[str, typer.Option(help="Where the city's NATS listens for sites, HOST:PORT.")] = (
         "127.0.0.1:4222"
     ),
@@ -112,7 +127,8 @@ def city(
     """Run a city server: a leafnode of the hub's bus in the city, with the city's time responder.
 
     The city's sites dial it (and sync to it with --time-zone ZONE) instead of the hub across the WAN. Against a
-    hub in JWT mode: citycast city --zone ZONE --city-bundle FILE --leaf-remote nats://HUB:LEAF_PORT"""
+    hub in JWT mode: citycast city --zone ZONE --city-bundle FILE --leaf-remote nats://HUB:LEAF_PORT. A zone's second
+    server adds --time-peer nats://FIRST:4222 (over the city's LAN) so both serve one clock."""
     run_city(
         zone=zone,
         listen=listen,
@@ -125,6 +141,7 @@ def city(
         time_upstream=time_upstream,
         prefix=prefix,
         duration=duration,
+        time_peers=time_peer,
     )
 
 

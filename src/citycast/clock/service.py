@@ -110,7 +110,8 @@ class TimeResponder:
     t2 is the instant the request came off the socket; t3 is read just before the reply is written to it.
     `ready`, if given, gates the service: while it returns False requests go unanswered (a city responder
     that is not yet synced to the hub should not hand out its raw local clock). `creds` is a NATS creds file
-    for a server in JWT mode.
+    for a server in JWT mode. Requests answered to one of `own_inboxes()` are this process's own (a city
+    responder asking its zone peers, whose request a plain leafnode also carries back here) and never answered.
     """
 
     def __init__(
@@ -122,18 +123,21 @@ class TimeResponder:
         ready: Callable[[], bool] | None = None,
         creds: Path | None = None,
         reply_prefix: Callable[[str], str] = site_inbox_prefix,
+        own_inboxes: Callable[[], set[str]] | None = None,
     ) -> None:
         self.subject = subject
         self._site_request = f"{subject}.{TIME_SITE_TOKEN}."
         self._reply_prefix = reply_prefix
         self._clock = clock
         self._ready = ready
+        self._own_inboxes = own_inboxes
         self._conn = _Connection(url, clock, self._on_request, "time-responder", creds)
         self._conn.subjects = [subject, f"{self._site_request}*"]
         self._task: asyncio.Task[None] | None = None
         self.answered = 0
         self.ignored = 0
         self.misdirected = 0  # requests whose reply subject is not the asker's inbox: never answered
+        self.own = 0  # this process's own peer requests, come back to it: a clock must not sync to itself
 
     async def start(self) -> None:
         await self._conn.get()
@@ -163,6 +167,10 @@ class TimeResponder:
                 allowed = _INBOX_ROOT
             if not msg.reply.startswith(allowed):
                 self.misdirected += 1
+                self.ignored += 1
+                return
+            if self._own_inboxes is not None and msg.reply in self._own_inboxes():
+                self.own += 1
                 self.ignored += 1
                 return
             wire = self._conn.wire
@@ -209,13 +217,20 @@ class ClockSync:
         self.timeout_s = timeout_s
         self.retry_interval_s = retry_interval_s
         self.last_rtt_ns: int | None = None
+        self.last_sample_ns: int | None = None  # local time of the last answered exchange (its t4)
         self.exchanges = 0
         self.failures = 0
         self._inbox = new_inbox(inbox_prefix or "_INBOX")
+        self.url = url
         self._conn = _Connection(url, clock, self._on_reply, "clock-sync", creds, bind)
         self._conn.subjects = [self._inbox]
         self._pending: tuple[int, asyncio.Future[tuple[TimeReply, int]]] | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def inbox(self) -> str:
+        """The subject its replies come back on (unique to this object)."""
+        return self._inbox
 
     async def start(self) -> None:
         if self._task is None:
@@ -266,6 +281,7 @@ class ClockSync:
             self._pending = None
         self.exchanges += 1
         self.last_rtt_ns = t4 - t1
+        self.last_sample_ns = t4
         self.estimator.add_sample(t1, reply.t2, reply.t3, t4)
         return True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -26,6 +27,7 @@ async def run_hub(
     upstream: bool = False,
     duration: float | None = None,
     creds: Path | None = None,
+    peers: Sequence[str] = (),
 ) -> None:
     """A city's time responder (`citycast city`): with `creds` (from a city bundle) it runs under the hub's
     accounts, its upstream sync replying on the inbox its NATS user may use."""
@@ -37,6 +39,7 @@ async def run_hub(
         upstream=subjects.time() if upstream else None,
         creds=creds,
         upstream_inbox_prefix=CITY_TIME_INBOX_PREFIX if creds else None,
+        peers=peers,
     )
     await service.start()
     try:

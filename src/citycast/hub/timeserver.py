@@ -3,19 +3,118 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from citycast.clock.estimator import ClockEstimator
+from citycast.clock.handover import Handover
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
 from citycast.protocol.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+_S = 1_000_000_000
+# A peer whose last answer is older than this is gone (it answers at least once a second while up).
+PEER_FRESH_NS = 3 * _S
+# A peer further than this from this responder's own estimate of the hub is not followed: two responders of a
+# city differ by their long hauls' asymmetry (measured up to 1 ms); a peer wrong by more has lost the hub, or the
+# zone's peers were configured in a loop and are following each other.
+PEER_AGREE_NS = 5_000_000
+
+
+def _gentle() -> ClockEstimator:
+    # The city's sites track whatever this responder serves; a clock that changes rate gently (and whose
+    # corrections are slewed over minutes, not seconds) is one they all track alike.
+    return ClockEstimator(max_slew_ppm=20.0, slew_time_ns=60 * _S)
+
+
+class PeeredClock:
+    """What a city responder with zone peers serves: the first peer (in zone order) that answers and agrees with
+    the hub to `PEER_AGREE_NS`, else its own estimate of the hub; `Handover` slews every change of source in.
+
+    Peers are the city servers *ahead* of this one in the zone's order, reached over the city's LAN: the zone's
+    first server follows the hub, the second follows the first, and so on, so every responder of a city serves
+    the first one's clock to within a LAN exchange's error, and losing it moves no site's clock."""
+
+    def __init__(self, local: Clock, peers: Sequence[ClockSync], hub: ClockSync) -> None:
+        self.local = local
+        self.peers = list(peers)
+        self.hub = hub
+        self.handover = Handover()
+        self._sources = [s.estimator.to_broadcast for s in (*self.peers, hub)]
+        self._started_ns = local.now_ns()
+
+    def usable_peer(self, local_ns: int) -> int | None:
+        hub = self.hub.estimator
+        for i, peer in enumerate(self.peers):
+            est, last = peer.estimator, peer.last_sample_ns
+            if not est.synced or last is None or local_ns - last > PEER_FRESH_NS:
+                continue
+            if hub.synced and abs(est.to_broadcast(local_ns) - hub.to_broadcast(local_ns)) > PEER_AGREE_NS:
+                continue
+            return i
+        return None
+
+    @property
+    def synced(self) -> bool:
+        """Ready to serve: a peer is usable, or the hub's estimate is and no peer answered in the first
+        `PEER_FRESH_NS` (which would otherwise make the responder's first clock the hub's and then slew it
+        for minutes onto the peer's); after a first answer, whatever source it has."""
+        if self.handover.choice is not None:
+            return True
+        now = self.local.now_ns()
+        if self.usable_peer(now) is not None:
+            return True
+        return self.hub.estimator.synced and now - self._started_ns > PEER_FRESH_NS
+
+    def _choice(self, local_ns: int) -> int:
+        peer = self.usable_peer(local_ns)
+        if peer is not None:
+            return peer
+        if self.hub.estimator.synced:
+            return len(self.peers)
+        # Neither fresh peer nor hub: keep the source in use (its estimate runs on), else the first that has one.
+        current = self.handover.choice
+        if current is not None:
+            return current
+        return next((i for i, p in enumerate(self.peers) if p.estimator.synced), len(self.peers))
+
+    def _to_broadcast(self, local_ns: int) -> int:
+        before = self.handover.choice
+        choice = self._choice(local_ns)
+        if before is None and not self.synced:
+            # Read before anything is served (the wire stamps every message it reads): no source is chosen yet.
+            return self._sources[choice](local_ns)
+        out = self.handover.to_broadcast(local_ns, choice, self._sources)
+        if before is not None and choice != before:
+            log.info(
+                "time source: %s -> %s; the %.3f ms between them is slewed in at 20 ppm at most",
+                self.source_name(before), self.source_name(choice), self.handover.correction_ns(local_ns) / 1e6,
+            )  # fmt: skip
+        return out
+
+    def source_name(self, choice: int | None) -> str:
+        if choice is None:
+            return "none"
+        return "hub" if choice == len(self.peers) else f"peer {self.peers[choice].url}"
+
+    def now_ns(self) -> int:
+        return self._to_broadcast(self.local.now_ns())
+
+    def at(self, true_ns: int) -> int:
+        return self._to_broadcast(self.local.at(true_ns))
 
 
 class TimeService:
     """With `upstream` unset this is the broadcast clock itself (the hub). With an upstream subject it is a city
     responder: it syncs to the hub over the long-haul link and serves its estimate to the sites near it, so the
     link's asymmetry shifts a whole city together instead of skewing its sites apart. Until its own estimate has
-    converged it stays silent rather than hand the sites a wrong clock."""
+    converged it stays silent rather than hand the sites a wrong clock.
+
+    `peers` (NATS URLs of the zone's city servers ahead of this one, in order) make it follow them over the
+    city's LAN while they answer (`PeeredClock`): a city with two servers then serves one clock, not two."""
 
     def __init__(
         self,
@@ -26,30 +125,55 @@ class TimeService:
         upstream: str | None = None,
         creds: Path | None = None,
         upstream_inbox_prefix: str | None = None,
+        peers: Sequence[str] = (),
     ) -> None:
+        if peers and (upstream is None or zone is None):
+            raise ValueError("time peers are for a city responder (a zone and an upstream)")
         self.local = SystemClock()
         self.sync: ClockSync | None = None
+        self.peer_syncs: list[ClockSync] = []
+        self.served: PeeredClock | None = None
+        served: Clock = self.local
         if upstream is not None:
-            # The city's sites track whatever this responder serves; a clock that changes rate gently (and
-            # whose corrections are slewed over minutes, not seconds) is one they all track alike.
-            gentle = ClockEstimator(max_slew_ppm=20.0, slew_time_ns=60_000_000_000)
             self.sync = ClockSync(
-                url, upstream, self.local, estimator=gentle, creds=creds, inbox_prefix=upstream_inbox_prefix
+                url, upstream, self.local, estimator=_gentle(), creds=creds, inbox_prefix=upstream_inbox_prefix
             )
-        served: Clock = self.local if self.sync is None else EstimatedClock(self.sync.estimator, self.local)
-        self.responder = TimeResponder(url, subjects.time(zone), served, ready=lambda: self.synced, creds=creds)
+            served = EstimatedClock(self.sync.estimator, self.local)
+            if peers:
+                self.peer_syncs = [
+                    ClockSync(
+                        peer,
+                        subjects.time(zone),
+                        self.local,
+                        estimator=_gentle(),
+                        creds=creds,
+                        inbox_prefix=upstream_inbox_prefix,
+                    )
+                    for peer in peers
+                ]
+                self.served = served = PeeredClock(self.local, self.peer_syncs, self.sync)
+        own = {s.inbox for s in self.peer_syncs}
+        self.responder = TimeResponder(
+            url, subjects.time(zone), served, ready=lambda: self.synced, creds=creds, own_inboxes=lambda: own
+        )
 
     @property
     def synced(self) -> bool:
+        if self.served is not None:
+            return self.served.synced
         return self.sync is None or self.sync.estimator.synced
 
     async def start(self) -> None:
         if self.sync is not None:
             await self.sync.start()
+        for peer in self.peer_syncs:
+            await peer.start()
         await self.responder.start()
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self.responder.stop()
+        for peer in self.peer_syncs:
+            await peer.stop()
         if self.sync is not None:
             await self.sync.stop()

@@ -75,6 +75,7 @@ class DrillOptions:
     uplinks: int | None = None  # None: both city servers if `citycast site` dials several, else one
     resync_limit_s: float = RESYNC_LIMIT_S
     tcp_rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on the long-haul routes
+    time_peer: bool = True  # the second city server's time responder follows the first's
 
     def check(self) -> None:
         if not 2 <= self.sites <= 60:
@@ -476,7 +477,7 @@ def run_drills(opts: DrillOptions, console: Console) -> dict[str, Any]:
     started = time.time()
     with (
         CityRig(get_profile(opts.wan), opts.sites, opts.out, opts.delay_ms, seed=opts.seed,
-                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms) as rig,
+                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms, time_peer=opts.time_peer) as rig,
         Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress,
     ):  # fmt: skip
         drills = Drills(rig, opts, progress)
@@ -501,6 +502,7 @@ def run_drills(opts: DrillOptions, console: Console) -> dict[str, Any]:
         "emulator": emulator,
         "delay_ms": opts.delay_ms,
         "tcp_rto_min_ms": opts.tcp_rto_min_ms,
+        "time_peer": opts.time_peer,
         "sites": opts.sites,
         "uplinks_per_site": uplinks,
         "cut_s": opts.cut_s,
@@ -537,6 +539,8 @@ def argline(opts: DrillOptions) -> str:
         parts.append(f"--uplinks {opts.uplinks}")
     if opts.tcp_rto_min_ms is not None:
         parts.append(f"--tcp-rto-min {opts.tcp_rto_min_ms:g}")
+    if not opts.time_peer:
+        parts.append("--no-time-peer")
     return "citycast bench-city " + " ".join(parts)
 
 

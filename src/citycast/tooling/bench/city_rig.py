@@ -126,6 +126,7 @@ class CityRig:
     api_ip: str = ""
     multi_uplink: bool = False
     rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on both long-haul routes (None: 200 ms)
+    time_peer: bool = True  # city server B's responder follows A's over the city's LAN (`city --time-peer`)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _cut: set[int] = field(default_factory=set)
 
@@ -247,6 +248,8 @@ class CityRig:
             "--leaf-remote", f"nats://{self.links[i].west_ip}:{HUB_LEAF_PORT}", "--time-upstream",
             "--listen", f"0.0.0.0:{CITY_PORT}", "--data-dir", str(self.work / f"city-{i}"),
         )  # fmt: skip
+        if i == 1 and self.time_peer:
+            argv += ["--time-peer", f"nats://{CITY_LAN[0]}:{CITY_PORT}"]
         self.cities[i] = self.fleet.spawn(f"city-{i}", f"city-{i}", argv, ns_command(self.karachi(i), []))
 
     def kill_city(self, i: int) -> None:

@@ -73,6 +73,7 @@ class SoakOptions:
     keep_wav: bool = False
     seed: int = 1
     tcp_rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on the long-haul routes
+    time_peer: bool = True  # the second city server's time responder follows the first's
 
     def check(self) -> None:
         if not 1 <= self.minutes <= 24 * 60:
@@ -387,7 +388,7 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
     samples = SampleLog(opts.out / "samples.jsonl")
     with (
         CityRig(get_profile(opts.wan), opts.sites, opts.out, opts.delay_ms, seed=opts.seed,
-                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms) as rig,
+                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms, time_peer=opts.time_peer) as rig,
         Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress,
     ):  # fmt: skip
         try:
@@ -462,6 +463,7 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
         "emulator": emulator,
         "delay_ms": opts.delay_ms,
         "tcp_rto_min_ms": opts.tcp_rto_min_ms,
+        "time_peer": opts.time_peer,
         "sites": opts.sites,
         "uplinks_per_site": uplinks,
         "minutes": opts.minutes,
@@ -500,6 +502,8 @@ def argline(opts: SoakOptions) -> str:
         parts.append(f"--uplinks {opts.uplinks}")
     if opts.tcp_rto_min_ms is not None:
         parts.append(f"--tcp-rto-min {opts.tcp_rto_min_ms:g}")
+    if not opts.time_peer:
+        parts.append("--no-time-peer")
     return "citycast bench-city " + " ".join(parts)
 
 

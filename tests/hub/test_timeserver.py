@@ -1,0 +1,134 @@
+"""A city's second time responder follows the first over the city's LAN, on real nats-servers in real time.
+
+Server H stands for the hub's bus and city server B's (one server: the hub's responder answers `time`, B's answers
+`time.north`); server A is city server A's, whose responder answers `time.north` with a clock set 2 ms off the
+hub's (as a long haul's asymmetry leaves a city responder). B must serve A's clock, hand over to its own estimate
+of the hub without a step when A goes, and never follow itself or a peer that has lost the hub.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.helpers import SetClock, let_time_pass, wait_until
+
+from citycast.bus.server import EmbeddedNats, free_port
+from citycast.clock.service import TimeResponder
+from citycast.hub.timeserver import PEER_AGREE_NS, TimeService
+from citycast.protocol.subjects import Subjects
+
+MS = 1_000_000
+
+
+@pytest.fixture
+def city_a(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(port=free_port(), workdir=tmp_path / "a")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def served_offset_ns(service: TimeService) -> int:
+    assert service.served is not None
+    return service.served.now_ns() - time.time_ns()
+
+
+async def test_the_second_responder_serves_the_firsts_clock_and_hands_over_without_a_step(
+    nats_server: EmbeddedNats, city_a: EmbeddedNats
+) -> None:
+    subjects = Subjects(f"ts{secrets.token_hex(3)}")
+    hub = TimeService(nats_server.url, subjects)
+    a_clock = SetClock()
+    a_clock.offset_ns = 2 * MS
+    a = TimeResponder(city_a.url, subjects.time("north"), a_clock)
+    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url])
+    assert b.served is not None and b.sync is not None
+    try:
+        await hub.start()
+        await a.start()
+        await b.start()
+        await wait_until(lambda: b.synced and b.sync.estimator.synced, "B synced to A and to the hub", timeout=30)
+        await wait_until(lambda: abs(served_offset_ns(b) - 2 * MS) < 200_000, "B serving A's clock", timeout=30)
+        assert b.served.handover.choice == 0
+        assert abs(b.sync.estimator.to_broadcast(time.time_ns()) - time.time_ns()) < 200_000  # its own: the hub's
+        assert a.answered > 0
+        assert b.responder.own == 0
+
+        before = served_offset_ns(b)
+        await a.stop()  # city server A is gone
+        # (The choice is made as the clock is read: sites ask every second; here the test reads it.)
+        await wait_until(
+            lambda: served_offset_ns(b) and b.served.handover.choice == 1,
+            "B on its own estimate of the hub",
+            timeout=10,
+        )
+        switched = time.monotonic()
+        after = served_offset_ns(b)
+        assert abs(after - before) < 200_000, "the handover stepped the served clock"
+        await let_time_pass(2.0)
+        # Slewing towards the hub's clock at 20 ppm at most: no more than ~60 µs in 3 s.
+        later = served_offset_ns(b)
+        elapsed = time.monotonic() - switched
+        assert after - later <= 20e-6 * elapsed * 1e9 + 150_000
+        assert later > MS
+    finally:
+        await b.stop()
+        await a.stop()
+        await hub.stop()
+
+
+async def test_a_responder_never_follows_itself(nats_server: EmbeddedNats) -> None:
+    """Peer = its own server (an operator's slip, or a plain leafnode carrying the request back): its own
+    responder gets the request and must not answer it, or the clock would follow itself, anchored to nothing."""
+    subjects = Subjects(f"ts{secrets.token_hex(3)}")
+    hub = TimeService(nats_server.url, subjects)
+    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[nats_server.url])
+    assert b.served is not None
+    try:
+        await hub.start()
+        await b.start()
+        await wait_until(lambda: b.synced, "B synced to the hub", timeout=30)
+        await wait_until(lambda: b.responder.own >= 3, "B's own peer requests seen and refused", timeout=10)
+        assert b.peer_syncs[0].exchanges == 0
+        assert b.served.usable_peer(time.time_ns()) is None
+        assert abs(served_offset_ns(b)) < 500_000
+    finally:
+        await b.stop()
+        await hub.stop()
+
+
+async def test_a_peer_far_from_the_hub_is_not_followed(nats_server: EmbeddedNats, city_a: EmbeddedNats) -> None:
+    """A peer that has lost the hub, or a loop of peers following each other, drifts off: beyond PEER_AGREE_NS
+    from this responder's own estimate of the hub it is ignored."""
+    subjects = Subjects(f"ts{secrets.token_hex(3)}")
+    hub = TimeService(nats_server.url, subjects)
+    a_clock = SetClock()
+    a_clock.offset_ns = PEER_AGREE_NS + 15 * MS
+    a = TimeResponder(city_a.url, subjects.time("north"), a_clock)
+    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url])
+    assert b.served is not None and b.sync is not None
+    try:
+        await hub.start()
+        await a.start()
+        await b.start()
+        await wait_until(
+            lambda: b.sync.estimator.synced and b.peer_syncs[0].estimator.synced, "both estimates", timeout=30
+        )
+        await let_time_pass(1.0)
+        assert b.served.usable_peer(time.time_ns()) is None
+        assert abs(served_offset_ns(b)) < 500_000
+    finally:
+        await b.stop()
+        await a.stop()
+        await hub.stop()
+
+
+def test_peers_are_only_for_a_city_responder() -> None:
+    with pytest.raises(ValueError, match="city responder"):
+        TimeService("nats://127.0.0.1:1", Subjects(), peers=["nats://127.0.0.1:2"])
