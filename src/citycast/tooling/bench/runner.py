@@ -260,7 +260,10 @@ def _start_bus(
             cities.append(city_b)
             url_b = f"nats://{CITY_LAN[1]}:4222"
             site_url = f"{city.url},{url_b}"
-            responder_b = citycast_argv("city", "--nats", city_b.url, "--zone", CITY, "--time-upstream")
+            # B's responder serves A's clock (over the city's LAN) while A answers, as a deployed city's second
+            # server does (`city --time-peer`).
+            responder_b = citycast_argv("city", "--nats", city_b.url, "--zone", CITY, "--time-upstream",
+                                        "--time-peer", f"nats://{CITY_LAN[0]}:4222")  # fmt: skip
             fleet.spawn("time-city", "time-city-b", responder_b, east_b)
         deadline = time.monotonic() + 20
         for c in cities:
