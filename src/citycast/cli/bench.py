@@ -380,6 +380,13 @@ def bench_city(
             "--no-time-peer: each follows the hub on its own, as before."
         ),
     ] = True,
+    clock_split: Annotated[
+        bool,
+        typer.Option(
+            help="Odd sites list city server B first, so half the sites take their clock from each time responder "
+            "(measures how well the two agree; needs two uplinks)."
+        ),
+    ] = False,
     soak_minutes: Annotated[
         float | None,
         typer.Option(
@@ -402,7 +409,8 @@ def bench_city(
         try:
             result = run_city_soak(SoakOptions(minutes=soak_minutes, sites=sites, wan=wan, delay_ms=delay_ms,
                                                uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav,
-                                               tcp_rto_min_ms=tcp_rto_min, time_peer=time_peer),
+                                               tcp_rto_min_ms=tcp_rto_min, time_peer=time_peer,
+                                               clock_split=clock_split),
                                    console)  # fmt: skip
         except SoakError as e:
             fail(str(e))
@@ -418,7 +426,8 @@ def bench_city(
         chosen = tuple(d.strip() for d in drills.split(",") if d.strip())
         opts = DrillOptions(sites=sites, cut_s=cut_seconds, drills=chosen, wan=wan, delay_ms=delay_ms,
                             uplinks=uplinks, json_out=json_out, out=out, keep_wav=keep_wav,
-                            resync_limit_s=resync_limit, tcp_rto_min_ms=tcp_rto_min, time_peer=time_peer)  # fmt: skip
+                            resync_limit_s=resync_limit, tcp_rto_min_ms=tcp_rto_min, time_peer=time_peer,
+                            clock_split=clock_split)  # fmt: skip
         run_drills(opts, console)
     except DrillError as e:
         fail(str(e))

@@ -127,6 +127,9 @@ class CityRig:
     multi_uplink: bool = False
     rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on both long-haul routes (None: 200 ms)
     time_peer: bool = True  # city server B's responder follows A's over the city's LAN (`city --time-peer`)
+    # Odd sites list city server B first, so half the sites take their clock from each responder: what a city
+    # gets when its sites reach different city servers first; it measures how well the two responders agree.
+    clock_split: bool = False
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _cut: set[int] = field(default_factory=set)
 
@@ -327,7 +330,10 @@ class CityRig:
         together (with an own-first order the hour's soak saw two groups of sites by sync error, 0.05 and 0.4 ms)."""
         data: dict[str, Any] = json.loads(sp.config.read_text())
         own = self.city_url(sp.city)
-        data["nats_urls"] = [self.city_url(0), self.city_url(1)] if self.multi_uplink else [own]
+        order = [self.city_url(0), self.city_url(1)]
+        if self.clock_split and sp.city == 1:
+            order.reverse()
+        data["nats_urls"] = order if self.multi_uplink else [own]
         if "city_servers" in data:
             data["city_servers"] = data["nats_urls"]
         sp.config.write_text(json.dumps(data, indent=1))

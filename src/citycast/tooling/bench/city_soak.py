@@ -74,6 +74,7 @@ class SoakOptions:
     seed: int = 1
     tcp_rto_min_ms: float | None = None  # TCP's lowest retransmission timeout on the long-haul routes
     time_peer: bool = True  # the second city server's time responder follows the first's
+    clock_split: bool = False  # odd sites list city server B first (half the sites on each time responder)
 
     def check(self) -> None:
         if not 1 <= self.minutes <= 24 * 60:
@@ -388,7 +389,8 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
     samples = SampleLog(opts.out / "samples.jsonl")
     with (
         CityRig(get_profile(opts.wan), opts.sites, opts.out, opts.delay_ms, seed=opts.seed,
-                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms, time_peer=opts.time_peer) as rig,
+                multi_uplink=uplinks == 2, rto_min_ms=opts.tcp_rto_min_ms, time_peer=opts.time_peer,
+                clock_split=opts.clock_split) as rig,
         Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress,
     ):  # fmt: skip
         try:
@@ -464,6 +466,7 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
         "delay_ms": opts.delay_ms,
         "tcp_rto_min_ms": opts.tcp_rto_min_ms,
         "time_peer": opts.time_peer,
+        "clock_split": opts.clock_split,
         "sites": opts.sites,
         "uplinks_per_site": uplinks,
         "minutes": opts.minutes,
@@ -504,6 +507,8 @@ def argline(opts: SoakOptions) -> str:
         parts.append(f"--tcp-rto-min {opts.tcp_rto_min_ms:g}")
     if not opts.time_peer:
         parts.append("--no-time-peer")
+    if opts.clock_split:
+        parts.append("--clock-split")
     return "citycast bench-city " + " ".join(parts)
 
 
