@@ -88,8 +88,10 @@ class PeeredClock:
             # Read before anything is served (the wire stamps every message it reads): no source is chosen yet.
             return self._sources[choice](local_ns)
         out = self.handover.to_broadcast(local_ns, choice, self._sources)
-        if before is not None and choice != before:
-            log.info(
+        if before is None:
+            log.warning("time source: %s", self.source_name(choice))
+        elif choice != before:
+            log.warning(
                 "time source: %s -> %s; the %.3f ms between them is slewed in at 20 ppm at most",
                 self.source_name(before), self.source_name(choice), self.handover.correction_ns(local_ns) / 1e6,
             )  # fmt: skip
