@@ -18,7 +18,7 @@ from tests.helpers import SetClock, let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.clock.service import TimeResponder
-from citycast.hub.timeserver import PEER_AGREE_NS, TimeService
+from citycast.hub.timeserver import PEER_AGREE_NS, PEER_FRESH_NS, PEER_STARTUP_WAIT_NS, TimeService
 from citycast.protocol.subjects import Subjects
 
 MS = 1_000_000
@@ -132,3 +132,51 @@ async def test_a_peer_far_from_the_hub_is_not_followed(nats_server: EmbeddedNats
 def test_peers_are_only_for_a_city_responder() -> None:
     with pytest.raises(ValueError, match="city responder"):
         TimeService("nats://127.0.0.1:1", Subjects(), peers=["nats://127.0.0.1:2"])
+
+
+async def test_a_city_starting_together_waits_for_its_peer_rather_than_slew_onto_it_later(
+    nats_server: EmbeddedNats, city_a: EmbeddedNats
+) -> None:
+    """A's server is up but its responder is not answering yet (syncing to the hub, as when a city starts): B,
+    synced to the hub already, stays silent for it instead of serving the hub's clock and slewing onto A's for a
+    minute; its first source is A's."""
+    subjects = Subjects(f"ts{secrets.token_hex(3)}")
+    hub = TimeService(nats_server.url, subjects)
+    a_clock = SetClock()
+    a_clock.offset_ns = 2 * MS
+    a = TimeResponder(city_a.url, subjects.time("north"), a_clock)
+    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url])
+    assert b.served is not None and b.sync is not None
+    try:
+        await hub.start()
+        await b.start()
+        await wait_until(lambda: b.sync.estimator.synced and b.peer_syncs[0].connected, "B synced, A reachable")
+        await let_time_pass(PEER_FRESH_NS / 1e9 + 2)
+        assert not b.synced
+        await a.start()
+        await wait_until(lambda: b.synced, "B ready once A answers", timeout=20)
+        assert abs(served_offset_ns(b) - 2 * MS) < 300_000
+        assert b.served.handover.choice == 0 and b.served.handover.switches == 0
+    finally:
+        await b.stop()
+        await a.stop()
+        await hub.stop()
+
+
+async def test_a_peer_whose_server_is_unreachable_is_not_waited_for(nats_server: EmbeddedNats) -> None:
+    subjects = Subjects(f"ts{secrets.token_hex(3)}")
+    hub = TimeService(nats_server.url, subjects)
+    dead = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[dead])
+    assert b.served is not None
+    try:
+        await hub.start()
+        await b.start()
+        started = time.monotonic()
+        await wait_until(lambda: b.synced, "B serving the hub's clock", timeout=20)
+        assert time.monotonic() - started < PEER_STARTUP_WAIT_NS / 1e9
+        assert abs(served_offset_ns(b)) < 500_000
+        assert b.served.handover.choice == 1
+    finally:
+        await b.stop()
+        await hub.stop()

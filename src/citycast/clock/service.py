@@ -228,6 +228,12 @@ class ClockSync:
         self._task: asyncio.Task[None] | None = None
 
     @property
+    def connected(self) -> bool:
+        """Whether its connection to the responder's server is up (the responder itself may not answer yet)."""
+        wire = self._conn.wire
+        return wire is not None and not wire.closed.done()
+
+    @property
     def inbox(self) -> str:
         """The subject its replies come back on (unique to this object)."""
         return self._inbox

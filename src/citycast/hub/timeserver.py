@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 _S = 1_000_000_000
 # A peer whose last answer is older than this is gone (it answers at least once a second while up).
 PEER_FRESH_NS = 3 * _S
+# At start, how long a responder whose peer's server is reachable waits for that peer's responder (itself syncing
+# to the hub when the city starts together) before it serves its own estimate of the hub: serving first and
+# moving to the peer's clock after means slewing the city's clock over a minute or more.
+PEER_STARTUP_WAIT_NS = 30 * _S
 # A peer further than this from this responder's own estimate of the hub is not followed: two responders of a
 # city differ by their long hauls' asymmetry (measured up to 1 ms); a peer wrong by more has lost the hub, or the
 # zone's peers were configured in a loop and are following each other.
@@ -59,15 +63,21 @@ class PeeredClock:
 
     @property
     def synced(self) -> bool:
-        """Ready to serve: a peer is usable, or the hub's estimate is and no peer answered in the first
-        `PEER_FRESH_NS` (which would otherwise make the responder's first clock the hub's and then slew it
-        for minutes onto the peer's); after a first answer, whatever source it has."""
+        """Ready to serve: a peer is usable, or the hub's estimate is and no peer will be soon: none answered in
+        the first `PEER_FRESH_NS`, and none whose server is reachable within `PEER_STARTUP_WAIT_NS` (a city
+        starting together: the peer's responder is syncing to the hub too). Serving the hub's clock first and
+        the peer's after would slew the city's clock for a minute or more. Once serving, whatever source it has."""
         if self.handover.choice is not None:
             return True
         now = self.local.now_ns()
         if self.usable_peer(now) is not None:
             return True
-        return self.hub.estimator.synced and now - self._started_ns > PEER_FRESH_NS
+        if not self.hub.estimator.synced:
+            return False
+        waited = now - self._started_ns
+        if waited <= PEER_FRESH_NS:
+            return False
+        return waited > PEER_STARTUP_WAIT_NS or not any(p.connected for p in self.peers)
 
     def _choice(self, local_ns: int) -> int:
         peer = self.usable_peer(local_ns)
