@@ -18,7 +18,7 @@ from tests.helpers import SetClock, let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.clock.service import TimeResponder
-from citycast.hub.timeserver import PEER_AGREE_NS, PEER_FRESH_NS, PEER_STARTUP_WAIT_NS, TimeService
+from citycast.hub.timeserver import PEER_AGREE_NS, PEER_FRESH_NS, PEER_JUDGE_AFTER_NS, PEER_STARTUP_WAIT_NS, TimeService
 from citycast.protocol.subjects import Subjects
 
 MS = 1_000_000
@@ -105,13 +105,15 @@ async def test_a_responder_never_follows_itself(nats_server: EmbeddedNats) -> No
 
 async def test_a_peer_far_from_the_hub_is_not_followed(nats_server: EmbeddedNats, city_a: EmbeddedNats) -> None:
     """A peer that has lost the hub, or a loop of peers following each other, drifts off: beyond PEER_AGREE_NS
-    from this responder's own estimate of the hub it is ignored."""
+    from this responder's own estimate of the hub it is ignored (judged here at once, not after the window that
+    a long haul's young estimate needs), and followed while that own estimate is still young."""
     subjects = Subjects(f"ts{secrets.token_hex(3)}")
     hub = TimeService(nats_server.url, subjects)
     a_clock = SetClock()
     a_clock.offset_ns = PEER_AGREE_NS + 15 * MS
     a = TimeResponder(city_a.url, subjects.time("north"), a_clock)
-    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url])
+    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url],
+                    peer_judge_after_ns=0)  # fmt: skip
     assert b.served is not None and b.sync is not None
     try:
         await hub.start()
@@ -123,6 +125,8 @@ async def test_a_peer_far_from_the_hub_is_not_followed(nats_server: EmbeddedNats
         await let_time_pass(1.0)
         assert b.served.usable_peer(time.time_ns()) is None
         assert abs(served_offset_ns(b)) < 500_000
+        b.served.judge_after_ns = PEER_JUDGE_AFTER_NS  # the default: a young own estimate judges no peer
+        assert b.served.usable_peer(time.time_ns()) == 0
     finally:
         await b.stop()
         await a.stop()

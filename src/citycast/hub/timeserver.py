@@ -26,6 +26,11 @@ PEER_STARTUP_WAIT_NS = 30 * _S
 # city differ by their long hauls' asymmetry (measured up to 1 ms); a peer wrong by more has lost the hub, or the
 # zone's peers were configured in a loop and are following each other.
 PEER_AGREE_NS = 5_000_000
+# ... but only once that own estimate has a window's worth of samples: over a 70 +- 10 ms long haul a young
+# estimate's drift is off by tens of ppm for its first minute and its offset wanders by milliseconds (the bench
+# saw 5.1 ms between A's clock and B's own estimate 42 s after start), so judging the peer then would drop the
+# better clock for the worse.
+PEER_JUDGE_AFTER_NS = 10 * 60 * _S
 
 
 def _gentle() -> ClockEstimator:
@@ -42,8 +47,11 @@ class PeeredClock:
     first server follows the hub, the second follows the first, and so on, so every responder of a city serves
     the first one's clock to within a LAN exchange's error, and losing it moves no site's clock."""
 
-    def __init__(self, local: Clock, peers: Sequence[ClockSync], hub: ClockSync) -> None:
+    def __init__(
+        self, local: Clock, peers: Sequence[ClockSync], hub: ClockSync, *, judge_after_ns: int = PEER_JUDGE_AFTER_NS
+    ) -> None:
         self.local = local
+        self.judge_after_ns = judge_after_ns
         self.peers = list(peers)
         self.hub = hub
         self.handover = Handover()
@@ -56,7 +64,8 @@ class PeeredClock:
             est, last = peer.estimator, peer.last_sample_ns
             if not est.synced or last is None or local_ns - last > PEER_FRESH_NS:
                 continue
-            if hub.synced and abs(est.to_broadcast(local_ns) - hub.to_broadcast(local_ns)) > PEER_AGREE_NS:
+            judged = hub.synced and hub.span_ns >= self.judge_after_ns
+            if judged and abs(est.to_broadcast(local_ns) - hub.to_broadcast(local_ns)) > PEER_AGREE_NS:
                 continue
             return i
         return None
@@ -138,6 +147,7 @@ class TimeService:
         creds: Path | None = None,
         upstream_inbox_prefix: str | None = None,
         peers: Sequence[str] = (),
+        peer_judge_after_ns: int = PEER_JUDGE_AFTER_NS,
     ) -> None:
         if peers and (upstream is None or zone is None):
             raise ValueError("time peers are for a city responder (a zone and an upstream)")
@@ -163,7 +173,9 @@ class TimeService:
                     )
                     for peer in peers
                 ]
-                self.served = served = PeeredClock(self.local, self.peer_syncs, self.sync)
+                self.served = served = PeeredClock(
+                    self.local, self.peer_syncs, self.sync, judge_after_ns=peer_judge_after_ns
+                )
         own = {s.inbox for s in self.peer_syncs}
         self.responder = TimeResponder(
             url, subjects.time(zone), served, ready=lambda: self.synced, creds=creds, own_inboxes=lambda: own
