@@ -8,6 +8,7 @@ of the hub without a step when A goes, and never follow itself or a peer that ha
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from collections.abc import Iterator
@@ -17,8 +18,16 @@ import pytest
 from tests.helpers import SetClock, let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats, free_port
+from citycast.clock.estimator import ClockEstimator
 from citycast.clock.service import TimeResponder
-from citycast.hub.timeserver import PEER_AGREE_NS, PEER_FRESH_NS, PEER_JUDGE_AFTER_NS, PEER_STARTUP_WAIT_NS, TimeService
+from citycast.hub.timeserver import (
+    PEER_AGREE_NS,
+    PEER_FRESH_NS,
+    PEER_JUDGE_AFTER_NS,
+    PEER_STARTUP_WAIT_NS,
+    TimeService,
+    peer_estimator,
+)
 from citycast.protocol.subjects import Subjects
 
 MS = 1_000_000
@@ -184,3 +193,37 @@ async def test_a_peer_whose_server_is_unreachable_is_not_waited_for(nats_server:
     finally:
         await b.stop()
         await hub.stop()
+
+
+def _follow(estimator: ClockEstimator) -> float:
+    """Worst error (µs) following, over a LAN, a peer whose served clock runs at +20, 0 and -15 ppm for a minute or
+    so each (a city responder slewing its own corrections in), then steady (simulated time)."""
+    s, t0 = 1_000_000_000, 1_700_000_000_000_000_000
+    segments = ((0, 60, 20.0), (60, 120, 0.0), (120, 200, -15.0))
+
+    def peer_offset(t: int) -> float:
+        x = (t - t0) / s
+        return sum((min(x, b) - a) * ppm * 1e3 for a, b, ppm in segments if x > a)
+
+    rng = random.Random(1)
+    now = next_exchange = t0
+    tick = t0 + s // 2
+    worst = 0.0
+    while now < t0 + 400 * s:
+        if next_exchange <= tick:
+            now = next_exchange
+            up, down = rng.uniform(30_000, 300_000), rng.uniform(30_000, 300_000)
+            t2 = now + up + peer_offset(now + up)
+            estimator.add_sample(now, round(t2), round(t2) + 20_000, round(now + up + 20_000 + down))
+            next_exchange = now + estimator.next_interval_ns()
+        else:
+            now, tick = tick, tick + s
+            if estimator.synced:
+                worst = max(worst, abs(estimator.to_broadcast(now) - now - peer_offset(now)) / 1e3)
+    return worst
+
+
+def test_the_peer_estimator_follows_a_peer_slewing_its_corrections() -> None:
+    assert _follow(peer_estimator()) < 200
+    # what a site's estimator (or the hub-facing gentle one) would make of it: far off, for minutes
+    assert _follow(ClockEstimator()) > 500
