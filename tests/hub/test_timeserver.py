@@ -19,6 +19,7 @@ from tests.helpers import SetClock, let_time_pass, wait_until
 
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.clock.estimator import ClockEstimator
+from citycast.clock.memory import DriftMemory, MemoryKeeper, load_memory
 from citycast.clock.service import TimeResponder
 from citycast.hub.timeserver import (
     PEER_AGREE_NS,
@@ -227,3 +228,33 @@ def test_the_peer_estimator_follows_a_peer_slewing_its_corrections() -> None:
     assert _follow(peer_estimator()) < 200
     # what a site's estimator (or the hub-facing gentle one) would make of it: far off, for minutes
     assert _follow(ClockEstimator()) > 500
+
+
+def test_a_city_responder_starts_from_its_remembered_drift_and_ignores_a_broken_memory(tmp_path: Path) -> None:
+    subjects = Subjects()
+    good = tmp_path / "good.json"
+    good.write_text(DriftMemory(3.0, 0.5, 0).to_json())
+    seeded = TimeService("nats://127.0.0.1:1", subjects, zone="north", upstream=subjects.time(), memory=good)
+    assert seeded.sync is not None and seeded.sync.estimator.drift_seeded
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1, "drift_ppm": "fast"}')
+    fresh = TimeService("nats://127.0.0.1:1", subjects, zone="north", upstream=subjects.time(), memory=broken)
+    assert fresh.sync is not None and not fresh.sync.estimator.drift_seeded
+
+
+async def test_a_city_responder_writes_its_drift_down_once_known(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    """(The keeper's thresholds lowered: the real one waits for a full 10-minute window.)"""
+    subjects = Subjects(f"ts{secrets.token_hex(3)}")
+    hub = TimeService(nats_server.url, subjects)
+    path = tmp_path / "city" / "time-clock.json"
+    city = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), memory=path,
+                       memory_keeper=MemoryKeeper(max_sigma_ppm=1000.0, min_span_ns=0), memory_check_s=0.2)  # fmt: skip
+    try:
+        await hub.start()
+        await city.start()
+        await wait_until(path.exists, "the drift written down", timeout=30)
+        memory = load_memory(path)
+        assert memory is not None and abs(memory.drift_ppm) < 1000
+    finally:
+        await city.stop()
+        await hub.stop()

@@ -79,7 +79,15 @@ def run_city(
     try:
         runtime.run(
             run_hub(
-                url, prefix=prefix, zone=zone, upstream=time_upstream, duration=duration, creds=time_creds, peers=peers
+                url,
+                prefix=prefix,
+                zone=zone,
+                upstream=time_upstream,
+                duration=duration,
+                creds=time_creds,
+                peers=peers,
+                # the remembered drift, beside the bundle's files (a city without a bundle names no data dir)
+                memory=data_dir / "city" / "time-clock.json" if city_bundle is not None else None,
             )
         )
     finally:
@@ -111,7 +119,10 @@ def city(
     leaf_listen: Annotated[int | None, typer.Option(help="Also accept leafnode connections on this port.")] = None,
     data_dir: Annotated[
         Path,
-        typer.Option(help="With --city-bundle: where its credentials and the city's NATS files go (DATA_DIR/city)."),
+        typer.Option(
+            help="With --city-bundle: where its credentials, the city's NATS files and the time responder's "
+            "remembered clock drift go (DATA_DIR/city)."
+        ),
     ] = Path("citycast-data"),
     nats: Annotated[
         str | None, typer.Option("--nats", help="Use this existing NATS instead of starting one (no leafnode).")

@@ -28,6 +28,7 @@ async def run_hub(
     duration: float | None = None,
     creds: Path | None = None,
     peers: Sequence[str] = (),
+    memory: Path | None = None,
 ) -> None:
     """A city's time responder (`citycast city`): with `creds` (from a city bundle) it runs under the hub's
     accounts, its upstream sync replying on the inbox its NATS user may use."""
@@ -40,6 +41,7 @@ async def run_hub(
         creds=creds,
         upstream_inbox_prefix=CITY_TIME_INBOX_PREFIX if creds else None,
         peers=peers,
+        memory=memory,
     )
     await service.start()
     try:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.handover import Handover
 from citycast.clock.local import Clock, SystemClock
+from citycast.clock.memory import MemoryKeeper, save_memory, seed_from
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
 from citycast.protocol.subjects import Subjects
+from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,11 @@ PEER_AGREE_NS = 5_000_000
 # saw 5.1 ms between A's clock and B's own estimate 42 s after start), so judging the peer then would drop the
 # better clock for the worse.
 PEER_JUDGE_AFTER_NS = 10 * 60 * _S
+
+
+# A city responder writes its drift down only once its window is full: over a long haul a young estimate
+# reports a drift sigma of 2-3 ppm while it is 20-45 ppm off (simulation, docs/benchmarks.md "One clock per city").
+CITY_MEMORY_AFTER_NS = 10 * 60 * _S
 
 
 def _gentle() -> ClockEstimator:
@@ -157,6 +166,9 @@ class TimeService:
         upstream_inbox_prefix: str | None = None,
         peers: Sequence[str] = (),
         peer_judge_after_ns: int = PEER_JUDGE_AFTER_NS,
+        memory: Path | None = None,
+        memory_keeper: MemoryKeeper | None = None,
+        memory_check_s: float = 10.0,
     ) -> None:
         if peers and (upstream is None or zone is None):
             raise ValueError("time peers are for a city responder (a zone and an upstream)")
@@ -170,6 +182,10 @@ class TimeService:
                 url, upstream, self.local, estimator=_gentle(), creds=creds, inbox_prefix=upstream_inbox_prefix
             )
             served = EstimatedClock(self.sync.estimator, self.local)
+            # After a restart only the offset is left to learn: a young estimate's wrong drift is what makes a
+            # city's clock wander by a millisecond in its first minutes.
+            if memory is not None and seed_from(self.sync.estimator, memory) is not None:
+                log.warning("time: drift remembered in %s, only the offset to learn", memory)
             if peers:
                 self.peer_syncs = [
                     ClockSync(
@@ -185,6 +201,10 @@ class TimeService:
                 self.served = served = PeeredClock(
                     self.local, self.peer_syncs, self.sync, judge_after_ns=peer_judge_after_ns
                 )
+        self.memory = memory if upstream is not None else None
+        self.memory_keeper = memory_keeper or MemoryKeeper(min_span_ns=CITY_MEMORY_AFTER_NS)
+        self.memory_check_s = memory_check_s
+        self._memory_task: asyncio.Task[None] | None = None
         own = {s.inbox for s in self.peer_syncs}
         self.responder = TimeResponder(
             url, subjects.time(zone), served, ready=lambda: self.synced, creds=creds, own_inboxes=lambda: own
@@ -202,8 +222,22 @@ class TimeService:
         for peer in self.peer_syncs:
             await peer.start()
         await self.responder.start()
+        if self.memory is not None:
+            self._memory_task = asyncio.create_task(self._keep_memory(self.memory), name="city-clock-memory")
+
+    async def _keep_memory(self, path: Path) -> None:
+        assert self.sync is not None
+        while True:
+            await asyncio.sleep(self.memory_check_s)
+            est = self.sync.estimator
+            now = est.to_broadcast(self.local.now_ns()) if est.synced else 0
+            memory = self.memory_keeper.due(est, time.monotonic_ns(), now)
+            if memory is not None:
+                await asyncio.to_thread(save_memory, path, memory)
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._memory_task)
+        self._memory_task = None
         with contextlib.suppress(Exception):
             await self.responder.stop()
         for peer in self.peer_syncs:
