@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.helpers import SetClock, let_time_pass, wait_until
@@ -49,15 +50,25 @@ def served_offset_ns(service: TimeService) -> int:
     return service.served.now_ns() - time.time_ns()
 
 
+def city_of_two(
+    hub_server: EmbeddedNats, a_server: EmbeddedNats, a_offset_ns: int, **b_options: Any
+) -> tuple[TimeService, TimeResponder, TimeService]:
+    """The hub's responder and B's on `hub_server`; A's on `a_server`, serving a clock `a_offset_ns` off; B with A
+    as its peer. Not started."""
+    subjects = Subjects(f"ts{secrets.token_hex(3)}")
+    hub = TimeService(hub_server.url, subjects)
+    a_clock = SetClock()
+    a_clock.offset_ns = a_offset_ns
+    a = TimeResponder(a_server.url, subjects.time("north"), a_clock)
+    b = TimeService(hub_server.url, subjects, zone="north", upstream=subjects.time(), peers=[a_server.url],
+                    **b_options)  # fmt: skip
+    return hub, a, b
+
+
 async def test_the_second_responder_serves_the_firsts_clock_and_hands_over_without_a_step(
     nats_server: EmbeddedNats, city_a: EmbeddedNats
 ) -> None:
-    subjects = Subjects(f"ts{secrets.token_hex(3)}")
-    hub = TimeService(nats_server.url, subjects)
-    a_clock = SetClock()
-    a_clock.offset_ns = 2 * MS
-    a = TimeResponder(city_a.url, subjects.time("north"), a_clock)
-    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url])
+    hub, a, b = city_of_two(nats_server, city_a, 2 * MS)
     assert b.served is not None and b.sync is not None
     try:
         await hub.start()
@@ -117,13 +128,7 @@ async def test_a_peer_far_from_the_hub_is_not_followed(nats_server: EmbeddedNats
     """A peer that has lost the hub, or a loop of peers following each other, drifts off: beyond PEER_AGREE_NS
     from this responder's own estimate of the hub it is ignored (judged here at once, not after the window that
     a long haul's young estimate needs), and followed while that own estimate is still young."""
-    subjects = Subjects(f"ts{secrets.token_hex(3)}")
-    hub = TimeService(nats_server.url, subjects)
-    a_clock = SetClock()
-    a_clock.offset_ns = PEER_AGREE_NS + 15 * MS
-    a = TimeResponder(city_a.url, subjects.time("north"), a_clock)
-    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url],
-                    peer_judge_after_ns=0)  # fmt: skip
+    hub, a, b = city_of_two(nats_server, city_a, PEER_AGREE_NS + 15 * MS, peer_judge_after_ns=0)
     assert b.served is not None and b.sync is not None
     try:
         await hub.start()
@@ -154,12 +159,7 @@ async def test_a_city_starting_together_waits_for_its_peer_rather_than_slew_onto
     """A's server is up but its responder is not answering yet (syncing to the hub, as when a city starts): B,
     synced to the hub already, stays silent for it instead of serving the hub's clock and slewing onto A's for a
     minute; its first source is A's."""
-    subjects = Subjects(f"ts{secrets.token_hex(3)}")
-    hub = TimeService(nats_server.url, subjects)
-    a_clock = SetClock()
-    a_clock.offset_ns = 2 * MS
-    a = TimeResponder(city_a.url, subjects.time("north"), a_clock)
-    b = TimeService(nats_server.url, subjects, zone="north", upstream=subjects.time(), peers=[city_a.url])
+    hub, a, b = city_of_two(nats_server, city_a, 2 * MS)
     assert b.served is not None and b.sync is not None
     try:
         await hub.start()

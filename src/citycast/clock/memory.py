@@ -8,17 +8,20 @@ of ppm and its error grows by that much per second of extrapolation.
 
 `DriftMemory` is the file's content; `MemoryKeeper` decides, without I/O, when it is worth writing (a drift known
 well, at most every few minutes: a Raspberry Pi's SD card should not be written every second); `load_memory` and
-`save_memory` are the file I/O, which never raises: a site that cannot remember still plays.
+`save_memory` are the file I/O, which never raises: a site that cannot remember still plays. `keep_memory` is the
+loop a site and a city time responder both run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +142,24 @@ def save_memory(path: Path, memory: DriftMemory) -> bool:
     except OSError as e:
         log.warning("clock memory %s not written: %s", path, e)
         return False
+
+
+async def keep_memory(
+    path: Path,
+    keeper: MemoryKeeper,
+    estimator: Callable[[], ClockEstimator],
+    broadcast_now: Callable[[], int | None],
+    monotonic_ns: Callable[[], int],
+    every_s: float = 10.0,
+) -> None:
+    """Write the clock's drift down once it is known, then as `keeper` allows (a power cut gives no warning).
+    `estimator` is asked each time: a site replaces its estimator when it moves to another time responder."""
+    while True:
+        await asyncio.sleep(every_s)
+        now = broadcast_now()
+        memory = keeper.due(estimator(), monotonic_ns(), now) if now is not None else None
+        if memory is not None:
+            await asyncio.to_thread(save_memory, path, memory)
 
 
 def seed_from(estimator: ClockEstimator, path: Path) -> DriftMemory | None:

@@ -110,7 +110,7 @@ class TimeResponder:
     t2 is the instant the request came off the socket; t3 is read just before the reply is written to it.
     `ready`, if given, gates the service: while it returns False requests go unanswered (a city responder
     that is not yet synced to the hub should not hand out its raw local clock). `creds` is a NATS creds file
-    for a server in JWT mode. Requests answered to one of `own_inboxes()` are this process's own (a city
+    for a server in JWT mode. Requests answered to one of `own_inboxes` are this process's own (a city
     responder asking its zone peers, whose request a plain leafnode also carries back here) and never answered.
     """
 
@@ -123,7 +123,7 @@ class TimeResponder:
         ready: Callable[[], bool] | None = None,
         creds: Path | None = None,
         reply_prefix: Callable[[str], str] = site_inbox_prefix,
-        own_inboxes: Callable[[], set[str]] | None = None,
+        own_inboxes: frozenset[str] = frozenset(),
     ) -> None:
         self.subject = subject
         self._site_request = f"{subject}.{TIME_SITE_TOKEN}."
@@ -169,7 +169,7 @@ class TimeResponder:
                 self.misdirected += 1
                 self.ignored += 1
                 return
-            if self._own_inboxes is not None and msg.reply in self._own_inboxes():
+            if msg.reply in self._own_inboxes:
                 self.own += 1
                 self.ignored += 1
                 return

@@ -12,7 +12,7 @@ from pathlib import Path
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.handover import Handover
 from citycast.clock.local import Clock, SystemClock
-from citycast.clock.memory import MemoryKeeper, save_memory, seed_from
+from citycast.clock.memory import MemoryKeeper, keep_memory, seed_from
 from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
 from citycast.protocol.subjects import Subjects
 from citycast.tasks import cancel_and_wait
@@ -205,9 +205,13 @@ class TimeService:
         self.memory_keeper = memory_keeper or MemoryKeeper(min_span_ns=CITY_MEMORY_AFTER_NS)
         self.memory_check_s = memory_check_s
         self._memory_task: asyncio.Task[None] | None = None
-        own = {s.inbox for s in self.peer_syncs}
         self.responder = TimeResponder(
-            url, subjects.time(zone), served, ready=lambda: self.synced, creds=creds, own_inboxes=lambda: own
+            url,
+            subjects.time(zone),
+            served,
+            ready=lambda: self.synced,
+            creds=creds,
+            own_inboxes=frozenset(s.inbox for s in self.peer_syncs),
         )
 
     @property
@@ -222,18 +226,19 @@ class TimeService:
         for peer in self.peer_syncs:
             await peer.start()
         await self.responder.start()
-        if self.memory is not None:
-            self._memory_task = asyncio.create_task(self._keep_memory(self.memory), name="city-clock-memory")
-
-    async def _keep_memory(self, path: Path) -> None:
-        assert self.sync is not None
-        while True:
-            await asyncio.sleep(self.memory_check_s)
+        if self.memory is not None and self.sync is not None:
             est = self.sync.estimator
-            now = est.to_broadcast(self.local.now_ns()) if est.synced else 0
-            memory = self.memory_keeper.due(est, time.monotonic_ns(), now)
-            if memory is not None:
-                await asyncio.to_thread(save_memory, path, memory)
+            self._memory_task = asyncio.create_task(
+                keep_memory(
+                    self.memory,
+                    self.memory_keeper,
+                    lambda: est,
+                    lambda: est.to_broadcast(self.local.now_ns()) if est.synced else None,
+                    time.monotonic_ns,
+                    self.memory_check_s,
+                ),
+                name="city-clock-memory",
+            )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._memory_task)

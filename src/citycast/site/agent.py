@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from citycast.bus.connection import connect
 from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
-from citycast.clock.memory import MemoryKeeper, save_memory, seed_from
+from citycast.clock.memory import MemoryKeeper, keep_memory, seed_from
 from citycast.clock.service import ClockSync
 from citycast.media import fallback_file
 from citycast.media.audio import FRAME_SAMPLES, NS_PER_SAMPLE
@@ -285,14 +285,8 @@ class SiteAgent:
             await asyncio.sleep(0.25 if clock_map is not None else 0.02)
 
     async def _keep_clock_memory(self, path: Path) -> None:
-        """Write the clock's drift down once it is known, then every few minutes (a power cut gives no warning)."""
         keeper = self.clock_memory = MemoryKeeper()
-        while True:
-            await asyncio.sleep(10.0)
-            now = self.broadcast_now()
-            memory = keeper.due(self.estimator, self.monotonic(), now) if now is not None else None
-            if memory is not None:
-                await asyncio.to_thread(save_memory, path, memory)
+        await keep_memory(path, keeper, lambda: self.estimator, self.broadcast_now, self.monotonic)
 
     # -- frames --------------------------------------------------------------------------------------------
     async def _on_audio(self, msg: Msg) -> None:
