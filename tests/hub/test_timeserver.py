@@ -77,7 +77,9 @@ async def test_the_second_responder_serves_the_firsts_clock_and_hands_over_witho
         await wait_until(lambda: b.synced and b.sync.estimator.synced, "B synced to A and to the hub", timeout=30)
         await wait_until(lambda: abs(served_offset_ns(b) - 2 * MS) < 200_000, "B serving A's clock", timeout=30)
         assert b.served.handover.choice == 0
-        assert abs(b.sync.estimator.to_broadcast(time.time_ns()) - time.time_ns()) < 200_000  # its own: the hub's
+        # Its own estimate is the hub's clock, not A's (2 ms away); young and gentle, it may wander a few hundred µs
+        # on a loaded box, which is why B serves A's.
+        assert abs(b.sync.estimator.to_broadcast(time.time_ns()) - time.time_ns()) < MS
         assert a.answered > 0
         assert b.responder.own == 0
 
