@@ -7,19 +7,26 @@ count as none.
 
 from __future__ import annotations
 
+import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import need_binary
 
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.resampler import read_ramp
 from citycast.tooling.bench.pulse_rig import (
+    CARD,
     LOOP_S,
+    MonitorRecorder,
     MonitorRecording,
     PulseRigError,
+    PulseServer,
+    card_channels,
     parse_kinds,
+    sink_name,
     tone_glitches,
     write_tone_with_markers,
 )
@@ -88,3 +95,44 @@ def test_sink_kinds_are_checked() -> None:
     assert parse_kinds("pulse,device") == ["pulse", "device"]
     with pytest.raises(PulseRigError, match="--sink takes"):
         parse_kinds("alsa")
+
+
+def test_card_channels_are_read_from_pactl() -> None:
+    listing = (
+        "Sink #0\n\tState: IDLE\n\tName: other\n\tChannel Map: front-left,front-right\n"
+        "Sink #1\n\tState: IDLE\n\tName: cc_card\n\tDriver: module-null-sink.c\n"
+        "\tChannel Map: front-left,front-right,front-center\n\tOwner Module: 0\n"
+    )
+    assert card_channels(listing) == ["front-left", "front-right", "front-center"]
+    with pytest.raises(PulseRigError, match="no channel map"):
+        card_channels("Sink #0\n\tName: other\n\tChannel Map: mono\n")
+
+
+def test_every_site_is_its_own_channel_of_one_recording(tmp_path: Path) -> None:
+    """Three sites' sinks on one card: a tone played to site 1 only is recorded on channel 1 only (no remixing
+    between channels), and the three recordings share one file and one set of dates."""
+    need_binary("pulseaudio")
+    need_binary("pactl")
+    pa = pytest.importorskip("pasimple")
+    sinks = [sink_name(i) for i in range(3)]
+    with PulseServer(tmp_path / "pulse", 3) as server:
+        recorder = MonitorRecorder(server.server, sinks, tmp_path, card=CARD)
+        recorder.start()
+        try:
+            stream = pa.PaSimple(pa.PA_STREAM_PLAYBACK, pa.PA_SAMPLE_FLOAT32LE, 1, SAMPLE_RATE,
+                                 server_name=server.server, device_name=sinks[1])  # fmt: skip
+            tone = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype("<f4")
+            stream.write(tone.tobytes())
+            stream.drain()
+            stream.close()
+            deadline = time.monotonic() + 10
+            while recorder.recordings[0].samples < 2 * SAMPLE_RATE and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            errors = recorder.stop()
+    assert not errors
+    a, b, c = (rec.audio() for rec in recorder.recordings)
+    assert len(a) == len(b) == len(c) >= SAMPLE_RATE
+    rms = [float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) for x in (a, b, c)]
+    assert rms[1] > 0.1 and rms[0] < 1e-4 and rms[2] < 1e-4, rms
+    assert recorder.recordings[0].dates is recorder.recordings[2].dates and len(recorder.recordings[0].dates) > 10

@@ -1,14 +1,21 @@
 """`citycast bench --sink pulse|device|device-raw|pulse,device,...`: sync measured through a real sound server.
 
 The timed-sink bench lets each site say when a sample reached its DAC. Here the sound server says it: a private
-PulseAudio (no sound card needed) with one null sink per site; each site is a real `citycast site` process that
-plays to its own sink, either through `PulseSink` (`--sink pulse:SINK`, PulseAudio's own latency reporting) or
-through PortAudio and ALSA's pulse plugin (`--sink device:pulse`; `device-raw` is the same without the DAC-time
-filter, the sink a site box used before). One client process (this one) records every sink's monitor with the
-server's timing: after each read, PulseAudio's record latency dates the next unread sample; the null sinks run on
-the system clock, so the median offset of those dates from the nominal rate gives the capture time of every
-recorded sample. A monitor gets a sample when its null sink renders it, which is ahead of the sink's own play
-clock by up to the sink's latency: the latency figure is dated there, the same way for every site.
+PulseAudio (no sound card needed); each site is a real `citycast site` process that plays to its own sink, either
+through `PulseSink` (`--sink pulse:SINK`, PulseAudio's own latency reporting) or through PortAudio and ALSA's pulse
+plugin (`--sink device:pulse`; `device-raw` is the same without the DAC-time filter, the sink a site box used
+before).
+
+Every site's sink is a channel of one sound card: a remap sink (`module-remap-sink`, mono onto channel i) over one
+N-channel null sink. So all sites play on one device clock, as loudspeakers all in step with true time would, and
+one record stream of that card's monitor holds every site in one sample-aligned recording: the skew between two
+sites is read off one recording, with no dating between them to get wrong. (Recording N separate null sinks, as
+this rig first did, dated each monitor by its own record latency; a monitor's latency is the sink's render-ahead,
+negative, which libpulse-simple reports as 0, so each recording carried its own error of up to the sink's latency,
+several ms, and the sinks' timers ran apart.) After each read PulseAudio's record latency dates the next unread
+sample; the null sink runs on the system clock, so the median offset of those dates from the nominal rate gives the
+capture time of every recorded sample. A monitor gets a sample when its null sink renders it, which is ahead of the
+sink's own play clock by up to the sink's latency: the latency figure is dated there, the same for every site.
 
 The address is a 1 kHz tone at -12 dBFS with the marker chirp mixed in at the start of every second, looped and
 sent by a real `citycast ingest`. Markers found in each recording give latency and skew as `citycast bench` does;
@@ -25,6 +32,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -116,8 +124,13 @@ def sink_name(i: int) -> str:
     return f"cc_site{i:02d}"
 
 
+CARD = "cc_card"  # the null sink whose channels are the sites' loudspeakers
+MAX_SITES = 32  # PulseAudio's most channels a sink may have (PA_CHANNELS_MAX)
+
+
 class PulseServer:
-    """A private PulseAudio with `sinks` 48 kHz null sinks, its socket and state under `workdir`."""
+    """A private PulseAudio, its socket and state under `workdir`: one 48 kHz null sink `CARD` with a channel per
+    site, and a mono remap sink per site (`sink_name(i)`) onto channel i of it."""
 
     def __init__(self, workdir: Path, sinks: int) -> None:
         self.workdir = workdir
@@ -148,7 +161,11 @@ class PulseServer:
         # sinks render late and its latency reports wander by milliseconds (seen at load 20).
         env.update(PULSE_RUNTIME_PATH=str(runtime), XDG_RUNTIME_DIR=str(runtime), HOME=str(self.workdir))
         env.pop("PULSE_SERVER", None)
-        loads = [f"--load=module-null-sink sink_name={sink_name(i)} rate=48000 channels=2" for i in range(self.sinks)]
+        if not 1 <= self.sinks <= MAX_SITES:
+            raise PulseRigError(f"the pulse bench plays at most {MAX_SITES} sites (one channel each), not {self.sinks}")
+        # The card's channel map is PulseAudio's default for that many channels, the same map a record stream of
+        # libpulse-simple gets: so recording it never remixes channels into one another.
+        loads = [f"--load=module-null-sink sink_name={CARD} rate=48000 channels={self.sinks}"]
         log = (self.workdir / "pulseaudio.log").open("wb")
         self.proc = subprocess.Popen(
             [binary, "--daemonize=no", "--system=false", "--realtime=yes", "--high-priority=yes", "--exit-idle-time=-1",
@@ -164,7 +181,29 @@ class PulseServer:
                 tail = (self.workdir / "pulseaudio.log").read_text(errors="replace")[-1500:]
                 raise PulseRigError(f"pulseaudio did not start:\n{tail}")
             time.sleep(0.05)
+        try:
+            self._remap_sinks()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
+
+    def _pactl(self, *args: str) -> str:
+        pactl = shutil.which("pactl")
+        if pactl is None:
+            raise PulseRigError("pactl is not installed (Debian: pulseaudio-utils; scripts/setup.sh installs it)")
+        r = subprocess.run([pactl, *args], env=self.env(), capture_output=True, text=True, timeout=15, check=False)
+        if r.returncode != 0:
+            raise PulseRigError(f"pactl {' '.join(args)} failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def _remap_sinks(self) -> None:
+        channels = card_channels(self._pactl("list", "sinks"))
+        if len(channels) != self.sinks:
+            raise PulseRigError(f"{CARD} has {len(channels)} channels, expected {self.sinks}")
+        for i, channel in enumerate(channels):
+            self._pactl("load-module", "module-remap-sink", f"sink_name={sink_name(i)}", f"master={CARD}",
+                        "channels=1", "channel_map=mono", f"master_channel_map={channel}", "remix=no")  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -174,6 +213,15 @@ class PulseServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def card_channels(listing: str) -> list[str]:
+    """The channel names of `CARD`, in order, from `pactl list sinks`."""
+    block = re.search(rf"Name: {CARD}\n(.*?)(?:\n\S|\Z)", listing, re.S)
+    found = re.search(r"Channel Map: (\S+)", block.group(1)) if block else None
+    if found is None:
+        raise PulseRigError(f"no channel map for {CARD} in pactl's list of sinks")
+    return found.group(1).split(",")
 
 
 # -- recording the monitors ---------------------------------------------------------------------------------
@@ -190,12 +238,15 @@ def _pasimple() -> ModuleType:
 
 @dataclass
 class MonitorRecording:
-    """A monitor's audio (raw float32 file) and the server's dates: (sample index, capture ns) after each read."""
+    """One site's channel of a recorded monitor (a raw float32 file of `channels` interleaved channels) and the
+    server's dates: (frame index, capture ns) after each read, one list shared by every channel of that file."""
 
     name: str
     path: Path
     dates: list[tuple[int, int]] = field(default_factory=list)
     samples: int = 0
+    channel: int = 0
+    channels: int = 1
 
     def line(self) -> tuple[float, float]:
         """(capture ns of sample 0, ns per sample). A null sink is clocked by the system clock, so the rate is the
@@ -209,51 +260,65 @@ class MonitorRecording:
         return t0 + float(np.median(d[:, 1] - t0 - d[:, 0] * ns_per_sample)), ns_per_sample
 
     def audio(self) -> F32:
-        return np.fromfile(self.path, dtype="<f4")
+        if self.channels == 1:
+            return np.fromfile(self.path, dtype="<f4")
+        x = np.memmap(self.path, dtype="<f4", mode="r")  # every site's channel: read only this one's
+        frames = x[: x.size - x.size % self.channels].reshape(-1, self.channels)
+        return np.array(frames[:, self.channel], dtype=np.float32)
 
 
 class MonitorRecorder:
-    """Records the monitors of `sinks` from one client process, one record stream (and thread) each."""
+    """Records monitors from one client process, one record stream (and thread) each: with `card`, that sink's
+    monitor, channel i being `sinks[i]`; without, each of `sinks`' own monitor."""
 
-    def __init__(self, server: str, sinks: list[str], workdir: Path) -> None:
+    def __init__(self, server: str, sinks: list[str], workdir: Path, *, card: str | None = None) -> None:
         self._pa = _pasimple()
         self.server = server
-        self.recordings = [MonitorRecording(s, workdir / f"{s}.f32") for s in sinks]
+        self.groups: list[tuple[str, list[MonitorRecording]]] = []
+        if card is None:
+            self.groups = [(s, [MonitorRecording(s, workdir / f"{s}.f32")]) for s in sinks]
+        else:
+            path, dates = workdir / f"{card}.f32", list[tuple[int, int]]()
+            self.groups = [(card, [MonitorRecording(s, path, dates, 0, i, len(sinks)) for i, s in enumerate(sinks)])]
+        self.recordings = [rec for _, group in self.groups for rec in group]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: list[str] = []
 
-    def _record(self, rec: MonitorRecording, stream: Any) -> None:
+    def _record(self, group: list[MonitorRecording], stream: Any) -> None:
+        first = group[0]
         try:
-            with rec.path.open("wb") as out:
+            with first.path.open("wb") as out:
                 while not self._stop.is_set():
-                    data = stream.read(BLOCK * 4)
+                    data = stream.read(BLOCK * 4 * first.channels)
                     # The next unread sample was captured `latency` ago, by the server's own account.
                     before = time.time_ns()
                     latency_us = int(stream.get_latency())
                     after = time.time_ns()
                     out.write(data)
-                    rec.samples += BLOCK
+                    for rec in group:
+                        rec.samples += BLOCK
                     if after - before < 500_000:  # else preempted while asking: when "now" was is unknown
-                        rec.dates.append((rec.samples, (before + after) // 2 - latency_us * 1000))
+                        first.dates.append((first.samples, (before + after) // 2 - latency_us * 1000))
         except self._pa.PaSimpleError as exc:
-            self._errors.append(f"{rec.name}: {exc}")
+            self._errors.append(f"{first.name}: {exc}")
         finally:
             stream.close()
 
     def start(self) -> None:
         pa = self._pa
-        for rec in self.recordings:
+        for source, group in self.groups:
+            channels = group[0].channels
             try:
                 stream = pa.PaSimple(
-                    pa.PA_STREAM_RECORD, pa.PA_SAMPLE_FLOAT32LE, 1, SAMPLE_RATE, app_name="citycast-bench",
-                    stream_name=f"monitor {rec.name}", server_name=self.server, device_name=f"{rec.name}.monitor",
-                    fragsize=BLOCK * 4,
+                    pa.PA_STREAM_RECORD, pa.PA_SAMPLE_FLOAT32LE, channels, SAMPLE_RATE, app_name="citycast-bench",
+                    stream_name=f"monitor {source}", server_name=self.server, device_name=f"{source}.monitor",
+                    fragsize=BLOCK * 4 * channels,
                 )  # fmt: skip
             except pa.PaSimpleError as exc:
                 self.stop()
-                raise PulseRigError(f"cannot record {rec.name}.monitor: {exc}") from exc
-            t = threading.Thread(target=self._record, args=(rec, stream), name=f"rec-{rec.name}", daemon=True)
+                raise PulseRigError(f"cannot record {source}.monitor: {exc}") from exc
+            t = threading.Thread(target=self._record, args=(group, stream), name=f"rec-{source}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -360,7 +425,7 @@ def run_kind(kind: str, opts: PulseBenchOptions, console: Console) -> dict[str, 
                 "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
             )  # fmt: skip
             _spawn(fleet, "sites", f"site-{i:02d}", argv, pulse.env(sink))
-        recorder = MonitorRecorder(pulse.server, sinks, out)
+        recorder = MonitorRecorder(pulse.server, sinks, out, card=CARD)
         recorder.start()
         stack.callback(recorder.stop)
         report = out / "ingest.json"
@@ -403,7 +468,7 @@ def run_kind(kind: str, opts: PulseBenchOptions, console: Console) -> dict[str, 
     figures = _figures(kind, opts, recorder.recordings, int(ingest_facts["ts0_ns"]), fleet, console)
     if not opts.keep_audio:
         for rec in recorder.recordings:
-            rec.path.unlink(missing_ok=True)
+            rec.path.unlink(missing_ok=True)  # one file holds every channel: the first unlink removes it
     return figures
 
 
