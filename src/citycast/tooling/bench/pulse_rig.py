@@ -32,7 +32,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -41,7 +40,6 @@ import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -56,6 +54,7 @@ from citycast.media.chirp import chirp
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
 from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
+from citycast.tooling.bench.pulse_record import PulseRecordError, RecordStream
 from citycast.tooling.markers import detect_markers
 
 SINK_KINDS = {
@@ -163,9 +162,13 @@ class PulseServer:
         env.pop("PULSE_SERVER", None)
         if not 1 <= self.sinks <= MAX_SITES:
             raise PulseRigError(f"the pulse bench plays at most {MAX_SITES} sites (one channel each), not {self.sinks}")
-        # The card's channel map is PulseAudio's default for that many channels, the same map a record stream of
-        # libpulse-simple gets: so recording it never remixes channels into one another.
-        loads = [f"--load=module-null-sink sink_name={CARD} rate=48000 channels={self.sinks}"]
+        # The card's channels are aux0..aux(n-1), the map its record stream asks for too (`RecordStream`): so
+        # recording it never remixes channels into one another. Each site's sink is a mono remap sink onto one.
+        aux = [f"aux{i}" for i in range(self.sinks)]
+        card = f"sink_name={CARD} rate=48000 channels={self.sinks} channel_map={','.join(aux)}"
+        loads = [f"--load=module-null-sink {card}"]
+        loads += [f"--load=module-remap-sink sink_name={sink_name(i)} master={CARD} channels=1 channel_map=mono "
+                  f"master_channel_map={ch} remix=no" for i, ch in enumerate(aux)]  # fmt: skip
         log = (self.workdir / "pulseaudio.log").open("wb")
         self.proc = subprocess.Popen(
             [binary, "--daemonize=no", "--system=false", "--realtime=yes", "--high-priority=yes", "--exit-idle-time=-1",
@@ -181,29 +184,7 @@ class PulseServer:
                 tail = (self.workdir / "pulseaudio.log").read_text(errors="replace")[-1500:]
                 raise PulseRigError(f"pulseaudio did not start:\n{tail}")
             time.sleep(0.05)
-        try:
-            self._remap_sinks()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
         return self
-
-    def _pactl(self, *args: str) -> str:
-        pactl = shutil.which("pactl")
-        if pactl is None:
-            raise PulseRigError("pactl is not installed (Debian: pulseaudio-utils; scripts/setup.sh installs it)")
-        r = subprocess.run([pactl, *args], env=self.env(), capture_output=True, text=True, timeout=15, check=False)
-        if r.returncode != 0:
-            raise PulseRigError(f"pactl {' '.join(args)} failed: {r.stderr.strip()}")
-        return r.stdout
-
-    def _remap_sinks(self) -> None:
-        channels = card_channels(self._pactl("list", "sinks"))
-        if len(channels) != self.sinks:
-            raise PulseRigError(f"{CARD} has {len(channels)} channels, expected {self.sinks}")
-        for i, channel in enumerate(channels):
-            self._pactl("load-module", "module-remap-sink", f"sink_name={sink_name(i)}", f"master={CARD}",
-                        "channels=1", "channel_map=mono", f"master_channel_map={channel}", "remix=no")  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -215,25 +196,7 @@ class PulseServer:
                 self.proc.wait()
 
 
-def card_channels(listing: str) -> list[str]:
-    """The channel names of `CARD`, in order, from `pactl list sinks`."""
-    block = re.search(rf"Name: {CARD}\n(.*?)(?:\n\S|\Z)", listing, re.S)
-    found = re.search(r"Channel Map: (\S+)", block.group(1)) if block else None
-    if found is None:
-        raise PulseRigError(f"no channel map for {CARD} in pactl's list of sinks")
-    return found.group(1).split(",")
-
-
 # -- recording the monitors ---------------------------------------------------------------------------------
-
-
-def _pasimple() -> ModuleType:
-    try:
-        import pasimple  # type: ignore[import-untyped]
-    except (ImportError, OSError) as exc:
-        raise PulseRigError(f"no PulseAudio client library: {exc}") from exc
-    module: ModuleType = pasimple
-    return module
 
 
 @dataclass
@@ -272,7 +235,6 @@ class MonitorRecorder:
     monitor, channel i being `sinks[i]`; without, each of `sinks`' own monitor."""
 
     def __init__(self, server: str, sinks: list[str], workdir: Path, *, card: str | None = None) -> None:
-        self._pa = _pasimple()
         self.server = server
         self.groups: list[tuple[str, list[MonitorRecording]]] = []
         if card is None:
@@ -300,24 +262,20 @@ class MonitorRecorder:
                         rec.samples += BLOCK
                     if after - before < 500_000:  # else preempted while asking: when "now" was is unknown
                         first.dates.append((first.samples, (before + after) // 2 - latency_us * 1000))
-        except self._pa.PaSimpleError as exc:
+        except PulseRecordError as exc:
             self._errors.append(f"{first.name}: {exc}")
         finally:
             stream.close()
 
     def start(self) -> None:
-        pa = self._pa
         for source, group in self.groups:
             channels = group[0].channels
             try:
-                stream = pa.PaSimple(
-                    pa.PA_STREAM_RECORD, pa.PA_SAMPLE_FLOAT32LE, channels, SAMPLE_RATE, app_name="citycast-bench",
-                    stream_name=f"monitor {source}", server_name=self.server, device_name=f"{source}.monitor",
-                    fragsize=BLOCK * 4 * channels,
-                )  # fmt: skip
-            except pa.PaSimpleError as exc:
+                stream = RecordStream(self.server, f"{source}.monitor", channels, SAMPLE_RATE,
+                                      fragsize=BLOCK * 4 * channels, name=f"monitor {source}")  # fmt: skip
+            except PulseRecordError as exc:
                 self.stop()
-                raise PulseRigError(f"cannot record {source}.monitor: {exc}") from exc
+                raise PulseRigError(str(exc)) from exc
             t = threading.Thread(target=self._record, args=(group, stream), name=f"rec-{source}", daemon=True)
             t.start()
             self._threads.append(t)
