@@ -125,3 +125,9 @@ def test_every_site_is_its_own_channel_of_one_recording(tmp_path: Path) -> None:
     assert rms[6] > 0.1 and max(rms[:6] + rms[7:]) < 1e-4, rms
     assert all(rec.dates is recorder.recordings[0].dates for rec in recorder.recordings)
     assert len(recorder.recordings[0].dates) > 10
+
+
+def test_recording_without_a_server_is_a_clear_error(tmp_path: Path) -> None:
+    recorder = MonitorRecorder(f"unix:{tmp_path / 'no-such-socket'}", ["cc_site00", "cc_site01"], tmp_path, card=CARD)
+    with pytest.raises(PulseRigError, match=f"cannot record {CARD}.monitor"):
+        recorder.start()
