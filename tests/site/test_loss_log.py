@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ async def test_lost_frames_are_logged_with_their_kind(tmp_path: Path, caplog: py
         line = next(r.getMessage() for r in caplog.records if "frames concealed" in r.getMessage())
         assert line.startswith(f"s1: {len(LOST)} frames concealed (0 underruns, 0 late)"), line
         assert "least margin" in line
+        # The timed sink asks for each block its queue (about 20 ms) ahead of its play time.
+        lead = re.search(r"the sink asks for audio (-?[\d.]+) ms ahead of play", line)
+        assert lead is not None and 5.0 <= float(lead.group(1)) <= 200.0, line
         await asyncio.sleep(1.2)  # two more reports: the same loss is not said again
         assert sum("frames concealed" in r.getMessage() for r in caplog.records) == 1
     finally:

@@ -140,9 +140,18 @@ class TimedRenderer:
     beyond the engine's resync threshold (a sink that restarted) drops it, and the engine then places playout anew.
     The DAC instants of the blocks served from the rest are not read; the control loop sees one per frame."""
 
-    def __init__(self, engine: PlayoutEngine, timer: StageTimer, *, min_samples: int = FRAME_SAMPLES) -> None:
+    def __init__(
+        self,
+        engine: PlayoutEngine,
+        timer: StageTimer,
+        *,
+        min_samples: int = FRAME_SAMPLES,
+        now_ns: Callable[[], int] | None = None,
+    ) -> None:
         self.engine = engine
         self.timer = timer
+        self._now_ns = now_ns  # the clock the sink dates its DAC instants on
+        self.lead_ns: int | None = None  # how far ahead of play the sink asked for audio, at most, since last taken
         self.gain = 1.0
         self.min_samples = min_samples
         self._rest: Samples = np.zeros(0, np.float32)
@@ -150,8 +159,17 @@ class TimedRenderer:
         # Sees what the engine renders, after volume (proof of play: citycast.site.receipts), in the render thread.
         self.on_block: Callable[[Samples], None] | None = None
 
+    def take_lead_ns(self) -> int | None:
+        lead, self.lead_ns = self.lead_ns, None
+        return lead
+
     def render(self, n: int, dac_local_ns: int) -> Samples:
         t0 = self.timer.now()
+        if self._now_ns is not None:
+            # A frame must arrive this long before its play time, or it is late for the block that holds it.
+            lead = dac_local_ns - self._now_ns()
+            if self.lead_ns is None or lead > self.lead_ns:
+                self.lead_ns = lead
         have = len(self._rest)
         if have and abs(dac_local_ns - self._rest_dac_ns) > RENDER_GAP_NS:
             self._rest, have = self._rest[:0], 0  # the DAC did not continue where it was: the rest is not due
@@ -208,7 +226,7 @@ class SiteAgent:
         self.sink_task: asyncio.Task[None] | None = None
         self.sink_error: str | None = None
         self.sink_failures = 0
-        self.renderer = TimedRenderer(self.engine, self.timer)
+        self.renderer = TimedRenderer(self.engine, self.timer, now_ns=self.clock.now_ns)
         self.desired: DesiredState | None = None
         self.desired_watcher: DesiredWatcher | None = None
         self._audio_sub: Subscription | None = None
@@ -422,7 +440,7 @@ class SiteAgent:
         now = self.broadcast_now()
         margins, self._margins_ms = self._margins_ms, []
         self.play_log.note_sync_error(clock_err_ms + abs(tracking_ms))
-        self._log_losses(margins)
+        self._log_losses(margins, self.renderer.take_lead_ns())
         return Telemetry(
             site=self.config.name,
             ts_ns=now or 0,
@@ -461,19 +479,22 @@ class SiteAgent:
             amp_failures=self.amp.failures if self.amp is not None else 0,
         )
 
-    def _log_losses(self, margins_ms: list[float]) -> None:
-        """Say in the log when frames were concealed, with how early the frames that did come were: the console
-        shows counts, and an operator (or a drill) matching a glitch to a cause needs its time and its kind (frames
-        late on every path, or lost before they reached the site)."""
+    def _log_losses(self, margins_ms: list[float], lead_ns: int | None) -> None:
+        """Say in the log when frames were concealed, with how early the frames that did come were and how far
+        ahead the sink asks for audio: the console shows counts, and an operator (or a drill) matching a glitch to
+        a cause needs its time and its kind (frames late on every path, lost before they reached the site, or a D
+        too short for this sound device's queue: late frames while the least margin is below the sink's lead)."""
         st = self.engine.stats
         seen = (st.underruns, st.concealed, st.late)
         before, self._losses_logged = self._losses_logged, seen
         if seen[1] == before[1]:
             return
         earliest = f"{min(margins_ms):.1f} ms" if margins_ms else "no frame"
+        lead = f"{lead_ns / 1e6:.1f} ms" if lead_ns is not None else "unknown"
         log.warning(
-            "%s: %d frames concealed (%d underruns, %d late) since the last report; least margin %s",
-            self.config.name, seen[1] - before[1], seen[0] - before[0], seen[2] - before[2], earliest,
+            "%s: %d frames concealed (%d underruns, %d late) since the last report; least margin %s, the sink "
+            "asks for audio %s ahead of play",
+            self.config.name, seen[1] - before[1], seen[0] - before[0], seen[2] - before[2], earliest, lead,
         )  # fmt: skip
 
     async def _report(self) -> None:
