@@ -17,6 +17,7 @@ from tests.helpers import need_binary
 
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.resampler import read_ramp
+from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.pulse_rig import (
     CARD,
     LOOP_S,
@@ -26,6 +27,7 @@ from citycast.tooling.bench.pulse_rig import (
     PulseServer,
     parse_kinds,
     sink_name,
+    site_offsets,
     tone_glitches,
     write_tone_with_markers,
 )
@@ -131,3 +133,15 @@ def test_recording_without_a_server_is_a_clear_error(tmp_path: Path) -> None:
     recorder = MonitorRecorder(f"unix:{tmp_path / 'no-such-socket'}", ["cc_site00", "cc_site01"], tmp_path, card=CARD)
     with pytest.raises(PulseRigError, match=f"cannot record {CARD}.monitor"):
         recorder.start()
+
+
+def test_site_offsets_tell_a_constant_bias_from_jitter() -> None:
+    ts0, period = 1_764_000_000_000_000_000, 1_000_000_000
+    rng = np.random.default_rng(5)
+    steady = SiteTrace("a", [ts0 + k * period + 80e6 for k in range(30)])
+    biased = SiteTrace("b", [ts0 + k * period + 80.4e6 for k in range(30)])
+    jittery = SiteTrace("c", [ts0 + k * period + 80.2e6 + rng.uniform(-1e6, 1e6) for k in range(30)])
+    sync = analyse([steady, biased, jittery], ts0_ns=ts0, period_ns=period, markers_sent=30)
+    offsets = site_offsets(sync.offsets_by_site_ms)
+    assert offsets["b"]["median"] > 0.15 and offsets["a"]["median"] < -0.15
+    assert offsets["a"]["spread"] < offsets["c"]["spread"] and offsets["c"]["spread"] > 1.0

@@ -50,6 +50,8 @@ class SyncFigures:
     per_site_deviation_ms: dict[str, float]
     missing: dict[str, int] = field(default_factory=dict)
     max_abs_deviation_by_site_ms: dict[str, float] = field(default_factory=dict)
+    # Signed offset from the median of all sites, per marker every site heard, in ms, per site.
+    offsets_by_site_ms: dict[str, list[float]] = field(default_factory=dict)
 
 
 def analyse(
@@ -71,6 +73,7 @@ def analyse(
     skews: list[float] = []
     deviations: list[float] = []
     by_site: dict[str, float] = {}
+    offsets: dict[str, list[float]] = {}
     missing = {tr.name: 0 for tr in traces}
     for k in range(skip_first, markers_sent):
         got = heard.get(k, {})
@@ -86,7 +89,9 @@ def analyse(
             skews.append(float(times.max() - times.min()) / 1e6)
             med = float(np.median(times))
             for name, t in got.items():
-                d = abs(t - med) / 1e6
+                signed = (t - med) / 1e6
+                offsets.setdefault(name, []).append(signed)
+                d = abs(signed)
                 deviations.append(d)
                 by_site[name] = max(by_site.get(name, 0.0), d)
     return SyncFigures(
@@ -97,4 +102,5 @@ def analyse(
         per_site_deviation_ms=summary(deviations),
         missing={k: v for k, v in missing.items() if v},
         max_abs_deviation_by_site_ms=by_site,
+        offsets_by_site_ms=offsets,
     )

@@ -236,7 +236,7 @@ class MonitorRecorder:
 
     def __init__(self, server: str, sinks: list[str], workdir: Path, *, card: str | None = None) -> None:
         self.server = server
-        self.groups: list[tuple[str, list[MonitorRecording]]] = []
+        self.groups: list[tuple[str, list[MonitorRecording]]]
         if card is None:
             self.groups = [(s, [MonitorRecording(s, workdir / f"{s}.f32")]) for s in sinks]
         else:
@@ -459,7 +459,6 @@ def _figures(
                 glitches[rec.name] = ToneGlitches(0, 0, 0.0)
             progress.advance(task)
     sync = analyse(traces, ts0_ns=ts0_ns, period_ns=period, markers_sent=markers_sent)
-    offsets = site_offsets(traces, ts0_ns=ts0_ns, period_ns=period, markers_sent=markers_sent)
     rates = [g.per_minute for g in glitches.values() if g.minutes > 0]
     cpu, rss, _ = fleet.figures()
     return {
@@ -474,7 +473,7 @@ def _figures(
         "deviation_from_median_ms": sync.per_site_deviation_ms,
         # Per site: its median (signed) offset from the others and how far its own offset moved (p99 - p1): a
         # constant offset is a bias in that site's DAC timing, a wide one is jitter.
-        "offset_by_site_ms": offsets,
+        "offset_by_site_ms": site_offsets(sync.offsets_by_site_ms),
         "missing_markers": sync.missing,
         # from the monitors: what the sound server played
         "gaps": sum(g.gaps for g in glitches.values()),
@@ -491,25 +490,13 @@ def _figures(
     }
 
 
-def site_offsets(
-    traces: list[SiteTrace], *, ts0_ns: int, period_ns: int, markers_sent: int
-) -> dict[str, dict[str, float]]:
-    """Each site's offset from the median of all sites, per marker heard by every site (skipping the first, as
-    `analyse` does): {site: {"median": ms, "spread": p99 - p1 in ms}}."""
-    heard: dict[int, dict[str, float]] = {}
-    for tr in traces:
-        for t in tr.heard_ns:
-            k = int((t - ts0_ns) // period_ns)
-            if 1 <= k < markers_sent:
-                heard.setdefault(k, {})[tr.name] = t
-    rows = [got for got in heard.values() if len(got) == len(traces)]
+def site_offsets(offsets_ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Each site's median offset from the others and how far it moved (p99 - p1), from `analyse`'s per-marker
+    offsets: {site: {"median": ms, "spread": ms}}."""
     out: dict[str, dict[str, float]] = {}
-    if len(traces) < 2 or not rows:
-        return out
-    for tr in traces:
-        d = np.array([(got[tr.name] - float(np.median(list(got.values())))) / 1e6 for got in rows])
-        p1, p99 = np.percentile(d, [1, 99])
-        out[tr.name] = {"median": round(float(np.median(d)), 4), "spread": round(float(p99 - p1), 4)}
+    for name, d in offsets_ms.items():
+        p1, p50, p99 = np.percentile(np.asarray(d, dtype=np.float64), [1, 50, 99])
+        out[name] = {"median": round(float(p50), 4), "spread": round(float(p99 - p1), 4)}
     return out
 
 
