@@ -79,8 +79,9 @@ def bench(
         typer.Option(
             help="Instead: through a real sound server (a private PulseAudio, each site a channel of one null "
             "sink, up to 32, its monitor recorded with the server's timing): 'pulse' (PulseSink), 'device' "
-            "(PortAudio via ALSA's pulse plugin), 'device-raw' (the same, DAC times unfiltered), or a comma list "
-            "side by side. Loopback; "
+            "(PortAudio via ALSA's pulse plugin), 'device-raw' (the same, DAC times unfiltered), 'snapclient' (the "
+            "yardstick: a real snapserver and one snapclient per sink through its pulse player, buffer = --delay), "
+            "or a comma list side by side. Loopback; "
             "uses --sites, --seconds, --delay, --warmup, --out, --json, --keep-wav."
         ),
     ] = None,

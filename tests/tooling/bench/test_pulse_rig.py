@@ -7,15 +7,18 @@ count as none.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from tests.helpers import need_binary
 
-from citycast.media.audio import SAMPLE_RATE
+from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.resampler import read_ramp
 from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.pulse_rig import (
@@ -23,14 +26,17 @@ from citycast.tooling.bench.pulse_rig import (
     LOOP_S,
     MonitorRecorder,
     MonitorRecording,
+    PulseBenchOptions,
     PulseRigError,
     PulseServer,
     parse_kinds,
+    run_pulse_bench,
     sink_name,
     site_offsets,
     tone_glitches,
     write_tone_with_markers,
 )
+from citycast.tooling.bench.snapcast import SnapcastError, looped
 from citycast.tooling.markers import detect_markers
 
 
@@ -145,3 +151,42 @@ def test_site_offsets_tell_a_constant_bias_from_jitter() -> None:
     offsets = site_offsets(sync.offsets_by_site_ms)
     assert offsets["b"]["median"] > 0.15 and offsets["a"]["median"] < -0.15
     assert offsets["a"]["spread"] < offsets["c"]["spread"] and offsets["c"]["spread"] > 1.0
+
+
+def test_snapclients_through_the_same_card_are_measured_as_sites_are(tmp_path: Path) -> None:
+    """The yardstick kind for real: snapserver reads the bench's tone from its FIFO, two snapclients play it
+    through their PulseAudio players onto two channels of the card, and the markers found there give latency and
+    skew as they do for sites (snapserver's buffer is the sites' D)."""
+    need_binary("pulseaudio")
+    need_binary("snapserver")
+    need_binary("snapclient")
+    pytest.importorskip("pasimple")
+    opts = PulseBenchOptions(["snapclient"], sites=2, seconds=6, delay_ms=300, warmup=4, out=tmp_path / "out",
+                             json_out=tmp_path / "r.json")  # fmt: skip
+    result = run_pulse_bench(opts, Console(file=io.StringIO()))
+    run = result["runs"][0]
+    assert run["sink"] == "snapclient" and run["markers"] >= 5, run
+    assert not run["missing_markers"], run
+    assert 150 < run["latency_ms"]["p50"] < 450, run  # its buffer, to within snapserver's read of the FIFO
+    assert run["skew_ms"]["max"] < 5, run
+    assert 0 < run["cpu_percent_per_site"] < 50, run
+    assert json.loads((tmp_path / "r.json").read_text())["runs"][0]["sink"] == "snapclient"
+
+
+def test_the_snapserver_feeder_loops_a_mono_wav_and_refuses_others(tmp_path: Path) -> None:
+    path = tmp_path / "tone.wav"
+    write_tone_with_markers(path)
+    blocks = looped(path)
+    x = np.concatenate([next(blocks) for _ in range(LOOP_S * SAMPLE_RATE // FRAME_SAMPLES + 50)])
+    with wave.open(str(path)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+    n = pcm.size
+    assert np.array_equal(x[:n], pcm) and np.array_equal(x[n : n + 1000], pcm[:1000])  # seamless loop
+    stereo = tmp_path / "stereo.wav"
+    with wave.open(str(stereo), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(b"\0" * 4 * SAMPLE_RATE)
+    with pytest.raises(SnapcastError, match="mono 16-bit"):
+        next(looped(stereo))

@@ -55,12 +55,14 @@ from citycast.media.keys import generate_private_key, public_key_text, save_priv
 from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
 from citycast.tooling.bench.pulse_record import PulseRecordError, RecordStream
+from citycast.tooling.bench.snapcast import SnapcastError, SnapcastRig, ensure_snapcast
 from citycast.tooling.markers import detect_markers
 
 SINK_KINDS = {
     "pulse": "PulseSink (PulseAudio latency reporting)",
     "device": "PortAudio via ALSA pulse plugin",
     "device-raw": "the same, DAC times unfiltered (as before)",
+    "snapclient": "Snapcast 0.26's pulse player (yardstick)",
 }
 TONE_HZ = 1000.0
 TONE_AMPLITUDE = 0.25
@@ -236,6 +238,7 @@ class MonitorRecorder:
 
     def __init__(self, server: str, sinks: list[str], workdir: Path, *, card: str | None = None) -> None:
         self.server = server
+        self.sinks = sinks
         self.groups: list[tuple[str, list[MonitorRecording]]]
         if card is None:
             self.groups = [(s, [MonitorRecording(s, workdir / f"{s}.f32")]) for s in sinks]
@@ -358,76 +361,130 @@ def run_kind(kind: str, opts: PulseBenchOptions, console: Console) -> dict[str, 
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    key = generate_private_key()
-    save_private_key(key, out / "ingest.key")
-    (out / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
     tone = out / "tone-markers.wav"
     write_tone_with_markers(tone)
     sinks = [sink_name(i) for i in range(opts.sites)]
     with contextlib.ExitStack() as stack:
         pulse = stack.enter_context(PulseServer(out / "pulse", opts.sites))
         fleet = stack.enter_context(Fleet(out / "logs"))
-        try:
-            nats = EmbeddedNats(port=free_port(), workdir=out / "nats")
-            nats.start()
-        except NatsServerError as exc:
-            raise PulseRigError(str(exc)) from exc
-        stack.callback(nats.stop)
-        assert nats.pid is not None and pulse.proc is not None
-        fleet.adopt("nats", "nats", nats.pid)
+        assert pulse.proc is not None
         fleet.adopt("pulseaudio", "pulseaudio", pulse.proc.pid)
-        for i, sink in enumerate(sinks):
-            spec = f"pulse:{sink}" if kind == "pulse" else f"{kind}:pulse"
-            argv = citycast_argv(
-                "site", "--name", f"site-{i:02d}", "--nats", nats.url, "--trust", str(out / "trusted.keys"),
-                "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
-            )  # fmt: skip
-            _spawn(fleet, "sites", f"site-{i:02d}", argv, pulse.env(sink))
         recorder = MonitorRecorder(pulse.server, sinks, out, card=CARD)
-        recorder.start()
-        stack.callback(recorder.stop)
-        report = out / "ingest.json"
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
             TimeElapsedColumn(), console=console,
         ) as progress:  # fmt: skip
-            task = progress.add_task(f"[{kind}] sites playing, their DAC clocks settling (s)", total=opts.warmup)
-            t0 = time.monotonic()
-            while time.monotonic() - t0 < opts.warmup:
-                _check(fleet)
-                fleet.sample()
-                progress.update(task, completed=time.monotonic() - t0)
-                time.sleep(0.2)
-            ingest = _spawn(
-                fleet, "ingest", "ingest",
-                citycast_argv("ingest", str(tone), "--loop", "--key", str(out / "ingest.key"), "--nats", nats.url,
-                              "--seconds", f"{opts.seconds:g}", "--report", str(report)),
-                dict(os.environ),
-            )  # fmt: skip
-            fleet.start_window()
-            task = progress.add_task(f"[{kind}] tone and markers sent (s)", total=opts.seconds)
-            t0 = time.monotonic()
-            while ingest.poll() is None:
-                _check(fleet)
-                fleet.sample()
-                progress.update(task, completed=min(opts.seconds, time.monotonic() - t0))
-                if time.monotonic() - t0 > opts.seconds + 30:
-                    raise PulseRigError("ingest did not finish in time")
-                time.sleep(0.2)
-            fleet.end_window()
-            if ingest.returncode != 0:
-                raise PulseRigError("ingest failed:\n" + fleet.log_tail(fleet.members[-1]))
-            time.sleep(opts.delay_ms / 1000 + 1.0)  # the last marker reaches every sink
+            if kind == "snapclient":
+                ts0_ns = _play_snapclients(out, tone, pulse, fleet, recorder, opts, progress, stack)
+            else:
+                ts0_ns = _play_sites(kind, out, tone, pulse, fleet, recorder, opts, progress, stack)
         errors = recorder.stop()
         fleet.stop("sites", timeout=20)
+        fleet.stop("snapclients", timeout=10)
         if errors:
             raise PulseRigError("recording failed: " + "; ".join(errors))
-    ingest_facts = json.loads(report.read_text())
-    figures = _figures(kind, opts, recorder.recordings, int(ingest_facts["ts0_ns"]), fleet, console)
+    figures = _figures(kind, opts, recorder.recordings, ts0_ns, fleet, console)
     if not opts.keep_audio:
         for rec in recorder.recordings:
             rec.path.unlink(missing_ok=True)  # one file holds every channel: the first unlink removes it
     return figures
+
+
+def _settle(kind: str, fleet: Fleet, progress: Progress, seconds: float, what: str) -> None:
+    task = progress.add_task(f"[{kind}] {what} (s)", total=seconds)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        _check(fleet)
+        fleet.sample()
+        progress.update(task, completed=time.monotonic() - t0)
+        time.sleep(0.2)
+
+
+def _play_sites(
+    kind: str, out: Path, tone: Path, pulse: PulseServer, fleet: Fleet, recorder: MonitorRecorder,
+    opts: PulseBenchOptions, progress: Progress, stack: contextlib.ExitStack,
+) -> int:  # fmt: skip
+    """Sites on an embedded NATS play the tone a real ingest sends; returns the first marker's broadcast time."""
+    key = generate_private_key()
+    save_private_key(key, out / "ingest.key")
+    (out / "trusted.keys").write_text(public_key_text(key.public_key()) + "\n")
+    try:
+        nats = EmbeddedNats(port=free_port(), workdir=out / "nats")
+        nats.start()
+    except NatsServerError as exc:
+        raise PulseRigError(str(exc)) from exc
+    stack.callback(nats.stop)
+    assert nats.pid is not None
+    fleet.adopt("nats", "nats", nats.pid)
+    for i, sink in enumerate(recorder.sinks):
+        spec = f"pulse:{sink}" if kind == "pulse" else f"{kind}:pulse"
+        argv = citycast_argv(
+            "site", "--name", f"site-{i:02d}", "--nats", nats.url, "--trust", str(out / "trusted.keys"),
+            "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
+        )  # fmt: skip
+        _spawn(fleet, "sites", f"site-{i:02d}", argv, pulse.env(sink))
+    recorder.start()
+    stack.callback(recorder.stop)
+    _settle(kind, fleet, progress, opts.warmup, "sites playing, their DAC clocks settling")
+    report = out / "ingest.json"
+    ingest = _spawn(
+        fleet, "ingest", "ingest",
+        citycast_argv("ingest", str(tone), "--loop", "--key", str(out / "ingest.key"), "--nats", nats.url,
+                      "--seconds", f"{opts.seconds:g}", "--report", str(report)),
+        dict(os.environ),
+    )  # fmt: skip
+    fleet.start_window()
+    task = progress.add_task(f"[{kind}] tone and markers sent (s)", total=opts.seconds)
+    t0 = time.monotonic()
+    while ingest.poll() is None:
+        _check(fleet)
+        fleet.sample()
+        progress.update(task, completed=min(opts.seconds, time.monotonic() - t0))
+        if time.monotonic() - t0 > opts.seconds + 30:
+            raise PulseRigError("ingest did not finish in time")
+        time.sleep(0.2)
+    fleet.end_window()
+    if ingest.returncode != 0:
+        raise PulseRigError("ingest failed:\n" + fleet.log_tail(fleet.members[-1]))
+    time.sleep(opts.delay_ms / 1000 + 1.0)  # the last marker reaches every sink
+    return int(json.loads(report.read_text())["ts0_ns"])
+
+
+def _play_snapclients(
+    out: Path, tone: Path, pulse: PulseServer, fleet: Fleet, recorder: MonitorRecorder,
+    opts: PulseBenchOptions, progress: Progress, stack: contextlib.ExitStack,
+) -> int:  # fmt: skip
+    """The yardstick through the same card: a real snapserver reads the tone from its FIFO (Opus, as a site gets
+    it) and serves one snapclient per sink, each through its own PulseAudio player (snapclient's `--player pulse`,
+    on that sink). snapserver's buffer is the sites' D. Returns the broadcast time of the first marker in the
+    window; snapserver dates the audio when it reads its FIFO, so the latency figure is good to that read (tens
+    of ms), unlike the skew, which is read off the one recording."""
+    try:
+        ensure_snapcast(Console(stderr=True))
+    except SnapcastError as exc:
+        raise PulseRigError(str(exc)) from exc
+    rig = SnapcastRig(out / "snapcast", opts.sites, 1.0, source=tone, buffer_ms=opts.delay_ms)
+    rig.start_server(fleet)
+    stack.callback(rig.stop, fleet)
+    for i, sink in enumerate(recorder.sinks):
+        _spawn(fleet, "snapclients", f"snapclient-{i:02d}", [
+            "snapclient", "-h", "127.0.0.1", "-p", str(rig.port), "--hostID", f"citycast-bench-{i:03d}",
+            "--player", f"pulse:server={pulse.server}", "--soundcard", sink, "--logsink", "stdout",
+        ], pulse.env(sink))  # fmt: skip
+    recorder.start()
+    stack.callback(recorder.stop)
+    try:
+        first_ns = rig.first_sample_ns(fleet)
+    except SnapcastError as exc:
+        raise PulseRigError(str(exc)) from exc
+    _settle("snapclient", fleet, progress, opts.warmup, "snapclients playing, settling")
+    fleet.start_window()
+    window_ns = time.time_ns()
+    _settle("snapclient", fleet, progress, opts.seconds, "tone and markers served")
+    fleet.end_window()
+    time.sleep(opts.delay_ms / 1000 + 1.0)
+    # The tone has a marker at every whole second from its first sample: the window's first is the next one.
+    return first_ns + math.ceil((window_ns - first_ns) / 1e9) * 1_000_000_000
 
 
 def _figures(
@@ -461,6 +518,7 @@ def _figures(
     sync = analyse(traces, ts0_ns=ts0_ns, period_ns=period, markers_sent=markers_sent)
     rates = [g.per_minute for g in glitches.values() if g.minutes > 0]
     cpu, rss, _ = fleet.figures()
+    role = "snapclients" if kind == "snapclient" else "sites"
     return {
         "sink": kind,
         "sink_path": SINK_KINDS[kind],
@@ -485,8 +543,8 @@ def _figures(
         "per_site": {
             n: {"gaps": g.gaps, "jumps": g.jumps, "minutes": round(g.minutes, 3)} for n, g in glitches.items()
         },
-        "cpu_percent_per_site": cpu.get("sites", 0.0) / max(1, opts.sites),
-        "rss_mb_per_site": rss.get("sites", 0.0) / max(1, opts.sites),
+        "cpu_percent_per_site": cpu.get(role, 0.0) / max(1, opts.sites),
+        "rss_mb_per_site": rss.get(role, 0.0) / max(1, opts.sites),
     }
 
 

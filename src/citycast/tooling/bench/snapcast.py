@@ -12,7 +12,8 @@ Measured over the same window as the sites: each snapclient's CPU (/proc/PID/sta
 available" and "Not enough frames available", each a block played as silence) and its hard re-syncs (a jump of
 its playout); and from its output file, the markers it played and any it lost.
 
-The feeder (`python -m citycast.tooling.bench.snapcast FIFO PERIOD`) paces the signal in 20 ms blocks by the
+The feeder (`python -m citycast.tooling.bench.snapcast FIFO PERIOD [WAV]`: the markers, or a mono 16-bit WAV
+looped, as `bench --sink snapclient` plays) paces the signal in 20 ms blocks by the
 monotonic clock, as the ingest paces its frames, 100 ms ahead: snapserver reads its FIFO by its own timer, and a
 feeder late on a busy box would otherwise show as a jump in every client.
 """
@@ -27,10 +28,13 @@ import shutil
 import subprocess
 import sys
 import time
+import wave
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
@@ -81,15 +85,33 @@ def ensure_snapcast(console: Console) -> None:
             raise SnapcastError(f"apt-get could not install snapserver/snapclient: {done.stderr.strip()[-500:]}")
 
 
+FIRST_SAMPLE = re.compile(r"first sample written at (\d+)")
 AHEAD_BLOCKS = 5  # the FIFO is kept 100 ms ahead of snapserver's reads, so a late feeder never starves it
 
 
-def feed(fifo: Path, period_s: float) -> None:
-    """Write the marker signal into snapserver's FIFO in real time, as 16-bit stereo, until the reader goes."""
-    blocks = MarkerSource(period_s).blocks()
+def looped(wav: Path) -> Iterator[npt.NDArray[np.float32]]:
+    """A mono 16-bit WAV as float blocks of a frame, looped for ever."""
+    with wave.open(str(wav), "rb") as w:
+        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, SAMPLE_RATE):
+            raise SnapcastError(f"{wav}: the feeder loops mono 16-bit {SAMPLE_RATE} Hz audio only")
+        x = (np.frombuffer(w.readframes(w.getnframes()), dtype="<i2") / 32768).astype(np.float32)
+    if x.size < FRAME_SAMPLES:
+        raise SnapcastError(f"{wav}: shorter than a frame")
+    pos = 0
+    while True:
+        idx = (pos + np.arange(FRAME_SAMPLES)) % x.size
+        pos = (pos + FRAME_SAMPLES) % x.size
+        yield x[idx]
+
+
+def feed(fifo: Path, period_s: float, wav: Path | None = None) -> None:
+    """Write the marker signal (or `wav`, looped) into snapserver's FIFO in real time, as 16-bit stereo, until the
+    reader goes."""
+    blocks: Iterable[npt.NDArray[np.float32]] = MarkerSource(period_s).blocks() if wav is None else looped(wav)
     block_s = FRAME_SAMPLES / SAMPLE_RATE
     with open(fifo, "wb", buffering=0) as f:  # waits here until snapserver opens its end
         t0 = time.monotonic()
+        print(f"first sample written at {time.time_ns()}", flush=True)
         for k, block in enumerate(blocks):
             pcm = np.clip(np.round(block * 32767), -32768, 32767).astype("<i2")
             try:
@@ -146,6 +168,8 @@ class SnapcastRig:
     clients: int
     period_s: float
     bitrate: int = 64_000
+    source: Path | None = None  # a mono 16-bit 48 kHz WAV, looped, instead of the marker signal
+    buffer_ms: float | None = None  # snapserver's end-to-end delay (its --stream.buffer; default 1000 ms)
     port: int = field(default_factory=free_port)
     window: list[tuple[int, int]] = field(default_factory=list)  # per client: its output's size (bytes) at the
     # window's start and end, so what it played in the window is known exactly, even where it fell behind
@@ -155,6 +179,11 @@ class SnapcastRig:
 
     def start(self, fleet: Fleet) -> list[Member]:
         """Start everything; returns the client members (to confine them, with `--cpu-quota`)."""
+        self.start_server(fleet)
+        return [self._spawn_client(fleet, i) for i in range(self.clients)]
+
+    def start_server(self, fleet: Fleet) -> None:
+        """snapserver and its feeder, for clients started by the caller."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         fifo = self.workdir / "snapfifo"
         with contextlib.suppress(FileNotFoundError):
@@ -166,13 +195,26 @@ class SnapcastRig:
             f"pipe://{fifo}?name=citycast&mode=read&sampleformat={SAMPLE_RATE}:16:{CHANNELS}"
             f"&codec=opus:BITRATE:{self.bitrate}&chunk_ms=20"
         )
+        buffer = [] if self.buffer_ms is None else ["--stream.buffer", f"{self.buffer_ms:.0f}"]
         fleet.spawn("snapserver", "snapserver", [
             "snapserver", "-c", str(config), f"--server.datadir={self.workdir}", "--stream.source", source,
             "--stream.bind_to_address", "127.0.0.1", "--stream.port", str(self.port),
-            "--tcp.enabled", "false", "--http.enabled", "false", "--logging.sink", "stdout",
+            "--tcp.enabled", "false", "--http.enabled", "false", "--logging.sink", "stdout", *buffer,
         ])  # fmt: skip
-        fleet.spawn("snapfeed", "snapfeed", [sys.executable, "-m", __name__, str(fifo), str(self.period_s)])
-        return [self._spawn_client(fleet, i) for i in range(self.clients)]
+        wav = [] if self.source is None else [str(self.source)]
+        fleet.spawn("snapfeed", "snapfeed", [sys.executable, "-m", __name__, str(fifo), str(self.period_s), *wav])
+
+    def first_sample_ns(self, fleet: Fleet, timeout: float = 10.0) -> int:
+        """When the feeder wrote the signal's first sample (Unix ns), from its log: once snapserver reads it."""
+        member = next(m for m in fleet.members if m.role == "snapfeed")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if member.log is not None and member.log.exists():
+                found = FIRST_SAMPLE.search(member.log.read_text(errors="replace"))
+                if found:
+                    return int(found.group(1))
+            time.sleep(0.05)
+        raise SnapcastError("snapserver did not start reading its FIFO")
 
     def _spawn_client(self, fleet: Fleet, i: int) -> Member:
         return fleet.spawn("snapclients", f"snapclient-{i:03d}", [
@@ -270,4 +312,4 @@ def add_rows(table: Table, f: dict[str, object]) -> None:
 
 
 if __name__ == "__main__":
-    feed(Path(sys.argv[1]), float(sys.argv[2]))
+    feed(Path(sys.argv[1]), float(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
