@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -272,3 +274,78 @@ async def test_a_city_responder_answers_its_sites_only_on_their_own_inbox(
         await sync.stop()
         await city.stop()
         await hub.stop()
+
+
+class _BentClock:
+    """A responder's served clock that bends: its free-running `local` clock plus 300 µs · sin(2π t / 20 s), as
+    a city responder slewing corrections in would (faster here, to show within seconds)."""
+
+    def __init__(self, local: SystemClock) -> None:
+        self.local = local
+        self.t0 = local.now_ns()
+
+    def served_at(self, local_ns: int) -> int:
+        return local_ns + round(300_000 * math.sin(2 * math.pi * (local_ns - self.t0) / 20e9))
+
+    def now_ns(self) -> int:
+        return self.served_at(self.local.now_ns())
+
+    def at(self, true_ns: int) -> int:
+        return self.served_at(self.local.at(true_ns))
+
+
+async def test_a_site_follows_a_bending_responder_through_its_correction(nats_url: str) -> None:
+    """Over a real nats-server: a site that asks for the correction gets it (16-byte request, 32-byte reply),
+    fits the responder's free-running clock and follows the bend to within loopback's jitter; one that does not
+    ask gets the 24-byte reply and fits the served clock, as before."""
+    local = SystemClock()
+    bent = _BentClock(local)
+    responder = TimeResponder(nats_url, "citycast.time.city", bent)
+    await responder.start()
+    site_clock = SkewedClock(offset_ns=1_300_000_000, ppm=80.0)
+    site = ClockSync(nats_url, "citycast.time.city", site_clock)
+    plain = ClockSync(nats_url, "citycast.time.city", site_clock, correction=False)
+    await site.start()
+    await plain.start()
+    try:
+        est = site.estimator
+        await wait_until(lambda: est.synced and plain.estimator.synced, "both synced", timeout=20)
+        assert est.corrected and not plain.estimator.corrected
+        errors = []
+        for _ in range(40):
+            true = time.time_ns()
+            errors.append(est.to_broadcast(site_clock.at(true)) - bent.served_at(local.at(true)))
+            await asyncio.sleep(0.1)
+        assert max(abs(e) for e in errors) < 0.2 * MS, errors
+    finally:
+        await plain.stop()
+        await site.stop()
+        await responder.stop()
+
+
+async def test_a_site_syncs_to_a_responder_from_before_the_correction(
+    nc: nats.aio.client.Client, nats_url: str
+) -> None:
+    """A responder that knows only the 8-byte request ignores the 16-byte one: the site finds it out from the
+    silence and syncs with plain requests (and fits the served clock, as before)."""
+    plain_requests = 0
+
+    async def old_responder(msg: nats.aio.msg.Msg) -> None:
+        nonlocal plain_requests
+        if len(msg.data) != 8:
+            return  # not a time message to it
+        plain_requests += 1
+        t2 = t3 = time.time_ns()
+        await nc.publish(msg.reply, struct.pack(">qq", t2, t3) + msg.data)
+
+    await nc.subscribe("citycast.time.old", cb=old_responder)
+    await nc.flush()
+    site_clock = SkewedClock(offset_ns=1_300_000_000, ppm=80.0)
+    site = ClockSync(nats_url, "citycast.time.old", site_clock, timeout_s=0.2, retry_interval_s=0.05)
+    await site.start()
+    try:
+        await wait_until(lambda: site.estimator.synced, "synced through plain requests", timeout=20)
+        assert not site.estimator.corrected and plain_requests >= 8
+        assert abs(sync_error_ns(site.estimator, site_clock)) < 2 * MS
+    finally:
+        await site.stop()

@@ -231,6 +231,11 @@ class ClockEstimator:
         self.rejected = 0  # samples refused as malformed or violating causality
         self.resets = 0  # times the estimator started over (local or server clock stepped)
         self.steps = 0  # times the served estimate was stepped instead of slewed after the first lock
+        # The responder's correction (`set_correction`): its served clock minus its free-running clock, at a reading
+        # of that free-running clock, and how fast it was changing. None: the samples are of the served clock.
+        self._corr: tuple[int, int] | None = None
+        self._corr_rate = 0.0
+        self.max_correction_rate = max_slew_ppm * 1e-6
         self._reset()
 
     def _reset(self) -> None:
@@ -418,15 +423,43 @@ class ClockEstimator:
 
     # ---------------------------------------------------------------- output
 
+    def set_correction(self, responder_ns: int, correction_ns: int) -> None:
+        """The responder's correction at `responder_ns` on its free-running clock (what its served clock read
+        minus that), given with every sample of that free-running clock. `to_broadcast` adds it, following it
+        between exchanges at the rate it last changed; a change faster than any slew (the responder stepped) is
+        taken as it comes, not extrapolated."""
+        prev = self._corr
+        if prev is not None and responder_ns > prev[0]:
+            rate = (correction_ns - prev[1]) / (responder_ns - prev[0])
+            self._corr_rate = rate if abs(rate) <= self.max_correction_rate else 0.0
+        self._corr = (responder_ns, correction_ns)
+
+    def clear_correction(self) -> None:
+        """The samples are of the responder's served clock again (a responder that gives no correction)."""
+        self._corr = None
+        self._corr_rate = 0.0
+
+    @property
+    def corrected(self) -> bool:
+        """True while the samples are of the responder's free-running clock and its correction is added."""
+        return self._corr is not None
+
+    def _correct(self, responder_ns: int) -> int:
+        corr = self._corr
+        if corr is None:
+            return responder_ns
+        at, c = corr
+        return responder_ns + c + round(self._corr_rate * (responder_ns - at))
+
     def to_broadcast(self, local_ns: int) -> int:
         """The broadcast-clock time at local time `local_ns`."""
-        return local_ns + round(self._served(local_ns))
+        return self._correct(local_ns + round(self._served(local_ns)))
 
     def to_local(self, broadcast_ns: int) -> int:
         """The local time at which the broadcast clock reads `broadcast_ns` (inverse of `to_broadcast`)."""
-        local = broadcast_ns - round(self._served(self._last_mid or broadcast_ns))
+        local = broadcast_ns - (self.to_broadcast(self._last_mid or broadcast_ns) - (self._last_mid or broadcast_ns))
         for _ in range(3):  # the offset changes by < 1e-3 per ns of local time: this converges at once
-            local = broadcast_ns - round(self._served(local))
+            local = broadcast_ns - (self.to_broadcast(local) - local)
         return local
 
     @property
@@ -437,7 +470,7 @@ class ClockEstimator:
     @property
     def offset_ns(self) -> int:
         """Broadcast minus local, at the last sample."""
-        return round(self._served(self._last_mid)) if self._last_mid is not None else 0
+        return self.to_broadcast(self._last_mid) - self._last_mid if self._last_mid is not None else 0
 
     @property
     def drift_ppm(self) -> float:

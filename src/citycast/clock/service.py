@@ -20,6 +20,7 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from citycast.bus.authority import site_inbox_prefix
 from citycast.bus.rawnats import NatsWire, WireError, WireMessage, new_inbox, open_wire
@@ -30,6 +31,9 @@ from citycast.protocol.time import TimeMessageError, TimeReply, TimeRequest
 from citycast.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+# Unanswered exchanges in a row after which a client that asks for the correction tries plain requests too.
+PLAIN_AFTER_FAILURES = 3
 
 # Every client of ours asks with a reply subject under an inbox prefix (_INBOX, _INBOX_site.<site>, …). A requester
 # chooses its reply subject freely and the responder (the hub's user) may publish almost anywhere, so a reply
@@ -89,12 +93,25 @@ class _Connection:
             self.wire = None
 
 
+@runtime_checkable
+class ServedClock(Protocol):
+    """A clock a responder serves that is a function of its free-running `local` clock (a city responder's estimate
+    of the broadcast clock): the responder then tells clients that ask the correction between the two."""
+
+    local: Clock
+
+    def served_at(self, local_ns: int) -> int: ...
+
+
 class EstimatedClock:
     """The broadcast clock as a city responder knows it: its local clock through its own estimator."""
 
     def __init__(self, estimator: ClockEstimator, local: Clock) -> None:
         self.estimator = estimator
         self.local = local
+
+    def served_at(self, local_ns: int) -> int:
+        return self.estimator.to_broadcast(local_ns)
 
     def now_ns(self) -> int:
         return self.estimator.to_broadcast(self.local.now_ns())
@@ -107,7 +124,9 @@ class TimeResponder:
     """Answers time requests on `subject` (trusted askers) and `subject.site.<site>` (that site) with (t2, t3)
     read from `clock`. A site's request is answered only on `reply_prefix(site)`, its own inbox.
 
-    t2 is the instant the request came off the socket; t3 is read just before the reply is written to it.
+    t2 is the instant the request came off the socket; t3 is read just before the reply is written to it. A
+    request that asks for the correction gets it: for a `ServedClock`, t3 less its local clock at the same reading;
+    for any other clock (the hub's, which is the broadcast clock) 0.
     `ready`, if given, gates the service: while it returns False requests go unanswered (a city responder
     that is not yet synced to the hub should not hand out its raw local clock). `creds` is a NATS creds file
     for a server in JWT mode. Requests answered to one of `own_inboxes` are this process's own (a city
@@ -129,6 +148,7 @@ class TimeResponder:
         self._site_request = f"{subject}.{TIME_SITE_TOKEN}."
         self._reply_prefix = reply_prefix
         self._clock = clock
+        self._served = clock if isinstance(clock, ServedClock) else None
         self._ready = ready
         self._own_inboxes = own_inboxes
         self._conn = _Connection(url, clock, self._on_request, "time-responder", creds)
@@ -177,8 +197,15 @@ class TimeResponder:
             if wire is None:
                 self.ignored += 1
                 return
-            t3 = self._clock.now_ns()
-            wire.publish(msg.reply, request.reply_bytes(t2, t3))
+            served = self._served
+            if served is not None and request.wants_correction:
+                raw3 = served.local.now_ns()
+                t3 = served.served_at(raw3)
+                correction = t3 - raw3
+            else:
+                t3 = self._clock.now_ns()
+                correction = 0
+            wire.publish(msg.reply, request.reply_bytes(t2, t3, correction))
             self.answered += 1
         except TimeMessageError as e:  # a request of another size: not ours to answer
             self.ignored += 1
@@ -195,6 +222,12 @@ class ClockSync:
     and errors are counted in `failures` and retried; they never end the task. On a server in JWT mode, pass
     the site's `creds` file and the `inbox_prefix` its permissions allow it to subscribe to, and `site`: it then
     asks on its own subject (`time_request`), the only one its permissions let it publish time requests on.
+
+    It asks for the responder's correction (`correction`, default on): the estimator then fits the responder's
+    free-running clock, a straight line, and adds the correction, instead of fitting a line to a city responder's
+    served clock, which bends each time that responder slews a correction in (docs/protocol.md "Time service").
+    A responder from before the correction ignores such a request: after `PLAIN_AFTER_FAILURES` unanswered
+    exchanges in a row it alternates plain and corrected requests, and keeps to whichever is answered.
     """
 
     def __init__(
@@ -210,8 +243,12 @@ class ClockSync:
         inbox_prefix: str | None = None,
         site: str | None = None,
         bind: tuple[str | None, str | None] | None = None,
+        correction: bool = True,
     ) -> None:
         self.subject = subject if site is None else time_request(subject, site)
+        self.correction = correction
+        self._ask_correction = correction
+        self._failed_in_row = 0
         self.clock = clock
         self.estimator = estimator if estimator is not None else ClockEstimator()
         self.timeout_s = timeout_s
@@ -274,21 +311,33 @@ class ClockSync:
         t1 = self.clock.now_ns()
         self._pending = (t1, fut)
         try:
-            wire.publish(self.subject, TimeRequest(t1).encode(), reply=self._inbox)
+            wire.publish(self.subject, TimeRequest(t1, self._ask_correction).encode(), reply=self._inbox)
             async with asyncio.timeout(self.timeout_s):
                 reply, t4 = await fut
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # timeout, no responder, reconnecting: count it, try again later
             self.failures += 1
+            self._failed_in_row += 1
+            if self.correction and self._failed_in_row >= PLAIN_AFTER_FAILURES:
+                self._ask_correction = not self._ask_correction  # perhaps a responder from before the correction
             log.debug("time exchange on %s failed: %r", self.subject, exc)
             return False
         finally:
             self._pending = None
+        self._failed_in_row = 0
         self.exchanges += 1
         self.last_rtt_ns = t4 - t1
         self.last_sample_ns = t4
-        self.estimator.add_sample(t1, reply.t2, reply.t3, t4)
+        c = reply.correction
+        if c is None:
+            if self.estimator.corrected:
+                self.estimator.clear_correction()
+            self.estimator.add_sample(t1, reply.t2, reply.t3, t4)
+        else:
+            # The samples are of the responder's free-running clock; its correction goes in beside them.
+            self.estimator.add_sample(t1, reply.t2 - c, reply.t3 - c, t4)
+            self.estimator.set_correction(reply.t3 - c, c)
         return True
 
     async def _run(self) -> None:

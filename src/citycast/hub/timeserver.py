@@ -145,6 +145,9 @@ class PeeredClock:
     def at(self, true_ns: int) -> int:
         return self._to_broadcast(self.local.at(true_ns))
 
+    def served_at(self, local_ns: int) -> int:
+        return self._to_broadcast(local_ns)
+
 
 class TimeService:
     """With `upstream` unset this is the broadcast clock itself (the hub). With an upstream subject it is a city

@@ -421,6 +421,10 @@ class SiteAgent:
                 with contextlib.suppress(Exception):
                     await old.unsubscribe()
             self._audio_sub = await self.nc.subscribe(subject, cb=self._on_audio, pending_msgs_limit=4096)
+            # Once this returns the server holds the subscription: a frame published from now on comes here (a
+            # test that started publishing right after `start()` lost its first frame now and then).
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
 
     # -- telemetry -----------------------------------------------------------------------------------------
     def telemetry(self) -> Telemetry:
