@@ -18,7 +18,7 @@ from citycast.bus.city_bundle import export_city_bundle
 from citycast.bus.server import EmbeddedNats
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock, SystemClock
-from citycast.clock.service import ClockSync, EstimatedClock, TimeResponder
+from citycast.clock.service import PLAIN_AFTER_FAILURES, ClockSync, EstimatedClock, TimeResponder
 from citycast.hub.timeserver import TimeService
 from citycast.protocol.subjects import Subjects
 
@@ -349,3 +349,23 @@ async def test_a_site_syncs_to_a_responder_from_before_the_correction(
         assert abs(sync_error_ns(site.estimator, site_clock)) < 2 * MS
     finally:
         await site.stop()
+
+
+async def test_a_site_asking_a_responder_not_ready_yet_ends_up_with_its_correction(nats_url: str) -> None:
+    """A city responder is silent to every request until it is synced to the hub, so the site, hearing nothing,
+    also tries plain requests; once the responder answers, the site still settles on the corrected ones."""
+    local = SystemClock()
+    bent = _BentClock(local)
+    ready_at = time.monotonic() + 4.0
+    responder = TimeResponder(nats_url, "citycast.time.late", bent, ready=lambda: time.monotonic() > ready_at)
+    await responder.start()
+    site = ClockSync(nats_url, "citycast.time.late", SkewedClock(offset_ns=5_000_000, ppm=-20.0), timeout_s=0.2,
+                     retry_interval_s=0.1)  # fmt: skip
+    await site.start()
+    try:
+        await wait_until(lambda: site.estimator.synced, "synced once the responder is ready", timeout=20)
+        assert site.estimator.corrected
+        assert site.failures >= PLAIN_AFTER_FAILURES  # it did try while the responder was silent
+    finally:
+        await site.stop()
+        await responder.stop()

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # Unanswered exchanges in a row after which a client that asks for the correction tries plain requests too.
 PLAIN_AFTER_FAILURES = 3
+# While only plain requests have been answered and the estimator is not synced, one request in this many asks for
+# the correction again.
+PROBE_EVERY = 4
 
 # Every client of ours asks with a reply subject under an inbox prefix (_INBOX, _INBOX_site.<site>, …). A requester
 # chooses its reply subject freely and the responder (the hub's user) may publish almost anywhere, so a reply
@@ -227,7 +230,10 @@ class ClockSync:
     free-running clock, a straight line, and adds the correction, instead of fitting a line to a city responder's
     served clock, which bends each time that responder slews a correction in (docs/protocol.md "Time service").
     A responder from before the correction ignores such a request: after `PLAIN_AFTER_FAILURES` unanswered
-    exchanges in a row it alternates plain and corrected requests, and keeps to whichever is answered.
+    exchanges in a row it alternates plain and corrected requests. A corrected answer settles it for good. Plain
+    answers settle it only once the estimator has synced on them; until then every `PROBE_EVERY`-th request asks
+    for the correction again, because a city responder that is still syncing to the hub is silent to both kinds
+    and may have become ready between them.
     """
 
     def __init__(
@@ -248,7 +254,10 @@ class ClockSync:
         self.subject = subject if site is None else time_request(subject, site)
         self.correction = correction
         self._ask_correction = correction
+        # True: the responder gives its correction; False: it does not (one from before it); None: not known yet
+        self._settled: bool | None = None if correction else False
         self._failed_in_row = 0
+        self._plain_answers = 0
         self.clock = clock
         self.estimator = estimator if estimator is not None else ClockEstimator()
         self.timeout_s = timeout_s
@@ -319,7 +328,7 @@ class ClockSync:
         except Exception as exc:  # timeout, no responder, reconnecting: count it, try again later
             self.failures += 1
             self._failed_in_row += 1
-            if self.correction and self._failed_in_row >= PLAIN_AFTER_FAILURES:
+            if self._settled is None and self._failed_in_row >= PLAIN_AFTER_FAILURES:
                 self._ask_correction = not self._ask_correction  # perhaps a responder from before the correction
             log.debug("time exchange on %s failed: %r", self.subject, exc)
             return False
@@ -338,6 +347,14 @@ class ClockSync:
             # The samples are of the responder's free-running clock; its correction goes in beside them.
             self.estimator.add_sample(t1, reply.t2 - c, reply.t3 - c, t4)
             self.estimator.set_correction(reply.t3 - c, c)
+        if self._settled is None:
+            if c is not None:
+                self._settled = self._ask_correction = True
+            elif self.estimator.synced:
+                self._settled = self._ask_correction = False
+            else:
+                self._plain_answers += 1
+                self._ask_correction = self._plain_answers % PROBE_EVERY == 0
         return True
 
     async def _run(self) -> None:
