@@ -150,6 +150,16 @@ async def test_a_peer_far_from_the_hub_is_not_followed(nats_server: EmbeddedNats
         await hub.stop()
 
 
+def test_a_city_responder_tells_its_correction_and_the_hub_gives_none() -> None:
+    subjects = Subjects()
+    hub = TimeService("nats://127.0.0.1:1", subjects)
+    city = TimeService("nats://127.0.0.1:1", subjects, zone="north", upstream=subjects.time())
+    peered = TimeService("nats://127.0.0.1:1", subjects, zone="north", upstream=subjects.time(),
+                         peers=["nats://127.0.0.1:2"])  # fmt: skip
+    assert not hub.responder.gives_correction  # its clock is the broadcast clock: the correction is 0
+    assert city.responder.gives_correction and peered.responder.gives_correction
+
+
 def test_peers_are_only_for_a_city_responder() -> None:
     with pytest.raises(ValueError, match="city responder"):
         TimeService("nats://127.0.0.1:1", Subjects(), peers=["nats://127.0.0.1:2"])

@@ -162,6 +162,11 @@ class TimeResponder:
         self.misdirected = 0  # requests whose reply subject is not the asker's inbox: never answered
         self.own = 0  # this process's own peer requests, come back to it: a clock must not sync to itself
 
+    @property
+    def gives_correction(self) -> bool:
+        """Whether it tells the clients that ask how its served clock differs from its free-running one."""
+        return self._served is not None
+
     async def start(self) -> None:
         await self._conn.get()
         self._task = asyncio.create_task(self._keep_connected())
