@@ -242,6 +242,9 @@ def test_free_port_is_below_the_kernels_ephemeral_range_and_free() -> None:
     assert len(ports) > 1
     for port in ports:
         with socket.socket() as s:
+            # As every server binds (nats-server, asyncio): an earlier server's connection on that port may still
+            # be in TIME_WAIT, which only a bind without SO_REUSEADDR refuses (CI saw that once).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
 
 

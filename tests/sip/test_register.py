@@ -199,3 +199,19 @@ def test_config_is_validated() -> None:
     cfg = RegisterConfig("sip:4711@trunk.example:5080", "x", username="auth-4711")
     assert (cfg.user, cfg.auth_user, cfg.registrar_address()) == ("4711", "auth-4711", ("trunk.example", 5080))
     assert RegisterConfig(AOR, "x", registrar="[::1]:5070").registrar_address() == ("::1", 5070)
+
+
+def test_a_register_is_in_flight_until_its_final_answer_or_its_timeout() -> None:
+    """What the telephone waits for before it unregisters at stop (RFC 3261 §10.2: one REGISTER at a time)."""
+    r = reg()
+    assert not r.in_flight
+    register_ok(r, 100.0, expires="60")
+    assert not r.in_flight
+    refresh = r.tick(130.0)
+    assert refresh is not None and r.in_flight
+    assert r.on_response(answer(refresh, 100, "Trying"), 130.0) is None and r.in_flight  # provisional
+    assert r.on_response(answer(refresh, 200, "OK", [("Expires", "60")]), 130.1) is None
+    assert not r.in_flight
+    assert r.tick(160.1) is not None and r.in_flight
+    r.on_timeout(192.1)
+    assert not r.in_flight

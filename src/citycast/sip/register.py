@@ -147,6 +147,11 @@ class Registration:
             headers.append(("Proxy-Authorization" if ch.proxy else "Authorization", value))
         return request("REGISTER", self.request_uri, headers)
 
+    @property
+    def in_flight(self) -> bool:
+        """A REGISTER of ours awaits its final response: RFC 3261 §10.2 sends no new one until it has it."""
+        return self._inflight is not None
+
     # -- driving --------------------------------------------------------------------------------------------
     def start(self, now: float) -> SipMessage:
         self.status = "registering"

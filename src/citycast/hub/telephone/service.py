@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_CALLS = 50
 WATCH_S = 0.3
 UNREGISTER_WAIT_S = 5.0
+REFRESH_ANSWER_WAIT_S = 2.0  # at stop, how long a REGISTER still out may take to be answered before the unregister
 
 
 class Telephone:
@@ -310,6 +311,13 @@ class Telephone:
         reg = self.registration
         if reg is None or self._registrar is None:
             return
+        # A refresh still out gets its answer first (RFC 3261 §10.2): a registrar that gets the unregister
+        # before it has answered the refresh may take them out of order (sipp's does, and aborts).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REFRESH_ANSWER_WAIT_S):
+                while reg.in_flight:
+                    self._reg_wake.clear()
+                    await self._reg_wake.wait()
         msg = reg.stop(self.transport.clock())
         if msg is None:
             return
