@@ -457,7 +457,8 @@ class ClockEstimator:
 
     def to_local(self, broadcast_ns: int) -> int:
         """The local time at which the broadcast clock reads `broadcast_ns` (inverse of `to_broadcast`)."""
-        local = broadcast_ns - (self.to_broadcast(self._last_mid or broadcast_ns) - (self._last_mid or broadcast_ns))
+        guess = self._last_mid or broadcast_ns
+        local = broadcast_ns - (self.to_broadcast(guess) - guess)
         for _ in range(3):  # the offset changes by < 1e-3 per ns of local time: this converges at once
             local = broadcast_ns - (self.to_broadcast(local) - local)
         return local
