@@ -251,3 +251,14 @@ def test_free_port_is_below_the_kernels_ephemeral_range_and_free() -> None:
 def test_free_port_never_hands_one_process_the_same_port_twice() -> None:
     ports = [free_port() for _ in range(500)]
     assert len(set(ports)) == len(ports)
+
+
+def test_free_port_with_a_span_hands_out_that_many_free_ports_in_a_row() -> None:
+    """baresip told to listen on P also takes P + 1 for SIP/TLS; CI once found P + 1 taken and the call never came."""
+    starts = [free_port(span=2) for _ in range(50)]
+    taken = [p for s in starts for p in (s, s + 1)]
+    assert len(set(taken)) == len(taken)
+    assert all(free_port() not in taken for _ in range(200))
+    for port in taken:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", port))

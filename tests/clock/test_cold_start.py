@@ -8,6 +8,9 @@ every 50 ms, so nothing between two checks escapes.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+
 import pytest
 from tests.clock.sim import MS, US, S, Sim, lan_path, loopback_path
 
@@ -100,6 +103,38 @@ def test_a_wild_remembered_drift_is_dropped_and_costs_less_than_a_millisecond(wr
     assert int(str(got["worst_from_2s"])) <= 1 * MS
     assert int(str(got["error_60s"])) <= 100 * US
     assert est.drift_ppm == pytest.approx(ppm, abs=2.0)
+
+
+def _loaded_then_quiet(rise_us: float, exchanges: int) -> Callable[[random.Random], tuple[int, int]]:
+    """A LAN path whose way up slows by `rise_us` more at each of the first `exchanges` (a box busy starting its
+    other processes, so its requests queue longer and longer), then is quiet."""
+    calls = 0
+
+    def path(rng: random.Random) -> tuple[int, int]:
+        nonlocal calls
+        calls += 1
+        up, down = lan_path(rng)
+        return up + (round(calls * rise_us * US) if calls <= exchanges else 0), down
+
+    return path
+
+
+@pytest.mark.parametrize("rise_us", [2.0, 8.0])
+def test_a_right_remembered_drift_survives_a_busy_first_second(rise_us: float) -> None:
+    """The first second's burst over a box still busy starting disagrees with the memory by tens of ppm for a
+    dozen fits running (CI saw a real site drop its right memory so): the memory stays, and the site is within
+    50 µs from 2 s on."""
+    ppm = 83.0
+    est = ClockEstimator()
+    assert est.seed_drift(ppm + 1.5, 0.4)
+    sim = Sim(_loaded_then_quiet(rise_us, 60), 5, 1_300_000_000, ppm, estimator=est)
+    sim.run(2, tick_ns=TICK)
+    worst = 0
+    for _ in range(80):
+        sim.run(TICK / S, tick_ns=TICK)
+        worst = max(worst, abs(sim.error_ns()))
+    assert est.drift_seeded and not est.hint_rejected
+    assert worst <= 50 * US
 
 
 @pytest.mark.parametrize(("drift", "sigma"), [(float("nan"), 1.0), (5000.0, 1.0), (20.0, float("inf")), (20.0, -1.0)])

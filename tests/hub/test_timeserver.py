@@ -33,6 +33,7 @@ from citycast.hub.timeserver import (
 from citycast.protocol.subjects import Subjects
 
 MS = 1_000_000
+MATURE_NS = 15_000_000_000  # past the estimator's young period (10 s) with a few buckets of the peer's
 
 
 @pytest.fixture
@@ -77,6 +78,15 @@ async def test_the_second_responder_serves_the_firsts_clock_and_hands_over_witho
         await wait_until(lambda: b.synced and b.sync.estimator.synced, "B synced to A and to the hub", timeout=30)
         await wait_until(lambda: abs(served_offset_ns(b) - 2 * MS) < 200_000, "B serving A's clock", timeout=30)
         assert b.served.handover.choice == 0
+        # A city server that fails has been up a while: B's estimates are past their first seconds, when a young
+        # fit's rate is off by a hundred ppm or more and each correction is slewed in within a second (on a loaded
+        # box that alone moved B's clock by 0.3-0.5 ms within 3 s, CI saw it), which is no handover's doing.
+        await wait_until(
+            lambda: min(b.sync.estimator.span_ns, b.peer_syncs[0].estimator.span_ns) >= MATURE_NS,
+            "B's estimates past their first seconds",
+            timeout=40,
+        )
+        await wait_until(lambda: abs(served_offset_ns(b) - 2 * MS) < 200_000, "B serving A's clock", timeout=30)
         # Its own estimate is the hub's clock, not A's (2 ms away); young and gentle, it may wander a few hundred µs
         # on a loaded box, which is why B serves A's.
         assert abs(b.sync.estimator.to_broadcast(time.time_ns()) - time.time_ns()) < MS
@@ -181,7 +191,9 @@ async def test_a_city_starting_together_waits_for_its_peer_rather_than_slew_onto
         assert not b.synced
         await a.start()
         await wait_until(lambda: b.synced, "B ready once A answers", timeout=20)
-        assert abs(served_offset_ns(b) - 2 * MS) < 300_000
+        # A's clock (2 ms off the hub's), not the hub's, as seen by an estimate just locked (within its 1 ms
+        # lock precision: 0.41 ms off on a loaded CI box)
+        assert abs(served_offset_ns(b) - 2 * MS) < 800_000
         assert b.served.handover.choice == 0 and b.served.handover.switches == 0
     finally:
         await b.stop()

@@ -86,8 +86,9 @@ def _ephemeral_range() -> tuple[int, int]:
 _HANDED_OUT: set[int] = set()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that nothing listens on now, for a server about to start.
+def free_port(host: str = "127.0.0.1", *, span: int = 1) -> int:
+    """A port that nothing listens on now, for a server about to start; with `span`, the first of that many in a
+    row (baresip, told port P, also listens for SIP/TLS on P + 1).
 
     Chosen below the kernel's ephemeral range: a port the kernel hands out (bind to 0) is one it may hand again,
     a moment later, to some outgoing connection as its source port, and the server that meant to listen there
@@ -97,13 +98,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     if low - floor >= 1000:
         rng = random.SystemRandom()
         for _ in range(64):
-            port = rng.randrange(floor, low)
+            port = rng.randrange(floor, low - span)
+            ports = range(port, port + span)
             # Twice the same port to one process would be two servers on one port: a caller often takes
             # several before it starts any.
-            if port in _HANDED_OUT:
+            if any(p in _HANDED_OUT for p in ports):
                 continue
-            if port_is_free(host, port) and port_is_free(host, port, socket.SOCK_DGRAM):
-                _HANDED_OUT.add(port)
+            if all(port_is_free(host, p) and port_is_free(host, p, socket.SOCK_DGRAM) for p in ports):
+                _HANDED_OUT.update(ports)
                 return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

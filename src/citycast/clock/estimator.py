@@ -176,6 +176,7 @@ class ClockEstimator:
         hint_reject_sigmas: float = 4.0,
         hint_reject_ppm: float = 20.0,
         hint_reject_after: int = 10,
+        hint_reject_span_ns: int = 3 * _S,
         young_ns: int = 10 * _S,
         young_slew_time_ns: int = _S,
     ) -> None:
@@ -216,10 +217,13 @@ class ClockEstimator:
         # offset does not. Trusted to within `hint_floor_ppm` at least (temperature moves a crystal by a few ppm),
         # and dropped for good once the samples disagree with it by more than `hint_reject_sigmas` sigmas (and
         # `hint_reject_ppm`) in `hint_reject_after` fits in a row: a young fit's own sigma is only a rough guess.
+        # Only fits over at least `hint_reject_span_ns` of samples count: on a loaded box (CI saw it) the first
+        # second's burst can disagree by tens of ppm for ten fits running, and a right memory was thrown away.
         self.hint_floor = hint_floor_ppm * 1e-6
         self.hint_reject_sigmas = hint_reject_sigmas
         self.hint_reject = hint_reject_ppm * 1e-6
         self.hint_reject_after = hint_reject_after
+        self.hint_reject_span_ns = hint_reject_span_ns
         self._hint_doubts = 0
         # For `young_ns` after a (re)start each correction is slewed in over `young_slew_time_ns` (still no faster
         # than `max_slew_ppm`): the first fits improve by hundreds of µs within seconds, and a site that took ten
@@ -352,7 +356,9 @@ class ClockEstimator:
         hint = self._hint
         if hint is not None:
             miss = abs(b_hat - hint[0])
-            if miss > max(self.hint_reject_sigmas * math.hypot(sigma_b, hint[1]), self.hint_reject):
+            if span < self.hint_reject_span_ns:
+                self._hint_doubts = 0
+            elif miss > max(self.hint_reject_sigmas * math.hypot(sigma_b, hint[1]), self.hint_reject):
                 self._hint_doubts += 1
             else:
                 self._hint_doubts = 0

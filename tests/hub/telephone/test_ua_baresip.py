@@ -80,7 +80,7 @@ def baresip_config(d: Path, wav: Path, sip_port: int, cons_port: int, codec: str
 async def test_baresip_call_is_heard_at_the_site(rig: Rig, tmp_path: Path, codec: str, srtp: bool) -> None:
     wav = tmp_path / "mic.wav"
     write_wav(wav, *CODECS[codec][2:])
-    sip_port, cons_port = free_port(), free_port()
+    sip_port, cons_port = free_port(span=2), free_port()  # baresip listens for SIP/TLS on sip_port + 1
     conf = tmp_path / "baresip"
     baresip_config(conf, wav, sip_port, cons_port, codec, srtp=srtp)
     proc = await asyncio.create_subprocess_exec(
