@@ -112,6 +112,21 @@ class Fleet:
             m.peak_rss_mb()
         self.window = (self.window[0], time.monotonic())
 
+    def watch_until(
+        self, finished: Callable[[], bool], check: Callable[[], None], seconds: float, on_tick: Callable[[float], None]
+    ) -> bool:
+        """Sample the fleet every 0.2 s until `finished()`, calling `check()` (which raises on a dead member) and
+        `on_tick(elapsed)` each time; False if it has not finished `seconds` + 30 s after the start."""
+        t0 = time.monotonic()
+        while not finished():
+            check()
+            self.sample()
+            on_tick(time.monotonic() - t0)
+            if time.monotonic() - t0 > seconds + 30:
+                return False
+            time.sleep(0.2)
+        return True
+
     def figures(self) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
         """CPU % of one core and peak RSS (MB) summed per role over the window, and process counts."""
         wall = max(1e-9, self.window[1] - self.window[0])

@@ -435,14 +435,14 @@ def _play_sites(
     )  # fmt: skip
     fleet.start_window()
     task = progress.add_task(f"[{kind}] tone and markers sent (s)", total=opts.seconds)
-    t0 = time.monotonic()
-    while ingest.poll() is None:
-        _check(fleet)
-        fleet.sample()
-        progress.update(task, completed=min(opts.seconds, time.monotonic() - t0))
-        if time.monotonic() - t0 > opts.seconds + 30:
-            raise PulseRigError("ingest did not finish in time")
-        time.sleep(0.2)
+    finished = fleet.watch_until(
+        lambda: ingest.poll() is not None,
+        lambda: _check(fleet),
+        opts.seconds,
+        lambda elapsed: progress.update(task, completed=min(opts.seconds, elapsed)),
+    )
+    if not finished:
+        raise PulseRigError("ingest did not finish in time")
     fleet.end_window()
     if ingest.returncode != 0:
         raise PulseRigError("ingest failed:\n" + fleet.log_tail(fleet.members[-1]))

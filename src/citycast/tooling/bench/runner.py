@@ -385,14 +385,15 @@ def _run(
         if snap is not None:
             snap.start_window()
         task = progress.add_task("markers sent (s)", total=opts.seconds)
-        t0 = time.monotonic()
-        while ingest.popen is not None and ingest.popen.poll() is None:
-            _check_alive(fleet)
-            fleet.sample()
-            progress.update(task, completed=min(opts.seconds, time.monotonic() - t0))
-            if time.monotonic() - t0 > opts.seconds + 30:
-                raise BenchError("ingest did not finish in time")
-            time.sleep(0.2)
+        popen = ingest.popen
+        finished = fleet.watch_until(
+            lambda: popen is None or popen.poll() is not None,
+            lambda: _check_alive(fleet),
+            opts.seconds,
+            lambda elapsed: progress.update(task, completed=min(opts.seconds, elapsed)),
+        )
+        if not finished:
+            raise BenchError("ingest did not finish in time")
         fleet.end_window()
         if snap is not None:
             snap.end_window()
