@@ -130,6 +130,7 @@ def test_holes_duplicates_and_stragglers_keep_the_timeline(tmp_path: Path) -> No
     frames = _frames(signer, packets)
     lost = set(range(60, 85))  # half a second lost on the bus
     writer = Recorder(tmp_path).open("gap.ogg", channel=3, opus_head=enc.extradata)
+    assert writer.first_ts_ns is None
     for i, data in enumerate(frames):
         if i in lost:
             continue
@@ -139,6 +140,8 @@ def test_holes_duplicates_and_stragglers_keep_the_timeline(tmp_path: Path) -> No
         if i == 120:
             assert not writer.write_frame(frames[100])  # a straggler older than what is written
     writer.close()
+    # second 0 of the file is the first frame's broadcast time, whatever came after
+    assert writer.first_ts_ns == TS0
     assert writer.skipped_packets == len([i for i in range(len(frames)) if i % 10 == 0 and i not in lost]) + 1
     assert writer.filled_packets == len(lost)
     assert writer.duration_s == pytest.approx(len(packets) * 0.02)

@@ -4,6 +4,7 @@ credentials, an address to one zone, its recording, and revocation."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -98,6 +99,9 @@ async def _scenario(tmp: Path) -> None:
             assert r.status_code == 200, r.text
             recs = (await api.get("/api/recordings")).json()
             assert len(recs) == 1
+            # second 0 of the file is the address's first frame, played after the recording's row was made
+            opened, first = (dt.datetime.fromisoformat(recs[0][k]) for k in ("started_at", "first_sample_at"))
+            assert dt.timedelta(0) < first - opened < dt.timedelta(seconds=3), recs[0]
             audio = await api.get(f"/api/recordings/{recs[0]['id']}/audio")
             assert audio.status_code == 200 and audio.headers["content-type"].startswith("audio/ogg")
             ogg = tmp / "rec.ogg"

@@ -139,6 +139,9 @@ class RecordingWriter:
         self.closed = False
         self._samples = 0  # pts of the next packet, 48 kHz samples since the start
         self._next_ts_ns: int | None = None  # broadcast time the next packet should start at
+        # Broadcast time of the file's first sample (pts 0): what ties "second s of the file" to the city's clock.
+        # The recording is opened before the address's first frame exists, so its row's start is earlier.
+        self.first_ts_ns: int | None = None
         self._last_toc = _CELT_FB_20MS_TOC
         self._final_bytes = 0
         self._container, self._stream = _open_ogg(path, opus_head)
@@ -200,6 +203,8 @@ class RecordingWriter:
             if ahead > FRAME_NS // 2:
                 self._fill(ahead)
         samples = round(packet_ns * SAMPLE_RATE / 1_000_000_000)
+        if self.first_ts_ns is None:
+            self.first_ts_ns = ts_ns
         self._mux(packet, samples)
         self.packets += 1
         self._last_toc = packet[0]

@@ -141,6 +141,9 @@ class _AddressRecording:
                 row.ended_at = utcnow()
                 row.frames = self.writer.frames
                 row.bytes = self.writer.bytes
+                first = self.writer.first_ts_ns
+                if first is not None:
+                    row.first_sample_at = dt.datetime.fromtimestamp(first / 1e9, dt.UTC)
 
 
 class _QuietServer(uvicorn.Server):

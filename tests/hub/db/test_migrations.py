@@ -28,11 +28,11 @@ def test_upgrade_empty_database_to_head(db_url: str) -> None:
         assert db.current_revision() is None
         assert inspect(db.engine).get_table_names() == []
         db.upgrade()
-        assert db.current_revision() == db.head_revision() == "0008"
+        assert db.current_revision() == db.head_revision() == "0009"
         tables = set(inspect(db.engine).get_table_names())
         assert tables == set(Base.metadata.tables) | {"alembic_version"}
         db.upgrade()  # at every hub start: a no-op at head
-        assert db.current_revision() == "0008"
+        assert db.current_revision() == "0009"
     finally:
         db.dispose()
 

@@ -19,6 +19,8 @@ from citycast.tooling.bench.city_drills import (
     counter_delta,
     covered_seconds,
     fallback_step,
+    parse_time,
+    recording_origin,
     recording_spans,
     resync_seconds,
 )
@@ -115,6 +117,16 @@ def test_recording_holes_and_gaps_are_lost_seconds() -> None:
     assert spans[-1] == second[0]
     window = (1000.5, 1005.5)
     assert window[1] - window[0] - covered_seconds(spans, *window) == pytest.approx(3.0)  # 0.5 hole + 2.5 gap
+
+
+def test_a_recording_is_placed_by_its_first_sample_when_the_hub_knows_it() -> None:
+    """The row's start precedes the first frame by the ingest's start: placed by it, the end of every recording
+    looked lost (0.13 s in a drill before a hub restart, with a recording whole to its last packet)."""
+    closed = {"started_at": "2026-12-03T16:46:16.583311Z", "first_sample_at": "2026-12-03T16:46:17.5Z"}
+    assert recording_origin(closed) == pytest.approx(parse_time("2026-12-03T16:46:17.5Z"))
+    open_ = {"started_at": "2026-12-03T16:46:16.583311Z", "first_sample_at": None}
+    assert recording_origin(open_) == pytest.approx(parse_time("2026-12-03T16:46:16.583311Z"))
+    assert recording_origin({"started_at": "2026-12-03T16:46:16Z"}) == parse_time("2026-12-03T16:46:16Z")
 
 
 def test_fallback_in_step_is_the_spread_of_each_chirp_across_sites() -> None:

@@ -40,6 +40,7 @@ async def list_recordings(_: Viewer, ctx: Ctx, limit: Annotated[int, Query(ge=1,
                     ended_at=ended,
                     duration_s=round(max(0.0, ((ended or now) - started).total_seconds()), 3),
                     bytes=rec.bytes,
+                    first_sample_at=utc(rec.first_sample_at),
                 )
             )
         return out

@@ -335,6 +335,9 @@ class RecordingOut(BaseModel):
     ended_at: dt.datetime | None
     duration_s: float
     bytes: int
+    # broadcast time of the file's first sample (second s of the file played at first_sample_at + s); null while
+    # recording, and for a recording a hub's crash left open
+    first_sample_at: dt.datetime | None = None
 
 
 class SettingsOut(BaseModel):

@@ -228,6 +228,9 @@ class Recording(Base):
     ended_at: Mapped[dt.datetime | None]
     frames: Mapped[int] = mapped_column(Integer, default=0)
     bytes: Mapped[int] = mapped_column(Integer, default=0)
+    # The broadcast time of the file's first sample, written when the recording closes (None before, for one
+    # without audio, and for one a dead hub left open): second s of the file was played at first_sample_at + s.
+    first_sample_at: Mapped[dt.datetime | None]
 
 
 class Alert(Base):

@@ -179,6 +179,13 @@ def covered_seconds(spans: list[tuple[float, float]], start_s: float, end_s: flo
     return total
 
 
+def recording_origin(recording: dict[str, Any]) -> float:
+    """When second 0 of a recording the hub lists was played: its first sample's broadcast time, or for one the
+    hub has not closed (or a hub from before it kept that) the row's start, which precedes the first frame by
+    the ingest's start (up to a second, which the drills counted as recording lost)."""
+    return parse_time(str(recording.get("first_sample_at") or recording["started_at"]))
+
+
 def recording_spans(started_s: float, packets: list[tuple[int, int, int]]) -> list[tuple[float, float]]:
     """Wall-clock spans of real audio in a recording: `packets` are (pts, duration, size) in 48 kHz samples;
     a TOC-only packet (size ≤ 1, what the recorder writes for a hole) is no audio."""
@@ -406,7 +413,7 @@ class Drills:
             with av.open(io.BytesIO(resp.content), mode="r", format="ogg") as c:
                 pkts = [(int(p.pts or 0), int(p.duration or 0), p.size) for p in c.demux(c.streams.audio[0])
                         if p.pts is not None]  # fmt: skip
-            spans += recording_spans(parse_time(str(r["started_at"])), pkts)
+            spans += recording_spans(recording_origin(r), pkts)
         return spans
 
     def heard(self) -> dict[str, list[float]]:

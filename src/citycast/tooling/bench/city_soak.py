@@ -41,6 +41,7 @@ from citycast.tooling.bench.analysis import true_time_of_sample
 from citycast.tooling.bench.city_drills import (
     IN_SYNC_MS,
     parse_time,
+    recording_origin,
     recording_spans,
     site_takes_several_uplinks,
     write_fallback,
@@ -349,9 +350,10 @@ def recording_figures(rig: CityRig, address_id: int) -> dict[str, Any]:
             pkts = [(int(p.pts or 0), int(p.duration or 0), p.size) for p in c.demux(c.streams.audio[0])
                     if p.pts is not None]  # fmt: skip
         length = max((pts + dur for pts, dur, _ in pkts), default=0) / SAMPLE_RATE
-        spans = recording_spans(parse_time(str(r["started_at"])), pkts)
+        spans = recording_spans(recording_origin(r), pkts)
         return {
             "started_at": r.get("started_at"),
+            "first_sample_at": r.get("first_sample_at"),
             "ended_at": r.get("ended_at"),
             "length_s": round(length, 3),
             "audio_s": round(sum(b - a for a, b in spans), 3),
