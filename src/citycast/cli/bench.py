@@ -14,6 +14,8 @@ import typer
 from citycast import runtime
 from citycast.cli.common import console, fail
 
+SOAK_CLOCKS = ("city", "city-plain", "hub")  # --soak-clock: what the simulated sites sync to
+
 app = typer.Typer()
 
 # bench and bench-city: both emulate the long haul and can set TCP's retransmission floor on it
@@ -74,6 +76,14 @@ def bench(
         ),
     ] = None,
     soak_plot: Annotated[Path | None, typer.Option(help="With --soak-hours and --wan: write an SVG plot here.")] = None,
+    soak_clock: Annotated[
+        str,
+        typer.Option(
+            help="With --soak-hours and --wan: what the sites sync to: 'city' (city responder A syncing to the hub "
+            "over path A, giving its correction), 'city-plain' (the same, no correction: a site fits A's served "
+            "clock) or 'hub' (a responder serving the hub's clock exactly)."
+        ),
+    ] = "city",
     sink: Annotated[
         str | None,
         typer.Option(
@@ -174,9 +184,11 @@ def bench(
     if soak_hours is not None and wan != "none":
         from citycast.tooling.bench.soak_report import city_soak_command
 
+        if soak_clock not in SOAK_CLOCKS:
+            raise typer.BadParameter(f"one of {', '.join(SOAK_CLOCKS)}", param_hint="--soak-clock")
         city_soak_command(hours=soak_hours, sites=min(sites, 4) or 2, wan=wan, paths=paths, shared_loss=shared_loss,
                           delay_ms=delay_ms or 340.0, seed=seed, json_out=json_out, plot_out=soak_plot,
-                          console=console)  # fmt: skip
+                          clock=soak_clock, console=console)  # fmt: skip
         return
     if soak_hours is not None:
         from citycast.tooling.bench.soak_report import soak_command

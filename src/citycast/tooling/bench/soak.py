@@ -25,6 +25,7 @@ from citycast.media.jitter import Put
 from citycast.media.playout import ClockMap, PlayoutEngine, PlayoutState
 from citycast.media.sources import MarkerSource
 from citycast.site.uplinks import Copy, FrameMerge
+from citycast.tooling.bench.soak_city_clock import CityClock, simulate_city_clock
 from citycast.tooling.markers import detect_markers
 
 S = 1_000_000_000
@@ -349,8 +350,11 @@ class Row:
     replays: int = 0  # a frame twice on one path: must stay 0
     old: int = 0  # copies older than the merge remembers (a path's backlog after a cut)
     fallback_s: float = 0.0
-    sync_error_p99_us: float = 0.0  # |the site's estimate − true broadcast time|, sampled each second
-    marker_error_p99_us: float = float("nan")  # |heard − due| of the markers in the row's window
+    # |the site's estimate − the clock its responder serves| (with a simulated city clock; else − true broadcast
+    # time), sampled each second
+    sync_error_p99_us: float = 0.0
+    marker_error_p99_us: float = float("nan")  # |heard − due by the city's clock| of the markers in the row's window
+    city_clock_p99_us: float = float("nan")  # |city responder A's clock − the hub's|: the whole city's, in common
     skew_p99_us: float = float("nan")  # spread of one marker across sites (fleet rows)
     markers: int = 0
     rss_mb: float = 0.0
@@ -396,6 +400,8 @@ class CitySoak:
     rows: list[Row]  # the fleet's rows: sums, worst p99s, marker skew across sites
     faults: list[FaultResult]  # the worst site's figures per fault
     retransmissions: list[int]
+    city_clock: bool = False  # the sites synced to a simulated city responder (else to the hub's clock itself)
+    correction: bool = False  # ... and were given its correction
 
 
 RESPONDER_OFFSET_NS = 100_000  # responder B's broadcast time beside A's: each carries its own path's asymmetry
@@ -416,9 +422,16 @@ def run_city_soak(
     row_s: float = ROW_S,
     seed: int = 1,
     block: int = 960,
+    city_clock: bool = True,
+    correction: bool = True,
+    city_warmup_s: float = 1800.0,
     progress: Callable[[float], None] | None = None,
 ) -> CitySoak:
-    """The deployed shape for `hours` of simulated time; `faults` None: `default_faults(hours)`."""
+    """The deployed shape for `hours` of simulated time; `faults` None: `default_faults(hours)`.
+
+    `city_clock`: the sites sync to city responder A as it syncs to the hub over path A, started `city_warmup_s`
+    before the address (`soak_city_clock`), with its correction if `correction`; else to a responder that
+    serves the hub's clock exactly."""
     if paths not in (1, 2):
         raise ValueError("paths must be 1 or 2")
     if not 0.0 <= shared_loss <= 1.0:
@@ -442,19 +455,27 @@ def run_city_soak(
     order = order[when[order] >= 0]  # frames that never arrived
     events = (when[order], seqs[order], ups[order])
     del when, seqs, ups, order
+    city = None
+    if city_clock:
+        city = simulate_city_clock(
+            start_ns=t0 - round(city_warmup_s * S), end_ns=t0 + total_ns + 10 * S, delay_ms=link.delay_ms,
+            jitter_ms=link.jitter_ms, loss=link.loss, seed=seed, b_offset_ns=RESPONDER_OFFSET_NS,
+            cuts=[f.window_ns(t0) for f in faults if f.kind in ("cut-a", "cut-both")],
+        )  # fmt: skip
     out: list[CitySite] = []
     for i in range(sites):
         clock = SkewedClock(round(rng.uniform(-2, 2) * S), rng.uniform(-100, 100), ref_ns=t0)
         dac = 100.0 if i == 0 else rng.uniform(-100, 100)
         site = CitySite(clock, dac, PlayoutEngine(delay_ns=delay_ns, decoder_factory=OpusDecoder), FrameMerge())
         _run_city_site(site, random.Random(seed * 104729 + i), packets, events, codec_delay, t0, total_ns,
-                       stream_ts0, delay_ns, faults, window_s, row_s, block, progress)  # fmt: skip
+                       stream_ts0, delay_ns, faults, window_s, row_s, block, city, correction, progress)  # fmt: skip
         out.append(site)
     tcp_retx = [0] * paths  # recomputed cheaply from the arrivals: frames later than the path's normal worst
     for p in range(paths):
         sent = send0 + np.arange(frames, dtype=np.int64) * FRAME_NS
         tcp_retx[p] = int(np.count_nonzero(arrivals[p] - sent > round((link.delay_ms + link.jitter_ms) * MS)))
-    return CitySoak(hours, paths, shared_loss, delay_ns / MS, link, out, merge_rows(out), merge_faults(out), tcp_retx)
+    return CitySoak(hours, paths, shared_loss, delay_ns / MS, link, out, merge_rows(out), merge_faults(out), tcp_retx,
+                    city is not None, city is not None and correction)  # fmt: skip
 
 
 def _run_city_site(
@@ -471,9 +492,19 @@ def _run_city_site(
     window_s: float,
     row_s: float,
     block: int,
+    city: CityClock | None,
+    correction: bool,
     progress: Callable[[float], None] | None,
 ) -> None:
     clock, engine, est, merge = site.clock, site.engine, site.estimator, site.merge
+    feeding = est  # after a move to the other responder, a fresh estimator (site.uplinks.ClockFailover)
+
+    def served(responder: int, true_ns: int) -> int:
+        if city is None:
+            return true_ns + (RESPONDER_OFFSET_NS if responder == 1 else 0)
+        return city.served(responder, true_ns)
+
+    city_errs: list[float] = []
     period = block * S / (SAMPLE_RATE * (1 + site.dac_ppm * 1e-6))
     lead = 20_000_000
     lan_ns = 300_000  # the city LAN hop, city server to site
@@ -511,15 +542,23 @@ def _run_city_site(
                 next_exchange += EXCHANGE_TIMEOUT_NS
                 if failures >= GIVE_UP_AFTER:
                     responder, failures, switches = 1, 0, switches + 1
+                    if city is not None:
+                        feeding = ClockEstimator()
                 continue
             failures = 0
-            offset = RESPONDER_OFFSET_NS if responder == 1 else 0
             t1 = clock.at(next_exchange)
-            t2 = next_exchange + _delay_ns(rng, 150)
-            t3 = t2 + 5_000
-            t4 = clock.at(t3 + _delay_ns(rng, 150))
-            est.add_sample(t1, t2 + offset, t3 + offset, t4)
-            next_exchange += est.next_interval_ns()
+            at2 = next_exchange + _delay_ns(rng, 150)
+            at3 = at2 + 5_000
+            t4 = clock.at(at3 + _delay_ns(rng, 150))
+            if city is not None and correction:
+                raw3 = city.raw(responder, at3)
+                feeding.add_sample(t1, city.raw(responder, at2), raw3, t4)
+                feeding.set_correction(raw3, served(responder, at3) - raw3)
+            else:
+                feeding.add_sample(t1, served(responder, at2), served(responder, at3), t4)
+            if feeding is not est and feeding.synced:
+                est = site.estimator = feeding  # a step of the two responders' difference, slewed by the playout
+            next_exchange += feeding.next_interval_ns()
         while next_map <= now:
             if est.synced:
                 ref = clock.at(next_map)
@@ -527,8 +566,10 @@ def _run_city_site(
                 engine.set_clock(ClockMap(ref, bt, (est.to_broadcast(ref + S) - bt) / S))
             next_map += 250_000_000
         while next_probe <= now:
+            if city is not None:
+                city_errs.append(abs(city.error_at(next_probe)) / 1000)
             if est.synced:
-                sync_errs.append(abs(est.to_broadcast(clock.at(next_probe)) - next_probe) / 1000)
+                sync_errs.append(abs(est.to_broadcast(clock.at(next_probe)) - served(responder, next_probe)) / 1000)
                 for r, (a, z) in zip(results, fault_ns, strict=True):
                     if a <= next_probe <= z + 60 * S:
                         r.sync_error_max_us = max(r.sync_error_max_us, sync_errs[-1])
@@ -578,7 +619,7 @@ def _run_city_site(
         if in_row >= row_ns or b == n_blocks - 1:
             if capture_from is not None and capture:
                 errs = _marker_errors(np.concatenate(capture), capture_from, period / block, stream_ts0,
-                                      delay_ns, codec_delay)  # fmt: skip
+                                      delay_ns, codec_delay, city)  # fmt: skip
                 site.heard[row_index] = errs
                 row.markers = len(errs)
                 if errs:
@@ -591,6 +632,7 @@ def _run_city_site(
             row.fallback_s = round((fallback_total - fallback_row0) * period / S, 2)
             fallback_row0 = fallback_total
             row.sync_error_p99_us = float(np.percentile(sync_errs, 99)) if sync_errs else float("nan")
+            row.city_clock_p99_us = float(np.percentile(city_errs, 99)) if city_errs else float("nan")
             row.rss_mb = _rss_mb()
             row.jitter_buffer_max = jb_max
             row.merge_streams = len(merge)
@@ -599,22 +641,30 @@ def _run_city_site(
             site.rows.append(row)
             row_index += 1
             row = Row(minute=(row_index + 1) * row_s / 60)
-            sync_errs, jb_max, capture, capture_from = [], 0, [], None
+            sync_errs, city_errs, jb_max, capture, capture_from = [], [], 0, [], None
         if progress is not None and b % 30_000 == 0:
             progress((dac_true - t0) / S)
     site.faults = results
 
 
 def _marker_errors(
-    audio: np.ndarray, first_true: float, ns_per_sample: float, stream_ts0: int, delay_ns: int, codec_delay: int
+    audio: np.ndarray,
+    first_true: float,
+    ns_per_sample: float,
+    stream_ts0: int,
+    delay_ns: int,
+    codec_delay: int,
+    city: CityClock | None = None,
 ) -> list[tuple[int, float]]:
-    """(marker index, heard − due in ns) for every marker chirp found in `audio`."""
+    """(marker index, heard − due in ns) for every marker chirp found in `audio`; due by the city's clock if
+    there is one (a city clock E ahead of the hub's plays everything E early, the whole city alike)."""
     out = []
     lookahead = codec_delay * S / SAMPLE_RATE
     for pos in detect_markers(audio):
         heard = first_true + pos * ns_per_sample
         k = round((heard - delay_ns - stream_ts0 - lookahead) / S)
-        out.append((k, heard - (stream_ts0 + k * S + delay_ns + lookahead)))
+        due = stream_ts0 + k * S + delay_ns + lookahead
+        out.append((k, heard - due + (city.error_at(round(due)) if city is not None else 0.0)))
     return out
 
 
@@ -634,6 +684,7 @@ def merge_rows(sites: list[CitySite]) -> list[Row]:
             setattr(row, name, sum(getattr(r, name) for r in rs))
         row.fallback_s = max(r.fallback_s for r in rs)
         row.sync_error_p99_us = max(r.sync_error_p99_us for r in rs)
+        row.city_clock_p99_us = max(r.city_clock_p99_us for r in rs)
         row.marker_error_p99_us = max(r.marker_error_p99_us for r in rs)
         row.rss_mb = max(r.rss_mb for r in rs)
         row.jitter_buffer_max = max(r.jitter_buffer_max for r in rs)

@@ -81,8 +81,8 @@ def _site_json(s: SoakSite) -> dict[str, object]:
 # -- the deployed shape: `citycast bench --soak-hours H --wan PROFILE [--paths 2] [--shared-loss F]` -------------
 
 ROW_COLUMNS = ("minute", "underruns", "concealed", "late", "duplicates", "old", "fallback_s", "sync_error_p99_us",
-               "marker_error_p99_us", "skew_p99_us", "rss_mb", "jitter_buffer_max", "merge_streams",
-               "estimator_kept")  # fmt: skip
+               "marker_error_p99_us", "skew_p99_us", "city_clock_p99_us", "rss_mb", "jitter_buffer_max",
+               "merge_streams", "estimator_kept")  # fmt: skip
 
 
 def city_soak_command(
@@ -97,6 +97,7 @@ def city_soak_command(
     json_out: Path | None,
     plot_out: Path | None,
     console: Console,
+    clock: str = "city",
 ) -> CitySoak:
     from citycast.tooling.bench.wan import get_profile
 
@@ -117,10 +118,11 @@ def city_soak_command(
             progress.update(task, completed=done[0] + seconds / 3600)
 
         result = run_city_soak(hours=hours, sites=sites, paths=paths, link=link, shared_loss=shared_loss,
-                               delay_ns=round(delay_ms * 1e6), seed=seed, progress=tick)  # fmt: skip
+                               delay_ns=round(delay_ms * 1e6), seed=seed, city_clock=clock != "hub",
+                               correction=clock == "city", progress=tick)  # fmt: skip
     ran_s = time.monotonic() - started
     command = (f"citycast bench --soak-hours {hours:g} --wan {wan} --paths {paths} --shared-loss {shared_loss:g} "
-               f"--delay {delay_ms:g} --sites {sites}")  # fmt: skip
+               f"--delay {delay_ms:g} --sites {sites} --soak-clock {clock}")  # fmt: skip
     print_city_soak(result, command, console)
     console.print(f"ran in {ran_s:.0f} s; load {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     figures = city_soak_json(result, command, ran_s)
@@ -138,6 +140,8 @@ def city_soak_json(result: CitySoak, command: str, ran_s: float) -> dict[str, An
         "paths": result.paths,
         "shared_loss": result.shared_loss,
         "delay_ms": result.delay_ms,
+        "city_clock": result.city_clock,
+        "correction": result.correction,
         "link": asdict(result.link),
         "ran_s": round(ran_s, 1),
         "load": [round(x, 2) for x in os.getloadavg()],
@@ -165,12 +169,13 @@ def _num(v: object) -> object:
 def print_city_soak(result: CitySoak, command: str, console: Console) -> None:
     table = Table(title=f"{command}: per 10 simulated minutes (fleet: counters summed, p99s the worst site's)")
     for col in ("min", "underruns", "concealed", "late", "dup", "fallback s", "sync err p99 µs", "marker err p99 µs",
-                "skew p99 µs", "RSS MB", "jb max", "merge", "est kept"):  # fmt: skip
+                "skew p99 µs", "city clock p99 µs", "RSS MB", "jb max", "merge", "est kept"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in result.rows:
         table.add_row(f"{r.minute:.0f}", str(r.underruns), str(r.concealed), str(r.late), str(r.duplicates),
                       f"{r.fallback_s:.1f}", f"{r.sync_error_p99_us:.2f}", f"{r.marker_error_p99_us:.2f}",
-                      f"{r.skew_p99_us:.2f}", f"{r.rss_mb:.0f}", str(r.jitter_buffer_max), str(r.merge_streams),
+                      f"{r.skew_p99_us:.2f}", _opt_nan(r.city_clock_p99_us), f"{r.rss_mb:.0f}",
+                      str(r.jitter_buffer_max), str(r.merge_streams),
                       str(r.estimator_kept))  # fmt: skip
     console.print(table)
     faults = Table(title="faults (worst site; fallback and counters from the fault's start to 60 s after its end)")
@@ -182,6 +187,10 @@ def print_city_soak(result: CitySoak, command: str, console: Console) -> None:
                        f"{f.fallback_s:.1f}", _opt(f.frames_back_s), _opt(f.resync_s), f"{f.sync_error_max_us:.1f}",
                        str(f.responder_switches))  # fmt: skip
     console.print(faults)
+
+
+def _opt_nan(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.1f}"
 
 
 def _opt(x: float | None) -> str:
