@@ -44,7 +44,7 @@ def test_with_the_responders_correction_a_site_tracks_the_city_clock_to_microsec
             window_s=10,
             seed=1,
             correction=corr,
-        )  # fmt: skip
+        )
         for corr in (True, False)
     }
     corrected = max(r.sync_error_p99_us for r in runs[True].rows)
