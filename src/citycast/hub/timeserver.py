@@ -42,7 +42,8 @@ PEER_JUDGE_AFTER_NS = 10 * 60 * _S
 CITY_MEMORY_AFTER_NS = 10 * 60 * _S
 
 
-def _gentle() -> ClockEstimator:
+def city_estimator() -> ClockEstimator:
+    """What a city responder syncs to the hub with (also the long soak's model of one)."""
     # The city's sites track whatever this responder serves; a clock that changes rate gently (and whose
     # corrections are slewed over minutes, not seconds) is one they all track alike.
     return ClockEstimator(max_slew_ppm=20.0, slew_time_ns=60 * _S)
@@ -182,7 +183,7 @@ class TimeService:
         served: Clock = self.local
         if upstream is not None:
             self.sync = ClockSync(
-                url, upstream, self.local, estimator=_gentle(), creds=creds, inbox_prefix=upstream_inbox_prefix
+                url, upstream, self.local, estimator=city_estimator(), creds=creds, inbox_prefix=upstream_inbox_prefix
             )
             served = EstimatedClock(self.sync.estimator, self.local)
             # After a restart only the offset is left to learn: a young estimate's wrong drift is what makes a

@@ -14,6 +14,7 @@ LONDON_KARACHI = LongHaul(70.0, 10.0, 0.01)
 
 def test_the_city_clock_stays_near_the_hubs_and_moves_gently_through_a_cut() -> None:
     city = simulate_city_clock(start_ns=T0, end_ns=T0 + 1800 * S, delay_ms=70, jitter_ms=10, loss=0.01,
+                               retransmit_ns=340 * MS,
                                cuts=[(T0 + 900 * S, T0 + 960 * S)], seed=2, b_offset_ns=100_000)  # fmt: skip
     settled = city.error_ns[round(600 * S / GRID_NS) :]
     assert np.abs(settled).max() < 1 * MS  # a long haul's asymmetry and wander: hundreds of µs, not ms
@@ -27,6 +28,7 @@ def test_the_city_clock_stays_near_the_hubs_and_moves_gently_through_a_cut() -> 
 def test_a_city_responder_that_never_reaches_the_hub_is_an_error() -> None:
     with pytest.raises(ValueError, match="never synced"):
         simulate_city_clock(start_ns=T0, end_ns=T0 + 60 * S, delay_ms=70, jitter_ms=10, loss=0.0,
+                            retransmit_ns=340 * MS,
                             cuts=[(T0, T0 + 61 * S)], seed=1, b_offset_ns=0)  # fmt: skip
 
 

@@ -459,7 +459,8 @@ def run_city_soak(
     if city_clock:
         city = simulate_city_clock(
             start_ns=t0 - round(city_warmup_s * S), end_ns=t0 + total_ns + 10 * S, delay_ms=link.delay_ms,
-            jitter_ms=link.jitter_ms, loss=link.loss, seed=seed, b_offset_ns=RESPONDER_OFFSET_NS,
+            jitter_ms=link.jitter_ms, loss=link.loss, retransmit_ns=link.rtt_ns + RTO_MIN_NS, seed=seed,
+            b_offset_ns=RESPONDER_OFFSET_NS,
             cuts=[f.window_ns(t0) for f in faults if f.kind in ("cut-a", "cut-both")],
         )  # fmt: skip
     out: list[CitySite] = []

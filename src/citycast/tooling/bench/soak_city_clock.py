@@ -17,20 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock
+from citycast.hub.timeserver import city_estimator
 
 S = 1_000_000_000
 MS = 1_000_000
 GRID_NS = 100 * MS
-RTO_MIN_NS = 200 * MS  # a lost segment costs a round trip plus Linux's minimum RTO (soak.TcpPath)
 HUB_HOLD_NS = 5_000  # the hub responder's time between t2 and t3
 RETRY_NS = S  # an exchange lost in a cut is tried again this much later
-
-
-def city_estimator() -> ClockEstimator:
-    """What a city responder syncs to the hub with (citycast.hub.timeserver's `_gentle`)."""
-    return ClockEstimator(max_slew_ppm=20.0, slew_time_ns=60 * S)
 
 
 @dataclass
@@ -66,21 +60,22 @@ def simulate_city_clock(
     delay_ms: float,
     jitter_ms: float,
     loss: float,
+    retransmit_ns: int,
     cuts: list[tuple[int, int]],
     seed: int,
     b_offset_ns: int,
 ) -> CityClock:
-    """A from `start_ns` (the city server started, before the address) to `end_ns`; `cuts`: true-time windows
+    """A from `start_ns` (the city server started, before the address) to `end_ns`; a lost segment (`loss`) of
+    an exchange arrives `retransmit_ns` later (soak.TcpPath's first retransmission); `cuts`: true-time windows
     in which A's path to the hub carries nothing."""
     rng = random.Random(seed * 15485863 + 11)
     raw_a = SkewedClock(round(rng.uniform(-3, 3) * S), rng.uniform(-60, 60), ref_ns=start_ns)
     raw_b = SkewedClock(round(rng.uniform(-3, 3) * S), rng.uniform(-60, 60), ref_ns=start_ns)
     est = city_estimator()
-    rtt = round(2 * delay_ms * MS)
 
     def one_way() -> int:
         d = round((delay_ms + rng.uniform(-jitter_ms, jitter_ms)) * MS)
-        return d + (rtt + RTO_MIN_NS if rng.random() < loss else 0)
+        return d + (retransmit_ns if rng.random() < loss else 0)
 
     n = (end_ns - start_ns) // GRID_NS + 2
     error = np.zeros(n, np.float64)

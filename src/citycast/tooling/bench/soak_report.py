@@ -80,10 +80,6 @@ def _site_json(s: SoakSite) -> dict[str, object]:
 
 # -- the deployed shape: `citycast bench --soak-hours H --wan PROFILE [--paths 2] [--shared-loss F]` -------------
 
-ROW_COLUMNS = ("minute", "underruns", "concealed", "late", "duplicates", "old", "fallback_s", "sync_error_p99_us",
-               "marker_error_p99_us", "skew_p99_us", "city_clock_p99_us", "rss_mb", "jitter_buffer_max",
-               "merge_streams", "estimator_kept")  # fmt: skip
-
 
 def city_soak_command(
     *,
