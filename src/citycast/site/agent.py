@@ -691,6 +691,10 @@ class SiteAgent:
                     await old_sub.unsubscribe()
             self._command_sub = await new.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
         await self._rewatch_desired(new)
+        # The console has heard nothing from this site since the old path went quiet, and a report of a state
+        # change made meanwhile went down that path: tell it now rather than at the next heartbeat (after both
+        # long-haul paths were cut, this is what the operator waits for).
+        await self._report_once()
 
     async def _rewatch_desired(self, nc: Client) -> None:
         """Move the desired-state watch to connection `nc`, keeping what it already knows (value and revision), so

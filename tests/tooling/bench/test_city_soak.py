@@ -27,6 +27,7 @@ from citycast.tooling.bench.city_soak import (
     heard_in_wav,
     make_rows,
     rss_drift,
+    rss_trend,
     write_speech_with_markers,
 )
 from citycast.tooling.markers import detect_markers_in_wav
@@ -154,3 +155,16 @@ def test_every_sample_is_on_disk_the_moment_it_is_taken(tmp_path: Path) -> None:
     lines = (tmp_path / "samples.jsonl").read_text().splitlines()
     assert len(first) == 1 and lines[0] == first[0] and len(lines) == 2 == len(log)
     assert [Sample(**json.loads(line)) for line in lines] == list(log)
+
+
+def test_rss_trend_tells_a_leak_from_a_collectors_sawtooth() -> None:
+    """A nats-server's heap swings ±10 % between collections without growing: the single samples depart by more
+    than 5 %, the 10-minute medians do not. A process that grows 1 % every 10 minutes shows it in both."""
+    samples = [
+        _sample(60 * m, {"nats": 40 * (1.1 if m % 3 == 0 else 0.95), "leaky": 100 * (1 + 0.001 * m)}, {})
+        for m in range(0, 60)
+    ]
+    drift, trend = rss_drift(samples, 600), rss_trend(samples, 600)
+    assert drift["nats"] > 10 and trend["nats"] < 1
+    assert trend["leaky"] == pytest.approx(3.94, abs=0.01) and drift["leaky"] == pytest.approx(4.85, abs=0.01)
+    assert rss_trend(samples[:15], 600) == {}  # one window after warm-up: nothing to compare

@@ -261,6 +261,25 @@ def rss_drift(samples: list[Sample], warmup_s: float) -> dict[str, float]:
     return out
 
 
+def rss_trend(samples: list[Sample], warmup_s: float, window_s: float = 600.0) -> dict[str, float]:
+    """Per process: the largest departure (%) of a later window's median RSS from the first window's after
+    warm-up. A leak grows window after window; a garbage collector's sawtooth (a nats-server's Go heap swings by
+    a tenth between collections) moves the single samples that `rss_drift` reads, not the windows' medians."""
+    after = [s for s in samples if s.t_s >= warmup_s]
+    windows: dict[int, list[Sample]] = {}
+    for s in after:
+        windows.setdefault(int((s.t_s - warmup_s) // window_s), []).append(s)
+    if len(windows) < 2:
+        return {}
+    ordered = [windows[k] for k in sorted(windows)]
+    out = {}
+    for name in ordered[0][0].rss_mb:
+        medians = [float(np.median(got)) for w in ordered if (got := [s.rss_mb[name] for s in w if name in s.rss_mb])]
+        if len(medians) >= 2 and medians[0] > 0:
+            out[name] = round(max(abs(m - medians[0]) for m in medians[1:]) / medians[0] * 100, 2)
+    return out
+
+
 # -- the run ------------------------------------------------------------------------------------------------------
 
 
@@ -484,6 +503,7 @@ def run_city_soak(opts: SoakOptions, console: Console) -> dict[str, Any]:
         "concealed": sum(r.concealed for r in rows),
         "markers_all_sites": sum(1 for c in clusters if len(c) == len(site_names)),
         "rss_drift_pct": rss_drift(samples, opts.warmup_minutes * 60),
+        "rss_trend_pct": rss_trend(samples, opts.warmup_minutes * 60),
         "rows": [asdict(r) for r in rows],
         "samples": [asdict(s) for s in samples],
     }
@@ -534,6 +554,13 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         + ", ".join(f"{k} {v}" for k, v in sorted(result["rss_drift_pct"].items()) if not k.startswith("site-"))
         + f", sites ≤ {max((v for k, v in result['rss_drift_pct'].items() if k.startswith('site-')), default=0)}"
     )
+    trend = result.get("rss_trend_pct") or {}
+    if trend:
+        console.print(
+            "RSS trend (10-minute medians against the first after warm-up, max %): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(trend.items()) if not k.startswith("site-"))
+            + f", sites ≤ {max((v for k, v in trend.items() if k.startswith('site-')), default=0)}"
+        )
 
 
 def _short(process: str) -> str:
