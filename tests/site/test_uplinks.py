@@ -241,7 +241,6 @@ async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_ever
         for w in watchers:
             await w.close()
 
-        loop = asyncio.get_running_loop()
         reports: list[Telemetry] = []
 
         async def on_report(msg: Msg) -> None:
