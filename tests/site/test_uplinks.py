@@ -208,7 +208,7 @@ async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_ever
         await service.start()
         key = generate_private_key()
         # The dual site's heartbeat is too slow to matter here: what reaches the hub after the fault is the report
-        # the site sends when control moves.
+        # the site sends when a path goes down (and when control moves, if it was on A).
         dual = await _agent(
             "dual", [Uplink(city_a.url), Uplink(city_b.url)], city_a.url, key.public_key(), telemetry_interval_s=600
         )

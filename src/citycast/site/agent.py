@@ -476,7 +476,7 @@ class SiteAgent:
             clock_steps_refused=self.guard.refused_steps,
             creds_expire_s=self.renewer.expires_s if self.renewer is not None else None,
             duplicates=self.duplicates,
-            paths=self.uplinks.up() if self.uplinks is not None else {},
+            paths=self._paths(),
             delay_ms=self.engine.current_delay_ns() / 1e6,
             margin_ms=margin_summary(margins),
             amp_on=self.amp.scheduler.is_on if self.amp is not None else None,
@@ -503,14 +503,19 @@ class SiteAgent:
 
     async def _report(self) -> None:
         loop = asyncio.get_running_loop()
-        reported, last = self.engine.state, loop.time()
+        reported, last = (self.engine.state, self._paths()), loop.time()
         while True:
             await asyncio.sleep(STATE_POLL_S)
-            state, now = self.engine.state, loop.time()
+            # A path going down or up is news for the console too (its spare is gone or back), whichever
+            # connection carries control.
+            seen, now = (self.engine.state, self._paths()), loop.time()
             periodic = now - last >= self.config.telemetry_interval_s
-            if periodic or (state is not reported and now - last >= STATE_GAP_S):
-                reported, last = state, now
+            if periodic or (seen != reported and now - last >= STATE_GAP_S):
+                reported, last = seen, now
                 await self._report_once()
+
+    def _paths(self) -> dict[str, bool]:
+        return self.uplinks.up() if self.uplinks is not None else {}
 
     async def _report_once(self) -> None:
         if self.nc is not None and self.nc.is_connected:
