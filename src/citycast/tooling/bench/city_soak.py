@@ -551,16 +551,17 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         f"address {result['address_s']:.1f} s, recording {rec.get('length_s')} s "
         f"({rec.get('audio_s')} s of audio, {rec.get('holes')} holes): recording − address "
         f"{result['recording_minus_address_s']} s; RSS drift after warm-up (max %): "
-        + ", ".join(f"{k} {v}" for k, v in sorted(result["rss_drift_pct"].items()) if not k.startswith("site-"))
-        + f", sites ≤ {max((v for k, v in result['rss_drift_pct'].items() if k.startswith('site-')), default=0)}"
+        + _by_process(result["rss_drift_pct"])
     )
     trend = result.get("rss_trend_pct") or {}
     if trend:
-        console.print(
-            "RSS trend (10-minute medians against the first after warm-up, max %): "
-            + ", ".join(f"{k} {v}" for k, v in sorted(trend.items()) if not k.startswith("site-"))
-            + f", sites ≤ {max((v for k, v in trend.items() if k.startswith('site-')), default=0)}"
-        )
+        console.print("RSS trend (10-minute medians against the first after warm-up, max %): " + _by_process(trend))
+
+
+def _by_process(pct: dict[str, float]) -> str:
+    """Each shared process's figure, then the sites' worst."""
+    shared = ", ".join(f"{k} {v}" for k, v in sorted(pct.items()) if not k.startswith("site-"))
+    return shared + f", sites ≤ {max((v for k, v in pct.items() if k.startswith('site-')), default=0)}"
 
 
 def _short(process: str) -> str:
