@@ -174,7 +174,7 @@ class LightFleet:
         try:
             for i, group in enumerate(self.groups):
                 path = self.creds[i]
-                nc = await connect(
+                nc: Client = await connect(
                     self.nats_url,
                     name=f"citycast-light-sites-{i}",
                     forever=False,
