@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tests.helpers import need_binary, wait_until_sync
 
 from citycast.media.chirp import chirp
 from citycast.tooling.bench.fleet import Fleet
-from citycast.tooling.bench.snapcast import SnapcastRig, log_events, markers_in
+from citycast.tooling.bench.snapcast import SnapcastRig, comparison, log_events, markers_in
 from citycast.tooling.markers import detect_markers
 
 PERIOD_S = 0.5
@@ -25,11 +26,14 @@ def _markers(path: Path) -> int:
     return len(detect_markers(np.fromfile(path, dtype="<i2")[::2].astype(np.float32) / 32768))
 
 
-def test_a_snapclient_plays_the_markers_and_a_stall_shows_in_its_log_and_its_output(tmp_path: Path) -> None:
+def test_a_snapclient_plays_the_markers_and_a_stall_shows_in_its_log_and_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     need_binary("snapserver")
     need_binary("snapclient")
+    monkeypatch.chdir(tmp_path)  # a relative work directory, as the bench's default --out gives
     with Fleet(tmp_path / "logs") as fleet:
-        rig = SnapcastRig(tmp_path / "snap", 1, PERIOD_S)
+        rig = SnapcastRig(Path("snap"), 1, PERIOD_S)
         rig.start(fleet)
         out = rig.output(0)
         wait_until_sync(lambda: _markers(out) >= 2, "the snapclient playing markers", timeout=15)
@@ -82,3 +86,10 @@ def test_markers_missing_and_jumps_in_what_was_played() -> None:
     found, _, jumps = markers_in(_with_markers(skipped, length), PERIOD_S)
     assert (found, jumps) == (8, 1)
     assert markers_in(np.zeros(3 * period, np.float32), PERIOD_S) == (0, 3, 0)
+
+
+def test_no_cpu_ratio_against_snapclients_that_played_nothing() -> None:
+    base = {"site_cpu_percent_per_site": 2.0, "snapclient_cpu_percent": 0.5, "processes": {"sites": 1}}
+    assert comparison({**base, "snapclient_markers_min": 59})["cpu_vs_snapclient"] == 4.0
+    # An idle snapclient (its server had no audio) costs a third of a playing one: no yardstick.
+    assert comparison({**base, "snapclient_markers_min": 0})["cpu_vs_snapclient"] is None

@@ -185,7 +185,9 @@ class SnapcastRig:
     def start_server(self, fleet: Fleet) -> None:
         """snapserver and its feeder, for clients started by the caller."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        fifo = self.workdir / "snapfifo"
+        # Absolute: snapserver reads `pipe://citycast-out/...` as host "citycast-out" and path "/...", opens nothing
+        # and serves silence (the bench's default --out is relative).
+        fifo = (self.workdir / "snapfifo").resolve()
         with contextlib.suppress(FileNotFoundError):
             fifo.unlink()
         os.mkfifo(fifo)
@@ -282,8 +284,10 @@ def comparison(figures: dict[str, object]) -> dict[str, object]:
     snap_cpu = float(figures.get("snapclient_cpu_percent", 0.0))  # type: ignore[arg-type]
     procs = dict(figures.get("processes", {})).get("sites", 0)  # type: ignore[call-overload]
     site_rss = dict(figures.get("rss_mb", {})).get("sites")  # type: ignore[call-overload]
+    # A snapclient that played nothing (no audio from its server) idles: its CPU is no yardstick.
+    played = int(figures.get("snapclient_markers_min", 0)) > 0  # type: ignore[call-overload]
     return {
-        "cpu_vs_snapclient": float(site_cpu) / snap_cpu if site_cpu is not None and snap_cpu > 0 else None,  # type: ignore[arg-type]
+        "cpu_vs_snapclient": float(site_cpu) / snap_cpu if site_cpu is not None and snap_cpu > 0 and played else None,  # type: ignore[arg-type]
         # one site process's peak RSS (it holds sites / processes agents)
         "site_rss_mb_per_process": float(site_rss) / procs if site_rss is not None and procs else None,
     }
@@ -297,7 +301,8 @@ def add_rows(table: Table, f: dict[str, object]) -> None:
         f"{float(f['snapclient_cpu_percent']):.3f} % / {float(f['snapclient_rss_mb']):.1f} MB",  # type: ignore[arg-type]
     )
     ratio = f.get("cpu_vs_snapclient")
-    table.add_row("CPU per full site ÷ per snapclient", "—" if ratio is None else f"{float(ratio):.2f}")  # type: ignore[arg-type]
+    shown = "— (the snapclients played no marker)" if ratio is None else f"{float(ratio):.2f}"  # type: ignore[arg-type]
+    table.add_row("CPU per full site ÷ per snapclient", shown)
     per_proc = f.get("site_rss_mb_per_process")
     if per_proc is not None:
         table.add_row("peak RSS per site process (its agents together)", f"{float(per_proc):.1f} MB")  # type: ignore[arg-type]
