@@ -39,7 +39,6 @@ from citycast.protocol.desired import DesiredState
 from citycast.protocol.frame import MAX_FRAME_SIZE, FrameError, FrameVerifier, ReplayWindow, is_fresh
 from citycast.protocol.subjects import Subjects
 from citycast.protocol.telemetry import Rejection, Telemetry, frame_rejection, margin_summary
-from citycast.site import heap
 from citycast.site.amp import AmpConfig, AmpRunner
 from citycast.site.credentials import CredentialsRenewer
 from citycast.site.desired import DesiredWatcher
@@ -678,8 +677,6 @@ class SiteAgent:
                 lambda: self.nc, cfg.subjects, cfg.name, cfg.receipt_key, self.play_log, self.broadcast_now
             )
             self._tasks.append(asyncio.create_task(self.receipts.run(), name=f"receipts:{cfg.name}"))
-        # What the site needs for its whole life exists now: full collections stop walking it (site/heap.py).
-        log.debug("%s: %d objects out of the collector's reach", cfg.name, heap.settle())
 
     def _take_estimator(self, estimator: ClockEstimator) -> None:
         """Clock sync moved to another city server's responder, whose own estimator is now synced: use it. The
