@@ -61,6 +61,21 @@ def test_never_seen_site_waits_its_grace_after_a_hub_start() -> None:
     assert rig.log == [("raise", "offline", "warning")]
 
 
+def test_a_restarted_hub_takes_a_sites_old_counters_as_its_baseline() -> None:
+    """After a hub restart its enrolled sites are known (from the database) before they report: swept as offline,
+    their views say 0 underruns and 0 forged frames. A site's first report carries its counters since it started
+    (an underrun an hour ago, an attack last week): history, not news. Only what comes after may raise."""
+    rig = Rig()
+    rig.fleet.known(["site-1"])
+    rig.eval(0)
+    rig.eval(1)  # the sweep evaluates the never-heard site's empty view
+    rig.report(2, underruns=7, rejected={"badsignature": 4})
+    rig.report(3, underruns=7, rejected={"badsignature": 4})
+    assert rig.log == []
+    rig.report(4, underruns=8, rejected={"badsignature": 5})
+    assert sorted(rig.log) == [("raise", "rejected_frames", "critical"), ("raise", "underruns", "warning")]
+
+
 def test_underruns_raise_on_increase_and_clear_after_a_quiet_minute() -> None:
     rig = Rig()
     rig.report(0, underruns=7)  # history before the hub watched: a baseline, no alert

@@ -121,8 +121,13 @@ class AlertRules:
         else:
             self._clear(st, out, name, "offline", "reporting again", now_ns)
 
+        # Counters of a site not heard since this hub started are unknown, not 0: a view made for an enrolled site
+        # before its first report says 0, and taking that as the baseline would make its first report's counters
+        # (its whole life's) look new.
+        heard = view.get("last_seen_s") is not None
+
         # underruns
-        underruns = view.get("underruns")
+        underruns = view.get("underruns") if heard else None
         if isinstance(underruns, int):
             if st.underruns is not None and underruns > st.underruns:
                 st.last_underrun_ns = now_ns
@@ -191,7 +196,7 @@ class AlertRules:
                 self._clear(st, out, name, "path_down", "every path up again", now_ns)
 
         # forged or foreign frames
-        forged = view.get("forged")
+        forged = view.get("forged") if heard else None
         if isinstance(forged, int):
             if st.forged is not None and forged > st.forged:
                 st.last_forged_ns = now_ns
