@@ -10,8 +10,9 @@ subscription is an ordinary one that has no callback of its own.
 `on_data` must be quick and must not raise: it runs in the connection's read loop, before the next message is
 parsed. One that raises is logged and counted (`direct_errors`), and the connection keeps reading.
 
-Built on nats-py 2.16's `_process_msg(sid, subject, reply, data, headers)` and `_remove_sub(sid, max_msgs)`; the
-version is pinned in pyproject.toml and `tests/bus/test_direct.py` runs both against a real nats-server.
+Built on two private methods of nats-py 2.16, `_process_msg(sid, subject, reply, data, headers)` and
+`_remove_sub(sid, max_msgs)` (pyproject.toml admits 2.16 up to 3); `tests/bus/test_direct.py` exercises both against
+a real nats-server, so a release that changes them fails there, not on a loudspeaker.
 """
 
 from __future__ import annotations
