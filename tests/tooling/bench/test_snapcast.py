@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.table import Table
 from tests.helpers import need_binary, wait_until_sync
 
 from citycast.media.chirp import chirp
 from citycast.tooling.bench.fleet import Fleet
-from citycast.tooling.bench.snapcast import SnapcastRig, comparison, log_events, markers_in
+from citycast.tooling.bench.snapcast import SnapcastRig, add_rows, comparison, log_events, markers_in
 from citycast.tooling.markers import detect_markers
 
 PERIOD_S = 0.5
@@ -93,3 +94,20 @@ def test_no_cpu_ratio_against_snapclients_that_played_nothing() -> None:
     assert comparison({**base, "snapclient_markers_min": 59})["cpu_vs_snapclient"] == 4.0
     # An idle snapclient (its server had no audio) costs a third of a playing one: no yardstick.
     assert comparison({**base, "snapclient_markers_min": 0})["cpu_vs_snapclient"] is None
+
+
+def _ratio_row(figures: dict[str, object]) -> str:
+    table = Table()
+    table.add_column("figure")
+    table.add_column("value")
+    add_rows(table, figures)
+    names, values = (list(c.cells) for c in table.columns)
+    return str(values[names.index("CPU per full site ÷ per snapclient")])
+
+
+def test_the_ratio_row_says_why_there_is_no_ratio() -> None:
+    snap = {"snapclients": 2, "snapclient_cpu_percent": 0.5, "snapclient_rss_mb": 8.0, "snapclient_underruns": 0,
+            "snapclient_hard_syncs": 0, "snapclient_missing_markers": 0, "snapclient_jumps": 0}  # fmt: skip
+    assert _ratio_row({**snap, "snapclient_markers_min": 59, "cpu_vs_snapclient": 3.0}) == "3.00"
+    assert _ratio_row({**snap, "snapclient_markers_min": 59, "cpu_vs_snapclient": None}) == "—"  # no sites run
+    assert "played no marker" in _ratio_row({**snap, "snapclient_markers_min": 0, "cpu_vs_snapclient": None})

@@ -301,7 +301,11 @@ def add_rows(table: Table, f: dict[str, object]) -> None:
         f"{float(f['snapclient_cpu_percent']):.3f} % / {float(f['snapclient_rss_mb']):.1f} MB",  # type: ignore[arg-type]
     )
     ratio = f.get("cpu_vs_snapclient")
-    shown = "— (the snapclients played no marker)" if ratio is None else f"{float(ratio):.2f}"  # type: ignore[arg-type]
+    if ratio is not None:
+        shown = f"{float(ratio):.2f}"  # type: ignore[arg-type]
+    else:
+        silent = not int(f.get("snapclient_markers_min", 0))  # type: ignore[call-overload]
+        shown = "— (the snapclients played no marker)" if silent else "—"
     table.add_row("CPU per full site ÷ per snapclient", shown)
     per_proc = f.get("site_rss_mb_per_process")
     if per_proc is not None:
