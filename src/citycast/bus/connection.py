@@ -9,7 +9,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from citycast.bus.direct import DirectClient
+import nats
+from nats.aio.client import Client
+
 from citycast.bus.tls import creds_context
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ async def connect(
     inbox_prefix: str | None = None,
     tls: ssl.SSLContext | None = None,
     **options: Any,
-) -> DirectClient:
+) -> Client:
     """Connect, retrying the first connection too (a site may boot before its network), then let nats-py
     reconnect forever. Back-off is jittered so a thousand sites do not return at the same instant.
 
@@ -61,21 +63,19 @@ async def connect(
         try:
             # nats-py's first connect can wait forever after a failed TLS handshake (it awaits the closing of a
             # transport that start_tls took over), e.g. against a man in the middle: each attempt is bounded here.
-            nc = DirectClient()  # nats-py's client, whose audio subscriptions may skip its per-message queue
             async with asyncio.timeout(attempt_s):
-                await nc.connect(
+                return await nats.connect(
                     url,
                     name=name,
                     max_reconnect_attempts=-1 if forever else 3,
-                    reconnect_time_wait=1,
+                    reconnect_time_wait=1.0,
                     allow_reconnect=True,
                     disconnected_cb=disconnected,
                     reconnected_cb=reconnected,
                     error_cb=error,
-                    connect_timeout=connect_timeout,  # type: ignore[arg-type]  # annotated int; used as a float timeout
+                    connect_timeout=connect_timeout,
                     **options,
                 )
-            return nc
         except Exception as e:  # nats raises several unrelated types for "not there yet"
             if not forever:
                 raise

@@ -129,14 +129,6 @@ def bench(
             "CPU seconds per minute of audio per stage (signature, receive, decode, render), --dac-block blocks.",
         ),
     ] = False,
-    delivery: Annotated[
-        bool,
-        typer.Option(
-            "--delivery",
-            help="Instead: a subscriber's CPU per audio message, nats-py's callback against the direct delivery a "
-            "site uses (citycast.bus.direct), in alternating rounds on a real nats-server.",
-        ),
-    ] = False,
     cold_start: Annotated[
         bool,
         typer.Option(
@@ -180,12 +172,6 @@ def bench(
                                             memory=not forget_clock, out=out, json_out=json_out), console)  # fmt: skip
         except ColdStartError as e:
             fail(str(e))
-        return
-
-    if delivery:
-        from citycast.tooling.bench.delivery import delivery_command
-
-        delivery_command(count=3000, size=300, interval_ms=2.0, rounds=3, json_out=json_out)
         return
 
     if site_cost:

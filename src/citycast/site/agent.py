@@ -22,7 +22,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from citycast.bus.connection import connect
-from citycast.bus.direct import DirectClient
 from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.memory import MemoryKeeper, keep_memory, seed_from
@@ -214,7 +213,7 @@ class SiteAgent:
         self._margins_ms: list[float] = []  # how early each frame came before its play time, since the last report
         self._losses_logged = (0, 0, 0)  # underruns, concealed, late at the last report (see _log_losses)
         self.bad_commands = 0  # messages on the command subject that are no command (see citycast.protocol.commands)
-        self.nc: DirectClient | None = None
+        self.nc: Client | None = None
         self.clock_sync: ClockSync | ClockFailover | None = None
         self.merge = FrameMerge()  # first copy of a frame plays, whichever uplink brought it
         self.duplicates = 0  # second copies from another uplink: expected with two paths, never an alert
@@ -308,8 +307,8 @@ class SiteAgent:
         await keep_memory(path, keeper, lambda: self.estimator, self.broadcast_now, self.monotonic)
 
     # -- frames --------------------------------------------------------------------------------------------
-    def _on_audio(self, data: bytes) -> None:
-        self.on_frame_bytes(data)  # one path: uplink 0
+    async def _on_audio(self, msg: Msg) -> None:
+        self.on_frame_bytes(msg.data)
 
     def on_frame_bytes(self, data: bytes, uplink: int = 0) -> None:
         """Verify and queue one message from the bus (from connection `uplink`). Never raises: bad input is
@@ -421,8 +420,7 @@ class SiteAgent:
             if old is not None:
                 with contextlib.suppress(Exception):
                     await old.unsubscribe()
-            # Straight from the connection's parser: no Msg, queue or task per frame (citycast.bus.direct).
-            self._audio_sub = await self.nc.subscribe_direct(subject, self._on_audio)
+            self._audio_sub = await self.nc.subscribe(subject, cb=self._on_audio, pending_msgs_limit=4096)
             # Once this returns the server holds the subscription: a frame published from now on comes here (a
             # test that started publishing right after `start()` lost its first frame now and then).
             with contextlib.suppress(Exception):
@@ -554,7 +552,7 @@ class SiteAgent:
                 delay = min(delay * 2, SINK_RETRY_MAX_S)
 
     # -- life cycle ----------------------------------------------------------------------------------------
-    async def _connect(self) -> DirectClient:
+    async def _connect(self) -> Client:
         cfg = self.config
         auth: dict[str, Any] = {}
         if cfg.creds is not None:
@@ -582,7 +580,9 @@ class SiteAgent:
         try:
             async with self._audio_lock:
                 try:
-                    sub = await new.subscribe_direct(cfg.subjects.audio(cfg.channel), self._on_audio)
+                    sub = await new.subscribe(
+                        cfg.subjects.audio(cfg.channel), cb=self._on_audio, pending_msgs_limit=4096
+                    )
                     await new.flush()  # the server holds the subscription: every frame from now on comes on `new`
                 except BaseException:
                     with contextlib.suppress(Exception):
@@ -683,7 +683,7 @@ class SiteAgent:
         engine slews to the new line; the step guard still refuses a jump beyond its tolerance."""
         self.estimator = estimator
 
-    async def _move_control(self, new: DirectClient) -> None:
+    async def _move_control(self, new: Client) -> None:
         """Carry control (telemetry, desired state, commands, renewal) on `new`, another uplink, because the one
         that carried it dropped. Audio is untouched: every uplink hears the channel all along."""
         cfg = self.config
@@ -722,7 +722,7 @@ class SiteAgent:
         carry the channel meanwhile; control follows its connection."""
         assert self.uplinks is not None
 
-        async def swapped(old: DirectClient, new: DirectClient) -> None:
+        async def swapped(old: Client, new: Client) -> None:
             if old is self.nc:
                 await self._move_control(new)
 

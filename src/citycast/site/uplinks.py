@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import ParseResult
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 
-from citycast.bus.direct import DirectClient
 from citycast.bus.rawnats import connect_bound
 from citycast.bus.tls import creds_context
 from citycast.clock.estimator import ClockEstimator
@@ -135,9 +136,8 @@ class _BoundTransport(TcpTransport):
         self._bare_io_writer = self._io_writer = w
 
 
-class BoundClient(DirectClient):
-    """A nats-py client (with direct subscriptions) whose every (re)connection leaves by the uplink's local address
-    or interface."""
+class BoundClient(Client):
+    """A nats-py client whose every (re)connection leaves by the uplink's local address or interface."""
 
     def __init__(self, addr: str | None, dev: str | None) -> None:
         super().__init__()
@@ -154,7 +154,7 @@ class BoundClient(DirectClient):
 
 async def connect_uplink(
     uplink: Uplink, *, name: str, creds: Path | None = None, inbox_prefix: str | None = None
-) -> DirectClient:
+) -> Client:
     """Connect to `uplink` forever (back-off jittered), reconnecting forever after: `citycast.bus.connection`'s
     rules, with the uplink's local side bound."""
     addr, dev = uplink.local()
@@ -221,7 +221,7 @@ class UplinkSet:
         self,
         uplinks: list[Uplink],
         on_audio: AudioCallback,
-        on_control: Callable[[DirectClient], Awaitable[None]],
+        on_control: Callable[[Client], Awaitable[None]],
         *,
         name: str,
         creds: Path | None = None,
@@ -237,7 +237,7 @@ class UplinkSet:
         self.creds = creds
         self.inbox_prefix = inbox_prefix
         self.check_interval_s = check_interval_s
-        self.conns: list[DirectClient | None] = [None] * len(uplinks)
+        self.conns: list[Client | None] = [None] * len(uplinks)
         self._subs: list[Subscription | None] = [None] * len(uplinks)
         self.subject: str | None = None
         self.control: int | None = None  # index of the connection carrying control
@@ -252,16 +252,14 @@ class UplinkSet:
         fit = self.fit(time.monotonic())
         return {u.label: ok for u, ok in zip(self.uplinks, fit, strict=True)}
 
-    def _callback(self, index: int) -> Callable[[bytes], None]:
-        last_heard, on_audio = self.last_heard, self.on_audio
+    def _callback(self, index: int) -> Callable[[Msg], Awaitable[None]]:
+        async def on_msg(msg: Msg) -> None:
+            self.last_heard[index] = time.monotonic()
+            self.on_audio(msg.data, index)
 
-        def on_data(data: bytes) -> None:
-            last_heard[index] = time.monotonic()
-            on_audio(data, index)
+        return on_msg
 
-        return on_data
-
-    async def connect(self, index: int) -> DirectClient:
+    async def connect(self, index: int) -> Client:
         return await connect_uplink(
             self.uplinks[index], name=f"site:{self.name}:{index}", creds=self.creds, inbox_prefix=self.inbox_prefix
         )
@@ -271,10 +269,10 @@ class UplinkSet:
         async with self._lock:
             self.conns[index] = nc
             if self.subject is not None:
-                self._subs[index] = await nc.subscribe_direct(self.subject, self._callback(index))
+                self._subs[index] = await nc.subscribe(self.subject, cb=self._callback(index), pending_msgs_limit=4096)
         self._first.set()
 
-    async def start(self, subject: str) -> DirectClient:
+    async def start(self, subject: str) -> Client:
         """Connect every uplink (in the background), subscribe `subject` on each; return the first connected."""
         self.subject = subject
         self._tasks = [
@@ -301,7 +299,7 @@ class UplinkSet:
                 if old is not None:
                     with contextlib.suppress(Exception):
                         await old.unsubscribe()
-                self._subs[i] = await nc.subscribe_direct(subject, self._callback(i))
+                self._subs[i] = await nc.subscribe(subject, cb=self._callback(i), pending_msgs_limit=4096)
 
     def fit(self, now: float) -> list[bool]:
         """Which connections may carry control at monotonic time `now`: connected, and not quiet while another hears
@@ -338,9 +336,7 @@ class UplinkSet:
                 except Exception:  # the next check tries again; audio flows on every uplink meanwhile
                     log.exception("%s: moving control to %s failed", self.name, self.uplinks[best].label)
 
-    async def replace(
-        self, index: int, on_swapped: Callable[[DirectClient, DirectClient], Awaitable[None]] | None = None
-    ) -> None:
+    async def replace(self, index: int, on_swapped: Callable[[Client, Client], Awaitable[None]] | None = None) -> None:
         """Replace one uplink's connection by a fresh one (renewed credentials): the new one hears the channel
         before the old one stops. `on_swapped(old, new)` runs before the old one is drained. An uplink still
         making its first connection is left to it (it reads the renewed file)."""
@@ -352,7 +348,7 @@ class UplinkSet:
             try:
                 sub = None
                 if self.subject is not None:
-                    sub = await new.subscribe_direct(self.subject, self._callback(index))
+                    sub = await new.subscribe(self.subject, cb=self._callback(index), pending_msgs_limit=4096)
                 await new.flush()
             except BaseException:
                 with contextlib.suppress(Exception):

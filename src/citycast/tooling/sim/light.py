@@ -174,7 +174,7 @@ class LightFleet:
         try:
             for i, group in enumerate(self.groups):
                 path = self.creds[i]
-                nc: Client = await connect(
+                nc = await connect(
                     self.nats_url,
                     name=f"citycast-light-sites-{i}",
                     forever=False,
