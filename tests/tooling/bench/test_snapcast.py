@@ -59,7 +59,8 @@ def test_a_snapclient_plays_the_markers_and_a_stall_shows_in_its_log_and_its_out
         # Whether it played them without a gap is the benchmark's figure: on a loaded box the feeder itself
         # can be late (a 20 ms jump in what the server sends), so the clean window only has to play.
         assert int(f["snapclient_markers_min"]) >= 4, f  # type: ignore[call-overload]
-        assert 0 < float(f["snapclient_cpu_percent"]) < 50, f  # type: ignore[arg-type]
+        # CPU time comes in 10 ms clock ticks: a client at 0.3 % of a core may show none in a 5 s window.
+        assert 0 <= float(f["snapclient_cpu_percent"]) < 50, f  # type: ignore[arg-type]
         assert 1 < float(f["snapclient_rss_mb"]) < 200, f  # type: ignore[arg-type]
         # Woken 1.3 s late, snapclient finds its audio too old and jumps ahead, and its log says so. (Its file
         # player has no DAC clock: it skips the writes it missed too, so the file alone need not show the jump.)
