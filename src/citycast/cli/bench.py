@@ -109,8 +109,8 @@ def bench(
         str | None,
         typer.Option(
             help="Instead: N1,N2,... — each size --runs times in a row with N sites, then with N snapclients; "
-            "reports the highest N with 0 underruns in every run, for each (--sites 0 or --snapclients 0: not that "
-            "kind)."
+            "reports the highest N clean in every run (no underrun, late block or hard re-sync, or missing marker), "
+            "for each (--sites 0 or --snapclients 0: not that kind)."
         ),
     ] = None,
     runs: Annotated[int, typer.Option(min=1, help="With --capacity: runs in a row per size.")] = 3,

@@ -51,8 +51,9 @@ def floor(results: list[tuple[float, bool]]) -> float | None:
 def run_capacity(
     base: BenchOptions, sizes: list[int], runs: int, console: Console, bench: Callable[[BenchOptions, Console], Figures]
 ) -> Figures:
-    """`bench --capacity N1,N2,... --runs R`: the largest N with 0 underruns in R runs in a row, for full sites
-    and for snapclients (each kind unless its count is 0); stops growing N for a kind at its first failing size."""
+    """`bench --capacity N1,N2,... --runs R`: the largest N clean in R runs in a row (see `site_plays_cleanly`,
+    `snapclient_plays_cleanly`), for full sites and for snapclients (each kind unless its count is 0); stops growing
+    N for a kind at its first failing size."""
     table = Table(title=f"capacity: {runs} runs in a row per size")
     cols = ("kind", "N", "run", "underruns", "late blocks / re-syncs", "missing markers", "CPU per client (%)", "clean")
     for col in cols:
