@@ -79,14 +79,22 @@ def run_capacity(
                 ok = site_plays_cleanly(f) if kind == "citycast" else snapclient_plays_cleanly(f)
                 # glitches: a site's blocks rendered after their DAC instant, a snapclient's hard re-syncs
                 if kind == "citycast":
-                    row = (f["underruns"], f["sink_xruns"], len(f["missing_markers"]), f["site_cpu_percent_per_site"])
+                    counts = {
+                        "underruns": f["underruns"],
+                        "glitches": f["sink_xruns"],
+                        "missing": len(f["missing_markers"]),
+                        "cpu": f["site_cpu_percent_per_site"],
+                    }
                 else:
-                    row = (f["snapclient_underruns"], f["snapclient_hard_syncs"], f["snapclient_missing_markers"],
-                           f["snapclient_cpu_percent"])  # fmt: skip
-                tried.append({"n": n, "run": r + 1, "underruns": row[0], "glitches": row[1], "missing": row[2],
-                              "cpu": row[3], "ok": ok})  # fmt: skip
-                table.add_row(kind, str(n), str(r + 1), *(str(x) for x in row[:3]), f"{float(row[3]):.3f}",
-                              "yes" if ok else "NO")  # fmt: skip
+                    counts = {
+                        "underruns": f["snapclient_underruns"],
+                        "glitches": f["snapclient_hard_syncs"],
+                        "missing": f["snapclient_missing_markers"],
+                        "cpu": f["snapclient_cpu_percent"],
+                    }
+                tried.append({"n": n, "run": r + 1, **counts, "ok": ok})
+                table.add_row(kind, str(n), str(r + 1), str(counts["underruns"]), str(counts["glitches"]),
+                              str(counts["missing"]), f"{float(counts['cpu']):.3f}", "yes" if ok else "NO")  # fmt: skip
                 if not ok:
                     passed = False
                     break
