@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import uvicorn
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from citycast.bus import jwt
@@ -194,6 +195,23 @@ async def nothing_arrives(sub: Subscription, wait: float = 0.5) -> bool:
     except nats.errors.TimeoutError:
         return True
     raise AssertionError(f"unexpected message on {msg.subject}: {msg.data[:60]!r}")
+
+
+async def request_answered(nc: Client, subject: str, timeout: float = 5.0) -> Msg:
+    """A request retried until a responder's interest has reached the requester's server and account.
+
+    A subscription flushed on one connection is not always matched by the next request from another at once:
+    across a leaf, and now and then in JWT mode on one nats-server 2.15, the first request gets "no responders".
+    A subject the requester may not publish on never gets an answer, so retrying hides no permission fault.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await nc.request(subject, b"t1", timeout=0.3)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 def site_creds(authority: NatsAuthority, site: str, dir: Path, subjects: Subjects = SUBJECTS) -> tuple[Path, str]:

@@ -17,6 +17,7 @@ from tests.helpers import (
     connect,
     let_time_pass,
     nothing_arrives,
+    request_answered,
     site_creds,
     start_auth_nats,
     wait_until,
@@ -88,7 +89,7 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
 
     responder = await hub.nc.subscribe("citycast.time.site.s1", cb=answer)
     await hub.nc.flush()
-    assert (await site.nc.request("citycast.time.site.s1", b"t1", timeout=3)).data == b"now"
+    assert (await request_answered(site.nc, "citycast.time.site.s1")).data == b"now"
     await responder.unsubscribe()
     await site.nc.flush()
     assert site.errors == [] and ingest.errors == []

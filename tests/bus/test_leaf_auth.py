@@ -11,11 +11,10 @@ from collections.abc import Awaitable, Callable
 
 import nats
 import pytest
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
-from tests.helpers import SUBJECTS, Topology, connect, nothing_arrives, site_creds, wait_until
+from tests.helpers import SUBJECTS, Topology, connect, nothing_arrives, request_answered, site_creds, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, INGEST_INBOX_PREFIX, site_inbox_prefix
@@ -36,18 +35,6 @@ async def receive_while(send: Callable[[], Awaitable[None]], sub: Subscription, 
         except nats.errors.TimeoutError:
             if time.monotonic() > deadline:
                 raise
-
-
-async def request_across(nc: Client, subject: str, timeout: float = 5.0) -> Msg:
-    """A request to a responder on the other server: retried until its interest has crossed the leaf."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await nc.request(subject, b"t1", timeout=0.3)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def drain(sub: Subscription) -> None:
@@ -93,7 +80,7 @@ async def test_site_at_the_city_hears_hub_audio_and_reports_to_the_hub(topology:
 
     await hub.nc.subscribe("citycast.time.site.s1", cb=answer)
     await hub.nc.flush()
-    assert (await request_across(site.nc, "citycast.time.site.s1")).data == b"now"
+    assert (await request_answered(site.nc, "citycast.time.site.s1")).data == b"now"
     assert site.errors == []
 
     # The site may not publish audio at the city server: it is refused there and nobody at the hub hears it.
@@ -223,7 +210,7 @@ async def test_city_time_responder_answers_its_zone_and_syncs_to_the_hub(topolog
 
     await hub.nc.subscribe("citycast.time", cb=hub_answer)
     await hub.nc.flush()
-    assert (await request_across(responder.nc, "citycast.time")).data == b"hub-now"
+    assert (await request_answered(responder.nc, "citycast.time")).data == b"hub-now"
     # Nothing else: no audio, no other zone's subject.
     await responder.nc.publish("citycast.audio.1", b"x")
     await responder.nc.subscribe("citycast.time.south")
