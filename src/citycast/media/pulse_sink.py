@@ -1,20 +1,22 @@
-"""`PulseSink`: PulseAudio (or PipeWire's pulse server) through its own latency reporting.
+"""`PulseSink`: PulseAudio (or PipeWire's pulse server) through its own timing reports.
 
 PortAudio through ALSA's pulse plugin dates a block from the plugin's coarse view of the stream; PulseAudio itself
-knows better. Its simple API (`pasimple`, a ctypes wrapper of libpulse-simple) opens a playback stream with timing
-interpolation and automatic timing updates, and `pa_simple_get_latency` answers "the next sample written plays in
-L µs", computed from the server's timing info (sink latency, what is queued, the read index, interpolated to now).
-So block k, written after W samples, reaches the DAC at `now + L` on the local clock (`now`: midway between the
-clock readings either side of the question; an answer that took longer than `MAX_QUERY_NS` is left out). Those
-reports still jitter with the server's timing updates, so they go through `DacClock`, and the renderer gets the
-line it fits. Until the queue has filled once, playback has not started and the raw report stands.
+knows better. `PlaybackStream` (libpulse's asynchronous API) asks the server for the stream's timing every 50 ms;
+each answer says "frame `read_index` reaches the DAC at `timestamp + sink latency`" on the system clock, exact to
+tens of µs. Those points go through `DacClock`, a least-squares line, and block k (written after W frames) is
+handed to the renderer with the line's time of frame W. Until the server plays the stream, the DAC time of the
+next frame is the server's sink latency plus what is queued ahead of it.
 
-The stream is written from a thread: `pa_simple_write` blocks until the server wants more, which paces the loop at
+(Until 2026-12-04 this sink read `pa_simple_get_latency` through libpulse-simple: libpulse's interpolated stream
+time, whose smoother wandered by ±0.5–1 ms over 10–30 s and set the sites' skew through PulseAudio at 1.4–1.9 ms
+p99; `docs/benchmarks.md` has both.)
+
+The stream is written from a thread: it waits until the server wants `block` more frames, which paces the loop at
 the DAC's rate with `buffer_ms` of audio queued (render() is thread-safe). The stream never waits to prebuffer
 (prebuf 0): after an underrun the server has played silence and drops what arrives for instants already past,
-so every sample keeps its place on the DAC's timeline and the fitted line stays valid. `xruns` counts reports
-of an empty queue (latency 0 once playing); `dac_steps` counts times the fitted line started again because the
-device's timing moved.
+so every sample keeps its place on the DAC's timeline and the fitted line stays valid. `xruns` counts the
+server's underflow notices; `dac_steps` counts times the fitted line started again because the device's timing
+moved.
 """
 
 from __future__ import annotations
@@ -22,26 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from types import ModuleType
-from typing import Any
+import time
 
 from citycast.clock.local import Clock, SystemClock
 from citycast.media.audio import SAMPLE_RATE
-from citycast.media.dac_clock import DacClock
+from citycast.media.dac_clock import NOMINAL_NS_PER_SAMPLE, DacClock
+from citycast.media.pulse_stream import PlaybackStream, PulseStreamError, TimingReport
 from citycast.media.render import Renderer
 from citycast.media.sinks import BlockCallback, SinkError, checked_block
-
-MAX_QUERY_NS = 500_000  # asking PulseAudio for its latency takes ~20 µs; longer: the thread was preempted
-
-
-def _pasimple() -> ModuleType:
-    """Import pasimple lazily: libpulse-simple is only needed by a site that plays through PulseAudio."""
-    try:
-        import pasimple  # type: ignore[import-untyped]
-    except (ImportError, OSError) as exc:
-        raise SinkError(f"no PulseAudio client library: {exc}") from exc
-    module: ModuleType = pasimple
-    return module
 
 
 class PulseSink:
@@ -67,7 +57,6 @@ class PulseSink:
             raise SinkError(f"block must be positive, got {block}")
         if not 0 < buffer_ms <= 2000:
             raise SinkError(f"buffer_ms must be in (0, 2000], got {buffer_ms}")
-        self._pa = _pasimple()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.sample_rate = SAMPLE_RATE
         self.device = device
@@ -78,91 +67,90 @@ class PulseSink:
         self.duration_s = duration_s
         self.dac_clock = dac_clock if dac_clock is not None else DacClock(sample_rate=SAMPLE_RATE)
         self.stream_name = stream_name
-        self.xruns = 0
         self.blocks = 0
         self.frames = 0
-        self.last_latency_us: int | None = None  # what PulseAudio reported before the last block
-        self.late_queries = 0  # latency answers left out because asking took longer than MAX_QUERY_NS
+        self.reports = 0  # the server's timing answers taken into the line
+        self.xruns = 0  # the server's underflow notices, over every stream this sink opened
+        self._xruns_before = 0  # those of streams closed before the current one
+        self._stream: PlaybackStream | None = None
 
     @property
     def dac_steps(self) -> int:
         return self.dac_clock.stats.steps
 
-    def _open(self) -> Any:
-        pa = self._pa
-        tlength = round(self.buffer_ms * self.sample_rate / 1000) * 4
+    def _open(self) -> PlaybackStream:
         try:
-            return pa.PaSimple(
-                pa.PA_STREAM_PLAYBACK,
-                pa.PA_SAMPLE_FLOAT32LE,
-                1,
-                self.sample_rate,
-                app_name="citycast",
-                stream_name=self.stream_name,
-                server_name=self.server,
-                device_name=self.device,
-                tlength=tlength,
-                minreq=self.block * 4,
-                # Playback starts at the first write and never stops for an underrun: the server plays silence and
-                # keeps its read index running, so a late block's samples keep their place on the DAC's timeline.
-                prebuf=0,
+            return PlaybackStream(
+                server=self.server,
+                device=self.device,
+                rate=self.sample_rate,
+                tlength_frames=round(self.buffer_ms * self.sample_rate / 1000),
+                minreq_frames=self.block,
+                name=self.stream_name,
             )
-        except pa.PaSimpleError as exc:
+        except PulseStreamError as exc:
             which = "the default sink" if self.device is None else repr(self.device)
             raise SinkError(f"no audio output device: PulseAudio has no {which} to play to ({exc})") from exc
 
-    def _play(self, stream: Any, renderer: Renderer, stop: threading.Event) -> None:
+    def _dac_local(self, frame: int, report: TimingReport | None, last_seq: int) -> int:
+        """The local time at which the stream's `frame` reaches the DAC, from the server's latest report."""
+        if report is not None and report.playing and report.seq != last_seq:
+            # The server stamps its answer with the system clock; the renderer wants the site's local clock.
+            offset = self.clock.now_ns() - time.time_ns()
+            self.dac_clock.report(report.read_frame, report.dac_ns + offset)
+            self.reports += 1
+        if self.reports:
+            # Also while an underrun holds the server's "playing" off: the read index runs on along the line.
+            return self.dac_clock.at(frame)
+        # Not played yet: what is queued ahead of `frame` plays first, then the sink's own latency.
+        now = self.clock.now_ns()
+        if report is None:
+            return now
+        queued = max(0, frame - report.read_frame)
+        return now + (report.dac_ns - report.stamp_ns) + round(queued * NOMINAL_NS_PER_SAMPLE)
+
+    def _play(self, stream: PlaybackStream, renderer: Renderer, stop: threading.Event) -> None:
         total = None if self.duration_s is None else round(self.duration_s * self.sample_rate)
-        pa = self._pa
-        primed = self.frames + round(self.buffer_ms * self.sample_rate / 1000) + self.block
+        written = 0  # frames written to this stream: its own index
+        last_seq = 0
         while not stop.is_set() and (total is None or self.frames < total):
-            before = self.clock.now_ns()
             try:
-                latency_us = int(stream.get_latency())
-            except pa.PaSimpleError as exc:
+                report = stream.wait_writable(self.block, stop)
+            except PulseStreamError as exc:
                 raise SinkError(f"PulseAudio stream failed: {exc}") from exc
-            after = self.clock.now_ns()
-            playing = self.frames >= primed
-            self.last_latency_us = latency_us
-            raw = (before + after) // 2 + latency_us * 1000
-            if not playing:
-                # The queue is still filling: the latency grows with it and dates nothing yet.
-                dac_local = raw
-            elif latency_us == 0:
-                # An underrun: the server played silence and its read index ran on past what was written (the
-                # latency, negative, reads as 0). The blocks until it is caught up are skipped by the server; their
-                # place on the DAC's line is unchanged.
-                self.xruns += 1
-                dac_local = self.dac_clock.at(self.frames)
-            elif after - before > MAX_QUERY_NS:
-                # The thread was preempted while asking: the answer's instant is unknown, so it is not used.
-                self.late_queries += 1
-                dac_local = self.dac_clock.at(self.frames)
-            else:
-                dac_local = self.dac_clock.report(self.frames, raw)
+            if stop.is_set():
+                break
+            dac_local = self._dac_local(written, report, last_seq)
+            last_seq = report.seq if report is not None else 0
             samples = checked_block(renderer.render(self.block, dac_local), self.block)
             try:
                 stream.write(samples.astype("<f4", copy=False).tobytes())
-            except pa.PaSimpleError as exc:
+            except PulseStreamError as exc:
                 raise SinkError(f"PulseAudio stream failed: {exc}") from exc
             if self.on_block is not None:
                 self.on_block(dac_local, samples)
             self.blocks += 1
             self.frames += self.block
+            written += self.block
+            self.xruns = self._xruns_before + stream.underflows
         if total is not None and not stop.is_set():
-            # What is queued plays out before run() returns. Not pa_simple_drain: with prebuf 0 it waits for an
-            # underrun that never comes and times out after 30 s.
-            with contextlib.suppress(pa.PaSimpleError):
-                stop.wait(int(stream.get_latency()) / 1e6)
+            # What is queued plays out before run() returns (the line says when its last frame plays).
+            end = self.dac_clock.at(written) if self.reports else self.clock.now_ns() + round(self.buffer_ms * 1e6)
+            stop.wait(max(0.0, (end - self.clock.now_ns()) / 1e9))
 
     def _serve(self, renderer: Renderer, stop: threading.Event) -> None:
         stream = self._open()
         if self.frames:
             # Run again after a failure: a new stream, whose samples map to the DAC's time afresh.
             self.dac_clock = DacClock(sample_rate=SAMPLE_RATE)
+            self.reports = 0
+        self._stream = stream
         try:
             self._play(stream, renderer, stop)
         finally:
+            self._xruns_before += stream.underflows
+            self.xruns = self._xruns_before
+            self._stream = None
             stream.close()
 
     async def run(self, renderer: Renderer) -> None:
@@ -174,6 +162,9 @@ class PulseSink:
             await asyncio.shield(playing)
         finally:
             stop.set()
+            if (stream := self._stream) is not None:
+                with contextlib.suppress(PulseStreamError):
+                    stream.wake()
             if not playing.done():
                 with contextlib.suppress(BaseException):
                     await playing

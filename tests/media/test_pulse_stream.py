@@ -1,0 +1,109 @@
+"""`PlaybackStream` against a real PulseAudio: the server's timing reports, and a server that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from citycast.media.pulse_sink import PulseSink
+from citycast.media.pulse_stream import PlaybackStream, PulseStreamError, TimingReport
+from citycast.media.render import Samples
+from citycast.media.sinks import SinkError
+
+RATE = 48_000
+BLOCK = 480
+
+
+def _play(stream: PlaybackStream, seconds: float) -> list[TimingReport]:
+    """Writes silence for `seconds`; returns every distinct report the writer saw."""
+    stop = threading.Event()
+    reports: list[TimingReport] = []
+    silence = np.zeros(BLOCK, "<f4").tobytes()
+    for _ in range(round(seconds * RATE / BLOCK)):
+        report = stream.wait_writable(BLOCK, stop)
+        if report is not None and (not reports or report.seq != reports[-1].seq):
+            reports.append(report)
+        stream.write(silence)
+    return reports
+
+
+def test_reports_date_the_read_index_on_the_system_clock(pulse_env: dict[str, str]) -> None:
+    stream = PlaybackStream(server=pulse_env["PULSE_SERVER"], device="cc_null", rate=RATE, tlength_frames=1920,
+                            minreq_frames=BLOCK)  # fmt: skip
+    try:
+        reports = _play(stream, 3.0)
+    finally:
+        stream.close()
+    playing = [r for r in reports if r.playing]
+    # One answer every 50 ms is asked for; a loaded box answers some late, never most.
+    assert len(playing) >= 20, reports[:5]
+    reads = np.array([r.read_frame for r in playing], np.float64)
+    dacs = np.array([r.dac_ns for r in playing], np.float64)
+    assert np.all(np.diff(reads) >= 0) and reads[-1] - reads[0] > RATE  # the server played over a second of it
+    # Frames and nanoseconds on one line at the nominal rate (a misread structure gives nonsense here).
+    slope = np.polyfit(reads, dacs, 1)[0]
+    assert slope == pytest.approx(1e9 / RATE, rel=0.01)
+    # The DAC time is ahead of the answer by the sink's latency, which is positive and below a second.
+    now = time.time_ns()
+    assert all(0 <= r.dac_ns - r.stamp_ns < 1_000_000_000 for r in playing)
+    assert abs(playing[-1].stamp_ns - now) < 5_000_000_000
+    assert all(r.written_frame >= r.read_frame - RATE for r in playing)
+
+
+def test_an_unknown_sink_or_server_is_a_clear_error(pulse_env: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(PulseStreamError, match="cannot play to nowhere"):
+        PlaybackStream(server=pulse_env["PULSE_SERVER"], device="nowhere", rate=RATE, tlength_frames=1920,
+                       minreq_frames=BLOCK)  # fmt: skip
+    with pytest.raises(PulseStreamError, match="cannot connect to PulseAudio"):
+        PlaybackStream(server=f"unix:{tmp_path / 'none'}", device=None, rate=RATE, tlength_frames=1920,
+                       minreq_frames=BLOCK)  # fmt: skip
+
+
+class Silence:
+    def render(self, n: int, dac_local_ns: int) -> Samples:
+        return np.zeros(n, np.float32)
+
+
+def test_a_server_that_dies_ends_the_sink_with_an_error(pulse_env: dict[str, str]) -> None:
+    """The writer must not wait forever for a server that is gone: the site restarts its sink on `SinkError`."""
+    sink = PulseSink(server=pulse_env["PULSE_SERVER"], device="cc_null", block=BLOCK)
+
+    async def main() -> None:
+        playing = asyncio.create_task(sink.run(Silence()))
+        deadline = time.monotonic() + 10
+        while sink.blocks < 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sink.blocks >= 50
+        pid = int((Path(pulse_env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(SinkError, match="PulseAudio stream failed"):
+            await asyncio.wait_for(playing, 10)
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_sink_stops_its_writer_at_once(pulse_env: dict[str, str]) -> None:
+    sink = PulseSink(server=pulse_env["PULSE_SERVER"], device="cc_null", block=BLOCK, buffer_ms=200)
+
+    async def main() -> float:
+        playing = asyncio.create_task(sink.run(Silence()))
+        # An idle null sink first wakes up to ~2 s after a stream joins (its default latency): until then the
+        # stream is not played and no report dates it.
+        deadline = time.monotonic() + 10
+        while sink.reports < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        playing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await playing
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < 2.0
+    assert sink.blocks > 0 and sink.reports > 0
