@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import wave
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 from tests.helpers import need_binary
 
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from citycast.media.pulse_stream import PlaybackStream
 from citycast.media.resampler import read_ramp
 from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.pulse_rig import (
@@ -109,17 +111,19 @@ def test_every_site_is_its_own_channel_of_one_recording(tmp_path: Path) -> None:
     6 only is recorded on channel 6 only (no remixing between channels), and the eight recordings share one file
     and one set of dates."""
     need_binary("pulseaudio")
-    pa = pytest.importorskip("pasimple")
     sinks = [sink_name(i) for i in range(8)]
     with PulseServer(tmp_path / "pulse", len(sinks)) as server:
         recorder = MonitorRecorder(server.server, sinks, tmp_path, card=CARD)
         recorder.start()
         try:
-            stream = pa.PaSimple(pa.PA_STREAM_PLAYBACK, pa.PA_SAMPLE_FLOAT32LE, 1, SAMPLE_RATE,
-                                 server_name=server.server, device_name=sinks[6])  # fmt: skip
+            stream = PlaybackStream(server=server.server, device=sinks[6], rate=SAMPLE_RATE, tlength_frames=4800,
+                                    minreq_frames=480)  # fmt: skip
             tone = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype("<f4")
-            stream.write(tone.tobytes())
-            stream.drain()
+            stop = threading.Event()
+            for block in tone.reshape(-1, 480):
+                stream.wait_writable(480, stop)
+                stream.write(block.tobytes())
+            time.sleep(0.2)  # what is queued plays out
             stream.close()
             deadline = time.monotonic() + 10
             while recorder.recordings[0].samples < 2 * SAMPLE_RATE and time.monotonic() < deadline:
@@ -160,7 +164,6 @@ def test_snapclients_through_the_same_card_are_measured_as_sites_are(tmp_path: P
     need_binary("pulseaudio")
     need_binary("snapserver")
     need_binary("snapclient")
-    pytest.importorskip("pasimple")
     opts = PulseBenchOptions(["snapclient"], sites=2, seconds=6, delay_ms=300, warmup=4, out=tmp_path / "out",
                              json_out=tmp_path / "r.json")  # fmt: skip
     result = run_pulse_bench(opts, Console(file=io.StringIO()))
