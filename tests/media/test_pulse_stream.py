@@ -15,7 +15,7 @@ import pytest
 from citycast.media.pulse_sink import PulseSink
 from citycast.media.pulse_stream import PlaybackStream, PulseStreamError, TimingReport
 from citycast.media.render import Samples
-from citycast.media.sinks import SinkError
+from citycast.media.sinks import SinkError, open_sink, pulse_server_present
 
 RATE = 48_000
 BLOCK = 480
@@ -107,3 +107,21 @@ def test_a_cancelled_sink_stops_its_writer_at_once(pulse_env: dict[str, str]) ->
 
     assert asyncio.run(main()) < 2.0
     assert sink.blocks > 0 and sink.reports > 0
+
+
+def test_auto_plays_through_a_sound_server_where_there_is_one(
+    pulse_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--sink auto` (a site's default): a running PulseAudio is found by its socket, as libpulse finds it."""
+    for var in ("PULSE_SERVER", "PULSE_RUNTIME_PATH", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    runtime = Path(pulse_env["PULSE_RUNTIME_PATH"])
+    (runtime / "native").unlink(missing_ok=True)
+    (runtime / "native").symlink_to(pulse_env["PULSE_SERVER"].removeprefix("unix:"))
+    assert pulse_server_present({"PULSE_RUNTIME_PATH": str(runtime)})
+    assert pulse_server_present({"PULSE_SERVER": pulse_env["PULSE_SERVER"]})
+    assert not pulse_server_present({"XDG_RUNTIME_DIR": str(tmp_path / "empty")}) or Path("/run/pulse/native").exists()
+    monkeypatch.setenv("PULSE_SERVER", pulse_env["PULSE_SERVER"])
+    assert isinstance(open_sink("auto"), PulseSink)
+    with pytest.raises(SinkError, match="auto takes no name"):
+        open_sink("auto:cc_null")

@@ -41,10 +41,11 @@ def site(
     sink: Annotated[
         str,
         typer.Option(
-            help="device[:NAME] (PortAudio), pulse[:SINK] (PulseAudio/PipeWire, its own latency reporting), "
-            "timed[:PPM] or wav:PATH. See docs/operations.md, Choosing a sink."
+            help="auto (pulse where a PulseAudio/PipeWire server is found, else device), device[:NAME] (PortAudio), "
+            "pulse[:SINK] (PulseAudio/PipeWire, the server's own timing reports), timed[:PPM] or wav:PATH. "
+            "See docs/operations.md, Choosing a sink."
         ),
-    ] = "device",
+    ] = "auto",
     clock: Annotated[
         str,
         typer.Option(help="sync (estimate the broadcast clock over the bus) or system (trust chrony/PTP)."),

@@ -12,10 +12,11 @@ differ only in where the samples go and how the DAC instant is known:
   fast as asked (offline rendering of a file source), the DAC instants still advancing at the nominal rate.
 - `SoundDeviceSink`: the real sound card through PortAudio (`sounddevice`). The DAC instant comes from
   PortAudio's output timing, filtered by `DacClock`, so drift correction sees where the card really is.
-- `PulseSink` (`citycast.media.pulse_sink`): PulseAudio/PipeWire through their own latency reporting.
+- `PulseSink` (`citycast.media.pulse_sink`): PulseAudio/PipeWire through the server's own timing reports.
 
-`open_sink("timed" | "timed:PPM" | "wav:PATH" | "device[:NAME]" | "pulse[:SINK]", clock)` builds one from a CLI
-spec.
+`open_sink("timed" | "timed:PPM" | "wav:PATH" | "device[:NAME]" | "pulse[:SINK]" | "auto", clock)` builds one from a
+CLI spec. `auto` (a site's default) is `pulse` where a sound server is there to play to, else `device`: PortAudio
+through ALSA's pulse plugin dates blocks coarsely, so a box with PulseAudio or PipeWire plays through its server.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -417,6 +419,20 @@ class SoundDeviceSink:
 # --- from a CLI spec ---------------------------------------------------------------------------------------
 
 
+def pulse_server_present(env: Mapping[str, str] | None = None) -> bool:
+    """Whether a PulseAudio (or pipewire-pulse) server is there to play to, found as libpulse finds it: by
+    $PULSE_SERVER, or by the native socket of the user's session or of a system-wide server."""
+    env = os.environ if env is None else env
+    if env.get("PULSE_SERVER"):
+        return True
+    places = [Path("/run/user") / str(os.getuid()) / "pulse", Path("/run/pulse"), Path("/var/run/pulse")]
+    if env.get("XDG_RUNTIME_DIR"):
+        places.insert(0, Path(env["XDG_RUNTIME_DIR"]) / "pulse")
+    if env.get("PULSE_RUNTIME_PATH"):
+        places.insert(0, Path(env["PULSE_RUNTIME_PATH"]))
+    return any((place / "native").is_socket() for place in places)
+
+
 def open_sink(
     spec: str,
     clock: Clock | None = None,
@@ -426,8 +442,13 @@ def open_sink(
     on_block: BlockCallback | None = None,
 ) -> Sink:
     """Build a sink from `timed`, `timed:PPM`, `wav:PATH`, `device`, `device:NAME` (NAME: name or index),
-    `device-raw[:NAME]` (PortAudio's DAC times unfiltered, to compare), `pulse` or `pulse:SINK`."""
+    `device-raw[:NAME]` (PortAudio's DAC times unfiltered, to compare), `pulse` or `pulse:SINK`, or `auto` (`pulse`
+    where a sound server is found, else `device`)."""
     kind, _, arg = spec.partition(":")
+    if kind == "auto":
+        if arg:
+            raise SinkError(f"bad sink spec {spec!r}: auto takes no name (pulse:SINK or device:NAME do)")
+        kind = "pulse" if pulse_server_present() else "device"
     if kind == "timed":
         try:
             ppm = float(arg) if arg else 0.0
@@ -454,4 +475,4 @@ def open_sink(
         from citycast.media.pulse_sink import PulseSink
 
         return PulseSink(clock, device=arg or None, block=block, on_block=on_block, duration_s=duration_s)
-    raise SinkError(f"unknown sink spec {spec!r}: expected timed[:PPM], wav:PATH, device[:NAME] or pulse[:SINK]")
+    raise SinkError(f"unknown sink spec {spec!r}: expected auto, timed[:PPM], wav:PATH, device[:NAME] or pulse[:SINK]")

@@ -23,7 +23,7 @@ class SiteOptions:
     channel: int = 1
     prefix: str = "citycast"
     delay_ms: float = 80.0
-    sink: str = "device"
+    sink: str = "auto"
     clock: str = "sync"
     time_zone: str | None = None
     fallback: Path | None = None
