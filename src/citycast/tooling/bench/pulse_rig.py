@@ -59,7 +59,7 @@ from citycast.tooling.bench.snapcast import SnapcastError, SnapcastRig, ensure_s
 from citycast.tooling.markers import detect_markers
 
 SINK_KINDS = {
-    "pulse": "PulseSink (PulseAudio latency reporting)",
+    "pulse": "PulseSink (the server's timing reports)",
     "device": "PortAudio via ALSA pulse plugin",
     "device-raw": "the same, DAC times unfiltered (as before)",
     "snapclient": "Snapcast 0.26's pulse player (yardstick)",
