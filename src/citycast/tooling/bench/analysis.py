@@ -52,6 +52,8 @@ class SyncFigures:
     max_abs_deviation_by_site_ms: dict[str, float] = field(default_factory=dict)
     # Signed offset from the median of all sites, per marker every site heard, in ms, per site.
     offsets_by_site_ms: dict[str, list[float]] = field(default_factory=dict)
+    # The sites' median latency per marker heard, in order: how the whole fleet moved against true time.
+    latency_by_marker_ms: list[float] = field(default_factory=list)
 
 
 def analyse(
@@ -74,6 +76,7 @@ def analyse(
     deviations: list[float] = []
     by_site: dict[str, float] = {}
     offsets: dict[str, list[float]] = {}
+    by_marker: list[float] = []
     missing = {tr.name: 0 for tr in traces}
     for k in range(skip_first, markers_sent):
         got = heard.get(k, {})
@@ -84,6 +87,7 @@ def analyse(
             continue
         sent = ts0_ns + k * period_ns
         latencies.extend((t - sent) / 1e6 for t in got.values())
+        by_marker.append(round(float(np.median([(t - sent) / 1e6 for t in got.values()])), 4))
         if len(got) == len(traces) and len(traces) > 1:
             times = np.array(list(got.values()))
             skews.append(float(times.max() - times.min()) / 1e6)
@@ -103,4 +107,5 @@ def analyse(
         missing={k: v for k, v in missing.items() if v},
         max_abs_deviation_by_site_ms=by_site,
         offsets_by_site_ms=offsets,
+        latency_by_marker_ms=by_marker,
     )

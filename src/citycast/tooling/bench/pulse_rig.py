@@ -127,6 +127,7 @@ def sink_name(i: int) -> str:
 
 CARD = "cc_card"  # the null sink whose channels are the sites' loudspeakers
 MAX_SITES = 32  # PulseAudio's most channels a sink may have (PA_CHANNELS_MAX)
+MAX_CARD_PPM = 2000.0  # a fitted card rate further off than this is broken dates, not the card
 
 
 class PulseServer:
@@ -214,15 +215,37 @@ class MonitorRecording:
     channels: int = 1
 
     def line(self) -> tuple[float, float]:
-        """(capture ns of sample 0, ns per sample). A null sink is clocked by the system clock, so the rate is the
-        nominal one; only the offset is estimated, as the median over every date (a date is late when the server or
-        this client ran late, by milliseconds on a loaded box, and the median leaves those out)."""
+        """(capture ns of sample 0, ns per sample), fitted to the server's dates. A date is only ever late (the
+        server or this client ran late, by milliseconds on a loaded box), so each second of samples keeps its
+        earliest date, and a Theil-Sen line through those (the median of pairwise slopes) leaves a busy second out.
+        The rate is fitted, not assumed: a null sink under load renders faster or slower than its nominal rate on
+        the system clock (+400 ppm seen with ten sites), and a nominal rate turned that into a latency drifting by
+        0.5 ms a second."""
         d = np.array(self.dates[len(self.dates) // 20 :], dtype=np.float64)  # the stream's start settles first
         if len(d) < 10:
             raise PulseRigError(f"{self.name}: only {len(d)} dated reads")
-        ns_per_sample = 1e9 / SAMPLE_RATE
+        nominal = 1e9 / SAMPLE_RATE
         t0 = d[0, 1]
-        return t0 + float(np.median(d[:, 1] - t0 - d[:, 0] * ns_per_sample)), ns_per_sample
+        resid = d[:, 1] - t0 - d[:, 0] * nominal
+        bins = (d[:, 0] // SAMPLE_RATE).astype(np.int64)
+        xs, ys = [], []
+        for b in np.unique(bins):
+            inside = np.flatnonzero(bins == b)
+            j = inside[np.argmin(resid[inside])]
+            xs.append(d[j, 0])
+            ys.append(resid[j])
+        if len(xs) < 5:
+            return t0 + float(np.median(resid)), nominal
+        x, y = np.array(xs), np.array(ys)
+        i, j = np.triu_indices(len(x), k=1)
+        slope = float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+        if abs(slope) > MAX_CARD_PPM * 1e-6 * nominal:
+            slope = 0.0  # no sound card runs that far off: the dates are broken, keep the nominal rate
+        return t0 + float(np.median(y - slope * x)), nominal + slope
+
+    def rate_ppm(self) -> float:
+        """How much faster than nominal the card ran against the system clock, by `line()`."""
+        return (1e9 / SAMPLE_RATE / self.line()[1] - 1) * 1e6
 
     def audio(self) -> F32:
         if self.channels == 1:
@@ -527,6 +550,8 @@ def _figures(
         "delay_ms": opts.delay_ms,
         "markers": sync.markers_sent,
         "latency_ms": sync.latency_ms,
+        "latency_by_marker_ms": sync.latency_by_marker_ms,
+        "card_rate_ppm": round(recordings[0].rate_ppm(), 1) if recordings else None,
         "skew_ms": sync.skew_ms,
         "deviation_from_median_ms": sync.per_site_deviation_ms,
         # Per site: its median (signed) offset from the others and how far its own offset moved (p99 - p1): a
