@@ -22,6 +22,7 @@ def test_latency_and_skew_from_heard_times() -> None:
     assert abs(f.skew_ms["max"] - 0.1) < 1e-9
     assert f.missing == {"c": 1}
     assert abs(f.max_abs_deviation_by_site_ms["a"] - 0.05) < 1e-9
+    assert f.latency_by_marker_ms == [80.05] * 9  # the sites' median per marker, markers 1..9
 
 
 def test_a_wav_and_its_sidecar_give_true_times(tmp_path: Path) -> None:

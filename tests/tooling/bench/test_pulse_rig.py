@@ -100,6 +100,25 @@ def test_dates_give_the_capture_line_whatever_a_few_late_reads(tmp_path: Path) -
     assert ns_per_sample == pytest.approx(1e9 / SAMPLE_RATE)
 
 
+def test_a_card_running_fast_is_measured_not_taken_for_latency(tmp_path: Path) -> None:
+    """A null sink under load renders +400..615 ppm fast on the system clock (seen with ten sites): the line must
+    carry that rate, or every marker late in the recording reads as more latency (0.5 ms a second)."""
+    rec = MonitorRecording("cc_site00", tmp_path / "x.f32")
+    t0 = 1_764_000_000_000_000_000
+    rng = np.random.default_rng(4)
+    ns = 1e9 / SAMPLE_RATE / (1 + 500e-6)  # the card: 500 ppm fast
+    for k in range(1, 6000):  # 60 s of 10 ms reads; a busy second now and then makes every date of it late
+        late = int(rng.exponential(2e6)) if k % 7 == 0 or 2000 <= k < 2100 else int(rng.uniform(0, 50e3))
+        rec.dates.append((k * 480, t0 + round(k * 480 * ns) + late))
+    start, ns_per_sample = rec.line()
+    assert ns_per_sample == pytest.approx(ns, rel=5e-6)
+    assert rec.rate_ppm() == pytest.approx(500, abs=5)
+    assert abs(start - t0) < 100_000
+    # Nonsense dates keep the nominal rate rather than a card no one makes.
+    broken = MonitorRecording("cc_site01", tmp_path / "y.f32", [(k * 480, t0 + k * 30_000_000) for k in range(1, 600)])
+    assert broken.line()[1] == 1e9 / SAMPLE_RATE
+
+
 def test_sink_kinds_are_checked() -> None:
     assert parse_kinds("pulse,device") == ["pulse", "device"]
     with pytest.raises(PulseRigError, match="--sink takes"):
