@@ -29,9 +29,9 @@ BLOCK = 480
 MARKED = (300, 400, 500, 600, 700)  # blocks (10 ms) that start with a marker: from 3 s, a second apart
 # The monitor dates a sample when the null sink renders it, and a null sink renders ahead of its own play clock by
 # up to its configured latency (pactl reports it; the sink's clients set it): so the marker is dated up to that much
-# early. Then TOLERANCE_MS for the rest: on an idle box the two accounts agree within 1 ms, but in a stream's first
-# seconds PulseAudio's interpolated latency wanders by several ms on a loaded box (measured here at load 5-12: 2 runs
-# in 15 off by 2.4-8 ms, one by 30 ms with non-real-time sink threads), and this test plays only 8 s.
+# early. Then TOLERANCE_MS for the rest: the sink's own reports hold to tens of µs, but the recorder dates the monitor
+# by libpulse-simple's interpolated record latency, which in a stream's first seconds wandered by several ms on a
+# loaded box (at load 5-12: 2 runs in 15 off by 2.4-8 ms), and this test plays only 8 s.
 TOLERANCE_MS = 10.0
 SPREAD_MS = 10.0
 
