@@ -5,6 +5,7 @@ phone size in test-artifacts/; and no request ever leaves 127.0.0.1."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -486,6 +487,45 @@ def test_an_admin_sets_a_zone_s_chime_and_start_lead(page: Any, console_hub: Con
     finally:
         with console_hub.api() as api:  # the module's other tests expect addresses to start at once, no chime
             api.patch(f"/api/zones/{console_hub.zone_ids[zone]}", json={"chime": "", "start_lead_ms": 0})
+
+
+def test_what_an_admin_types_before_the_form_has_loaded_is_kept(page: Any, console_hub: ConsoleHub) -> None:
+    """The Admin view loads the Icecast setting when it opens; on a slow link the admin may type first. The answer,
+    when it comes, must not wipe what was typed (it did: the save then stopped Icecast instead; seen in CI)."""
+    url = "http://127.0.0.1:9/typed-first"
+    held: list[Any] = []
+
+    def hold_the_load(route: Any) -> None:
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.continue_()
+
+    sign_in(page, console_hub)
+    page.route("**/api/settings/icecast", hold_the_load)
+    try:
+        page.get_by_test_id("nav-admin").click()
+        page.get_by_test_id("icecast-form").wait_for(state="visible")
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert held, "the view did not ask for the setting"
+        page.get_by_test_id("icecast-url").fill(url)
+        page.get_by_test_id("icecast-password").fill("typed-first-pw")
+        page.get_by_test_id("icecast-public").check()
+        with page.expect_response("**/api/settings/icecast"):
+            held[0].continue_()
+        page.wait_for_timeout(200)  # the answer's handler has run
+        assert page.get_by_test_id("icecast-url").input_value() == url
+        assert page.get_by_test_id("icecast-password").input_value() == "typed-first-pw"
+        assert page.get_by_test_id("icecast-public").is_checked()
+        page.unroute("**/api/settings/icecast")
+        page.get_by_test_id("icecast-save").click()
+        with console_hub.api() as api:
+            wait_until_sync(lambda: api.get("/api/settings/icecast").json()["url"] == url, "the typed URL saved")
+    finally:
+        with console_hub.api() as api:  # the module's other tests expect no Icecast
+            api.put("/api/settings/icecast", json={"enabled": False})
 
 
 def test_an_admin_sets_the_icecast_server_and_the_password_is_never_shown(page: Any, console_hub: ConsoleHub) -> None:

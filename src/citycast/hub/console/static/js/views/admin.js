@@ -47,13 +47,22 @@ async function addUser(ev) {
   }
 }
 
+// A form's values are loaded when the view opens; what the admin types before that answer comes (a slow link) must
+// not be overwritten by it. `edited` is set on input and cleared when a load starts or a save lands.
+function markEdited(ev) {
+  ev.currentTarget.dataset.edited = '1';
+}
+
 async function loadSettings() {
+  const form = $('#settings-form');
+  delete form.dataset.edited;
   const settings = await act(() => api('GET', 'settings'));
+  if (form.dataset.edited) return settings;
   if (settings) {
-    $('#settings-form').retention_days.value = settings.retention_days ?? '';
-    $('#settings-form').tile_url.value = settings.tile_url || '';
+    form.retention_days.value = settings.retention_days ?? '';
+    form.tile_url.value = settings.tile_url || '';
   }
-  $('#settings-form').time_zone.value = timeZone();
+  form.time_zone.value = timeZone();
   return settings;
 }
 
@@ -67,6 +76,7 @@ async function saveSettings(ev) {
     if (where) setTimeZone(where.time_zone);
   }
   const saved = await act(() => api('PUT', 'settings', body), days ? t('admin.kept_days', { count: days }) : t('admin.saved'));
+  if (saved) delete ev.target.dataset.edited;
   // The page's CSP names the tile host it was served with: a new one is allowed from the next page load.
   if (saved && saved.tile_url !== state.tiles) toast(t('admin.tiles_reload'), 'ok');
 }
@@ -101,8 +111,12 @@ function showIcecast(st) {
 }
 
 async function loadIcecast() {
+  const form = $('#icecast-form');
+  delete form.dataset.edited;
   const st = await act(() => api('GET', 'settings/icecast'));
-  if (st) showIcecast(st);
+  if (!st) return;
+  if (form.dataset.edited) $('#icecast-status').replaceChildren(...icecastStatus(st));
+  else showIcecast(st);
 }
 
 async function saveIcecast(ev) {
@@ -112,7 +126,10 @@ async function saveIcecast(ev) {
   const body = { enabled: Boolean(url), url: url || null, public: form.public.checked };
   if (form.password.value) body.password = form.password.value; // left out: the hub keeps the one it has
   const saved = await act(() => api('PUT', 'settings/icecast', body), url ? t('icecast.saved') : t('icecast.stopped'));
-  if (saved) showIcecast(saved);
+  if (saved) {
+    delete form.dataset.edited;
+    showIcecast(saved);
+  }
 }
 
 export function mountAdmin() {
@@ -120,6 +137,8 @@ export function mountAdmin() {
   $('#user-form').addEventListener('submit', addUser);
   $('#settings-form').addEventListener('submit', saveSettings);
   $('#icecast-form').addEventListener('submit', saveIcecast);
+  $('#settings-form').addEventListener('input', markEdited);
+  $('#icecast-form').addEventListener('input', markEdited);
   $('#enrol-copy').addEventListener('click', () => navigator.clipboard?.writeText($('#enrol-command').textContent));
   subscribe('route', () => {
     if (state.route !== 'admin' || !can('admin')) return;
