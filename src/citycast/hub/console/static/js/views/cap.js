@@ -65,17 +65,22 @@ function settingsForm() {
   const form = $('#cap-settings-form');
   let certs = [];
   async function load() {
+    delete form.dataset.edited;
     const st = await act(() => api('GET', 'cap/settings'));
     if (!st) return;
     certs = st.authority_certs;
-    form.feeds.value = st.feeds.join('\n');
-    form.poll_s.value = st.poll_s;
-    form.repeats.value = st.repeats;
-    form.require_signature.checked = st.require_signature;
+    // What the admin typed before this answer came (a slow link) is kept: only the feeds' status is shown.
+    if (!form.dataset.edited) {
+      form.feeds.value = st.feeds.join('\n');
+      form.poll_s.value = st.poll_s;
+      form.repeats.value = st.repeats;
+      form.require_signature.checked = st.require_signature;
+    }
     $('#cap-feeds-status').replaceChildren(...st.feeds_status.map((f) =>
       el('li', {}, `${f.url}: ${f.error ? t('cap.feed_error', { error: f.error })
         : f.last_ok ? t('cap.feed_ok', { when: fmtTime(f.last_ok) }) : t('cap.feed_not_yet')}`)));
   }
+  form.addEventListener('input', () => { form.dataset.edited = '1'; });
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const body = {
