@@ -13,11 +13,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from citycast.hub.fleet import FleetState
 from citycast.protocol.telemetry import Telemetry
+from citycast.tooling.bench.analysis import analyse, load_trace
+from citycast.tooling.bench.runner import marker_period_s
 
 IS_ROOT = os.geteuid() == 0 and os.path.exists("/dev/net/tun")
 
@@ -56,4 +59,22 @@ def test_sites_straight_on_the_hub_are_not_in_fault_and_reject_nothing(tmp_path:
         assert fleet.view(t.site)["state"] != "fault", fleet.view(t.site)
     assert fleet.counts()["fault"] == 0
     # and true: the loudspeakers play within a couple of ms of each other (a city server's run gives < 1 ms)
-    assert f["skew_ms"]["p99"] < 2.0
+    assert f["skew_ms"]["p99"] < 2.0, _why_apart(f, work, reports)
+
+
+def _why_apart(f: dict[str, Any], work: Path, reports: list[dict[str, Any]]) -> str:
+    """What a skew failure needs to be understood (seen once in CI, 48 ms, never reproduced by hand): which
+    site, which markers, and what its clock and its playout did."""
+    traces = [load_trace(w) for w in sorted((work / "wav").glob("*.wav"))]
+    period = marker_period_s(float(f["delay_ms"]))
+    sync = analyse(
+        traces, ts0_ns=int(f["ingest"]["ts0_ns"]), period_ns=int(period * 1e9), markers_sent=int(20 / period)
+    )
+    lines = [f"skew {f['skew_ms']}, missing {f['missing_markers']}"]
+    for name, offs in sync.offsets_by_site_ms.items():
+        lines.append(f"{name} offsets (ms): {[round(x, 2) for x in offs]}")
+    for r in reports:
+        t = r["telemetry"]
+        keys = ("resyncs", "underruns", "concealed", "late", "sink_xruns", "clock_error_ms", "clock_drift_ppm")
+        lines.append(f"{r['name']}: { ({k: t.get(k) for k in keys}) } clock {r.get('clock')}")
+    return "\n".join(lines)

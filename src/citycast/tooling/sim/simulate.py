@@ -66,6 +66,21 @@ async def _signal_when_synced(agents: list[SiteAgent], ready: asyncio.Event, set
     ready.set()
 
 
+def _clock_events(agent: SiteAgent) -> dict[str, int]:
+    """What happened to a site's clock over its run, beyond what telemetry says: a skew that the site's own
+    figures do not explain is read from these (estimator restarts and steps, steps the guard took or refused)."""
+    est, guard, sync = agent.estimator, agent.guard, agent.clock_sync
+    return {
+        "estimator_resets": est.resets,
+        "estimator_steps": est.steps,
+        "samples_rejected": est.rejected,
+        "guard_steps_taken": guard.taken_steps,
+        "guard_readings_refused": guard.refused,
+        "exchanges": getattr(sync, "exchanges", 0),
+        "exchange_failures": getattr(sync, "failures", 0),
+    }
+
+
 async def run_simulation(
     sites: list[SimSite],
     base: SiteConfig,
@@ -96,7 +111,7 @@ async def run_simulation(
         # Also when stopped by a signal: what the sites saw is the point of running them.
         results = []
         for s, a in zip(sites, agents, strict=True):
-            results.append({**s.as_dict(), "telemetry": json.loads(a.telemetry().to_json())})
+            results.append({**s.as_dict(), "telemetry": json.loads(a.telemetry().to_json()), "clock": _clock_events(a)})
         if out_dir is not None:
             (out_dir / f"{sites[0].name}.results.json").write_text(json.dumps(results, indent=1))
         await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
