@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from citycast.media.pulse_sink import PulseSink
-from citycast.media.pulse_stream import PlaybackStream, PulseStreamError, TimingReport
+from citycast.media.pulse_stream import (
+    CONNECT_TIMEOUT_S,
+    STALL_TIMEOUT_S,
+    PlaybackStream,
+    PulseStreamError,
+    TimingReport,
+)
 from citycast.media.render import Samples
 from citycast.media.sinks import SinkError, open_sink, pulse_server_present
 
@@ -87,6 +93,60 @@ def test_a_server_that_dies_ends_the_sink_with_an_error(pulse_env: dict[str, str
             await asyncio.wait_for(playing, 10)
 
     asyncio.run(main())
+
+
+def test_a_server_that_stops_answering_ends_the_sink_with_an_error(pulse_env: dict[str, str]) -> None:
+    """A hung server keeps its socket open and never asks for audio again: libpulse reports nothing, and a writer
+    that only waits for the server's request would wait forever while the loudspeaker is silent. The sink ends
+    with `SinkError` (the site reports it and opens a new stream) once the server has taken nothing for the stall
+    timeout. The server is frozen for real (SIGSTOP), and let go afterwards."""
+    sink = PulseSink(server=pulse_env["PULSE_SERVER"], device="cc_null", block=BLOCK, buffer_ms=200)
+    pid = int((Path(pulse_env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
+
+    async def main() -> float:
+        playing = asyncio.create_task(sink.run(Silence()))
+        deadline = time.monotonic() + 10
+        while sink.reports < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert sink.reports >= 5
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(SinkError, match="took no audio"):
+                await asyncio.wait_for(asyncio.shield(playing), STALL_TIMEOUT_S + 10)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        return time.monotonic() - t0
+
+    waited = asyncio.run(main())
+    assert STALL_TIMEOUT_S <= waited < STALL_TIMEOUT_S + 5
+
+
+def test_connecting_to_a_server_that_never_answers_fails_in_bounded_time(pulse_env: dict[str, str]) -> None:
+    pid = int((Path(pulse_env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    result: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            PlaybackStream(server=pulse_env["PULSE_SERVER"], device="cc_null", rate=RATE, tlength_frames=1920,
+                           minreq_frames=BLOCK).close()  # fmt: skip
+            result.append(None)
+        except BaseException as exc:  # what it raised is the point
+            result.append(exc)
+
+    t0 = time.monotonic()
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    try:
+        worker.join(CONNECT_TIMEOUT_S + 10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    worker.join(10)
+    assert result, "connecting to a frozen server never returned"
+    assert isinstance(result[0], PulseStreamError), result
+    assert "no answer" in str(result[0])
+    assert time.monotonic() - t0 < CONNECT_TIMEOUT_S + 10
 
 
 def test_a_cancelled_sink_stops_its_writer_at_once(pulse_env: dict[str, str]) -> None:

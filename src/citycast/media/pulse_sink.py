@@ -16,7 +16,8 @@ the DAC's rate with `buffer_ms` of audio queued (render() is thread-safe). The s
 (prebuf 0): after an underrun the server has played silence and drops what arrives for instants already past,
 so every sample keeps its place on the DAC's timeline and the fitted line stays valid. `xruns` counts the
 server's underflow notices; `dac_steps` counts times the fitted line started again because the device's timing
-moved.
+moved. A server that dies fails the stream at once; one that hangs with its socket open (it takes no audio for
+`pulse_stream.STALL_TIMEOUT_S` plus the queue) fails it too: `SinkError`, and the site opens a new stream.
 """
 
 from __future__ import annotations

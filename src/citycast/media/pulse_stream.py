@@ -30,6 +30,13 @@ PA_STREAM_ADJUST_LATENCY = 0x2000
 PA_OPERATION_RUNNING = 0
 _UNSET = 0xFFFFFFFF  # (uint32_t) -1 in pa_buffer_attr: the server's default
 CONNECT_TIMEOUT_S = 10.0
+# A server that keeps its socket open but takes no audio for this long (stopped, hung, its device stuck) fails the
+# stream: the site reports a sink error and opens a new one, instead of waiting silently forever. An idle null
+# sink takes up to ~2 s to start playing a new stream, so this is well beyond that (plus the queue itself).
+STALL_TIMEOUT_S = 5.0
+# libpulse's mainloop wait has no timeout: a waiter is only woken by a callback. The ticker wakes every waiter this
+# often, so a server that never answers is noticed by each wait's own deadline.
+TICK_S = 0.1
 
 
 class PulseStreamError(RuntimeError):
@@ -156,11 +163,15 @@ class PlaybackStream:
         minreq_frames: int,
         name: str = "citycast",
         timing_interval_s: float = 0.05,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
     ) -> None:
         self._pa = _libpulse()
         self.frame_bytes = 4 * channels
         self.rate = rate
         self.timing_interval_ns = round(timing_interval_s * 1e9)
+        self.stall_timeout_s = stall_timeout_s + tlength_frames / rate
+        self._ticking = threading.Event()
+        self._ticker: threading.Thread | None = None
         self.underflows = 0
         self._report: TimingReport | None = None
         self._seq = 0
@@ -211,6 +222,13 @@ class PlaybackStream:
                 )
         self._pa.pa_threaded_mainloop_signal(self._ml, 0)
 
+    def _tick(self) -> None:
+        ml = self._ml
+        while not self._ticking.wait(TICK_S):
+            self._pa.pa_threaded_mainloop_lock(ml)
+            self._pa.pa_threaded_mainloop_signal(ml, 0)
+            self._pa.pa_threaded_mainloop_unlock(ml)
+
     # -- set-up --------------------------------------------------------------------------------------------
     def _error(self) -> str:
         code = self._pa.pa_context_errno(self._ctx) if self._ctx else 0
@@ -242,6 +260,8 @@ class PlaybackStream:
         try:
             if pa.pa_threaded_mainloop_start(self._ml) < 0:
                 raise PulseStreamError("cannot start libpulse's mainloop thread")
+            self._ticker = threading.Thread(target=self._tick, name="pulse-ticker", daemon=True)
+            self._ticker.start()
             if pa.pa_context_connect(self._ctx, server.encode() if server else None, 0, None) < 0:
                 raise PulseStreamError(f"cannot connect to PulseAudio: {self._error()}")
             self._wait_state(pa.pa_context_get_state, self._ctx, PA_CONTEXT_READY, PA_CONTEXT_FAILED,
@@ -292,7 +312,10 @@ class PlaybackStream:
         try:
             self._check()
             self._ask_timing(time.monotonic_ns())
+            deadline = time.monotonic() + self.stall_timeout_s
             while pa.pa_stream_writable_size(self._stream) < need and not stop.is_set():
+                if time.monotonic() > deadline:
+                    raise PulseStreamError(f"the sound server took no audio for {self.stall_timeout_s:.1f} s")
                 pa.pa_threaded_mainloop_wait(self._ml)
                 self._check()
             return self._report
@@ -325,6 +348,10 @@ class PlaybackStream:
         pa = self._pa
         if not self._ml:
             return
+        self._ticking.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
         pa.pa_threaded_mainloop_lock(self._ml)
         if self._stream:
             pa.pa_stream_disconnect(self._stream)
