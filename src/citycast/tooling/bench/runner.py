@@ -485,6 +485,8 @@ def _figures(
         "skew_ms": sync.skew_ms,
         "deviation_from_median_ms": sync.per_site_deviation_ms,
         "missing_markers": sync.missing,
+        # later detections in a marker's period (Opus concealment repeating a chirp after lost frames), not timing
+        "marker_echoes": sync.echoes,
         "underruns": total("underruns"),
         "concealed": total("concealed"),
         "late": total("late"),

@@ -230,14 +230,15 @@ def pair_markers(
     heard: dict[str, list[float]], sent_ns: list[int], period_s: float
 ) -> tuple[list[float], list[float], dict[str, int], int]:
     """(latencies ms, skews ms, missing per site, pairs): each heard marker goes with the last one sent before it,
-    if less than a period earlier (latency must stay below one period)."""
+    if less than a period earlier (latency must stay below one period). Of two in one period the first is the
+    marker, the later an echo of it from Opus's concealment of lost frames (`analysis.analyse`)."""
     period_ns = period_s * 1e9
     by_marker: dict[int, dict[str, float]] = {}
     for site, times in heard.items():
-        for t in times:
+        for t in sorted(times):
             k = bisect.bisect_right(sent_ns, t) - 1
             if k >= 0 and t - sent_ns[k] < period_ns:
-                by_marker.setdefault(k, {})[site] = t
+                by_marker.setdefault(k, {}).setdefault(site, t)
     latencies = [(t - sent_ns[k]) / 1e6 for k, got in by_marker.items() for t in got.values()]
     skews = [
         (max(got.values()) - min(got.values())) / 1e6
