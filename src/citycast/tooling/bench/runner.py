@@ -590,6 +590,9 @@ def _print(f: dict[str, object], console: Console) -> None:
     t.add_row("resyncs / sink xruns", f"{f['resyncs']} / {f['sink_xruns']}")
     if f.get("missing_markers"):
         t.add_row("sites with missing markers", str(len(dict(f["missing_markers"]))))  # type: ignore[call-overload]
+    if f.get("marker_echoes"):
+        echoes = sum(dict(f["marker_echoes"]).values())  # type: ignore[call-overload]
+        t.add_row("chirp echoes from concealment (not counted as markers)", str(echoes))
     if "fast_site" in f:
         fs = dict(f["fast_site"])  # type: ignore[call-overload]
         t.add_row(f"site-0000 (DAC {fs['dac_ppm']} ppm) max off median", f"{fs['max_deviation_from_median_ms']} ms")
