@@ -25,7 +25,9 @@ from citycast.tooling.bench.analysis import analyse, load_trace
 
 PERIOD_S = 0.5
 MARKERS = 12
-DELAY_NS = 120_000_000  # generous: this test checks behaviour, `citycast bench` measures the tight figures
+# Generous: this test checks behaviour, `citycast bench` measures the tight figures. (At 120 ms a CI run once
+# missed one marker at a site; a loaded box stalls the one event loop all three sites and the ingest share.)
+DELAY_NS = 250_000_000
 
 
 async def _pipeline(url: str, out: Path) -> tuple[int, list[SiteAgent]]:
@@ -35,6 +37,7 @@ async def _pipeline(url: str, out: Path) -> tuple[int, list[SiteAgent]]:
     await service.start()
     rng = random.Random(7)
     agents = []
+    sinks: list[TimedSink] = []
     seconds = 40.0
     for i in range(3):
         clock = SkewedClock.random(rng)
@@ -44,6 +47,7 @@ async def _pipeline(url: str, out: Path) -> tuple[int, list[SiteAgent]]:
         agent = SiteAgent(cfg, sink, clock=clock)
         await agent.start()
         agents.append(agent)
+        sinks.append(sink)
     await wait_until(
         lambda: all(a.broadcast_now() is not None for a in agents), "the sites to sync their clocks", timeout=30
     )
@@ -52,7 +56,14 @@ async def _pipeline(url: str, out: Path) -> tuple[int, list[SiteAgent]]:
     caster = Broadcaster(ingest_nc, channel=1, signer=FrameSigner(key), clock=SystemClock().now_ns)
     source = MarkerSource(PERIOD_S, count=MARKERS)
     report = await caster.run(itertools.islice(source.blocks(), 10_000))
-    await let_time_pass(DELAY_NS / 1e9 + 0.5)  # the last marker plays out, the playout delay after it was sent
+    # the stream plays out (its last period after the last marker), the playout delay after it was sent: every
+    # sink past it, on the true clock
+    last_heard = report.ts0_ns + round(MARKERS * PERIOD_S * 1e9) + DELAY_NS + 100_000_000
+    await wait_until(
+        lambda: all(s.true_time_of_sample(s.blocks * s.block) > last_heard for s in sinks),
+        "every sink to play past the last marker",
+        timeout=30,
+    )
     for a in agents:
         await a.stop()
     await ingest_nc.close()
@@ -64,8 +75,10 @@ async def _pipeline(url: str, out: Path) -> tuple[int, list[SiteAgent]]:
 def test_three_sites_play_every_marker_in_sync(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     ts0, agents = asyncio.run(_pipeline(nats_server.url, tmp_path))
     traces = [load_trace(tmp_path / f"s{i}.wav") for i in range(3)]
-    for tr in traces:
-        assert len(tr.heard_ns) == MARKERS, (tr.name, len(tr.heard_ns))
+    for tr, a in zip(traces, agents, strict=True):
+        st = a.engine.stats
+        heard = [round((t - ts0) / 1e9 / PERIOD_S, 2) for t in tr.heard_ns]  # marker k is heard at k + D/period
+        assert len(tr.heard_ns) == MARKERS, (tr.name, heard, st.late, st.underruns, st.concealed, a.rejected)
         assert tr.heard_ns == sorted(tr.heard_ns)
     figures = analyse(traces, ts0_ns=ts0, period_ns=int(PERIOD_S * 1e9), markers_sent=MARKERS, skip_first=0)
     assert not figures.missing
