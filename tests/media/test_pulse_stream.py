@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import wait_until
 
 from citycast.media.pulse_sink import PulseSink
 from citycast.media.pulse_stream import (
@@ -77,18 +78,18 @@ class Silence:
         return np.zeros(n, np.float32)
 
 
+def _server_pid(env: dict[str, str]) -> int:
+    return int((Path(env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
+
+
 def test_a_server_that_dies_ends_the_sink_with_an_error(pulse_env: dict[str, str]) -> None:
     """The writer must not wait forever for a server that is gone: the site restarts its sink on `SinkError`."""
     sink = PulseSink(server=pulse_env["PULSE_SERVER"], device="cc_null", block=BLOCK)
 
     async def main() -> None:
         playing = asyncio.create_task(sink.run(Silence()))
-        deadline = time.monotonic() + 10
-        while sink.blocks < 50 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert sink.blocks >= 50
-        pid = int((Path(pulse_env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: sink.blocks >= 50, "the sink to play 50 blocks", timeout=10, every=0.05)
+        os.kill(_server_pid(pulse_env), signal.SIGKILL)
         with pytest.raises(SinkError, match="PulseAudio stream failed"):
             await asyncio.wait_for(playing, 10)
 
@@ -101,14 +102,11 @@ def test_a_server_that_stops_answering_ends_the_sink_with_an_error(pulse_env: di
     with `SinkError` (the site reports it and opens a new stream) once the server has taken nothing for the stall
     timeout. The server is frozen for real (SIGSTOP), and let go afterwards."""
     sink = PulseSink(server=pulse_env["PULSE_SERVER"], device="cc_null", block=BLOCK, buffer_ms=200)
-    pid = int((Path(pulse_env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
+    pid = _server_pid(pulse_env)
 
     async def main() -> float:
         playing = asyncio.create_task(sink.run(Silence()))
-        deadline = time.monotonic() + 10
-        while sink.reports < 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert sink.reports >= 5
+        await wait_until(lambda: sink.reports >= 5, "5 timing reports", timeout=10, every=0.05)
         os.kill(pid, signal.SIGSTOP)
         t0 = time.monotonic()
         try:
@@ -123,7 +121,7 @@ def test_a_server_that_stops_answering_ends_the_sink_with_an_error(pulse_env: di
 
 
 def test_connecting_to_a_server_that_never_answers_fails_in_bounded_time(pulse_env: dict[str, str]) -> None:
-    pid = int((Path(pulse_env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
+    pid = _server_pid(pulse_env)
     os.kill(pid, signal.SIGSTOP)
     result: list[BaseException | None] = []
 

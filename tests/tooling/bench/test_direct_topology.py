@@ -69,7 +69,7 @@ def _why_apart(f: dict[str, Any], work: Path, reports: list[dict[str, Any]]) -> 
     traces = [load_trace(w) for w in sorted((work / "wav").glob("*.wav"))]
     period = marker_period_s(float(f["delay_ms"]))
     sync = analyse(
-        traces, ts0_ns=int(f["ingest"]["ts0_ns"]), period_ns=int(period * 1e9), markers_sent=int(20 / period)
+        traces, ts0_ns=int(f["ingest"]["ts0_ns"]), period_ns=int(period * 1e9), markers_sent=int(f["seconds"] / period)
     )
     lines = [f"skew {f['skew_ms']}, missing {f['missing_markers']}, echoes {f.get('marker_echoes')}"]
     for name, offs in sync.offsets_by_site_ms.items():

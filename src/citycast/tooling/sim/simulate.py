@@ -16,6 +16,7 @@ from pathlib import Path
 from citycast.clock.local import SkewedClock
 from citycast.media.sinks import TimedSink
 from citycast.site.agent import SiteAgent, SiteConfig
+from citycast.site.uplinks import ClockFailover
 
 SIM_BLOCK = 480  # 10 ms DAC blocks, like a sound card period
 
@@ -70,14 +71,16 @@ def _clock_events(agent: SiteAgent) -> dict[str, int]:
     """What happened to a site's clock over its run, beyond what telemetry says: a skew that the site's own
     figures do not explain is read from these (estimator restarts and steps, steps the guard took or refused)."""
     est, guard, sync = agent.estimator, agent.guard, agent.clock_sync
+    if isinstance(sync, ClockFailover):
+        sync = sync.current  # the responder it asks now
     return {
         "estimator_resets": est.resets,
         "estimator_steps": est.steps,
         "samples_rejected": est.rejected,
         "guard_steps_taken": guard.taken_steps,
         "guard_readings_refused": guard.refused,
-        "exchanges": getattr(sync, "exchanges", 0),
-        "exchange_failures": getattr(sync, "failures", 0),
+        "exchanges": sync.exchanges if sync is not None else 0,
+        "exchange_failures": sync.failures if sync is not None else 0,
     }
 
 
