@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from citycast.ingest.pacing import FramePacer
+from citycast.ingest.pacing import FramePacer, packets_for_delay
 from citycast.media.audio import FRAME_NS
 
 
@@ -52,3 +52,10 @@ def test_a_drifting_card_stays_within_one_frame_of_its_capture_time_for_hours() 
             worst = max(worst, abs(p.ts_of(slot) - captured))
             seq = slot + 1
         assert worst < FRAME_NS
+
+
+def test_two_packets_a_message_from_a_long_haul_D() -> None:
+    assert packets_for_delay(80_000_000) == 1  # a LAN: 20 ms more would be a quarter of D
+    assert packets_for_delay(199_999_999) == 1
+    assert packets_for_delay(200_000_000) == 2
+    assert packets_for_delay(490_000_000) == 2  # london-karachi

@@ -82,14 +82,15 @@ def serve(
     time_upstream: Annotated[bool, typer.Option(hidden=True)] = False,
     delay_ms: Annotated[float, typer.Option(help="Playout delay D of the hub's channels.")] = 80.0,
     packets_per_message: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             max=4,
             help="Opus packets (20 ms each) per bus message of an address: 2 halves the messages and signature checks "
-            "every site pays, for 20 ms more delay (long-haul channels, small boxes).",
+            "every site pays, for 20 ms more delay. Default: 2 on a channel whose D is 200 ms or more when the "
+            "address starts (long haul), else 1.",
         ),
-    ] = 1,
+    ] = None,
     sip: Annotated[
         str | None, typer.Option(help="Answer phone calls (SIP over UDP and TCP) on HOST:PORT, e.g. 0.0.0.0:5060.")
     ] = None,

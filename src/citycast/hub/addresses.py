@@ -24,7 +24,7 @@ from citycast.hub.db.engine import Database
 from citycast.hub.db.models import PRIORITY_RANK, Address, AddressStatus, Priority, Site, Zone, utcnow
 from citycast.hub.desired import DesiredStore
 from citycast.ingest.broadcaster import Broadcaster
-from citycast.ingest.pacing import FramePacer
+from citycast.ingest.pacing import FramePacer, packets_for_delay
 from citycast.media.audio import FRAME_NS
 from citycast.media.render import Samples
 from citycast.media.sources import (
@@ -246,7 +246,7 @@ class AddressManager:
         channel_pool: range = range(1000, 2000),
         delay_ms: float = 80.0,
         clock: Callable[[], int] = time.time_ns,
-        packets_per_message: int = 1,
+        packets_per_message: int | None = None,
         media: MediaPlane | None = None,
     ) -> None:
         """With `media`, every broadcast runs on the media plane's loop with its NATS connection; `nc` (the
@@ -452,6 +452,14 @@ class AddressManager:
             late["max"],
         )
 
+    def packing(self, channel: int) -> int:
+        """Opus packets per bus message for an address starting now on `channel` (file, phone or browser): the
+        operator's choice, else by the channel's D now (the tuner's signed schedule, else the configured D)."""
+        if self.packets_per_message is not None:
+            return self.packets_per_message
+        schedule = self.signer.delays.get(channel)
+        return packets_for_delay(schedule.new_delay_ns if schedule is not None else round(self.delay_ms * 1e6))
+
     async def _broadcast(
         self,
         a: OnAir,
@@ -469,7 +477,7 @@ class AddressManager:
             signer=self.signer,
             clock=self.clock,
             subjects=self.subjects,
-            packets_per_message=self.packets_per_message,
+            packets_per_message=self.packing(a.channel),
         )
         status, reason = AddressStatus.ended, "source ended"
         run = caster.run(

@@ -410,7 +410,12 @@ class GoLive:
         # A nats-py client is used only from its own loop: on the media plane, the plane's connection.
         nc = self.media.nc if self.media is not None else self.addresses.nc
         session.broadcaster = LiveBroadcaster(
-            nc, channel=channel, signer=signer, source=session.audio, subjects=subjects
+            nc,
+            channel=channel,
+            signer=signer,
+            source=session.audio,
+            subjects=subjects,
+            packets_per_message=self.addresses.packing(channel),
         )
         session.broadcaster.start()
 

@@ -88,7 +88,8 @@ class HubOptions:
     public_nats_urls: list[str] = field(default_factory=list)
     prefix: str = "citycast"
     delay_ms: float = 80.0
-    packets_per_message: int = 1  # Opus packets per bus message of an address (ingest/broadcaster.py)
+    # Opus packets per bus message of an address; None: by the channel's D (ingest.pacing.packets_for_delay)
+    packets_per_message: int | None = None
     media_dir: Path | None = None
     sip: tuple[str, int] | None = None  # the telephone's SIP address (UDP and TCP)
     rtp_ports: tuple[int, int] = (20000, 20999)

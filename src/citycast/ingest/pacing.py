@@ -48,3 +48,14 @@ class FramePacer:
         if slip <= -self.packet_ns:
             return None
         return next_seq
+
+
+TWO_PACKETS_FROM_NS = 200_000_000
+
+
+def packets_for_delay(delay_ns: int) -> int:
+    """Opus packets per bus message for a channel played `delay_ns` (D) after its stamps, when the operator did not
+    choose: two on a long-haul channel (D ≥ 200 ms), one below. Two halve the messages every site takes in and
+    the signatures it checks (its largest costs after rendering, docs/benchmarks.md), and the first packet waits
+    20 ms for the second: a tenth of a long-haul D, but a quarter of a LAN's 80 ms."""
+    return 2 if delay_ns >= TWO_PACKETS_FROM_NS else 1

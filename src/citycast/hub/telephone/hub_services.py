@@ -58,6 +58,10 @@ class Addresses(Protocol):
 
     def get(self, address_id: int) -> OnAirAddress | None: ...
 
+    def packing(self, channel: int) -> int:
+        """Opus packets per bus message for a live address starting now on `channel`."""
+        ...
+
 
 class PromptBook(Protocol):
     """The recorded prompts a caller hears, in a language of `prompts.PROMPT_LANGUAGES` (`prompts.Prompts` is one)."""
@@ -117,7 +121,14 @@ def telephone_services(
 
     def broadcaster(channel: int, source: LiveSource) -> LiveBroadcaster:
         out = media_plane.nc if media_plane is not None else nc
-        return LiveBroadcaster(out, channel=channel, signer=signer, source=source, subjects=subjects)
+        return LiveBroadcaster(
+            out,
+            channel=channel,
+            signer=signer,
+            source=source,
+            subjects=subjects,
+            packets_per_message=addresses.packing(channel),
+        )
 
     async def sites_live(zone_ids: tuple[int, ...]) -> int:
         return await count_sites_live(db, fleet_snapshot, zone_ids)
