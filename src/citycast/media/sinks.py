@@ -26,10 +26,9 @@ import contextlib
 import json
 import math
 import os
-import threading
 import time
 import wave
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,7 +41,6 @@ from citycast.media.audio import SAMPLE_RATE
 from citycast.media.dac_clock import DacClock
 from citycast.media.render import Renderer, Samples
 
-MAX_SLEEP_NS = 20_000_000  # the timed sink's thread looks at its stop flag at least this often
 BlockCallback = Callable[[int, Samples], None]
 """`on_block(dac_ns, samples)`: called once per block with the DAC instant of its first sample (true time for
 a timed sink, local time for a sound-card sink) and the samples as rendered."""
@@ -82,11 +80,10 @@ class TimedSink:
     Block k of `block` samples reaches the DAC at true time
     `start_true_ns + k * block * 1e9 / (48000 * (1 + dac_ppm * 1e-6))` (a positive `dac_ppm` is a DAC that
     runs fast). The sink calls `renderer.render(block, clock.at(dac_true_ns))` — the DAC instant on the site's
-    *local* clock — `lead_ns` before that instant (like a sound card's buffer), from a thread of its own
-    that sleeps in between (a sound card's callback runs on the driver's thread, not the event loop). A block
-    whose samples are only ready after its DAC instant (woke too late, or render() too slow) counts one xrun;
-    it is still logged and written, on the DAC's fixed schedule, as the DAC would have consumed it. `on_block`
-    is called on that thread.
+    *local* clock — `lead_ns` before that instant (like a sound card's buffer), sleeping in asyncio in
+    between. A block whose samples are only ready after its DAC instant (woke too late, or render() too slow)
+    counts one xrun; it is still logged and written, on the DAC's fixed schedule, as the DAC would have
+    consumed it.
 
     Outputs, all optional: `wav_path` (16-bit mono WAV at 48 kHz, written and its header made valid every half
     second) with a JSON sidecar `<wav_path>.json` = {start_true_ns, block, dac_ppm, sample_rate, blocks, xruns} so
@@ -162,107 +159,49 @@ class TimedSink:
         total = None
         if self.duration_s is not None:
             total = math.ceil(self.duration_s * self.sample_rate / self.block - 1e-9)
-        with self._recording() as record:
-            if self.paced:
-                await self._run_paced(renderer, record, total)
-            else:
-                await self._run_offline(renderer, record, total)
-
-    @contextlib.contextmanager
-    def _recording(self) -> Iterator[Callable[[int, Samples], None]]:
-        """What becomes of each block rendered: the WAV (batched: writing and re-patching the header per block
-        costs more than rendering it) and `on_block`."""
         wav: wave.Wave_write | None = None
+        # Writing (and re-patching the header) per block costs more than rendering a block; batch it.
         pending = bytearray()
         flush_bytes = self.sample_rate  # half a second of 16-bit mono
-        if self.wav_path is not None:
-            wav = wave.open(str(self.wav_path), "wb")  # noqa: SIM115 (closed in finally)
-            wav.setnchannels(1)
-            wav.setsampwidth(2)
-            wav.setframerate(self.sample_rate)
-            self._write_sidecar()
-
-        def record(dac_true: int, samples: Samples) -> None:
-            if wav is not None:
-                pending.extend(_pcm16(samples))
-                if len(pending) >= flush_bytes:
-                    wav.writeframes(pending)
-                    pending.clear()
-            if self.on_block is not None:
-                self.on_block(dac_true, samples)
-
         try:
-            yield record
+            if self.wav_path is not None:
+                wav = wave.open(str(self.wav_path), "wb")  # noqa: SIM115 (closed in finally)
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                wav.setframerate(self.sample_rate)
+                self._write_sidecar()
+            k = self.blocks
+            while total is None or k < total:
+                dac_true = self._dac_true_ns(k)
+                if self.paced:
+                    delay = dac_true - self.lead_ns - time.time_ns()
+                    if delay > 0:
+                        await asyncio.sleep(delay / 1e9)
+                samples = _checked(renderer.render(self.block, self.clock.at(dac_true)), self.block)
+                if self.paced and time.time_ns() > dac_true:
+                    self.xruns += 1
+                if wav is not None:
+                    pending += _pcm16(samples)
+                    if len(pending) >= flush_bytes:
+                        wav.writeframes(pending)
+                        pending.clear()
+                if self.on_block is not None:
+                    self.on_block(dac_true, samples)
+                k += 1
+                self.blocks = k
+                if not self.paced:
+                    await asyncio.sleep(0)  # stay cancellable
+            if self.paced:
+                end = self._dac_true_ns(k)
+                delay = end - time.time_ns()
+                if delay > 0:
+                    await asyncio.sleep(delay / 1e9)
         finally:
             if wav is not None:
                 if pending:
                     wav.writeframes(pending)
                 wav.close()
                 self._write_sidecar()
-
-    async def _run_offline(self, renderer: Renderer, record: BlockCallback, total: int | None) -> None:
-        k = self.blocks
-        while total is None or k < total:
-            dac_true = self._dac_true_ns(k)
-            record(dac_true, _checked(renderer.render(self.block, self.clock.at(dac_true)), self.block))
-            k += 1
-            self.blocks = k
-            await asyncio.sleep(0)  # stay cancellable
-
-    async def _run_paced(self, renderer: Renderer, record: BlockCallback, total: int | None) -> None:
-        """Render on a thread of the sink's own, as a sound card's callback (PortAudio) or writer (PulseSink) does:
-        a burst of work on the event loop (a backlog of frames to verify after a retransmission, ten agents'
-        reports at once) then delays a block by at most the interpreter's switch interval (5 ms), not by the
-        whole burst. The thread sleeps to each block's instant with sub-millisecond precision, where asyncio's
-        timers round to the millisecond."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        stop = threading.Event()
-
-        def settle(exc: BaseException | None) -> None:
-            if done.done():
-                return
-            if exc is None:
-                done.set_result(None)
-            else:
-                done.set_exception(exc)
-
-        def play() -> None:
-            try:
-                self._play(renderer, record, total, stop)
-            except BaseException as exc:  # handed to run(): the sink failed
-                loop.call_soon_threadsafe(settle, exc)
-            else:
-                loop.call_soon_threadsafe(settle, None)
-
-        thread = threading.Thread(target=play, name="timed-sink", daemon=True)
-        thread.start()
-        try:
-            await done
-        finally:
-            stop.set()  # seen within MAX_SLEEP_NS, or when a render in progress returns
-            thread.join()
-
-    def _play(self, renderer: Renderer, record: BlockCallback, total: int | None, stop: threading.Event) -> None:
-        k = self.blocks
-        while total is None or k < total:
-            dac_true = self._dac_true_ns(k)
-            delay = dac_true - self.lead_ns - time.time_ns()
-            if delay > 0:
-                # A plain sleep (clock_nanosleep): waiting on `stop` cost a lock and a condition per block. At most
-                # a block's length in steady state, so a stop is seen within one block.
-                time.sleep(min(delay, MAX_SLEEP_NS) / 1e9)
-                continue
-            if stop.is_set():
-                return
-            samples = _checked(renderer.render(self.block, self.clock.at(dac_true)), self.block)
-            if time.time_ns() > dac_true:
-                self.xruns += 1
-            record(dac_true, samples)
-            k += 1
-            self.blocks = k
-        while not stop.is_set() and (delay := self._dac_true_ns(k) - time.time_ns()) > 0:
-            time.sleep(min(delay, MAX_SLEEP_NS) / 1e9)
 
 
 class WavSink(TimedSink):
