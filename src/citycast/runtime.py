@@ -1,4 +1,4 @@
-"""Running an asyncio main the way a service must: uvloop when present, SIGTERM/SIGINT stop it cleanly."""
+"""Running an asyncio main the way a service must: uvloop when present, SIGTERM/SIGINT/SIGHUP stop it cleanly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T | None:

@@ -11,7 +11,7 @@ import typer
 from rich.logging import RichHandler
 
 from citycast.cli import bench, city, demo, hub, ingest, keys, sim, site
-from citycast.cli.common import console
+from citycast.cli.common import console, unwind_on_terminate
 
 app = typer.Typer(
     help="citycast: one live voice on every loudspeaker of a city, in sync.",
@@ -36,6 +36,7 @@ for role in (keys, hub, city, ingest, site, sim, demo, bench):
 
 
 def main() -> None:
+    unwind_on_terminate()
     app()
 
 

@@ -4,6 +4,8 @@ HOST:PORT and address-range options into clear errors instead of tracebacks."""
 from __future__ import annotations
 
 import ipaddress
+import signal
+from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
@@ -19,6 +21,23 @@ PrefixOpt = Annotated[str, typer.Option("--prefix", help="Subject prefix shared 
 ChannelOpt = Annotated[
     int, typer.Option("--channel", min=CHANNEL_MIN, max=CHANNEL_MAX, help="Audio channel number (0-65535).")
 ]
+
+
+def _terminated(signum: int, _frame: FrameType | None) -> None:
+    # Once: a second signal during the clean-up must not cut it short (its own timeouts bound it).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
+def unwind_on_terminate() -> None:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does, through its `with` blocks and `finally`s.
+
+    Python's default for them ends the process where it stands: a benchmark killed by `timeout`, a closed terminal
+    or a service manager left its nats-server, hub and site processes running, holding ports and CPU. Commands
+    that run an event loop replace this with their own handlers (citycast.runtime)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminated)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
