@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from citycast.clock.estimator import ClockEstimator
+from citycast.ticks import sleep_to_grid
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ async def keep_memory(
     """Write the clock's drift down once it is known, then as `keeper` allows (a power cut gives no warning).
     `estimator` is asked each time: a site replaces its estimator when it moves to another time responder."""
     while True:
-        await asyncio.sleep(every_s)
+        await sleep_to_grid(every_s)
         now = broadcast_now()
         memory = keeper.due(estimator(), monotonic_ns(), now) if now is not None else None
         if memory is not None:

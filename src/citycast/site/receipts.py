@@ -29,6 +29,7 @@ from citycast.media.keys import PrivateKey
 from citycast.media.render import Samples
 from citycast.protocol.receipts import PlayReceipt, ReceiptError, decode_ack, sign_receipt
 from citycast.protocol.subjects import Subjects
+from citycast.ticks import sleep_to_grid
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ class ReceiptSender:
         while True:
             self.collect()
             ok = await self.send_pending()
-            await asyncio.sleep(self.interval_s if ok else self.retry_s)
+            await (sleep_to_grid(self.interval_s) if ok else asyncio.sleep(self.retry_s))
 
     async def flush(self, timeout_s: float = 2.0) -> None:
         """At shutdown: close the open span and send what can be sent within `timeout_s`."""

@@ -40,6 +40,7 @@ from citycast.clock.local import Clock
 from citycast.clock.service import ClockSync
 from citycast.site.uplink_spec import Uplink, parse_uplinks
 from citycast.tasks import cancel_and_wait
+from citycast.ticks import sleep_to_grid
 
 __all__ = ["ClockFailover", "Copy", "FrameMerge", "Uplink", "UplinkSet", "parse_uplinks"]
 
@@ -318,7 +319,7 @@ class UplinkSet:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.check_interval_s)
+            await sleep_to_grid(self.check_interval_s)
             best = self.pick_control(time.monotonic())
             if best is not None and best != self.control:
                 conn = self.conns[best]
@@ -451,7 +452,7 @@ class ClockFailover:
     async def _watch(self) -> None:
         mark = (self.current.exchanges, self.current.failures)
         while True:
-            await asyncio.sleep(self.check_interval_s)
+            await sleep_to_grid(self.check_interval_s)
             self._adopt()
             cs = self.current
             if cs.exchanges:
