@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -100,3 +101,17 @@ def test_the_command_line_re_executes_before_loading_the_agents_libraries() -> N
     )
     out = fresh_interpreter(code)
     assert out.strip() == "[]", out
+
+
+def test_the_period_sets_how_much_audio_the_sink_takes_per_wake_up(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    wav = tmp_path / "played.wav"
+    argv = [sys.executable, "-m", "citycast", "site", "--trust", str(_trust(tmp_path)), "--sink", "timed",
+            "--wav", str(wav), "--period", "50", "--duration", "2", "--nats", nats_server.url, "--clock", "system",
+            "--clock-memory", str(tmp_path / "clock.json")]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads(wav.with_name(wav.name + ".json").read_text())
+    assert meta["block"] == 2400  # 50 ms at 48 kHz
+    assert meta["blocks"] >= 30  # it played (silence: no bus) for its two seconds, 20 blocks a second
+    too_long = subprocess.run([*argv[:8], "--period", "500"], capture_output=True, text=True, timeout=60)
+    assert too_long.returncode == 2 and "--period" in too_long.stderr and "Traceback" not in too_long.stderr

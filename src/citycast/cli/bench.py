@@ -67,7 +67,15 @@ def bench(
     keep_wav: Annotated[bool, typer.Option(help="Keep the sites' WAV files.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the sites' clock errors.")] = 1,
     warmup: Annotated[float, typer.Option(help="Seconds the sites' clock estimates settle before markers.")] = 60.0,
-    dac_block: Annotated[int, typer.Option(min=120, max=4800, help="Samples per simulated DAC block.")] = 480,
+    dac_block: Annotated[
+        int,
+        typer.Option(
+            min=120,
+            max=4800,
+            help="Samples per simulated DAC block; with --sink, what each site's sink takes per wake-up (its "
+            "--period). 2400 (50 ms) is what a snapclient's file player takes.",
+        ),
+    ] = 480,
     soak_hours: Annotated[
         float | None,
         typer.Option(
@@ -158,6 +166,7 @@ def bench(
                 out=out / "pulse",
                 json_out=json_out,
                 keep_audio=keep_wav,
+                block=dac_block,
             )
             run_pulse_bench(popts, console)
         except PulseRigError as e:

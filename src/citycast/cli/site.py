@@ -46,6 +46,16 @@ def site(
             "See docs/operations.md, Choosing a sink."
         ),
     ] = "auto",
+    period_ms: Annotated[
+        float,
+        typer.Option(
+            "--period",
+            min=2.5,
+            max=100.0,
+            help="Milliseconds of audio the sink takes each time it wakes. Longer periods wake a small box less "
+            "often (on slow hardware a site's CPU follows them) and need as much more D. See docs/operations.md.",
+        ),
+    ] = 10.0,
     clock: Annotated[
         str,
         typer.Option(help="sync (estimate the broadcast clock over the bus) or system (trust chrony/PTP)."),
@@ -159,6 +169,7 @@ def site(
         prefix=prefix,
         delay_ms=delay_ms,
         sink=sink,
+        period_ms=period_ms,
         clock=clock,
         time_zone=time_zone,
         fallback=fallback,

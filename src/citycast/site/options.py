@@ -24,6 +24,7 @@ class SiteOptions:
     prefix: str = "citycast"
     delay_ms: float = 80.0
     sink: str = "auto"
+    period_ms: float = 10.0  # audio the sink takes per wake-up (its block)
     clock: str = "sync"
     time_zone: str | None = None
     fallback: Path | None = None

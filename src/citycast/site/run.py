@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from citycast.clock.local import Clock, SkewedClock, SystemClock
+from citycast.media.audio import SAMPLE_RATE
 from citycast.media.keys import RawPublicKey, load_trusted_keys
 from citycast.media.sinks import Sink, TimedSink, open_sink
 from citycast.protocol.subjects import Subjects
@@ -78,7 +79,7 @@ def build_site(opts: SiteOptions) -> SiteAgent:
     if opts.amp_on is not None or opts.amp_off is not None:
         config.amp = AmpConfig.from_options(opts.amp_on or "", opts.amp_off or "", opts.amp_lead_s, opts.amp_hold_s)
     try:
-        sink: Sink = open_sink(opts.sink, clock, block=480)
+        sink: Sink = open_sink(opts.sink, clock, block=round(opts.period_ms * SAMPLE_RATE / 1000))
     except Exception as e:
         raise ValueError(str(e)) from e
     if opts.wav is not None:

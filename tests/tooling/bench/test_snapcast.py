@@ -112,3 +112,21 @@ def test_the_ratio_row_says_why_there_is_no_ratio() -> None:
     assert _ratio_row({**snap, "snapclient_markers_min": 59, "cpu_vs_snapclient": 3.0}) == "3.00"
     assert _ratio_row({**snap, "snapclient_markers_min": 59, "cpu_vs_snapclient": None}) == "—"  # no sites run
     assert "played no marker" in _ratio_row({**snap, "snapclient_markers_min": 0, "cpu_vs_snapclient": None})
+
+
+def _row(figures: dict[str, object], name: str) -> str:
+    table = Table()
+    table.add_column("figure")
+    table.add_column("value")
+    add_rows(table, figures)
+    names, values = (list(c.cells) for c in table.columns)
+    return str(values[names.index(name)])
+
+
+def test_the_table_shows_how_much_audio_each_side_takes_per_wake_up() -> None:
+    snap = {"snapclients": 2, "snapclient_cpu_percent": 0.5, "snapclient_rss_mb": 8.0, "snapclient_underruns": 0,
+            "snapclient_hard_syncs": 0, "snapclient_missing_markers": 0, "snapclient_jumps": 0,
+            "snapclient_markers_min": 59, "cpu_vs_snapclient": 3.0}  # fmt: skip
+    row = "audio taken per wake-up: site's DAC / snapclient's file player"
+    assert _row({**snap, "site_dac_period_ms": 10.0}, row) == "10 ms / 50 ms (--dac-block 2400 compares like with like)"
+    assert _row({**snap, "site_dac_period_ms": 50.0}, row) == "50 ms / 50 ms"

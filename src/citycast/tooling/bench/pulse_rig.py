@@ -89,6 +89,7 @@ class PulseBenchOptions:
     out: Path = Path("citycast-out/bench-pulse")
     json_out: Path | None = None
     keep_audio: bool = False
+    block: int = 480  # samples a site's sink takes per wake-up (`citycast site --period`)
 
 
 def parse_kinds(spec: str) -> list[str]:
@@ -444,6 +445,7 @@ def _play_sites(
         argv = citycast_argv(
             "site", "--name", f"site-{i:02d}", "--nats", nats.url, "--trust", str(out / "trusted.keys"),
             "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
+            "--period", f"{opts.block * 1000 / 48_000:g}",
         )  # fmt: skip
         _spawn(fleet, "sites", f"site-{i:02d}", argv, pulse.env(sink))
     recorder.start()
@@ -548,6 +550,7 @@ def _figures(
         "sites": opts.sites,
         "seconds": opts.seconds,
         "delay_ms": opts.delay_ms,
+        "site_period_ms": opts.block * 1000 / 48_000,
         "markers": sync.markers_sent,
         "latency_ms": sync.latency_ms,
         "latency_by_marker_ms": sync.latency_by_marker_ms,

@@ -480,6 +480,9 @@ def _figures(
         "sites": opts.sites,
         "seconds": opts.seconds,
         "packets_per_message": opts.packets_per_message,
+        # how often a site's simulated DAC takes a block: on a box where a wake-up costs more than the work done in
+        # it, the CPU per site follows this period (docs/benchmarks.md, "Wake-ups")
+        "site_dac_period_ms": opts.dac_block * 1000 / 48_000,
         "markers": sync.markers_sent,
         "latency_ms": sync.latency_ms,
         "skew_ms": sync.skew_ms,

@@ -50,6 +50,9 @@ CHANNELS = 2  # snapserver's Opus encoder refuses anything but stereo
 # What snapclient 0.26 logs when its player finds no audio for a block (it plays silence instead)...
 UNDERRUN = re.compile(r"No chunks available|Not enough frames available")
 # ...and when it gives up soft correction and jumps its playout to where it should be.
+# snapclient 0.26's file player (client/player/file_player.cpp, kDefaultBuffer) takes 50 ms of audio per wake-up:
+# the period to give the sites' simulated DAC (--dac-block 2400) for a CPU comparison of like with like.
+PLAYER_PERIOD_MS = 50.0
 HARD_SYNC = re.compile(r"pBuffer->full\(\)|pShortBuffer->full\(\)|pMiniBuffer->full\(\)|abs\(age > 500\)")
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d-\d\d-\d\d\.\d{3}) ")
 
@@ -259,6 +262,7 @@ class SnapcastRig:
         return {
             "snapclients": self.clients,
             "snapclient_cpu_percent": cpu.get("snapclients", 0.0) / k,
+            "snapclient_player_period_ms": PLAYER_PERIOD_MS,
             "snapclient_rss_mb": rss.get("snapclients", 0.0) / k,
             "snapserver_cpu_percent": cpu.get("snapserver", 0.0),
             "snapclient_underruns": underruns,
@@ -307,6 +311,14 @@ def add_rows(table: Table, f: dict[str, object]) -> None:
         silent = not int(f.get("snapclient_markers_min", 0))  # type: ignore[call-overload]
         shown = "— (the snapclients played no marker)" if silent else "—"
     table.add_row("CPU per full site ÷ per snapclient", shown)
+    period = f.get("site_dac_period_ms")
+    if period is not None:
+        same = abs(float(period) - PLAYER_PERIOD_MS) < 1e-6  # type: ignore[arg-type]
+        table.add_row(
+            "audio taken per wake-up: site's DAC / snapclient's file player",
+            f"{float(period):g} ms / {PLAYER_PERIOD_MS:g} ms"  # type: ignore[arg-type]
+            + ("" if same else " (--dac-block 2400 compares like with like)"),
+        )
     per_proc = f.get("site_rss_mb_per_process")
     if per_proc is not None:
         table.add_row("peak RSS per site process (its agents together)", f"{float(per_proc):.1f} MB")  # type: ignore[arg-type]
