@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from tests.helpers import fresh_interpreter, wait_until_sync
 from citycast.bus.server import EmbeddedNats
 from citycast.media.keys import generate_private_key, public_key_text
 from citycast.site.main import decode, encode
-from citycast.site.run import SiteOptions
+from citycast.site.run import SiteOptions, build_site
 
 # Mapped by the command line (Typer's coercion) or by PyAV: a running site must have neither.
 NOT_MAPPED = ("pydantic_core", "libavcodec", "libavformat")
@@ -115,3 +116,11 @@ def test_the_period_sets_how_much_audio_the_sink_takes_per_wake_up(nats_server: 
     assert meta["blocks"] >= 30  # it played (silence: no bus) for its two seconds, 20 blocks a second
     too_long = subprocess.run([*argv[:8], "--period", "500"], capture_output=True, text=True, timeout=60)
     assert too_long.returncode == 2 and "--period" in too_long.stderr and "Traceback" not in too_long.stderr
+
+
+def test_a_longer_period_through_pulseaudio_is_refused(tmp_path: Path) -> None:
+    """At 50 ms blocks ten PulseSinks played 8-10 ms apart: the option says so instead of playing out of step."""
+    opts = SiteOptions(name="s", nats_url="nats://127.0.0.1:9", trust=_trust(tmp_path), sink="pulse", period_ms=50)
+    with pytest.raises(ValueError, match="through PulseAudio only the default"):
+        build_site(opts)
+    assert build_site(dataclasses.replace(opts, period_ms=10)).sink.block == 480  # type: ignore[attr-defined]

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from citycast.site.enrol import SiteCredentials
 
 
+DEFAULT_PERIOD_MS = 10.0
+
+
 @dataclass
 class SiteOptions:
     name: str
@@ -24,7 +27,7 @@ class SiteOptions:
     prefix: str = "citycast"
     delay_ms: float = 80.0
     sink: str = "auto"
-    period_ms: float = 10.0  # audio the sink takes per wake-up (its block)
+    period_ms: float = DEFAULT_PERIOD_MS  # audio the sink takes per wake-up (its block)
     clock: str = "sync"
     time_zone: str | None = None
     fallback: Path | None = None
