@@ -58,7 +58,7 @@ SINK_RETRY_MAX_S = 30.0
 RENDER_GAP_NS = 10_000_000  # a DAC instant this far from where the last block ended: the sink restarted
 # A change of playing state (fallback → playing after a cut, playing → idle) is reported within this, not at the
 # next period: the console, the hub's desired-state check and a drill's resync time see it one round trip later.
-STATE_POLL_S = GRID_S  # on the pollers' shared grid (citycast.ticks): no wake-up of its own
+STATE_POLL_S = 0.1  # not on citycast.ticks' grid: at 250 ms there, a path's return reached the console ~1 s late
 STATE_GAP_S = 0.25  # a state that flaps is reported at most this often
 PLAYED_BYTES_KEPT = 128  # frames (2.6 s at one packet a message): more than two paths ever differ by
 
@@ -506,7 +506,7 @@ class SiteAgent:
         loop = asyncio.get_running_loop()
         reported, last = (self.engine.state, self._paths()), loop.time()
         while True:
-            await sleep_to_grid(STATE_POLL_S)
+            await asyncio.sleep(STATE_POLL_S)
             # A path going down or up is news for the console too (its spare is gone or back), whichever
             # connection carries control.
             seen, now = (self.engine.state, self._paths()), loop.time()
