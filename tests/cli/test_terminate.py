@@ -20,6 +20,13 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # went between the two questions
+        return False
+
+
 def _cmdline(p: psutil.Process) -> str:
     try:
         return " ".join(p.cmdline())
@@ -51,10 +58,10 @@ def test_sigterm_stops_every_process_the_bench_started(tmp_path: Path) -> None:
         assert code == 128 + signal.SIGTERM, bench.stderr.read().decode(errors="replace") if bench.stderr else ""
 
         def all_gone() -> bool:
-            return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in seen.values())
+            return not any(_alive(p) for p in seen.values())
 
         def left() -> list[str]:
-            return [_cmdline(p)[:120] for p in seen.values() if p.is_running()]
+            return [_cmdline(p)[:120] for p in seen.values() if _alive(p)]
 
         wait_until_sync(all_gone, "every process the bench started to end", timeout=10, every=0.2, detail=left)
     finally:

@@ -97,13 +97,17 @@ def test_no_cpu_ratio_against_snapclients_that_played_nothing() -> None:
     assert comparison({**base, "snapclient_markers_min": 0})["cpu_vs_snapclient"] is None
 
 
-def _ratio_row(figures: dict[str, object]) -> str:
+def _row(figures: dict[str, object], name: str) -> str:
     table = Table()
     table.add_column("figure")
     table.add_column("value")
     add_rows(table, figures)
     names, values = (list(c.cells) for c in table.columns)
-    return str(values[names.index("CPU per full site ÷ per snapclient")])
+    return str(values[names.index(name)])
+
+
+def _ratio_row(figures: dict[str, object]) -> str:
+    return _row(figures, "CPU per full site ÷ per snapclient")
 
 
 def test_the_ratio_row_says_why_there_is_no_ratio() -> None:
@@ -112,15 +116,6 @@ def test_the_ratio_row_says_why_there_is_no_ratio() -> None:
     assert _ratio_row({**snap, "snapclient_markers_min": 59, "cpu_vs_snapclient": 3.0}) == "3.00"
     assert _ratio_row({**snap, "snapclient_markers_min": 59, "cpu_vs_snapclient": None}) == "—"  # no sites run
     assert "played no marker" in _ratio_row({**snap, "snapclient_markers_min": 0, "cpu_vs_snapclient": None})
-
-
-def _row(figures: dict[str, object], name: str) -> str:
-    table = Table()
-    table.add_column("figure")
-    table.add_column("value")
-    add_rows(table, figures)
-    names, values = (list(c.cells) for c in table.columns)
-    return str(values[names.index(name)])
 
 
 def test_the_table_shows_how_much_audio_each_side_takes_per_wake_up() -> None:

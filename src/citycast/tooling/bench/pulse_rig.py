@@ -91,6 +91,10 @@ class PulseBenchOptions:
     keep_audio: bool = False
     block: int = 480  # samples a site's sink takes per wake-up (`citycast site --period`)
 
+    @property
+    def period_ms(self) -> float:
+        return self.block * 1000 / SAMPLE_RATE
+
 
 def parse_kinds(spec: str) -> list[str]:
     kinds = [k.strip() for k in spec.split(",") if k.strip()]
@@ -445,7 +449,7 @@ def _play_sites(
         argv = citycast_argv(
             "site", "--name", f"site-{i:02d}", "--nats", nats.url, "--trust", str(out / "trusted.keys"),
             "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
-            "--period", f"{opts.block * 1000 / 48_000:g}",
+            "--period", f"{opts.period_ms:g}",
         )  # fmt: skip
         _spawn(fleet, "sites", f"site-{i:02d}", argv, pulse.env(sink))
     recorder.start()
@@ -550,7 +554,7 @@ def _figures(
         "sites": opts.sites,
         "seconds": opts.seconds,
         "delay_ms": opts.delay_ms,
-        "site_period_ms": opts.block * 1000 / 48_000,
+        "site_period_ms": opts.period_ms,
         "markers": sync.markers_sent,
         "latency_ms": sync.latency_ms,
         "latency_by_marker_ms": sync.latency_by_marker_ms,

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, free_port
+from citycast.media.audio import SAMPLE_RATE
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
 from citycast.tooling.bench.analysis import SiteTrace, analyse, load_trace
 from citycast.tooling.bench.cpu_quota import CpuQuota, CpuQuotaError, confine, throttling
@@ -482,7 +483,7 @@ def _figures(
         "packets_per_message": opts.packets_per_message,
         # how often a site's simulated DAC takes a block: on a box where a wake-up costs more than the work done in
         # it, the CPU per site follows this period (docs/benchmarks.md, "Wake-ups")
-        "site_dac_period_ms": opts.dac_block * 1000 / 48_000,
+        "site_dac_period_ms": opts.dac_block * 1000 / SAMPLE_RATE,
         "markers": sync.markers_sent,
         "latency_ms": sync.latency_ms,
         "skew_ms": sync.skew_ms,

@@ -47,12 +47,13 @@ from citycast.tooling.markers import detect_markers
 
 PACKAGES = ("snapserver", "snapclient")
 CHANNELS = 2  # snapserver's Opus encoder refuses anything but stereo
+# snapclient 0.26's file player (client/player/file_player.cpp, kDefaultBuffer) takes 50 ms of audio per wake-up:
+# the period to give the sites' simulated DAC for a CPU comparison of like with like.
+PLAYER_PERIOD_MS = 50.0
+PLAYER_BLOCK = round(PLAYER_PERIOD_MS * SAMPLE_RATE / 1000)  # as a --dac-block
 # What snapclient 0.26 logs when its player finds no audio for a block (it plays silence instead)...
 UNDERRUN = re.compile(r"No chunks available|Not enough frames available")
 # ...and when it gives up soft correction and jumps its playout to where it should be.
-# snapclient 0.26's file player (client/player/file_player.cpp, kDefaultBuffer) takes 50 ms of audio per wake-up:
-# the period to give the sites' simulated DAC (--dac-block 2400) for a CPU comparison of like with like.
-PLAYER_PERIOD_MS = 50.0
 HARD_SYNC = re.compile(r"pBuffer->full\(\)|pShortBuffer->full\(\)|pMiniBuffer->full\(\)|abs\(age > 500\)")
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d-\d\d-\d\d\.\d{3}) ")
 
@@ -317,7 +318,7 @@ def add_rows(table: Table, f: dict[str, object]) -> None:
         table.add_row(
             "audio taken per wake-up: site's DAC / snapclient's file player",
             f"{float(period):g} ms / {PLAYER_PERIOD_MS:g} ms"  # type: ignore[arg-type]
-            + ("" if same else " (--dac-block 2400 compares like with like)"),
+            + ("" if same else f" (--dac-block {PLAYER_BLOCK} compares like with like)"),
         )
     per_proc = f.get("site_rss_mb_per_process")
     if per_proc is not None:
