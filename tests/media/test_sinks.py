@@ -108,6 +108,19 @@ async def test_wav_and_sidecar_date_every_sample(tmp_path: Path) -> None:
         assert abs(formula - t) <= 1
 
 
+async def test_a_long_block_is_asked_for_a_block_ahead() -> None:
+    # A card of two 50 ms periods wakes its writer with one period still to play: a 20 ms lead would count a
+    # render 30 ms late as in time on such a card, and one 25 ms late as an xrun that a card would not have.
+    renderer = RecordingRenderer()
+    sink = TimedSink(block=2400, duration_s=0.25, on_block=lambda t, s: None)
+    assert sink.lead_ns == 50_000_000
+    assert TimedSink(block=480).lead_ns == 20_000_000  # short blocks keep the 20 ms floor
+    await sink.run(renderer)
+    leads = [round(sink.true_time_of_sample(k * 2400)) - c[2] for k, c in enumerate(renderer.calls)]
+    assert len(leads) == 5 and min(leads) > 0
+    assert np.median(leads) == pytest.approx(50e6, abs=10e6)
+
+
 async def test_slow_render_counts_xrun_and_keeps_schedule() -> None:
     renderer = RecordingRenderer(block_once_s=0.06, block_at_call=5)
     logged: list[int] = []

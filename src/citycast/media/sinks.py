@@ -45,6 +45,8 @@ BlockCallback = Callable[[int, Samples], None]
 """`on_block(dac_ns, samples)`: called once per block with the DAC instant of its first sample (true time for
 a timed sink, local time for a sound-card sink) and the samples as rendered."""
 
+MIN_LEAD_NS = 20_000_000  # a timed sink asks for a block at least this long before it plays (a card's buffer)
+
 
 class SinkError(RuntimeError):
     """A sink cannot be built or run (no device, bad spec, renderer broke the contract)."""
@@ -81,9 +83,10 @@ class TimedSink:
     `start_true_ns + k * block * 1e9 / (48000 * (1 + dac_ppm * 1e-6))` (a positive `dac_ppm` is a DAC that
     runs fast). The sink calls `renderer.render(block, clock.at(dac_true_ns))` — the DAC instant on the site's
     *local* clock — `lead_ns` before that instant (like a sound card's buffer), sleeping in asyncio in
-    between. A block whose samples are only ready after its DAC instant (woke too late, or render() too slow)
-    counts one xrun; it is still logged and written, on the DAC's fixed schedule, as the DAC would have
-    consumed it.
+    between. By default the lead is 20 ms or one block, whichever is longer: a card of two periods wakes its writer
+    when one has played, so the block written then has the other period's length to spare, never less. A block
+    whose samples are only ready after its DAC instant (woke too late, or render() too slow) counts one xrun; it
+    is still logged and written, on the DAC's fixed schedule, as the DAC would have consumed it.
 
     Outputs, all optional: `wav_path` (16-bit mono WAV at 48 kHz, written and its header made valid every half
     second) with a JSON sidecar `<wav_path>.json` = {start_true_ns, block, dac_ppm, sample_rate, blocks, xruns} so
@@ -101,7 +104,7 @@ class TimedSink:
         *,
         dac_ppm: float = 0.0,
         block: int = 960,
-        lead_ns: int = 20_000_000,
+        lead_ns: int | None = None,
         wav_path: Path | None = None,
         on_block: BlockCallback | None = None,
         duration_s: float | None = None,
@@ -110,13 +113,13 @@ class TimedSink:
     ) -> None:
         if block <= 0:
             raise SinkError(f"block must be positive, got {block}")
-        if lead_ns < 0:
+        if lead_ns is not None and lead_ns < 0:
             raise SinkError(f"lead_ns must be >= 0, got {lead_ns}")
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.sample_rate = SAMPLE_RATE
         self.dac_ppm = dac_ppm
         self.block = block
-        self.lead_ns = lead_ns
+        self.lead_ns = lead_ns if lead_ns is not None else max(MIN_LEAD_NS, round(block * 1e9 / SAMPLE_RATE))
         self.wav_path = Path(wav_path) if wav_path is not None else None
         self.on_block = on_block
         self.duration_s = duration_s

@@ -169,13 +169,14 @@ def run_site_cost(
         watch_desired=False,
         renew_creds=False,
     )
-    agent = SiteAgent(config, TimedSink(clock, block=block, paced=False), clock=clock)
+    sink = TimedSink(clock, block=block, paced=False)
+    agent = SiteAgent(config, sink, clock=clock)
     agent.monotonic = clock.now_ns  # the step guard must see the simulated time pass, not the real one
     agent.verifier = _TimedVerifier(agent.verifier, meter)  # type: ignore[assignment]
     agent.engine._decoder_factory = lambda: _TimedDecoder(OpusDecoder(), meter)
     agent.engine.set_clock(agent._clock_map())
     renderer = agent.renderer
-    lead_ns = 20_000_000  # a sound card asks for a block this long before it plays
+    lead_ns = sink.lead_ns  # a sound card asks for a block this long before it plays
     block_ns = block * 1e9 / SAMPLE_RATE
     end_ns = T0_NS + round(seconds * 1e9) + round(delay_ms * 1e6)
     sumsq = 0.0
