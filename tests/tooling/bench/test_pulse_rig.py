@@ -125,6 +125,17 @@ def test_sink_kinds_are_checked() -> None:
         parse_kinds("alsa")
 
 
+def test_the_server_starts_in_a_relative_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`citycast bench --sink pulse` with its default `--out` (a relative folder): PulseAudio refuses a relative
+    home directory, so the rig hands it an absolute one."""
+    need_binary("pulseaudio")
+    monkeypatch.chdir(tmp_path)
+    with PulseServer(Path("citycast-out") / "pulse", 1) as server:
+        assert server.socket.is_absolute() and server.socket.exists()
+        PlaybackStream(server=server.server, device=sink_name(0), rate=SAMPLE_RATE, tlength_frames=1920,
+                       minreq_frames=480).close()  # fmt: skip
+
+
 def test_every_site_is_its_own_channel_of_one_recording(tmp_path: Path) -> None:
     """Eight sites' sinks on one card (more channels than PulseAudio has a default map for): a tone played to site
     6 only is recorded on channel 6 only (no remixing between channels), and the eight recordings share one file

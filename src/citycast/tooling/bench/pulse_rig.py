@@ -140,9 +140,9 @@ class PulseServer:
     site, and a mono remap sink per site (`sink_name(i)`) onto channel i of it."""
 
     def __init__(self, workdir: Path, sinks: int) -> None:
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # PulseAudio refuses a relative HOME (the bench's default --out is one)
         self.sinks = sinks
-        self.socket = workdir / "native"
+        self.socket = self.workdir / "native"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
