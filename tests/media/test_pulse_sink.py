@@ -98,6 +98,24 @@ def test_pulse_sink_dac_time_is_where_the_server_played_the_marker(pulse_env: di
     assert sink.blocks >= MARKED[-1]
 
 
+def test_a_long_block_leaves_the_sound_server_its_latency(pulse_env: dict[str, str]) -> None:
+    """PulseAudio asks of the sink half of what a stream's queue holds beyond two requests. At 50 ms blocks a 40 ms
+    queue left it none: the sink ran at its least latency, and under load its timing reports jumped by over a
+    millisecond, which put sites up to 10 ms apart. The default queue grows with the block so the sink keeps its
+    10 ms (PulseAudio rounds it: at least 4 ms here)."""
+    server = pulse_env["PULSE_SERVER"]
+    assert PulseSink(server=server, block=480).buffer_ms == 40.0  # as it always was at the default period
+    sink = PulseSink(server=server, device="cc_null", block=2400)
+    assert sink.buffer_ms == 120.0
+    stream = sink._open()
+    try:
+        assert stream.granted_minreq_frames == 2400
+        assert (stream.granted_tlength_frames - 2 * 2400) / 2 >= 0.004 * 48_000, stream.granted_tlength_frames
+        assert _configured_latency_ms(pulse_env) >= 4.0
+    finally:
+        stream.close()
+
+
 def test_pulse_sink_without_a_server_is_a_clear_error(tmp_path: Path) -> None:
     sink = open_sink("pulse:nowhere", block=BLOCK)
     assert isinstance(sink, PulseSink)

@@ -15,6 +15,7 @@ from tests.helpers import fresh_interpreter, wait_until_sync
 
 from citycast.bus.server import EmbeddedNats
 from citycast.media.keys import generate_private_key, public_key_text
+from citycast.media.pulse_sink import PulseSink
 from citycast.site.main import decode, encode
 from citycast.site.run import SiteOptions, build_site
 
@@ -118,9 +119,11 @@ def test_the_period_sets_how_much_audio_the_sink_takes_per_wake_up(nats_server: 
     assert too_long.returncode == 2 and "--period" in too_long.stderr and "Traceback" not in too_long.stderr
 
 
-def test_a_longer_period_through_pulseaudio_is_refused(tmp_path: Path) -> None:
-    """At 50 ms blocks ten PulseSinks played 8-10 ms apart: the option says so instead of playing out of step."""
+def test_the_period_reaches_a_pulse_sink_with_a_queue_to_match(tmp_path: Path) -> None:
+    """`--period 50` through PulseAudio: 2400-sample blocks, and a queue of two blocks plus the sink's own 20 ms
+    (with the old 40 ms queue ten such sites played up to 10 ms apart: tests/media/test_pulse_sink.py)."""
     opts = SiteOptions(name="s", nats_url="nats://127.0.0.1:9", trust=_trust(tmp_path), sink="pulse", period_ms=50)
-    with pytest.raises(ValueError, match="through PulseAudio only the default"):
-        build_site(opts)
-    assert build_site(dataclasses.replace(opts, period_ms=10)).sink.block == 480  # type: ignore[attr-defined]
+    sink = build_site(opts).sink
+    assert isinstance(sink, PulseSink) and sink.block == 2400 and sink.buffer_ms == 120
+    sink = build_site(dataclasses.replace(opts, period_ms=10)).sink
+    assert isinstance(sink, PulseSink) and sink.block == 480 and sink.buffer_ms == 40

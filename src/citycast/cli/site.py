@@ -53,7 +53,8 @@ def site(
             min=2.5,
             max=100.0,
             help="Milliseconds of audio the sink takes each time it wakes. Longer periods wake a small box less "
-            "often (on slow hardware a site's CPU follows them) and need as much more D. See docs/operations.md.",
+            "often (on slow hardware a site's CPU follows them) but need more D (50 ms: about 70 ms more). See "
+            "docs/operations.md.",
         ),
     ] = 10.0,
     clock: Annotated[

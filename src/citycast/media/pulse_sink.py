@@ -34,12 +34,20 @@ from citycast.media.pulse_stream import PlaybackStream, PulseStreamError, Timing
 from citycast.media.render import Renderer
 from citycast.media.sinks import BlockCallback, SinkError, checked_block
 
+# PulseAudio splits a stream's queue (tlength) into two requests (2 minreq; minreq is our block) and twice the
+# latency it asks of the sink. A queue of 40 ms at 50 ms blocks left the sink none: it ran at its least latency,
+# rendering in slivers, and with ten sites on a busy box its timing reports jumped by over a millisecond a few
+# times a minute; each jump restarted the site's DAC line and the sites played up to 10 ms apart
+# (docs/benchmarks.md, "The sink's latency"). The sink keeps this much whatever the block.
+SINK_LATENCY_MS = 10.0
+
 
 class PulseSink:
     """A PulseAudio playback stream (48 kHz float32 mono) on `device` (a sink name; None: the server's default) of
     `server` (None: $PULSE_SERVER or the user's). `block`: samples rendered and written at a time; `buffer_ms`:
-    how much PulseAudio keeps queued (its tlength), the headroom against a late render. With `duration_s`, `run()`
-    returns once that much has been written. Opening fails with `SinkError` when no server or sink answers."""
+    how much PulseAudio keeps queued (its tlength), the headroom against a late render; by default two blocks plus
+    twice `SINK_LATENCY_MS` (40 ms at 10 ms blocks). With `duration_s`, `run()` returns once that much has been
+    written. Opening fails with `SinkError` when no server or sink answers."""
 
     def __init__(
         self,
@@ -48,7 +56,7 @@ class PulseSink:
         device: str | None = None,
         server: str | None = None,
         block: int = 480,
-        buffer_ms: float = 40.0,
+        buffer_ms: float | None = None,
         on_block: BlockCallback | None = None,
         duration_s: float | None = None,
         dac_clock: DacClock | None = None,
@@ -56,6 +64,8 @@ class PulseSink:
     ) -> None:
         if block <= 0:
             raise SinkError(f"block must be positive, got {block}")
+        if buffer_ms is None:
+            buffer_ms = 2 * (block * 1000 / SAMPLE_RATE + SINK_LATENCY_MS)
         if not 0 < buffer_ms <= 2000:
             raise SinkError(f"buffer_ms must be in (0, 2000], got {buffer_ms}")
         self.clock: Clock = clock if clock is not None else SystemClock()

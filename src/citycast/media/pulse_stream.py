@@ -115,6 +115,7 @@ _SIGNATURES: list[tuple[str, Any, list[Any]]] = [
     ("pa_stream_update_timing_info", _VP, [_VP, _SUCCESS, _VP]),
     ("pa_stream_get_timing_info", ctypes.POINTER(_TimingInfo), [_VP]),
     ("pa_operation_unref", None, [_VP]),
+    ("pa_stream_get_buffer_attr", ctypes.POINTER(_BufferAttr), [_VP]),
 ]
 
 _lib: Any = None
@@ -179,6 +180,9 @@ class PlaybackStream:
         self._seq = 0
         self._timing_pending = False
         self._next_timing_ns = 0
+        # The queue and request size the server granted (it adjusts what was asked), in frames.
+        self.granted_tlength_frames = 0
+        self.granted_minreq_frames = 0
         self._ml: int | None = None
         self._ctx: int | None = None
         self._stream: int | None = None
@@ -284,6 +288,10 @@ class PlaybackStream:
                 raise PulseStreamError(f"cannot play to {device or 'the default sink'}: {self._error()}")
             self._wait_state(pa.pa_stream_get_state, self._stream, PA_STREAM_READY, PA_STREAM_FAILED,
                              f"cannot play to {device or 'the default sink'}")  # fmt: skip
+            granted = pa.pa_stream_get_buffer_attr(self._stream)
+            if granted:
+                self.granted_tlength_frames = granted.contents.tlength // self.frame_bytes
+                self.granted_minreq_frames = granted.contents.minreq // self.frame_bytes
             # One report before the first write: the sink's latency dates the first block.
             self._ask_timing(time.monotonic_ns())
             deadline = time.monotonic() + CONNECT_TIMEOUT_S

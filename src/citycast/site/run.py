@@ -5,12 +5,11 @@ from __future__ import annotations
 from citycast.clock.local import Clock, SkewedClock, SystemClock
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.keys import RawPublicKey, load_trusted_keys
-from citycast.media.pulse_sink import PulseSink
 from citycast.media.sinks import Sink, TimedSink, open_sink
 from citycast.protocol.subjects import Subjects
 from citycast.site.agent import SiteAgent, SiteConfig, load_fallback
 from citycast.site.amp import AmpConfig
-from citycast.site.options import DEFAULT_PERIOD_MS, SiteOptions
+from citycast.site.options import SiteOptions
 from citycast.site.talkback import key_from_seed
 from citycast.site.uplink_spec import Uplink, parse_uplinks
 
@@ -83,13 +82,6 @@ def build_site(opts: SiteOptions) -> SiteAgent:
         sink: Sink = open_sink(opts.sink, clock, block=round(opts.period_ms * SAMPLE_RATE / 1000))
     except Exception as e:
         raise ValueError(str(e)) from e
-    if isinstance(sink, PulseSink) and opts.period_ms != DEFAULT_PERIOD_MS:
-        # Measured (docs/benchmarks.md, "Wake-ups"): ten PulseSinks at 50 ms blocks played 8-10 ms apart (p99),
-        # where at 10 ms they hold 0.03 ms. Not understood yet, so not offered.
-        raise ValueError(
-            f"--period {opts.period_ms:g}: through PulseAudio only the default ({DEFAULT_PERIOD_MS:g} ms) keeps sites "
-            "in step (docs/operations.md, The sink's period)"
-        )
     if opts.wav is not None:
         if not isinstance(sink, TimedSink):
             raise ValueError("--wav goes with a timed sink (--sink timed[:PPM])")
