@@ -37,15 +37,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from citycast.clock.local import Clock, SystemClock
-from citycast.media.audio import SAMPLE_RATE
+from citycast.media.audio import MIN_LEAD_NS, SAMPLE_RATE
 from citycast.media.dac_clock import DacClock
 from citycast.media.render import Renderer, Samples
 
 BlockCallback = Callable[[int, Samples], None]
 """`on_block(dac_ns, samples)`: called once per block with the DAC instant of its first sample (true time for
 a timed sink, local time for a sound-card sink) and the samples as rendered."""
-
-MIN_LEAD_NS = 20_000_000  # a timed sink asks for a block at least this long before it plays (a card's buffer)
 
 
 class SinkError(RuntimeError):

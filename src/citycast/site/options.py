@@ -11,11 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from citycast.media.audio import FRAME_NS, MIN_LEAD_NS
+
 if TYPE_CHECKING:
     from citycast.site.enrol import SiteCredentials
 
 
 DEFAULT_PERIOD_MS = 10.0
+# What the bus, the verify and the event loop take on a busy loopback box, on top of the arithmetic below.
+BUS_MARGIN_MS = 30.0
+
+
+def least_delay_ms(period_ms: float = DEFAULT_PERIOD_MS, packets_per_message: int = 1) -> float:
+    """The least D at which a site with this sink period plays every frame on loopback: a message is complete
+    `packets_per_message` frames after its first sample; the block holding that sample is asked for a block (at
+    least `MIN_LEAD_NS`) before it plays, and holds `period_ms` of audio. Measured (docs/benchmarks.md): 10 ms and
+    one packet a message, 80 ms; 50 ms and two, 170 ms (120 ms underran)."""
+    frames_ms = packets_per_message * FRAME_NS / 1e6
+    return frames_ms + max(MIN_LEAD_NS / 1e6, period_ms) + period_ms + BUS_MARGIN_MS
 
 
 @dataclass

@@ -30,6 +30,7 @@ from rich.table import Table
 from citycast.bus.server import EmbeddedNats, LeafRemote, NatsServerError, free_port
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
+from citycast.site.options import least_delay_ms
 from citycast.tooling.bench.analysis import SiteTrace, analyse, load_trace
 from citycast.tooling.bench.cpu_quota import CpuQuota, CpuQuotaError, confine, throttling
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
@@ -179,6 +180,13 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
         raise BenchError(f"--delay must be between 0 and {MAX_DELAY_MS:.0f} ms")
     if opts.snapclients and profile.emulated:
         raise BenchError("--snapclients runs on loopback only (no --wan)")
+    least = least_delay_ms(opts.dac_block * 1000 / SAMPLE_RATE, opts.packets_per_message)
+    if delay_ms < least:
+        console.print(
+            f"[yellow]--delay {delay_ms:g} is below the ~{least:.0f} ms that {opts.dac_block}-sample blocks and "
+            f"{opts.packets_per_message} packet(s) a message need: expect underruns (docs/operations.md, "
+            "The sink's period)[/]"
+        )
     try:
         if opts.snapclients:
             ensure_snapcast(console)
