@@ -60,9 +60,8 @@ RENDER_GAP_NS = 10_000_000  # a DAC instant this far from where the last block e
 # A change of playing state (fallback → playing after a cut, playing → idle) is reported within this, not at the
 # next period: the console, the hub's desired-state check and a drill's resync time see it one round trip later.
 # The sink looks for such a change after its blocks, at most this often, and wakes the reporter only when it sees
-# one: a poll of its own woke every site ten times a second (a lone site at 50 ms blocks: 70.5 wake-ups a second
-# with it, 63.4 without). Not on citycast.ticks' grid: at 250 ms there, a path's return reached the console ~1 s
-# late.
+# one: a poll of its own woke every site ten times a second (a sixth of its wake-ups at 50 ms blocks). Not on
+# citycast.ticks' grid: at 250 ms there, a path's return reached the console ~1 s late.
 STATE_POLL_S = 0.1
 SINK_QUIET_S = 0.5  # no block rendered for this long (the sink failed or has ended): the reporter polls itself
 STATE_GAP_S = 0.25  # a state that flaps is reported at most this often
