@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -59,11 +58,7 @@ SINK_RETRY_MAX_S = 30.0
 RENDER_GAP_NS = 10_000_000  # a DAC instant this far from where the last block ended: the sink restarted
 # A change of playing state (fallback → playing after a cut, playing → idle) is reported within this, not at the
 # next period: the console, the hub's desired-state check and a drill's resync time see it one round trip later.
-# The sink looks for such a change after its blocks, at most this often, and wakes the reporter only when it sees
-# one: a poll of its own woke every site ten times a second (a sixth of its wake-ups at 50 ms blocks). Not on
-# citycast.ticks' grid: at 250 ms there, a path's return reached the console ~1 s late.
-STATE_POLL_S = 0.1
-SINK_QUIET_S = 0.5  # no block rendered for this long (the sink failed or has ended): the reporter polls itself
+STATE_POLL_S = 0.1  # not on citycast.ticks' grid: at 250 ms there, a path's return reached the console ~1 s late
 STATE_GAP_S = 0.25  # a state that flaps is reported at most this often
 PLAYED_BYTES_KEPT = 128  # frames (2.6 s at one packet a message): more than two paths ever differ by
 
@@ -164,8 +159,6 @@ class TimedRenderer:
         self._rest_dac_ns = 0.0  # local-clock DAC instant of the rest's first sample
         # Sees what the engine renders, after volume (proof of play: citycast.site.receipts), in the render thread.
         self.on_block: Callable[[Samples], None] | None = None
-        # Called after every block, in the render thread (the agent looks for news to report there).
-        self.after_render: Callable[[], None] | None = None
 
     def take_lead_ns(self) -> int | None:
         lead, self.lead_ns = self.lead_ns, None
@@ -194,8 +187,6 @@ class TimedRenderer:
         if self.gain != 1.0:
             out = (out * self.gain).astype(np.float32, copy=False)
         self.timer.add("render", t0)
-        if self.after_render is not None:
-            self.after_render()
         return out
 
 
@@ -237,14 +228,6 @@ class SiteAgent:
         self.sink_error: str | None = None
         self.sink_failures = 0
         self.renderer = TimedRenderer(self.engine, self.timer, now_ns=self.clock.now_ns)
-        self.renderer.after_render = self._look_for_news
-        # What the sink saw last (playing state, paths), when it last looked and rendered, and how it wakes the
-        # reporter: set by `_report` on its loop.
-        self._seen: tuple[PlayoutState, dict[str, bool]] | None = None
-        self._looked_at = self._rendered_at = -1e18
-        self._news: asyncio.Event | None = None
-        self._news_loop: asyncio.AbstractEventLoop | None = None
-        self._news_thread = 0
         self.desired: DesiredState | None = None
         self.desired_watcher: DesiredWatcher | None = None
         self._audio_sub: Subscription | None = None
@@ -519,48 +502,16 @@ class SiteAgent:
             self.config.name, seen[1] - before[1], seen[0] - before[0], seen[2] - before[2], earliest, lead,
         )  # fmt: skip
 
-    def _look_for_news(self) -> None:
-        """After a block, in the sink's thread: wake the reporter if the playing state or a path has changed."""
-        now = time.monotonic()
-        self._rendered_at = now
-        if now - self._looked_at < STATE_POLL_S:
-            return
-        self._looked_at = now
-        # A path going down or up is news for the console too (its spare is gone or back), whichever connection
-        # carries control.
-        seen = (self.engine.state, self._paths())
-        if seen == self._seen:
-            return
-        self._seen = seen
-        news, loop = self._news, self._news_loop
-        if news is None or loop is None:
-            return
-        if threading.get_ident() == self._news_thread:
-            news.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the agent is stopping
-                loop.call_soon_threadsafe(news.set)
-
     async def _report(self) -> None:
         loop = asyncio.get_running_loop()
-        self._news, self._news_loop, self._news_thread = asyncio.Event(), loop, threading.get_ident()
-        news = self._news
         reported, last = (self.engine.state, self._paths()), loop.time()
-        interval = self.config.telemetry_interval_s
         while True:
-            # The sink looks for news after its blocks; while it renders none, the reporter looks itself.
-            quiet = time.monotonic() - self._rendered_at > SINK_QUIET_S
-            wait = STATE_POLL_S if quiet else max(0.0, last + interval - loop.time())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await news.wait()
-            news.clear()
-            now = loop.time()
-            if now - last < STATE_GAP_S:  # a state that flaps: reported at most this often
-                await asyncio.sleep(last + STATE_GAP_S - now)
-                now = loop.time()
-            seen = (self.engine.state, self._paths())
-            if now - last >= interval or seen != reported:
+            await asyncio.sleep(STATE_POLL_S)
+            # A path going down or up is news for the console too (its spare is gone or back), whichever
+            # connection carries control.
+            seen, now = (self.engine.state, self._paths()), loop.time()
+            periodic = now - last >= self.config.telemetry_interval_s
+            if periodic or (seen != reported and now - last >= STATE_GAP_S):
                 reported, last = seen, now
                 await self._report_once()
 
