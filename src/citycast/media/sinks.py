@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from citycast.clock.local import Clock, SystemClock
-from citycast.media.audio import MIN_LEAD_NS, SAMPLE_RATE
+from citycast.media.audio import MIN_LEAD_NS, SAMPLE_RATE, samples_to_ns
 from citycast.media.dac_clock import DacClock
 from citycast.media.render import Renderer, Samples
 
@@ -117,7 +117,7 @@ class TimedSink:
         self.sample_rate = SAMPLE_RATE
         self.dac_ppm = dac_ppm
         self.block = block
-        self.lead_ns = lead_ns if lead_ns is not None else max(MIN_LEAD_NS, round(block * 1e9 / SAMPLE_RATE))
+        self.lead_ns = lead_ns if lead_ns is not None else max(MIN_LEAD_NS, samples_to_ns(block))
         self.wav_path = Path(wav_path) if wav_path is not None else None
         self.on_block = on_block
         self.duration_s = duration_s

@@ -87,6 +87,10 @@ class BenchOptions:
     snapclients: int = 0  # real snapclients beside the sites, fed the same signal by a real snapserver (loopback)
     cpu_quota: float | None = None  # each site process (and snapclient) held to this % of one core (cgroup)
 
+    @property
+    def dac_period_ms(self) -> float:
+        return self.dac_block * 1000 / SAMPLE_RATE
+
 
 CITY_LAN = ("10.80.0.1", "10.80.0.2")  # the city's LAN between the two city servers' namespaces
 
@@ -180,7 +184,7 @@ def run_bench(opts: BenchOptions, console: Console) -> dict[str, object]:
         raise BenchError(f"--delay must be between 0 and {MAX_DELAY_MS:.0f} ms")
     if opts.snapclients and profile.emulated:
         raise BenchError("--snapclients runs on loopback only (no --wan)")
-    least = least_delay_ms(opts.dac_block * 1000 / SAMPLE_RATE, opts.packets_per_message)
+    least = least_delay_ms(opts.dac_period_ms, opts.packets_per_message)
     if delay_ms < least:
         console.print(
             f"[yellow]--delay {delay_ms:g} is below the ~{least:.0f} ms that {opts.dac_block}-sample blocks and "
@@ -491,7 +495,7 @@ def _figures(
         "packets_per_message": opts.packets_per_message,
         # how often a site's simulated DAC takes a block: on a box where a wake-up costs more than the work done in
         # it, the CPU per site follows this period (docs/benchmarks.md, "Wake-ups")
-        "site_dac_period_ms": opts.dac_block * 1000 / SAMPLE_RATE,
+        "site_dac_period_ms": opts.dac_period_ms,
         "markers": sync.markers_sent,
         "latency_ms": sync.latency_ms,
         "skew_ms": sync.skew_ms,
