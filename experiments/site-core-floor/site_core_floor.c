@@ -2,8 +2,15 @@
  * channel's signed frames, the frame's structure and Ed25519 checks (libsodium), a replay check, Opus decode
  * (libopus) into a ring, and a sink thread that wakes once per block on absolute-time sleeps, resamples by
  * linear interpolation (the rate a control loop would set) and takes the block's peak level. No sound card:
- * the block is computed and dropped, as the bench's timed sink does. Prints its own CPU over a window. */
+ * the block is computed and dropped, as the bench's timed sink does. Prints its own CPU over a window.
+ * Two shapes: `libnats` (its reader and delivery threads, and a sink thread) and `one-thread` (a plaintext NATS
+ * connection of its own, read with ppoll() until the next block is due: one wake-up per message or block). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <nats/nats.h>
 #include <opus/opus.h>
 #include <pthread.h>
@@ -39,10 +46,7 @@ static uint64_t be64(const unsigned char *p) {
     return v;
 }
 
-static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
-    (void)nc; (void)sub; (void)closure;
-    const unsigned char *d = (const unsigned char *)natsMsg_GetData(m);
-    int n = natsMsg_GetDataLength(m);
+static void handle_frame(const unsigned char *d, int n) {
     msgs++;
     if (n < 107 || n > 5236 || d[0] != 'C' || d[1] != 'C' || d[2] != 1) { bad++; goto out; }
     int count = d[3] & 0x7f;
@@ -69,19 +73,18 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *
         pthread_mutex_unlock(&mu);
     }
 out:
+    return;
+}
+
+static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *m, void *closure) {
+    (void)nc; (void)sub; (void)closure;
+    handle_frame((const unsigned char *)natsMsg_GetData(m), natsMsg_GetDataLength(m));
     natsMsg_Destroy(m);
 }
 
-static void *sink(void *arg) {
-    (void)arg;
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    long step = (long)((double)block * 1e9 / RATE);
-    float out[RATE / 10];
-    for (;;) {
-        t.tv_nsec += step;
-        while (t.tv_nsec >= 1000000000L) { t.tv_nsec -= 1000000000L; t.tv_sec++; }
-        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
+static void play_block(void) {
+    static float out[RATE / 10];
+    {
         pthread_mutex_lock(&mu);
         if (!started && wpos >= RATE / 5) { started = 1; rpos_int = wpos - RATE / 5; }
         uint64_t need = (uint64_t)((double)block * ratio) + 2;
@@ -107,6 +110,101 @@ static void *sink(void *arg) {
         last_peak = peak;
         blocks++;
     }
+}
+
+static void advance(struct timespec *t, long ns) {
+    t->tv_nsec += ns;
+    while (t->tv_nsec >= 1000000000L) { t->tv_nsec -= 1000000000L; t->tv_sec++; }
+}
+
+static void *sink(void *arg) {
+    (void)arg;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    long step = (long)((double)block * 1e9 / RATE);
+    for (;;) {
+        advance(&t, step);
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &t, NULL);
+        play_block();
+    }
+    return NULL;
+}
+
+/* One thread for everything: our own plaintext NATS connection read with ppoll() until the next block is due, so
+ * the process wakes for a message or for a block and for nothing else. */
+static int send_all(int fd, const char *s) {
+    size_t n = strlen(s);
+    while (n) {
+        ssize_t w = send(fd, s, n, 0);
+        if (w <= 0) return -1;
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void *one_thread(void *arg) {
+    const char **a = (const char **)arg; /* url, subject */
+    const char *hp = strstr(a[0], "://") ? strstr(a[0], "://") + 3 : a[0];
+    char host[256];
+    snprintf(host, sizeof host, "%s", hp);
+    char *colon = strrchr(host, ':');
+    if (!colon) { fprintf(stderr, "bad url\n"); exit(2); }
+    *colon = 0;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) { fprintf(stderr, "connect failed\n"); exit(1); }
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\nSUB %s 1\r\nPING\r\n", a[1]);
+    if (send_all(fd, cmd) != 0) exit(1);
+    static unsigned char buf[1 << 20];
+    size_t have = 0;
+    struct timespec due, now;
+    clock_gettime(CLOCK_MONOTONIC, &due);
+    long step = (long)((double)block * 1e9 / RATE);
+    advance(&due, step);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long wait_ns = (due.tv_sec - now.tv_sec) * 1000000000L + (due.tv_nsec - now.tv_nsec);
+        if (wait_ns <= 0) {
+            play_block();
+            advance(&due, step);
+            continue;
+        }
+        struct timespec to = {wait_ns / 1000000000L, wait_ns % 1000000000L};
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = ppoll(&p, 1, &to, NULL);
+        if (r <= 0) continue;
+        ssize_t got = recv(fd, buf + have, sizeof buf - have, 0);
+        if (got <= 0) { fprintf(stderr, "connection closed\n"); exit(1); }
+        have += (size_t)got;
+        size_t pos = 0;
+        for (;;) {
+            unsigned char *eol = memmem(buf + pos, have - pos, "\r\n", 2);
+            if (!eol) break;
+            size_t line = (size_t)(eol - (buf + pos));
+            if (line >= 4 && memcmp(buf + pos, "MSG ", 4) == 0) {
+                /* MSG <subject> <sid> [reply-to] <#bytes> */
+                size_t i = line;
+                while (i > 0 && buf[pos + i - 1] != ' ') i--;
+                size_t len = (size_t)strtoul((const char *)buf + pos + i, NULL, 10);
+                size_t start = pos + line + 2;
+                if (have < start + len + 2) break; /* the payload is not all here yet */
+                handle_frame(buf + start, (int)len);
+                pos = start + len + 2;
+                continue;
+            }
+            if (line == 4 && memcmp(buf + pos, "PING", 4) == 0 && send_all(fd, "PONG\r\n") != 0) exit(1);
+            if (line >= 4 && memcmp(buf + pos, "-ERR", 4) == 0) {
+                fprintf(stderr, "%.*s\n", (int)line, buf + pos);
+                exit(1);
+            }
+            pos += line + 2;
+        }
+        memmove(buf, buf + pos, have - pos);
+        have -= pos;
+    }
     return NULL;
 }
 
@@ -116,7 +214,7 @@ static double cpu_s(struct rusage *r) {
 
 int main(int argc, char **argv) {
     if (argc < 7) {
-        fprintf(stderr, "usage: %s NATS_URL SUBJECT ED25519_KEY_BASE64 BLOCK WARM_S WINDOW_S\n", argv[0]);
+        fprintf(stderr, "usage: %s NATS_URL SUBJECT ED25519_KEY_BASE64 BLOCK WARM_S WINDOW_S [libnats|one-thread]\n", argv[0]);
         return 2;
     }
     if (sodium_init() < 0) return 1;
@@ -135,12 +233,19 @@ int main(int argc, char **argv) {
     int err;
     dec = opus_decoder_create(RATE, 1, &err);
     if (err != OPUS_OK) return 1;
-    natsConnection *nc = NULL;
-    natsSubscription *sub = NULL;
-    if (natsConnection_ConnectTo(&nc, argv[1]) != NATS_OK) { fprintf(stderr, "connect failed\n"); return 1; }
-    if (natsConnection_Subscribe(&sub, nc, argv[2], on_msg, NULL) != NATS_OK) { fprintf(stderr, "sub failed\n"); return 1; }
     pthread_t th;
-    pthread_create(&th, NULL, sink, NULL);
+    if (argc > 7 && strcmp(argv[7], "one-thread") == 0) {
+        static const char *a[2];
+        a[0] = argv[1];
+        a[1] = argv[2];
+        pthread_create(&th, NULL, one_thread, a);
+    } else {
+        natsConnection *nc = NULL;
+        natsSubscription *sub = NULL;
+        if (natsConnection_ConnectTo(&nc, argv[1]) != NATS_OK) { fprintf(stderr, "connect failed\n"); return 1; }
+        if (natsConnection_Subscribe(&sub, nc, argv[2], on_msg, NULL) != NATS_OK) { fprintf(stderr, "sub failed\n"); return 1; }
+        pthread_create(&th, NULL, sink, NULL);
+    }
     /* The window starts WARM_S after the first frame played, so it falls inside the address. */
     struct timespec tick = {0, 10000000}, w = {warm, 0}, win = {window, 0};
     while (!started) nanosleep(&tick, NULL);
