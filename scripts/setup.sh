@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(libportaudio2 libopus0 pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables chromium postgresql sip-tester baresip espeak-ng icecast2 snapserver snapclient)
+debs=(libportaudio2 libopus0 pulseaudio pulseaudio-utils libasound2-plugins iproute2 nftables chromium postgresql sip-tester baresip espeak-ng icecast2 snapserver snapclient dbus pipewire pipewire-pulse wireplumber)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -103,6 +103,13 @@ def bench(
             "uses --sites, --seconds, --delay, --warmup, --out, --json, --keep-wav."
         ),
     ] = None,
+    sound_server: Annotated[
+        str,
+        typer.Option(
+            help="With --sink: the sound server the sites play through, 'pulseaudio' or 'pipewire' (PipeWire with "
+            "WirePlumber and pipewire-pulse, as on Raspberry Pi OS and desktop images since 2023)."
+        ),
+    ] = "pulseaudio",
     snapclients: Annotated[
         int | None,
         typer.Option(
@@ -167,6 +174,7 @@ def bench(
                 json_out=json_out,
                 keep_audio=keep_wav,
                 block=dac_block,
+                sound_server=sound_server,
             )
             run_pulse_bench(popts, console)
         except PulseRigError as e:

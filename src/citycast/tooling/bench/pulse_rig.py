@@ -1,10 +1,11 @@
 """`citycast bench --sink pulse|device|device-raw|pulse,device,...`: sync measured through a real sound server.
 
 The timed-sink bench lets each site say when a sample reached its DAC. Here the sound server says it: a private
-PulseAudio (no sound card needed); each site is a real `citycast site` process that plays to its own sink, either
-through `PulseSink` (`--sink pulse:SINK`, PulseAudio's own latency reporting) or through PortAudio and ALSA's pulse
-plugin (`--sink device:pulse`; `device-raw` is the same without the DAC-time filter, the sink a site box used
-before).
+PulseAudio (no sound card needed), or with `--sound-server pipewire` a private PipeWire serving the same protocol
+through `pipewire-pulse` (`citycast.tooling.bench.pipewire_server`); each site is a real `citycast site` process
+that plays to its own sink, either through `PulseSink` (`--sink pulse:SINK`, the server's own latency reporting) or
+through PortAudio and ALSA's pulse plugin (`--sink device:pulse`; `device-raw` is the same without the DAC-time
+filter, the sink a site box used before).
 
 Every site's sink is a channel of one sound card: a remap sink (`module-remap-sink`, mono onto channel i) over one
 N-channel null sink. So all sites play on one device clock, as loudspeakers all in step with true time would, and
@@ -54,6 +55,7 @@ from citycast.media.chirp import chirp
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
 from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
+from citycast.tooling.bench.pipewire_server import PipeWireError, PipeWireServer
 from citycast.tooling.bench.pulse_record import PulseRecordError, RecordStream
 from citycast.tooling.bench.snapcast import SnapcastError, SnapcastRig, ensure_snapcast
 from citycast.tooling.markers import detect_markers
@@ -90,6 +92,7 @@ class PulseBenchOptions:
     json_out: Path | None = None
     keep_audio: bool = False
     block: int = 480  # samples a site's sink takes per wake-up (`citycast site --period`)
+    sound_server: str = "pulseaudio"  # or "pipewire" (`citycast.tooling.bench.pipewire_server`)
 
     @property
     def period_ms(self) -> float:
@@ -135,6 +138,20 @@ MAX_SITES = 32  # PulseAudio's most channels a sink may have (PA_CHANNELS_MAX)
 MAX_CARD_PPM = 2000.0  # a fitted card rate further off than this is broken dates, not the card
 
 
+def card_modules(sinks: int) -> list[str]:
+    """The sound server's modules for the rig: one 48 kHz null sink `CARD` with a channel per site, and a mono remap
+    sink per site (`sink_name(i)`) onto channel i of it. PulseAudio loads these lines, and so does pipewire-pulse."""
+    if not 1 <= sinks <= MAX_SITES:
+        raise PulseRigError(f"the pulse bench plays at most {MAX_SITES} sites (one channel each), not {sinks}")
+    # The card's channels are aux0..aux(n-1), the map its record stream asks for too (`RecordStream`): so
+    # recording it never remixes channels into one another. Each site's sink is a mono remap sink onto one.
+    aux = [f"aux{i}" for i in range(sinks)]
+    lines = [f"module-null-sink sink_name={CARD} rate=48000 channels={sinks} channel_map={','.join(aux)}"]
+    lines += [f"module-remap-sink sink_name={sink_name(i)} master={CARD} channels=1 channel_map=mono "
+              f"master_channel_map={ch} remix=no" for i, ch in enumerate(aux)]  # fmt: skip
+    return lines
+
+
 class PulseServer:
     """A private PulseAudio, its socket and state under `workdir`: one 48 kHz null sink `CARD` with a channel per
     site, and a mono remap sink per site (`sink_name(i)`) onto channel i of it."""
@@ -168,15 +185,7 @@ class PulseServer:
         # sinks render late and its latency reports wander by milliseconds (seen at load 20).
         env.update(PULSE_RUNTIME_PATH=str(runtime), XDG_RUNTIME_DIR=str(runtime), HOME=str(self.workdir))
         env.pop("PULSE_SERVER", None)
-        if not 1 <= self.sinks <= MAX_SITES:
-            raise PulseRigError(f"the pulse bench plays at most {MAX_SITES} sites (one channel each), not {self.sinks}")
-        # The card's channels are aux0..aux(n-1), the map its record stream asks for too (`RecordStream`): so
-        # recording it never remixes channels into one another. Each site's sink is a mono remap sink onto one.
-        aux = [f"aux{i}" for i in range(self.sinks)]
-        card = f"sink_name={CARD} rate=48000 channels={self.sinks} channel_map={','.join(aux)}"
-        loads = [f"--load=module-null-sink {card}"]
-        loads += [f"--load=module-remap-sink sink_name={sink_name(i)} master={CARD} channels=1 channel_map=mono "
-                  f"master_channel_map={ch} remix=no" for i, ch in enumerate(aux)]  # fmt: skip
+        loads = [f"--load={line}" for line in card_modules(self.sinks)]
         log = (self.workdir / "pulseaudio.log").open("wb")
         self.proc = subprocess.Popen(
             [binary, "--daemonize=no", "--system=false", "--realtime=yes", "--high-priority=yes", "--exit-idle-time=-1",
@@ -202,6 +211,10 @@ class PulseServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+SOUND_SERVERS = ("pulseaudio", "pipewire")
+SoundServer = PulseServer | PipeWireServer
 
 
 # -- recording the monitors ---------------------------------------------------------------------------------
@@ -393,10 +406,21 @@ def run_kind(kind: str, opts: PulseBenchOptions, console: Console) -> dict[str, 
     write_tone_with_markers(tone)
     sinks = [sink_name(i) for i in range(opts.sites)]
     with contextlib.ExitStack() as stack:
-        pulse = stack.enter_context(PulseServer(out / "pulse", opts.sites))
+        pulse: SoundServer
+        if opts.sound_server == "pipewire":
+            try:
+                pulse = stack.enter_context(PipeWireServer(out / "pipewire", card_modules(opts.sites)))
+            except PipeWireError as e:
+                raise PulseRigError(str(e)) from e
+        else:
+            pulse = stack.enter_context(PulseServer(out / "pulse", opts.sites))
         fleet = stack.enter_context(Fleet(out / "logs"))
-        assert pulse.proc is not None
-        fleet.adopt("pulseaudio", "pulseaudio", pulse.proc.pid)
+        if isinstance(pulse, PipeWireServer):
+            for name, proc in pulse.procs:
+                fleet.adopt("sound-server", name, proc.pid)
+        else:
+            assert pulse.proc is not None
+            fleet.adopt("sound-server", "pulseaudio", pulse.proc.pid)
         recorder = MonitorRecorder(pulse.server, sinks, out, card=CARD)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
@@ -429,7 +453,7 @@ def _settle(kind: str, fleet: Fleet, progress: Progress, seconds: float, what: s
 
 
 def _play_sites(
-    kind: str, out: Path, tone: Path, pulse: PulseServer, fleet: Fleet, recorder: MonitorRecorder,
+    kind: str, out: Path, tone: Path, pulse: SoundServer, fleet: Fleet, recorder: MonitorRecorder,
     opts: PulseBenchOptions, progress: Progress, stack: contextlib.ExitStack,
 ) -> int:  # fmt: skip
     """Sites on an embedded NATS play the tone a real ingest sends; returns the first marker's broadcast time."""
@@ -480,7 +504,7 @@ def _play_sites(
 
 
 def _play_snapclients(
-    out: Path, tone: Path, pulse: PulseServer, fleet: Fleet, recorder: MonitorRecorder,
+    out: Path, tone: Path, pulse: SoundServer, fleet: Fleet, recorder: MonitorRecorder,
     opts: PulseBenchOptions, progress: Progress, stack: contextlib.ExitStack,
 ) -> int:  # fmt: skip
     """The yardstick through the same card: a real snapserver reads the tone from its FIFO (Opus, as a site gets
@@ -551,6 +575,7 @@ def _figures(
     return {
         "sink": kind,
         "sink_path": SINK_KINDS[kind],
+        "sound_server": opts.sound_server,
         "sites": opts.sites,
         "seconds": opts.seconds,
         "delay_ms": opts.delay_ms,
@@ -595,9 +620,15 @@ def run_pulse_bench(opts: PulseBenchOptions, console: Console) -> dict[str, Any]
         raise PulseRigError("--sites must be at least 1")
     if not 0 < opts.delay_ms < 900:
         raise PulseRigError("--delay must be between 0 and 900 ms (a marker every second)")
+    if opts.sound_server not in SOUND_SERVERS:
+        raise PulseRigError(f"--sound-server takes {' or '.join(SOUND_SERVERS)}, not {opts.sound_server!r}")
     results = [run_kind(kind, opts, console) for kind in opts.kinds]
     kinds = ",".join(opts.kinds)
     command = f"citycast bench --sink {kinds} --sites {opts.sites} --seconds {opts.seconds:g} --warmup {opts.warmup:g}"
+    if opts.sound_server != "pulseaudio":
+        command += f" --sound-server {opts.sound_server}"
+    if opts.block != 480:
+        command += f" --dac-block {opts.block}"
     if opts.delay_ms != 80.0:
         command += f" --delay {opts.delay_ms:g}"
     out: dict[str, Any] = {"command": command, "runs": results}
