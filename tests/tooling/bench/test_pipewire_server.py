@@ -6,21 +6,17 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rich.console import Console
 from tests.helpers import need_binary
+from tests.tooling.bench.card_tone import play_tone_to_one_sink
 
-from citycast.media.audio import SAMPLE_RATE
-from citycast.media.pulse_stream import PlaybackStream
 from citycast.tooling.bench.pipewire_server import BINARIES, PipeWireError, PipeWireServer
 from citycast.tooling.bench.pulse_rig import (
     CARD,
-    MonitorRecorder,
     PulseBenchOptions,
     PulseRigError,
     card_modules,
@@ -40,30 +36,14 @@ def test_every_site_is_its_own_channel_through_pipewire(tmp_path: Path) -> None:
     _need_pipewire()
     sinks = [sink_name(i) for i in range(4)]
     with PipeWireServer(tmp_path / "pw", card_modules(len(sinks))) as server:
-        procs = [p for _, p in server.procs]
+        procs = [p for _, p in server.processes()]
         listed = subprocess.run([need_binary("pactl"), "list", "short", "sinks"], env=server.env(),
                                 capture_output=True, text=True, timeout=10).stdout  # fmt: skip
         assert all(name in listed for name in [CARD, *sinks]), listed
-        recorder = MonitorRecorder(server.server, sinks, tmp_path, card=CARD)
-        recorder.start()
-        try:
-            stream = PlaybackStream(server=server.server, device=sinks[2], rate=SAMPLE_RATE, tlength_frames=4800,
-                                    minreq_frames=480)  # fmt: skip
-            tone = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype("<f4")
-            stop = threading.Event()
-            for block in tone.reshape(-1, 480):
-                stream.wait_writable(480, stop)
-                stream.write(block.tobytes())
-            time.sleep(0.3)  # what is queued plays out
-            stream.close()
-            deadline = time.monotonic() + 10
-            while recorder.recordings[0].samples < 2 * SAMPLE_RATE and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            errors = recorder.stop()
+        errors, recordings = play_tone_to_one_sink(server.server, sinks, 2, tmp_path, settle_s=0.3)
     assert not errors
     assert all(p.poll() is not None for p in procs)
-    audio = [rec.audio() for rec in recorder.recordings]
+    audio = [rec.audio() for rec in recordings]
     rms = [float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) for x in audio]
     assert rms[2] > 0.05 and max(rms[:2] + rms[3:]) < 1e-4, rms
 

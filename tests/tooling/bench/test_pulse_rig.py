@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
 import wave
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 from tests.helpers import need_binary
+from tests.tooling.bench.card_tone import play_tone_to_one_sink
 
 from citycast.media.audio import FRAME_SAMPLES, SAMPLE_RATE
 from citycast.media.pulse_stream import PlaybackStream
@@ -143,30 +142,14 @@ def test_every_site_is_its_own_channel_of_one_recording(tmp_path: Path) -> None:
     need_binary("pulseaudio")
     sinks = [sink_name(i) for i in range(8)]
     with PulseServer(tmp_path / "pulse", len(sinks)) as server:
-        recorder = MonitorRecorder(server.server, sinks, tmp_path, card=CARD)
-        recorder.start()
-        try:
-            stream = PlaybackStream(server=server.server, device=sinks[6], rate=SAMPLE_RATE, tlength_frames=4800,
-                                    minreq_frames=480)  # fmt: skip
-            tone = (0.5 * np.sin(2 * np.pi * 1000 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype("<f4")
-            stop = threading.Event()
-            for block in tone.reshape(-1, 480):
-                stream.wait_writable(480, stop)
-                stream.write(block.tobytes())
-            time.sleep(0.2)  # what is queued plays out
-            stream.close()
-            deadline = time.monotonic() + 10
-            while recorder.recordings[0].samples < 2 * SAMPLE_RATE and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            errors = recorder.stop()
+        errors, recordings = play_tone_to_one_sink(server.server, sinks, 6, tmp_path, settle_s=0.2)
     assert not errors
-    audio = [rec.audio() for rec in recorder.recordings]
+    audio = [rec.audio() for rec in recordings]
     assert len({len(x) for x in audio}) == 1 and len(audio[0]) >= SAMPLE_RATE
     rms = [float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) for x in audio]
     assert rms[6] > 0.1 and max(rms[:6] + rms[7:]) < 1e-4, rms
-    assert all(rec.dates is recorder.recordings[0].dates for rec in recorder.recordings)
-    assert len(recorder.recordings[0].dates) > 10
+    assert all(rec.dates is recordings[0].dates for rec in recordings)
+    assert len(recordings[0].dates) > 10
 
 
 def test_recording_without_a_server_is_a_clear_error(tmp_path: Path) -> None:

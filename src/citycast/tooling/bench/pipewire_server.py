@@ -43,10 +43,9 @@ class PipeWireServer:
     def server(self) -> str:
         return f"unix:{self.socket}"
 
-    @property
-    def proc(self) -> subprocess.Popen[bytes] | None:
-        """PipeWire's own process (the graph runs in it)."""
-        return next((p for name, p in self.procs if name == "pipewire"), None)
+    def processes(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """The stack's running processes, by name, in the order they started."""
+        return list(self.procs)
 
     def env(self, sink: str | None = None) -> dict[str, str]:
         """What a client process needs to find this server (and, for the ALSA pulse plugin, its sink)."""

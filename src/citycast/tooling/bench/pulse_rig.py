@@ -203,6 +203,10 @@ class PulseServer:
             time.sleep(0.05)
         return self
 
+    def processes(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """The server's process, by name (a list, as `PipeWireServer` has several)."""
+        return [("pulseaudio", self.proc)] if self.proc is not None else []
+
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -415,12 +419,8 @@ def run_kind(kind: str, opts: PulseBenchOptions, console: Console) -> dict[str, 
         else:
             pulse = stack.enter_context(PulseServer(out / "pulse", opts.sites))
         fleet = stack.enter_context(Fleet(out / "logs"))
-        if isinstance(pulse, PipeWireServer):
-            for name, proc in pulse.procs:
-                fleet.adopt("sound-server", name, proc.pid)
-        else:
-            assert pulse.proc is not None
-            fleet.adopt("sound-server", "pulseaudio", pulse.proc.pid)
+        for name, proc in pulse.processes():
+            fleet.adopt("sound-server", name, proc.pid)
         recorder = MonitorRecorder(pulse.server, sinks, out, card=CARD)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
