@@ -20,6 +20,23 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# PipeWire's ALSA plugin, for the tests and the sound bench's `--sink alsa --sound-server pipewire` (the sites of
+# a PipeWire box play through it). Debian's pipewire-alsa conflicts with pulseaudio, which the tests also need, so
+# its files are unpacked into /opt/citycast/pipewire-alsa instead of installed (citycast.tooling.bench.alsa_plugins).
+pw_alsa=/opt/citycast/pipewire-alsa
+if ! dpkg-query -W -f='${Status}' pipewire-alsa 2>/dev/null | grep -q "install ok installed" \
+    && [ ! -e "$pw_alsa/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)/alsa-lib/libasound_module_pcm_pipewire.so" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: unpacking pipewire-alsa into $pw_alsa"
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"  # apt's download runs as _apt
+    (cd "$tmp" && apt-get download -qq pipewire-alsa >/dev/null 2>&1 && mkdir -p "$pw_alsa" && dpkg-deb -x pipewire-alsa_*.deb "$pw_alsa")
+    rm -rf "$tmp"
+  else
+    echo "setup: as root, unpack Debian's pipewire-alsa into $pw_alsa for the PipeWire tests" >&2
+  fi
+fi
+
 if ! command -v npm >/dev/null; then
   [ "$(id -u)" = 0 ] || { echo "setup: please install npm (Debian package npm)" >&2; exit 1; }
   apt-get install -y -qq --no-install-recommends npm >/dev/null

@@ -96,7 +96,8 @@ def bench(
         str | None,
         typer.Option(
             help="Instead: through a real sound server (a private PulseAudio, each site a channel of one null "
-            "sink, up to 32, its monitor recorded with the server's timing): 'pulse' (PulseSink), 'device' "
+            "sink, up to 32, its monitor recorded with the server's timing): 'pulse' (PulseSink), 'alsa' "
+            "(AlsaSink through the server's ALSA plugin: pulse, or pipewire-alsa), 'device' "
             "(PortAudio via ALSA's pulse plugin), 'device-raw' (the same, DAC times unfiltered), 'snapclient' (the "
             "yardstick: a real snapserver and one snapclient per sink through its pulse player, buffer = --delay), "
             "or a comma list side by side. Loopback; "

@@ -41,7 +41,9 @@ def site(
     sink: Annotated[
         str,
         typer.Option(
-            help="auto (pulse where a PulseAudio/PipeWire server is found, else device), device[:NAME] (PortAudio), "
+            help="auto (alsa:pipewire where PipeWire runs with pipewire-alsa, else pulse where a PulseAudio/PipeWire "
+            "server is found, else device), device[:NAME] (PortAudio), "
+            "alsa[:PCM] (ALSA directly, the device's status timestamps: hw:0, plughw:1, pipewire:NODE=...), "
             "pulse[:SINK] (PulseAudio/PipeWire, the server's own timing reports), timed[:PPM] or wav:PATH. "
             "See docs/operations.md, Choosing a sink."
         ),

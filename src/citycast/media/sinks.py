@@ -13,10 +13,13 @@ differ only in where the samples go and how the DAC instant is known:
 - `SoundDeviceSink`: the real sound card through PortAudio (`sounddevice`). The DAC instant comes from
   PortAudio's output timing, filtered by `DacClock`, so drift correction sees where the card really is.
 - `PulseSink` (`citycast.media.pulse_sink`): PulseAudio/PipeWire through the server's own timing reports.
+- `AlsaSink` (`citycast.media.alsa_sink`): ALSA directly (or PipeWire through its ALSA plugin), dated by the
+  device's status timestamps.
 
-`open_sink("timed" | "timed:PPM" | "wav:PATH" | "device[:NAME]" | "pulse[:SINK]" | "auto", clock)` builds one from a
-CLI spec. `auto` (a site's default) is `pulse` where a sound server is there to play to, else `device`: PortAudio
-through ALSA's pulse plugin dates blocks coarsely, so a box with PulseAudio or PipeWire plays through its server.
+`open_sink("timed" | "timed:PPM" | "wav:PATH" | "device[:NAME]" | "alsa[:PCM]" | "pulse[:SINK]" | "auto", clock)`
+builds one from a CLI spec. `auto` (a site's default) is `alsa:pipewire` where PipeWire runs with its ALSA plugin,
+else `pulse` where a pulse server is there to play to, else `device`: each the sink that dates samples best on such
+a box (docs/benchmarks.md, "Through a real sound stack").
 """
 
 from __future__ import annotations
@@ -434,6 +437,38 @@ def pulse_server_present(env: Mapping[str, str] | None = None) -> bool:
     return any((place / "native").is_socket() for place in places)
 
 
+# Where Debian, Raspberry Pi OS and Ubuntu put alsa-lib's plugins (pipewire-alsa's among them).
+ALSA_PLUGIN_DIRS = tuple(
+    Path(d, "alsa-lib")
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf", "/usr/lib")
+)
+
+
+def pipewire_alsa_present(
+    env: Mapping[str, str] | None = None, plugin_dirs: tuple[Path, ...] = ALSA_PLUGIN_DIRS
+) -> bool:
+    """Whether PipeWire runs (its socket, found as its clients find it) and its ALSA plugin (pipewire-alsa) is
+    installed: then ALSA's `pipewire` PCM plays through the graph and dates samples by the graph's clock."""
+    env = os.environ if env is None else env
+    if not any((d / "libasound_module_pcm_pipewire.so").is_file() for d in plugin_dirs):
+        return False
+    remote = env.get("PIPEWIRE_REMOTE", "pipewire-0")
+    if remote.startswith("/"):
+        return Path(remote).is_socket()
+    places = [Path(env[var]) for var in ("PIPEWIRE_RUNTIME_DIR", "XDG_RUNTIME_DIR") if env.get(var)]
+    places.append(Path("/run/user") / str(os.getuid()))
+    return any((place / remote).is_socket() for place in places)
+
+
+def auto_sink_kind(env: Mapping[str, str] | None = None, plugin_dirs: tuple[Path, ...] = ALSA_PLUGIN_DIRS) -> str:
+    """What `--sink auto` plays through: PipeWire through its ALSA plugin where both are there (it dates samples
+    to a few µs; through pipewire-pulse to 0.5-0.8 ms), else a pulse server through its own reports, else the
+    card through PortAudio."""
+    if pipewire_alsa_present(env, plugin_dirs):
+        return "alsa:pipewire"
+    return "pulse" if pulse_server_present(env) else "device"
+
+
 def open_sink(
     spec: str,
     clock: Clock | None = None,
@@ -443,13 +478,13 @@ def open_sink(
     on_block: BlockCallback | None = None,
 ) -> Sink:
     """Build a sink from `timed`, `timed:PPM`, `wav:PATH`, `device`, `device:NAME` (NAME: name or index),
-    `device-raw[:NAME]` (PortAudio's DAC times unfiltered, to compare), `pulse` or `pulse:SINK`, or `auto` (`pulse`
-    where a sound server is found, else `device`)."""
+    `device-raw[:NAME]` (PortAudio's DAC times unfiltered, to compare), `alsa[:PCM]` (an ALSA PCM, `default` if none
+    is named: `hw:0`, `pipewire:NODE=…`), `pulse` or `pulse:SINK`, or `auto` (`auto_sink_kind()`)."""
     kind, _, arg = spec.partition(":")
     if kind == "auto":
         if arg:
             raise SinkError(f"bad sink spec {spec!r}: auto takes no name (pulse:SINK or device:NAME do)")
-        kind = "pulse" if pulse_server_present() else "device"
+        kind, _, arg = auto_sink_kind().partition(":")
     if kind == "timed":
         try:
             ppm = float(arg) if arg else 0.0
@@ -472,8 +507,14 @@ def open_sink(
             duration_s=duration_s,
             filter_dac_time=kind == "device",
         )
+    if kind == "alsa":
+        from citycast.media.alsa_sink import AlsaSink
+
+        return AlsaSink(clock, device=arg or "default", block=block, on_block=on_block, duration_s=duration_s)
     if kind == "pulse":
         from citycast.media.pulse_sink import PulseSink
 
         return PulseSink(clock, device=arg or None, block=block, on_block=on_block, duration_s=duration_s)
-    raise SinkError(f"unknown sink spec {spec!r}: expected auto, timed[:PPM], wav:PATH, device[:NAME] or pulse[:SINK]")
+    raise SinkError(
+        f"unknown sink spec {spec!r}: expected auto, timed[:PPM], wav:PATH, device[:NAME], alsa[:PCM] or pulse[:SINK]"
+    )

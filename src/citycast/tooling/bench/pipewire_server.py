@@ -48,8 +48,10 @@ class PipeWireServer:
         return list(self.procs)
 
     def env(self, sink: str | None = None) -> dict[str, str]:
-        """What a client process needs to find this server (and, for the ALSA pulse plugin, its sink)."""
-        env = {**os.environ, "PULSE_SERVER": self.server, "PULSE_RUNTIME_PATH": str(self.runtime / "pulse")}
+        """What a client process needs to find this server (through pipewire-pulse, or PipeWire's own socket for
+        its ALSA plugin) and, for the ALSA pulse plugin, its sink."""
+        env = {**os.environ, "PULSE_SERVER": self.server, "PULSE_RUNTIME_PATH": str(self.runtime / "pulse"),
+               "PIPEWIRE_RUNTIME_DIR": str(self.runtime)}  # fmt: skip
         if sink is not None:
             env["PULSE_SINK"] = sink
         return env

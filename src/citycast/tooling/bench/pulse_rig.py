@@ -1,11 +1,12 @@
-"""`citycast bench --sink pulse|device|device-raw|pulse,device,...`: sync measured through a real sound server.
+"""`citycast bench --sink pulse|alsa|device|device-raw|pulse,alsa,...`: sync measured through a real sound server.
 
 The timed-sink bench lets each site say when a sample reached its DAC. Here the sound server says it: a private
 PulseAudio (no sound card needed), or with `--sound-server pipewire` a private PipeWire serving the same protocol
 through `pipewire-pulse` (`citycast.tooling.bench.pipewire_server`); each site is a real `citycast site` process
 that plays to its own sink, either through `PulseSink` (`--sink pulse:SINK`, the server's own latency reporting) or
-through PortAudio and ALSA's pulse plugin (`--sink device:pulse`; `device-raw` is the same without the DAC-time
-filter, the sink a site box used before).
+through `AlsaSink` and the server's ALSA plugin (`--sink alsa:pulse:DEVICE=SINK`, or `alsa:pipewire:NODE=SINK`
+through pipewire-alsa: `citycast.tooling.bench.alsa_plugins`), or through PortAudio and ALSA's pulse plugin
+(`--sink device:pulse`; `device-raw` is the same without the DAC-time filter, the sink a site box used before).
 
 Every site's sink is a channel of one sound card: a remap sink (`module-remap-sink`, mono onto channel i) over one
 N-channel null sink. So all sites play on one device clock, as loudspeakers all in step with true time would, and
@@ -53,6 +54,7 @@ from citycast.bus.server import EmbeddedNats, NatsServerError, free_port
 from citycast.media.audio import SAMPLE_RATE
 from citycast.media.chirp import chirp
 from citycast.media.keys import generate_private_key, public_key_text, save_private_key
+from citycast.tooling.bench.alsa_plugins import alsa_env, alsa_pcm
 from citycast.tooling.bench.analysis import SiteTrace, analyse
 from citycast.tooling.bench.fleet import Fleet, citycast_argv
 from citycast.tooling.bench.pipewire_server import PipeWireError, PipeWireServer
@@ -62,6 +64,7 @@ from citycast.tooling.markers import detect_markers
 
 SINK_KINDS = {
     "pulse": "PulseSink (the server's timing reports)",
+    "alsa": "AlsaSink via the server's ALSA plugin (status timestamps)",
     "device": "PortAudio via ALSA pulse plugin",
     "device-raw": "the same, DAC times unfiltered (as before)",
     "snapclient": "Snapcast 0.26's pulse player (yardstick)",
@@ -468,14 +471,19 @@ def _play_sites(
     stack.callback(nats.stop)
     assert nats.pid is not None
     fleet.adopt("nats", "nats", nats.pid)
+    try:
+        extra_env = alsa_env(opts.sound_server, out) if kind == "alsa" else {}
+    except FileNotFoundError as exc:
+        raise PulseRigError(str(exc)) from exc
     for i, sink in enumerate(recorder.sinks):
-        spec = f"pulse:{sink}" if kind == "pulse" else f"{kind}:pulse"
+        specs = {"pulse": f"pulse:{sink}", "alsa": f"alsa:{alsa_pcm(opts.sound_server, sink)}"}
+        spec = specs.get(kind, f"{kind}:pulse")
         argv = citycast_argv(
             "site", "--name", f"site-{i:02d}", "--nats", nats.url, "--trust", str(out / "trusted.keys"),
             "--delay-ms", f"{opts.delay_ms:g}", "--sink", spec, "--clock", "system",
             "--period", f"{opts.period_ms:g}",
         )  # fmt: skip
-        _spawn(fleet, "sites", f"site-{i:02d}", argv, pulse.env(sink))
+        _spawn(fleet, "sites", f"site-{i:02d}", argv, {**pulse.env(sink), **extra_env})
     recorder.start()
     stack.callback(recorder.stop)
     _settle(kind, fleet, progress, opts.warmup, "sites playing, their DAC clocks settling")
