@@ -30,7 +30,11 @@ if ! dpkg-query -W -f='${Status}' pipewire-alsa 2>/dev/null | grep -q "install o
     echo "setup: unpacking pipewire-alsa into $pw_alsa"
     tmp=$(mktemp -d)
     chmod 755 "$tmp"  # apt's download runs as _apt
-    (cd "$tmp" && apt-get download -qq pipewire-alsa >/dev/null 2>&1 && mkdir -p "$pw_alsa" && dpkg-deb -x pipewire-alsa_*.deb "$pw_alsa")
+    # apt's lists may be older than its mirror (or absent on a fresh image): refresh them once if the download fails.
+    (cd "$tmp" && { apt-get download -qq pipewire-alsa >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get download -qq pipewire-alsa >/dev/null; }; } \
+      && mkdir -p "$pw_alsa" && dpkg-deb -x pipewire-alsa_*.deb "$pw_alsa") \
+      || echo "setup: could not unpack pipewire-alsa: the PipeWire ALSA tests will fail" >&2
     rm -rf "$tmp"
   else
     echo "setup: as root, unpack Debian's pipewire-alsa into $pw_alsa for the PipeWire tests" >&2
