@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from tests.helpers import need_binary, wait_until
-from tests.media.test_pulse_sink import MARKED, MarkedSilence, _wait_recorded_past
+from tests.media.marked_playback import MARKED, play_marked_to_alsa, wait_recorded_past
 
 from citycast.clock.local import SkewedClock
 from citycast.media.alsa_pcm import PcmStatus, monotonic_ns
@@ -36,9 +36,14 @@ from citycast.tooling.markers import detect_markers
 
 BLOCK = 480
 NS_PER_SAMPLE = 1e9 / 48_000
-# As tests/media/test_pulse_sink.py: the monitor dates a sample up to the sink's latency early, and the recorder's
-# own dating wanders by a few ms in a stream's first seconds on a loaded box.
-TOLERANCE_MS = 12.0
+# As tests/media/test_pulse_sink.py: the monitor dates a sample up to the sink's latency early (PulseAudio's null
+# sink: 10 ms, seen -9.5 to -10.1 ms here), and the recorder's own dating wanders by a few ms in a stream's first
+# seconds on a loaded box; through pipewire-pulse more (seen -0.7 to -6.7 ms, moving by 1 ms a second within one
+# 4 s recording: its timing reports are noisier, docs/benchmarks.md "Through PipeWire"). The sites' skew, which
+# cancels the recorder's dating, is the bench's to measure (tests/tooling/bench/test_pipewire_server.py).
+TOLERANCE_MS = 10.0
+PULSEAUDIO_EARLY_MS = 10.0
+PIPEWIRE_EARLY_MS = 15.0
 SPREAD_MS = 10.0
 
 
@@ -64,33 +69,25 @@ def _server_pid(env: dict[str, str]) -> int:
     return int((Path(env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
 
 
-def _check_markers(recorder: MonitorRecorder, dac_ns: dict[int, int], played: dict[str, Any]) -> None:
+def _check_markers(recorder: MonitorRecorder, dac_ns: dict[int, int], played: dict[str, Any], early_ms: float) -> None:
+    """`early_ms`: how much earlier than it plays the server's monitor may date a sample (see TOLERANCE_MS)."""
     rec = recorder.recordings[0]
     start_ns, ns_per_sample = rec.line()
     heard = [start_ns + p * ns_per_sample for p in detect_markers(rec.audio())]
     assert len(heard) == len(MARKED), f"found {len(heard)} markers in the monitor, played {len(MARKED)}"
     said = [dac_ns[b] for b in MARKED]
     off_ms = [(h - s) / 1e6 for h, s in zip(heard, said, strict=True)]
-    assert all(-TOLERANCE_MS <= o <= TOLERANCE_MS for o in off_ms), f"heard minus the sink's DAC time (ms): {off_ms}"
+    assert all(-early_ms - TOLERANCE_MS <= o <= TOLERANCE_MS for o in off_ms), (
+        f"heard minus the sink's DAC time (ms): {off_ms}; the monitor dates a sample up to {early_ms} ms early"
+    )
     assert max(off_ms) - min(off_ms) <= SPREAD_MS, f"{off_ms}; {played}"
     assert played["reports"] > MARKED[-1] // 2 and played["xruns"] == 0, played
 
 
-def play_marked(device: str) -> tuple[dict[int, int], dict[str, Any]]:
-    """Plays the marked silence to `device`; returns the DAC time given to each marked block, and what the sink
-    counted."""
-    renderer = MarkedSilence()
-    # A deep queue (as a site with a long D may use): a busy CI box must not starve it into an underrun.
-    sink = AlsaSink(device=device, block=BLOCK, buffer_ms=200, duration_s=(MARKED[-1] + 60) * BLOCK / 48_000)
-    asyncio.run(sink.run(renderer))
-    played = {"reports": sink.reports, "xruns": sink.xruns, "granted": sink.granted, "line": str(sink.dac_clock.stats)}
-    return renderer.dac_ns, played
-
-
 CHILD = """
 import json, sys
-from tests.media.test_alsa_sink import play_marked
-dac_ns, played = play_marked(sys.argv[1])
+from tests.media.marked_playback import play_marked_to_alsa
+dac_ns, played = play_marked_to_alsa(sys.argv[1])
 print(json.dumps({"dac_ns": dac_ns, "played": played}))
 """
 
@@ -102,7 +99,7 @@ def _play_marked(
     once per process, so a plugin configured after this one first opened a PCM is not seen here)."""
     recorder.start()
     if env is None:
-        dac_ns, played = play_marked(device)
+        dac_ns, played = play_marked_to_alsa(device)
     else:
         root = str(Path(__file__).resolve().parents[2])
         child = subprocess.run([sys.executable, "-c", CHILD, device], env={**env, "PYTHONPATH": root},
@@ -110,7 +107,7 @@ def _play_marked(
         assert child.returncode == 0, child.stderr[-3000:]
         out = json.loads(child.stdout.strip().splitlines()[-1])
         dac_ns, played = {int(k): v for k, v in out["dac_ns"].items()}, out["played"]
-    _wait_recorded_past(recorder, dac_ns[MARKED[-1]] + 300_000_000)
+    wait_recorded_past(recorder, dac_ns[MARKED[-1]] + 300_000_000)
     return dac_ns, played
 
 
@@ -126,7 +123,7 @@ def test_dac_time_is_where_pulseaudio_played_the_marker(
     finally:
         errors = recorder.stop()
     assert not errors
-    _check_markers(recorder, dac_ns, played)
+    _check_markers(recorder, dac_ns, played, PULSEAUDIO_EARLY_MS)
     assert played["granted"][2] == 1  # mono: the plugin takes it
 
 
@@ -143,7 +140,7 @@ def test_dac_time_is_where_pipewire_played_the_marker(tmp_path: Path) -> None:
         finally:
             errors = recorder.stop()
     assert not errors
-    _check_markers(recorder, dac_ns, played)
+    _check_markers(recorder, dac_ns, played, PIPEWIRE_EARLY_MS)
 
 
 def test_a_pcm_that_does_not_exist_is_a_clear_error() -> None:

@@ -11,22 +11,18 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from tests.helpers import need_binary
+from tests.media.marked_playback import MARKED, MarkedSilence, wait_recorded_past
 
-from citycast.media.chirp import chirp
 from citycast.media.pulse_sink import PulseSink
-from citycast.media.render import Samples
 from citycast.media.sinks import SinkError, open_sink
 from citycast.tooling.bench.pulse_rig import MonitorRecorder
 from citycast.tooling.markers import detect_markers
 
 BLOCK = 480
-MARKED = (300, 400, 500, 600, 700)  # blocks (10 ms) that start with a marker: from 3 s, a second apart
 # The monitor dates a sample when the null sink renders it, and a null sink renders ahead of its own play clock by
 # up to its configured latency (pactl reports it; the sink's clients set it): so the marker is dated up to that much
 # early. Then TOLERANCE_MS for the rest: the sink's own reports hold to tens of µs, but the recorder dates the monitor
@@ -34,28 +30,6 @@ MARKED = (300, 400, 500, 600, 700)  # blocks (10 ms) that start with a marker: f
 # loaded box (at load 5-12: 2 runs in 15 off by 2.4-8 ms), and this test plays only 8 s.
 TOLERANCE_MS = 10.0
 SPREAD_MS = 10.0
-
-
-class MarkedSilence:
-    def __init__(self) -> None:
-        self.block = 0
-        self.dac_ns: dict[int, int] = {}
-        self.marker = chirp()
-
-    def render(self, n: int, dac_local_ns: int) -> Samples:
-        out = np.zeros(n, np.float32)
-        if self.block in MARKED:
-            out[: self.marker.size] = self.marker[:n]
-            self.dac_ns[self.block] = dac_local_ns
-        self.block += 1
-        return out
-
-
-def _wait_recorded_past(recorder: MonitorRecorder, ns: int, timeout: float = 10.0) -> None:
-    dates = recorder.recordings[0].dates
-    deadline = time.monotonic() + timeout
-    while not (dates and dates[-1][1] > ns) and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _configured_latency_ms(env: dict[str, str]) -> float:
@@ -78,7 +52,7 @@ def test_pulse_sink_dac_time_is_where_the_server_played_the_marker(pulse_env: di
         asyncio.run(sink.run(renderer))
         configured_ms = _configured_latency_ms(pulse_env)
         # Record until the monitor is past the last marker (a loaded box delivers the monitor late).
-        _wait_recorded_past(recorder, renderer.dac_ns[MARKED[-1]] + 300_000_000)
+        wait_recorded_past(recorder, renderer.dac_ns[MARKED[-1]] + 300_000_000)
     finally:
         errors = recorder.stop()
     assert not errors

@@ -119,9 +119,9 @@ def test_a_card_running_fast_is_measured_not_taken_for_latency(tmp_path: Path) -
 
 
 def test_sink_kinds_are_checked() -> None:
-    assert parse_kinds("pulse,device") == ["pulse", "device"]
+    assert parse_kinds("pulse,alsa,device") == ["pulse", "alsa", "device"]
     with pytest.raises(PulseRigError, match="--sink takes"):
-        parse_kinds("alsa")
+        parse_kinds("jack")
 
 
 def test_the_server_starts_in_a_relative_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
