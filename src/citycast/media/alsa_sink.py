@@ -12,7 +12,8 @@ The PCM is written from a thread that waits until the device has room for a bloc
 rate with `buffer_ms` queued. After an underrun ALSA stops the stream; it is prepared again and starts a new
 timeline, so the line starts afresh (`xruns` counts them). A device that goes away fails the sink with `SinkError`
 (the site reports it and opens it again with back-off), and so does one that takes no audio for
-`STALL_TIMEOUT_S` plus its queue.
+`STALL_TIMEOUT_S` plus its queue: the writer notices between its waits, and the event loop notices when the writer
+is stuck inside a call that does not return (PulseAudio's plugin waits without end on a frozen server).
 """
 
 from __future__ import annotations
