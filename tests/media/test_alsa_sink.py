@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from tests.helpers import need_binary, wait_until
 from tests.media.marked_playback import MARKED, play_marked_to_alsa, wait_recorded_past
+from tests.media.sink_faults import Silence, pulse_server_pid, seconds_until_a_frozen_server_fails
 
 from citycast.clock.local import SkewedClock
 from citycast.media.alsa_pcm import PcmStatus, monotonic_ns
@@ -47,11 +47,6 @@ PIPEWIRE_EARLY_MS = 15.0
 SPREAD_MS = 10.0
 
 
-class Silence:
-    def render(self, n: int, dac_local_ns: int) -> Samples:
-        return np.zeros(n, np.float32)
-
-
 class Stalling(Silence):
     """Renders silence, but once takes `pause_s` over block `at`: longer than the queue, so the device runs dry."""
 
@@ -63,10 +58,6 @@ class Stalling(Silence):
         if self.calls == self.at:
             time.sleep(self.pause_s)
         return super().render(n, dac_local_ns)
-
-
-def _server_pid(env: dict[str, str]) -> int:
-    return int((Path(env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
 
 
 def _check_markers(recorder: MonitorRecorder, dac_ns: dict[int, int], played: dict[str, Any], early_ms: float) -> None:
@@ -198,7 +189,7 @@ def test_a_server_that_dies_ends_the_sink_with_an_error(
     async def main() -> None:
         playing = asyncio.create_task(sink.run(Silence()))
         await wait_until(lambda: sink.reports >= 20, "20 device timestamps", timeout=10, every=0.05)
-        os.kill(_server_pid(pulse_env), signal.SIGKILL)
+        os.kill(pulse_server_pid(pulse_env), signal.SIGKILL)
         with pytest.raises(SinkError, match="ALSA device 'pulse:DEVICE=cc_null'"):
             await asyncio.wait_for(playing, STALL_TIMEOUT_S + 10)
 
@@ -212,21 +203,9 @@ def test_a_server_that_stops_answering_ends_the_sink_with_an_error(
     of leaving the loudspeaker silent with nobody told."""
     monkeypatch.setenv("PULSE_SERVER", pulse_env["PULSE_SERVER"])
     sink = AlsaSink(device="pulse:DEVICE=cc_null", block=BLOCK, buffer_ms=200)
-    pid = _server_pid(pulse_env)
-
-    async def main() -> float:
-        playing = asyncio.create_task(sink.run(Silence()))
-        await wait_until(lambda: sink.reports >= 20, "20 device timestamps", timeout=10, every=0.05)
-        os.kill(pid, signal.SIGSTOP)
-        t0 = time.monotonic()
-        try:
-            with pytest.raises(SinkError, match="took no audio"):
-                await asyncio.wait_for(asyncio.shield(playing), STALL_TIMEOUT_S + 10)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        return time.monotonic() - t0
-
-    waited = asyncio.run(main())
+    waited = seconds_until_a_frozen_server_fails(
+        sink, pulse_server_pid(pulse_env), lambda: sink.reports >= 20, "20 device timestamps", STALL_TIMEOUT_S + 10
+    )
     assert STALL_TIMEOUT_S <= waited < STALL_TIMEOUT_S + 5
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tests.helpers import wait_until
+from tests.media.sink_faults import Silence, pulse_server_pid, seconds_until_a_frozen_server_fails
 
 from citycast.media.pulse_sink import PulseSink
 from citycast.media.pulse_stream import (
@@ -21,7 +22,6 @@ from citycast.media.pulse_stream import (
     PulseStreamError,
     TimingReport,
 )
-from citycast.media.render import Samples
 from citycast.media.sinks import SinkError, open_sink, pulse_server_present
 
 RATE = 48_000
@@ -73,15 +73,6 @@ def test_an_unknown_sink_or_server_is_a_clear_error(pulse_env: dict[str, str], t
                        minreq_frames=BLOCK)  # fmt: skip
 
 
-class Silence:
-    def render(self, n: int, dac_local_ns: int) -> Samples:
-        return np.zeros(n, np.float32)
-
-
-def _server_pid(env: dict[str, str]) -> int:
-    return int((Path(env["PULSE_RUNTIME_PATH"]) / "pid").read_text().split()[0])
-
-
 def test_a_server_that_dies_ends_the_sink_with_an_error(pulse_env: dict[str, str]) -> None:
     """The writer must not wait forever for a server that is gone: the site restarts its sink on `SinkError`."""
     sink = PulseSink(server=pulse_env["PULSE_SERVER"], device="cc_null", block=BLOCK)
@@ -89,7 +80,7 @@ def test_a_server_that_dies_ends_the_sink_with_an_error(pulse_env: dict[str, str
     async def main() -> None:
         playing = asyncio.create_task(sink.run(Silence()))
         await wait_until(lambda: sink.blocks >= 50, "the sink to play 50 blocks", timeout=10, every=0.05)
-        os.kill(_server_pid(pulse_env), signal.SIGKILL)
+        os.kill(pulse_server_pid(pulse_env), signal.SIGKILL)
         with pytest.raises(SinkError, match="PulseAudio stream failed"):
             await asyncio.wait_for(playing, 10)
 
@@ -102,26 +93,14 @@ def test_a_server_that_stops_answering_ends_the_sink_with_an_error(pulse_env: di
     with `SinkError` (the site reports it and opens a new stream) once the server has taken nothing for the stall
     timeout. The server is frozen for real (SIGSTOP), and let go afterwards."""
     sink = PulseSink(server=pulse_env["PULSE_SERVER"], device="cc_null", block=BLOCK, buffer_ms=200)
-    pid = _server_pid(pulse_env)
-
-    async def main() -> float:
-        playing = asyncio.create_task(sink.run(Silence()))
-        await wait_until(lambda: sink.reports >= 5, "5 timing reports", timeout=10, every=0.05)
-        os.kill(pid, signal.SIGSTOP)
-        t0 = time.monotonic()
-        try:
-            with pytest.raises(SinkError, match="took no audio"):
-                await asyncio.wait_for(asyncio.shield(playing), STALL_TIMEOUT_S + 10)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-        return time.monotonic() - t0
-
-    waited = asyncio.run(main())
+    waited = seconds_until_a_frozen_server_fails(
+        sink, pulse_server_pid(pulse_env), lambda: sink.reports >= 5, "5 timing reports", STALL_TIMEOUT_S + 10
+    )
     assert STALL_TIMEOUT_S <= waited < STALL_TIMEOUT_S + 5
 
 
 def test_connecting_to_a_server_that_never_answers_fails_in_bounded_time(pulse_env: dict[str, str]) -> None:
-    pid = _server_pid(pulse_env)
+    pid = pulse_server_pid(pulse_env)
     os.kill(pid, signal.SIGSTOP)
     result: list[BaseException | None] = []
 

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from citycast.media.clib import bind
+
 SND_PCM_STREAM_PLAYBACK = 0
 SND_PCM_ACCESS_RW_INTERLEAVED = 3
 SND_PCM_FORMAT_S16_LE = 2
@@ -95,14 +97,9 @@ def _libasound() -> Any:
     global _lib
     if _lib is None:
         try:
-            lib = ctypes.CDLL("libasound.so.2")
+            _lib = bind("libasound.so.2", _SIGNATURES)
         except OSError as exc:
             raise AlsaError(f"no ALSA library (libasound2): {exc}") from exc
-        for name, restype, argtypes in _SIGNATURES:
-            fn = getattr(lib, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
-        _lib = lib
     return _lib
 
 

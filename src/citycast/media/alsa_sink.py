@@ -79,6 +79,11 @@ class AlsaSink:
         self._last_taken = 0.0  # time.monotonic() when the device last took a block (or the sink started)
 
     @property
+    def stall_s(self) -> float:
+        """How long the device may take no audio before the sink fails."""
+        return STALL_TIMEOUT_S + self.buffer_ms / 1000
+
+    @property
     def dac_steps(self) -> int:
         return self.dac_clock.stats.steps
 
@@ -128,7 +133,7 @@ class AlsaSink:
 
     def _play(self, pcm: PlaybackPcm, renderer: Renderer, stop: threading.Event) -> None:
         total = None if self.duration_s is None else round(self.duration_s * self.sample_rate)
-        stall_s = STALL_TIMEOUT_S + self.buffer_ms / 1000
+        stall_s = self.stall_s
         written = 0  # frames written since the stream last (re)started: its own index
         self._last_taken = time.monotonic()
         while not stop.is_set() and (total is None or self.frames < total):
@@ -193,7 +198,7 @@ class AlsaSink:
         # would hold one of its few workers for as long as the server stays frozen.
         self._last_taken = time.monotonic()
         threading.Thread(target=serve, name=f"alsa-sink:{self.device}", daemon=True).start()
-        stall_s = STALL_TIMEOUT_S + self.buffer_ms / 1000
+        stall_s = self.stall_s
         try:
             while True:
                 left = self._last_taken + stall_s + 0.5 - time.monotonic()

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from citycast.media.clib import bind
+
 PA_SAMPLE_FLOAT32LE = 5
 PA_CONTEXT_READY, PA_CONTEXT_FAILED = 4, 5
 PA_STREAM_READY, PA_STREAM_FAILED = 2, 3
@@ -125,14 +127,9 @@ def _libpulse() -> Any:
     global _lib
     if _lib is None:
         try:
-            lib = ctypes.CDLL("libpulse.so.0")
+            _lib = bind("libpulse.so.0", _SIGNATURES)
         except OSError as exc:
             raise PulseStreamError(f"no PulseAudio client library: {exc}") from exc
-        for name, restype, argtypes in _SIGNATURES:
-            fn = getattr(lib, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
-        _lib = lib
     return _lib
 
 

@@ -438,6 +438,7 @@ def pulse_server_present(env: Mapping[str, str] | None = None) -> bool:
 
 
 # Where Debian, Raspberry Pi OS and Ubuntu put alsa-lib's plugins (pipewire-alsa's among them).
+PIPEWIRE_ALSA_PLUGIN = "libasound_module_pcm_pipewire.so"
 ALSA_PLUGIN_DIRS = tuple(
     Path(d, "alsa-lib")
     for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf", "/usr/lib")
@@ -450,7 +451,7 @@ def pipewire_alsa_present(
     """Whether PipeWire runs (its socket, found as its clients find it) and its ALSA plugin (pipewire-alsa) is
     installed: then ALSA's `pipewire` PCM plays through the graph and dates samples by the graph's clock."""
     env = os.environ if env is None else env
-    if not any((d / "libasound_module_pcm_pipewire.so").is_file() for d in plugin_dirs):
+    if not any((d / PIPEWIRE_ALSA_PLUGIN).is_file() for d in plugin_dirs):
         return False
     remote = env.get("PIPEWIRE_REMOTE", "pipewire-0")
     if remote.startswith("/"):

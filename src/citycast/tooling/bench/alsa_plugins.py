@@ -11,22 +11,19 @@ is installed the system's plugin is used.
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
-PLUGIN = "libasound_module_pcm_pipewire.so"
+from citycast.media.sinks import ALSA_PLUGIN_DIRS, PIPEWIRE_ALSA_PLUGIN
+
 VENDORED_PIPEWIRE_ALSA = Path("/opt/citycast/pipewire-alsa")
 
 
-def _multiarch() -> str:
-    return str(sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu")
-
-
 def pipewire_alsa_plugin() -> Path | None:
-    """PipeWire's ALSA plugin: the system's if pipewire-alsa is installed, else the one set-up unpacked."""
+    """PipeWire's ALSA plugin: the system's if pipewire-alsa is installed, else the one set-up unpacked (the same
+    folders, under `VENDORED_PIPEWIRE_ALSA`)."""
     for root in (Path("/"), VENDORED_PIPEWIRE_ALSA):
-        for lib in (f"usr/lib/{_multiarch()}", "usr/lib"):
-            path = root / lib / "alsa-lib" / PLUGIN
+        for folder in ALSA_PLUGIN_DIRS:
+            path = root / folder.relative_to("/") / PIPEWIRE_ALSA_PLUGIN
             if path.is_file():
                 return path
     return None
@@ -45,8 +42,8 @@ def alsa_env(sound_server: str, workdir: Path) -> dict[str, str]:
     plugin = pipewire_alsa_plugin()
     if plugin is None:
         raise FileNotFoundError(
-            f"PipeWire's ALSA plugin ({PLUGIN}) is neither installed nor unpacked in {VENDORED_PIPEWIRE_ALSA}: "
-            "run scripts/setup.sh"
+            f"PipeWire's ALSA plugin ({PIPEWIRE_ALSA_PLUGIN}) is neither installed nor unpacked in "
+            f"{VENDORED_PIPEWIRE_ALSA}: run scripts/setup.sh"
         )
     conf = workdir / "xdg" / "alsa" / "asoundrc"
     conf.parent.mkdir(parents=True, exist_ok=True)
