@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -11,6 +12,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 from citycast.bus.tls import creds_context
 
@@ -82,3 +84,31 @@ async def connect(
             log.warning("%s: cannot reach NATS at %s (%s); retrying in %.1f s", name, url, e, delay)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 30.0)
+
+
+async def retire(old: Client, sub: Subscription | None, *, timeout_s: float = 2.0) -> None:
+    """Close `old`, a connection a fresh one has replaced, once every message already on its way has been
+    handed to its callbacks. `sub` (the one whose messages matter most, e.g. audio) is drained first so that
+    its copies stop before the rest of the connection is drained.
+
+    Never `unsubscribe()` here: nats-py discards what still sits in the subscription's queue, and a frame that
+    came only on the old connection, just before the new one subscribed, would be lost (a loaded site lost one
+    that way now and then)."""
+    with contextlib.suppress(Exception):  # a connection already gone has nothing left to hand over
+        async with asyncio.timeout(timeout_s):
+            if sub is not None:
+                await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+            await old.drain()
+    with contextlib.suppress(Exception):
+        await old.close()
+
+
+async def settle(nc: Client, timeout_s: int = 5) -> None:
+    """Return once the server has processed every command `nc` was given before the call (a SUB, PUBs).
+
+    One `flush()` does not prove that with nats-py 2.16: it writes its PING straight to the socket, ahead of the
+    commands still in the client's pending buffer, so the PONG can come back before the server has seen them. The
+    flusher that writes them was woken before that PONG could be read, so a second PING goes out after them and
+    its PONG comes after the server has processed them."""
+    await nc.flush(timeout_s)
+    await nc.flush(timeout_s)

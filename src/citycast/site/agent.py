@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from citycast.bus.connection import connect
+from citycast.bus.connection import connect, retire, settle
 from citycast.clock.estimator import ClockEstimator, StepGuard
 from citycast.clock.local import Clock, SystemClock
 from citycast.clock.memory import MemoryKeeper, keep_memory, seed_from
@@ -425,7 +425,7 @@ class SiteAgent:
             # Once this returns the server holds the subscription: a frame published from now on comes here (a
             # test that started publishing right after `start()` lost its first frame now and then).
             with contextlib.suppress(Exception):
-                await self.nc.flush(timeout=2)
+                await settle(self.nc, 2)
 
     # -- telemetry -----------------------------------------------------------------------------------------
     def telemetry(self) -> Telemetry:
@@ -562,6 +562,13 @@ class SiteAgent:
             auth["inbox_prefix"] = cfg.inbox_prefix
         return await connect(cfg.nats_url, name=f"site:{cfg.name}", **auth)
 
+    async def swap_connections(self) -> None:
+        """Move onto connections made with the renewed creds file (the renewer calls this after writing it)."""
+        if self.uplinks is not None:
+            await self._renew_uplinks()
+        else:
+            await self._swap_connection()
+
     async def _swap_connection(self) -> None:
         """Move to a connection made with the renewed creds file, without a gap: the new connection hears the
         channel before the old one stops (the replay window plays each frame once), then takes over commands,
@@ -584,7 +591,7 @@ class SiteAgent:
                     sub = await new.subscribe(
                         cfg.subjects.audio(cfg.channel), cb=self._on_audio, pending_msgs_limit=4096
                     )
-                    await new.flush()  # the server holds the subscription: every frame from now on comes on `new`
+                    await settle(new)  # the server holds the subscription: every frame from now on comes on `new`
                 except BaseException:
                     with contextlib.suppress(Exception):
                         await new.close()  # never a second connection left behind
@@ -596,13 +603,7 @@ class SiteAgent:
                 await new.subscribe(cfg.subjects.commands(cfg.name), cb=self._on_command)
             await self._rewatch_desired(new)
             if old is not None:
-                with contextlib.suppress(Exception):
-                    if old_sub is not None:
-                        await old_sub.unsubscribe()
-                    async with asyncio.timeout(2.0):
-                        await old.drain()
-                with contextlib.suppress(Exception):
-                    await old.close()
+                await retire(old, old_sub)
         finally:
             self._overlap = False
         self.swaps += 1
@@ -664,8 +665,7 @@ class SiteAgent:
         if self.amp is not None:
             self._tasks.append(asyncio.create_task(self.amp.run(), name=f"amp:{cfg.name}"))
         if cfg.creds is not None and cfg.renew_creds:
-            swap = self._swap_connection if self.uplinks is None else self._renew_uplinks
-            self.renewer = CredentialsRenewer(lambda: self.nc, cfg.subjects, cfg.name, cfg.creds, swap)
+            self.renewer = CredentialsRenewer(lambda: self.nc, cfg.subjects, cfg.name, cfg.creds, self.swap_connections)
             self._tasks.append(asyncio.create_task(self.renewer.run(), name=f"creds:{cfg.name}"))
         if cfg.talkback_key is not None:
             from citycast.media.sources import open_source  # PyAV: mapped only by sites that may talk back

@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 
+from citycast.bus.connection import retire, settle
 from citycast.bus.rawnats import connect_bound
 from citycast.bus.tls import creds_context
 from citycast.clock.estimator import ClockEstimator
@@ -350,7 +351,7 @@ class UplinkSet:
                 sub = None
                 if self.subject is not None:
                     sub = await new.subscribe(self.subject, cb=self._callback(index), pending_msgs_limit=4096)
-                await new.flush()
+                await settle(new)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await new.close()
@@ -360,13 +361,7 @@ class UplinkSet:
         if old is not None and on_swapped is not None:
             await on_swapped(old, new)
         if old is not None:
-            with contextlib.suppress(Exception):
-                if old_sub is not None:
-                    await old_sub.unsubscribe()
-                async with asyncio.timeout(2.0):
-                    await old.drain()
-            with contextlib.suppress(Exception):
-                await old.close()
+            await retire(old, old_sub)
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)
