@@ -86,10 +86,10 @@ async def connect(
             delay = min(delay * 2, 30.0)
 
 
-async def retire(old: Client, sub: Subscription | None, *, timeout_s: float = 2.0) -> None:
-    """Close `old`, a connection a fresh one has replaced, once every message already on its way has been
-    handed to its callbacks. `sub` (the one whose messages matter most, e.g. audio) is drained first so that
-    its copies stop before the rest of the connection is drained.
+async def retire(nc: Client, sub: Subscription | None = None, *, timeout_s: float = 2.0) -> None:
+    """Close `nc` (replaced by a fresh connection, or at shutdown) once every message already on its way has been
+    handed to its callbacks, never waiting more than `timeout_s` for that. `sub` (the one whose messages matter
+    most, e.g. audio) is drained first so that its copies stop before the rest of the connection is drained.
 
     Never `unsubscribe()` here: nats-py discards what still sits in the subscription's queue, and a frame that
     came only on the old connection, just before the new one subscribed, would be lost (a loaded site lost one
@@ -98,9 +98,9 @@ async def retire(old: Client, sub: Subscription | None, *, timeout_s: float = 2.
         async with asyncio.timeout(timeout_s):
             if sub is not None:
                 await sub.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
-            await old.drain()
+            await nc.drain()
     with contextlib.suppress(Exception):
-        await old.close()
+        await nc.close()
 
 
 async def settle(nc: Client, timeout_s: int = 5) -> None:

@@ -768,11 +768,7 @@ class SiteAgent:
             self.nc = None
         if self.nc is not None:
             # A site publishes nothing that matters at shutdown; never let a slow drain hold it up.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await self.nc.drain()
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+            await retire(self.nc)
 
     async def run_until(self, done: asyncio.Event | None = None, duration_s: float | None = None) -> None:
         """Run until `done`, `duration_s`, or the sink ends (a file of given length). A failing sink does not

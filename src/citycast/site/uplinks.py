@@ -369,11 +369,7 @@ class UplinkSet:
         for i, nc in enumerate(self.conns):
             if nc is None:
                 continue
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await nc.drain()
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await retire(nc)
             self.conns[i] = None
 
 

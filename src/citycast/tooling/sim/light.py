@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from citycast.bus.connection import connect
+from citycast.bus.connection import connect, retire
 from citycast.protocol.subjects import Subjects
 from citycast.protocol.telemetry import Telemetry
 from citycast.tasks import cancel_and_wait
@@ -193,11 +193,7 @@ class LightFleet:
         await cancel_and_wait(*self._tasks)
         self._tasks = []
         for nc in self._conns:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await nc.drain()
-            with contextlib.suppress(Exception):
-                await nc.close()
+            await retire(nc)
         self._conns = []
         self._conn_of = {}
 
