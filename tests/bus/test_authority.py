@@ -31,6 +31,7 @@ from citycast.bus.authority import (
     site_inbox_prefix,
     site_permissions,
 )
+from citycast.bus.connection import settle
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.hub.desired import DesiredStore
@@ -71,8 +72,8 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
     audio = await site.nc.subscribe("citycast.audio.*")
     cmd = await site.nc.subscribe("citycast.cmd.s1")
     telemetry = await hub.nc.subscribe("citycast.telemetry.*")
-    await site.nc.flush()
-    await hub.nc.flush()
+    await settle(site.nc)
+    await settle(hub.nc)
     # The publisher joins after the subscriber, as an address starts after its sites are up. (The other order
     # loses the first message now and then on nats-server 2.15 in JWT mode; see tests/bus/test_rawnats.py.)
     ingest = await connect(auth_nats.url, authority.ingest_creds_path, INGEST_INBOX_PREFIX)
@@ -88,10 +89,10 @@ async def test_site_can_hear_audio_and_its_commands_and_report(
         await msg.respond(b"now")
 
     responder = await hub.nc.subscribe("citycast.time.site.s1", cb=answer)
-    await hub.nc.flush()
+    await settle(hub.nc)
     assert (await request_answered(site.nc, "citycast.time.site.s1")).data == b"now"
     await responder.unsubscribe()
-    await site.nc.flush()
+    await settle(site.nc)
     assert site.errors == [] and ingest.errors == []
     await site.nc.close()
     await ingest.nc.close()
@@ -134,9 +135,9 @@ async def test_site_follows_its_own_desired_state_and_no_one_elses(
     )
     # Its own get with the answer aimed at an audio subject: the hub does not answer.
     audio = await hub.nc.subscribe("citycast.audio.1")
-    await hub.nc.flush()
+    await settle(hub.nc)
     await site.nc.publish("citycast.desired-get.s1", b"", reply="citycast.audio.1")
-    await site.nc.flush()
+    await settle(site.nc)
     assert await nothing_arrives(audio)
     await wait_until(lambda: store.refused == 1, "the store to refuse the get aimed at audio", timeout=5)
     assert len(site.violations()) >= 3
@@ -150,9 +151,9 @@ async def test_site_cannot_publish_audio(
     creds, _ = site_creds(authority, "s1", tmp_path)
     site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     audio = await hub.nc.subscribe("citycast.audio.>")
-    await hub.nc.flush()
+    await settle(hub.nc)
     await site.nc.publish("citycast.audio.1", b"a voice that is not ours")
-    await site.nc.flush()
+    await settle(site.nc)
     await wait_until(lambda: site.violations(), "the server to refuse the site's audio", timeout=5)
     assert 'publish to "citycast.audio.1"' in site.violations()[0]
     with pytest.raises(nats.errors.TimeoutError):
@@ -162,7 +163,7 @@ async def test_site_cannot_publish_audio(
     await ingest.nc.publish("citycast.audio.1", b"ok")
     assert (await audio.next_msg(timeout=3)).data == b"ok"
     await ingest.nc.publish("citycast.cmd.s1", b"no")  # but not commands
-    await ingest.nc.flush()
+    await settle(ingest.nc)
     await wait_until(lambda: ingest.violations(), "the server to refuse ingest's command", timeout=5)
     await site.nc.close()
     await ingest.nc.close()
@@ -176,15 +177,15 @@ async def test_site_cannot_read_or_write_another_sites_subjects(
     theirs = await site.nc.subscribe("citycast.cmd.s2")
     everything = await site.nc.subscribe("citycast.>")
     inboxes = await site.nc.subscribe("_INBOX.>")  # the hub's replies
-    await site.nc.flush()
+    await settle(site.nc)
     telemetry = await hub.nc.subscribe("citycast.telemetry.*")
-    await hub.nc.flush()
+    await settle(hub.nc)
     await hub.nc.publish("citycast.cmd.s2", b"for s2 only")
     await hub.nc.publish("_INBOX.abc", b"a reply to the hub")
     await site.nc.publish("citycast.telemetry.s2", b"forged")
     await site.nc.publish("citycast.telemetry.s1", b"genuine")
-    await site.nc.flush()
-    await hub.nc.flush()
+    await settle(site.nc)
+    await settle(hub.nc)
     assert (await telemetry.next_msg(timeout=3)).data == b"genuine"
     for sub in (theirs, everything, inboxes):
         with pytest.raises(nats.errors.TimeoutError):
@@ -210,7 +211,7 @@ async def test_revoked_site_is_dropped_refused_and_stays_refused_after_restart(
     with pytest.raises(Exception, match=r"(?i)authorization|revoked"):
         await connect(auth_nats.url, bad_creds, site_inbox_prefix("bad"))
     await good.nc.publish("citycast.telemetry.good", b"{}")
-    await good.nc.flush(timeout=3)
+    await settle(good.nc, 3)
     assert good.nc.is_connected
     with pytest.raises(ValueError, match="revoked"):
         authority.mint_site_jwt("bad", bad_key, SUBJECTS)
@@ -298,7 +299,7 @@ async def test_a_site_jwt_expires_the_server_drops_the_connection_and_refuses_it
     assert claims["exp"] - claims["iat"] == 2
     site = await connect(auth_nats.url, creds, site_inbox_prefix("s1"))
     await site.nc.publish("citycast.telemetry.s1", b"{}")
-    await site.nc.flush(timeout=3)
+    await settle(site.nc, 3)
     async with asyncio.timeout(10):  # the server closes it at the second the JWT expires
         await site.closed.wait()
     assert "expired" in str(site.nc.last_error).lower(), site.nc.last_error
@@ -318,11 +319,11 @@ async def test_a_site_is_held_to_its_payload_and_subscription_limits(
     # as many subscriptions as it needs, and more, but not without bound
     for channel in range(1, 17):
         await site.nc.subscribe(SUBJECTS.audio(channel))
-    await site.nc.flush(timeout=3)
+    await settle(site.nc, 3)
     assert not site.errors
     # a telemetry report of 8 KB passes
     await site.nc.publish("citycast.telemetry.s1", b"x" * 8192)
-    await site.nc.flush(timeout=3)
+    await settle(site.nc, 3)
     assert site.nc.is_connected
     # the server refuses a 17th subscription (nats-py then gives the connection up)
     await site.nc.subscribe(SUBJECTS.audio(17))
@@ -353,11 +354,11 @@ async def test_the_data_limit_of_a_user_jwt_is_not_enforced(
         got.append(len(msg.data))
 
     await hub.nc.subscribe("citycast.telemetry.s1", cb=count)
-    await hub.nc.flush()
+    await settle(hub.nc)
     site = await connect(auth_nats.url, path, site_inbox_prefix("s1"))
     for _ in range(100):
         await site.nc.publish("citycast.telemetry.s1", b"x" * 1000)
-    await site.nc.flush(timeout=3)
+    await settle(site.nc, 3)
     await wait_until(lambda: sum(got) == 100_000, "all 100 kB at the hub", timeout=5, detail=lambda: sum(got))
     assert site.nc.is_connected and not site.errors
     await site.nc.close()

@@ -19,6 +19,7 @@ from tests.helpers import SUBJECTS, Topology, connect, nothing_arrives, request_
 from citycast.bus import jwt
 from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, INGEST_INBOX_PREFIX, site_inbox_prefix
 from citycast.bus.city_bundle import export_city_bundle
+from citycast.bus.connection import settle
 from citycast.hub.desired import DesiredStore
 from citycast.protocol.desired import DesiredState, desired_bucket
 from citycast.site.desired import DesiredWatcher
@@ -55,8 +56,8 @@ async def test_site_at_the_city_hears_hub_audio_and_reports_to_the_hub(topology:
     cmd = await site.nc.subscribe("citycast.cmd.s1")
     telemetry = await hub.nc.subscribe("citycast.telemetry.*")
     hub_audio = await hub.nc.subscribe("citycast.audio.>")
-    await site.nc.flush()
-    await hub.nc.flush()
+    await settle(site.nc)
+    await settle(hub.nc)
 
     async def send_audio() -> None:
         await ingest.nc.publish("citycast.audio.3", b"frame")
@@ -79,14 +80,14 @@ async def test_site_at_the_city_hears_hub_audio_and_reports_to_the_hub(topology:
         await msg.respond(b"now")
 
     await hub.nc.subscribe("citycast.time.site.s1", cb=answer)
-    await hub.nc.flush()
+    await settle(hub.nc)
     assert (await request_answered(site.nc, "citycast.time.site.s1")).data == b"now"
     assert site.errors == []
 
     # The site may not publish audio at the city server: it is refused there and nobody at the hub hears it.
     await drain(hub_audio)  # ingest's frames
     await site.nc.publish("citycast.audio.1", b"a voice that is not ours")
-    await site.nc.flush()
+    await settle(site.nc)
     await wait_until(lambda: site.violations(), "the city server to refuse the site's audio", timeout=5)
     assert 'publish to "citycast.audio.1"' in site.violations()[0]
     assert await nothing_arrives(hub_audio)
@@ -102,11 +103,11 @@ async def test_the_leaf_carries_only_what_cities_need(topology: Topology) -> Non
     kv = await hub.nc.jetstream().create_key_value(KeyValueConfig(bucket=desired_bucket(SUBJECTS)))
     await kv.put("s1", b'{"channel": 1}')
     up = await hub.nc.subscribe("citycast.>")
-    await hub.nc.flush()
+    await settle(hub.nc)
     insider = await connect(t.city.url, t.authority.hub_creds_path)
     down = await insider.nc.subscribe("citycast.telemetry.*")
     inbox = await insider.nc.subscribe("_INBOX.>")
-    await insider.nc.flush()
+    await settle(insider.nc)
     # Telemetry goes up (the leaf may send it), which also shows the link is live for this connection.
 
     async def send_telemetry() -> None:
@@ -118,14 +119,14 @@ async def test_the_leaf_carries_only_what_cities_need(topology: Topology) -> Non
     await insider.nc.publish("citycast.audio.1", b"forged voice")
     await insider.nc.publish("citycast.cmd.s1", b"forged command")
     await insider.nc.publish("$KV.citycast-desired.s1", b'{"channel": 666}')
-    await insider.nc.flush()
+    await settle(insider.nc)
     assert await nothing_arrives(up)
     entry = await kv.get("s1")
     assert entry.value == b'{"channel": 1}' and entry.revision == 1
     # Down: hub-side telemetry and the hub's own inbox replies stay at the hub.
     await hub.nc.publish("citycast.telemetry.s2", b"{}")
     await hub.nc.publish("_INBOX.abc", b"the hub's reply")
-    await hub.nc.flush()
+    await settle(hub.nc)
     assert await nothing_arrives(down) and await nothing_arrives(inbox, 0.2)
     await insider.nc.close()
     await hub.nc.close()
@@ -163,7 +164,7 @@ async def test_site_at_the_city_follows_the_hubs_desired_state(topology: Topolog
         detail=lambda: site.errors,
     )
     await site.nc.publish("citycast.desired.s1", b'{"channel": 666}')
-    await site.nc.flush()
+    await settle(site.nc)
     assert (await store.get("s1")) == DesiredState(channel=2)
     await site.nc.close()
     await store.close()
@@ -182,7 +183,7 @@ async def test_site_revoked_at_the_hub_is_dropped_and_refused_at_the_city(topolo
     with pytest.raises(Exception, match=r"(?i)authorization|revoked"):
         await connect(t.city.url, bad_creds, site_inbox_prefix("bad"))
     await good.nc.publish("citycast.telemetry.good", b"{}")
-    await good.nc.flush(timeout=3)
+    await settle(good.nc, 3)
     assert good.nc.is_connected
     await good.nc.close()
     # A city server started later from a bundle exported after the revocation refuses it from the start.
@@ -198,7 +199,7 @@ async def test_city_time_responder_answers_its_zone_and_syncs_to_the_hub(topolog
         await msg.respond(b"city-now")
 
     await responder.nc.subscribe("citycast.time.north.site.*", cb=answer)
-    await responder.nc.flush()
+    await settle(responder.nc)
     creds, _ = site_creds(t.authority, "s1", t.dir)
     site = await connect(t.city.url, creds, site_inbox_prefix("s1"))
     assert (await site.nc.request("citycast.time.north.site.s1", b"t1", timeout=3)).data == b"city-now"
@@ -209,12 +210,12 @@ async def test_city_time_responder_answers_its_zone_and_syncs_to_the_hub(topolog
         await msg.respond(b"hub-now")
 
     await hub.nc.subscribe("citycast.time", cb=hub_answer)
-    await hub.nc.flush()
+    await settle(hub.nc)
     assert (await request_answered(responder.nc, "citycast.time")).data == b"hub-now"
     # Nothing else: no audio, no other zone's subject.
     await responder.nc.publish("citycast.audio.1", b"x")
     await responder.nc.subscribe("citycast.time.south")
-    await responder.nc.flush()
+    await settle(responder.nc)
     await wait_until(lambda: len(responder.violations()) >= 2, "2 refusals", timeout=5, detail=lambda: responder.errors)
     assert responder.errors and site.errors == []
     for c in (responder, site, hub):

@@ -12,6 +12,7 @@ from tests.helpers import site_creds, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.connection import settle
 from citycast.bus.jwt import KeyKind
 from citycast.bus.rawnats import NatsWire, WireError, WireMessage, new_inbox, open_wire
 from citycast.bus.server import EmbeddedNats
@@ -26,11 +27,11 @@ async def test_messages_carry_the_kernel_receive_time(nats_server: EmbeddedNats)
     wire.subscribe("t.>")
     await wire.flush()
     nc = await nats.connect(nats_server.url)
-    await nc.flush()
+    await settle(nc)
     before = time.time_ns()
     await nc.publish("t.a", b"one", reply="r.1")
     await nc.publish("t.b", b"x" * 70_000)
-    await nc.flush()
+    await settle(nc)
     await wait_until(lambda: len(got) >= 2, "both messages on the wire", timeout=5)
     after = time.time_ns()
     assert [m.subject for m in got] == ["t.a", "t.b"]
@@ -76,7 +77,7 @@ async def test_wire_signs_the_nonce_with_its_creds(
 
     # A site may ask the time only on its own request subject (its user may publish nothing else there).
     await hub.subscribe(Subjects().time_site_all(), cb=answer)
-    await hub.flush()
+    await settle(hub)
     wire = await open_wire(server.url, got.append, SystemClock(), creds=creds)
     inbox = new_inbox(site_inbox_prefix("s1"))
     wire.subscribe(inbox)

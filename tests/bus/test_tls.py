@@ -22,7 +22,7 @@ from tests.helpers import start_auth_nats, wait_until
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
 from citycast.bus.city_bundle import export_city_bundle
-from citycast.bus.connection import connect
+from citycast.bus.connection import connect, settle
 from citycast.bus.jwt import KeyKind
 from citycast.bus.rawnats import WireError, open_wire
 from citycast.bus.server import EmbeddedNats, ServerTls, free_port
@@ -204,7 +204,7 @@ async def test_nats_py_without_the_hub_ca_cannot_connect(bus: Bus) -> None:
                            tls_handshake_first=True)  # fmt: skip
     # The same creds through citycast's connect() (they carry the hub's CA) work.
     nc = await connect(bus.server.url, name="hub", creds=bus.authority.hub_creds_path, forever=False)
-    await nc.flush(timeout=3)
+    await settle(nc, 3)
     await nc.close()
 
 
@@ -234,7 +234,7 @@ async def test_a_man_in_the_middle_gets_no_site_connection(bus: Bus, tmp_path: P
         async with asyncio.timeout(30):
             victim = await connect(mitm.url, name="fooled", creds=site_creds, forever=False, tls=rogue.client_context(),
                                inbox_prefix=site_inbox_prefix("s1"))  # fmt: skip
-        await victim.flush(timeout=3)
+        await settle(victim, 3)
         await victim.close()
         assert mitm.relayed_sessions == 1 and b"CONNECT" in mitm.from_clients
     finally:
@@ -248,11 +248,11 @@ async def _leaf_carries_audio(bus: Bus, city: EmbeddedNats, site_creds: Path) ->
     hub = await connect(bus.server.url, name="hub", creds=bus.authority.hub_creds_path, forever=False)
     try:
         sub = await site.subscribe("citycast.audio.1")
-        await site.flush(timeout=3)
+        await settle(site, 3)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             await hub.publish("citycast.audio.1", b"frame")
-            await hub.flush(timeout=3)
+            await settle(hub, 3)
             try:
                 await sub.next_msg(timeout=0.3)
                 return True

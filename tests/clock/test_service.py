@@ -15,6 +15,7 @@ from tests.helpers import connect, nothing_arrives, site_creds, wait_until
 
 from citycast.bus.authority import CITY_TIME_INBOX_PREFIX, NatsAuthority, site_inbox_prefix
 from citycast.bus.city_bundle import export_city_bundle
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats
 from citycast.clock.estimator import ClockEstimator
 from citycast.clock.local import SkewedClock, SystemClock
@@ -95,7 +96,7 @@ async def test_answers_go_only_to_inboxes(nc: nats.aio.client.Client, nats_url: 
     await hub.start()
     try:
         aimed = [await nc.subscribe(s) for s in ("citycast.audio.1", "citycast.cmd.s2")]
-        await nc.flush()
+        await settle(nc)
         for target in ("citycast.audio.1", "citycast.cmd.s2"):
             await nc.publish("citycast.time", b"12345678", reply=target)
         reply = await nc.request("citycast.time", b"87654321", timeout=1)  # an inbox: answered as always
@@ -205,12 +206,12 @@ async def test_a_site_cannot_aim_time_replies_at_another_inbox(
         await service.start()
         targets = {"_INBOX_site.b.stolen": "_INBOX_site.b.>", "citycast.audio.1": "citycast.audio.*"}
         subs = [await spy.nc.subscribe(pattern) for pattern in targets.values()]
-        await spy.nc.flush()
+        await settle(spy.nc)
         for reply in targets:
             await site.nc.publish("citycast.time.site.a", b"12345678", reply=reply)
             await site.nc.publish("citycast.time", b"12345678", reply=reply)  # the trusted users' subject
             await site.nc.publish("citycast.time.site.b", b"12345678", reply="_INBOX_site.b.stolen")
-        await site.nc.flush()
+        await settle(site.nc)
         for sub in subs:
             assert await nothing_arrives(sub, 1.0)
         assert service.responder.misdirected == 2
@@ -261,11 +262,11 @@ async def test_a_city_responder_answers_its_sites_only_on_their_own_inbox(
             timeout=60,
         )
         stolen = await spy.nc.subscribe("_INBOX_site.b.>")
-        await spy.nc.flush()
+        await settle(spy.nc)
         before = city.responder.misdirected
         for _ in range(3):
             await site.nc.publish("citycast.time.north.site.a", b"12345678", reply="_INBOX_site.b.stolen")
-        await site.nc.flush()
+        await settle(site.nc)
         assert await nothing_arrives(stolen, 1.0)
         assert city.responder.misdirected == before + 3
     finally:
@@ -339,7 +340,7 @@ async def test_a_site_syncs_to_a_responder_from_before_the_correction(
         await nc.publish(msg.reply, struct.pack(">qq", t2, t3) + msg.data)
 
     await nc.subscribe("citycast.time.old", cb=old_responder)
-    await nc.flush()
+    await settle(nc)
     site_clock = SkewedClock(offset_ns=1_300_000_000, ppm=80.0)
     site = ClockSync(nats_url, "citycast.time.old", site_clock, timeout_s=0.2, retry_interval_s=0.05)
     await site.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 import nats
 from tests.helpers import wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.hub.desired import NUDGE_INTERVAL_NS, DesiredStore
 from citycast.protocol.desired import DesiredState, desired_bucket
@@ -58,7 +59,7 @@ async def test_a_site_that_missed_a_publish_is_sent_its_desired_state_again(tmp_
         changes: list[DesiredState] = []
         watcher.on_change = changes.append
         assert restarted.nudge("s1", 1, now + 20 * S)
-        await hub.flush()
+        await settle(hub)
         await asyncio.sleep(0.5)
         assert changes == []
         await restarted.close()

@@ -13,6 +13,7 @@ import nats
 from sqlalchemy import select
 from tests.helpers import let_time_pass, wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats
 from citycast.hub.alerts import AlertRules
 from citycast.hub.db.engine import Database
@@ -96,7 +97,7 @@ async def test_monitor_end_to_end(nats_server: EmbeddedNats, tmp_path: Path) -> 
         ]
         for payload in bad:
             await rogue.publish(subjects.telemetry("site-0"), payload)
-        await rogue.flush()
+        await settle(rogue)
         await wait_until(lambda: monitor.counters.bad == len(bad), "every bad report counted")
         assert monitor.counters.received > monitor.counters.bad
 

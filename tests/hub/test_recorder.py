@@ -24,6 +24,7 @@ from sqlalchemy import select
 from tests.helpers import wait_until
 
 import citycast
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats
 from citycast.clock.local import SystemClock
 from citycast.hub.db import Database
@@ -292,8 +293,8 @@ async def test_channel_recorder_records_only_trusted_frames(nats_server: Embedde
         writer = Recorder(tmp_path).open("bus.ogg", channel=2, opus_head=caster.encoder.extradata)
         recorder = ChannelRecorder(hub_nc, writer, FrameVerifier([key.public_key()]), subjects=subjects, clock=clock)
         await recorder.start()
-        await hub_nc.flush()
-        await spy_nc.flush()
+        await settle(hub_nc)
+        await settle(spy_nc)
 
         async def forge() -> int:
             enc = OpusEncoder()
@@ -314,7 +315,7 @@ async def test_channel_recorder_records_only_trusted_frames(nats_server: Embedde
         forged_task = asyncio.create_task(forge())
         report = await caster.run(blocks)
         forged = await forged_task
-        await ingest_nc.flush()
+        await settle(ingest_nc)
         await wait_until(
             lambda: writer.frames == report.messages and recorder.rejected["untrustedkey"] == forged,
             "the recorder to take every message sent",

@@ -15,7 +15,7 @@ import numpy as np
 import websockets
 from tests.helpers import let_time_pass, wait_until
 
-from citycast.bus.connection import connect
+from citycast.bus.connection import connect, settle
 from citycast.bus.server import free_port
 from citycast.clock.local import SystemClock
 from citycast.hub.runtime import Hub, HubOptions
@@ -145,7 +145,7 @@ async def _forged_audio_alerts_within_10_s(hub: Hub, api: httpx.AsyncClient) -> 
         for seq in range(5):
             frame = stranger.sign(channel=1, stream=7, seq=seq, ts_ns=time.time_ns(), packets=[b"\xfc\xff\xfe"])
             await nc.publish("citycast.audio.1", frame)
-        await nc.flush()
+        await settle(nc)
         alert = None
         while time.monotonic() - t0 < 10:
             try:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from nats.aio.msg import Msg
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats
 from citycast.media.audio import FRAME_NS, FRAME_SAMPLES
 from citycast.media.codec import OpusDecoder, OpusEncoder
@@ -97,7 +98,7 @@ async def _stamp_minus_mouth(url: str, env: dict[str, str], tmp: Path) -> tuple[
                 p.kill()
                 p.wait()
     assert ingest.returncode == 0 and player.returncode == 0
-    await nc.flush()
+    await settle(nc)
     await nc.close()
     mouths = json.loads(mouths_path.read_text())
     assert len(mouths) == 4

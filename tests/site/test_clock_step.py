@@ -14,6 +14,7 @@ import nats
 import numpy as np
 from tests.helpers import SetClock, let_time_pass, wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats
 from citycast.clock.estimator import StepGuard
 from citycast.clock.service import TimeResponder
@@ -67,7 +68,7 @@ async def test_a_stepped_clock_is_refused_and_an_hour_old_frame_never_plays(nats
                     for i in range(5)]  # fmt: skip
         for data in recorded:
             await nc.publish(Subjects().audio(1), data)
-        await nc.flush()
+        await settle(nc)
         await wait_until(
             lambda: agent.rejected["stale"] + agent.frames >= len(recorded), "the recording to arrive", timeout=10
         )

@@ -125,7 +125,7 @@ async def test_a_site_plays_every_frame_across_expiries_and_one_that_does_not_re
             await ingest.publish(SUBJECTS.audio(1), frame)
             sent += 1
             await asyncio.sleep(max(0.0, start + sent * 0.02 - time.monotonic()))
-        await ingest.flush()
+        await settle(ingest)
         await wait_until(
             lambda: site.frames >= sent,
             "the last frames",
@@ -263,7 +263,7 @@ async def test_a_site_cannot_have_credentials_sent_elsewhere_or_ask_for_another(
 
     for target in ("_INBOX_site.s2.>", "_INBOX.>", "citycast.audio.>"):
         await spy.subscribe(target, cb=record)
-    await spy.flush()
+    await settle(spy)
     errors: list[str] = []
 
     async def on_error(e: Exception) -> None:
@@ -275,7 +275,7 @@ async def test_a_site_cannot_have_credentials_sent_elsewhere_or_ask_for_another(
         await nc.publish(SUBJECTS.creds_renew("s2"), b"", reply="_INBOX_site.s1.x")
         for reply in ("_INBOX_site.s2.x", "_INBOX.x", "citycast.audio.1"):
             await nc.publish(SUBJECTS.creds_renew("s1"), b"", reply=reply)
-        await nc.flush()
+        await settle(nc)
         await wait_until(lambda: bus.service.misdirected == 3, "the misdirected requests", timeout=5)
         await let_time_pass(0.3)  # room for an answer to go astray, were one sent
         assert seen == [] and bus.service.renewed == 0

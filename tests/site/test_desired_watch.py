@@ -9,6 +9,7 @@ from pathlib import Path
 import nats
 from tests.helpers import wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.hub.desired import DesiredStore
 from citycast.protocol.desired import REVISION_HEADER, DesiredState, desired_bucket
@@ -40,7 +41,7 @@ async def test_follows_changes_ignores_older_values_and_survives_a_fresh_store(t
         # A stale value (an answer that crossed a newer publish) never replaces the newer one.
         await hub.publish(SUBJECTS.desired("s1"), DesiredState(channel=99).to_json(), headers={REVISION_HEADER: "1"})
         await hub.publish(SUBJECTS.desired("s1"), b"not json", headers={REVISION_HEADER: str(newest + 1)})
-        await hub.flush()
+        await settle(hub)
         # Both arrive in order on one connection: once the second is counted, the first was handled.
         await wait_until(lambda: watcher.bad_values >= 1, "the value that is not JSON to be counted", timeout=5)
         assert watcher.current == DesiredState(channel=3) and watcher.bad_values == 1

@@ -24,7 +24,7 @@ from tests.helpers import wait_until_sync
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
-from citycast.bus.connection import connect
+from citycast.bus.connection import connect, settle
 from citycast.bus.jwt import KeyKind
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.bus.tls import HubTls
@@ -110,7 +110,7 @@ async def test_enrol_keeps_the_seed_local_and_the_creds_work(hub: tuple[str, Fak
     nc = await nats.connect(creds.nats_urls[0], user_credentials=str(creds_path), inbox_prefix=creds.inbox_prefix)
     sub = await nc.subscribe("citycast.cmd.s1")
     await nc.publish("citycast.telemetry.s1", b"{}")
-    await nc.flush(timeout=3)
+    await settle(nc, 3)
     assert nc.is_connected and sub is not None
     await nc.close()
 
@@ -323,7 +323,7 @@ async def test_enrol_over_https_with_the_real_hub(tmp_path: Path) -> None:
         nc = await connect(creds.nats_urls[0], name="site:s1", creds=creds.creds_file(path), forever=False,
                            inbox_prefix=creds.inbox_prefix)  # fmt: skip
         await nc.publish("citycast.telemetry.s1", b"{}")
-        await nc.flush(timeout=3)
+        await settle(nc, 3)
         await nc.close()
     finally:
         await hub.stop()

@@ -15,6 +15,7 @@ import nats
 import pytest
 from tests.helpers import wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.clock.local import SystemClock
 from citycast.ingest.broadcaster import Broadcaster
@@ -40,7 +41,7 @@ class LossyBus:
             await self.nc.publish(subject, data)
 
     async def flush(self) -> None:
-        await self.nc.flush()
+        await settle(self.nc)
 
 
 async def test_lost_frames_are_logged_with_their_kind(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -17,6 +17,7 @@ from tests.helpers import site_creds, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import NatsAuthority, site_inbox_prefix
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats
 from citycast.hub.db.engine import Database, default_sqlite_url
 from citycast.hub.db.models import Address, AddressStatus, Priority, Site, Zone
@@ -71,7 +72,7 @@ async def test_a_real_site_cut_off_mid_address_reports_partly_with_its_span(
             await ingest.publish(SUBJECTS.audio(CHANNEL), frame)
             sent += 1
             await asyncio.sleep(max(0.0, start + sent * 0.02 - time.monotonic()))
-        await ingest.flush()
+        await settle(ingest)
         receipts = agent.receipts
         assert receipts is not None
         await wait_until(lambda: receipts.sent >= 1, "the hub's answer to the site's receipt", timeout=15,

@@ -10,6 +10,7 @@ import nats
 import pytest
 from tests.helpers import wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.media.keys import generate_private_key
 from citycast.media.sinks import Renderer, SinkError, TimedSink
@@ -52,7 +53,7 @@ async def test_failing_output_is_reported_retried_and_recovers(tmp_path: Path, m
             reports.append(Telemetry.from_json(msg.data))
 
         await nc.subscribe(Subjects().telemetry("s1"), cb=on_report)
-        await nc.flush()
+        await settle(nc)
         sink = FlakySoundCard(missing=2, dies_after_s=1.5)
         cfg = SiteConfig(name="s1", nats_url=server.url, trusted_keys=[generate_private_key().public_key()],
                          delay_ns=150_000_000, clock_mode="system", telemetry_interval_s=0.2)  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 import nats
 from tests.helpers import wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats, free_port
 from citycast.clock.local import SystemClock
 from citycast.ingest.broadcaster import Broadcaster
@@ -38,7 +39,7 @@ async def test_state_changes_are_reported_within_a_fraction_of_a_second(tmp_path
             reports.append((time.monotonic(), Telemetry.from_json(msg.data).state))
 
         await nc.subscribe(Subjects().telemetry("s1"), cb=on_report)
-        await nc.flush()
+        await settle(nc)
         cfg = SiteConfig(name="s1", nats_url=server.url, trusted_keys=[key.public_key()], delay_ns=150_000_000,
                          clock_mode="system", telemetry_interval_s=PERIOD_S)  # fmt: skip
         agent = SiteAgent(cfg, TimedSink(block=480))

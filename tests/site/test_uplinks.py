@@ -16,6 +16,7 @@ import pytest
 from nats.aio.msg import Msg
 from tests.helpers import wait_for_log, wait_until
 
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats, LeafRemote, free_port
 from citycast.clock.local import SystemClock
 from citycast.hub.timeserver import TimeService
@@ -234,7 +235,7 @@ async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_ever
 
         async def probed() -> bool:
             await probe.publish("probe", b"")
-            await probe.flush()
+            await settle(probe)
             return all(e.is_set() for e in heard)
 
         await wait_until(probed, "the hub to reach both city servers", every=0.2)
@@ -247,7 +248,7 @@ async def test_a_city_server_fails_mid_address_and_the_dual_path_site_plays_ever
             reports.append(Telemetry.from_json(msg.data))
 
         await probe.subscribe(Subjects().telemetry("dual"), cb=on_report)
-        await probe.flush()
+        await settle(probe)
         caster = Broadcaster(probe, channel=1, signer=FrameSigner(key), clock=SystemClock().now_ns)
         speak = asyncio.create_task(caster.run(itertools.islice(ToneSource(440).blocks(), FRAMES)))
         await wait_until(lambda: dual.frames >= 100, "two seconds heard", timeout=20)

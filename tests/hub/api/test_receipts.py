@@ -17,6 +17,7 @@ from tests.helpers import Api, connect, site_creds, wait_until
 
 from citycast.bus import jwt
 from citycast.bus.authority import site_inbox_prefix
+from citycast.bus.connection import settle
 from citycast.hub.db.models import Address, AddressStatus, Priority, Site, Zone
 from citycast.hub.receipts import ReceiptService
 from citycast.protocol.receipts import PlayReceipt, ReceiptAck, decode_ack, sign_receipt
@@ -66,7 +67,7 @@ async def test_forged_receipts_are_refused_counted_logged_and_the_hub_keeps_serv
         caplog.set_level(logging.INFO, logger="citycast.hub.receipts")
         # orangi-2 cannot even send on orangi-1's subject: the server refuses it, the hub never hears it
         await s2.nc.publish(subjects.receipts("orangi-1"), sign_receipt(key2, receipt("orangi-1", seconds=31)))
-        await s2.nc.flush(timeout=3)
+        await settle(s2.nc, 3)
         await wait_until(lambda: s2.violations(), timeout=5, what="a permissions violation for orangi-2")
         s2 = await connect(api.nats.url, keys["orangi-2"][0], site_inbox_prefix("orangi-2"))
         # on its own subject, a receipt in orangi-1's name (signed with its own key, or replayed from orangi-1)

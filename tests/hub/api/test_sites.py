@@ -14,6 +14,7 @@ from sqlalchemy import select
 from tests.helpers import Api, telemetry, wait_until
 
 from citycast.bus import jwt
+from citycast.bus.connection import settle
 from citycast.bus.jwt import KeyKind
 from citycast.hub.db.models import AuditEntry, RevokedKey, Role, Site
 
@@ -202,9 +203,9 @@ async def test_enrol_connect_reuse_revoke_and_reenrol(api: Api, tmp_path: Path) 
         await got.put(msg.data)
 
     await hub.subscribe("citycast.telemetry.site-a", cb=on_msg)
-    await hub.flush()
+    await settle(hub)
     await nc.publish("citycast.telemetry.site-a", b"hello")
-    await nc.flush()
+    await settle(nc)
     assert await asyncio.wait_for(got.get(), 5) == b"hello"
     site = (await admin.get("/api/sites")).json()[0]
     assert site["enrolled"] is True and site["revoked"] is False

@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import connect, need_binary, start_auth_nats, wait_until
 
 from citycast.bus.authority import NatsAuthority
+from citycast.bus.connection import settle
 from citycast.bus.server import EmbeddedNats
 from citycast.hub.icecast.creds import LISTENER_INBOX_PREFIX, listener_creds
 from citycast.hub.icecast.program import ALL_GROUP, Program, zone_group
@@ -145,7 +146,7 @@ async def test_the_taps_nats_user_hears_audio_but_cannot_publish(
         for subject in (SUBJECTS.audio(CHANNEL), SUBJECTS.desired("site-1"), SUBJECTS.commands("site-1")):
             await tap.nc.publish(subject, b"x")
         await tap.nc.subscribe(SUBJECTS.telemetry("site-1"))
-        await tap.nc.flush()
+        await settle(tap.nc)
         await wait_until(lambda: len(tap.violations()) >= 4, "four permission violations", detail=lambda: tap.errors)
     finally:
         await tap.nc.close()
