@@ -6,22 +6,10 @@
 #   usage: experiments/site-core-floor/compare.sh OUT_DIR
 # Needs: the README's set-up, snapserver/snapclient (the bench's set-up installs them), a C compiler and
 #   apt-get install libnats-dev libsodium-dev libopus-dev
-set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-OUT=$(mkdir -p "$1" && cd "$1" && pwd)
-PY="$REPO/.venv/bin/python"
-cd "$OUT"  # the hub keeps its citycast-data/ in the working folder
+. "$(dirname "$0")/bench-beside.sh"
 gcc -O2 -Wall -Wextra -o "$OUT/site_core_floor" "$HERE/site_core_floor.c" \
     $(pkg-config --cflags --libs libnats libsodium opus) -lpthread -lm
-TREE="$OUT/control-only-tree"
-[ -d "$TREE" ] || { git -C "$REPO" worktree add -f -q "$TREE" HEAD && git -C "$TREE" apply "$HERE/control-only.patch"; }
-B="$OUT/bench"
-"$REPO/.venv/bin/citycast" bench --sites 1 --processes 1 --snapclients 1 --seconds 60 --warmup 15 --delay 170 \
-    --dac-block 2400 --packets-per-message 2 --out "$B" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1 &
-BENCH=$!
-while [ ! -f "$B/sites-0.ready" ]; do sleep 0.5; kill -0 $BENCH 2>/dev/null || { tail "$OUT/bench.log"; exit 1; }; done
-PORT=$(grep -o '127.0.0.1:[0-9]*' "$B/nats/nats.conf" | head -1 | cut -d: -f2)
+start_bench 15
 KEY=$(head -1 "$B/trusted.keys")
 PYTHONPATH="$TREE/src" CITYCAST_DIAG_CONTROL_ONLY=1 "$PY" -m citycast simulate --sites 1 --first 7 \
     --nats "nats://127.0.0.1:$PORT" --trust "$B/trusted.keys" --delay-ms 170 --seconds 150 --out "$OUT/control" \

@@ -8,20 +8,8 @@
 #   the estimator refines at 4 a second for up to 10 minutes, until it knows the offset to 20 µs).
 # Measurement only: the knobs are environment variables of the patched worktree, not of citycast.
 #   usage: experiments/site-core-floor/control-side.sh OUT_DIR
-set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-OUT=$(mkdir -p "$1" && cd "$1" && pwd)
-PY="$REPO/.venv/bin/python"
-cd "$OUT"
-TREE="$OUT/control-only-tree"
-[ -d "$TREE" ] || { git -C "$REPO" worktree add -f -q "$TREE" HEAD && git -C "$TREE" apply "$HERE/control-only.patch"; }
-B="$OUT/bench"
-"$REPO/.venv/bin/citycast" bench --sites 1 --processes 1 --snapclients 1 --seconds 60 --warmup 100 --delay 170 \
-    --dac-block 2400 --packets-per-message 2 --out "$B" --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1 &
-BENCH=$!
-while [ ! -f "$B/sites-0.ready" ]; do sleep 0.5; kill -0 $BENCH 2>/dev/null || { tail "$OUT/bench.log"; exit 1; }; done
-PORT=$(grep -o '127.0.0.1:[0-9]*' "$B/nats/nats.conf" | head -1 | cut -d: -f2)
+. "$(dirname "$0")/bench-beside.sh"
+start_bench 100
 start() {  # NAME FIRST_SITE STATE_POLL_S GRID_S REFINE_S
   PYTHONPATH="$TREE/src" CITYCAST_DIAG_CONTROL_ONLY=1 CITYCAST_DIAG_STATE_POLL_S=$3 CITYCAST_DIAG_GRID_S=$4 \
     CITYCAST_DIAG_REFINE_S=$5 "$PY" -m citycast simulate --sites 1 --first "$2" --nats "nats://127.0.0.1:$PORT" \
